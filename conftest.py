@@ -1,0 +1,5 @@
+# Fixture modules live in tests/support/, one per real component, so each stays small.
+pytest_plugins = [
+    "tests.support.docker_env",
+    "tests.support.registry_server",
+]

@@ -1,0 +1,135 @@
+"""Settings read once at start-up from the environment and a ``.env`` file.
+
+Every field's environment variable is its name in upper case (``smtp_port`` is ``SMTP_PORT``,
+``ci_repo_url`` is ``CI_REPO_URL``), so an error message can always name the variable the user has
+to fix. Secrets are ``pydantic.SecretStr``: their ``repr`` and ``str`` are masked, and
+``secret_values()`` lists them for the log redactor.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+
+from shared.errors import SettingsError
+
+SmtpSecurity = Literal["starttls", "ssl", "none"]
+
+
+class SharedSettings(BaseModel):
+    """Settings both agents read. Agents subclass this and override the directory defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    registry_username: str | None = None
+    registry_password: SecretStr | None = None
+
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: SmtpSecurity = "starttls"
+    smtp_timeout: float = 10.0
+    notify_from: str | None = None
+    notify_to: tuple[str, ...] = ()
+
+    log_dir: Path = Path("logs")
+    state_dir: Path = Path("state")
+    log_retention_runs: int = 200
+    log_level: str = "INFO"
+
+    @field_validator("notify_to", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator(
+        "registry_username", "registry_password", "smtp_host", "smtp_username", "smtp_password",
+        "notify_from", mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `SMTP_HOST=` in a compose file or .env means "not set", not "the host named ''".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("smtp_port")
+    @classmethod
+    def _port_range(cls, value: int) -> int:
+        if not 0 < value < 65536:
+            raise ValueError("must be a TCP port between 1 and 65535")
+        return value
+
+    @field_validator("log_retention_runs")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @property
+    def email_enabled(self) -> bool:
+        return self.smtp_host is not None
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret in clear, for redaction. Never log what this returns."""
+        values = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                values.append(value.get_secret_value())
+        return values
+
+
+SettingsT = TypeVar("SettingsT", bound=SharedSettings)
+
+
+def read_environment(env_file: Path | None = Path(".env"), environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The process environment over the ``.env`` file: a variable set in both wins from the environment."""
+    merged: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(os.environ if environ is None else environ)
+    return merged
+
+
+def load_settings(cls: type[SettingsT], environ: Mapping[str, str]) -> SettingsT:
+    """Build ``cls`` from ``environ`` (variable names in upper case), or raise ``SettingsError``.
+
+    The error lists every bad variable with the reason; the value is echoed only when it is not a
+    secret.
+    """
+    values: dict[str, Any] = {}
+    for name in cls.model_fields:
+        key = name.upper()
+        if key in environ:
+            values[name] = environ[key]
+    try:
+        return cls.model_validate(values)
+    except ValidationError as exc:
+        raise SettingsError(_describe(cls, exc)) from None
+
+
+def _describe(cls: type[SharedSettings], exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        key = field.upper()
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            lines.append(f"{key} is required but not set")
+            continue
+        annotation = str(cls.model_fields[field].annotation) if field in cls.model_fields else ""
+        if "SecretStr" in annotation:
+            lines.append(f"{key}: {message}")
+        else:
+            lines.append(f"{key}={error['input']!r}: {message}")
+    return "invalid settings: " + "; ".join(lines)
