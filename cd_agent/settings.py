@@ -1,0 +1,294 @@
+"""The CD agent's settings: ``CD_*`` variables over the shared ones.
+
+``CD_PORTS`` and ``CD_VOLUMES`` use docker's own short syntax and are parsed here, once, into small
+value objects (``PortMapping``, ``VolumeMount``), so a typo stops the agent at start-up with a
+message naming the variable and the bad part instead of failing at the first deploy::
+
+    CD_PORTS="8080:80,127.0.0.1:8443:443/tcp,[::1]:5353:53/udp"
+    CD_VOLUMES="data:/data,/srv/cfg:/cfg:ro"
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import field_validator
+
+from shared.settings import SharedSettings
+
+if TYPE_CHECKING:
+    from shared.registry import ImageRef
+    from shared.versions import Constraint
+
+RestartPolicy = Literal["unless-stopped", "always", "on-failure", "no"]
+Protocol = Literal["tcp", "udp", "sctp"]
+
+# docker's own rules (daemon/names.go); a name that breaks them fails only at `docker create`.
+_CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+_VOLUME_NAME = _CONTAINER_NAME
+_PORT_SPEC = re.compile(
+    r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]+|[a-zA-Z0-9.-]+):)?"
+    r"(?:(?P<host>[0-9]*):)?(?P<container>[0-9]+)(?:/(?P<proto>[a-z]+))?$"
+)
+_PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp", "sctp")
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """One published port: ``host_ip:host_port -> container_port/protocol``.
+
+    ``host_ip`` None means every interface (docker's default); ``host_port`` None lets docker pick one.
+    """
+
+    host_ip: str | None
+    host_port: int | None
+    container_port: int
+    protocol: Protocol = "tcp"
+
+    @property
+    def container_key(self) -> str:
+        """``"80/tcp"``: the key the Docker API uses for the container side."""
+        return f"{self.container_port}/{self.protocol}"
+
+    def __str__(self) -> str:
+        host = f"{self.host_ip}:" if self.host_ip else ""
+        host += f"{self.host_port}:" if self.host_port is not None else ""
+        return f"{host}{self.container_port}/{self.protocol}"
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    """One volume: a named volume (``is_named``) or a bind-mounted host path, at ``target``."""
+
+    source: str
+    target: str
+    read_only: bool = False
+    is_named: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.target}:{'ro' if self.read_only else 'rw'}"
+
+
+def _port(text: str, part: str) -> int:
+    number = int(text)
+    if not 0 < number < 65536:
+        raise ValueError(f"{part!r}: port {number} is not between 1 and 65535")
+    return number
+
+
+def parse_port(part: str) -> PortMapping:
+    """``[HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTOCOL]`` as in ``docker run -p``; ValueError names the part."""
+    match = _PORT_SPEC.match(part)
+    if match is None:
+        raise ValueError(f"{part!r} is not [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]")
+    ip, host, container, proto = match.group("ip", "host", "container", "proto")
+    if ip is not None and host is None:
+        # "8080:80" matches ip="8080", container="80": the first number is the host port.
+        if ip.isdigit():
+            ip, host = None, ip
+        else:
+            raise ValueError(f"{part!r}: a host IP needs a host port too (IP:HOST_PORT:CONTAINER_PORT)")
+    if ip is not None:
+        ip = ip.strip("[]")
+    protocol = proto or "tcp"
+    if protocol not in _PROTOCOLS:
+        raise ValueError(f"{part!r}: protocol {protocol!r} is not one of tcp, udp, sctp")
+    return PortMapping(
+        host_ip=ip,
+        host_port=_port(host, part) if host else None,
+        container_port=_port(container, part),
+        protocol=protocol,
+    )
+
+
+def parse_ports(text: str) -> list[PortMapping]:
+    """Comma-separated ``-p`` specs; an empty text publishes nothing."""
+    mappings = [parse_port(part.strip()) for part in text.split(",") if part.strip()]
+    seen: set[tuple[str | None, int, str]] = set()
+    for mapping in mappings:
+        if mapping.host_port is None:
+            continue
+        key = (mapping.host_ip, mapping.host_port, mapping.protocol)
+        if key in seen:
+            raise ValueError(f"host port {mapping.host_port}/{mapping.protocol} is published twice")
+        seen.add(key)
+    return mappings
+
+
+def parse_volume(part: str) -> VolumeMount:
+    """``SOURCE:TARGET[:ro|rw]``: SOURCE an absolute host path (bind mount) or a volume name."""
+    pieces = part.split(":")
+    if len(pieces) not in (2, 3) or not all(pieces):
+        raise ValueError(f"{part!r} is not SOURCE:TARGET[:ro|rw]")
+    source, target = pieces[0], pieces[1]
+    mode = pieces[2] if len(pieces) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise ValueError(f"{part!r}: mode {mode!r} is not ro or rw")
+    if not target.startswith("/"):
+        raise ValueError(f"{part!r}: the container path {target!r} must be absolute")
+    is_named = not source.startswith("/")
+    if is_named and not _VOLUME_NAME.match(source):
+        raise ValueError(
+            f"{part!r}: {source!r} is neither an absolute host path nor a volume name "
+            "(letters, digits, '_', '.', '-'); relative host paths are not accepted"
+        )
+    return VolumeMount(source=source, target=target, read_only=mode == "ro", is_named=is_named)
+
+
+def parse_volumes(text: str) -> list[VolumeMount]:
+    """Comma-separated ``-v`` specs; an empty text mounts nothing."""
+    mounts = [parse_volume(part.strip()) for part in text.split(",") if part.strip()]
+    targets = [mount.target for mount in mounts]
+    for target in targets:
+        if targets.count(target) > 1:
+            raise ValueError(f"container path {target!r} is mounted twice")
+    return mounts
+
+
+class CdSettings(SharedSettings):
+    """Everything ``cd-agent`` reads from the environment; see DESIGN.md for the variables."""
+
+    cd_image: str
+    cd_container_name: str
+    cd_ports: str = ""
+    cd_env_file: Path | None = None
+    cd_volumes: str = ""
+    cd_restart_policy: RestartPolicy = "unless-stopped"
+    cd_poll_interval: float = 60.0
+    cd_health_url: str | None = None
+    cd_health_timeout: float = 60.0
+    cd_health_grace: float = 5.0
+    cd_stop_timeout: float = 10.0
+    cd_version_constraint: str | None = None
+    cd_allow_prerelease: bool = False
+
+    log_dir: Path = Path("logs/cd")
+    state_dir: Path = Path("state/cd")
+
+    @field_validator("cd_env_file", "cd_health_url", "cd_version_constraint", mode="before")
+    @classmethod
+    def _empty_is_unset_cd(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("cd_image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        value = value.strip()
+        _check_image(value)
+        return value
+
+    @field_validator("cd_container_name")
+    @classmethod
+    def _container_name(cls, value: str) -> str:
+        if not _CONTAINER_NAME.match(value):
+            raise ValueError(
+                "a container name is at least 2 characters: letters, digits, '_', '.', '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("cd_ports")
+    @classmethod
+    def _ports(cls, value: str) -> str:
+        parse_ports(value)
+        return value
+
+    @field_validator("cd_volumes")
+    @classmethod
+    def _volumes(cls, value: str) -> str:
+        parse_volumes(value)
+        return value
+
+    @field_validator("cd_env_file")
+    @classmethod
+    def _env_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @field_validator("cd_health_url")
+    @classmethod
+    def _health_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("cd_poll_interval", "cd_health_timeout")
+    @classmethod
+    def _positive_seconds(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be a number of seconds above 0")
+        return value
+
+    @field_validator("cd_health_grace", "cd_stop_timeout")
+    @classmethod
+    def _non_negative_seconds(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be a number of seconds, 0 or more")
+        return value
+
+    @field_validator("cd_version_constraint")
+    @classmethod
+    def _constraint(cls, value: str | None) -> str | None:
+        if value is not None:
+            value = value.strip()
+            _constraint(value)
+        return value
+
+    @property
+    def image(self) -> ImageRef:
+        """``CD_IMAGE`` parsed (registry, repository; no tag)."""
+        return _image_ref(self.cd_image)
+
+    @property
+    def constraint(self) -> Constraint | None:
+        """``CD_VERSION_CONSTRAINT`` parsed, or None when every version is allowed."""
+        return None if self.cd_version_constraint is None else _constraint(self.cd_version_constraint)
+
+    @property
+    def ports(self) -> list[PortMapping]:
+        return parse_ports(self.cd_ports)
+
+    @property
+    def volumes(self) -> list[VolumeMount]:
+        return parse_volumes(self.cd_volumes)
+
+    @property
+    def state_path(self) -> Path:
+        """The deploy state database."""
+        return self.state_dir / "cd.sqlite3"
+
+    @property
+    def runs_path(self) -> Path:
+        """The run history database (run numbers for deploy runs)."""
+        return self.state_dir / "runs.sqlite3"
+
+
+_IMAGE = re.compile(r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+
+
+def _check_image(text: str) -> None:
+    if "@" in text or re.search(r":[^/]*$", text.split("/", 1)[-1] if "/" in text else text):
+        raise ValueError("give the image without a tag or digest (the agent picks the tag), e.g. docker.io/owner/app")
+    if not _IMAGE.match(text):
+        raise ValueError("not an image name like docker.io/owner/app or 127.0.0.1:5000/owner/app")
+
+
+def _image_ref(text: str) -> ImageRef:
+    from shared.registry import parse_image_ref
+
+    ref = parse_image_ref(text)
+    if ref.tag is not None:
+        raise ValueError(f"give the image without a tag (the agent picks the tag): {ref.name}")
+    return ref
+
+
+def _constraint(text: str) -> Constraint:
+    from shared.versions import parse_constraint
+
+    return parse_constraint(text)
