@@ -1,0 +1,50 @@
+"""The CI agent's own error types, under ``shared.errors.PiCicdError``::
+
+    PiCicdError (shared/errors.py)
+    └── CiError                    base of everything the CI agent raises on purpose
+        ├── WebhookRejected        a delivery the webhook refuses; carries the HTTP status to answer
+        └── StepFailed             a pipeline step (checkout, test, build, push) failed; the run ends ``failed``
+
+Errors carry how they are reported: ``WebhookRejected.status_code`` is turned into an HTTP answer by
+the one exception handler in ``ci_agent/webhook.py``; ``StepFailed.step`` becomes the run's
+``failed_step`` and the subject of the failure email.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from shared.errors import PiCicdError
+
+Step = Literal["checkout", "test", "build", "push"]
+
+
+class CiError(PiCicdError):
+    """Base class of every error the CI agent raises on purpose."""
+
+
+class WebhookRejected(CiError):
+    """The webhook refuses a delivery; ``status_code`` is what GitHub gets, ``reason`` the body's error text.
+
+    ``reason`` is sent to the caller, so it must never contain a secret.
+    """
+
+    def __init__(self, status_code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status_code = status_code
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"WebhookRejected(status_code={self.status_code}, reason={self.reason!r})"
+
+
+class StepFailed(CiError):
+    """A pipeline step failed; nothing after it runs."""
+
+    def __init__(self, step: Step, message: str) -> None:
+        super().__init__(f"{step} failed: {message}")
+        self.step: Step = step
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"StepFailed(step={self.step!r}, message={self.message!r})"

@@ -1,0 +1,132 @@
+"""The CI agent's settings: ``SharedSettings`` plus the ``CI_*`` variables of DESIGN.md.
+
+Read once at start-up with ``shared.settings.load_settings(CiSettings, read_environment())``; a bad
+or missing value raises ``SettingsError`` naming the variable, and the webhook secret is never echoed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
+
+from ci_agent.payload import SEMVER_CORE, check_ref_name
+from shared.settings import SharedSettings
+
+TestRunner = Literal["docker", "host"]
+
+# shared/registry.py (parse_image_ref) was not on main when this was written; this accepts what
+# `docker push` accepts in practice: [host[:port]/]path[/path...] in lower case, no tag, no digest.
+_IMAGE = re.compile(
+    r"(?:(?P<host>[A-Za-z0-9.-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:]+\](?::[0-9]{1,5})?)/)?"
+    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
+)
+_GITHUB_REPO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}")
+
+
+class CiSettings(SharedSettings):
+    """Everything ``ci-agent`` reads; the environment variable of each field is its name upper-cased."""
+
+    ci_repo_url: str
+    ci_branch: str = "main"
+    ci_github_repo: str | None = None
+    # Declared before the secret: the secret's validator reads it.
+    ci_allow_unsigned: bool = False
+    ci_webhook_secret: SecretStr | None = Field(default=None, validate_default=True)
+    ci_image: str
+    ci_test_command: str = "pytest -q"
+    ci_test_runner: TestRunner = "docker"
+    ci_test_timeout: float = 1800.0
+    ci_build_timeout: float = 1800.0
+    ci_push_attempts: int = 3
+    ci_host: str = "0.0.0.0"  # noqa: S104 - GitHub has to reach the webhook; the signature guards it
+    ci_port: int = 8000
+    ci_initial_version: str = "0.1.0"
+    ci_work_dir: Path | None = None
+
+    log_dir: Path = Path("logs/ci")
+    state_dir: Path = Path("state/ci")
+
+    @property
+    def work_dir(self) -> Path:
+        """Where checkouts live: ``CI_WORK_DIR``, else ``STATE_DIR/work``."""
+        return self.ci_work_dir if self.ci_work_dir is not None else self.state_dir / "work"
+
+    @field_validator("ci_github_repo", "ci_webhook_secret", "ci_work_dir", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("ci_webhook_secret")
+    @classmethod
+    def _secret_required(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is None and info.data.get("ci_allow_unsigned") is False:
+            raise ValueError(
+                "CI_WEBHOOK_SECRET is required (the webhook verifies every delivery with it); "
+                "set CI_ALLOW_UNSIGNED=true to accept unsigned deliveries instead"
+            )
+        return value
+
+    @field_validator("ci_repo_url", "ci_test_command", "ci_host")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @field_validator("ci_branch")
+    @classmethod
+    def _branch_name(cls, value: str) -> str:
+        problem = check_ref_name(value)
+        if problem is not None:
+            raise ValueError(f"not a usable branch name: it {problem}")
+        return value
+
+    @field_validator("ci_github_repo")
+    @classmethod
+    def _owner_slash_name(cls, value: str | None) -> str | None:
+        if value is not None and not _GITHUB_REPO.fullmatch(value):
+            raise ValueError("must be the GitHub repository as owner/name, e.g. octocat/hello-world")
+        return value
+
+    @field_validator("ci_image")
+    @classmethod
+    def _image_reference(cls, value: str) -> str:
+        value = value.strip()
+        if _IMAGE.fullmatch(value) is None:
+            raise ValueError(
+                "must be an image name without a tag, e.g. docker.io/owner/app or 127.0.0.1:5000/owner/app"
+            )
+        return value
+
+    @field_validator("ci_initial_version")
+    @classmethod
+    def _semver(cls, value: str) -> str:
+        if not SEMVER_CORE.fullmatch(value):
+            raise ValueError("must be a version X.Y.Z, e.g. 0.1.0")
+        return value
+
+    @field_validator("ci_port")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        if not 0 < value < 65536:
+            raise ValueError("must be a TCP port between 1 and 65535")
+        return value
+
+    @field_validator("ci_test_timeout", "ci_build_timeout")
+    @classmethod
+    def _positive_seconds(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be a number of seconds above 0")
+        return value
+
+    @field_validator("ci_push_attempts")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
