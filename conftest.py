@@ -2,4 +2,5 @@
 pytest_plugins = [
     "tests.support.docker_env",
     "tests.support.registry_server",
+    "tests.support.git_repos",
 ]

@@ -1,0 +1,150 @@
+"""The checkout step against real git: exact commits, commit messages for bumps, refs, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ci_agent.errors import StepFailed
+from ci_agent.git import GitRunner, redact_url, strip_credentials
+from tests.support.git_repos import GitProject
+
+
+def test_checkout_gets_the_exact_older_commit_while_the_branch_moved_on(git_project: GitProject, tmp_path: Path):
+    first = git_project.commit({"app.txt": "one\n"}, "first")
+    git_project.push()
+    git_project.commit({"app.txt": "two\n", "new.txt": "x"}, "second")
+    git_project.push()
+    workdir = tmp_path / "work"
+
+    GitRunner().checkout(git_project.url, first, workdir)
+
+    assert (workdir / "app.txt").read_text() == "one\n"
+    assert not (workdir / "new.txt").exists()
+
+
+def test_checkout_reuses_the_work_folder_and_removes_leftovers(git_project: GitProject, tmp_path: Path):
+    first = git_project.commit({"app.txt": "one\n"}, "first")
+    git_project.push()
+    second = git_project.commit({"app.txt": "two\n"}, "second")
+    git_project.push()
+    workdir = tmp_path / "work"
+    runner = GitRunner()
+    runner.checkout(git_project.url, first, workdir)
+    (workdir / "app.txt").write_text("edited by a test run\n")
+    (workdir / "build-output").mkdir()
+
+    runner.checkout(git_project.url, second, workdir)
+
+    assert (workdir / "app.txt").read_text() == "two\n"
+    assert not (workdir / "build-output").exists()
+
+
+def test_checkout_of_a_commit_that_is_not_in_the_repository_fails_at_checkout(
+    git_project: GitProject, tmp_path: Path
+):
+    git_project.commit({"a": "a"}, "first")
+    git_project.push()
+
+    with pytest.raises(StepFailed) as caught:
+        GitRunner().checkout(git_project.url, "1" * 40, tmp_path / "work")
+
+    assert caught.value.step == "checkout"
+    assert "1" * 40 in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "sha", ["--upload-pack=touch x", "HEAD", "abc", "A" * 40, "0" * 39 + "g", "1" * 40 + "\n--x"]
+)
+def test_a_crafted_commit_is_refused_before_git_runs(sha: str, tmp_path: Path):
+    # A git binary that does not exist proves the refusal happened before any git command.
+    runner = GitRunner(git=str(tmp_path / "no-such-git"))
+
+    with pytest.raises(StepFailed) as caught:
+        runner.checkout("file:///nowhere", sha, tmp_path / "work")
+
+    assert caught.value.step == "checkout"
+    assert "40 lowercase hex digits" in caught.value.message
+
+
+@pytest.mark.parametrize("ref", ["refs/heads/--upload-pack=touch x", "--upload-pack=touch x", "a..b", "-x", "a b"])
+def test_a_crafted_ref_is_refused_before_git_runs(ref: str, tmp_path: Path, git_project: GitProject):
+    git_project.commit({"a": "a"}, "first")
+    git_project.push()
+    marker = Path("x")
+
+    with pytest.raises(StepFailed) as caught:
+        GitRunner(git=str(tmp_path / "no-such-git")).resolve(git_project.url, ref)
+
+    assert "refusing" in caught.value.message
+    assert not marker.exists()
+
+
+def test_resolve_branch_lightweight_and_annotated_tags_and_shas(git_project: GitProject):
+    first = git_project.commit({"a": "1"}, "first")
+    git_project.push()
+    git_project.tag("v1.0.0", message="release 1.0.0")
+    second = git_project.commit({"a": "2"}, "second")
+    git_project.push()
+    git_project.tag("light")
+    runner = GitRunner()
+
+    assert runner.resolve(git_project.url, "main") == second
+    assert runner.resolve(git_project.url, "refs/heads/main") == second
+    assert runner.resolve(git_project.url, "v1.0.0") == first
+    assert runner.resolve(git_project.url, "light") == second
+    assert runner.resolve(git_project.url, first.upper()) == first
+    with pytest.raises(StepFailed, match="no branch or tag 'nope'"):
+        runner.resolve(git_project.url, "nope")
+
+
+def test_commit_messages_since_the_previous_release(git_project: GitProject, tmp_path: Path):
+    released = git_project.commit({"a": "1"}, "fix: one")
+    git_project.commit({"a": "2"}, "feat: two\n\nbody")
+    head = git_project.commit({"a": "3"}, "chore: three")
+    git_project.push()
+    workdir = tmp_path / "work"
+    runner = GitRunner()
+    runner.checkout(git_project.url, head, workdir)
+
+    assert runner.commit_messages(workdir, released, head) == ["chore: three", "feat: two\n\nbody"]
+    assert runner.commit_messages(workdir, None, head) == ["chore: three"]
+    # A previous release this repository does not know (another repository, a rewritten history).
+    assert runner.commit_messages(workdir, "2" * 40, head) == ["chore: three"]
+
+
+def test_commit_messages_when_the_previous_release_is_not_an_ancestor(git_project: GitProject, tmp_path: Path):
+    base = git_project.commit({"a": "1"}, "base")
+    git_project.push()
+    abandoned = git_project.commit({"a": "2"}, "feat: abandoned")
+    git_project.push()
+    # Force-push a different history: the release made from `abandoned` is no ancestor any more.
+    from tests.support.git_repos import git
+
+    git("reset", "--hard", base, cwd=git_project.clone)
+    head = git_project.commit({"a": "3"}, "fix: rewritten")
+    git("push", "--quiet", "--force", "origin", "HEAD:refs/heads/main", cwd=git_project.clone)
+    workdir = tmp_path / "work"
+    runner = GitRunner()
+    runner.checkout(git_project.url, abandoned, workdir)
+    runner.checkout(git_project.url, head, workdir)
+
+    assert runner.commit_messages(workdir, abandoned, head) == ["fix: rewritten"]
+
+
+def test_credentials_in_the_repository_url_never_appear_in_messages(tmp_path: Path):
+    url = "http://someone:s3cr3t-token@127.0.0.1:9/owner/repo.git"
+
+    with pytest.raises(StepFailed) as caught:
+        GitRunner(timeout=20).resolve(url, "main")
+
+    assert "s3cr3t-token" not in str(caught.value)
+    assert "***@127.0.0.1:9" in caught.value.message
+
+
+def test_url_helpers():
+    assert redact_url("https://u:p@github.com/o/r.git") == "https://***@github.com/o/r.git"
+    assert strip_credentials("https://u:p@github.com:8443/o/r.git") == "https://github.com:8443/o/r.git"
+    assert strip_credentials("https://github.com/o/r.git") == "https://github.com/o/r.git"
+    assert strip_credentials("git@github.com:o/r.git") == "git@github.com:o/r.git"
