@@ -1,0 +1,270 @@
+"""Email notifications: a ``Mailer`` that talks SMTP, and a ``Notifier`` that never blocks a run.
+
+``Notifier.notify`` queues the email and returns at once; one daemon thread sends it with tenacity
+retries (exponential back-off with jitter). A final failure is logged, never raised: a broken mail
+server must not fail a build or a deploy. Configured secret values are masked in the subject and
+body before anything leaves the process.
+"""
+
+from __future__ import annotations
+
+import queue
+import smtplib
+import ssl
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import Protocol
+
+import tenacity
+from loguru import logger
+from pydantic import SecretStr
+from tenacity.wait import WaitBaseT
+
+from shared.errors import NotifyError, SettingsError
+from shared.logs import redact
+from shared.settings import SharedSettings, SmtpSecurity
+
+
+@dataclass(frozen=True)
+class Email:
+    subject: str
+    body: str
+
+
+class Mailer(Protocol):
+    def send(self, email: Email) -> None:
+        """Deliver ``email`` or raise ``NotifyError``."""
+
+
+class SmtpMailer:
+    """Sends each email over a fresh SMTP connection (``none``, ``starttls`` or implicit ``ssl``)."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        security: SmtpSecurity,
+        username: str | None,
+        password: SecretStr | None,
+        sender: str,
+        recipients: Sequence[str],
+        timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if not recipients:
+            raise ValueError("an SmtpMailer needs at least one recipient")
+        self.host = host
+        self.port = port
+        self.security = security
+        self.username = username
+        self._password = password
+        self.sender = sender
+        self.recipients = tuple(recipients)
+        self.timeout = timeout
+        # None means the system's trusted CAs with hostname checking; tests pass one trusting their own cert.
+        self._ssl_context = ssl_context
+
+    def __repr__(self) -> str:
+        return (
+            f"SmtpMailer(host={self.host!r}, port={self.port}, security={self.security!r}, "
+            f"username={self.username!r})"
+        )
+
+    def build_message(self, email: Email) -> EmailMessage:
+        message = EmailMessage()
+        message["From"] = self.sender
+        message["To"] = ", ".join(self.recipients)
+        # A line break in a header would be header injection; the subject is one line.
+        message["Subject"] = " ".join(email.subject.split())
+        message["Date"] = formatdate(usegmt=True)
+        # make_msgid() without a domain asks DNS for our FQDN, which can hang on a Pi without DNS.
+        message["Message-ID"] = make_msgid(domain=self.sender.rpartition("@")[2] or "pi-cicd.local")
+        message.set_content(email.body)
+        return message
+
+    def send(self, email: Email) -> None:
+        where = f"{self.host}:{self.port}"
+        try:
+            message = self.build_message(email)
+        except (ValueError, TypeError) as exc:
+            raise NotifyError(f"cannot build the email for {where}: {exc}") from exc
+        try:
+            with self._connect() as smtp:
+                if self.security == "starttls":
+                    smtp.starttls(context=self._context())
+                if self.username:
+                    password = self._password.get_secret_value() if self._password else ""
+                    smtp.login(self.username, password)
+                refused = smtp.send_message(message, from_addr=self.sender, to_addrs=list(self.recipients))
+        except (smtplib.SMTPException, OSError) as exc:
+            raise NotifyError(f"sending email via {where} failed: {self._reason(exc)}") from exc
+        if refused:
+            logger.warning("mail server {} refused some recipients: {}", where, ", ".join(sorted(refused)))
+
+    def _context(self) -> ssl.SSLContext:
+        return self._ssl_context or ssl.create_default_context()
+
+    def _connect(self) -> smtplib.SMTP:
+        if self.security == "ssl":
+            return smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self._context())
+        return smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+
+    def _reason(self, exc: BaseException) -> str:
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
+            reason = f"login as {self.username!r} refused ({_response(exc)})"
+        elif isinstance(exc, smtplib.SMTPRecipientsRefused):
+            reason = "all recipients refused: " + ", ".join(sorted(exc.recipients))
+        elif isinstance(exc, smtplib.SMTPResponseException):
+            reason = _response(exc)
+        elif isinstance(exc, smtplib.SMTPNotSupportedError):
+            reason = f"server does not support it ({exc})"
+        else:
+            reason = str(exc) or type(exc).__name__
+        secret = self._password.get_secret_value() if self._password else ""
+        return redact(reason, [secret])
+
+
+def _response(exc: smtplib.SMTPResponseException) -> str:
+    text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+    return f"{exc.smtp_code} {text}"
+
+
+# 1 s, 2 s, 4 s ... plus up to 1 s of jitter. Defaults only: tenacity 9 renamed `initial` and warns on it.
+DEFAULT_WAIT: WaitBaseT = tenacity.wait_exponential_jitter(max=60)
+
+
+class Notifier:
+    """Queues emails and sends them on one background thread; ``mailer=None`` means email is off."""
+
+    def __init__(
+        self,
+        mailer: Mailer | None,
+        *,
+        attempts: int = 3,
+        wait: WaitBaseT = DEFAULT_WAIT,
+        secrets: Iterable[str] = (),
+    ) -> None:
+        if attempts < 1:
+            raise ValueError(f"attempts must be at least 1, got {attempts}")
+        self.mailer = mailer
+        self.attempts = attempts
+        self._wait = wait
+        self._secrets = tuple(s for s in secrets if s)
+        self._queue: queue.Queue[Email | None] = queue.Queue()
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.mailer is not None
+
+    def notify(self, email: Email) -> None:
+        """Queue ``email`` and return at once; delivery failures are logged, never raised."""
+        if self.mailer is None:
+            logger.debug("email is off; not sending {!r}", email.subject)
+            return
+        safe = Email(subject=redact(email.subject, self._secrets), body=redact(email.body, self._secrets))
+        with self._idle:
+            if self._closed:
+                logger.warning("notifier is closed; not sending {!r}", safe.subject)
+                return
+            self._pending += 1
+            self._start_worker()
+        self._queue.put(safe)
+
+    def flush(self, timeout: float = 30) -> bool:
+        """Wait until every queued email was sent or given up; False if ``timeout`` ran out first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
+
+    def close(self, timeout: float = 30) -> bool:
+        """Flush, then stop the worker thread; later ``notify`` calls are dropped with a warning."""
+        drained = self.flush(timeout)
+        with self._idle:
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout)
+        return drained
+
+    def _start_worker(self) -> None:
+        # Started on first use, so building a Notifier (e.g. in settings tests) costs no thread.
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="notifier", daemon=True)
+            self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            email = self._queue.get()
+            if email is None:
+                return
+            try:
+                self._deliver(email)
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
+
+    def _deliver(self, email: Email) -> None:
+        assert self.mailer is not None  # noqa: S101 - notify() queues nothing without a mailer
+        mailer = self.mailer
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.attempts),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception_type(NotifyError),
+            reraise=True,
+            before_sleep=lambda state: logger.warning(
+                "email {!r} not sent (attempt {} of {}): {}",
+                email.subject,
+                state.attempt_number,
+                self.attempts,
+                state.outcome.exception() if state.outcome else "?",
+            ),
+        )
+        try:
+            retrying(mailer.send, email)
+        except NotifyError as exc:
+            logger.error("email {!r} not sent after {} attempts: {}", email.subject, self.attempts, exc)
+        except Exception:
+            logger.exception("email {!r} not sent: unexpected error in {!r}", email.subject, mailer)
+        else:
+            logger.info("email {!r} sent", email.subject)
+
+
+def notifier_from_settings(settings: SharedSettings) -> Notifier:
+    """A ``Notifier`` over SMTP as configured, or a no-op one (logged once) when ``SMTP_HOST`` is unset."""
+    if settings.smtp_host is None:
+        logger.info("email is off: SMTP_HOST is not set")
+        return Notifier(None, secrets=settings.secret_values())
+    sender = settings.notify_from
+    if sender is None and settings.smtp_username and "@" in settings.smtp_username:
+        sender = settings.smtp_username  # most providers only accept mail from the account's own address
+    problems = []
+    if sender is None:
+        problems.append("NOTIFY_FROM is required when SMTP_HOST is set (SMTP_USERNAME is not an address)")
+    if not settings.notify_to:
+        problems.append("NOTIFY_TO is required when SMTP_HOST is set")
+    if problems or sender is None:
+        raise SettingsError("invalid settings: " + "; ".join(problems))
+    mailer = SmtpMailer(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        security=settings.smtp_security,
+        username=settings.smtp_username,
+        password=settings.smtp_password,
+        sender=sender,
+        recipients=settings.notify_to,
+        timeout=settings.smtp_timeout,
+    )
+    logger.info(
+        "email on: via {}:{} ({}) to {}",
+        settings.smtp_host, settings.smtp_port, settings.smtp_security, ", ".join(settings.notify_to),
+    )
+    return Notifier(mailer, secrets=settings.secret_values())
