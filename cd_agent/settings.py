@@ -179,7 +179,7 @@ class CdSettings(SharedSettings):
     @classmethod
     def _image(cls, value: str) -> str:
         value = value.strip()
-        _check_image(value)
+        _image_ref(value)
         return value
 
     @field_validator("cd_container_name")
@@ -267,16 +267,6 @@ class CdSettings(SharedSettings):
     def runs_path(self) -> Path:
         """The run history database (run numbers for deploy runs)."""
         return self.state_dir / "runs.sqlite3"
-
-
-_IMAGE = re.compile(r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
-
-
-def _check_image(text: str) -> None:
-    if "@" in text or re.search(r":[^/]*$", text.split("/", 1)[-1] if "/" in text else text):
-        raise ValueError("give the image without a tag or digest (the agent picks the tag), e.g. docker.io/owner/app")
-    if not _IMAGE.match(text):
-        raise ValueError("not an image name like docker.io/owner/app or 127.0.0.1:5000/owner/app")
 
 
 def _image_ref(text: str) -> ImageRef:

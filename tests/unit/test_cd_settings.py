@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cd_agent.settings import CdSettings, PortMapping, VolumeMount
+from shared.errors import SettingsError
+from shared.settings import load_settings
+
+BASE = {"CD_IMAGE": "127.0.0.1:5000/owner/app", "CD_CONTAINER_NAME": "app"}
+
+
+def load(**overrides: str) -> CdSettings:
+    return load_settings(CdSettings, {**BASE, **overrides})
+
+
+def test_defaults():
+    settings = load()
+    assert settings.cd_poll_interval == 60
+    assert settings.cd_restart_policy == "unless-stopped"
+    assert settings.cd_health_timeout == 60
+    assert settings.cd_allow_prerelease is False
+    assert settings.ports == []
+    assert settings.volumes == []
+    assert settings.constraint is None
+    assert settings.cd_env_file is None
+    assert settings.log_dir == Path("logs/cd")
+    assert settings.state_dir == Path("state/cd")
+    assert settings.image.registry == "127.0.0.1:5000"
+    assert settings.image.repository == "owner/app"
+
+
+def test_docker_hub_image():
+    assert load(CD_IMAGE="owner/app").image.name == "docker.io/owner/app"
+
+
+@pytest.mark.parametrize("missing", ["CD_IMAGE", "CD_CONTAINER_NAME"])
+def test_required(missing):
+    environ = {key: value for key, value in BASE.items() if key != missing}
+    with pytest.raises(SettingsError, match=f"{missing} is required"):
+        load_settings(CdSettings, environ)
+
+
+def test_ports():
+    settings = load(CD_PORTS="8080:80, 127.0.0.1:8443:443/tcp,[::1]:5353:53/udp,9000")
+    assert settings.ports == [
+        PortMapping(host_ip=None, host_port=8080, container_port=80, protocol="tcp"),
+        PortMapping(host_ip="127.0.0.1", host_port=8443, container_port=443, protocol="tcp"),
+        PortMapping(host_ip="::1", host_port=5353, container_port=53, protocol="udp"),
+        PortMapping(host_ip=None, host_port=None, container_port=9000, protocol="tcp"),
+    ]
+    assert settings.ports[2].container_key == "53/udp"
+
+
+def test_volumes():
+    settings = load(CD_VOLUMES="data:/data,/srv/cfg:/cfg:ro, logs:/var/log:rw")
+    assert settings.volumes == [
+        VolumeMount(source="data", target="/data", read_only=False, is_named=True),
+        VolumeMount(source="/srv/cfg", target="/cfg", read_only=True, is_named=False),
+        VolumeMount(source="logs", target="/var/log", read_only=False, is_named=True),
+    ]
+
+
+def test_empty_values_mean_unset():
+    settings = load(CD_PORTS="", CD_VOLUMES="", CD_HEALTH_URL="", CD_VERSION_CONSTRAINT="", CD_ENV_FILE="")
+    assert settings.ports == []
+    assert settings.volumes == []
+    assert settings.cd_health_url is None
+    assert settings.constraint is None
+    assert settings.cd_env_file is None
+
+
+def test_constraint_parsed():
+    constraint = load(CD_VERSION_CONSTRAINT="<1.0.0").constraint
+    assert constraint is not None
+    assert constraint.allows("0.9.1")
+    assert not constraint.allows("1.0.0")
+
+
+def test_env_file_must_exist(tmp_path):
+    env_file = tmp_path / "app.env"
+    env_file.write_text("A=1\n")
+    assert load(CD_ENV_FILE=str(env_file)).cd_env_file == env_file
+    with pytest.raises(SettingsError, match=r"CD_ENV_FILE=.*no such file"):
+        load(CD_ENV_FILE=str(tmp_path / "missing.env"))
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CD_PORTS", "8080:80,80:abc", r"CD_PORTS=.*'80:abc' is not"),
+        ("CD_PORTS", "70000:80", r"CD_PORTS=.*'70000:80': port 70000 is not between 1 and 65535"),
+        ("CD_PORTS", "8080:80/icmp", r"CD_PORTS=.*protocol 'icmp'"),
+        ("CD_PORTS", "127.0.0.1:80", r"CD_PORTS=.*needs a host port"),
+        ("CD_PORTS", "8080:80,8080:81", r"CD_PORTS=.*published twice"),
+        ("CD_VOLUMES", "data", r"CD_VOLUMES=.*'data' is not SOURCE:TARGET"),
+        ("CD_VOLUMES", "data:/data:rx", r"CD_VOLUMES=.*mode 'rx'"),
+        ("CD_VOLUMES", "data:relative", r"CD_VOLUMES=.*must be absolute"),
+        ("CD_VOLUMES", "./cfg:/cfg", r"CD_VOLUMES=.*relative host paths are not accepted"),
+        ("CD_VOLUMES", "aa:/x,bb:/x", r"CD_VOLUMES=.*'/x' is mounted twice"),
+        ("CD_IMAGE", "owner/app:1.0.0", r"CD_IMAGE=.*without a tag"),
+        ("CD_IMAGE", "Owner/App", r"CD_IMAGE=.*lowercase"),
+        ("CD_CONTAINER_NAME", "-app", r"CD_CONTAINER_NAME=.*container name"),
+        ("CD_CONTAINER_NAME", "a", r"CD_CONTAINER_NAME=.*at least 2 characters"),
+        ("CD_RESTART_POLICY", "sometimes", r"CD_RESTART_POLICY='sometimes'"),
+        ("CD_POLL_INTERVAL", "0", r"CD_POLL_INTERVAL=.*above 0"),
+        ("CD_POLL_INTERVAL", "soon", r"CD_POLL_INTERVAL='soon'"),
+        ("CD_STOP_TIMEOUT", "-1", r"CD_STOP_TIMEOUT=.*0 or more"),
+        ("CD_HEALTH_URL", "localhost:8080/health", r"CD_HEALTH_URL=.*http:// or https://"),
+        ("CD_VERSION_CONSTRAINT", "<two", r"CD_VERSION_CONSTRAINT=.*bad version"),
+        ("CD_ALLOW_PRERELEASE", "maybe", r"CD_ALLOW_PRERELEASE='maybe'"),
+    ],
+)
+def test_bad_values_name_the_variable_and_the_part(variable, value, message):
+    with pytest.raises(SettingsError, match=message):
+        load(**{variable: value})
+
+
+def test_every_bad_variable_is_reported_at_once():
+    with pytest.raises(SettingsError) as caught:
+        load(CD_PORTS="x", CD_POLL_INTERVAL="-5")
+    assert "CD_PORTS" in str(caught.value)
+    assert "CD_POLL_INTERVAL" in str(caught.value)
+
+
+def test_secrets_are_listed_for_redaction():
+    settings = load(REGISTRY_USERNAME="me", REGISTRY_PASSWORD="hub-token")
+    assert settings.secret_values() == ["hub-token"]
+    assert "hub-token" not in repr(settings)
