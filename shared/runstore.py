@@ -174,8 +174,9 @@ class RunStore:
             raise self._error("cannot open", exc) from exc
         self._conn.row_factory = sqlite3.Row
         try:
+            # WAL lets readers (GET /runs, `cd-agent status`) work while the worker writes. synchronous
+            # stays FULL: a power cut on a Pi must not lose a run the webhook already answered 202 for.
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             self._conn.close()
@@ -205,6 +206,9 @@ class RunStore:
     ) -> Run:
         """Record a new run; raises :class:`DuplicateDelivery` when ``delivery_id`` was seen before."""
         _check_status(status)
+        _assignments({"kind": kind, "commit": commit, "ref": ref, "delivery_id": delivery_id})
+        if not kind:
+            raise ValueError("a run needs a kind, e.g. 'ci' or 'deploy'")
         values = (status, kind, commit, ref, delivery_id, _store_time(self._clock()), _dump(dict(details or {})))
         with self._transaction() as conn:
             if delivery_id is not None:

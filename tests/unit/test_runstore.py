@@ -400,3 +400,18 @@ def test_using_a_closed_store_is_a_store_error(db_path: Path) -> None:
 
     with pytest.raises(StoreError, match="closed"):
         store.create(kind="ci")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"kind": ""}, "kind"),
+        ({"kind": "ci", "commit": 123}, "commit"),
+        ({"kind": "ci", "details": {"bad": {1, 2}}}, "JSON"),
+    ],
+)
+def test_create_rejects_bad_values(store: RunStore, fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        store.create(**fields)  # type: ignore[arg-type]
+
+    assert store.list() == []

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import pytest
 import semver
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.versions import (
     BumpKind,
@@ -249,3 +251,30 @@ def test_parse_constraint_errors_quote_the_bad_part(text: str, quoted: str) -> N
         parse_constraint(text)
 
     assert quoted in str(info.value)
+
+
+_numbers = st.integers(min_value=0, max_value=10**6)
+_identifiers = st.one_of(
+    st.integers(min_value=0, max_value=999).map(str),
+    st.from_regex(r"[0-9]*[A-Za-z-][0-9A-Za-z-]*", fullmatch=True).filter(lambda s: len(s) <= 12),
+)
+_versions = st.builds(
+    semver.Version,
+    _numbers,
+    _numbers,
+    _numbers,
+    st.one_of(st.none(), st.lists(_identifiers, min_size=1, max_size=3).map(".".join)),
+)
+
+
+@given(_versions)
+def test_parse_version_reads_back_what_semver_writes(version: semver.Version) -> None:
+    assert parse_version(str(version)) == version
+
+
+@given(_versions, st.sampled_from(["major", "minor", "patch"]))
+def test_bump_always_moves_forward_to_a_release(version: semver.Version, kind: BumpKind) -> None:
+    bumped = bump(version, kind)
+
+    assert bumped > version
+    assert bumped.prerelease is None
