@@ -3,10 +3,12 @@
     PiCicdError (shared/errors.py)
     └── CiError                    base of everything the CI agent raises on purpose
         ├── WebhookRejected        a delivery the webhook refuses; carries the HTTP status to answer
+        ├── RunNotFound            ``GET /runs/{n}`` or its log asked for something that does not exist (404)
         └── StepFailed             a pipeline step (checkout, test, build, push) failed; the run ends ``failed``
 
-Errors carry how they are reported: ``WebhookRejected.status_code`` is turned into an HTTP answer by
-the one exception handler in ``ci_agent/webhook.py``; ``StepFailed.step`` becomes the run's
+Errors carry how they are reported, like ``exit_code`` in shared/errors.py: ``status_code`` is the
+HTTP answer the one exception handler in ``ci_agent/webhook.py`` gives (``{"error": message}``; 500
+and a generic message for anything without a 4xx status); ``StepFailed.step`` becomes the run's
 ``failed_step`` and the subject of the failure email.
 """
 
@@ -22,6 +24,8 @@ Step = Literal["checkout", "test", "build", "push"]
 class CiError(PiCicdError):
     """Base class of every error the CI agent raises on purpose."""
 
+    status_code: int = 500
+
 
 class WebhookRejected(CiError):
     """The webhook refuses a delivery; ``status_code`` is what GitHub gets, ``reason`` the body's error text.
@@ -36,6 +40,12 @@ class WebhookRejected(CiError):
 
     def __repr__(self) -> str:
         return f"WebhookRejected(status_code={self.status_code}, reason={self.reason!r})"
+
+
+class RunNotFound(CiError):
+    """A run, or its log file, does not exist."""
+
+    status_code = 404
 
 
 class StepFailed(CiError):

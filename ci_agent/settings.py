@@ -13,16 +13,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from ci_agent.payload import SEMVER_CORE, check_ref_name
+from shared.registry import ImageRef, parse_image_ref
 from shared.settings import SharedSettings
 
 TestRunner = Literal["docker", "host"]
 
-# shared/registry.py (parse_image_ref) was not on main when this was written; this accepts what
-# `docker push` accepts in practice: [host[:port]/]path[/path...] in lower case, no tag, no digest.
-_IMAGE = re.compile(
-    r"(?:(?P<host>[A-Za-z0-9.-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:]+\](?::[0-9]{1,5})?)/)?"
-    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
-)
 _GITHUB_REPO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}")
 
 
@@ -48,6 +43,11 @@ class CiSettings(SharedSettings):
 
     log_dir: Path = Path("logs/ci")
     state_dir: Path = Path("state/ci")
+
+    @property
+    def image(self) -> ImageRef:
+        """``CI_IMAGE`` parsed (registry, repository); validated at start-up, so this cannot fail."""
+        return parse_image_ref(self.ci_image)
 
     @property
     def work_dir(self) -> Path:
@@ -96,12 +96,10 @@ class CiSettings(SharedSettings):
     @field_validator("ci_image")
     @classmethod
     def _image_reference(cls, value: str) -> str:
-        value = value.strip()
-        if _IMAGE.fullmatch(value) is None:
-            raise ValueError(
-                "must be an image name without a tag, e.g. docker.io/owner/app or 127.0.0.1:5000/owner/app"
-            )
-        return value
+        ref = parse_image_ref(value)  # its ValueError names what is wrong with the reference
+        if ref.tag is not None or ref.digest is not None:
+            raise ValueError("must be an image name without a tag or digest, e.g. docker.io/owner/app")
+        return value.strip()
 
     @field_validator("ci_initial_version")
     @classmethod

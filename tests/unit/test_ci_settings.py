@@ -142,3 +142,10 @@ def test_several_bad_values_are_all_named():
 def test_secret_not_echoed_when_another_value_is_bad():
     message = rejected(CI_PORT="x", CI_WEBHOOK_SECRET=SECRET)
     assert "CI_PORT" in message
+
+
+def test_image_is_parsed_for_the_registry():
+    image = load(CI_IMAGE="127.0.0.1:5000/octocat/app").image
+    assert image.registry == "127.0.0.1:5000"
+    assert image.repository == "octocat/app"
+    assert load(CI_IMAGE="octocat/app").image.registry == "docker.io"

@@ -1,0 +1,144 @@
+"""The CI run queue: runs live in the ``RunStore``; a condition variable wakes the one worker.
+
+The webhook calls ``accept`` (or ``submit``) and answers at once; the worker loops on ``take``.
+Everything the worker needs is in the store (the push event is kept in ``run.details["event"]``),
+so a queued run survives a restart of the agent, and the store stays the one source of truth.
+
+Rules:
+
+- A newer push to a branch supersedes every older *queued* run of that branch: they end as
+  ``superseded`` with ``finished_at`` set and ``details["superseded_by"]``; a running run is never
+  touched. Tag pushes (releases ``vX.Y.Z``) never supersede each other: each one is a release
+  somebody asked for explicitly.
+- ``take`` claims the oldest queued run (older queued runs of the same branch were superseded
+  already, so this is fair between branches and tags) and marks it ``running``.
+- Delivery ids (``X-GitHub-Delivery``) de-duplicate. GitHub reuses the id when a person presses
+  "Redeliver". A redelivery of a run that ended ``failed`` or ``interrupted`` queues a **new** run
+  (somebody pressed the button to retry it: that is how a flaky failure is re-run without a new
+  commit). A redelivery of a run that is ``queued``, ``running``, ``succeeded`` or ``superseded`` is a
+  duplicate and creates nothing (a superseded push is covered by the newer push of its branch).
+  The store keeps delivery ids unique, so the id moves to the retry (the old run keeps it in
+  ``details["delivery_id"]`` and points at the retry with ``details["retried_by"]``): pressing the
+  button again while the retry is queued or running is again a duplicate.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from loguru import logger
+
+from ci_agent.errors import WebhookRejected
+from ci_agent.payload import PushEvent
+from shared.runstore import DuplicateDelivery, Run, RunStore
+
+KIND = "ci"
+RETRYABLE = frozenset({"failed", "interrupted"})
+_QUEUED_SCAN_LIMIT = 10_000
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What ``accept`` did: ``run`` is the new run, or the earlier one when ``duplicate``."""
+
+    run: Run
+    duplicate: bool
+
+
+class RunQueue:
+    """Queue CI runs in ``store`` and hand them to one worker, oldest first."""
+
+    def __init__(self, store: RunStore, *, clock: Callable[[], datetime] = _utc_now) -> None:
+        self._store = store
+        self._clock = clock
+        self._condition = threading.Condition()
+        self._closed = False
+        self._log = logger.bind(agent="ci", component="queue")
+
+    def submit(self, event: PushEvent, delivery_id: str | None = None) -> Run:
+        """Queue ``event``; for a duplicate delivery return the earlier run instead."""
+        return self.accept(event, delivery_id).run
+
+    def accept(self, event: PushEvent, delivery_id: str | None = None) -> Submission:
+        """Queue ``event`` unless ``delivery_id`` was seen already (see the module docstring)."""
+        with self._condition:
+            earlier = None if delivery_id is None else self._store.find_by_delivery(delivery_id)
+            if earlier is not None and earlier.status not in RETRYABLE:
+                self._log.info("delivery {} repeats run {}; nothing queued", delivery_id, earlier.number)
+                return Submission(earlier, duplicate=True)
+            if earlier is not None:
+                self._release_delivery(earlier)
+            details: dict[str, Any] = {"event": event.to_details()}
+            if earlier is not None:
+                details["retry_of"] = earlier.number
+            try:
+                run = self._store.create(
+                    kind=KIND, commit=event.after, ref=event.ref, delivery_id=delivery_id, details=details
+                )
+            except DuplicateDelivery as exc:
+                # Another process sharing the store won the race for this delivery.
+                return Submission(exc.existing, duplicate=True)
+            except BaseException:
+                if earlier is not None:
+                    self._store.update(earlier.number, delivery_id=delivery_id, details=earlier.details)
+                raise
+            if earlier is not None:
+                self._store.update(earlier.number, details={**earlier.details, "delivery_id": delivery_id,
+                                                           "retried_by": run.number})
+                self._log.info("delivery {} redelivered after run {} {}: run {} retries it",
+                               delivery_id, earlier.number, earlier.status, run.number)
+            if event.branch is not None:
+                for old in self._store.supersede_queued(KIND, event.ref, run.number):
+                    self._log.info("run {} superseded by run {}", old.number, run.number)
+            self._log.info("run {} queued for {} at {}", run.number, event.ref, event.after[:12])
+            self._condition.notify_all()
+            return Submission(run, duplicate=False)
+
+    def take(self, timeout: float | None = None) -> tuple[Run, PushEvent] | None:
+        """Claim the oldest queued run and mark it running; ``None`` after ``timeout`` s or once closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._condition:
+            while not self._closed:
+                claimed = self._claim_oldest()
+                if claimed is not None:
+                    return claimed
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._condition.wait(remaining)
+            return None
+
+    def pending(self) -> list[Run]:
+        """Queued CI runs, oldest first."""
+        return list(reversed(self._store.list(limit=_QUEUED_SCAN_LIMIT, status="queued", kind=KIND)))
+
+    def close(self) -> None:
+        """Wake every ``take`` and make it return ``None`` from now on (shutdown)."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+    def _release_delivery(self, earlier: Run) -> None:
+        self._store.update(earlier.number, delivery_id=None)
+
+    def _claim_oldest(self) -> tuple[Run, PushEvent] | None:
+        while (run := self._store.claim_next_queued(KIND)) is not None:
+            try:
+                event = PushEvent.from_details(dict(run.details.get("event") or {}))
+            except (WebhookRejected, KeyError, TypeError, ValueError) as exc:
+                # Only a hand-edited or corrupt database gets here; fail the run rather than the worker.
+                self._store.update(run.number, status="failed", finished_at=self._clock(),
+                                   error=f"stored push event is unusable: {exc}")
+                self._log.error("run {} has an unusable stored event: {}", run.number, exc)
+                continue
+            return run, event
+        return None

@@ -1,0 +1,202 @@
+"""RunQueue over a real RunStore in tmp_path: queuing, superseding, claiming, delivery de-duplication."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ci_agent.payload import PushEvent, parse_push
+from ci_agent.queue import RunQueue
+from shared.runstore import RunStore
+
+PAYLOADS = Path(__file__).resolve().parents[2] / ".." / "shared" / "github-payloads"
+
+
+@pytest.fixture
+def store(tmp_path):
+    with RunStore(tmp_path / "state" / "runs.db") as store:
+        yield store
+
+
+@pytest.fixture
+def queue(store):
+    queue = RunQueue(store)
+    yield queue
+    queue.close()
+
+
+def push(ref: str = "refs/heads/main", message: str = "fix: something") -> PushEvent:
+    data: dict[str, Any] = json.loads((PAYLOADS / "push_with-new-branch.payload.json").read_text())
+    data["ref"] = ref
+    data["after"] = secrets.token_hex(20)
+    data["head_commit"]["message"] = message
+    data["commits"][0]["message"] = message
+    return parse_push(data)
+
+
+def delivery() -> str:
+    return str(uuid.uuid4())
+
+
+def test_submit_records_a_queued_run_with_the_event(queue, store):
+    event = push(message="feat: new thing")
+    delivery_id = delivery()
+    run = queue.submit(event, delivery_id)
+    stored = store.get(run.number)
+    assert stored is not None
+    assert stored.status == "queued"
+    assert stored.kind == "ci"
+    assert stored.commit == event.after
+    assert stored.ref == "refs/heads/main"
+    assert stored.delivery_id == delivery_id
+    assert PushEvent.from_details(stored.details["event"]) == event
+
+
+def test_take_claims_the_run_and_returns_its_event(queue, store):
+    event = push()
+    queued = queue.submit(event, delivery())
+    taken = queue.take(timeout=1)
+    assert taken is not None
+    run, taken_event = taken
+    assert run.number == queued.number
+    assert run.status == "running"
+    assert run.started_at is not None
+    assert taken_event == event
+    assert store.get(queued.number).status == "running"
+    assert queue.take(timeout=0.05) is None
+
+
+def test_a_queue_restarted_on_the_same_store_still_runs_queued_events(store):
+    event = push()
+    RunQueue(store).submit(event, delivery())
+    taken = RunQueue(store).take(timeout=1)
+    assert taken is not None
+    assert taken[1] == event
+
+
+def test_take_times_out_when_nothing_is_queued(queue):
+    assert queue.take(timeout=0.1) is None
+
+
+def test_submit_wakes_a_waiting_take(queue):
+    results: list[Any] = []
+    taker = threading.Thread(target=lambda: results.append(queue.take(timeout=60)))
+    taker.start()
+    run = queue.submit(push(), delivery())
+    # Well before take's own timeout: the submit woke it.
+    taker.join(timeout=10)
+    assert not taker.is_alive()
+    assert results[0] is not None
+    assert results[0][0].number == run.number
+
+
+def test_close_releases_a_waiting_take(queue):
+    results: list[Any] = []
+    taker = threading.Thread(target=lambda: results.append(queue.take(timeout=20)))
+    taker.start()
+    queue.close()
+    taker.join(timeout=5)
+    assert not taker.is_alive()
+    assert results == [None]
+
+
+def test_newer_push_supersedes_older_queued_runs_of_the_branch(queue, store):
+    runs = [queue.submit(push(), delivery()) for _ in range(5)]
+    statuses = [store.get(run.number).status for run in runs]
+    assert statuses == ["superseded"] * 4 + ["queued"]
+    assert all(store.get(run.number).finished_at is not None for run in runs[:4])
+    taken = queue.take(timeout=1)
+    assert taken is not None
+    assert taken[0].number == runs[-1].number
+    assert queue.take(timeout=0.05) is None
+
+
+def test_a_running_run_is_never_superseded(queue, store):
+    first = queue.submit(push(), delivery())
+    assert queue.take(timeout=1) is not None
+    second = queue.submit(push(), delivery())
+    third = queue.submit(push(), delivery())
+    assert store.get(first.number).status == "running"
+    assert store.get(second.number).status == "superseded"
+    assert store.get(third.number).status == "queued"
+
+
+def test_other_branches_and_tags_are_not_superseded(queue, store):
+    main = queue.submit(push("refs/heads/main"), delivery())
+    other = queue.submit(push("refs/heads/develop"), delivery())
+    release_1 = queue.submit(push("refs/tags/v1.0.0"), delivery())
+    release_2 = queue.submit(push("refs/tags/v1.1.0"), delivery())
+    assert [store.get(run.number).status for run in (main, other, release_1, release_2)] == ["queued"] * 4
+    order = [queue.take(timeout=1)[0].number for _ in range(4)]
+    assert order == [main.number, other.number, release_1.number, release_2.number]
+
+
+def test_same_delivery_twice_is_one_run(queue, store):
+    delivery_id = delivery()
+    first = queue.accept(push(), delivery_id)
+    second = queue.accept(push(), delivery_id)
+    assert first.duplicate is False
+    assert second.duplicate is True
+    assert second.run.number == first.run.number
+    assert len(store.list()) == 1
+
+
+@pytest.mark.parametrize("status", ["running", "succeeded", "superseded"])
+def test_redelivery_of_a_live_or_good_run_is_a_duplicate(queue, store, status):
+    delivery_id = delivery()
+    run = queue.submit(push(), delivery_id)
+    store.update(run.number, status=status)
+    again = queue.accept(push(), delivery_id)
+    assert again.duplicate is True
+    assert again.run.number == run.number
+    assert len(store.list()) == 1
+
+
+@pytest.mark.parametrize("status", ["failed", "interrupted"])
+def test_redelivery_of_a_failed_run_queues_a_retry(queue, store, status):
+    delivery_id = delivery()
+    event = push()
+    failed = queue.submit(event, delivery_id)
+    store.update(failed.number, status=status)
+    retry = queue.accept(event, delivery_id)
+    assert retry.duplicate is False
+    assert retry.run.number != failed.number
+    assert retry.run.status == "queued"
+    assert retry.run.delivery_id == delivery_id
+    assert retry.run.details["retry_of"] == failed.number
+    old = store.get(failed.number)
+    assert old.status == status
+    assert old.details["delivery_id"] == delivery_id
+    assert old.details["retried_by"] == retry.run.number
+    # Pressing "Redeliver" again while the retry waits is a duplicate of the retry.
+    again = queue.accept(event, delivery_id)
+    assert again.duplicate is True
+    assert again.run.number == retry.run.number
+    assert len(store.list()) == 2
+
+
+def test_run_without_delivery_id_is_never_a_duplicate(queue, store):
+    queue.submit(push("refs/heads/a"))
+    queue.submit(push("refs/heads/b"))
+    assert len(store.list()) == 2
+
+
+def test_unusable_stored_event_fails_that_run_and_take_moves_on(queue, store):
+    broken = queue.submit(push("refs/heads/a"), delivery())
+    details = dict(broken.details)
+    details["event"] = {**details["event"], "ref": "refs/heads/--upload-pack=touch x"}
+    store.update(broken.number, details=details)
+    good = queue.submit(push("refs/heads/b"), delivery())
+    taken = queue.take(timeout=1)
+    assert taken is not None
+    assert taken[0].number == good.number
+    failed = store.get(broken.number)
+    assert failed.status == "failed"
+    assert "upload-pack" in (failed.error or "")
+    assert failed.finished_at is not None
