@@ -2,5 +2,6 @@
 pytest_plugins = [
     "tests.support.docker_env",
     "tests.support.registry_server",
+    "tests.support.smtp_server",
     "tests.support.git_repos",
 ]
