@@ -105,6 +105,11 @@ def run_log_path(log_dir: Path, started_at: datetime, number: int) -> Path:
     return log_dir / f"{stamp}_run-{number:04d}.log"
 
 
+def _file_level() -> int:
+    # A run log is what a failure email quotes: keep INFO even when the console is set quieter.
+    return min(logger.level(_config.level).no, logger.level("INFO").no)
+
+
 @contextmanager
 def run_log(path: Path, run: int) -> Iterator[loguru.Logger]:
     """Send every record bound with ``run=run`` (from any thread) to ``path`` while the block runs.
@@ -117,7 +122,7 @@ def run_log(path: Path, run: int) -> Iterator[loguru.Logger]:
     try:
         sink_id = logger.add(
             _redacting_writer(stream),
-            level=_config.level,
+            level=_file_level(),
             format=_FILE_FORMAT,
             filter=lambda record: record["extra"].get("run") == run,
             backtrace=False,

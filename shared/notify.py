@@ -57,6 +57,8 @@ class SmtpMailer:
     ) -> None:
         if not recipients:
             raise ValueError("an SmtpMailer needs at least one recipient")
+        if security not in ("none", "starttls", "ssl"):
+            raise ValueError(f"SMTP security must be 'none', 'starttls' or 'ssl', got {security!r}")
         self.host = host
         self.port = port
         self.security = security

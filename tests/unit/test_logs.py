@@ -121,6 +121,18 @@ def test_console_respects_level():
     assert "loud" in console.getvalue()
 
 
+def test_run_log_keeps_info_when_the_console_is_quieter(tmp_path):
+    console = io.StringIO()
+    configure_logging("ci", [], level="WARNING", console=console)
+    path = tmp_path / "run.log"
+    with run_log(path, 8) as log:
+        log.debug("noise")
+        log.info("building image")
+    assert "building image" in path.read_text()
+    assert "noise" not in path.read_text()
+    assert "building image" not in console.getvalue()
+
+
 def test_configure_again_replaces_console_and_secrets():
     first, second = io.StringIO(), io.StringIO()
     configure_logging("ci", ["old-secret"], console=first)

@@ -173,6 +173,11 @@ def test_mailer_needs_a_recipient():
         _mailer(recipients=[])
 
 
+def test_mailer_refuses_an_unknown_security_mode():
+    with pytest.raises(ValueError, match="starttls"):
+        _mailer(security="tls")
+
+
 def test_connection_failure_becomes_notify_error_naming_host_and_port():
     from tests.support.ports import free_port
 
