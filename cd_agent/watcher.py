@@ -1,0 +1,263 @@
+"""The registry watcher: one poll is a function that returns a report; the loop and its timing sit apart.
+
+A poll lists the tags (``tags/list``, free on Docker Hub), chooses the candidate, and only when there
+is one asks for its digest with a ``HEAD`` (also free) and hands it to the deployer: an idle poll
+never counts against a pull limit.
+
+The loop never ends because of an error. Registry outages and 429s are retried with tenacity
+(exponential, jittered, ``Retry-After`` honoured, capped) and logged once per streak; any other error
+is logged (once per streak too) and the next poll comes at the usual interval. When Docker Hub says
+few pulls are left in its window, polls are spread out so a deploy still has pulls to spend.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import tenacity
+from loguru import logger
+
+from cd_agent.candidate import choose_candidate
+from cd_agent.settings import CdSettings
+from cd_agent.state import DeployState
+from shared.backoff import wait_retry_after
+from shared.errors import PiCicdError, RateLimited, RegistryUnavailable
+from shared.registry import RateLimit
+
+# Backoff never waits more than ten intervals (an hour at most) unless the registry asks for longer.
+BACKOFF_INTERVALS = 10
+MAX_WAIT = 3600.0
+# Polls come ``interval`` to ``interval * (1 + JITTER)`` apart, so many agents do not poll in step.
+JITTER = 0.1
+# Below this share of Docker Hub's allowance, polls are spread over what is left of the window.
+LOW_RATE_LIMIT = 0.1
+DOCKER_HUB_WINDOW = 21600.0
+
+
+class TagSource(Protocol):
+    """What the watcher needs from ``shared.registry.RegistryClient``."""
+
+    @property
+    def rate_limit(self) -> RateLimit | None: ...
+
+    def list_tags(self) -> list[str]: ...
+
+    def manifest_digest(self, tag: str) -> str | None: ...
+
+
+class DeployResult(Protocol):
+    """What the watcher reads from ``cd_agent.deployer.DeployReport``."""
+
+    @property
+    def outcome(self) -> str: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+
+class Deploys(Protocol):
+    """What the watcher needs from ``cd_agent.deployer.Deployer``."""
+
+    def deploy(self, version: str, *, digest: str | None = None, force: bool = False) -> DeployResult: ...
+
+
+@dataclass(frozen=True)
+class PollReport:
+    """What one poll saw and did."""
+
+    at: datetime
+    tags: int
+    deployed: str | None
+    candidate: str | None = None
+    digest: str | None = None
+    deploy: DeployResult | None = None
+    rate_limit: RateLimit | None = None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def poll_delay(interval: float, rate_limit: RateLimit | None, jitter: float) -> float:
+    """Seconds until the next poll: the interval plus ``jitter`` (0..1) of ``JITTER``, stretched when
+    Docker Hub's ``ratelimit-remaining`` is low so the remaining pulls last until the window resets."""
+    delay = interval * (1 + JITTER * jitter)
+    if rate_limit is None or rate_limit.limit <= 0:
+        return delay
+    if rate_limit.remaining >= rate_limit.limit * LOW_RATE_LIMIT:
+        return delay
+    window = float(rate_limit.window_seconds or DOCKER_HUB_WINDOW)
+    spread = window / max(rate_limit.remaining, 1)
+    return max(delay, min(spread, MAX_WAIT))
+
+
+class Watcher:
+    """Polls ``registry`` for new releases of ``settings.cd_image`` and has ``deployer`` roll them out.
+
+    ``clock``, ``sleep`` and ``jitter`` (0..1) are injected so tests run the loop without waiting; the default
+    sleep waits on the stop event, so a stop request ends a wait at once.
+    """
+
+    def __init__(
+        self,
+        settings: CdSettings,
+        registry: TagSource,
+        deployer: Deploys,
+        state: DeployState,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        sleep: Callable[[float], None] | None = None,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._deployer = deployer
+        self._state = state
+        self._clock = clock
+        self._sleep = sleep
+        self._jitter = jitter
+        self._constraint = settings.constraint
+        self._interval = settings.cd_poll_interval
+        self._cap = max(self._interval, min(BACKOFF_INTERVALS * self._interval, MAX_WAIT))
+        self._failing: str | None = None  # the kind of error of the current streak, None when healthy
+        self._slowed = False
+
+    def poll_once(self) -> PollReport:
+        """List tags, choose a candidate, deploy it. Registry errors are raised to the caller."""
+        now = self._clock()
+        tags = self._registry.list_tags()
+        current = self._state.current
+        deployed = current.version if current is not None else None
+        candidate = choose_candidate(
+            tags, deployed, self._constraint, self._state.quarantined_versions, self._settings.cd_allow_prerelease
+        )
+        self._state.set_last_poll_at(now)
+        self._state.set_last_error(None)
+        report = PollReport(at=now, tags=len(tags), deployed=deployed, candidate=candidate)
+        if candidate is None:
+            logger.debug("poll: {} tags, nothing newer than {}", len(tags), deployed or "nothing")
+            return _with_rate_limit(report, self._registry.rate_limit)
+        digest = self._registry.manifest_digest(candidate)
+        if digest is None:
+            # Listed but gone (deleted between the two calls, or a push still in flight): next poll.
+            logger.warning("tag {} is listed but has no manifest yet; trying again next poll", candidate)
+            return _with_rate_limit(report, self._registry.rate_limit)
+        logger.info("new release {} ({}) above {}: deploying", candidate, digest, deployed or "nothing")
+        result = self._deployer.deploy(candidate, digest=digest)
+        if result.outcome == "deployed":
+            logger.info("deployed {}", candidate)
+        elif result.outcome != "noop":
+            logger.warning("deploy of {} ended {}: {}", candidate, result.outcome, result.error)
+        return PollReport(
+            at=now, tags=len(tags), deployed=deployed, candidate=candidate, digest=digest, deploy=result,
+            rate_limit=self._registry.rate_limit,
+        )
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Poll until ``stop`` is set. Returns only then; no error ends the loop."""
+        sleep = self._sleep if self._sleep is not None else _waiting_on(stop)
+        logger.info(
+            "watching {} every {:g}s{}", self._settings.image.name, self._interval,
+            f" (constraint {self._constraint})" if self._constraint else "",
+        )
+        while not stop.is_set():
+            delay = self._cycle(stop, sleep)
+            if stop.is_set():
+                break
+            self._record_next_poll(delay)
+            sleep(delay)
+        logger.info("watcher stopped")
+
+    def _cycle(self, stop: threading.Event, sleep: Callable[[float], None]) -> float:
+        """One poll, retried through registry outages; returns the seconds to wait before the next."""
+        backoff = tenacity.wait_exponential_jitter(
+            multiplier=self._interval, max=self._cap, jitter=self._interval * JITTER
+        )
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(RegistryUnavailable),
+            # a Retry-After may ask for more than the cap of our own backoff; an hour at most
+            wait=wait_retry_after(backoff, cap=max(self._cap, MAX_WAIT)),
+            stop=tenacity.stop_when_event_set(stop),
+            sleep=sleep,
+            before_sleep=self._backing_off,
+            reraise=True,
+        )
+        try:
+            report = retrying(self.poll_once)
+        except RegistryUnavailable:
+            return 0.0  # stopped while backing off
+        except PiCicdError as exc:
+            self._failed(type(exc).__name__ + str(exc), "poll failed: {}; next poll in {:g}s", exc, None)
+            return self._interval
+        except Exception as exc:
+            self._failed(type(exc).__name__ + str(exc), "unexpected error in the watcher: {!r}; next poll in {:g}s",
+                         exc, exc)
+            return self._interval
+        if self._failing is not None:
+            logger.info("registry reachable again: {} tags, polling every {:g}s", report.tags, self._interval)
+            self._failing = None
+        return self._next_delay(report.rate_limit)
+
+    def _backing_off(self, retry_state: tenacity.RetryCallState) -> None:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        wait = retry_state.next_action.sleep if retry_state.next_action is not None else 0.0
+        what = "registry rate limit" if isinstance(error, RateLimited) else "registry unreachable"
+        if self._failing != "registry":
+            self._failing = "registry"
+            logger.warning("{}: {}; backing off (next try in {:.1f}s)", what, error, wait)
+        else:
+            logger.debug("{} (attempt {}): {}; next try in {:.1f}s", what, retry_state.attempt_number, error, wait)
+        self._record_error(f"{what}: {error}")
+        self._record_next_poll(wait)
+
+    def _failed(self, kind: str, message: str, error: BaseException, traceback: BaseException | None) -> None:
+        self._record_error(f"{type(error).__name__}: {error}")
+        if self._failing == kind:
+            logger.debug(message, error, self._interval)
+            return
+        self._failing = kind
+        logger.opt(exception=traceback).error(message, error, self._interval)
+
+    def _next_delay(self, rate_limit: RateLimit | None) -> float:
+        delay = poll_delay(self._interval, rate_limit, self._jitter())
+        slowed = delay > self._interval * (1 + JITTER)
+        if slowed and not self._slowed and rate_limit is not None:
+            logger.warning(
+                "registry rate limit: {} of {} pulls left; polling every {:.0f}s until it recovers",
+                rate_limit.remaining, rate_limit.limit, delay,
+            )
+        elif self._slowed and not slowed:
+            logger.info("registry rate limit recovered; polling every {:g}s again", self._interval)
+        self._slowed = slowed
+        return delay
+
+    # The state only feeds `cd-agent status`; failing to write it must not stop the watching.
+
+    def _record_next_poll(self, delay: float) -> None:
+        try:
+            self._state.set_next_poll_at(self._clock() + timedelta(seconds=delay))
+        except PiCicdError as exc:
+            logger.warning("could not record the next poll in the deploy state: {}", exc)
+
+    def _record_error(self, error: str) -> None:
+        try:
+            self._state.set_last_error(error)
+        except PiCicdError as exc:
+            logger.warning("could not record the error in the deploy state: {}", exc)
+
+
+def _waiting_on(stop: threading.Event) -> Callable[[float], None]:
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)
+
+    return sleep
+
+
+def _with_rate_limit(report: PollReport, rate_limit: RateLimit | None) -> PollReport:
+    return replace(report, rate_limit=rate_limit)
