@@ -474,6 +474,12 @@ class RegistryClient:
             raise RegistryError(f"token request to {realm} for registry {self.ref.registry} failed: {exc}") from exc
         if response.status_code in (401, 403):
             raise RegistryAuthError(self._refused(f"its token endpoint {realm} answered {response.status_code}"))
+        if 400 <= response.status_code < 500 and response.status_code != 429:
+            # Not RegistryNotFound: a missing token endpoint must not read as "the repository has no tags".
+            raise RegistryError(
+                f"token endpoint {realm} of registry {self.ref.registry} answered {response.status_code}"
+                f"{_error_summary(response)}"
+            )
         self._check(response, f"get a token from {realm} to {what}")
         body = self._json(response, f"get a token from {realm}")
         value = body.get("token") or body.get("access_token") if isinstance(body, dict) else None

@@ -413,3 +413,27 @@ def test_token_endpoint_down_is_unavailable() -> None:
     with client_for(handler, "o/app") as client:
         with pytest.raises(RegistryUnavailable, match="token endpoint"):
             client.list_tags()
+
+
+def test_token_endpoint_not_found_is_an_error_not_an_empty_tag_list() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.docker.io":
+            return httpx.Response(404)
+        return httpx.Response(401, headers={"WWW-Authenticate": HUB_CHALLENGE})
+
+    with client_for(handler, "o/app") as client:
+        with pytest.raises(RegistryError, match="token endpoint https://auth.docker.io/token .* answered 404") as error:
+            client.list_tags()
+    assert not isinstance(error.value, RegistryNotFound)
+
+
+def test_token_endpoint_rate_limit_is_rate_limited() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.docker.io":
+            return httpx.Response(429, headers={"Retry-After": "12"})
+        return httpx.Response(401, headers={"WWW-Authenticate": HUB_CHALLENGE})
+
+    with client_for(handler, "o/app") as client:
+        with pytest.raises(RateLimited) as error:
+            client.list_tags()
+    assert error.value.retry_after == 12.0
