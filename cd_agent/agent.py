@@ -1,0 +1,88 @@
+"""Wiring: every object the CD agent needs, built from ``CdSettings`` in one place.
+
+The command line asks for what a command needs and no more: ``status`` opens only the state file;
+``deploy``, ``rollback`` and ``watch`` also connect to Docker and the registry. Nothing here imports
+the web stack, so an idle ``cd-agent watch`` stays small on a Pi.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+from loguru import logger
+
+from cd_agent.candidate import newest_release
+from cd_agent.deployer import Deployer, DeployReport
+from cd_agent.docker_gateway import DockerGateway
+from cd_agent.errors import NothingToDeploy
+from cd_agent.settings import CdSettings
+from cd_agent.state import DeployState
+from cd_agent.watcher import Watcher
+from shared.notify import Notifier, notifier_from_settings
+from shared.registry import RegistryClient
+from shared.runstore import RunStore
+
+# How long shutdown waits for a queued "deployed X" / failure email.
+EMAIL_FLUSH_SECONDS = 30.0
+
+
+@dataclass
+class Agent:
+    """The CD agent's objects, alive inside :func:`open_agent`."""
+
+    settings: CdSettings
+    state: DeployState
+    registry: RegistryClient
+    deployer: Deployer
+
+    def watcher(self) -> Watcher:
+        return Watcher(self.settings, self.registry, self.deployer, self.state)
+
+    def deploy(self, version: str | None, *, force: bool = False) -> DeployReport:
+        """``cd-agent deploy [VERSION]``: the newest release inside the constraint when ``version`` is None.
+
+        Raises ``NothingToDeploy`` when there is no such release or ``version`` is not a tag of the image.
+        """
+        if version is None:
+            quarantined = () if force else self.state.quarantined_versions
+            version = newest_release(
+                self.registry.list_tags(), self.settings.constraint, quarantined, self.settings.cd_allow_prerelease
+            )
+            if version is None:
+                raise NothingToDeploy(f"{self.settings.image.name} has no release to deploy{self._within()}")
+        digest = self.registry.manifest_digest(version)
+        if digest is None:
+            raise NothingToDeploy(f"{self.settings.image.with_tag(version)} does not exist in the registry")
+        return self.deployer.deploy(version, digest=digest, force=force)
+
+    def _within(self) -> str:
+        constraint = self.settings.constraint
+        return f" within CD_VERSION_CONSTRAINT={constraint}" if constraint is not None else ""
+
+
+def open_state(settings: CdSettings) -> DeployState:
+    return DeployState(settings.state_path)
+
+
+@contextmanager
+def open_agent(settings: CdSettings) -> Iterator[Agent]:
+    """Build the agent; on exit wait for queued emails and close every connection."""
+    with ExitStack() as stack:
+        state = stack.enter_context(open_state(settings))
+        runs = stack.enter_context(RunStore(settings.runs_path))
+        notifier = notifier_from_settings(settings)
+        stack.callback(_close_notifier, notifier)
+        registry = stack.enter_context(
+            RegistryClient(settings.image, username=settings.registry_username, password=settings.registry_password)
+        )
+        docker = DockerGateway.from_env()
+        stack.callback(docker.close)
+        deployer = Deployer(settings, docker, state, runs, notifier)
+        yield Agent(settings=settings, state=state, registry=registry, deployer=deployer)
+
+
+def _close_notifier(notifier: Notifier) -> None:
+    if not notifier.close(EMAIL_FLUSH_SECONDS):
+        logger.warning("gave up waiting for emails still queued after {:g}s", EMAIL_FLUSH_SECONDS)

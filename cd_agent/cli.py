@@ -1,0 +1,233 @@
+"""``cd-agent``: the command line of the CD agent.
+
+::
+
+    cd-agent watch                       reconcile, then poll the registry and deploy new releases
+    cd-agent deploy [VERSION] [--force]  deploy VERSION (the newest release when omitted) now
+    cd-agent rollback                    go back to the previous version
+    cd-agent status [--json]             deployed, previous, quarantined, last and next poll
+
+Settings are read once (environment over ``.env``); errors are turned into a message on stderr and an
+exit code in exactly one place, :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from loguru import logger
+
+from cd_agent.agent import open_agent, open_state
+from cd_agent.deployer import DeployReport
+from cd_agent.errors import DeployError
+from cd_agent.settings import CdSettings
+from shared.errors import PiCicdError
+from shared.logs import configure_logging
+from shared.settings import load_settings, read_environment
+from shared.versions import parse_version
+
+PROG = "cd-agent"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Watch a container registry and deploy new releases of an app container, with health "
+        "checks and rollback. Settings come from CD_* variables (environment, then .env).",
+    )
+    parser.add_argument(
+        "--env-file", type=Path, default=Path(".env"), metavar="PATH",
+        help="file with settings, under the environment (default: .env in the working directory)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser(
+        "watch", help="poll the registry and deploy new releases (runs until SIGTERM/SIGINT)",
+        description="Finish or undo an interrupted deploy, then poll the registry every CD_POLL_INTERVAL "
+        "seconds and deploy each new release. Stops cleanly on SIGTERM or SIGINT.",
+    )
+
+    deploy = commands.add_parser(
+        "deploy", help="deploy a version now (the newest release when VERSION is omitted)",
+        description="Deploy VERSION now, with the same swap, health check and rollback as the watcher. "
+        "Without VERSION: the newest release within CD_VERSION_CONSTRAINT that is not quarantined.",
+    )
+    deploy.add_argument("version", nargs="?", metavar="VERSION", help="a release tag like 1.2.3")
+    deploy.add_argument("--force", action="store_true", help="deploy even a quarantined or already running version")
+    deploy.add_argument("--json", action="store_true", help="print the deploy report as JSON")
+
+    rollback = commands.add_parser(
+        "rollback", help="go back to the previous version",
+        description="Deploy the previous version again; the version rolled back from is quarantined so the "
+        "watcher does not bring it straight back.",
+    )
+    rollback.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    status = commands.add_parser(
+        "status", help="show the deployed and previous version, quarantine and polls",
+        description="Show what is deployed, what was before, which versions are quarantined, and when the "
+        "watcher last polled and polls next.",
+    )
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; returns the exit code (0 ok, 1 failed, 2 bad settings or usage, see errors.py)."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(CdSettings, read_environment(args.env_file))
+        configure_logging("cd", settings.secret_values(), level=settings.log_level)
+        return COMMANDS[args.command](settings, args)
+    except PiCicdError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def watch(settings: CdSettings, args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    with _stopping_on_signals(stop), open_agent(settings) as agent:
+        try:
+            agent.deployer.reconcile()
+        except PiCicdError as exc:
+            # The watcher's first deploy reconciles again; the app may well be serving.
+            logger.error("reconcile at start-up failed: {}; watching anyway", exc)
+        agent.watcher().run_forever(stop)
+    return 0
+
+
+def deploy(settings: CdSettings, args: argparse.Namespace) -> int:
+    if args.version is not None and parse_version(args.version) is None:
+        build_parser().error(f"VERSION must be a release tag like 1.2.3 or 1.2.3-rc.1, not {args.version!r}")
+    with open_agent(settings) as agent:
+        report = agent.deploy(args.version, force=args.force)
+    return _finish(report, "deploy", args.json)
+
+
+def rollback(settings: CdSettings, args: argparse.Namespace) -> int:
+    with open_agent(settings) as agent:
+        report = agent.deployer.rollback()
+    return _finish(report, "rollback", args.json)
+
+
+def status(settings: CdSettings, args: argparse.Namespace) -> int:
+    with open_state(settings) as state:
+        data = {"image": settings.image.name, "container": settings.cd_container_name, **state.to_json()}
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_status(data, now=datetime.now(UTC)), end="")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[CdSettings, argparse.Namespace], int]] = {
+    "watch": watch, "deploy": deploy, "rollback": rollback, "status": status,
+}
+
+
+def _finish(report: DeployReport, action: str, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+    if report.outcome in ("deployed", "noop"):
+        if not as_json:
+            print(_summary(report))
+        return 0
+    raise DeployError(
+        f"{action} of {report.version} {report.outcome.replace('_', ' ')}: {report.error or 'see the run log'}"
+        + (f" (run {report.run})" if report.run is not None else ""),
+        version=report.version,
+    )
+
+
+def _summary(report: DeployReport) -> str:
+    if report.outcome == "noop":
+        return f"{report.version} is already deployed and running"
+    text = f"deployed {report.version}"
+    if report.previous:
+        text += f" (was {report.previous})"
+    details = [f"run {report.run}"] if report.run is not None else []
+    details.append(f"{report.duration_s:.1f}s")
+    if report.downtime_s is not None:
+        details.append(f"downtime {report.downtime_s:.1f}s")
+    return f"{text}; {', '.join(details)}"
+
+
+def format_status(data: dict[str, Any], *, now: datetime) -> str:
+    """The status as aligned ``label  value`` lines for a terminal."""
+    rows: list[tuple[str, str]] = [("image", data["image"]), ("container", data["container"])]
+    rows.append(("deployed", _release(data["current"], now)))
+    rows.append(("previous", _release(data["previous"], now)))
+    quarantined = data["quarantined"]
+    if not quarantined:
+        rows.append(("quarantined", "-"))
+    for index, item in enumerate(quarantined):
+        since = _when(item["since"], now)
+        rows.append(("quarantined" if index == 0 else "", f"{item['version']} since {since}: {item['reason']}"))
+    rows.append(("last poll", _when(data["last_poll_at"], now)))
+    rows.append(("next poll", _when(data["next_poll_at"], now)))
+    if data.get("last_error"):
+        rows.append(("last error", data["last_error"]))
+    progress = data.get("deploy_in_progress")
+    if progress:
+        rows.append(("in progress", f"deploy of {progress['version']} (at {progress['phase']})"))
+    width = max(len(label) for label, _ in rows) + 2
+    return "".join(f"{label.ljust(width)}{value}\n" for label, value in rows)
+
+
+def _release(release: dict[str, Any] | None, now: datetime) -> str:
+    if release is None:
+        return "-"
+    text = release["version"]
+    if release.get("digest"):
+        text += f"  {release['digest'][:19]}…"
+    if release.get("deployed_at"):
+        text += f"  since {_when(release['deployed_at'], now)}"
+    return str(text)
+
+
+def _when(iso: str | None, now: datetime) -> str:
+    if iso is None:
+        return "never"
+    at = datetime.fromisoformat(iso)
+    seconds = (at - now).total_seconds()
+    relative = f"in {_duration(seconds)}" if seconds >= 0 else f"{_duration(-seconds)} ago"
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC ({relative})"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+@contextmanager
+def _stopping_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``stop``; a deploy under way finishes first, then the loop ends."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        logger.info("{} received: stopping after the current step", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
