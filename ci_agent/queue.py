@@ -2,9 +2,8 @@
 
 The webhook calls ``accept`` (or ``submit``) and answers at once; the worker loops on ``take``.
 Everything the worker needs is in the store (the push event is kept in ``run.details["event"]``),
-so a queued run can still be taken by a restarted agent (``RunStore.mark_unfinished_interrupted``
-at start-up interrupts queued runs too; whoever starts the agent chooses), and the store stays the
-one source of truth.
+so a queued run is still taken by a restarted agent (``RunStore.mark_unfinished_interrupted`` at
+start-up interrupts only the run that was running), and the store stays the one source of truth.
 
 Rules:
 

@@ -258,8 +258,12 @@ class RunStore:
             return self._fetch_one(conn, " WHERE delivery_id = ?", (delivery_id,))
 
     def mark_unfinished_interrupted(self, *, kind: str | None = None) -> builtins.list[Run]:
-        """At start-up: every queued or running run (of ``kind``) becomes ``interrupted``, finished now."""
-        return self._finish_where("interrupted", " WHERE status IN ('queued', 'running')", kind=kind)
+        """At start-up: every running run (of ``kind``) becomes ``interrupted``, finished now.
+
+        Queued runs stay queued: they never started, and their push is stored, so a restarted
+        agent still runs them.
+        """
+        return self._finish_where("interrupted", " WHERE status = 'running'", kind=kind)
 
     def claim_next_queued(self, kind: str | None = None) -> Run | None:
         """Atomically turn the oldest queued run (of ``kind``) into a running one, started now."""

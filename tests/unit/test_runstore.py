@@ -251,22 +251,19 @@ def test_mark_unfinished_interrupted_survives_reopen(db_path: Path, clock: Clock
     with RunStore(db_path, clock=clock) as store:
         interrupted = store.mark_unfinished_interrupted()
 
-    assert [(run.number, run.status, run.finished_at) for run in interrupted] == [
-        (1, "interrupted", clock.now),
-        (2, "interrupted", clock.now),
-    ]
+    assert [(run.number, run.status, run.finished_at) for run in interrupted] == [(2, "interrupted", clock.now)]
     with RunStore(db_path, clock=clock) as store:
-        assert [run.status for run in store.list()] == ["succeeded", "interrupted", "interrupted"]
-        assert store.get(2) == interrupted[1]
+        assert [run.status for run in store.list()] == ["succeeded", "interrupted", "queued"]
+        assert store.get(2) == interrupted[0]
         assert store.mark_unfinished_interrupted() == []
 
 
 def test_mark_unfinished_interrupted_by_kind(store: RunStore) -> None:
-    store.create(kind="ci")
-    store.create(kind="deploy")
+    store.create(kind="ci", status="running")
+    store.create(kind="deploy", status="running")
 
     assert [run.number for run in store.mark_unfinished_interrupted(kind="deploy")] == [2]
-    assert store.get(1) is not None and store.get(1).status == "queued"  # type: ignore[union-attr]
+    assert store.get(1) is not None and store.get(1).status == "running"  # type: ignore[union-attr]
 
 
 def test_claim_next_queued_takes_the_oldest(store: RunStore, clock: Clock) -> None:
