@@ -2,6 +2,7 @@
 pytest_plugins = [
     "tests.support.docker_env",
     "tests.support.registry_server",
+    "tests.support.cd_apps",
     "tests.support.registry_auth",
     "tests.support.smtp_server",
     "tests.support.git_repos",
