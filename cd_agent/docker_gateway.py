@@ -1,0 +1,288 @@
+"""The CD agent's only door to the Docker Engine (the Docker SDK's low-level API).
+
+Every call is wrapped so that Docker's exceptions leave this module as the CD agent's own errors
+with a message naming the call and the object::
+
+    engine unreachable, API error ........ DockerUnavailable("docker stop app: ...")
+    pulling a tag the registry lacks ..... DeployError("pull 127.0.0.1:5000/o/app:1.2.3: ...")
+    inspecting something that is gone .... None (inspect methods), or DockerUnavailable (actions)
+
+Answers are plain frozen dataclasses (``ImageInfo``, ``ContainerInfo``), so the deployer and the
+health check never see SDK objects. The API version is negotiated with the engine, never pinned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import docker
+import docker.errors
+import docker.types
+import requests
+
+from cd_agent.errors import DeployError, DockerUnavailable
+
+if TYPE_CHECKING:
+    from cd_agent.container_spec import ContainerSpec
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    tags: tuple[str, ...] = ()
+    repo_digests: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    has_healthcheck: bool = False
+
+    def digest_for(self, repository: str) -> str | None:
+        """The registry digest (``sha256:...``) this image has in ``repository``, if it was pulled from there."""
+        wanted = _normalise(repository)
+        for entry in self.repo_digests:
+            name, _, digest = entry.partition("@")
+            if _normalise(name) == wanted:
+                return digest
+        return None
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    type: str
+    destination: str
+    name: str | None = None
+    source: str | None = None
+    rw: bool = True
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    image: str
+    image_id: str
+    status: str
+    running: bool
+    restarting: bool
+    exit_code: int
+    restart_count: int
+    labels: Mapping[str, str] = field(default_factory=dict)
+    mounts: tuple[MountInfo, ...] = ()
+    health_status: str | None = None
+    health_output: tuple[str, ...] = ()
+    error: str = ""
+
+
+class DockerGateway:
+    """Thin typed wrapper over ``docker.DockerClient``; construct with ``DockerGateway.from_env()``."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self._client = client
+        self._api = client.api
+
+    @classmethod
+    def from_env(cls, *, timeout: float = 120) -> DockerGateway:
+        """Connect as the docker CLI would (``DOCKER_HOST`` or the local socket); negotiates the API version."""
+        try:
+            client = docker.from_env(version="auto", timeout=int(timeout))
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise DockerUnavailable(f"cannot reach the Docker Engine (is dockerd running?): {exc}") from exc
+        return cls(client)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def ping(self) -> None:
+        with _errors("ping"):
+            self._api.ping()
+
+    # images
+
+    def pull(self, repository: str, tag: str, *, auth: Mapping[str, str] | None = None) -> ImageInfo:
+        """Pull ``repository:tag`` and return the local image; registry errors in the stream become errors."""
+        what = f"pull {repository}:{tag}"
+        try:
+            for line in self._api.pull(
+                repository, tag=tag, stream=True, decode=True, auth_config=dict(auth) if auth else None
+            ):
+                if isinstance(line, dict) and line.get("error"):
+                    raise DeployError(f"{what}: {line['error']}")
+        except docker.errors.NotFound as exc:
+            raise DeployError(f"{what}: {_explain(exc)}") from exc
+        except docker.errors.APIError as exc:
+            raise DeployError(f"{what}: {_explain(exc)}") from exc
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise DockerUnavailable(f"{what}: cannot reach the Docker Engine: {exc}") from exc
+        image = self.image(f"{repository}:{tag}")
+        if image is None:
+            raise DeployError(f"{what}: the engine reported success but has no such image")
+        return image
+
+    def image(self, reference: str) -> ImageInfo | None:
+        with _errors(f"inspect image {reference}"):
+            try:
+                data = self._api.inspect_image(reference)
+            except docker.errors.NotFound:
+                return None
+        return _image_info(data)
+
+    def images(self, repository: str) -> list[ImageInfo]:
+        """Local images with a tag in ``repository``."""
+        with _errors(f"list images of {repository}"):
+            listed = self._api.images(name=repository)
+        return [
+            ImageInfo(
+                id=item["Id"], tags=tuple(item.get("RepoTags") or ()), repo_digests=tuple(item.get("RepoDigests") or ())
+            )
+            for item in listed
+        ]
+
+    def remove_image(self, reference: str) -> None:
+        """Untag ``reference`` (and delete the image when that was its last tag); never forced."""
+        with _errors(f"remove image {reference}"):
+            self._api.remove_image(reference)
+
+    # containers
+
+    def create(self, spec: ContainerSpec) -> str:
+        """Create (not start) the container; its ports are bound only when it starts."""
+        host_config = self._api.create_host_config(
+            port_bindings={
+                port.container_key: [{"HostIp": port.host_ip or "", "HostPort": str(port.host_port or "")}]
+                for port in spec.ports
+            },
+            mounts=[
+                docker.types.Mount(target=m.target, source=m.source, type=m.type, read_only=m.read_only)
+                for m in spec.mounts
+            ],
+            restart_policy={"Name": "" if spec.restart_policy == "no" else spec.restart_policy},
+        )
+        with _errors(f"create container {spec.name} from {spec.image}"):
+            created = self._api.create_container(
+                spec.image,
+                name=spec.name,
+                environment=list(spec.env),
+                ports=[(port.container_port, port.protocol) for port in spec.ports],
+                labels=dict(spec.labels),
+                host_config=host_config,
+                detach=True,
+            )
+        return str(created["Id"])
+
+    def container(self, name_or_id: str) -> ContainerInfo | None:
+        with _errors(f"inspect container {name_or_id}"):
+            try:
+                data = self._api.inspect_container(name_or_id)
+            except docker.errors.NotFound:
+                return None
+        return _container_info(data)
+
+    def containers(self, *, label: str | None = None, name: str | None = None) -> list[ContainerInfo]:
+        """All containers (running or not) with ``label`` (``key`` or ``key=value``) / whose name contains ``name``."""
+        filters: dict[str, Any] = {}
+        if label:
+            filters["label"] = label
+        if name:
+            filters["name"] = name
+        with _errors("list containers"):
+            listed = self._api.containers(all=True, filters=filters)
+        found = [self.container(item["Id"]) for item in listed]
+        return [info for info in found if info is not None]
+
+    def rename(self, container: str, new_name: str) -> None:
+        with _errors(f"rename container {container} to {new_name}"):
+            self._api.rename(container, new_name)
+
+    def start(self, container: str) -> None:
+        with _errors(f"start container {container}"):
+            self._api.start(container)
+
+    def stop(self, container: str, *, timeout: float) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds (whole seconds, rounded up, as the API takes them)."""
+        with _errors(f"stop container {container}"):
+            self._api.stop(container, timeout=math.ceil(timeout))
+
+    def remove(self, container: str) -> None:
+        """Remove a container, stopping it if needed. Its volumes are never removed."""
+        with _errors(f"remove container {container}"):
+            try:
+                self._api.remove_container(container, force=True, v=False)
+            except docker.errors.NotFound:
+                return
+
+    def logs_tail(self, container: str, lines: int = 50) -> str:
+        with _errors(f"read the logs of container {container}"):
+            data = self._api.logs(container, stdout=True, stderr=True, tail=lines, timestamps=False)
+        return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
+
+
+@contextmanager
+def _errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except docker.errors.APIError as exc:
+        raise DockerUnavailable(f"docker {what}: {_explain(exc)}") from exc
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise DockerUnavailable(f"docker {what}: cannot reach the Docker Engine: {exc}") from exc
+
+
+def _explain(exc: docker.errors.APIError) -> str:
+    explanation = exc.explanation
+    if isinstance(explanation, bytes):
+        explanation = explanation.decode("utf-8", errors="replace")
+    return f"{explanation or exc} (HTTP {exc.status_code})"
+
+
+def _normalise(repository: str) -> str:
+    """``docker.io/library/x`` and ``x`` name the same repository, as the engine stores it."""
+    for prefix in ("docker.io/", "index.docker.io/", "registry-1.docker.io/"):
+        if repository.startswith(prefix):
+            repository = repository[len(prefix):]
+            break
+    return repository.removeprefix("library/")
+
+
+def _image_info(data: Mapping[str, Any]) -> ImageInfo:
+    config = data.get("Config") or {}
+    healthcheck = config.get("Healthcheck") or {}
+    test = healthcheck.get("Test") or []
+    return ImageInfo(
+        id=data["Id"],
+        tags=tuple(data.get("RepoTags") or ()),
+        repo_digests=tuple(data.get("RepoDigests") or ()),
+        volumes=tuple(sorted(config.get("Volumes") or {})),
+        has_healthcheck=bool(test) and test[0] != "NONE",
+    )
+
+
+def _container_info(data: Mapping[str, Any]) -> ContainerInfo:
+    state = data.get("State") or {}
+    config = data.get("Config") or {}
+    health = state.get("Health") or {}
+    return ContainerInfo(
+        id=data["Id"],
+        name=str(data.get("Name", "")).lstrip("/"),
+        image=config.get("Image", ""),
+        image_id=data.get("Image", ""),
+        status=state.get("Status", ""),
+        running=bool(state.get("Running")),
+        restarting=bool(state.get("Restarting")),
+        exit_code=int(state.get("ExitCode") or 0),
+        restart_count=int(data.get("RestartCount") or 0),
+        labels=dict(config.get("Labels") or {}),
+        mounts=tuple(
+            MountInfo(
+                type=m.get("Type", ""),
+                destination=m.get("Destination", ""),
+                name=m.get("Name"),
+                source=m.get("Source"),
+                rw=bool(m.get("RW", True)),
+            )
+            for m in data.get("Mounts") or ()
+        ),
+        health_status=health.get("Status") if health else None,
+        health_output=tuple(str(entry.get("Output", "")).strip() for entry in health.get("Log") or ()),
+        error=state.get("Error", "") or "",
+    )

@@ -1,0 +1,137 @@
+"""Is the freshly started container healthy? One verdict within ``CD_HEALTH_TIMEOUT``.
+
+In order of preference, as DESIGN.md says:
+
+1. the image's own ``HEALTHCHECK`` (Docker's ``State.Health.Status`` becomes ``healthy``);
+2. else ``CD_HEALTH_URL`` answering 2xx (requested from the agent's host, e.g. a published port);
+3. else the container still running, not restarting and not restarted after ``CD_HEALTH_GRACE``.
+
+Whatever the method, a container that exits or restarts fails at once instead of at the deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+
+from cd_agent.docker_gateway import ContainerInfo, DockerGateway
+
+Method = Literal["healthcheck", "url", "running"]
+POLL_INTERVAL = 0.2
+
+
+@dataclass(frozen=True)
+class HealthVerdict:
+    healthy: bool
+    method: Method
+    reason: str
+    output: str = ""
+    """What the check saw last: HEALTHCHECK output, the URL's answer or error."""
+
+
+def probe_url(url: str, timeout: float) -> tuple[bool, str]:
+    """GET ``url``: (answered 2xx, what happened)."""
+    try:
+        response = httpx.get(url, timeout=timeout, follow_redirects=True)
+    except httpx.HTTPError as exc:
+        return False, f"GET {url}: {type(exc).__name__}: {exc}"
+    return response.is_success, f"GET {url}: HTTP {response.status_code}"
+
+
+class HealthChecker:
+    """Waits for the verdict on one container; ``clock``/``sleep``/``probe`` are injectable for tests."""
+
+    def __init__(
+        self,
+        docker: DockerGateway,
+        *,
+        url: str | None,
+        timeout: float,
+        grace: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        probe: Callable[[str, float], tuple[bool, str]] = probe_url,
+    ) -> None:
+        self._docker = docker
+        self._url = url
+        self._timeout = timeout
+        self._grace = grace
+        self._clock = clock
+        self._sleep = sleep
+        self._probe = probe
+
+    def wait(self, container: str) -> HealthVerdict:
+        deadline = self._clock() + self._timeout
+        info = self._docker.container(container)
+        if info is None:
+            return HealthVerdict(False, "running", f"container {container} disappeared")
+        if info.health_status is not None:
+            return self._wait_healthcheck(container, deadline)
+        if self._url is not None:
+            return self._wait_url(container, self._url, deadline)
+        return self._wait_running(container, deadline)
+
+    def _wait_healthcheck(self, container: str, deadline: float) -> HealthVerdict:
+        while True:
+            info = self._docker.container(container)
+            failed = _not_running(info, container)
+            if info is None or failed:
+                return HealthVerdict(False, "healthcheck", failed, _last(info))
+            if info.health_status == "healthy":
+                return HealthVerdict(True, "healthcheck", "the image's HEALTHCHECK says healthy", _last(info))
+            if info.health_status == "unhealthy":
+                return HealthVerdict(False, "healthcheck", "the image's HEALTHCHECK says unhealthy", _last(info))
+            if self._clock() >= deadline:
+                return HealthVerdict(
+                    False, "healthcheck",
+                    f"not healthy within {self._timeout:g}s (health status {info.health_status})", _last(info),
+                )
+            self._sleep(POLL_INTERVAL)
+
+    def _wait_url(self, container: str, url: str, deadline: float) -> HealthVerdict:
+        seen = ""
+        while True:
+            info = self._docker.container(container)
+            failed = _not_running(info, container)
+            if failed:
+                return HealthVerdict(False, "url", failed, seen)
+            remaining = deadline - self._clock()
+            ok, seen = self._probe(url, max(0.2, min(2.0, remaining)))
+            if ok:
+                return HealthVerdict(True, "url", f"{url} answered 2xx", seen)
+            if self._clock() >= deadline:
+                return HealthVerdict(False, "url", f"{url} did not answer 2xx within {self._timeout:g}s", seen)
+            self._sleep(POLL_INTERVAL)
+
+    def _wait_running(self, container: str, deadline: float) -> HealthVerdict:
+        until = min(deadline, self._clock() + self._grace)
+        while True:
+            info = self._docker.container(container)
+            failed = _not_running(info, container)
+            if failed:
+                return HealthVerdict(False, "running", failed)
+            if self._clock() >= until:
+                return HealthVerdict(True, "running", f"still running after {self._grace:g}s")
+            self._sleep(min(POLL_INTERVAL, max(0.0, until - self._clock())))
+
+
+def _not_running(info: ContainerInfo | None, container: str) -> str:
+    """Why the container is not (steadily) running, or "" when it is."""
+    if info is None:
+        return f"container {container} disappeared"
+    if info.restarting or info.restart_count > 0:
+        return f"the container keeps restarting (restarted {info.restart_count} times, last exit code {info.exit_code})"
+    if not info.running:
+        detail = f": {info.error}" if info.error else ""
+        return f"the container exited with code {info.exit_code}{detail}"
+    return ""
+
+
+def _last(info: ContainerInfo | None, entries: int = 3) -> str:
+    if info is None:
+        return ""
+    return "\n".join(output for output in info.health_output[-entries:] if output)

@@ -1,0 +1,291 @@
+"""App releases for the CD tests: tiny busybox web apps built FROM scratch and pushed to the registry.
+
+Every release serves ``/index.html`` (its version) and ``/greeting.txt`` (``$GREETING``) on port 8080,
+appends its version to ``/data/history`` (a named volume from CD_VOLUMES) and ``/cache/history`` (an
+anonymous volume the image declares with ``VOLUME``) when it starts, and stops at once on SIGTERM.
+Variants: ``healthcheck`` (an image HEALTHCHECK), ``broken`` (the process exits), ``silent`` (runs but
+never answers HTTP), and any ``env``/``start`` script to change ENV and CMD.
+
+``python -m tests.support.cd_apps hang-at PHASE VERSION`` deploys with the settings in its environment
+and blocks at PHASE (after touching ``$CD_TEST_MARKER``), so a test can SIGKILL a deploy half-way.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import pytest
+
+from cd_agent.deployer import Deployer
+from cd_agent.docker_gateway import DockerGateway
+from cd_agent.settings import CdSettings
+from cd_agent.state import DeployState
+from shared.notify import Notifier, notifier_from_settings
+from shared.runstore import RunStore
+from shared.settings import load_settings
+from shared.testing import RecordingMailer
+from tests.support.docker_env import DockerJanitor, build_context_tar, busybox_dockerfile, unique
+from tests.support.ports import free_port
+from tests.support.registry_server import RegistryServer
+
+Variant = Literal["good", "healthcheck", "broken", "silent"]
+
+START = """#!/bin/sh
+echo "app $APP_VERSION starting"
+for dir in /data /cache; do
+    if [ -d "$dir" ]; then echo "$APP_VERSION" >> "$dir/history"; fi
+done
+printf '%s' "$APP_VERSION" > /www/index.html
+printf '%s' "$GREETING" > /www/greeting.txt
+# PID 1 ignores SIGTERM unless it handles it: without this trap every stop would wait for SIGKILL.
+trap 'kill $pid; exit 0' TERM
+httpd -f -p 8080 -h /www &
+pid=$!
+wait
+"""
+
+BROKEN = """#!/bin/sh
+echo "app $APP_VERSION starting"
+echo "fatal: cannot open /etc/app.conf: no such file (release $APP_VERSION)" >&2
+exit 3
+"""
+
+SILENT = """#!/bin/sh
+echo "app $APP_VERSION starting, waiting for a database that never comes"
+trap 'exit 0' TERM
+while true; do sleep 1; done
+"""
+
+
+class AppReleases:
+    """Builds, pushes and forgets (locally) releases of one app repository in the test registry."""
+
+    def __init__(self, docker_client: Any, registry: RegistryServer, janitor: DockerJanitor | None = None) -> None:
+        self.docker_client = docker_client
+        self.repository = f"{registry.host}/{unique('cdapp')}/app"
+        self.janitor = janitor
+        self.pushed: list[str] = []
+
+    def push(
+        self,
+        version: str,
+        variant: Variant = "good",
+        *,
+        env: Mapping[str, str] | None = None,
+        start: str | None = None,
+        keep_local: bool = False,
+    ) -> str:
+        """Build and push ``repository:version``; the local tag is removed so the deployer must pull."""
+        script = start or {"good": START, "healthcheck": START, "broken": BROKEN, "silent": SILENT}[variant]
+        healthcheck = ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"] if variant == "healthcheck" else None
+        dockerfile = busybox_dockerfile(
+            cmd=["/app/start.sh"],
+            env={"APP_VERSION": version, "GREETING": "hello", **(env or {})},
+            volumes=["/cache"],
+            healthcheck=healthcheck,
+            health_interval="300ms",
+            extra="RUN mkdir -p /www /tmp",
+        )
+        reference = f"{self.repository}:{version}"
+        if self.janitor is not None:
+            self.janitor.images.add(reference)
+        self.docker_client.images.build(
+            fileobj=build_context_tar(dockerfile, {"app/start.sh": script}), custom_context=True, tag=reference, rm=True
+        )
+        for line in self.docker_client.images.push(self.repository, tag=version, stream=True, decode=True):
+            if "error" in line:
+                raise RuntimeError(f"push {reference}: {line['error']}")
+        if not keep_local:
+            self.docker_client.images.remove(reference)
+        self.pushed.append(version)
+        return reference
+
+
+class HttpProbe:
+    """GETs ``url`` every ``interval`` seconds on a thread; ``longest_outage`` is the longest time
+    between a good answer and the next one."""
+
+    def __init__(self, url: str, interval: float = 0.05) -> None:
+        self.url = url
+        self.interval = interval
+        self.samples: list[tuple[float, bool, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="http-probe", daemon=True)
+
+    def __enter__(self) -> HttpProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=0.5) as client:
+            while not self._stop.is_set():
+                moment = time.monotonic()
+                try:
+                    response = client.get(self.url)
+                    self.samples.append((moment, response.status_code == 200, response.text))
+                except httpx.HTTPError as exc:
+                    self.samples.append((moment, False, type(exc).__name__))
+                self._stop.wait(self.interval)
+
+    @property
+    def longest_outage(self) -> float:
+        longest, last_good = 0.0, None
+        for moment, ok, _ in self.samples:
+            if ok:
+                if last_good is not None:
+                    longest = max(longest, moment - last_good)
+                last_good = moment
+        return longest
+
+    def answers(self) -> list[str]:
+        """The distinct bodies seen, in order (e.g. ["1.0.0", "1.0.1"])."""
+        seen: list[str] = []
+        for _, ok, text in self.samples:
+            if ok and (not seen or seen[-1] != text):
+                seen.append(text)
+        return seen
+
+
+@dataclass
+class CdWorld:
+    """One app container under test: its settings, deployer, releases and loopback port."""
+
+    docker_client: Any
+    janitor: DockerJanitor
+    releases: AppReleases
+    root: Path
+    name: str = field(default_factory=lambda: unique("picicd-cd"))
+    port: int = field(default_factory=free_port)
+    mailer: RecordingMailer = field(default_factory=RecordingMailer)
+    overrides: dict[str, str] = field(default_factory=dict)
+    _closers: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.janitor.name_prefixes.add(self.name)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def volume(self) -> str:
+        return f"{self.name}-data"
+
+    def environ(self, **overrides: str) -> dict[str, str]:
+        env = {
+            "CD_IMAGE": self.releases.repository,
+            "CD_CONTAINER_NAME": self.name,
+            "CD_PORTS": f"127.0.0.1:{self.port}:8080",
+            "CD_VOLUMES": f"{self.volume}:/data",
+            "CD_RESTART_POLICY": "unless-stopped",
+            "CD_HEALTH_TIMEOUT": "8",
+            "CD_HEALTH_GRACE": "1",
+            "CD_STOP_TIMEOUT": "2",
+            "LOG_DIR": str(self.root / "logs"),
+            "STATE_DIR": str(self.root / "state"),
+        }
+        env.update(self.overrides)
+        env.update(overrides)
+        return env
+
+    def settings(self, **overrides: str) -> CdSettings:
+        return load_settings(CdSettings, self.environ(**overrides))
+
+    def deployer(self, **overrides: str) -> Deployer:
+        settings = self.settings(**overrides)
+        notifier = notifier_from_settings(settings) if settings.email_enabled else Notifier(self.mailer, attempts=1)
+        deployer = build_deployer(settings, notifier)
+        self._closers.append(deployer)
+        return deployer
+
+    def served(self, path: str = "") -> str | None:
+        try:
+            response = httpx.get(self.url + path, timeout=1)
+        except httpx.HTTPError:
+            return None
+        return response.text if response.status_code == 200 else None
+
+    def read_in_app(self, path: str) -> str:
+        container = self.docker_client.containers.get(self.name)
+        code, output = container.exec_run(["cat", path])
+        assert code == 0, output
+        return str(output.decode())
+
+    def containers(self) -> list[str]:
+        return sorted(c.name for c in self.docker_client.containers.list(all=True) if c.name.startswith(self.name))
+
+    def use_smtp(self, host: str, port: int) -> None:
+        """Send this world's emails through a real SMTP server (tests.support.smtp_server)."""
+        self.overrides.update(
+            SMTP_HOST=host, SMTP_PORT=str(port), SMTP_SECURITY="none",
+            NOTIFY_FROM="cd@pi.test", NOTIFY_TO="owner@pi.test",
+        )
+
+    def close(self) -> None:
+        for deployer in self._closers:
+            deployer.notifier.close(5)
+            deployer.state.close()
+            deployer.runs.close()
+            deployer.docker.close()
+        # Anonymous volumes carried over from container to container are mounted by name, so
+        # `docker rm -v` keeps them: collect them for the janitor.
+        for container in self.docker_client.containers.list(all=True):
+            if container.name.startswith(self.name):
+                for mount in container.attrs.get("Mounts", []):
+                    if mount.get("Type") == "volume" and mount.get("Name"):
+                        self.janitor.volumes.add(mount["Name"])
+
+
+def build_deployer(settings: CdSettings, notifier: Notifier, **kwargs: Any) -> Deployer:
+    return Deployer(
+        settings,
+        DockerGateway.from_env(),
+        DeployState(settings.state_path),
+        RunStore(settings.runs_path),
+        notifier,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def cd_world(
+    docker_client: Any, docker_janitor: DockerJanitor, registry: RegistryServer, tmp_path: Path
+) -> Iterator[CdWorld]:
+    world = CdWorld(docker_client, docker_janitor, AppReleases(docker_client, registry, docker_janitor), tmp_path)
+    yield world
+    world.close()
+
+
+def _hang_at(phase: str, version: str) -> None:
+    """Deploy ``version`` and block forever at ``phase`` (the test then SIGKILLs this process)."""
+    import os
+
+    from shared.settings import read_environment
+
+    settings = load_settings(CdSettings, read_environment(None))
+    marker = Path(os.environ["CD_TEST_MARKER"])
+
+    def block(reached: str) -> None:
+        if reached == phase:
+            marker.write_text(reached)
+            threading.Event().wait()
+
+    build_deployer(settings, Notifier(None), on_phase=block).deploy(version)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "hang-at":
+        _hang_at(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit("usage: python -m tests.support.cd_apps hang-at PHASE VERSION")
