@@ -10,6 +10,7 @@ message naming the variable and the bad part instead of failing at the first dep
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ Protocol = Literal["tcp", "udp", "sctp"]
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 _VOLUME_NAME = _CONTAINER_NAME
 _PORT_SPEC = re.compile(
-    r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]+|[a-zA-Z0-9.-]+):)?"
+    r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9a-zA-Z.-]+):)?"
     r"(?:(?P<host>[0-9]*):)?(?P<container>[0-9]+)(?:/(?P<proto>[a-z]+))?$"
 )
 _PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp", "sctp")
@@ -93,6 +94,10 @@ def parse_port(part: str) -> PortMapping:
             raise ValueError(f"{part!r}: a host IP needs a host port too (IP:HOST_PORT:CONTAINER_PORT)")
     if ip is not None:
         ip = ip.strip("[]")
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ValueError(f"{part!r}: {ip!r} is not an IP address to publish on") from None
     protocol = proto or "tcp"
     if protocol not in _PROTOCOLS:
         raise ValueError(f"{part!r}: protocol {protocol!r} is not one of tcp, udp, sctp")

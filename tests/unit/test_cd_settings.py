@@ -93,6 +93,8 @@ def test_env_file_must_exist(tmp_path):
         ("CD_PORTS", "70000:80", r"CD_PORTS=.*'70000:80': port 70000 is not between 1 and 65535"),
         ("CD_PORTS", "8080:80/icmp", r"CD_PORTS=.*protocol 'icmp'"),
         ("CD_PORTS", "127.0.0.1:80", r"CD_PORTS=.*needs a host port"),
+        ("CD_PORTS", "8080:80:90", r"CD_PORTS=.*'8080' is not an IP address"),
+        ("CD_PORTS", "localhost:8080:80", r"CD_PORTS=.*'localhost' is not an IP address"),
         ("CD_PORTS", "8080:80,8080:81", r"CD_PORTS=.*published twice"),
         ("CD_VOLUMES", "data", r"CD_VOLUMES=.*'data' is not SOURCE:TARGET"),
         ("CD_VOLUMES", "data:/data:rx", r"CD_VOLUMES=.*mode 'rx'"),
