@@ -1,0 +1,129 @@
+"""``cd-agent watch`` as a real process: deploys from nothing, follows new tags, honours the constraint."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_cd_cli import clean_environ, status_json, version_of
+from tests.support.cd_apps import CdWorld
+from tests.support.polling import wait_for
+
+pytestmark = pytest.mark.docker
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \|")
+
+
+class WatchProcess:
+    """``python -m cd_agent watch`` with its console log in a file."""
+
+    def __init__(self, environ: dict[str, str], cwd: Path) -> None:
+        self.log_path = cwd / f"watch-{datetime.now(UTC):%H%M%S%f}.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cd_agent", "watch"],
+                env=clean_environ(environ), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def lines(self, text: str) -> list[str]:
+        return [line for line in self.log().splitlines() if text in line]
+
+    def logged_at(self, text: str) -> datetime:
+        """When the first line containing ``text`` was logged (the console format starts with UTC time)."""
+        line = wait_for(lambda: next(iter(self.lines(text)), None), timeout=60, what=f"log line {text!r}")
+        match = _STAMP.match(line)
+        assert match, line
+        return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def start_watch() -> Iterator[type[WatchProcess]]:
+    started: list[WatchProcess] = []
+
+    class Tracked(WatchProcess):
+        def __init__(self, environ: dict[str, str], cwd: Path) -> None:
+            super().__init__(environ, cwd)
+            started.append(self)
+
+    yield Tracked
+    for process in started:
+        process.kill()
+
+
+def current_version(world: CdWorld) -> str | None:
+    return version_of(status_json(world)["current"])
+
+
+def test_from_nothing_then_each_new_tag_within_two_poll_intervals(cd_world: CdWorld, start_watch):
+    world = cd_world
+    interval = 2.0
+    world.releases.push("1.0.0")
+    world.releases.push("1.0.1")
+
+    watch = start_watch(world.environ(CD_POLL_INTERVAL=str(interval)), world.root)
+
+    wait_for(lambda: world.served() == "1.0.1", timeout=90, what="the newest release served")
+    wait_for(lambda: current_version(world) == "1.0.1", timeout=30, what="1.0.1 recorded as deployed")
+    assert "reconcile:" in watch.log()
+    assert not watch.lines("deploying 1.0.0") and not watch.lines("new release 1.0.0")
+
+    world.releases.push("1.1.0")
+    pushed = datetime.now(UTC)
+
+    noticed = watch.logged_at("new release 1.1.0")
+    assert (noticed - pushed).total_seconds() <= 2 * interval + 0.5
+    wait_for(lambda: world.served() == "1.1.0", timeout=60, what="1.1.0 served")
+    wait_for(lambda: current_version(world) == "1.1.0", timeout=30, what="1.1.0 recorded as deployed")
+
+    status = status_json(world)
+    assert version_of(status["previous"]) == "1.0.1"
+    last_poll = datetime.fromisoformat(status["last_poll_at"])
+    next_poll = datetime.fromisoformat(status["next_poll_at"])
+    assert 0 < (next_poll - last_poll).total_seconds() <= 3 * interval
+
+    assert watch.stop() == 0
+    assert "SIGTERM received" in watch.log()
+    assert "watcher stopped" in watch.log()
+    assert "Traceback" not in watch.log()
+    assert world.served() == "1.1.0"  # stopping the watcher leaves the app alone
+
+
+def test_the_version_constraint_keeps_1_0_0_out(cd_world: CdWorld, start_watch):
+    world = cd_world
+    for version in ("0.9.0", "0.9.1", "1.0.0"):
+        world.releases.push(version)
+
+    watch = start_watch(world.environ(CD_POLL_INTERVAL="1", CD_VERSION_CONSTRAINT="<1.0.0"), world.root)
+
+    wait_for(lambda: world.served() == "0.9.1", timeout=90, what="0.9.1 served")
+    wait_for(lambda: current_version(world) == "0.9.1", timeout=30, what="0.9.1 recorded")
+    # a few more polls: 1.0.0 stays out
+    seen = status_json(world)["last_poll_at"]
+    for _ in range(3):
+        wait_for(lambda: status_json(world)["last_poll_at"] != seen, timeout=20, what="another poll")
+        seen = status_json(world)["last_poll_at"]
+    assert world.served() == "0.9.1"
+    assert watch.lines("new release 0.9.1")
+    assert not watch.lines("new release 1.0.0")
+    assert not watch.lines("deploy 1.0.0")
+    assert watch.stop() == 0
