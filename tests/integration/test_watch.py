@@ -40,7 +40,7 @@ class WatchProcess:
 
     def logged_at(self, text: str) -> datetime:
         """When the first line containing ``text`` was logged (the console format starts with UTC time)."""
-        line = wait_for(lambda: next(iter(self.lines(text)), None), timeout=60, what=f"log line {text!r}")
+        line: str = wait_for(lambda: next(iter(self.lines(text)), ""), timeout=60, what=f"log line {text!r}")
         match = _STAMP.match(line)
         assert match, line
         return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
@@ -118,10 +118,13 @@ def test_the_version_constraint_keeps_1_0_0_out(cd_world: CdWorld, start_watch):
     wait_for(lambda: world.served() == "0.9.1", timeout=90, what="0.9.1 served")
     wait_for(lambda: current_version(world) == "0.9.1", timeout=30, what="0.9.1 recorded")
     # a few more polls: 1.0.0 stays out
-    seen = status_json(world)["last_poll_at"]
-    for _ in range(3):
-        wait_for(lambda: status_json(world)["last_poll_at"] != seen, timeout=20, what="another poll")
-        seen = status_json(world)["last_poll_at"]
+    polls = {status_json(world)["last_poll_at"]}
+
+    def three_more_polls() -> bool:
+        polls.add(status_json(world)["last_poll_at"])
+        return len(polls) > 3
+
+    wait_for(three_more_polls, timeout=30, what="3 more polls")
     assert world.served() == "0.9.1"
     assert watch.lines("new release 0.9.1")
     assert not watch.lines("new release 1.0.0")
