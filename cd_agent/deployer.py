@@ -265,7 +265,6 @@ class Deployer:
             self._quietly(log, "remove the old container", lambda: self.docker.remove(old.id))
         previous = self._previous_release(old, old_version, old_digest, version)
         self.state.record_deployed(Release(version, digest, new_id, self._clock()), previous)
-        self._phase("verdict")
         self._prune_images(log, version, previous.version if previous else None)
         body = (
             f"{self._repository}:{version} is running as {name}.\n"

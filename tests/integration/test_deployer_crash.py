@@ -1,0 +1,121 @@
+"""The agent SIGKILLed in the middle of a deploy, then started again: reconcile() leaves a serving app
+and a state that agrees with the containers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cd_agent.container_spec import LABEL_VERSION
+from tests.support.cd_apps import CdWorld
+from tests.support.polling import wait_for
+
+pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _deploy_and_kill_at(world: CdWorld, phase: str, version: str) -> None:
+    marker = world.root / f"reached-{phase}"
+    env = {**os.environ, **world.environ(), "CD_TEST_MARKER": str(marker), "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.cd_apps", "hang-at", phase, version],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: marker.exists() or process.poll() is not None, timeout=60, what=f"the deploy to reach {phase}")
+        assert marker.exists(), process.stderr.read().decode() if process.stderr else "deploy ended early"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+
+@pytest.mark.parametrize("phase", ["created", "old_stopped", "new_started"])
+def test_killed_before_the_verdict_the_old_version_comes_back(cd_world: CdWorld, phase: str) -> None:
+    cd_world.releases.push("1.0.0")
+    cd_world.releases.push("1.1.0")
+    first = cd_world.deployer()
+    first.deploy("1.0.0")
+    first.state.close()
+
+    _deploy_and_kill_at(cd_world, phase, "1.1.0")
+    deployer = cd_world.deployer()
+    assert deployer.state.journal is not None
+
+    said = deployer.reconcile()
+
+    assert "undid the interrupted deploy of 1.1.0" in said
+    wait_for(lambda: cd_world.served() == "1.0.0", timeout=10, what="1.0.0 serving again")
+    assert cd_world.containers() == [cd_world.name]
+    container = cd_world.docker_client.containers.get(cd_world.name)
+    current = deployer.state.current
+    assert current is not None and current.version == "1.0.0" and current.container_id == container.id
+    assert deployer.state.journal is None
+    assert not deployer.state.is_quarantined("1.1.0")
+    interrupted = deployer.runs.list(limit=1)[0]
+    assert interrupted.version == "1.1.0" and interrupted.status == "interrupted"
+    # the data written by the half-started 1.1.0 (if it got that far) is still in the volume
+    assert cd_world.read_in_app("/data/history").split()[0] == "1.0.0"
+    # and the agent can deploy again afterwards
+    assert deployer.deploy("1.1.0").outcome == "deployed"
+    assert cd_world.served() == "1.1.0"
+
+
+def test_killed_after_the_verdict_the_proven_new_version_stays(cd_world: CdWorld) -> None:
+    cd_world.releases.push("1.0.0")
+    cd_world.releases.push("1.1.0")
+    first = cd_world.deployer()
+    first.deploy("1.0.0")
+    first.state.close()
+
+    _deploy_and_kill_at(cd_world, "verdict", "1.1.0")
+    deployer = cd_world.deployer()
+
+    said = deployer.reconcile()
+
+    assert "finished the interrupted deploy of 1.1.0" in said
+    assert cd_world.served() == "1.1.0"
+    assert cd_world.containers() == [cd_world.name]
+    current, previous = deployer.state.current, deployer.state.previous
+    assert current is not None and current.version == "1.1.0"
+    assert previous is not None and previous.version == "1.0.0"
+    assert deployer.state.journal is None
+
+
+def test_killed_during_a_first_deploy_the_half_made_container_is_removed(cd_world: CdWorld) -> None:
+    cd_world.releases.push("1.0.0")
+
+    _deploy_and_kill_at(cd_world, "new_started", "1.0.0")
+    deployer = cd_world.deployer()
+
+    said = deployer.reconcile()
+
+    assert "first deploy of 1.0.0" in said
+    assert cd_world.containers() == []
+    assert deployer.state.current is None
+    assert deployer.deploy("1.0.0").outcome == "deployed"
+
+
+def test_reconcile_without_an_interrupted_deploy_makes_the_state_agree(cd_world: CdWorld) -> None:
+    cd_world.releases.push("1.0.0")
+    deployer = cd_world.deployer()
+    deployer.deploy("1.0.0")
+    assert "state agrees" in deployer.reconcile()
+
+    deployer.state.set_current(None)
+    said = deployer.reconcile()
+
+    assert "runs 1.0.0" in said and "state updated" in said
+    current = deployer.state.current
+    container = cd_world.docker_client.containers.get(cd_world.name)
+    assert current is not None and current.version == container.labels[LABEL_VERSION] == "1.0.0"
