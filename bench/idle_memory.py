@@ -1,0 +1,90 @@
+"""Resident memory of an idle ``cd-agent watch`` process (what it costs to leave running on a Pi).
+
+    python -m bench.idle_memory               # throw-away registry with an empty repository, 10 s idle
+    python -m bench.idle_memory --seconds 60
+
+Needs dockerd (the watcher connects to it at start). The repository has no tags, so the watcher
+only polls; nothing is deployed. For scale it also prints a bare interpreter and one that imports the
+web stack the CI agent uses (which the watcher must not import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support.registry_server import start_registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of ``pid`` in KiB, from /proc."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(value.split()[0])
+    return values["VmRSS"], values["VmHWM"]
+
+
+def idle_python(code: str) -> tuple[int, int]:
+    process = subprocess.Popen([sys.executable, "-c", code + "\nimport time; time.sleep(60)"], cwd=REPO)
+    try:
+        time.sleep(3)
+        return rss_kib(process.pid)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long to let the watcher idle")
+    parser.add_argument("--interval", default="1", help="CD_POLL_INTERVAL of the watcher")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="idle-memory-") as scratch:
+        root = Path(scratch)
+        server = start_registry(root / "registry")
+        environ = {
+            key: value for key, value in os.environ.items()
+            if not key.startswith(("CD_", "SMTP_", "NOTIFY_", "REGISTRY_", "LOG_", "STATE_DIR"))
+        }
+        environ.update(
+            CD_IMAGE=f"{server.host}/bench/idle", CD_CONTAINER_NAME="picicd-bench-idle",
+            CD_POLL_INTERVAL=args.interval, STATE_DIR=str(root / "state"), LOG_DIR=str(root / "logs"),
+            PYTHONPATH=str(REPO),
+        )
+        log = (root / "watch.log").open("wb")
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "cd_agent", "watch"], env=environ, cwd=root, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            time.sleep(args.seconds)
+            if watch.poll() is not None:
+                print((root / "watch.log").read_text(), file=sys.stderr)
+                print(f"cd-agent watch exited early with {watch.returncode}", file=sys.stderr)
+                return 1
+            rss, peak = rss_kib(watch.pid)
+        finally:
+            watch.terminate()
+            watch.wait(30)
+            log.close()
+            server.stop()
+
+    bare, _ = idle_python("pass")
+    web, _ = idle_python("import fastapi, uvicorn")
+    print(f"cd-agent watch, idle {args.seconds:g}s: RSS {rss / 1024:6.1f} MiB (peak {peak / 1024:.1f} MiB)")
+    print(f"python, nothing imported:       RSS {bare / 1024:6.1f} MiB")
+    print(f"python + fastapi + uvicorn:     RSS {web / 1024:6.1f} MiB (for scale; the watcher does not import them)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
