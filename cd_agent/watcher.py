@@ -126,6 +126,7 @@ class Watcher:
         self._cap = max(self._interval, min(BACKOFF_INTERVALS * self._interval, MAX_WAIT))
         self._failing: str | None = None  # the kind of error of the current streak, None when healthy
         self._slowed = False
+        self._failed_deploys = 0  # deploys in a row that ended "failed" (nothing swapped, not quarantined)
 
     def poll_once(self) -> PollReport:
         """List tags, choose a candidate, deploy it. Registry errors are raised to the caller."""
@@ -201,7 +202,21 @@ class Watcher:
         if self._failing is not None:
             logger.info("registry reachable again: {} tags, polling every {:g}s", report.tags, self._interval)
             self._failing = None
-        return self._next_delay(report.rate_limit)
+        return max(self._next_delay(report.rate_limit), self._after_deploy(report))
+
+    def _after_deploy(self, report: PollReport) -> float:
+        """A deploy that failed before any swap (pull refused, Docker away) is not quarantined, so the
+        next poll would try it again at once, with another failure email: back off instead."""
+        if report.deploy is None:
+            return 0.0
+        if report.deploy.outcome != "failed":
+            self._failed_deploys = 0
+            return 0.0
+        self._failed_deploys += 1
+        delay = min(self._interval * 2.0 ** self._failed_deploys, self._cap)
+        logger.info("deploy of {} failed {} time(s) in a row; next try in {:g}s", report.candidate,
+                    self._failed_deploys, delay)
+        return delay
 
     def _backing_off(self, retry_state: tenacity.RetryCallState) -> None:
         outcome = retry_state.outcome

@@ -349,3 +349,24 @@ def test_a_low_docker_hub_allowance_slows_polling_down(state):
 )
 def test_poll_delay(rate_limit, jitter, expected):
     assert poll_delay(60, rate_limit, jitter) == pytest.approx(expected)
+
+
+def test_deploys_that_fail_before_any_swap_are_retried_with_backoff(state):
+    stop = threading.Event()
+    time = FakeTime(stop, sleeps=5)
+    registry = FakeRegistry(lambda: ["1.0.0"])
+    outcomes = iter(["failed", "failed", "failed", "deployed"])
+    deployer = FakeDeployer(state, outcome=lambda version: next(outcomes, "deployed"))
+    deployer_deploy = deployer.deploy
+
+    def deploy_without_quarantine(version: str, *, digest: str | None = None, force: bool = False) -> Report:
+        report = deployer_deploy(version, digest=digest, force=force)
+        state.release_quarantine(version)  # "failed" means nothing was swapped: no quarantine
+        return report
+
+    deployer.deploy = deploy_without_quarantine  # type: ignore[method-assign]
+
+    watcher(state, registry, deployer, time).run_forever(stop)
+
+    assert [version for version, _ in deployer.deployed] == ["1.0.0"] * 4
+    assert time.waits == [120, 240, 480, 60, 60]
