@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from tests.support.cd_apps import CdWorld, HttpProbe
-from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -20,20 +19,19 @@ def test_probe_during_upgrade_manual_rollback_and_failed_deploy(cd_world: CdWorl
 
     with HttpProbe(cd_world.url) as upgrade:
         report = deployer.deploy("1.1.0")
-        wait_for(lambda: upgrade.answers()[-1:] == ["1.1.0"], timeout=10, what="the probe to see 1.1.0")
+        upgrade.wait_serving("1.1.0")
     assert report.outcome == "deployed"
     assert upgrade.answers() == ["1.0.0", "1.1.0"]
 
     with HttpProbe(cd_world.url) as rollback:
         report = deployer.rollback()
-        wait_for(lambda: rollback.answers()[-1:] == ["1.0.0"], timeout=10, what="the probe to see 1.0.0")
+        rollback.wait_serving("1.0.0")
     assert report.outcome == "deployed"
     assert rollback.answers() == ["1.1.0", "1.0.0"]
 
     with HttpProbe(cd_world.url) as failed:
         report = deployer.deploy("1.2.0")
-        wait_for(lambda: failed.answers()[-1:] == ["1.0.0"] and len(failed.samples) > 2, timeout=10,
-                 what="the probe to see 1.0.0 again")
+        failed.wait_serving("1.0.0")
     assert report.outcome == "rolled_back"
     assert failed.answers() == ["1.0.0"]
 

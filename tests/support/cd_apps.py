@@ -32,6 +32,7 @@ from shared.runstore import RunStore
 from shared.settings import load_settings
 from shared.testing import RecordingMailer
 from tests.support.docker_env import DockerJanitor, build_context_tar, busybox_dockerfile, unique
+from tests.support.polling import wait_for
 from tests.support.ports import free_port
 from tests.support.registry_server import RegistryServer
 
@@ -129,7 +130,19 @@ class HttpProbe:
 
     def __enter__(self) -> HttpProbe:
         self._thread.start()
+        # A baseline first: an outage is measured from the last good answer before it.
+        wait_for(lambda: any(ok for _, ok, _ in self.samples), timeout=10, what=f"a first answer from {self.url}")
         return self
+
+    def wait_serving(self, body: str, timeout: float = 15) -> None:
+        """Wait until the latest answer is a good one with ``body`` (the outage, if any, is over)."""
+        count = len(self.samples)
+
+        def serving() -> bool:
+            latest = self.samples[-1]
+            return len(self.samples) > count and latest[1] and latest[2] == body
+
+        wait_for(serving, timeout=timeout, what=f"{self.url} to answer {body!r}")
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
