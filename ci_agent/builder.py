@@ -1,0 +1,330 @@
+"""The test, build and push steps' effect boundary: the Docker SDK, and a subprocess for host tests.
+
+``DockerGateway`` is the only place the CI agent talks to dockerd. Every ``docker.errors`` /
+``requests`` error becomes ``StepFailed(step, message)`` here; the build and push streams are read
+for their ``error`` / ``errorDetail`` entries, because dockerd reports those failures inside an HTTP
+200 stream. Output lines go to a callback (the run log). Registry credentials travel only in
+``auth_config`` and never reach a log line or a message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import docker
+import requests
+from loguru import logger
+from pydantic import SecretStr
+
+from ci_agent.errors import Step, StepFailed
+
+OutputSink = Callable[[str], None]
+
+_STAGE = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*\S+\s+AS\s+(?P<name>\S+)\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+def _discard(line: str) -> None:
+    del line
+
+
+def has_stage(dockerfile: str, name: str) -> bool:
+    """Whether the Dockerfile text has a ``FROM ... AS <name>`` stage (stage names are case-insensitive)."""
+    return any(match["name"].lower() == name.lower() for match in _STAGE.finditer(dockerfile))
+
+
+def split_tag(reference: str) -> tuple[str, str]:
+    """``"host:5000/o/app:1.2.3"`` -> ``("host:5000/o/app", "1.2.3")``; the tag must be present."""
+    repository, sep, tag = reference.rpartition(":")
+    if not sep or "/" in tag or not repository:
+        raise ValueError(f"image reference {reference!r} has no tag")
+    return repository, tag
+
+
+class _LineSplitter:
+    """Turns arbitrary chunks of bytes into whole lines for the output callback."""
+
+    def __init__(self, sink: OutputSink) -> None:
+        self.sink = sink
+        self.pending = ""
+
+    def feed(self, chunk: str) -> None:
+        self.pending += chunk.replace("\r\n", "\n").replace("\r", "\n")
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self.sink(line)
+
+    def close(self) -> None:
+        if self.pending:
+            self.sink(self.pending)
+            self.pending = ""
+
+
+def _stream_error(chunk: Mapping[str, Any]) -> str | None:
+    if "errorDetail" in chunk:
+        detail = chunk["errorDetail"]
+        if isinstance(detail, Mapping) and detail.get("message"):
+            return str(detail["message"])
+    if "error" in chunk:
+        return str(chunk["error"])
+    return None
+
+
+class DockerGateway:
+    """Build, test-run and push images through dockerd.
+
+    ``client`` defaults to ``docker.from_env(version="auto")``; ``username``/``password`` are the
+    registry credentials (``REGISTRY_USERNAME``/``REGISTRY_PASSWORD``) sent with each push.
+    ``build_timeout`` bounds how long a build may stay silent.
+    """
+
+    def __init__(
+        self,
+        client: Any | None = None,
+        *,
+        username: str | None = None,
+        password: SecretStr | None = None,
+        build_timeout: float = 1800.0,
+    ) -> None:
+        if client is None:
+            try:
+                client = docker.from_env(version="auto")
+            except docker.errors.DockerException as exc:
+                raise StepFailed("build", f"cannot reach the Docker Engine: {exc}") from exc
+        self.client = client
+        self._username = username
+        self._password = password
+        self.build_timeout = build_timeout
+
+    def close(self) -> None:
+        self.client.close()
+
+    def build(
+        self,
+        context_dir: Path,
+        tags: Sequence[str],
+        *,
+        labels: Mapping[str, str] | None = None,
+        target: str | None = None,
+        buildargs: Mapping[str, str] | None = None,
+        on_output: OutputSink = _discard,
+        step: Step = "build",
+    ) -> str:
+        """Build ``context_dir``'s Dockerfile, tag it with every ``name:tag`` in ``tags``; return the image id."""
+        if not tags:
+            raise ValueError("build needs at least one tag")
+        image_id: str | None = None
+        with self._errors(step, "docker build"):
+            stream: Iterator[dict[str, Any]] = self.client.api.build(
+                path=str(context_dir),
+                tag=tags[0],
+                labels=dict(labels or {}),
+                target=target,
+                buildargs=dict(buildargs or {}),
+                rm=True,
+                forcerm=True,
+                decode=True,
+                timeout=self.build_timeout,
+            )
+            lines = _LineSplitter(on_output)
+            error: str | None = None
+            # Read to the end even after an error: the SDK closes the connection only at the end of the stream.
+            for chunk in stream:
+                error = error or _stream_error(chunk)
+                if "stream" in chunk:
+                    lines.feed(str(chunk["stream"]))
+                elif "status" in chunk:
+                    on_output(str(chunk["status"]))
+                aux = chunk.get("aux")
+                if isinstance(aux, Mapping) and "ID" in aux:
+                    image_id = str(aux["ID"])
+            lines.close()
+            if error is not None:
+                raise StepFailed(step, f"docker build failed: {error.strip()}")
+            if image_id is None:
+                image_id = str(self.client.api.inspect_image(tags[0])["Id"])
+            for reference in tags[1:]:
+                repository, tag = split_tag(reference)
+                self.client.api.tag(image_id, repository, tag, force=True)
+        return image_id
+
+    def run_tests(
+        self,
+        image: str,
+        command: str,
+        *,
+        timeout: float,
+        on_output: OutputSink = _discard,
+        name: str | None = None,
+    ) -> int:
+        """Run ``sh -c COMMAND`` in a new container of ``image``; return its exit code.
+
+        The container publishes no ports and is removed afterwards; at ``timeout`` seconds it is
+        killed and ``StepFailed("test", ...)`` is raised.
+        """
+        container: Any = None
+        with self._errors("test", "the test container"):
+            try:
+                container = self.client.containers.create(
+                    image, entrypoint=["sh", "-c"], command=[command], name=name, detach=True,
+                    labels={"pi-cicd.role": "ci-test"},
+                )
+                container.start()
+                reader = threading.Thread(
+                    target=self._follow_logs, args=(container, on_output), name="ci-test-logs", daemon=True
+                )
+                reader.start()
+                try:
+                    result = container.wait(timeout=timeout)
+                except requests.exceptions.RequestException as exc:
+                    container.kill()
+                    reader.join(timeout=10)
+                    raise StepFailed(
+                        "test", f"the test command did not finish within {timeout:g}s and was killed"
+                    ) from exc
+                reader.join(timeout=10)
+                return int(result.get("StatusCode", -1))
+            finally:
+                if container is not None:
+                    try:
+                        container.remove(force=True, v=True)
+                    except docker.errors.NotFound:
+                        pass
+
+    @staticmethod
+    def _follow_logs(container: Any, on_output: OutputSink) -> None:
+        lines = _LineSplitter(on_output)
+        stream: Any = None
+        try:
+            stream = container.logs(stream=True, follow=True, stdout=True, stderr=True)
+            for chunk in stream:
+                lines.feed(chunk.decode("utf-8", errors="replace"))
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            logger.debug("stopped following the test container's output: {}", exc)
+        finally:
+            if stream is not None:
+                stream.close()
+        lines.close()
+
+    def push(self, repository: str, tag: str, *, on_output: OutputSink = _discard) -> None:
+        """Push ``repository:tag``; a failure reported inside the stream is ``StepFailed("push", ...)``."""
+        auth: dict[str, str] | None = None
+        if self._username and self._password is not None:
+            auth = {"username": self._username, "password": self._password.get_secret_value()}
+        with self._errors("push", f"docker push {repository}:{tag}"):
+            stream: Iterable[dict[str, Any]] = self.client.api.push(
+                repository, tag=tag, stream=True, decode=True, auth_config=auth
+            )
+            error: str | None = None
+            for chunk in stream:
+                error = error or _stream_error(chunk)
+                # Progress bars are noise in a log file; the per-layer states and the digest are not.
+                if "status" in chunk and not chunk.get("progressDetail"):
+                    layer = f"{chunk['id']}: " if chunk.get("id") else ""
+                    on_output(f"{layer}{chunk['status']}")
+            if error is not None:
+                raise StepFailed("push", f"docker push {repository}:{tag} failed: {error.strip()}")
+
+    def image_id(self, reference: str) -> str | None:
+        try:
+            return str(self.client.api.inspect_image(reference)["Id"])
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.DockerException as exc:
+            logger.warning("cannot inspect image {}: {}", reference, exc)
+            return None
+
+    def image_labels(self, reference: str) -> dict[str, str]:
+        with self._errors("build", f"docker inspect {reference}"):
+            config = self.client.api.inspect_image(reference).get("Config") or {}
+            return dict(config.get("Labels") or {})
+
+    def remove_image(self, reference: str) -> bool:
+        """Untag/remove ``reference``; ``False`` when it is gone already or still in use (never raises)."""
+        try:
+            self.client.api.remove_image(reference)
+        except docker.errors.DockerException as exc:
+            logger.debug("image {} not removed: {}", reference, exc)
+            return False
+        return True
+
+    def _errors(self, step: Step, what: str) -> _DockerErrors:
+        return _DockerErrors(step, what)
+
+
+class _DockerErrors:
+    """Converts the SDK's errors into ``StepFailed(step, ...)`` at this one boundary."""
+
+    def __init__(self, step: Step, what: str) -> None:
+        self.step = step
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None or isinstance(exc, StepFailed):
+            return
+        if isinstance(exc, docker.errors.APIError):
+            reason = exc.explanation or str(exc)
+            raise StepFailed(self.step, f"{self.what} failed: {reason}") from exc
+        if isinstance(exc, docker.errors.DockerException | requests.exceptions.RequestException):
+            raise StepFailed(self.step, f"{self.what} failed: {exc}") from exc
+
+
+def run_host_command(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    timeout: float,
+    on_output: OutputSink = _discard,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """The ``host`` test runner: run ``argv`` in ``cwd`` and return its exit code.
+
+    It runs in its own process group, so at ``timeout`` seconds the whole group (the test runner
+    and anything it started) is killed and ``StepFailed("test", ...)`` raised.
+    """
+    if not argv:
+        raise StepFailed("test", "the test command is empty")
+    try:
+        process = subprocess.Popen(
+            list(argv), cwd=cwd, env=None if env is None else dict(env), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    except OSError as exc:
+        raise StepFailed("test", f"cannot run {argv[0]!r}: {exc.strerror or exc}") from exc
+    assert process.stdout is not None  # noqa: S101 - stdout=PIPE above
+
+    def pump() -> None:
+        assert process.stdout is not None  # noqa: S101
+        for raw in process.stdout:
+            on_output(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+
+    reader = threading.Thread(target=pump, name="ci-host-test-output", daemon=True)
+    reader.start()
+    try:
+        code = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        _kill_group(process.pid)
+        process.wait()
+        raise StepFailed("test", f"the test command did not finish within {timeout:g}s and was killed") from exc
+    finally:
+        # Whatever the tests left running in the background goes too.
+        _kill_group(process.pid)
+        reader.join(timeout=10)
+        process.stdout.close()
+    return code
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

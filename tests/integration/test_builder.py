@@ -1,0 +1,176 @@
+"""DockerGateway against the real dockerd and registry; the host test runner against real processes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ci_agent.builder import DockerGateway, has_stage, run_host_command, split_tag
+from ci_agent.errors import StepFailed
+from tests.support.docker_env import DockerJanitor, busybox_dockerfile, unique, write_busybox_context
+from tests.support.registry_server import RegistryServer
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "expected"),
+    [
+        ("FROM scratch AS base\nFROM base AS test\nFROM base\n", True),
+        ("from python:3.12 as Test\n", True),
+        ("FROM --platform=$BUILDPLATFORM golang AS test\n", True),
+        ("FROM scratch AS tests\nFROM scratch\n", False),
+        ("FROM scratch\nRUN echo 'FROM x AS test'\n", False),
+        ("# FROM x AS test\nFROM scratch\n", False),
+    ],
+)
+def test_has_stage(dockerfile: str, expected: bool) -> None:
+    assert has_stage(dockerfile, "test") is expected
+
+
+def test_split_tag() -> None:
+    assert split_tag("127.0.0.1:5000/o/app:1.2.3") == ("127.0.0.1:5000/o/app", "1.2.3")
+    with pytest.raises(ValueError):
+        split_tag("127.0.0.1:5000/o/app")
+
+
+@pytest.fixture
+def gateway(docker_client) -> DockerGateway:
+    return DockerGateway(docker_client)
+
+
+def test_build_streams_output_tags_and_labels(gateway: DockerGateway, docker_janitor: DockerJanitor, tmp_path: Path):
+    context = write_busybox_context(tmp_path / "ctx", busybox_dockerfile(), {"www/index.html": "hi"})
+    name = unique("builder")
+    tags = [f"{name}:1.0.0", f"{name}:latest"]
+    docker_janitor.images.update(tags)
+    lines: list[str] = []
+
+    image_id = gateway.build(
+        context, tags, labels={"org.opencontainers.image.version": "1.0.0"}, on_output=lines.append
+    )
+
+    assert any("Step 1/" in line for line in lines)
+    assert gateway.image_id(tags[1]) == image_id
+    assert gateway.image_labels(tags[0])["org.opencontainers.image.version"] == "1.0.0"
+
+
+def test_a_failing_build_is_a_build_step_failure(gateway: DockerGateway, docker_janitor: DockerJanitor, tmp_path: Path):
+    context = write_busybox_context(tmp_path / "ctx", busybox_dockerfile(extra="RUN exit 3"))
+    name = unique("builder")
+    docker_janitor.images.add(f"{name}:x")
+    lines: list[str] = []
+
+    with pytest.raises(StepFailed) as caught:
+        gateway.build(context, [f"{name}:x"], on_output=lines.append)
+
+    assert caught.value.step == "build"
+    assert "returned a non-zero code: 3" in caught.value.message
+    assert gateway.image_id(f"{name}:x") is None
+
+
+def _built(gateway: DockerGateway, janitor: DockerJanitor, tmp_path: Path) -> str:
+    context = write_busybox_context(tmp_path / "ctx", busybox_dockerfile())
+    tag = f"{unique('builder')}:t"
+    janitor.images.add(tag)
+    gateway.build(context, [tag])
+    return tag
+
+
+def test_run_tests_streams_output_returns_the_exit_code_and_removes_the_container(
+    gateway: DockerGateway, docker_janitor: DockerJanitor, docker_client, tmp_path: Path
+):
+    image = _built(gateway, docker_janitor, tmp_path)
+    name = unique("citest")
+    docker_janitor.containers.add(name)
+    lines: list[str] = []
+
+    code = gateway.run_tests(image, "echo out; echo err >&2; exit 4", timeout=30, on_output=lines.append, name=name)
+
+    assert code == 4
+    assert "out" in lines and "err" in lines
+    assert not docker_client.containers.list(all=True, filters={"name": name})
+
+
+def test_run_tests_kills_the_container_at_the_time_limit(
+    gateway: DockerGateway, docker_janitor: DockerJanitor, docker_client, tmp_path: Path
+):
+    image = _built(gateway, docker_janitor, tmp_path)
+    name = unique("citest")
+    docker_janitor.containers.add(name)
+    started = time.monotonic()
+
+    with pytest.raises(StepFailed) as caught:
+        gateway.run_tests(image, "echo begin; sleep 60", timeout=2, name=name)
+
+    assert caught.value.step == "test"
+    assert "within 2s" in caught.value.message
+    assert time.monotonic() - started < 30
+    assert not docker_client.containers.list(all=True, filters={"name": name})
+
+
+def test_push_to_the_registry(
+    gateway: DockerGateway, docker_janitor: DockerJanitor, registry: RegistryServer, tmp_path
+):
+    repository = f"{registry.host}/{unique('builder')}/app"
+    context = write_busybox_context(tmp_path / "ctx", busybox_dockerfile())
+    docker_janitor.images.add(f"{repository}:0.1.0")
+    gateway.build(context, [f"{repository}:0.1.0"])
+    lines: list[str] = []
+
+    gateway.push(repository, "0.1.0", on_output=lines.append)
+
+    path = repository.split("/", 1)[1]
+    assert httpx.get(f"{registry.url}/v2/{path}/tags/list").json()["tags"] == ["0.1.0"]
+    assert any("digest" in line for line in lines)
+
+
+def test_a_push_that_cannot_reach_the_registry_fails_at_push(
+    gateway: DockerGateway, docker_janitor: DockerJanitor, tmp_path: Path
+):
+    from tests.support.ports import free_port
+
+    repository = f"127.0.0.1:{free_port()}/{unique('builder')}/app"
+    context = write_busybox_context(tmp_path / "ctx", busybox_dockerfile())
+    docker_janitor.images.add(f"{repository}:0.1.0")
+    gateway.build(context, [f"{repository}:0.1.0"])
+
+    with pytest.raises(StepFailed) as caught:
+        gateway.push(repository, "0.1.0")
+
+    assert caught.value.step == "push"
+    assert "connection refused" in caught.value.message.lower()
+
+
+def test_host_runner_streams_output_and_returns_the_exit_code(tmp_path: Path):
+    lines: list[str] = []
+
+    code = run_host_command(
+        ["sh", "-c", "pwd; echo failing >&2; exit 3"], cwd=tmp_path, timeout=20, on_output=lines.append
+    )
+
+    assert code == 3
+    assert lines == [str(tmp_path), "failing"]
+
+
+def test_host_runner_kills_the_whole_process_group_at_the_time_limit(tmp_path: Path):
+    marker = tmp_path / "still-running"
+    # The child outlives its parent's kill only if the group is not killed.
+    script = f"(sleep 3; touch {marker}) & sleep 60"
+    started = time.monotonic()
+
+    with pytest.raises(StepFailed) as caught:
+        run_host_command(["sh", "-c", script], cwd=tmp_path, timeout=1, on_output=lambda line: None)
+
+    assert caught.value.step == "test"
+    assert time.monotonic() - started < 10
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline and not marker.exists():
+        time.sleep(0.2)  # waiting out the window in which the killed child would have written
+    assert not marker.exists()
+
+
+def test_host_runner_reports_a_missing_program(tmp_path: Path):
+    with pytest.raises(StepFailed, match="cannot run 'no-such-test-runner'"):
+        run_host_command(["no-such-test-runner"], cwd=tmp_path, timeout=5)
