@@ -1,0 +1,111 @@
+"""The health verdict (pure logic over a fake gateway and clock; lives here because tests/integration/test_deployer*.py
+is where the deployer's tests go): HEALTHCHECK first, then the URL, then "still running after the grace period"."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import cast
+
+from cd_agent.docker_gateway import ContainerInfo, DockerGateway
+from cd_agent.health import HealthChecker
+
+RUNNING = ContainerInfo(
+    id="c", name="app", image="app:1", image_id="sha256:1", status="running", running=True,
+    restarting=False, exit_code=0, restart_count=0,
+)
+
+
+class FakeDocker:
+    """Answers ``container()`` with the given states in turn, repeating the last one."""
+
+    def __init__(self, *states: ContainerInfo | None) -> None:
+        self._states: Iterator[ContainerInfo | None] = iter(states)
+        self._last: ContainerInfo | None = None
+
+    def container(self, name_or_id: str) -> ContainerInfo | None:
+        self._last = next(self._states, self._last)
+        return self._last
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def checker(docker: FakeDocker, time: FakeTime, *, url: str | None = None, probe=None) -> HealthChecker:
+    return HealthChecker(
+        cast(DockerGateway, docker), url=url, timeout=10, grace=2, clock=time.clock, sleep=time.sleep,
+        probe=probe or (lambda url, timeout: (False, "never asked")),
+    )
+
+
+def test_the_image_healthcheck_wins_over_the_url() -> None:
+    starting = replace(RUNNING, health_status="starting")
+    healthy = replace(RUNNING, health_status="healthy", health_output=("ok",))
+    time = FakeTime()
+
+    verdict = checker(FakeDocker(starting, starting, starting, healthy), time, url="http://x/").wait("c")
+
+    assert (verdict.healthy, verdict.method, verdict.output) == (True, "healthcheck", "ok")
+    assert time.now < 10
+
+
+def test_an_unhealthy_healthcheck_fails_with_its_output() -> None:
+    unhealthy = replace(RUNNING, health_status="unhealthy", health_output=("a", "b", "connection refused"))
+
+    verdict = checker(FakeDocker(unhealthy), FakeTime()).wait("c")
+
+    assert not verdict.healthy and "unhealthy" in verdict.reason and verdict.output.endswith("connection refused")
+
+
+def test_a_url_that_never_answers_fails_at_the_deadline() -> None:
+    time = FakeTime()
+
+    def refused(url: str, timeout: float) -> tuple[bool, str]:
+        return False, f"GET {url}: ConnectError"
+
+    verdict = checker(FakeDocker(RUNNING), time, url="http://x/", probe=refused).wait("c")
+
+    assert not verdict.healthy and verdict.method == "url"
+    assert "within 10s" in verdict.reason and "ConnectError" in verdict.output
+    assert 10 <= time.now < 11
+
+
+def test_a_url_answering_2xx_is_healthy() -> None:
+    answers = iter([(False, "refused"), (True, "GET http://x/: HTTP 200")])
+
+    verdict = checker(FakeDocker(RUNNING), FakeTime(), url="http://x/", probe=lambda u, t: next(answers)).wait("c")
+
+    assert verdict.healthy and verdict.output == "GET http://x/: HTTP 200"
+
+
+def test_without_check_or_url_it_must_keep_running_through_the_grace_period() -> None:
+    time = FakeTime()
+    assert checker(FakeDocker(RUNNING), time).wait("c").healthy
+    assert time.now >= 2
+
+    exited = replace(RUNNING, running=False, status="exited", exit_code=3)
+    time = FakeTime()
+    verdict = checker(FakeDocker(RUNNING, exited), time).wait("c")
+    assert not verdict.healthy and "exited with code 3" in verdict.reason and time.now < 2
+
+
+def test_a_restarting_container_fails_at_once() -> None:
+    restarting = replace(RUNNING, restarting=True, restart_count=1, exit_code=1)
+
+    verdict = checker(FakeDocker(restarting), FakeTime(), url="http://x/").wait("c")
+
+    assert not verdict.healthy and "keeps restarting" in verdict.reason
+
+
+def test_a_vanished_container_is_not_healthy() -> None:
+    verdict = checker(FakeDocker(None), FakeTime()).wait("c")
+
+    assert not verdict.healthy and "disappeared" in verdict.reason
