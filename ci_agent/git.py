@@ -167,9 +167,13 @@ class GitRunner:
 
         Annotated tags resolve to the commit they point at.
         """
+        return self.lookup(repo_url, ref)[1]
+
+    def lookup(self, repo_url: str, ref: str) -> tuple[str | None, str]:
+        """``(full ref name, commit)`` for ``ref``; the name is ``None`` when ``ref`` is a sha."""
         ref = ref.strip()
         if is_sha(ref.lower()):
-            return ref.lower()
+            return None, ref.lower()
         if _SHORT_SHA.fullmatch(ref):
             raise StepFailed("checkout", f"{ref!r} looks like an abbreviated commit; give all 40 hex digits")
         _checked_ref(ref)
@@ -183,5 +187,5 @@ class GitRunner:
             # The peeled entry (^{}) of an annotated tag names the commit; prefer it.
             found = advertised.get(f"{name}^{{}}") or advertised.get(name)
             if found is not None and is_sha(found):
-                return found
+                return name, found
         raise StepFailed("checkout", f"no branch or tag {ref!r} in {redact_url(repo_url)}")

@@ -1,0 +1,291 @@
+"""One CI run: checkout → test → build → push, logged into the run's own file.
+
+The pipeline holds the policy; every effect is a constructor argument (git, Docker, the registry
+client, the store, the notifier, the clock), so the CLI and the webhook wire the same object.
+
+* Each step is timed and logged (``step test started`` … ``step test finished in 3.2s``); the first
+  failure stops the run: nothing after a failed step happens (no image is pushed after a failed test).
+* Any error inside a step becomes ``StepFailed(step, ...)``: the run ends ``failed`` with
+  ``failed_step`` and ``error`` set, and one email names the step and carries the log's tail.
+* The version is decided in the build step (the image is labelled with it) and checked against the
+  registry's tags again just before the push, so an existing tag is never overwritten.
+* Local images: the test image stays tagged ``NAME:ci-test`` and the release ``NAME:latest``, so the
+  next build finds its layer cache; the ``NAME:X.Y.Z`` tag and replaced images are removed.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from ci_agent.builder import DockerGateway, has_stage, run_host_command
+from ci_agent.errors import Step, StepFailed
+from ci_agent.git import GitRunner, redact_url, strip_credentials
+from ci_agent.payload import ZERO_SHA, PushEvent
+from ci_agent.settings import CiSettings
+from ci_agent.versioning import VersionTaken, next_version, should_move_latest
+from shared.errors import PiCicdError
+from shared.logs import prune_run_logs, run_log, run_log_path, tail
+from shared.notify import Email, Notifier
+from shared.registry import ImageRef, RegistryClient, parse_image_ref
+from shared.runstore import Run, RunStore, utc_now
+from shared.versions import highest
+
+if TYPE_CHECKING:
+    import loguru
+
+REVISION_LABEL = "org.opencontainers.image.revision"
+SOURCE_LABEL = "org.opencontainers.image.source"
+VERSION_LABEL = "org.opencontainers.image.version"
+CREATED_LABEL = "org.opencontainers.image.created"
+TEST_TAG = "ci-test"
+LOG_TAIL_LINES = 60
+
+
+class Pipeline:
+    """Runs CI runs one at a time (the worker serialises them; the pipeline itself keeps no lock)."""
+
+    def __init__(
+        self,
+        settings: CiSettings,
+        store: RunStore,
+        notifier: Notifier,
+        git: GitRunner,
+        docker: DockerGateway,
+        registry: RegistryClient,
+        clock: Callable[[], datetime] = utc_now,
+        *,
+        push_retry_wait: float = 2.0,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.notifier = notifier
+        self.git = git
+        self.docker = docker
+        self.registry = registry
+        self.clock = clock
+        self.image: ImageRef = parse_image_ref(settings.ci_image)
+        self.push_retry_wait = push_retry_wait
+        # Distinguishes this agent's test containers from another agent's on the same dockerd.
+        self._instance = uuid.uuid4().hex[:8]
+
+    @property
+    def checkout_dir(self) -> Path:
+        return self.settings.work_dir / "checkout"
+
+    def event_for_ref(self, ref: str | None = None) -> PushEvent:
+        """A push event for ``ci-agent run --ref REF`` (default: the tracked branch's head)."""
+        name, sha = self.git.lookup(self.settings.ci_repo_url, ref or self.settings.ci_branch)
+        branch = name.removeprefix("refs/heads/") if name and name.startswith("refs/heads/") else None
+        tag = name.removeprefix("refs/tags/") if name and name.startswith("refs/tags/") else None
+        return PushEvent(
+            ref=name or sha, branch=branch, tag=tag, after=sha, before=ZERO_SHA, deleted=False,
+            repository=self.settings.ci_github_repo or "", pusher="ci-agent run",
+        )
+
+    def execute(self, run: Run, event: PushEvent) -> Run:
+        """Run every step for ``event`` and record the outcome in the store; returns the finished run."""
+        started = self.clock()
+        path = run_log_path(self.settings.log_dir, started, run.number)
+        run = self.store.update(
+            run.number, status="running", started_at=started, log_path=str(path), commit=event.after,
+            ref=event.ref,
+        )
+        failure: StepFailed | None = None
+        version: str | None = None
+        with run_log(path, run.number) as log:
+            log.info(
+                "run {} started: commit {} ({}) of {}", run.number, event.after, event.ref,
+                redact_url(self.settings.ci_repo_url),
+            )
+            try:
+                version = self._steps(run, event, log)
+            except StepFailed as exc:
+                failure = exc
+                log.error("run {} failed at step {}: {}", run.number, exc.step, exc.message)
+            else:
+                log.info("run {} succeeded: pushed {}", run.number, self.image.with_tag(version))
+        if failure is not None:
+            run = self.store.update(
+                run.number, status="failed", failed_step=failure.step, error=failure.message,
+                finished_at=self.clock(),
+            )
+            self._email_failure(run, event, failure, path)
+        else:
+            run = self.store.update(run.number, status="succeeded", version=version, finished_at=self.clock())
+        prune_run_logs(self.settings.log_dir, self.settings.log_retention_runs)
+        return run
+
+    def fail(self, run: Run, message: str) -> Run:
+        """Mark ``run`` failed outside any step (the worker's last resort when ``execute`` itself broke)."""
+        return self.store.update(run.number, status="failed", error=message, finished_at=self.clock())
+
+    # -- the steps ---------------------------------------------------------------------------------
+
+    def _steps(self, run: Run, event: PushEvent, log: loguru.Logger) -> str:
+        checkout = self.checkout_dir
+        with self._step("checkout", log):
+            self.git.checkout(self.settings.ci_repo_url, event.after, checkout)
+            log.info("checked out {} into {}", event.after, checkout)
+        with self._step("test", log):
+            self._test(run, checkout, log)
+        decided: list[str] = []
+        try:
+            with self._step("build", log):
+                version, existing = self._decide_version(event, checkout, log)
+                decided.append(version)
+                move_latest = should_move_latest(version, existing)
+                self._build(event, checkout, version, move_latest, log)
+            with self._step("push", log):
+                self._push(version, move_latest, log)
+            return version
+        finally:
+            for tag in decided:
+                # The release stays reachable locally as `latest` (and in the registry by its version).
+                self.docker.remove_image(self.image.with_tag(tag))
+
+    @contextmanager
+    def _step(self, step: Step, log: loguru.Logger) -> Iterator[None]:
+        log.info("step {} started", step)
+        began = time.monotonic()
+        try:
+            yield
+        except StepFailed as exc:
+            log.error("step {} failed after {:.1f}s: {}", step, time.monotonic() - began, exc.message)
+            if exc.step != step:
+                raise StepFailed(step, exc.message) from exc
+            raise
+        except PiCicdError as exc:
+            log.error("step {} failed after {:.1f}s: {}", step, time.monotonic() - began, exc)
+            raise StepFailed(step, str(exc)) from exc
+        except Exception as exc:
+            log.opt(exception=exc).error("step {} failed after {:.1f}s with an unexpected error", step,
+                                         time.monotonic() - began)
+            raise StepFailed(step, f"unexpected error: {type(exc).__name__}: {exc}") from exc
+        log.info("step {} finished in {:.1f}s", step, time.monotonic() - began)
+
+    def _test(self, run: Run, checkout: Path, log: loguru.Logger) -> None:
+        command = self.settings.ci_test_command
+        timeout = self.settings.ci_test_timeout
+        output = _printer(log, "test")
+        if self.settings.ci_test_runner == "host":
+            try:
+                argv = shlex.split(command)
+            except ValueError as exc:
+                raise StepFailed("test", f"CI_TEST_COMMAND cannot be split into arguments: {exc}") from exc
+            log.info("running {} in {} (time limit {:g}s)", argv, checkout, timeout)
+            code = run_host_command(argv, cwd=checkout, timeout=timeout, on_output=output, env=self._host_env())
+        else:
+            dockerfile = checkout / "Dockerfile"
+            if not dockerfile.is_file():
+                raise StepFailed("test", "the repository has no Dockerfile at its root")
+            target = "test" if has_stage(dockerfile.read_text(errors="replace"), "test") else None
+            test_image = self.image.with_tag(TEST_TAG)
+            previous = self.docker.image_id(test_image)
+            log.info("building the {} for the tests", "Dockerfile's `test` stage" if target else "image")
+            image_id = self.docker.build(checkout, [test_image], target=target, on_output=output, step="test")
+            if previous is not None and previous != image_id:
+                self.docker.remove_image(previous)
+            log.info("running `sh -c {}` in a container of {} (time limit {:g}s)", shlex.quote(command),
+                     test_image, timeout)
+            code = self.docker.run_tests(
+                test_image, command, timeout=timeout, on_output=output,
+                name=f"pi-cicd-ci-test-{self._instance}-run-{run.number}",
+            )
+        if code != 0:
+            raise StepFailed("test", f"the test command `{command}` exited with code {code}")
+
+    def _host_env(self) -> dict[str, str]:
+        # The tests are the repository's code: they get the agent's environment without its secrets.
+        secrets = set(self.settings.secret_values())
+        return {key: value for key, value in os.environ.items() if value not in secrets}
+
+    def _decide_version(self, event: PushEvent, checkout: Path, log: loguru.Logger) -> tuple[str, list[str]]:
+        existing = self.registry.list_tags()
+        previous = highest(existing)
+        messages: list[str] = []
+        if event.release_version is None and previous is not None:
+            revision = self.registry.image_labels(str(previous)).get(REVISION_LABEL)
+            messages = self.git.commit_messages(checkout, revision, event.after)
+            log.info("previous release {} was built from {}; {} commit(s) since", previous, revision or "?",
+                     len(messages))
+        try:
+            version = next_version(
+                existing, messages, initial=self.settings.ci_initial_version, git_tag_version=event.release_version
+            )
+        except VersionTaken as exc:
+            raise StepFailed("build", str(exc)) from exc
+        log.info("this run releases version {}", version)
+        return version, existing
+
+    def _build(self, event: PushEvent, checkout: Path, version: str, move_latest: bool, log: loguru.Logger) -> None:
+        labels = {
+            REVISION_LABEL: event.after,
+            SOURCE_LABEL: strip_credentials(self.settings.ci_repo_url),
+            VERSION_LABEL: version,
+            CREATED_LABEL: self.clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        tags = [self.image.with_tag(version)]
+        previous_latest = None
+        if move_latest:
+            tags.append(self.image.with_tag("latest"))
+            previous_latest = self.docker.image_id(self.image.with_tag("latest"))
+        image_id = self.docker.build(checkout, tags, labels=labels, on_output=_printer(log, "build"))
+        log.info("built {} as {}", image_id, ", ".join(tags))
+        if previous_latest is not None and previous_latest != image_id:
+            self.docker.remove_image(previous_latest)
+
+    def _push(self, version: str, move_latest: bool, log: loguru.Logger) -> None:
+        # Runs are serialised, but another agent (or a person) may push to the same repository.
+        if version in self.registry.list_tags():
+            raise StepFailed("push", f"tag {version} appeared in the registry during this run; it is never overwritten")
+        tags = [version, "latest"] if move_latest else [version]
+        for tag in tags:
+            log.info("pushing {}", self.image.with_tag(tag))
+            for attempt in Retrying(
+                stop=stop_after_attempt(self.settings.ci_push_attempts),
+                wait=wait_exponential(multiplier=self.push_retry_wait, max=60),
+                retry=retry_if_exception_type(StepFailed),
+                reraise=True,
+            ):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        log.warning("push of {} failed; attempt {}", tag, attempt.retry_state.attempt_number)
+                    self.docker.push(self.image.name, tag, on_output=_printer(log, "push"))
+
+    def _email_failure(self, run: Run, event: PushEvent, failure: StepFailed, path: Path) -> None:
+        short = event.after[:12]
+        body = "\n".join(
+            [
+                f"CI run #{run.number} failed at step {failure.step}.",
+                "",
+                f"Step:       {failure.step}",
+                f"Error:      {failure.message}",
+                f"Repository: {redact_url(self.settings.ci_repo_url)}",
+                f"Ref:        {event.ref}",
+                f"Commit:     {event.after}",
+                f"Log file:   {path}",
+                "",
+                "Last lines of the log:",
+                "",
+                tail(path, LOG_TAIL_LINES),
+            ]
+        )
+        subject = f"CI run #{run.number} failed at {failure.step}: {self.image.name} @ {short}"
+        self.notifier.notify(Email(subject=subject, body=body))
+
+
+def _printer(log: loguru.Logger, step: Step) -> Callable[[str], None]:
+    def emit(line: str) -> None:
+        log.info("[{}] {}", step, line)
+
+    return emit
