@@ -1,0 +1,61 @@
+"""Everything ``ci-agent`` runs, built once from ``CiSettings``: store, queue, pipeline, worker, web app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from loguru import logger
+
+from ci_agent.builder import DockerGateway
+from ci_agent.git import GitRunner
+from ci_agent.pipeline import Pipeline
+from ci_agent.queue import KIND, RunQueue
+from ci_agent.settings import CiSettings
+from ci_agent.webhook import create_app
+from ci_agent.worker import Worker
+from shared.notify import Notifier, notifier_from_settings
+from shared.registry import RegistryClient
+from shared.runstore import RunStore
+
+
+@dataclass
+class CiAgent:
+    settings: CiSettings
+    store: RunStore
+    queue: RunQueue
+    notifier: Notifier
+    pipeline: Pipeline
+
+    def app(self) -> FastAPI:
+        return create_app(self.settings, self.store, self.queue)
+
+    def worker(self) -> Worker:
+        return Worker(self.queue, self.pipeline)
+
+    def recover(self) -> None:
+        """At start-up: a run a crash left ``running`` becomes ``interrupted``; queued runs stay queued."""
+        for run in self.store.mark_unfinished_interrupted(kind=KIND):
+            logger.bind(agent="ci").warning("run {} was left unfinished by a crash: marked interrupted", run.number)
+
+
+@contextmanager
+def open_agent(settings: CiSettings) -> Iterator[CiAgent]:
+    """Build the agent; on exit wait (bounded) for queued emails and close every connection."""
+    with ExitStack() as stack:
+        store = RunStore(settings.state_dir / "runs.sqlite3")
+        stack.callback(store.close)
+        queue = RunQueue(store)
+        stack.callback(queue.close)
+        notifier = notifier_from_settings(settings)
+        stack.callback(notifier.close)
+        registry = RegistryClient(
+            settings.image, username=settings.registry_username, password=settings.registry_password
+        )
+        stack.callback(registry.close)
+        docker = DockerGateway(username=settings.registry_username, password=settings.registry_password)
+        stack.callback(docker.close)
+        pipeline = Pipeline(settings, store, notifier, GitRunner(), docker, registry)
+        yield CiAgent(settings, store, queue, notifier, pipeline)

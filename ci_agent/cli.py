@@ -1,0 +1,103 @@
+"""``ci-agent``: the command line of the CI agent.
+
+::
+
+    ci-agent serve            receive GitHub webhooks and run the pipeline for each push
+    ci-agent run [--ref REF]  run one pipeline now (default: the tracked branch); exit 1 when it fails
+
+Settings are read once (environment over ``.env``); errors become a message on stderr and an exit
+code in exactly one place, :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from loguru import logger
+
+from ci_agent.agent import open_agent
+from ci_agent.queue import KIND
+from ci_agent.settings import CiSettings
+from shared.errors import PiCicdError
+from shared.logs import configure_logging
+from shared.settings import load_settings, read_environment
+
+PROG = "ci-agent"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Receive GitHub push webhooks; check out the pushed commit, test it, build the Docker "
+        "image and push it with the next semver tag. Settings come from CI_* variables (environment, then .env).",
+    )
+    parser.add_argument(
+        "--env-file", type=Path, default=Path(".env"), metavar="PATH",
+        help="file with settings, under the environment (default: .env in the working directory)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "serve", help="serve the webhook and run queued pipelines (until SIGTERM/SIGINT)",
+        description="Listen on CI_HOST:CI_PORT for GitHub webhooks (POST /webhook) and serve the run history "
+        "(GET /runs). Runs are executed one at a time; a run a crash left unfinished is marked interrupted.",
+    )
+    run = commands.add_parser(
+        "run", help="run one pipeline now and exit (non-zero when it fails)",
+        description="Check out REF (a branch, a tag or a commit sha; default CI_BRANCH), test, build and push it "
+        "now, in the foreground. Exits 0 when the run succeeded, 1 when it failed.",
+    )
+    run.add_argument("--ref", metavar="REF", help="branch, tag or commit to run (default: CI_BRANCH)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(CiSettings, read_environment(args.env_file))
+        configure_logging("ci", settings.secret_values(), level=settings.log_level)
+        if args.command == "serve":
+            return serve(settings)
+        return run_once(settings, args.ref)
+    except PiCicdError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def serve(settings: CiSettings) -> int:
+    # uvicorn is imported here, not at the top: `ci-agent run` has no use for the web server.
+    import uvicorn
+
+    with open_agent(settings) as agent:
+        agent.recover()
+        worker = agent.worker()
+        worker.start()
+        try:
+            logger.bind(agent="ci").info(
+                "ci-agent serving on {}:{} for {} branch {} -> {}",
+                settings.ci_host, settings.ci_port, settings.ci_github_repo or "any repository",
+                settings.ci_branch, settings.ci_image,
+            )
+            uvicorn.run(agent.app(), host=settings.ci_host, port=settings.ci_port, log_config=None, access_log=False)
+        finally:
+            agent.queue.close()
+            worker.stop(timeout=5)
+    return 0
+
+
+def run_once(settings: CiSettings, ref: str | None) -> int:
+    with open_agent(settings) as agent:
+        agent.recover()
+        event = agent.pipeline.event_for_ref(ref)
+        run = agent.store.create(kind=KIND, commit=event.after, ref=event.ref, details={"event": event.to_details()})
+        run = agent.pipeline.execute(run, event)
+        if run.status == "succeeded":
+            print(f"run {run.number} succeeded: pushed {settings.image.with_tag(run.version or '?')}")
+            return 0
+        print(f"run {run.number} failed at step {run.failed_step}: {run.error}", file=sys.stderr)
+        print(f"log: {run.log_path}", file=sys.stderr)
+        return 1
