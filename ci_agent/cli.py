@@ -35,17 +35,22 @@ def build_parser() -> argparse.ArgumentParser:
         "image and push it with the next semver tag. Settings come from CI_* variables (environment, then .env).",
     )
     parser.add_argument(
-        "--env-file", type=Path, default=Path(".env"), metavar="PATH",
+        "--env-file",
+        type=Path,
+        default=Path(".env"),
+        metavar="PATH",
         help="file with settings, under the environment (default: .env in the working directory)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(
-        "serve", help="serve the webhook and run queued pipelines (until SIGTERM/SIGINT)",
+        "serve",
+        help="serve the webhook and run queued pipelines (until SIGTERM/SIGINT)",
         description="Listen on CI_HOST:CI_PORT for GitHub webhooks (POST /webhook) and serve the run history "
         "(GET /runs). Runs are executed one at a time; a run a crash left unfinished is marked interrupted.",
     )
     run = commands.add_parser(
-        "run", help="run one pipeline now and exit (non-zero when it fails)",
+        "run",
+        help="run one pipeline now and exit (non-zero when it fails)",
         description="Check out REF (a branch, a tag or a commit sha; default CI_BRANCH), test, build and push it "
         "now, in the foreground. Exits 0 when the run succeeded, 1 when it failed.",
     )
@@ -79,8 +84,11 @@ def serve(settings: CiSettings) -> int:
         try:
             logger.bind(agent="ci").info(
                 "ci-agent serving on {}:{} for {} branch {} -> {}",
-                settings.ci_host, settings.ci_port, settings.ci_github_repo or "any repository",
-                settings.ci_branch, settings.ci_image,
+                settings.ci_host,
+                settings.ci_port,
+                settings.ci_github_repo or "any repository",
+                settings.ci_branch,
+                settings.ci_image,
             )
             uvicorn.run(agent.app(), host=settings.ci_host, port=settings.ci_port, log_config=None, access_log=False)
         finally:

@@ -82,7 +82,9 @@ class CiAgent:
         return self.run(number)
 
     def wait_status(self, number: int, status: str, timeout: float = 60) -> None:
-        self.process.wait_until(lambda: self.run(number)["status"] == status, timeout=timeout, what=f"run {number} {status}")
+        self.process.wait_until(
+            lambda: self.run(number)["status"] == status, timeout=timeout, what=f"run {number} {status}"
+        )
 
 
 def push_payload(project: GitProject, sha: str, message: str, ref: str | None = None) -> dict[str, Any]:
@@ -138,7 +140,11 @@ def start_agent(
 
 
 def assert_no_secrets(root: Path, answers: list[str]) -> None:
-    texts = [path.read_text(errors="replace") for path in root.rglob("*") if path.is_file() and path.suffix in {".log", ".out"}]
+    texts = [
+        path.read_text(errors="replace")
+        for path in root.rglob("*")
+        if path.is_file() and path.suffix in {".log", ".out"}
+    ]
     for secret in SECRETS:
         for text in texts + answers:
             assert secret not in text
@@ -149,7 +155,9 @@ def registry_tags(image_name: str) -> list[str]:
         return sorted(client.list_tags())
 
 
-def test_signed_pushes_release_the_next_versions_with_oci_labels(start_agent: Any, git_project: GitProject, image_name: str) -> None:
+def test_signed_pushes_release_the_next_versions_with_oci_labels(
+    start_agent: Any, git_project: GitProject, image_name: str
+) -> None:
     agent = start_agent(CI_TEST_RUNNER="docker")
     first = git_project.commit_sample("initial sample app")
     answer = agent.deliver(push_payload(git_project, first, "initial sample app"))
@@ -276,3 +284,70 @@ def test_bad_deliveries_to_the_real_server_queue_nothing(start_agent: Any, git_p
     assert answer.status_code in (200, 202) and "ignored" in answer.json()
     assert agent.deliver(json.loads((PAYLOADS / "ping_payload.json").read_text()), event="ping").status_code == 200
     assert httpx.get(f"{agent.url}/runs").json() == []
+
+
+def run_command(tmp_path: Path, env: dict[str, str], *args: str) -> AgentProcess:
+    process = AgentProcess("ci_agent", ["run", *args], env, tmp_path).start()
+    process.wait_exit(timeout=120)
+    return process
+
+
+@pytest.fixture
+def run_env(
+    tmp_path: Path, git_project: GitProject, image_name: str, docker_janitor: DockerJanitor
+) -> Iterator[dict[str, str]]:
+    yield {
+        "CI_REPO_URL": git_project.url,
+        "CI_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "CI_IMAGE": image_name,
+        "CI_TEST_COMMAND": "sh /tests/run.sh",
+        "LOG_DIR": str(tmp_path / "logs"),
+        "STATE_DIR": str(tmp_path / "state"),
+    }
+    for tag in ("latest", "0.1.0", "0.1.1", "1.4.0"):
+        docker_janitor.images.add(f"{image_name}:{tag}")
+    assert_no_secrets(tmp_path, [])
+
+
+def test_run_command_releases_the_branch_head_and_a_version_tag(
+    tmp_path: Path, run_env: dict[str, str], git_project: GitProject, image_name: str
+) -> None:
+    git_project.commit_sample("initial")
+    done = run_command(tmp_path, run_env)
+    assert done.process is not None and done.process.returncode == 0, done.output
+    assert registry_tags(image_name) == ["0.1.0", "latest"]
+
+    git_project.commit({"www/index.html": "<p>hello 1.4</p>\n"}, "release")
+    git_project.push()
+    git_project.tag("v1.4.0")
+    done = run_command(tmp_path, run_env, "--ref", "v1.4.0")
+    assert done.process is not None and done.process.returncode == 0, done.output
+    assert registry_tags(image_name) == ["0.1.0", "1.4.0", "latest"]
+
+    again = run_command(tmp_path, run_env, "--ref", "v1.4.0")
+    assert again.process is not None and again.process.returncode == 1
+    assert "1.4.0" in again.output and "exists" in again.output
+    assert registry_tags(image_name) == ["0.1.0", "1.4.0", "latest"]
+
+
+def test_run_command_refuses_a_ref_crafted_as_a_git_option(
+    tmp_path: Path, run_env: dict[str, str], git_project: GitProject
+) -> None:
+    git_project.commit_sample("initial")
+    marker = tmp_path / "pwned"
+    done = run_command(tmp_path, run_env, "--ref", f"--upload-pack=touch {marker}")
+    assert done.process is not None and done.process.returncode != 0
+    assert "--upload-pack" in done.output or "ref" in done.output
+    assert not marker.exists()
+    assert not (tmp_path / "state" / "work" / "checkout").exists() or not any(
+        (tmp_path / "state" / "work" / "checkout").iterdir()
+    )
+
+
+def test_run_command_with_a_bad_setting_names_it_and_exits_2(tmp_path: Path) -> None:
+    done = run_command(
+        tmp_path, {"CI_REPO_URL": "x", "CI_IMAGE": "Bad Image", "CI_WEBHOOK_SECRET": WEBHOOK_SECRET, "CI_PORT": "99999"}
+    )
+    assert done.process is not None and done.process.returncode == 2
+    assert "CI_IMAGE" in done.output and "CI_PORT" in done.output
+    assert WEBHOOK_SECRET not in done.output
