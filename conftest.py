@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.support.registry_auth",
     "tests.support.smtp_server",
     "tests.support.git_repos",
+    "tests.support.reliability",
 ]
