@@ -22,6 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from loguru import logger
 
+from ci_agent.dashboard import add_dashboard_routes, html_response, prefers_html, read_log, render_run_page
 from ci_agent.errors import CiError, RunNotFound, WebhookRejected
 from ci_agent.payload import PushEvent, parse_push
 from ci_agent.queue import RunQueue
@@ -82,9 +83,13 @@ def create_app(settings: CiSettings, store: RunStore, queue: RunQueue) -> FastAP
     def runs(limit: int = Query(default=50, ge=1, le=1000)) -> list[dict[str, Any]]:
         return [run.to_json() for run in store.list(limit=limit)]
 
-    @app.get("/runs/{number}")
-    def one_run(number: int) -> dict[str, Any]:
-        return _existing(store, number).to_json()
+    @app.get("/runs/{number}", response_model=None)
+    def one_run(number: int, request: Request) -> dict[str, Any] | Response:
+        run = _existing(store, number)
+        # JSON unless a browser asks for HTML (dashboard.prefers_html): API clients see no change.
+        if prefers_html(request.headers.get("Accept")):
+            return html_response(render_run_page(settings, run, read_log(run)))
+        return run.to_json()
 
     @app.get("/runs/{number}/log")
     def run_log(number: int) -> FileResponse:
@@ -96,6 +101,7 @@ def create_app(settings: CiSettings, store: RunStore, queue: RunQueue) -> FastAP
             raise RunNotFound(f"the log of run {number} is gone (pruned or moved)")
         return FileResponse(path, media_type="text/plain; charset=utf-8")
 
+    add_dashboard_routes(app, settings, store)
     return app
 
 

@@ -1,0 +1,370 @@
+"""What a person sees of the CI agent: ``GET /`` (the runs), ``GET /runs/{n}`` as a page, ``GET /badge.svg``.
+
+Plain HTML from ``string.Template`` with every value passed through ``html.escape``: no template
+engine, no JavaScript, one inline style sheet. The pages show run fields and run logs only, never
+settings beyond the repository, branch and image (the run logs are redacted by their sinks already).
+
+``GET /runs/{n}`` answers JSON to API clients and HTML to browsers: :func:`prefers_html` reads the
+``Accept`` header (``*/*`` and ties go to JSON, so scripts and curl keep getting JSON).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from string import Template
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, Response
+
+from ci_agent.git import strip_credentials
+from ci_agent.queue import KIND
+from ci_agent.settings import CiSettings
+from shared.runstore import Run, RunStore
+
+LIST_LIMIT = 100
+LOG_PAGE_BYTES = 256 * 1024
+LIST_REFRESH_SECONDS = 10
+RUN_REFRESH_SECONDS = 5
+# The badge looks this far back for a finished run of the tracked branch.
+_BADGE_SCAN_LIMIT = 1000
+
+# The pages need nothing but their own inline style sheet; a stored value that slipped past
+# escaping could still not load or run anything.
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#24292f;color:#fff;padding:12px 20px}
+header h1{margin:0;font-size:18px}
+header a{color:#fff}
+header p{margin:4px 0 0;color:#d0d7de;font-size:13px}
+main{padding:16px 20px}
+table{border-collapse:collapse;width:100%;background:#fff}
+th,td{text-align:left;padding:6px 10px;border-bottom:1px solid #e1e4e8;vertical-align:top}
+th{background:#f0f2f4;font-weight:600}
+code{font:12px ui-monospace,monospace}
+.status{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-size:12px;font-weight:600}
+.succeeded{background:#2da44e}.failed{background:#cf222e}.running{background:#bf8700}
+.queued{background:#6e7781}.superseded{background:#8c959f}.interrupted{background:#bc4c00}
+.message{color:#57606a;font-size:12px}
+.empty{padding:24px;background:#fff;border:1px dashed #d0d7de}
+dl{display:grid;grid-template-columns:max-content auto;gap:4px 16px;background:#fff;padding:12px}
+dt{font-weight:600}dd{margin:0}
+pre{background:#0d1117;color:#e6edf3;padding:12px;overflow-x:auto;font:12px/1.45 ui-monospace,monospace}
+"""
+
+_PAGE = Template("""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+$refresh<title>$title</title>
+<style>$style</style>
+</head>
+<body>
+<header>
+<h1><a href="/">pi-cicd</a> · $title</h1>
+<p>repository <code>$repository</code> · branch <code>$branch</code> · image <code>$image</code></p>
+</header>
+<main>
+$body
+</main>
+</body>
+</html>
+""")
+
+_LIST_HEAD = (
+    "<table>\n<thead><tr><th>#</th><th>status</th><th>commit</th><th>ref</th><th>version</th>"
+    "<th>started</th><th>duration</th><th>failed step</th></tr></thead>\n<tbody>\n"
+)
+_LIST_ROW = Template(
+    '<tr class="run"><td><a href="/runs/$number">#$number</a></td><td>$status</td>'
+    "<td><code>$commit</code>$message</td><td><code>$ref</code></td><td>$version</td>"
+    "<td>$started</td><td>$duration</td><td>$failed_step</td></tr>\n"
+)
+
+
+def add_dashboard_routes(app: FastAPI, settings: CiSettings, store: RunStore) -> None:
+    """Register ``GET /`` and ``GET /badge.svg``; ``/runs/{n}`` stays in the webhook module (JSON first)."""
+
+    @app.get("/", response_class=HTMLResponse)
+    def runs_page() -> HTMLResponse:
+        return html_response(render_runs_page(settings, store.list(limit=LIST_LIMIT)))
+
+    @app.get("/badge.svg")
+    def badge() -> Response:
+        runs = store.list(limit=_BADGE_SCAN_LIMIT, kind=KIND)
+        svg = render_badge(badge_for(runs, settings.ci_branch))
+        # no-cache: GitHub's image proxy (camo) and browsers must ask again, or the badge goes stale.
+        return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-cache", **_HEADERS})
+
+
+def html_response(page: str, status_code: int = 200) -> HTMLResponse:
+    return HTMLResponse(page, status_code=status_code, headers=_HEADERS)
+
+
+def prefers_html(accept: str | None) -> bool:
+    """Whether ``accept`` ranks ``text/html`` strictly above ``application/json`` (RFC 9110 q-values).
+
+    A browser's ``text/html,...,*/*;q=0.8`` does; ``*/*``, ``application/json``, no header and a
+    tie do not, so every API client keeps getting JSON.
+    """
+    if not accept:
+        return False
+    ranges = list(_media_ranges(accept))
+    return _quality(ranges, "text", "html") > _quality(ranges, "application", "json")
+
+
+def _media_ranges(accept: str) -> Iterable[tuple[str, str, float]]:
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        kind, _, subtype = media.lower().partition("/")
+        if not kind or not subtype:
+            continue
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    quality = 0.0
+        yield kind, subtype, quality
+
+
+def _quality(ranges: Sequence[tuple[str, str, float]], kind: str, subtype: str) -> float:
+    # The most specific matching range decides (type/subtype over type/* over */*).
+    best: tuple[int, float] = (-1, 0.0)
+    for range_kind, range_subtype, quality in ranges:
+        if (range_kind, range_subtype) == (kind, subtype):
+            specificity = 2
+        elif (range_kind, range_subtype) == (kind, "*"):
+            specificity = 1
+        elif (range_kind, range_subtype) == ("*", "*"):
+            specificity = 0
+        else:
+            continue
+        if specificity > best[0]:
+            best = (specificity, quality)
+    return best[1]
+
+
+# -- pages ------------------------------------------------------------------------------------------
+
+
+def render_runs_page(settings: CiSettings, runs: Sequence[Run]) -> str:
+    """The run list, newest first as given; reloads itself every few seconds."""
+    if runs:
+        rows = "".join(_run_row(run) for run in runs)
+        body = f"{_LIST_HEAD}{rows}</tbody>\n</table>"
+    else:
+        body = (
+            '<p class="empty">No runs yet. A push to the tracked branch (through the GitHub webhook) '
+            "or <code>ci-agent run</code> starts one.</p>"
+        )
+    refresh = f'<meta http-equiv="refresh" content="{LIST_REFRESH_SECONDS}">\n'
+    return _page(settings, title="runs", body=body, refresh=refresh)
+
+
+def render_run_page(settings: CiSettings, run: Run, log: str | None) -> str:
+    """One run's fields and its log (``None``: no log, or it was pruned); reloads while unfinished."""
+    fields = [
+        ("status", _status(run.status)),
+        ("kind", _text(run.kind)),
+        ("commit", f"<code>{_text(run.commit)}</code>"),
+        ("message", _text(_head_message(run) or "")),
+        ("ref", f"<code>{_text(run.ref)}</code>"),
+        ("version", _text(run.version)),
+        ("created", _time(run.created_at)),
+        ("started", _time(run.started_at)),
+        ("finished", _time(run.finished_at)),
+        ("duration", _duration(run)),
+        ("failed step", _text(run.failed_step)),
+        ("error", _text(run.error)),
+    ]
+    items = "".join(f"<dt>{name}</dt><dd>{value}</dd>\n" for name, value in fields)
+    if log is None:
+        log_html = '<p class="empty">No log for this run: it has not started, or its log was pruned.</p>'
+    else:
+        log_html = f"<pre>{html.escape(log)}</pre>"
+    body = (
+        f'<p><a href="/">← all runs</a> · <a href="/runs/{run.number}/log">raw log</a></p>\n'
+        f"<dl>\n{items}</dl>\n<h2>Log</h2>\n{log_html}"
+    )
+    refresh = "" if run.finished else f'<meta http-equiv="refresh" content="{RUN_REFRESH_SECONDS}">\n'
+    return _page(settings, title=f"run #{run.number}", body=body, refresh=refresh)
+
+
+def read_log(run: Run, limit: int = LOG_PAGE_BYTES) -> str | None:
+    """The run's log for a page: its last ``limit`` bytes, colour codes removed; ``None`` if there is none."""
+    if run.log_path is None:
+        return None
+    path = Path(run.log_path)
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, 2)
+            handle.seek(max(size - limit, 0))
+            data = handle.read()
+    except OSError:
+        return None
+    text = _ANSI.sub("", data.decode("utf-8", errors="replace"))
+    if size > limit:
+        text = f"[… the first {size - limit} bytes are only in the raw log …]\n" + text.split("\n", 1)[-1]
+    return text
+
+
+def _page(settings: CiSettings, *, title: str, body: str, refresh: str) -> str:
+    return _PAGE.substitute(
+        title=html.escape(title),
+        refresh=refresh,
+        style=_STYLE,
+        repository=html.escape(settings.ci_github_repo or strip_credentials(settings.ci_repo_url)),
+        branch=html.escape(settings.ci_branch),
+        image=html.escape(settings.image.name),
+        body=body,
+    )
+
+
+def _run_row(run: Run) -> str:
+    message = _head_message(run)
+    return _LIST_ROW.substitute(
+        number=run.number,
+        status=_status(run.status),
+        commit=_text(run.commit[:12] if run.commit else None),
+        message=f'<br><span class="message">{_text(_first_line(message))}</span>' if message else "",
+        ref=_text(_short_ref(run.ref)),
+        version=_text(run.version),
+        started=_time(run.started_at),
+        duration=_duration(run),
+        failed_step=_text(run.failed_step),
+    )
+
+
+def _head_message(run: Run) -> str | None:
+    event = run.details.get("event")
+    message = event.get("head_message") if isinstance(event, dict) else None
+    return message if isinstance(message, str) else None
+
+
+def _first_line(text: str | None, limit: int = 80) -> str:
+    line = (text or "").strip().split("\n", 1)[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _short_ref(ref: str | None) -> str | None:
+    if ref is None:
+        return None
+    return ref.removeprefix("refs/heads/").removeprefix("refs/tags/")
+
+
+def _status(status: str) -> str:
+    escaped = html.escape(status)
+    return f'<span class="status {escaped}">{escaped}</span>'
+
+
+def _text(value: str | None) -> str:
+    return "–" if value is None else html.escape(value)
+
+
+def _time(moment: datetime | None) -> str:
+    return "–" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(run: Run) -> str:
+    seconds = run.duration_seconds
+    if seconds is None:
+        return "running" if run.status == "running" else "–"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+# -- badge ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Badge:
+    """``ci | <status> | <version>``: status is passing, failing, running or unknown."""
+
+    status: str
+    version: str | None
+
+
+_BADGE_COLOURS = {"passing": "#4c1", "failing": "#e05d44", "running": "#dfb317", "unknown": "#9f9f9f"}
+_VERSION_COLOUR = "#007ec6"
+_LABEL_COLOUR = "#555"
+
+
+def badge_for(runs: Iterable[Run], branch: str) -> Badge:
+    """The badge for CI ``runs`` (newest first).
+
+    The status is that of the newest succeeded or failed run of ``branch`` (superseded and
+    interrupted runs say nothing about the code); with none yet, "running" while one is queued or
+    running, else "unknown". The version is the newest one released by any CI run (branch or tag).
+    """
+    ref = f"refs/heads/{branch}"
+    status: str | None = None
+    in_progress = False
+    version: str | None = None
+    for run in runs:
+        if version is None and run.status == "succeeded" and run.version:
+            version = run.version
+        if status is None and run.ref == ref:
+            if run.status in ("succeeded", "failed"):
+                status = "passing" if run.status == "succeeded" else "failing"
+            elif run.status in ("queued", "running"):
+                in_progress = True
+        if status is not None and version is not None:
+            break
+    if status is None:
+        status = "running" if in_progress else "unknown"
+    return Badge(status, version)
+
+
+def render_badge(badge: Badge) -> str:
+    """A flat shields.io-style SVG badge."""
+    segments = [("ci", _LABEL_COLOUR), (badge.status, _BADGE_COLOURS[badge.status])]
+    if badge.version is not None:
+        segments.append((badge.version, _VERSION_COLOUR))
+    widths = [_text_width(text) + 12 for text, _ in segments]
+    total = sum(widths)
+    title = html.escape(" | ".join(text for text, _ in segments))
+    rects, texts = [], []
+    x = 0
+    for (text, colour), width in zip(segments, widths, strict=True):
+        escaped = html.escape(text)
+        middle = x + width / 2
+        rects.append(f'<rect x="{x}" width="{width}" height="20" fill="{colour}"/>')
+        texts.append(
+            f'<text x="{middle:g}" y="15" fill="#010101" fill-opacity=".3">{escaped}</text>'
+            f'<text x="{middle:g}" y="14">{escaped}</text>'
+        )
+        x += width
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="20" role="img" aria-label="{title}">'
+        f"<title>{title}</title>"
+        '<linearGradient id="s" x2="0" y2="100%"><stop offset="0" stop-color="#bbb" stop-opacity=".1"/>'
+        '<stop offset="1" stop-opacity=".1"/></linearGradient>'
+        f'<clipPath id="r"><rect width="{total}" height="20" rx="3" fill="#fff"/></clipPath>'
+        f'<g clip-path="url(#r)">{"".join(rects)}<rect width="{total}" height="20" fill="url(#s)"/></g>'
+        '<g fill="#fff" text-anchor="middle" font-family="Verdana,Geneva,DejaVu Sans,sans-serif" font-size="11">'
+        f'{"".join(texts)}</g></svg>'
+    )
+
+
+def _text_width(text: str) -> int:
+    # Verdana 11px averages about 7px a character; narrow dots and digits make this a safe upper bound.
+    return 7 * len(text)
