@@ -191,6 +191,12 @@ def _string(data: dict[str, Any], key: str, *, where: str | None = None) -> str:
     value = data.get(key)
     if not isinstance(value, str):
         raise _bad(f"'{where or key}' is missing or not a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # A JSON escape such as "\ud800" decodes to a lone surrogate: stored, it would break every
+        # later JSON answer about the run (GET /runs/N was a 500 for good).
+        raise _bad(f"'{where or key}' is not valid Unicode (lone surrogate)") from exc
     return value
 
 
