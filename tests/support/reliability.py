@@ -21,6 +21,9 @@ from pathlib import Path
 
 import pytest
 
+# The reliability tests' own fixtures (agents as real processes) come with the plugin.
+pytest_plugins = ["tests.support.reliability_ci"]
+
 ROOT = Path(__file__).resolve().parents[2]
 RELIABILITY_DIR = ROOT / "tests" / "reliability"
 TABLE_PATH = ROOT / "docs" / "RELIABILITY.md"
@@ -165,6 +168,17 @@ def produced(request: pytest.FixtureRequest) -> Callable[[str, str | bytes], Non
         registry.texts.append((f"{nodeid}: {source}", decoded))
 
     return collect
+
+
+def register_secret(config: pytest.Config, value: str) -> str:
+    """The ``secret`` fixture for fixtures of a wider scope."""
+    _registry(config).secrets.add(value)
+    return value
+
+
+def register_produced(config: pytest.Config, source: str, text: str) -> None:
+    """The ``produced`` fixture for fixtures of a wider scope."""
+    _registry(config).texts.append((source, text))
 
 
 def registered_secrets(config: pytest.Config) -> set[str]:
