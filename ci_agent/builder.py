@@ -66,6 +66,28 @@ class _LineSplitter:
             self.pending = ""
 
 
+_STEP_FROM = re.compile(r"^Step \d+/\d+ : FROM ", re.IGNORECASE)
+_STEP_RESULT = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+
+
+class _StageTracker:
+    """Reads the classic builder's output for the image each finished stage ended with."""
+
+    def __init__(self) -> None:
+        self.last_result: str | None = None
+        self.stage_results: list[str] = []
+
+    def see(self, line: str) -> None:
+        if _STEP_FROM.match(line) and self.last_result is not None:
+            self.stage_results.append(self.last_result)
+            self.last_result = None
+        elif match := _STEP_RESULT.match(line):
+            self.last_result = match[1]
+
+    def finished_stages(self) -> list[str]:
+        return list(self.stage_results)
+
+
 def _stream_error(chunk: Mapping[str, Any]) -> str | None:
     if "errorDetail" in chunk:
         detail = chunk["errorDetail"]
@@ -92,18 +114,26 @@ class DockerGateway:
         password: SecretStr | None = None,
         build_timeout: float = 1800.0,
     ) -> None:
-        if client is None:
-            try:
-                client = docker.from_env(version="auto")
-            except docker.errors.DockerException as exc:
-                raise StepFailed("build", f"cannot reach the Docker Engine: {exc}") from exc
-        self.client = client
+        # Connected on first use, not here: an agent started while dockerd is down (boot order, a
+        # restart) still starts and answers webhooks; its runs fail at their first Docker call with
+        # this message, and the next run connects again.
+        self._client = client
         self._username = username
         self._password = password
         self.build_timeout = build_timeout
 
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            try:
+                self._client = docker.from_env(version="auto")
+            except docker.errors.DockerException as exc:
+                raise StepFailed("build", f"cannot reach the Docker Engine: {exc}") from exc
+        return self._client
+
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
 
     def build(
         self,
@@ -132,7 +162,13 @@ class DockerGateway:
                 decode=True,
                 timeout=self.build_timeout,
             )
-            lines = _LineSplitter(on_output)
+            stages = _StageTracker()
+
+            def output(line: str) -> None:
+                stages.see(line)
+                on_output(line)
+
+            lines = _LineSplitter(output)
             error: str | None = None
             # Read to the end even after an error: the SDK closes the connection only at the end of the stream.
             for chunk in stream:
@@ -152,7 +188,22 @@ class DockerGateway:
             for reference in tags[1:]:
                 repository, tag = split_tag(reference)
                 self.client.api.tag(image_id, repository, tag, force=True)
+        self._remove_stage_leftovers(stages.finished_stages(), keep=image_id)
         return image_id
+
+    def _remove_stage_leftovers(self, stage_images: Iterable[str], *, keep: str) -> None:
+        # The classic builder builds every stage before the target and leaves each one's result
+        # behind as an untagged image; on a Pi those pile up. A stage that is the parent of the
+        # result (or of anything else) refuses removal, which is what we want.
+        for short_id in stage_images:
+            if keep.removeprefix("sha256:").startswith(short_id):
+                continue
+            try:
+                if self.client.api.inspect_image(short_id).get("RepoTags"):
+                    continue
+            except docker.errors.DockerException:
+                continue
+            self.remove_image(short_id)
 
     def run_tests(
         self,

@@ -174,3 +174,25 @@ def test_host_runner_kills_the_whole_process_group_at_the_time_limit(tmp_path: P
 def test_host_runner_reports_a_missing_program(tmp_path: Path):
     with pytest.raises(StepFailed, match="cannot run 'no-such-test-runner'"):
         run_host_command(["no-such-test-runner"], cwd=tmp_path, timeout=5)
+
+
+def test_a_multi_stage_build_leaves_no_untagged_stage_images(
+    gateway: DockerGateway, docker_janitor: DockerJanitor, docker_client, tmp_path: Path
+):
+    marker = unique("stage")
+    dockerfile = busybox_dockerfile().replace("FROM scratch", "FROM scratch AS base", 1) + (
+        f"FROM base AS test\nRUN echo {marker} > /marker\nFROM base\nCMD [\"true\"]\n"
+    )
+    context = write_busybox_context(tmp_path / "ctx", dockerfile)
+    tag = f"{unique('builder')}:t"
+    docker_janitor.images.add(tag)
+    lines: list[str] = []
+
+    gateway.build(context, [tag], on_output=lines.append)
+
+    test_stage = [line for line in lines if marker in line]
+    assert test_stage, "the classic builder built the test stage"
+    dangling = docker_client.api.images(filters={"dangling": True}, quiet=True)
+    for image in dangling:
+        history = docker_client.api.history(image)
+        assert not any(marker in (entry.get("CreatedBy") or "") for entry in history), "test stage left behind"

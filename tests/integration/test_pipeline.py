@@ -88,7 +88,8 @@ def make_agent(
             push_retry_wait=0.1,
         )
         docker_janitor.images.update(f"{image}:{tag}" for tag in ("latest", "ci-test", "0.1.0", "1.0.0"))
-        docker_janitor.name_prefixes.add(f"pi-cicd-ci-test-{pipeline._instance}")
+        # Exact names: a prefix scan would race with other tests removing their containers.
+        docker_janitor.containers.update(f"pi-cicd-ci-test-{pipeline._instance}-run-{n}" for n in range(1, 6))
         agent = Agent(pipeline, store, mailer, notifier, registry_client, settings)
         made.append(agent)
         return agent
@@ -183,7 +184,7 @@ def test_host_runner_runs_the_command_in_the_checkout(make_agent, git_project: G
 
     run = agent.run(sha)
 
-    assert (run.status, run.version) == ("succeeded", "0.1.0")
+    assert (run.status, run.version, run.error) == ("succeeded", "0.1.0", None)
 
 
 def test_a_git_tag_is_released_as_exactly_that_version_and_never_overwritten(make_agent, git_project: GitProject):
