@@ -188,10 +188,7 @@ class Deployer:
             details={"action": action, "version": version, **report.to_json()},
         )
         self.notifier.notify(self._email(report, action, body, path))
-        try:
-            prune_run_logs(self.settings.log_dir, self.settings.log_retention_runs)
-        except OSError as exc:
-            logger.warning("could not prune old run logs in {}: {}", self.settings.log_dir, exc)
+        prune_run_logs(self.settings.log_dir, self.settings.log_retention_runs)
         return report
 
     def _swap(

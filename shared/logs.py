@@ -147,21 +147,31 @@ def _run_number(path: Path) -> int | None:
 def prune_run_logs(log_dir: Path, keep: int) -> list[Path]:
     """Remove run logs beyond the newest ``keep`` (by run number); returns the removed paths, oldest first.
 
-    Files whose name is not a run-log name are never touched.
+    Files whose name is not a run-log name are never touched. Housekeeping must never fail a run, so a
+    folder or file that cannot be read or removed (a read-only SD card) is logged and left alone.
     """
     if keep < 0:
         raise ValueError(f"keep must not be negative, got {keep}")
-    if not log_dir.is_dir():
-        return []
     numbered = []
-    for entry in log_dir.iterdir():
-        number = _run_number(entry)
-        if number is not None and entry.is_file():
-            numbered.append((number, entry))
+    try:
+        for entry in log_dir.iterdir():
+            number = _run_number(entry)
+            if number is not None and entry.is_file():
+                numbered.append((number, entry))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        logger.warning("could not list run logs in {} to prune them: {}", log_dir, exc)
+        return []
     numbered.sort(key=lambda item: item[0], reverse=True)
-    removed = [path for _, path in numbered[keep:]]
-    for path in removed:
-        path.unlink(missing_ok=True)
+    removed = []
+    for _, path in numbered[keep:]:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            logger.warning("could not remove old run log {}: {}", path, exc)
+        else:
+            removed.append(path)
     return removed[::-1]
 
 

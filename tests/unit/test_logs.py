@@ -195,6 +195,15 @@ def test_prune_of_a_missing_dir_or_under_the_limit_removes_nothing(tmp_path):
     assert len(list(tmp_path.iterdir())) == 2
 
 
+def test_prune_that_cannot_read_the_folder_logs_and_never_raises(tmp_path):
+    not_a_folder = tmp_path / "logs"
+    not_a_folder.write_text("a file where the log folder should be")
+    with capture_logs() as logs:
+        assert prune_run_logs(not_a_folder, keep=1) == []
+    assert any("could not list run logs" in entry.message for entry in logs)
+    assert not_a_folder.read_text() == "a file where the log folder should be"
+
+
 def test_tail_returns_the_last_lines(tmp_path):
     path = tmp_path / "big.log"
     path.write_text("".join(f"line {i} " + "x" * 100 + "\n" for i in range(1000)))
