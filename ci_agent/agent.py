@@ -55,7 +55,11 @@ def open_agent(settings: CiSettings) -> Iterator[CiAgent]:
             settings.image, username=settings.registry_username, password=settings.registry_password
         )
         stack.callback(registry.close)
-        docker = DockerGateway(username=settings.registry_username, password=settings.registry_password)
+        docker = DockerGateway(
+            username=settings.registry_username,
+            password=settings.registry_password,
+            build_timeout=settings.ci_build_timeout,
+        )
         stack.callback(docker.close)
         pipeline = Pipeline(settings, store, notifier, GitRunner(), docker, registry)
         yield CiAgent(settings, store, queue, notifier, pipeline)

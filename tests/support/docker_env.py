@@ -105,9 +105,13 @@ class DockerJanitor:
     def cleanup(self) -> None:
         prefixes = tuple(self.name_prefixes)
         if prefixes:
-            for container in self.client.containers.list(all=True):
-                if container.name.startswith(prefixes):
-                    self.containers.add(container.name)
+            # Filtered by name on the daemon and listed sparse: a container another test removes while
+            # we list must not break the listing (a full list inspects each one and can hit NotFound).
+            for prefix in prefixes:
+                for container in self.client.containers.list(all=True, sparse=True, filters={"name": prefix}):
+                    name = container.attrs.get("Names", [""])[0].lstrip("/")
+                    if name.startswith(prefixes):
+                        self.containers.add(name)
         for name in self.containers:
             try:
                 self.client.containers.get(name).remove(force=True, v=True)
@@ -121,9 +125,10 @@ class DockerJanitor:
             except docker.errors.APIError:
                 pass
         if prefixes:
-            for volume in self.client.volumes.list():
-                if volume.name.startswith(prefixes):
-                    self.volumes.add(volume.name)
+            for prefix in prefixes:
+                for volume in self.client.volumes.list(filters={"name": prefix}):
+                    if volume.name.startswith(prefixes):
+                        self.volumes.add(volume.name)
         for name in self.volumes:
             try:
                 self.client.volumes.get(name).remove(force=True)
