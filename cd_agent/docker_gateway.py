@@ -17,11 +17,13 @@ import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
 import docker.types
+import docker.utils
 import requests
 
 from cd_agent.errors import DeployError, DockerUnavailable
@@ -85,7 +87,23 @@ class DockerGateway:
     @classmethod
     def from_env(cls, *, timeout: float = 120) -> DockerGateway:
         """Connect as the docker CLI would (``DOCKER_HOST`` or the local socket); negotiates the API version."""
+        settings = docker.utils.kwargs_from_env()
+        base_url = str(settings.get("base_url") or "unix:///var/run/docker.sock")
+        # docker-py leaks the socket when a unix socket connect fails: look before connecting.
+        if base_url.startswith(("unix://", "http+unix://")):
+            socket_path = Path("/" + base_url.split("://", 1)[1].lstrip("/"))
+            if not socket_path.exists():
+                raise DockerUnavailable(
+                    f"cannot reach the Docker Engine: no socket at {socket_path} (is dockerd running?)"
+                )
         try:
+            # A failed version negotiation inside from_env leaks its socket, so ask first with a
+            # throwaway client that is always closed; the real client then negotiates.
+            probe = docker.APIClient(version="1.24", timeout=int(timeout), **settings)
+            try:
+                probe.ping()
+            finally:
+                probe.close()
             client = docker.from_env(version="auto", timeout=int(timeout))
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise DockerUnavailable(f"cannot reach the Docker Engine (is dockerd running?): {exc}") from exc

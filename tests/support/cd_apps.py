@@ -243,8 +243,14 @@ class CdWorld:
         assert code == 0, output
         return str(output.decode())
 
+    def _listed(self) -> list[dict[str, Any]]:
+        # The low-level list needs no inspect per container, so containers that other tests remove
+        # meanwhile cannot make it fail.
+        listed = self.docker_client.api.containers(all=True, filters={"name": self.name})
+        return [item for item in listed if any(n.lstrip("/").startswith(self.name) for n in item["Names"])]
+
     def containers(self) -> list[str]:
-        return sorted(c.name for c in self.docker_client.containers.list(all=True) if c.name.startswith(self.name))
+        return sorted(item["Names"][0].lstrip("/") for item in self._listed())
 
     def use_smtp(self, host: str, port: int) -> None:
         """Send this world's emails through a real SMTP server (tests.support.smtp_server)."""
@@ -261,11 +267,10 @@ class CdWorld:
             deployer.docker.close()
         # Anonymous volumes carried over from container to container are mounted by name, so
         # `docker rm -v` keeps them: collect them for the janitor.
-        for container in self.docker_client.containers.list(all=True):
-            if container.name.startswith(self.name):
-                for mount in container.attrs.get("Mounts", []):
-                    if mount.get("Type") == "volume" and mount.get("Name"):
-                        self.janitor.volumes.add(mount["Name"])
+        for item in self._listed():
+            for mount in item.get("Mounts") or []:
+                if mount.get("Type") == "volume" and mount.get("Name"):
+                    self.janitor.volumes.add(mount["Name"])
 
 
 def build_deployer(settings: CdSettings, notifier: Notifier, **kwargs: Any) -> Deployer:
