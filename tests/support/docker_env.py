@@ -45,7 +45,7 @@ def busybox_dockerfile(
         lines.append(f"VOLUME {volume}")
     if healthcheck:
         lines.append(
-            f"HEALTHCHECK --interval={health_interval} --timeout=2s --start-period=0s --retries=3 "
+            f"HEALTHCHECK --interval={health_interval} --timeout=2s --retries=3 "
             f"CMD {json.dumps(healthcheck)}"
         )
     if extra:
