@@ -15,16 +15,18 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=igno
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 RUN python3 -m venv /opt/pi-cicd
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone, so a code or README change does not reinstall them.
+# Dependencies (and the build backend) first, from pyproject.toml alone: a code or README change then
+# reinstalls only the project itself, offline.
 COPY pyproject.toml ./
 RUN /opt/pi-cicd/bin/python -c "import subprocess, sys, tomllib; \
-deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+meta = tomllib.load(open('pyproject.toml', 'rb')); \
+deps = meta['project']['dependencies'] + meta['build-system']['requires']; \
 subprocess.run([sys.executable, '-m', 'pip', 'install', *deps], check=True)"
 COPY README.md ./
 COPY shared/ shared/
 COPY ci_agent/ ci_agent/
 COPY cd_agent/ cd_agent/
-RUN /opt/pi-cicd/bin/pip install --no-deps . \
+RUN /opt/pi-cicd/bin/pip install --no-deps --no-build-isolation . \
  && /opt/pi-cicd/bin/pip uninstall -y pip setuptools \
  && /opt/pi-cicd/bin/python -m compileall -q /opt/pi-cicd/lib
 
