@@ -202,7 +202,9 @@ class FaultProxy:
             self._reset(request)
 
     def _pass(self, request: BaseHTTPRequestHandler, *, truncate: bool) -> None:
-        headers = {key: value for key, value in request.headers.items() if key.lower() != "host"}
+        # A list, not a dict: dockerd sends one Accept header per manifest type, and a registry that sees
+        # only the last one answers with a converted schema 1 manifest instead of the pushed one.
+        headers = [(key, value) for key, value in request.headers.items() if key.lower() != "host"]
         try:
             answer = self._http.request(request.command, request.path, headers=headers)
         except httpx.HTTPError:
