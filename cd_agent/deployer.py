@@ -159,6 +159,9 @@ class Deployer:
         with self._exclusive():
             journal = self.state.journal
             message = self._recover(journal) if journal is not None else self._agree()
+            stale = self._close_stale_runs()
+            if stale:
+                message += f"; {stale}"
             logger.info("reconcile: {}", message)
             return message
 
@@ -322,6 +325,18 @@ class Deployer:
         journal = self.state.journal
         if journal is not None:
             logger.warning("reconcile before deploying: {}", self._recover(journal))
+        stale = self._close_stale_runs()
+        if stale:
+            logger.warning("reconcile before deploying: {}", stale)
+
+    def _close_stale_runs(self) -> str:
+        """Holding the deploy lock, a deploy run still ``running`` belongs to a process that died before its
+        journal began (killed while pulling, say): the history must not show it running forever."""
+        stale = self.runs.mark_unfinished_interrupted(kind="deploy")
+        if not stale:
+            return ""
+        described = ", ".join(f"run {run.number} ({run.version or '?'})" for run in stale)
+        return f"marked {described} interrupted: the agent stopped before the swap began"
 
     def _recover(self, journal: Journal) -> str:
         name = journal.container_name
