@@ -1,0 +1,108 @@
+"""``scripts/demo`` end to end, as a user runs it, then ``scripts/demo-clean``.
+
+The demo runs in its own folder with its own container names and loopback ports, and reuses this
+test's Python environment (``PICICD_DEMO_PYTHON``), so it installs nothing when the machine has
+everything. It must end showing 0.1.0 deployed, 0.1.1 upgraded and 0.1.2 rolled back, with the app
+still answering 0.1.1; afterwards demo-clean must leave no process, container, image or folder.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+
+from tests.support.docker_env import unique
+from tests.support.ports import free_port
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "scripts" / "demo"
+DEMO_CLEAN = ROOT / "scripts" / "demo-clean"
+# The first build of the sample image installs Flask from PyPI, and the base image may need debootstrap once.
+DEMO_TIMEOUT = 1500
+
+
+def read_vars(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {key: value for key, value in pairs}
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie left for init to reap has stopped running)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def demo_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = {
+        **os.environ,
+        "PICICD_DEMO_DIR": str(tmp_path / "demo"),
+        "PICICD_DEMO_NAME": unique("picicd-demo"),
+        "PICICD_DEMO_PYTHON": sys.executable,
+        "PICICD_DEMO_APP_PORT": str(free_port()),
+        "PICICD_DEMO_CI_PORT": str(free_port()),
+        "PICICD_DEMO_REGISTRY_PORT": str(free_port()),
+        "PICICD_DEMO_SMTP_PORT": str(free_port()),
+    }
+    yield env
+    # Whatever happened, nothing of this demo outlives the test.
+    subprocess.run([str(DEMO_CLEAN)], env={**env, "PICICD_DEMO_QUIET": "1"}, check=False, timeout=120)
+
+
+@pytest.mark.timeout(DEMO_TIMEOUT + 180)
+def test_demo_deploys_upgrades_rolls_back_and_cleans_up(demo_env: dict[str, str]) -> None:
+    demo_dir = Path(demo_env["PICICD_DEMO_DIR"])
+    result = subprocess.run(
+        [str(DEMO)], env=demo_env, cwd=ROOT, capture_output=True, text=True, timeout=DEMO_TIMEOUT, check=False
+    )
+    output = result.stdout + result.stderr
+    (demo_dir.parent / "demo-output.txt").write_text(output)
+    assert result.returncode == 0, output[-6000:]
+
+    assert "0.1.0 deployed" in output
+    assert "0.1.1 upgraded" in output
+    assert "rolled back to 0.1.1 and quarantined" in output
+    assert "pushed version 0.1.2" in output
+    assert "Subject:" in output
+    names = read_vars(demo_dir / "demo.vars")
+    answer = httpx.get(f"{names['APP_URL']}/", timeout=10)
+    assert answer.status_code == 200
+    assert answer.json()["version"] == "0.1.1"
+
+    client = docker.from_env(version="auto")
+    try:
+        app = client.containers.get(names["CONTAINER"])
+        assert app.status == "running"
+        assert app.labels.get("io.pi-cicd.version") == "0.1.1"
+        mails = sorted((demo_dir / "mail").glob("*.eml"))
+        assert len(mails) >= 3
+        subjects = "\n".join(path.read_text(errors="replace") for path in mails)
+        for version in ("0.1.0", "0.1.1", "0.1.2"):
+            assert version in subjects
+
+        pids = [int(path.read_text()) for path in (demo_dir / "pids").glob("*.pid")]
+        assert len(pids) == 4  # registry, SMTP sink, ci-agent, cd-agent
+        assert all(alive(pid) for pid in pids)
+
+        clean = subprocess.run([str(DEMO_CLEAN)], env=demo_env, capture_output=True, text=True, timeout=120,
+                               check=False)
+        assert clean.returncode == 0, clean.stdout + clean.stderr
+
+        assert not demo_dir.exists()
+        assert not [pid for pid in pids if alive(pid)]
+        assert not client.containers.list(all=True, filters={"name": demo_env["PICICD_DEMO_NAME"]})
+        assert not client.images.list(name=names["IMAGE"])
+    finally:
+        client.close()
