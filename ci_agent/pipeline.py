@@ -192,7 +192,10 @@ class Pipeline:
             test_image = self.image.with_tag(TEST_TAG)
             previous = self.docker.image_id(test_image)
             log.info("building the {} for the tests", "Dockerfile's `test` stage" if target else "image")
-            image_id = self.docker.build(checkout, [test_image], target=target, on_output=output, step="test")
+            image_id = self.docker.build(
+                checkout, [test_image], target=target, buildargs=self.settings.build_args, on_output=output,
+                step="test",
+            )
             if previous is not None and previous != image_id:
                 self.docker.remove_image(previous)
             log.info("running `sh -c {}` in a container of {} (time limit {:g}s)", shlex.quote(command),
@@ -239,7 +242,9 @@ class Pipeline:
         if move_latest:
             tags.append(self.image.with_tag("latest"))
             previous_latest = self.docker.image_id(self.image.with_tag("latest"))
-        image_id = self.docker.build(checkout, tags, labels=labels, on_output=_printer(log, "build"))
+        image_id = self.docker.build(
+            checkout, tags, labels=labels, buildargs=self.settings.build_args, on_output=_printer(log, "build")
+        )
         log.info("built {} as {}", image_id, ", ".join(tags))
         if previous_latest is not None and previous_latest != image_id:
             self.docker.remove_image(previous_latest)

@@ -21,6 +21,22 @@ TestRunner = Literal["docker", "host"]
 _GITHUB_REPO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}")
 
 
+_BUILD_ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_build_args(text: str) -> dict[str, str]:
+    """``"A=1,B=two"`` -> ``{"A": "1", "B": "two"}``; a part without ``=`` or with a bad name is refused."""
+    args: dict[str, str] = {}
+    for part in (piece.strip() for piece in text.split(",")):
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        if not sep or not _BUILD_ARG_NAME.fullmatch(name.strip()):
+            raise ValueError(f"{part!r} is not NAME=value (NAME: letters, digits and _)")
+        args[name.strip()] = value.strip()
+    return args
+
+
 class CiSettings(SharedSettings):
     """Everything ``ci-agent`` reads; the environment variable of each field is its name upper-cased."""
 
@@ -40,6 +56,9 @@ class CiSettings(SharedSettings):
     ci_port: int = 8000
     ci_initial_version: str = "0.1.0"
     ci_work_dir: Path | None = None
+    # "KEY=value,KEY2=value2": build arguments for both the test-stage and the release build,
+    # e.g. BASE_IMAGE for a Dockerfile that takes its base image as an ARG.
+    ci_build_args: str = ""
 
     log_dir: Path = Path("logs/ci")
     state_dir: Path = Path("state/ci")
@@ -53,6 +72,17 @@ class CiSettings(SharedSettings):
     def work_dir(self) -> Path:
         """Where checkouts live: ``CI_WORK_DIR``, else ``STATE_DIR/work``."""
         return self.ci_work_dir if self.ci_work_dir is not None else self.state_dir / "work"
+
+    @property
+    def build_args(self) -> dict[str, str]:
+        """``CI_BUILD_ARGS`` as a dict; validated at start-up, so this cannot fail."""
+        return parse_build_args(self.ci_build_args)
+
+    @field_validator("ci_build_args")
+    @classmethod
+    def _build_args(cls, value: str) -> str:
+        parse_build_args(value)  # its ValueError names the bad part
+        return value
 
     @field_validator("ci_github_repo", "ci_webhook_secret", "ci_work_dir", mode="before")
     @classmethod

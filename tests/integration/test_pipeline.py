@@ -23,7 +23,7 @@ from shared.registry import RegistryClient, parse_image_ref
 from shared.runstore import Run, RunStore
 from shared.testing import RecordingMailer
 from tests.support.docker_env import DockerJanitor, unique
-from tests.support.git_repos import GitProject
+from tests.support.git_repos import SAMPLE_DOCKERFILE, GitProject
 from tests.support.polling import wait_for
 from tests.support.registry_server import RegistryServer
 
@@ -292,3 +292,18 @@ def test_an_unexpected_error_fails_that_run_and_the_worker_goes_on(tmp_path: Pat
         assert worker.stop(timeout=10)
         store.close()
     assert executor.executed == [first.number, second.number]
+
+
+def test_build_args_reach_the_test_stage_and_the_release_build(make_agent, git_project: GitProject):
+    agent = make_agent(ci_build_args="GREETING=hello-from-build-args")
+    dockerfile = SAMPLE_DOCKERFILE.replace(
+        "FROM base AS test\n", "FROM base AS test\nARG GREETING\nRUN echo \"$GREETING\" > /greeting\n"
+    ).replace("FROM base\n", "FROM base\nARG GREETING\nLABEL greeting=$GREETING\n")
+    git_project.commit_sample(test_script="#!/bin/sh\ngrep -q hello-from-build-args /greeting\n")
+    sha = git_project.commit({"Dockerfile": dockerfile}, "build: take a greeting")
+    git_project.push()
+
+    run = agent.run(sha)
+
+    assert (run.status, run.failed_step) == ("succeeded", None), run.error
+    assert agent.registry.image_labels(run.version or "")["greeting"] == "hello-from-build-args"

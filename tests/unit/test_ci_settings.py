@@ -126,6 +126,8 @@ def test_unsigned_allowed_without_secret():
         ("CI_ALLOW_UNSIGNED", "maybe"),
         ("CI_PUSH_ATTEMPTS", "0"),
         ("CI_REPO_URL", " "),
+        ("CI_BUILD_ARGS", "NO_EQUALS_SIGN"),
+        ("CI_BUILD_ARGS", "A=1,1BAD=x"),
     ],
 )
 def test_bad_value_names_the_variable(variable, value):
@@ -149,3 +151,9 @@ def test_image_is_parsed_for_the_registry():
     assert image.registry == "127.0.0.1:5000"
     assert image.repository == "octocat/app"
     assert load(CI_IMAGE="octocat/app").image.registry == "docker.io"
+
+
+def test_build_args_are_parsed_into_a_dict():
+    settings = load(CI_BUILD_ARGS="BASE_IMAGE=local/py:3.11, EMPTY=,X=a=b")
+    assert settings.build_args == {"BASE_IMAGE": "local/py:3.11", "EMPTY": "", "X": "a=b"}
+    assert load().build_args == {}
