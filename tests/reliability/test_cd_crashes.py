@@ -1,0 +1,154 @@
+"""CD agent SIGKILLed at each step of a deploy, then `cd-agent watch` started again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cd_agent.container_spec import LABEL_VERSION
+from cd_agent.state import DeployState
+from shared.runstore import RunStore
+from tests.integration.test_cd_cli import cd_agent, clean_environ, version_of
+from tests.integration.test_watch import WatchProcess
+from tests.support.cd_apps import AppReleases, CdWorld
+from tests.support.docker_env import DockerJanitor
+from tests.support.fault_proxy import Fault, FaultProxy
+from tests.support.polling import wait_for
+from tests.support.registry_server import RegistryServer
+
+pytestmark = pytest.mark.docker
+
+Observed = Callable[[str], None]
+ROOT = Path(__file__).resolve().parents[2]
+# "pull" has no journal entry yet (the kill lands while dockerd downloads a blob); the others are the
+# journal's phases, in the order the deployer writes them.
+STEPS = ["pull", "old_renamed", "created", "old_stopped", "new_started", "verdict"]
+
+
+def status_json(world: CdWorld) -> dict[str, Any]:
+    """What `cd-agent status --json` shows, read in-process (a process per look is slow on a busy Pi)."""
+    with DeployState(world.settings().state_path) as state:
+        return state.to_json()
+
+
+@pytest.fixture
+def watches() -> Iterator[list[WatchProcess]]:
+    started: list[WatchProcess] = []
+    yield started
+    for process in started:
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def releases(docker_client: Any, registry: RegistryServer) -> AppReleases:
+    """1.0.0 and 1.1.0 in the registry, pushed once for every step (each test pulls its own copies)."""
+    pushed = AppReleases(docker_client, registry)
+    pushed.push("1.0.0")
+    pushed.push("1.1.0")
+    return pushed
+
+
+@pytest.fixture
+def world(
+    docker_client: Any, docker_janitor: DockerJanitor, releases: AppReleases, tmp_path: Path
+) -> Iterator[CdWorld]:
+    made = CdWorld(docker_client, docker_janitor, releases, tmp_path)
+    docker_janitor.images.update(f"{releases.repository}:{version}" for version in releases.pushed)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
+    server = FaultProxy(registry.url)
+    yield server
+    server.close()
+
+
+def _kill_watch_while_pulling(world: CdWorld, proxy: FaultProxy, watches: list[WatchProcess]) -> None:
+    """``cd-agent watch`` starts the deploy of 1.1.0; its blob download hangs in the proxy; SIGKILL."""
+    proxy.script(r"/blobs/", forever=Fault.hang(120))
+    process = WatchProcess(world.environ(CD_POLL_INTERVAL="0.5"), world.root)
+    watches.append(process)
+    wait_for(lambda: "hang" in proxy.outcomes("/blobs/"), timeout=60, what="the pull of 1.1.0 hanging on a blob")
+    assert process.lines("pulling") and not process.lines("renamed")
+    process.kill()
+    proxy.clear()
+
+
+def _kill_deploy_at(world: CdWorld, phase: str, version: str) -> None:
+    """The real Deployer in its own process, blocked right after journalling ``phase``; SIGKILL."""
+    marker = world.root / f"reached-{phase}"
+    env = clean_environ({**world.environ(), "CD_TEST_MARKER": str(marker)})
+    with subprocess.Popen(
+        [sys.executable, "-m", "tests.support.cd_apps", "hang-at", phase, version],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    ) as process:
+        try:
+            wait_for(lambda: marker.exists() or process.poll() is not None, timeout=60, what=f"the deploy at {phase}")
+            assert marker.exists(), process.stderr.read().decode() if process.stderr else "the deploy ended early"
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+@pytest.mark.reliability(
+    "The agent SIGKILLed at a step of the deploy of 1.1.0 over a serving 1.0.0, then `cd-agent watch` started",
+    "the app ends serving 1.1.0 (the proven deploy finished, or the undone one deployed again), the state agrees "
+    "with the containers (version and container id), no leftover container, no run left running, no journal",
+)
+@pytest.mark.parametrize("step", STEPS)
+def test_killed_at_a_step_then_restarted(
+    world: CdWorld,
+    step: str,
+    proxy: FaultProxy,
+    registry: RegistryServer,
+    watches: list[WatchProcess],
+    observed: Observed,
+) -> None:
+    world.overrides["CD_IMAGE"] = world.releases.repository.replace(registry.host, proxy.host, 1)
+    first = cd_agent("deploy", "1.0.0", environ=world.environ(), cwd=world.root)
+    assert first.returncode == 0, first.stderr
+
+    if step == "pull":
+        _kill_watch_while_pulling(world, proxy, watches)
+    else:
+        _kill_deploy_at(world, step, "1.1.0")
+    left = world.docker_client.api.containers(all=True, filters={"name": world.name})
+
+    restarted = WatchProcess(world.environ(CD_POLL_INTERVAL="0.5"), world.root)
+    watches.append(restarted)
+
+    def settled() -> bool:
+        assert restarted.process.poll() is None, restarted.log()[-3000:]
+        status = status_json(world)
+        return world.served() == "1.1.0" and version_of(status["current"]) == "1.1.0"
+
+    wait_for(settled, timeout=90, what="1.1.0 serving and recorded after the restart")
+    assert restarted.stop() == 0
+
+    status = status_json(world)
+    container = world.docker_client.containers.get(world.name)
+    assert status["current"]["container_id"] == container.id
+    assert container.labels[LABEL_VERSION] == "1.1.0"
+    assert container.attrs["State"]["Running"]
+    listed = world.docker_client.api.containers(all=True, filters={"name": world.name})
+    assert [name.lstrip("/") for item in listed for name in item["Names"]] == [world.name]
+    assert status["deploy_in_progress"] is None
+    assert status["quarantined"] == []
+    with RunStore(world.settings().runs_path) as runs:
+        history = [(r.version, r.status) for r in reversed(runs.list(limit=100)) if r.kind == "deploy"]
+    assert not [entry for entry in history if entry[1] in ("running", "queued")], history
+    assert ("1.1.0", "interrupted") in history, history
+    said = restarted.lines("reconcile:")[0].split("reconcile: ", 1)[1]
+    observed(f"left {len(left)} container(s) at the kill; on restart: {said[:200]}; runs {history}")
