@@ -173,13 +173,6 @@ class CdSettings(SharedSettings):
     log_dir: Path = Path("logs/cd")
     state_dir: Path = Path("state/cd")
 
-    @field_validator("cd_env_file", "cd_health_url", "cd_version_constraint", mode="before")
-    @classmethod
-    def _empty_is_unset_cd(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip():
-            return None
-        return value
-
     @field_validator("cd_image")
     @classmethod
     def _image(cls, value: str) -> str:

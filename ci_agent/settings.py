@@ -84,13 +84,6 @@ class CiSettings(SharedSettings):
         parse_build_args(value)  # its ValueError names the bad part
         return value
 
-    @field_validator("ci_github_repo", "ci_webhook_secret", "ci_work_dir", mode="before")
-    @classmethod
-    def _blank_is_unset(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip():
-            return None
-        return value
-
     @field_validator("ci_webhook_secret")
     @classmethod
     def _secret_required(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:

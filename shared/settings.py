@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, ValidationInfo, field_validator
 
 from shared.errors import SettingsError
 
@@ -50,15 +50,14 @@ class SharedSettings(BaseModel):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator(
-        "registry_username", "registry_password", "smtp_host", "smtp_username", "smtp_password",
-        "notify_from", mode="before",
-    )
+    @field_validator("*", mode="before")
     @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        # `SMTP_HOST=` in a compose file or .env means "not set", not "the host named ''".
-        if isinstance(value, str) and not value.strip():
-            return None
+    def _empty_is_unset(cls, value: object, info: ValidationInfo) -> object:
+        # `SMTP_HOST=` in a compose file or .env means "not set", not "the host named ''": for every
+        # optional setting (default None), a blank value is the same as no value.
+        if isinstance(value, str) and not value.strip() and info.field_name is not None:
+            if cls.model_fields[info.field_name].default is None:
+                return None
         return value
 
     @field_validator("smtp_port")
