@@ -110,9 +110,11 @@ def pytest_runtest_makereport(
     row = _registry(item.config).rows.get(item.nodeid)
     if row is None:
         return report
-    if hasattr(report, "wasxfail"):
+    if hasattr(report, "wasxfail") and report.skipped:
         row.result = "fail (known)"
-        row.failure = f"expected failure: {report.wasxfail}"
+        row.failure = f"known failure: {report.wasxfail}"
+    elif hasattr(report, "wasxfail") and report.passed and report.when == "call":
+        row.result = "pass"  # a non-strict xfail that held this time
     elif report.failed:
         row.result = "fail"
         row.failure = _failure_text(report)
