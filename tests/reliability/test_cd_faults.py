@@ -411,9 +411,10 @@ def test_the_watcher_survives_a_dead_docker_socket(
     assert containers(world) == [world.name]
     assert "Traceback" not in process.log()
     assert process.stop() == 0
+    why = error.split(": ", 1)[-1]
     observed(
-        f"Docker away {down_for:.0f}s: {attempts} deploy attempts failed before any swap ({error[:120]}), not "
-        f"quarantined; meanwhile {during}; 1.0.1 deployed once the socket was back"
+        f"Docker away {down_for:.0f}s: {attempts} deploy attempts failed before any swap ({why}), not quarantined; "
+        f"meanwhile {during}; 1.0.1 deployed once the socket was back"
     )
 
 
