@@ -36,6 +36,7 @@ from loguru import logger
 
 from ci_agent.errors import WebhookRejected
 from ci_agent.payload import PushEvent
+from shared.errors import StoreError
 from shared.runstore import DuplicateDelivery, Run, RunStore
 
 KIND = "ci"
@@ -55,6 +56,17 @@ class Submission:
     duplicate: bool
 
 
+@dataclass(eq=False)
+class _Ticket:
+    """One delivery waiting to be written by whichever ``accept`` call holds the lock next."""
+
+    event: PushEvent
+    delivery_id: str | None
+    done: bool = False
+    result: Submission | None = None
+    error: Exception | None = None
+
+
 class RunQueue:
     """Queue CI runs in ``store`` and hand them to one worker, oldest first."""
 
@@ -63,6 +75,8 @@ class RunQueue:
         self._clock = clock
         self._condition = threading.Condition()
         self._closed = False
+        self._pending: list[_Ticket] = []
+        self._pending_lock = threading.Lock()
         self._log = logger.bind(agent="ci", component="queue")
 
     def submit(self, event: PushEvent, delivery_id: str | None = None) -> Run:
@@ -70,39 +84,76 @@ class RunQueue:
         return self.accept(event, delivery_id).run
 
     def accept(self, event: PushEvent, delivery_id: str | None = None) -> Submission:
-        """Queue ``event`` unless ``delivery_id`` was seen already (see the module docstring)."""
+        """Queue ``event`` unless ``delivery_id`` was seen already (see the module docstring).
+
+        Group commit: deliveries that arrive while another one is being written wait for the lock,
+        and whoever gets it next writes every waiting delivery in one store transaction. A burst of
+        a hundred deliveries then costs a few disk syncs instead of two hundred.
+        """
+        ticket = _Ticket(event, delivery_id)
+        with self._pending_lock:
+            self._pending.append(ticket)
         with self._condition:
-            earlier = None if delivery_id is None else self._store.find_by_delivery(delivery_id)
-            if earlier is not None and earlier.status not in RETRYABLE:
-                self._log.info("delivery {} repeats run {}; nothing queued", delivery_id, earlier.number)
-                return Submission(earlier, duplicate=True)
-            if earlier is not None:
-                self._release_delivery(earlier)
-            details: dict[str, Any] = {"event": event.to_details()}
-            if earlier is not None:
-                details["retry_of"] = earlier.number
-            try:
-                run = self._store.create(
-                    kind=KIND, commit=event.after, ref=event.ref, delivery_id=delivery_id, details=details
-                )
-            except DuplicateDelivery as exc:
-                # Another process sharing the store won the race for this delivery.
-                return Submission(exc.existing, duplicate=True)
-            except BaseException:
-                if earlier is not None:
-                    self._store.update(earlier.number, delivery_id=delivery_id, details=earlier.details)
-                raise
-            if earlier is not None:
-                self._store.update(earlier.number, details={**earlier.details, "delivery_id": delivery_id,
-                                                           "retried_by": run.number})
-                self._log.info("delivery {} redelivered after run {} {}: run {} retries it",
-                               delivery_id, earlier.number, earlier.status, run.number)
-            if event.branch is not None:
-                for old in self._store.supersede_queued(KIND, event.ref, run.number):
-                    self._log.info("run {} superseded by run {}", old.number, run.number)
-            self._log.info("run {} queued for {} at {}", run.number, event.ref, event.after[:12])
+            if not ticket.done:
+                self._write_pending()
+        if ticket.result is None:
+            raise ticket.error or StoreError("the delivery was not recorded")
+        return ticket.result
+
+    def _write_pending(self) -> None:
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        try:
+            with self._store.batch():
+                for ticket in batch:
+                    try:
+                        ticket.result = self._accept_one(ticket.event, ticket.delivery_id)
+                    except Exception as exc:
+                        ticket.error = exc
+        except Exception as exc:
+            # The commit itself failed: nothing of this batch was recorded, whatever each item said.
+            for ticket in batch:
+                ticket.result, ticket.error = None, exc
+        finally:
+            # Settle every ticket even when a BaseException (shutdown) cut the batch short, so
+            # no waiting delivery is left without an answer.
+            for ticket in batch:
+                if ticket.result is None and ticket.error is None:
+                    ticket.error = StoreError("the delivery was not recorded: the agent is stopping")
+                ticket.done = True
             self._condition.notify_all()
-            return Submission(run, duplicate=False)
+
+    def _accept_one(self, event: PushEvent, delivery_id: str | None) -> Submission:
+        earlier = None if delivery_id is None else self._store.find_by_delivery(delivery_id)
+        if earlier is not None and earlier.status not in RETRYABLE:
+            self._log.info("delivery {} repeats run {}; nothing queued", delivery_id, earlier.number)
+            return Submission(earlier, duplicate=True)
+        if earlier is not None:
+            self._release_delivery(earlier)
+        details: dict[str, Any] = {"event": event.to_details()}
+        if earlier is not None:
+            details["retry_of"] = earlier.number
+        try:
+            run = self._store.create(
+                kind=KIND, commit=event.after, ref=event.ref, delivery_id=delivery_id, details=details
+            )
+        except DuplicateDelivery as exc:
+            # Another process sharing the store won the race for this delivery.
+            return Submission(exc.existing, duplicate=True)
+        except BaseException:
+            if earlier is not None:
+                self._store.update(earlier.number, delivery_id=delivery_id, details=earlier.details)
+            raise
+        if earlier is not None:
+            self._store.update(earlier.number, details={**earlier.details, "delivery_id": delivery_id,
+                                                       "retried_by": run.number})
+            self._log.info("delivery {} redelivered after run {} {}: run {} retries it",
+                           delivery_id, earlier.number, earlier.status, run.number)
+        if event.branch is not None:
+            for old in self._store.supersede_queued(KIND, event.ref, run.number):
+                self._log.info("run {} superseded by run {}", old.number, run.number)
+        self._log.info("run {} queued for {} at {}", run.number, event.ref, event.after[:12])
+        return Submission(run, duplicate=False)
 
     def take(self, timeout: float | None = None) -> tuple[Run, PushEvent] | None:
         """Claim the oldest queued run and mark it running; ``None`` after ``timeout`` s or once closed."""

@@ -200,3 +200,27 @@ def test_unusable_stored_event_fails_that_run_and_take_moves_on(queue, store):
     assert failed.status == "failed"
     assert "upload-pack" in (failed.error or "")
     assert failed.finished_at is not None
+
+
+def test_concurrent_deliveries_each_get_a_run_and_only_the_newest_stays_queued(queue, store):
+    answers: list[Any] = []
+    errors: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            answers.append(queue.accept(push(), delivery()))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=deliver) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert errors == []
+    numbers = sorted(answer.run.number for answer in answers)
+    assert numbers == list(range(1, 41))
+    statuses = {run.number: run.status for run in store.list(limit=100)}
+    assert [number for number, status in statuses.items() if status == "queued"] == [40]
+    assert sum(status == "superseded" for status in statuses.values()) == 39

@@ -412,3 +412,27 @@ def test_create_rejects_bad_values(store: RunStore, fields: dict[str, object], m
         store.create(**fields)  # type: ignore[arg-type]
 
     assert store.list() == []
+
+
+def test_a_batch_commits_its_calls_together_and_undoes_only_a_failing_one(store: RunStore, db_path: Path) -> None:
+    with store.batch():
+        first = store.create(kind="ci", delivery_id="d-1")
+        with pytest.raises(DuplicateDelivery):
+            store.create(kind="ci", delivery_id="d-1")
+        second = store.create(kind="ci")
+        store.update(first.number, status="running")
+        with RunStore(db_path) as other:
+            assert other.list() == []  # nothing is visible before the batch commits
+
+    with RunStore(db_path) as other:
+        assert [(run.number, run.status) for run in other.list()] == [
+            (second.number, "queued"),
+            (first.number, "running"),
+        ]
+
+
+def test_a_batch_that_raises_records_nothing(store: RunStore) -> None:
+    with pytest.raises(RuntimeError), store.batch():
+        store.create(kind="ci")
+        raise RuntimeError("stop")
+    assert store.list() == []
