@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.support.smtp_server",
     "tests.support.git_repos",
     "tests.support.reliability",
+    "tests.support.ci_agent_server",
 ]

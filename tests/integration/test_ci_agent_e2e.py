@@ -9,163 +9,42 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
-from ci_agent.signature import sign
 from shared.registry import RegistryClient, parse_image_ref
 from tests.support.agent_process import AgentProcess
-from tests.support.docker_env import DockerJanitor, unique
+from tests.support.ci_agent_server import (
+    SMTP_PASSWORD,
+    WEBHOOK_SECRET,
+    StartAgent,
+    gated_test_script,
+    push_payload,
+    registry_tags,
+)
+from tests.support.docker_env import DockerJanitor
 from tests.support.git_repos import GitProject
-from tests.support.ports import free_port
-from tests.support.registry_server import RegistryServer
 from tests.support.smtp_server import SmtpServer
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 PAYLOADS = Path(__file__).resolve().parents[2] / ".." / "shared" / "github-payloads"
-WEBHOOK_SECRET = "whsec-e2e-Q9v4-never-shown"
-SMTP_PASSWORD = "smtp-e2e-P4ss-never-shown"
-SECRETS = (WEBHOOK_SECRET, SMTP_PASSWORD)
-GITHUB_REPO = "Codertocat/Hello-World"
-
-
-def gated_test_script(gate: Path) -> str:
-    """A test suite that waits until the test creates ``gate``: a run that stays in progress on demand."""
-    return f"#!/bin/sh\nwhile [ ! -e {gate} ]; do sleep 0.05; done\necho gated tests passed\n"
-
-
-class CiAgent:
-    """A running ``ci-agent serve`` plus what a test needs to talk to it."""
-
-    def __init__(self, process: AgentProcess, port: int, log_dir: Path) -> None:
-        self.process = process
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_dir = log_dir
-        self.answers: list[str] = []
-
-    def wait_ready(self) -> None:
-        self.process.wait_until(lambda: httpx.get(f"{self.url}/healthz").status_code == 200, what="ci-agent ready")
-
-    def deliver(
-        self, body: dict[str, Any] | bytes, *, event: str = "push", delivery: str | None = None, signed: bool = True
-    ) -> httpx.Response:
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "X-GitHub-Event": event,
-            "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
-        }
-        if signed:
-            headers["X-Hub-Signature-256"] = sign(SecretStr(WEBHOOK_SECRET), raw)
-        response = httpx.post(f"{self.url}/webhook", content=raw, headers=headers, timeout=10)
-        self.answers.append(response.text)
-        return response
-
-    def run(self, number: int) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/runs/{number}")
-        self.answers.append(response.text)
-        assert response.status_code == 200, response.text
-        data: dict[str, Any] = response.json()
-        return data
-
-    def wait_finished(self, number: int, timeout: float = 90) -> dict[str, Any]:
-        finished = ("succeeded", "failed", "superseded", "interrupted")
-        self.process.wait_until(
-            lambda: self.run(number)["status"] in finished, timeout=timeout, what=f"run {number} to finish"
-        )
-        return self.run(number)
-
-    def wait_status(self, number: int, status: str, timeout: float = 60) -> None:
-        self.process.wait_until(
-            lambda: self.run(number)["status"] == status, timeout=timeout, what=f"run {number} {status}"
-        )
-
-
-def push_payload(project: GitProject, sha: str, message: str, ref: str | None = None) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((PAYLOADS / "push_with-new-branch.payload.json").read_text())
-    data["ref"] = ref or f"refs/heads/{project.branch}"
-    data["after"] = sha
-    data["before"] = "0" * 40
-    data["head_commit"]["id"] = sha
-    data["head_commit"]["message"] = message
-    data["commits"] = [{**data["commits"][0], "id": sha, "message": message}] if data.get("commits") else []
-    return data
-
-
-@pytest.fixture
-def image_name(registry: RegistryServer) -> str:
-    return f"{registry.host}/{unique('e2e')}/app"
-
-
-@pytest.fixture
-def start_agent(
-    tmp_path: Path, git_project: GitProject, image_name: str, docker_janitor: DockerJanitor
-) -> Iterator[Any]:
-    agents: list[CiAgent] = []
-    port = free_port()
-
-    def start(**overrides: str) -> CiAgent:
-        env = {
-            "CI_REPO_URL": git_project.url,
-            "CI_BRANCH": git_project.branch,
-            "CI_GITHUB_REPO": GITHUB_REPO,
-            "CI_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "CI_IMAGE": image_name,
-            "CI_TEST_COMMAND": "sh /tests/run.sh",
-            "CI_HOST": "127.0.0.1",
-            "CI_PORT": str(port),
-            "LOG_DIR": str(tmp_path / "logs"),
-            "STATE_DIR": str(tmp_path / "state"),
-            "SMTP_PASSWORD": SMTP_PASSWORD,
-            **overrides,
-        }
-        process = AgentProcess("ci_agent", ["serve"], env, tmp_path).start()
-        agent = CiAgent(process, port, tmp_path / "logs")
-        agents.append(agent)
-        agent.wait_ready()
-        return agent
-
-    yield start
-    for agent in agents:
-        agent.process.stop()
-    for tag in ("latest", "0.1.0", "0.1.1", "0.1.2", "0.2.0"):
-        docker_janitor.images.add(f"{image_name}:{tag}")
-    assert_no_secrets(tmp_path, [answer for agent in agents for answer in agent.answers])
-
-
-def assert_no_secrets(root: Path, answers: list[str]) -> None:
-    texts = [
-        path.read_text(errors="replace")
-        for path in root.rglob("*")
-        if path.is_file() and path.suffix in {".log", ".out"}
-    ]
-    for secret in SECRETS:
-        for text in texts + answers:
-            assert secret not in text
-
-
-def registry_tags(image_name: str) -> list[str]:
-    with RegistryClient(parse_image_ref(image_name)) as client:
-        return sorted(client.list_tags())
 
 
 def test_signed_pushes_release_the_next_versions_with_oci_labels(
-    start_agent: Any, git_project: GitProject, image_name: str
+    start_ci_agent: StartAgent, git_project: GitProject, ci_image_name: str
 ) -> None:
-    agent = start_agent(CI_TEST_RUNNER="docker")
+    agent = start_ci_agent(CI_TEST_RUNNER="docker")
     first = git_project.commit_sample("initial sample app")
     answer = agent.deliver(push_payload(git_project, first, "initial sample app"))
     assert answer.status_code == 202, answer.text
     run = agent.wait_finished(answer.json()["run"])
     assert (run["status"], run["version"], run["failed_step"]) == ("succeeded", "0.1.0", None), run
-    assert registry_tags(image_name) == ["0.1.0", "latest"]
-    with RegistryClient(parse_image_ref(image_name)) as client:
+    assert registry_tags(ci_image_name) == ["0.1.0", "latest"]
+    with RegistryClient(parse_image_ref(ci_image_name)) as client:
         labels = client.image_labels("0.1.0")
         assert labels["org.opencontainers.image.revision"] == first
         assert labels["org.opencontainers.image.version"] == "0.1.0"
@@ -182,7 +61,7 @@ def test_signed_pushes_release_the_next_versions_with_oci_labels(
     git_project.push()
     run = agent.wait_finished(agent.deliver(push_payload(git_project, feature, "feat: a new page")).json()["run"])
     assert (run["status"], run["version"]) == ("succeeded", "0.2.0"), run
-    assert registry_tags(image_name) == ["0.1.0", "0.1.1", "0.2.0", "latest"]
+    assert registry_tags(ci_image_name) == ["0.1.0", "0.1.1", "0.2.0", "latest"]
 
     log = httpx.get(f"{agent.url}/runs/{run['number']}/log").text
     for step in ("checkout", "test", "build", "push"):
@@ -191,9 +70,9 @@ def test_signed_pushes_release_the_next_versions_with_oci_labels(
 
 
 def test_a_failing_test_pushes_nothing_and_emails_the_step_with_the_log_tail(
-    start_agent: Any, git_project: GitProject, image_name: str, smtp_server: SmtpServer
+    start_ci_agent: StartAgent, git_project: GitProject, ci_image_name: str, smtp_server: SmtpServer
 ) -> None:
-    agent = start_agent(
+    agent = start_ci_agent(
         CI_TEST_RUNNER="docker",
         SMTP_HOST=smtp_server.host,
         SMTP_PORT=str(smtp_server.port),
@@ -206,7 +85,7 @@ def test_a_failing_test_pushes_nothing_and_emails_the_step_with_the_log_tail(
     run = agent.wait_finished(agent.deliver(push_payload(git_project, sha, "broken tests")).json()["run"])
 
     assert (run["status"], run["failed_step"], run["version"]) == ("failed", "test", None), run
-    assert registry_tags(image_name) == []
+    assert registry_tags(ci_image_name) == []
     [mail] = smtp_server.wait_for_messages(1, timeout=30)
     body = mail.get_content()
     assert "test" in mail["Subject"]
@@ -216,10 +95,10 @@ def test_a_failing_test_pushes_nothing_and_emails_the_step_with_the_log_tail(
 
 
 def test_pushes_during_a_run_coalesce_to_the_newest_and_duplicates_run_once(
-    start_agent: Any, git_project: GitProject, image_name: str, tmp_path: Path
+    start_ci_agent: StartAgent, git_project: GitProject, ci_image_name: str, tmp_path: Path
 ) -> None:
     gate = tmp_path / "gate"
-    agent = start_agent(CI_TEST_RUNNER="host", CI_TEST_COMMAND="sh tests/run.sh")
+    agent = start_ci_agent(CI_TEST_RUNNER="host", CI_TEST_COMMAND="sh tests/run.sh")
     first = git_project.commit_sample("first", test_script=gated_test_script(gate))
     delivery = str(uuid.uuid4())
     running = agent.deliver(push_payload(git_project, first, "first"), delivery=delivery).json()["run"]
@@ -245,20 +124,20 @@ def test_pushes_during_a_run_coalesce_to_the_newest_and_duplicates_run_once(
     assert len(runs) == 6
     versions = [run["version"] for run in runs if run["version"]]
     assert sorted(versions) == ["0.1.0", "0.1.1"]
-    assert registry_tags(image_name) == ["0.1.0", "0.1.1", "latest"]
+    assert registry_tags(ci_image_name) == ["0.1.0", "0.1.1", "latest"]
 
 
 def test_a_run_killed_with_the_agent_is_interrupted_and_the_next_one_runs(
-    start_agent: Any, git_project: GitProject, image_name: str, tmp_path: Path
+    start_ci_agent: StartAgent, git_project: GitProject, ci_image_name: str, tmp_path: Path
 ) -> None:
     gate = tmp_path / "never-opened"
-    agent = start_agent(CI_TEST_RUNNER="host", CI_TEST_COMMAND="sh tests/run.sh")
+    agent = start_ci_agent(CI_TEST_RUNNER="host", CI_TEST_COMMAND="sh tests/run.sh")
     sha = git_project.commit_sample("hangs", test_script=gated_test_script(gate))
     stuck = agent.deliver(push_payload(git_project, sha, "hangs")).json()["run"]
     agent.wait_status(stuck, "running")
     agent.process.kill()
 
-    agent = start_agent(CI_TEST_RUNNER="host", CI_TEST_COMMAND="sh tests/run.sh")
+    agent = start_ci_agent(CI_TEST_RUNNER="host", CI_TEST_COMMAND="sh tests/run.sh")
     run = agent.run(stuck)
     assert run["status"] == "interrupted" and run["finished_at"], run
 
@@ -270,8 +149,8 @@ def test_a_run_killed_with_the_agent_is_interrupted_and_the_next_one_runs(
     assert (run["status"], run["version"]) == ("succeeded", "0.1.0"), run
 
 
-def test_bad_deliveries_to_the_real_server_queue_nothing(start_agent: Any, git_project: GitProject) -> None:
-    agent = start_agent()
+def test_bad_deliveries_to_the_real_server_queue_nothing(start_ci_agent: StartAgent, git_project: GitProject) -> None:
+    agent = start_ci_agent()
     sha = git_project.commit_sample()
     good = push_payload(git_project, sha, "x")
     assert agent.deliver(good, signed=False).status_code == 401
@@ -294,40 +173,42 @@ def run_command(tmp_path: Path, env: dict[str, str], *args: str) -> AgentProcess
 
 @pytest.fixture
 def run_env(
-    tmp_path: Path, git_project: GitProject, image_name: str, docker_janitor: DockerJanitor
+    tmp_path: Path,
+    git_project: GitProject,
+    ci_image_name: str,
+    docker_janitor: DockerJanitor,
+    secret: Callable[[str], str],
 ) -> Iterator[dict[str, str]]:
     yield {
         "CI_REPO_URL": git_project.url,
-        "CI_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "CI_IMAGE": image_name,
+        "CI_WEBHOOK_SECRET": secret(WEBHOOK_SECRET),
+        "CI_IMAGE": ci_image_name,
         "CI_TEST_COMMAND": "sh /tests/run.sh",
         "LOG_DIR": str(tmp_path / "logs"),
         "STATE_DIR": str(tmp_path / "state"),
     }
-    for tag in ("latest", "0.1.0", "0.1.1", "1.4.0"):
-        docker_janitor.images.add(f"{image_name}:{tag}")
-    assert_no_secrets(tmp_path, [])
+    docker_janitor.images.add(f"{ci_image_name}:1.4.0")
 
 
 def test_run_command_releases_the_branch_head_and_a_version_tag(
-    tmp_path: Path, run_env: dict[str, str], git_project: GitProject, image_name: str
+    tmp_path: Path, run_env: dict[str, str], git_project: GitProject, ci_image_name: str
 ) -> None:
     git_project.commit_sample("initial")
     done = run_command(tmp_path, run_env)
     assert done.process is not None and done.process.returncode == 0, done.output
-    assert registry_tags(image_name) == ["0.1.0", "latest"]
+    assert registry_tags(ci_image_name) == ["0.1.0", "latest"]
 
     git_project.commit({"www/index.html": "<p>hello 1.4</p>\n"}, "release")
     git_project.push()
     git_project.tag("v1.4.0")
     done = run_command(tmp_path, run_env, "--ref", "v1.4.0")
     assert done.process is not None and done.process.returncode == 0, done.output
-    assert registry_tags(image_name) == ["0.1.0", "1.4.0", "latest"]
+    assert registry_tags(ci_image_name) == ["0.1.0", "1.4.0", "latest"]
 
     again = run_command(tmp_path, run_env, "--ref", "v1.4.0")
     assert again.process is not None and again.process.returncode == 1
     assert "1.4.0" in again.output and "exists" in again.output
-    assert registry_tags(image_name) == ["0.1.0", "1.4.0", "latest"]
+    assert registry_tags(ci_image_name) == ["0.1.0", "1.4.0", "latest"]
 
 
 def test_run_command_refuses_a_ref_crafted_as_a_git_option(

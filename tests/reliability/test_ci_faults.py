@@ -23,7 +23,7 @@ from tests.support.git_repos import SAMPLE_DOCKERFILE, GitProject
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
 from tests.support.registry_server import RegistryServer
-from tests.support.reliability_ci import (
+from tests.support.ci_agent_server import (
     SMTP_PASSWORD,
     StartAgent,
     gated_test_script,

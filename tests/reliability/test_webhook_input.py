@@ -36,7 +36,7 @@ from tests.support.git_repos import GitProject, make_git_project
 from tests.support.ports import free_port
 from tests.support.registry_server import RegistryServer
 from tests.support.reliability import register_produced, register_secret
-from tests.support.reliability_ci import (
+from tests.support.ci_agent_server import (
     WEBHOOK_SECRET,
     StartAgent,
     gated_test_script,

@@ -21,9 +21,6 @@ from pathlib import Path
 
 import pytest
 
-# The reliability tests' own fixtures (agents as real processes) come with the plugin.
-pytest_plugins = ["tests.support.reliability_ci"]
-
 ROOT = Path(__file__).resolve().parents[2]
 RELIABILITY_DIR = ROOT / "tests" / "reliability"
 TABLE_PATH = ROOT / "docs" / "RELIABILITY.md"

@@ -1,4 +1,4 @@
-"""``ci-agent serve`` as a real process for the reliability suite, with its secrets registered for the scan.
+"""``ci-agent serve`` as a real process, driven with signed deliveries; its secrets registered for the scan.
 
 ``start_ci_agent(**env_overrides)`` starts an agent on a loopback port over a git project, the
 session registry and tmp_path; every answer it gives is handed to the secrets scan at teardown.
@@ -65,17 +65,22 @@ class CiAgentProcess:
         self.process.wait_until(lambda: httpx.get(f"{self.url}/healthz").status_code == 200, what="ci-agent ready")
 
     @staticmethod
-    def headers(raw: bytes, delivery: str | None = None) -> dict[str, str]:
-        return {
+    def headers(raw: bytes, delivery: str | None = None, *, event: str = "push", signed: bool = True) -> dict[str, str]:
+        headers = {
             "Content-Type": "application/json",
-            "X-GitHub-Event": "push",
+            "X-GitHub-Event": event,
             "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
-            "X-Hub-Signature-256": sign(SecretStr(WEBHOOK_SECRET), raw),
         }
+        if signed:
+            headers["X-Hub-Signature-256"] = sign(SecretStr(WEBHOOK_SECRET), raw)
+        return headers
 
-    def deliver(self, body: dict[str, Any]) -> httpx.Response:
-        raw = json.dumps(body).encode()
-        response = httpx.post(f"{self.url}/webhook", content=raw, headers=self.headers(raw), timeout=10)
+    def deliver(
+        self, body: dict[str, Any] | bytes, *, event: str = "push", delivery: str | None = None, signed: bool = True
+    ) -> httpx.Response:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = self.headers(raw, delivery, event=event, signed=signed)
+        response = httpx.post(f"{self.url}/webhook", content=raw, headers=headers, timeout=10)
         self.answers.append(response.text)
         return response
 
