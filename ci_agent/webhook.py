@@ -99,7 +99,8 @@ def create_app(settings: CiSettings, store: RunStore, queue: RunQueue) -> FastAP
         path = Path(run.log_path)
         if not path.is_file():
             raise RunNotFound(f"the log of run {number} is gone (pruned or moved)")
-        return FileResponse(path, media_type="text/plain; charset=utf-8")
+        # nosniff: a log holds text from the repository; a browser must never render it as HTML.
+        return FileResponse(path, media_type="text/plain; charset=utf-8", headers={"X-Content-Type-Options": "nosniff"})
 
     add_dashboard_routes(app, settings, store)
     return app

@@ -406,6 +406,7 @@ def test_run_log_as_text(api, store, tmp_path):
     response = api.get(f"/runs/{number}/log")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
+    assert response.headers["x-content-type-options"] == "nosniff"
     assert response.text == "checkout ok\ntest ok\n"
     log.unlink()
     assert api.get(f"/runs/{number}/log").status_code == 404
