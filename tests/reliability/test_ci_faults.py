@@ -19,10 +19,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.git_repos import SAMPLE_DOCKERFILE, GitProject
-from tests.support.polling import wait_for
-from tests.support.ports import free_port
-from tests.support.registry_server import RegistryServer
 from tests.support.ci_agent_server import (
     SMTP_PASSWORD,
     StartAgent,
@@ -30,6 +26,10 @@ from tests.support.ci_agent_server import (
     push_payload,
     registry_tags,
 )
+from tests.support.git_repos import SAMPLE_DOCKERFILE, GitProject
+from tests.support.polling import wait_for
+from tests.support.ports import free_port
+from tests.support.registry_server import RegistryServer
 from tests.support.smtp_server import SmtpServer, StartSmtpServer
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

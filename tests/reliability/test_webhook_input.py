@@ -31,11 +31,6 @@ from ci_agent.signature import sign
 from ci_agent.webhook import create_app
 from shared.runstore import RunStore
 from shared.settings import load_settings
-from tests.support.docker_env import DockerJanitor, unique
-from tests.support.git_repos import GitProject, make_git_project
-from tests.support.ports import free_port
-from tests.support.registry_server import RegistryServer
-from tests.support.reliability import register_produced, register_secret
 from tests.support.ci_agent_server import (
     WEBHOOK_SECRET,
     StartAgent,
@@ -44,6 +39,11 @@ from tests.support.ci_agent_server import (
     push_payload,
     registry_tags,
 )
+from tests.support.docker_env import DockerJanitor, unique
+from tests.support.git_repos import GitProject, make_git_project
+from tests.support.ports import free_port
+from tests.support.registry_server import RegistryServer
+from tests.support.reliability import register_produced, register_secret
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2")
