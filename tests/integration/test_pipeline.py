@@ -307,3 +307,18 @@ def test_build_args_reach_the_test_stage_and_the_release_build(make_agent, git_p
 
     assert (run.status, run.failed_step) == ("succeeded", None), run.error
     assert agent.registry.image_labels(run.version or "")["greeting"] == "hello-from-build-args"
+
+
+def test_old_run_logs_are_pruned_to_log_retention_runs(make_agent, git_project: GitProject):
+    agent = make_agent(log_retention_runs=2)
+    runs = [agent.run(git_project.commit_sample())]
+    for page in ("a", "b"):
+        sha = git_project.commit({f"www/{page}.html": page}, f"fix: page {page}")
+        git_project.push()
+        runs.append(agent.run(sha))
+    first, second, third = runs
+    assert [run.status for run in runs] == ["succeeded"] * 3
+
+    kept = sorted(path.name for path in agent.settings.log_dir.iterdir())
+    assert kept == sorted(Path(run.log_path or "").name for run in (second, third))
+    assert not Path(first.log_path or "").exists()
