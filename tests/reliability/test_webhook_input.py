@@ -443,13 +443,6 @@ def test_a_hundred_concurrent_deliveries(hundred: Hundred, observed: Callable[[s
 
 
 @pytest.mark.docker
-@pytest.mark.xfail(
-    # Not strict: the slowest answer sits near 1 s on a quiet machine (1.04 s seen) and reaches 3.5 s
-    # under load, so it passes now and then; a strict xfail would make the suite flaky.
-    strict=False,
-    reason="each accepted delivery makes 1-2 fsync'd SQLite commits (synchronous=FULL, by design) one at a time "
-    "under the queue's lock, ~12 ms each here: the 100th answer waits for the 99 before it",
-)
 @pytest.mark.reliability(
     "the same 100 concurrent deliveries: latency of the slowest answer",
     "every delivery answered within 1 s",
