@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.support.git_repos",
     "tests.support.reliability",
     "tests.support.ci_agent_server",
+    "tests.support.fault_proxy",
 ]

@@ -20,6 +20,7 @@ from typing import Any
 
 import docker
 import requests
+import urllib3
 from loguru import logger
 from pydantic import SecretStr
 
@@ -287,7 +288,7 @@ class DockerGateway:
             return str(self.client.api.inspect_image(reference)["Id"])
         except docker.errors.NotFound:
             return None
-        except docker.errors.DockerException as exc:
+        except _SDK_ERRORS as exc:
             logger.warning("cannot inspect image {}: {}", reference, exc)
             return None
 
@@ -300,13 +301,18 @@ class DockerGateway:
         """Untag/remove ``reference``; ``False`` when it is gone already or still in use (never raises)."""
         try:
             self.client.api.remove_image(reference)
-        except docker.errors.DockerException as exc:
+        except (StepFailed, *_SDK_ERRORS) as exc:
             logger.debug("image {} not removed: {}", reference, exc)
             return False
         return True
 
     def _errors(self, step: Step, what: str) -> _DockerErrors:
         return _DockerErrors(step, what)
+
+
+# What the SDK lets through when dockerd goes away mid-call: its own errors, requests' (connecting) and
+# urllib3's (a response stream cut short, e.g. a build whose daemon stopped).
+_SDK_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, urllib3.exceptions.HTTPError)
 
 
 class _DockerErrors:
@@ -325,7 +331,9 @@ class _DockerErrors:
         if isinstance(exc, docker.errors.APIError):
             reason = exc.explanation or str(exc)
             raise StepFailed(self.step, f"{self.what} failed: {reason}") from exc
-        if isinstance(exc, docker.errors.DockerException | requests.exceptions.RequestException):
+        if isinstance(exc, requests.exceptions.ConnectionError | urllib3.exceptions.ProtocolError):
+            raise StepFailed(self.step, f"{self.what} failed: lost the connection to the Docker Engine: {exc}") from exc
+        if isinstance(exc, _SDK_ERRORS):
             raise StepFailed(self.step, f"{self.what} failed: {exc}") from exc
 
 

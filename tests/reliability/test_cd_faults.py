@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -360,14 +358,6 @@ def _logged_at(log: str, text: str) -> float:
 # the Docker daemon and the state file
 
 
-@pytest.fixture
-def docker_relay() -> Iterator[DockerSocketRelay]:
-    # A short path: unix socket paths are limited to about 100 bytes, pytest's tmp_path can be longer.
-    directory = Path(tempfile.mkdtemp(prefix="picicd-docker-"))
-    relay = DockerSocketRelay(directory / "docker.sock")
-    yield relay
-    relay.close()
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.mark.reliability(

@@ -26,6 +26,7 @@ from tests.support.ci_agent_server import (
     push_payload,
     registry_tags,
 )
+from tests.support.fault_proxy import DockerSocketRelay
 from tests.support.git_repos import SAMPLE_DOCKERFILE, GitProject
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
@@ -198,6 +199,48 @@ def test_docker_unreachable(
     assert (run["status"], run["failed_step"]) == ("failed", "test"), run
     assert "Docker Engine" in run["error"]
     assert "test" in mail["Subject"]
+
+
+@pytest.mark.reliability(
+    "the Docker daemon goes away in the middle of a build (DOCKER_HOST is a relay to the real socket; the relay "
+    "is taken down while the Dockerfile's RUN step runs), then comes back",
+    "the run fails at step build saying Docker could not be reached, with an email, no tag pushed; once Docker "
+    "is back the next push succeeds without restarting the agent",
+)
+def test_docker_gone_mid_build(
+    start_ci_agent: StartAgent,
+    git_project: GitProject,
+    ci_image_name: str,
+    docker_relay: DockerSocketRelay,
+    smtp_server: SmtpServer,
+    produced: Callable[[str, str | bytes], None],
+    observed: Callable[[str], None],
+) -> None:
+    agent = start_ci_agent(DOCKER_HOST=docker_relay.docker_host, **HOST_RUNNER, **mail_env(smtp_server))
+    git_project.commit_sample("first", test_script=PASSING)
+    slow = git_project.commit({"Dockerfile": SLOW_BUILD}, "feat: a build that takes 20 s")
+    git_project.push()
+    number = agent.deliver(push_payload(git_project, slow, "feat: a build that takes 20 s")).json()["run"]
+    agent.process.wait_until(lambda: "[build]" in agent.log_of(number), timeout=60, what="docker build output")
+    docker_relay.down()
+    broken = agent.wait_finished(number)
+    mail = first_mail(smtp_server, produced)
+    docker_relay.up()
+
+    fixed = git_project.commit({"Dockerfile": SAMPLE_DOCKERFILE}, "fix: a quick build again")
+    git_project.push()
+    again = agent.deliver(push_payload(git_project, fixed, "fix: a quick build again"))
+    after = agent.wait_finished(again.json()["run"])
+    observed(
+        f"run {broken['number']} {broken['status']} at {broken['failed_step']}: {str(broken['error'])[:120]}; "
+        f"email '{mail['Subject']}'; after Docker came back run {after['number']} {after['status']} "
+        f"({after['version']}); tags {registry_tags(ci_image_name)}"
+    )
+    assert (broken["status"], broken["failed_step"], broken["version"]) == ("failed", "build", None), broken
+    assert "Docker Engine" in broken["error"]
+    assert "build" in mail["Subject"]
+    assert (after["status"], after["version"]) == ("succeeded", "0.1.0"), after
+    assert registry_tags(ci_image_name) == ["0.1.0", "latest"]
 
 
 @pytest.mark.reliability(

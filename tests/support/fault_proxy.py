@@ -16,17 +16,21 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import socket
 import struct
+import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+import pytest
 
 FaultKind = Literal["status", "hang", "truncate", "reset"]
 # Hop-by-hop and length headers are the proxy's own business.
@@ -327,3 +331,13 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
     finally:
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def docker_relay() -> Iterator[DockerSocketRelay]:
+    # A short path: unix socket paths are limited to about 100 bytes, pytest's tmp_path can be longer.
+    directory = Path(tempfile.mkdtemp(prefix="picicd-docker-"))
+    relay = DockerSocketRelay(directory / "docker.sock")
+    yield relay
+    relay.close()
+    shutil.rmtree(directory, ignore_errors=True)
