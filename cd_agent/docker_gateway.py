@@ -25,11 +25,16 @@ import docker.errors
 import docker.types
 import docker.utils
 import requests
+import urllib3
 
 from cd_agent.errors import DeployError, DockerUnavailable
 
 if TYPE_CHECKING:
     from cd_agent.container_spec import ContainerSpec
+
+# The SDK's own errors, requests' (connecting) and urllib3's (a stream cut short when dockerd stops
+# in the middle of a pull): all mean the engine went away, none may leave this module raw.
+_UNREACHABLE = (docker.errors.DockerException, requests.RequestException, urllib3.exceptions.HTTPError)
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,7 @@ class DockerGateway:
             finally:
                 probe.close()
             client = docker.from_env(version="auto", timeout=int(timeout))
-        except (docker.errors.DockerException, requests.RequestException) as exc:
+        except _UNREACHABLE as exc:
             raise DockerUnavailable(f"cannot reach the Docker Engine (is dockerd running?): {exc}") from exc
         return cls(client)
 
@@ -131,7 +136,7 @@ class DockerGateway:
             raise DeployError(f"{what}: {_explain(exc)}") from exc
         except docker.errors.APIError as exc:
             raise DeployError(f"{what}: {_explain(exc)}") from exc
-        except (docker.errors.DockerException, requests.RequestException) as exc:
+        except _UNREACHABLE as exc:
             raise DockerUnavailable(f"{what}: cannot reach the Docker Engine: {exc}") from exc
         image = self.image(f"{repository}:{tag}")
         if image is None:
@@ -242,7 +247,7 @@ def _errors(what: str) -> Iterator[None]:
         yield
     except docker.errors.APIError as exc:
         raise DockerUnavailable(f"docker {what}: {_explain(exc)}") from exc
-    except (docker.errors.DockerException, requests.RequestException) as exc:
+    except _UNREACHABLE as exc:
         raise DockerUnavailable(f"docker {what}: cannot reach the Docker Engine: {exc}") from exc
 
 

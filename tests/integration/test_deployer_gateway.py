@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from types import SimpleNamespace
+
 import pytest
+import urllib3
 
 from cd_agent.docker_gateway import DockerGateway
 from cd_agent.errors import DeployError, DockerUnavailable
@@ -41,3 +45,17 @@ def test_pulling_a_tag_the_registry_lacks_names_the_reference(registry: Registry
             gateway.pull(repository, "1.2.3")
     finally:
         gateway.close()
+
+
+def test_a_pull_stream_cut_short_is_docker_unavailable() -> None:
+    """dockerd stopping mid-pull ends the SDK's stream with urllib3's ProtocolError: converted, never raw."""
+
+    class CutStream:
+        def pull(self, *args: object, **kwargs: object) -> Iterator[dict[str, str]]:
+            yield {"status": "Pulling fs layer"}
+            raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead(0 bytes read)")
+
+    client = SimpleNamespace(api=CutStream())
+    gateway = DockerGateway(client)
+    with pytest.raises(DockerUnavailable, match="pull 127.0.0.1:1/x/app:1.0.0: cannot reach the Docker Engine"):
+        gateway.pull("127.0.0.1:1/x/app", "1.0.0")
