@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.test_cd_cli import cd_agent
+from tests.support.cd_apps import cd_agent
 from tests.support.docker_env import DockerJanitor, unique
 from tests.support.polling import wait_for
 from tests.support.ports import free_port

@@ -3,45 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from cd_agent.cli import format_status
-from tests.support.cd_apps import CdWorld
+from tests.support.cd_apps import CdWorld, cd_agent, status_json, version_of
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def clean_environ(environ: dict[str, str]) -> dict[str, str]:
-    """The test process's environment without any pi-cicd settings, plus ``environ``."""
-    prefixes = ("CD_", "CI_", "SMTP_", "NOTIFY_", "REGISTRY_", "LOG_", "STATE_DIR")
-    base = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
-    base["PYTHONPATH"] = str(REPO)
-    return {**base, **environ}
-
-
-def cd_agent(*args: str, environ: dict[str, str], cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cd_agent", *args],
-        env=clean_environ(environ), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
-    )
-
-
-def status_json(world: CdWorld) -> dict[str, Any]:
-    result = cd_agent("status", "--json", environ=world.environ(), cwd=world.root)
-    assert result.returncode == 0, result.stderr
-    data: dict[str, Any] = json.loads(result.stdout)
-    return data
-
-
-def version_of(release: dict[str, Any] | None) -> str | None:
-    return None if release is None else str(release["version"])
 
 
 def test_the_watcher_does_not_import_the_web_stack():

@@ -3,41 +3,17 @@ and a state that agrees with the containers."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from cd_agent.container_spec import LABEL_VERSION
-from tests.support.cd_apps import CdWorld
+from tests.support.cd_apps import CdWorld, kill_deploy_at
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _deploy_and_kill_at(world: CdWorld, phase: str, version: str) -> None:
-    marker = world.root / f"reached-{phase}"
-    env = {**os.environ, **world.environ(), "CD_TEST_MARKER": str(marker), "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.cd_apps", "hang-at", phase, version],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        wait_for(lambda: marker.exists() or process.poll() is not None, timeout=60, what=f"the deploy to reach {phase}")
-        assert marker.exists(), process.stderr.read().decode() if process.stderr else "deploy ended early"
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
 
 
 @pytest.mark.parametrize("phase", ["created", "old_stopped", "new_started"])
@@ -48,7 +24,7 @@ def test_killed_before_the_verdict_the_old_version_comes_back(cd_world: CdWorld,
     first.deploy("1.0.0")
     first.state.close()
 
-    _deploy_and_kill_at(cd_world, phase, "1.1.0")
+    kill_deploy_at(cd_world, phase, "1.1.0")
     deployer = cd_world.deployer()
     assert deployer.state.journal is not None
 
@@ -78,7 +54,7 @@ def test_killed_after_the_verdict_the_proven_new_version_stays(cd_world: CdWorld
     first.deploy("1.0.0")
     first.state.close()
 
-    _deploy_and_kill_at(cd_world, "verdict", "1.1.0")
+    kill_deploy_at(cd_world, "verdict", "1.1.0")
     deployer = cd_world.deployer()
 
     said = deployer.reconcile()
@@ -95,7 +71,7 @@ def test_killed_after_the_verdict_the_proven_new_version_stays(cd_world: CdWorld
 def test_killed_during_a_first_deploy_the_half_made_container_is_removed(cd_world: CdWorld) -> None:
     cd_world.releases.push("1.0.0")
 
-    _deploy_and_kill_at(cd_world, "new_started", "1.0.0")
+    kill_deploy_at(cd_world, "new_started", "1.0.0")
     deployer = cd_world.deployer()
 
     said = deployer.reconcile()

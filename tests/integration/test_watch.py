@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_cd_cli import clean_environ, status_json, version_of
-from tests.support.cd_apps import CdWorld
+from tests.support.cd_apps import CdWorld, clean_environ, status_json, version_of
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.docker

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +11,8 @@ import pytest
 from cd_agent.container_spec import LABEL_VERSION
 from cd_agent.state import DeployState
 from shared.runstore import RunStore
-from tests.integration.test_cd_cli import cd_agent, clean_environ, version_of
 from tests.integration.test_watch import WatchProcess
-from tests.support.cd_apps import AppReleases, CdWorld
+from tests.support.cd_apps import AppReleases, CdWorld, cd_agent, kill_deploy_at, version_of
 from tests.support.docker_env import DockerJanitor
 from tests.support.fault_proxy import Fault, FaultProxy
 from tests.support.polling import wait_for
@@ -83,25 +78,6 @@ def _kill_watch_while_pulling(world: CdWorld, proxy: FaultProxy, watches: list[W
     proxy.clear()
 
 
-def _kill_deploy_at(world: CdWorld, phase: str, version: str) -> None:
-    """The real Deployer in its own process, blocked right after journalling ``phase``; SIGKILL."""
-    marker = world.root / f"reached-{phase}"
-    env = clean_environ({**world.environ(), "CD_TEST_MARKER": str(marker)})
-    with subprocess.Popen(
-        [sys.executable, "-m", "tests.support.cd_apps", "hang-at", phase, version],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    ) as process:
-        try:
-            wait_for(lambda: marker.exists() or process.poll() is not None, timeout=60, what=f"the deploy at {phase}")
-            assert marker.exists(), process.stderr.read().decode() if process.stderr else "the deploy ended early"
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(10)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-
 @pytest.mark.reliability(
     "The agent SIGKILLed at a step of the deploy of 1.1.0 over a serving 1.0.0, then `cd-agent watch` started",
     "the app ends serving 1.1.0 (the proven deploy finished, or the undone one deployed again), the state agrees "
@@ -123,7 +99,7 @@ def test_killed_at_a_step_then_restarted(
     if step == "pull":
         _kill_watch_while_pulling(world, proxy, watches)
     else:
-        _kill_deploy_at(world, step, "1.1.0")
+        kill_deploy_at(world, step, "1.1.0")
     left = world.docker_client.api.containers(all=True, filters={"name": world.name})
 
     restarted = WatchProcess(world.environ(CD_POLL_INTERVAL="0.5"), world.root)

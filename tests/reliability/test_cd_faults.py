@@ -15,9 +15,8 @@ import pytest
 
 from cd_agent.state import DeployState
 from shared.runstore import Run, RunStore
-from tests.integration.test_cd_cli import cd_agent, version_of
 from tests.integration.test_watch import WatchProcess
-from tests.support.cd_apps import START, CdWorld, HttpProbe
+from tests.support.cd_apps import START, CdWorld, HttpProbe, cd_agent, version_of
 from tests.support.fault_proxy import DockerSocketRelay, Fault, FaultProxy
 from tests.support.polling import wait_for
 from tests.support.registry_server import RegistryServer

@@ -12,6 +12,10 @@ and blocks at PHASE (after touching ``$CD_TEST_MARKER``), so a test can SIGKILL 
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -293,10 +297,59 @@ def cd_world(
     world.close()
 
 
+def kill_deploy_at(world: CdWorld, phase: str, version: str) -> None:
+    """The real Deployer in its own process (settings from ``world``), blocked right after journalling
+    ``phase``, then SIGKILLed: a crash in the middle of a deploy, at a known point."""
+    marker = world.root / f"reached-{phase}"
+    env = clean_environ({**world.environ(), "CD_TEST_MARKER": str(marker)})
+    with subprocess.Popen(
+        [sys.executable, "-m", "tests.support.cd_apps", "hang-at", phase, version],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    ) as process:
+        try:
+            wait_for(lambda: marker.exists() or process.poll() is not None, timeout=60, what=f"the deploy at {phase}")
+            assert marker.exists(), process.stderr.read().decode() if process.stderr else "the deploy ended early"
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def clean_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """The test process's environment without any pi-cicd settings, plus ``environ``: what an agent
+    started for a test sees."""
+    prefixes = ("CD_", "CI_", "SMTP_", "NOTIFY_", "REGISTRY_", "LOG_", "STATE_DIR")
+    base = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
+    base["PYTHONPATH"] = str(REPO)
+    return {**base, **environ}
+
+
+def cd_agent(*args: str, environ: dict[str, str], cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """``cd-agent ARGS`` as a real process with exactly the settings in ``environ``."""
+    return subprocess.run(
+        [sys.executable, "-m", "cd_agent", *args],
+        env=clean_environ(environ), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+
+
+def status_json(world: CdWorld) -> dict[str, Any]:
+    result = cd_agent("status", "--json", environ=world.environ(), cwd=world.root)
+    assert result.returncode == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def version_of(release: dict[str, Any] | None) -> str | None:
+    return None if release is None else str(release["version"])
+
+
 def _hang_at(phase: str, version: str) -> None:
     """Deploy ``version`` and block forever at ``phase`` (the test then SIGKILLs this process)."""
-    import os
-
     from shared.settings import read_environment
 
     settings = load_settings(CdSettings, read_environment(None))
