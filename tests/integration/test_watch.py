@@ -2,57 +2,17 @@
 
 from __future__ import annotations
 
-import re
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from tests.support.cd_apps import CdWorld, clean_environ, status_json, version_of
+from tests.support.cd_apps import CdWorld, WatchProcess, status_json, version_of
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.docker
 
-_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \|")
-
-
-class WatchProcess:
-    """``python -m cd_agent watch`` with its console log in a file."""
-
-    def __init__(self, environ: dict[str, str], cwd: Path) -> None:
-        self.log_path = cwd / f"watch-{datetime.now(UTC):%H%M%S%f}.log"
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "cd_agent", "watch"],
-                env=clean_environ(environ), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-            )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def lines(self, text: str) -> list[str]:
-        return [line for line in self.log().splitlines() if text in line]
-
-    def logged_at(self, text: str) -> datetime:
-        """When the first line containing ``text`` was logged (the console format starts with UTC time)."""
-        line: str = wait_for(lambda: next(iter(self.lines(text)), ""), timeout=60, what=f"log line {text!r}")
-        match = _STAMP.match(line)
-        assert match, line
-        return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
 
 @pytest.fixture

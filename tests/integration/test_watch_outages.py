@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.test_watch import WatchProcess, current_version
-from tests.support.cd_apps import AppReleases, CdWorld
+from tests.integration.test_watch import current_version
+from tests.support.cd_apps import AppReleases, CdWorld, WatchProcess
 from tests.support.docker_env import DockerJanitor
 from tests.support.polling import wait_for
 from tests.support.registry_server import RegistryServer, start_registry
@@ -89,15 +89,6 @@ class RateLimitingProxy:
         self.server.shutdown()
         self.server.server_close()
         self._http.close()
-
-
-@pytest.fixture
-def watches() -> Iterator[list[WatchProcess]]:
-    """Watch processes of a test, killed afterwards whatever happened."""
-    started: list[WatchProcess] = []
-    yield started
-    for process in started:
-        process.kill()
 
 
 @pytest.fixture

@@ -9,10 +9,8 @@ from typing import Any
 import pytest
 
 from cd_agent.container_spec import LABEL_VERSION
-from cd_agent.state import DeployState
 from shared.runstore import RunStore
-from tests.integration.test_watch import WatchProcess
-from tests.support.cd_apps import AppReleases, CdWorld, cd_agent, kill_deploy_at, version_of
+from tests.support.cd_apps import AppReleases, CdWorld, WatchProcess, cd_agent, kill_deploy_at, state_json, version_of
 from tests.support.docker_env import DockerJanitor
 from tests.support.fault_proxy import Fault, FaultProxy
 from tests.support.polling import wait_for
@@ -25,20 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # "pull" has no journal entry yet (the kill lands while dockerd downloads a blob); the others are the
 # journal's phases, in the order the deployer writes them.
 STEPS = ["pull", "old_renamed", "created", "old_stopped", "new_started", "verdict"]
-
-
-def status_json(world: CdWorld) -> dict[str, Any]:
-    """What `cd-agent status --json` shows, read in-process (a process per look is slow on a busy Pi)."""
-    with DeployState(world.settings().state_path) as state:
-        return state.to_json()
-
-
-@pytest.fixture
-def watches() -> Iterator[list[WatchProcess]]:
-    started: list[WatchProcess] = []
-    yield started
-    for process in started:
-        process.kill()
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +91,13 @@ def test_killed_at_a_step_then_restarted(
 
     def settled() -> bool:
         assert restarted.process.poll() is None, restarted.log()[-3000:]
-        status = status_json(world)
+        status = state_json(world)
         return world.served() == "1.1.0" and version_of(status["current"]) == "1.1.0"
 
     wait_for(settled, timeout=90, what="1.1.0 serving and recorded after the restart")
     assert restarted.stop() == 0
 
-    status = status_json(world)
+    status = state_json(world)
     container = world.docker_client.containers.get(world.name)
     assert status["current"]["container_id"] == container.id
     assert container.labels[LABEL_VERSION] == "1.1.0"

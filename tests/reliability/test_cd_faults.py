@@ -7,16 +7,13 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import docker.errors
 import httpx
 import pytest
 
-from cd_agent.state import DeployState
 from shared.runstore import Run, RunStore
-from tests.integration.test_watch import WatchProcess
-from tests.support.cd_apps import START, CdWorld, HttpProbe, cd_agent, version_of
+from tests.support.cd_apps import START, CdWorld, HttpProbe, WatchProcess, cd_agent, state_json, version_of
 from tests.support.fault_proxy import DockerSocketRelay, Fault, FaultProxy
 from tests.support.polling import wait_for
 from tests.support.registry_server import RegistryServer
@@ -28,22 +25,6 @@ POLL = "0.5"
 
 
 # helpers
-
-
-def status_json(world: CdWorld) -> dict[str, Any]:
-    """What `cd-agent status --json` shows, read in-process (a `cd-agent status` process per look costs
-    about a second of CPU while the tests poll for a state)."""
-    with DeployState(world.settings().state_path) as state:
-        return state.to_json()
-
-
-@pytest.fixture
-def watches() -> Iterator[list[WatchProcess]]:
-    """``cd-agent watch`` processes of a test, killed afterwards whatever happened."""
-    started: list[WatchProcess] = []
-    yield started
-    for process in started:
-        process.kill()
 
 
 @pytest.fixture
@@ -88,7 +69,7 @@ def deploy_runs(world: CdWorld) -> list[Run]:
 def wait_deployed(world: CdWorld, version: str, process: WatchProcess, timeout: float = 90) -> None:
     def deployed() -> bool:
         assert process.process.poll() is None, f"cd-agent watch exited:\n{process.log()[-3000:]}"
-        return world.served() == version and version_of(status_json(world)["current"]) == version
+        return world.served() == version and version_of(state_json(world)["current"]) == version
 
     wait_for(deployed, timeout=timeout, what=f"{version} deployed and recorded")
 
@@ -245,7 +226,7 @@ def test_a_pull_cut_midway_leaves_the_old_app_serving(
 
         wait_for(lambda: len(failed_pulls()) >= 2, timeout=90, what="two failed attempts to deploy 1.0.1")
         runs = failed_pulls()
-        status = status_json(world)
+        status = state_json(world)
 
         assert process.process.poll() is None
         assert all(run.failed_step == "pull" for run in runs), [(r.failed_step, r.error) for r in runs]
@@ -293,7 +274,7 @@ def test_a_taken_host_port_fails_clearly_and_leaves_nothing(cd_world: CdWorld, o
         message = result.stderr.strip().splitlines()[-1]
         assert "address already in use" in message or "port is already allocated" in message, message
         assert containers(world) == []
-    status = status_json(world)
+    status = state_json(world)
     assert status["current"] is None
     quarantined = [q["version"] for q in status["quarantined"]]
     runs = deploy_runs(world)
@@ -386,7 +367,7 @@ def test_the_watcher_survives_a_dead_docker_socket(
         wait_for(lambda: len(failed()) >= 2, timeout=60, what="two failed attempts while Docker is away")
         assert process.process.poll() is None
         assert identity(world) == before
-        assert status_json(world)["quarantined"] == []
+        assert state_json(world)["quarantined"] == []
         assert_kept_serving(probe)
         during = probe_summary(probe)
         attempts = len(failed())
@@ -432,10 +413,10 @@ def test_a_lost_or_corrupt_state_database(
 
     if damage == "deleted":
         wait_for(lambda: process.lines("reconcile:"), timeout=30, what="the start-up reconcile")
-        wait_for(lambda: status_json(world)["last_poll_at"], timeout=30, what="a first poll")
-        polled = status_json(world)["last_poll_at"]
-        wait_for(lambda: status_json(world)["last_poll_at"] != polled, timeout=30, what="a second poll")
-        current = status_json(world)["current"]
+        wait_for(lambda: state_json(world)["last_poll_at"], timeout=30, what="a first poll")
+        polled = state_json(world)["last_poll_at"]
+        wait_for(lambda: state_json(world)["last_poll_at"] != polled, timeout=30, what="a second poll")
+        current = state_json(world)["current"]
         assert current is not None and current["version"] == "1.0.0"
         assert current["container_id"] == before[0]
         assert identity(world) == before, "the app was redeployed"
@@ -479,12 +460,12 @@ def test_ten_broken_releases_in_a_row(cd_world: CdWorld, watches: list[WatchProc
 
         def all_quarantined() -> bool:
             assert process.process.poll() is None, process.log()[-3000:]
-            return {q["version"] for q in status_json(world)["quarantined"]} == set(broken)
+            return {q["version"] for q in state_json(world)["quarantined"]} == set(broken)
 
         wait_for(all_quarantined, timeout=180, what="every broken release quarantined")
         # another poll: nothing is tried again
-        polled = status_json(world)["last_poll_at"]
-        wait_for(lambda: status_json(world)["last_poll_at"] != polled, timeout=30, what="another poll")
+        polled = state_json(world)["last_poll_at"]
+        wait_for(lambda: state_json(world)["last_poll_at"] != polled, timeout=30, what="another poll")
         probe.wait_serving("1.0.0")
 
     runs = [r for r in deploy_runs(world) if r.version in broken]
@@ -498,7 +479,7 @@ def test_ten_broken_releases_in_a_row(cd_world: CdWorld, watches: list[WatchProc
     assert probe.longest_outage <= longest_swap + 1.0, (probe.longest_outage, swaps)
     assert world.served() == "1.0.0"
     assert containers(world) == [world.name]
-    assert version_of(status_json(world)["current"]) == "1.0.0"
+    assert version_of(state_json(world)["current"]) == "1.0.0"
     assert process.stop() == 0
     observed(
         f"10 versions tried once each, all rolled back and quarantined; {len(gaps)} outages over "
