@@ -308,6 +308,8 @@ class Deployer:
                 failure.step,
                 _failure_body(error, failure),
             )
+        if old is not None:
+            self._confirm_back(log, old, old_version)
         if failure.quarantine:
             self.state.quarantine(version, f"{failure.step}: {failure.reason}")
             log.warning("{} is quarantined: it will not be tried again unless forced", version)
@@ -450,6 +452,20 @@ class Deployer:
         if current is not None and current.version != version:
             return Release(current.version, current.digest, None, current.deployed_at)
         return self.state.previous
+
+    def _confirm_back(self, log: loguru.Logger, old: ContainerInfo, old_version: str | None) -> None:
+        # Wait until the restored app passes its health check before this deploy returns: otherwise the
+        # watcher may swap in the next release at once, and back-to-back rollbacks leave the app
+        # serving for only milliseconds between them (one long outage instead of short ones).
+        try:
+            verdict = self._health().wait(old.id)
+        except CdError as exc:
+            log.warning("could not check {} after restoring it: {}", old_version, exc)
+            return
+        if verdict.healthy:
+            log.info("{} is serving again: {}", old_version, verdict.reason)
+        else:
+            log.warning("{} is back but not healthy: {}", old_version, verdict.reason)
 
     def _bring_back(self, old: ContainerInfo) -> None:
         name = self.settings.cd_container_name
