@@ -27,11 +27,11 @@ from tests.support.ci_agent_server import (
 )
 from tests.support.docker_env import DockerJanitor
 from tests.support.git_repos import GitProject
+from tests.support.payloads import GITHUB_PAYLOADS as PAYLOADS
 from tests.support.smtp_server import SmtpServer
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-PAYLOADS = Path(__file__).resolve().parents[2] / ".." / "shared" / "github-payloads"
 
 
 def test_signed_pushes_release_the_next_versions_with_oci_labels(

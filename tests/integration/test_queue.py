@@ -6,7 +6,6 @@ import json
 import secrets
 import threading
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +13,7 @@ import pytest
 from ci_agent.payload import PushEvent, parse_push
 from ci_agent.queue import RunQueue
 from shared.runstore import RunStore
-
-PAYLOADS = Path(__file__).resolve().parents[2] / ".." / "shared" / "github-payloads"
+from tests.support.payloads import GITHUB_PAYLOADS as PAYLOADS
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from ci_agent.signature import sign
 from ci_agent.webhook import MAX_BODY_BYTES, create_app
 from shared.runstore import RunStore
 from shared.settings import load_settings
+from tests.support.payloads import GITHUB_PAYLOADS as PAYLOADS
 
 with warnings.catch_warnings():
     # Starlette 1.x asks for httpx2 behind its TestClient and warns (an error under our pytest
@@ -27,7 +28,6 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2")
     from fastapi.testclient import TestClient
 
-PAYLOADS = Path(__file__).resolve().parents[2] / ".." / "shared" / "github-payloads"
 SECRET = "webhook-secret-Xy7-never-echoed"
 REPO = "Codertocat/Hello-World"
 

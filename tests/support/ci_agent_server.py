@@ -21,10 +21,10 @@ from shared.registry import RegistryClient, parse_image_ref
 from tests.support.agent_process import AgentProcess
 from tests.support.docker_env import DockerJanitor, unique
 from tests.support.git_repos import GitProject
+from tests.support.payloads import GITHUB_PAYLOADS as PAYLOADS
 from tests.support.ports import free_port
 from tests.support.registry_server import RegistryServer
 
-PAYLOADS = Path(__file__).resolve().parents[2] / ".." / "shared" / "github-payloads"
 WEBHOOK_SECRET = "whsec-reliability-7Hq2-never-shown"
 SMTP_PASSWORD = "smtp-reliability-Kp8w-never-shown"
 GITHUB_REPO = "Codertocat/Hello-World"

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ci_agent.errors import WebhookRejected
 from ci_agent.payload import PushEvent, check_ref_name, parse_push
-
-PAYLOADS = Path(__file__).resolve().parents[2] / ".." / "shared" / "github-payloads"
+from tests.support.payloads import GITHUB_PAYLOADS as PAYLOADS
 
 
 def payload(name: str) -> dict[str, Any]:
