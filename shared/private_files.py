@@ -13,6 +13,7 @@ installation that wrote them 0644 before is fixed by its next start.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -76,7 +77,14 @@ def prepare_private_database(path: Path) -> None:
     wider-open start are narrowed too.
     """
     make_private_dirs(path.parent)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    except OSError as exc:
+        # Someone else's database, or a read-only file system: SQLite may still open it for reading,
+        # and says what is wrong if it cannot. A database that could not be created is an error.
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and path.is_file():
+            return
+        raise
     try:
         narrow_to_private(fd)
     finally:

@@ -8,7 +8,11 @@ the modes back from the file system.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +24,7 @@ from shared.logs import run_log
 from shared.private_files import make_private_dirs, open_private_append, prepare_private_database
 from shared.runstore import RunStore
 
+ROOT = Path(__file__).resolve().parents[2]
 UMASKS = [0o000, 0o022, 0o277]
 
 
@@ -127,3 +132,25 @@ def test_run_logs_are_private(tmp_path: Path, mask: int) -> None:
         log.info("commit message of a private repository")
     assert "commit message of a private repository" in path.read_text()
     assert tree_modes(tmp_path) == {"logs": 0o700, "logs/cd": 0o700, "logs/cd/" + path.name: 0o600}
+
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
+def test_a_database_this_user_may_only_read_is_left_for_sqlite_to_open() -> None:
+    """Someone else's state (an admin's `cd-agent status` on the agent's files) is not an error here."""
+    folder = Path(tempfile.mkdtemp(prefix="picicd-private-", dir="/tmp"))  # tmp_path is root-only
+    try:
+        folder.chmod(0o755)
+        path = folder / "cd.sqlite3"
+        path.write_bytes(b"")
+        path.chmod(0o644)
+        code = "import sys, pathlib, shared.private_files as p; p.prepare_private_database(pathlib.Path(sys.argv[1]))"
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+        result = subprocess.run(
+            [*nobody, sys.executable, "-c", code, str(path)],
+            capture_output=True, text=True, timeout=30, check=False, cwd=ROOT,
+        )
+        assert result.returncode == 0, result.stderr
+        assert mode(path) == 0o644  # not ours to change
+    finally:
+        shutil.rmtree(folder)
