@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cd_agent.errors import StateError
+from shared.private_files import prepare_private_database
 
 Phase = Literal["pulled", "old_renamed", "created", "old_stopped", "new_started", "verdict"]
 PHASES: tuple[Phase, ...] = ("pulled", "old_renamed", "created", "old_stopped", "new_started", "verdict")
@@ -123,7 +124,7 @@ class DeployState:
         self.path = path
         self._lock = threading.Lock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            prepare_private_database(path)  # 0600 in a 0700 folder, whatever the umask
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)

@@ -21,6 +21,7 @@ from loguru import logger
 
 from ci_agent.errors import StepFailed
 from ci_agent.payload import check_ref_name
+from shared.private_files import make_private_dirs
 
 SHA = re.compile(r"[0-9a-f]{40}")
 _SHORT_SHA = re.compile(r"[0-9a-f]{7,39}")
@@ -101,7 +102,7 @@ class GitRunner:
 
     def _ensure_repository(self, workdir: Path) -> None:
         if not (workdir / ".git").is_dir():
-            workdir.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(workdir)  # 0700: the checkout may be a private repository
             self.run(["init", "--quiet", "--", str(workdir)], what="git init")
 
     def _has_commit(self, workdir: Path, sha: str) -> bool:

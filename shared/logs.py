@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, TextIO
 
 from loguru import logger
 
+from shared.private_files import open_private_append
+
 if TYPE_CHECKING:
     import loguru
 
@@ -115,10 +117,11 @@ def run_log(path: Path, run: int) -> Iterator[loguru.Logger]:
     """Send every record bound with ``run=run`` (from any thread) to ``path`` while the block runs.
 
     The file exists as soon as the block starts (so ``GET /runs/N/log`` can serve it) and is closed
-    when the block ends; yields ``logger.bind(run=run)``.
+    when the block ends; it is created 0600 and missing folders 0700, whatever the umask (see
+    ``shared.private_files``). Yields ``logger.bind(run=run)``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stream = path.open("a", encoding="utf-8")
+    # 0600 in a 0700 folder: test output, git errors and commit messages are nobody else's business.
+    stream = os.fdopen(open_private_append(path), "a", encoding="utf-8")
     try:
         sink_id = logger.add(
             _redacting_writer(stream),

@@ -269,4 +269,11 @@ def notifier_from_settings(settings: SharedSettings) -> Notifier:
         "email on: via {}:{} ({}) to {}",
         settings.smtp_host, settings.smtp_port, settings.smtp_security, ", ".join(settings.notify_to),
     )
+    if settings.smtp_login_in_clear:
+        # Said once per start, never with the password: an operator may have meant starttls.
+        logger.warning(
+            "SMTP_SECURITY=none: the login of {!r} to {}:{}, password included, crosses the network "
+            "unencrypted; use SMTP_SECURITY=starttls (port 587) or ssl (port 465)",
+            settings.smtp_username, settings.smtp_host, settings.smtp_port,
+        )
     return Notifier(mailer, secrets=settings.secret_values())

@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any, Literal, get_args
 
 from shared.errors import StoreError
+from shared.private_files import prepare_private_database
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "superseded", "interrupted"]
 RUN_STATUSES: frozenset[str] = frozenset(get_args(RunStatus))
@@ -165,9 +166,10 @@ class RunStore:
         self._lock = threading.RLock()
         self._batch_depth = 0
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # 0600 in a 0700 folder whatever the umask: commit messages and errors stay the agent's own.
+            prepare_private_database(self.path)
         except OSError as exc:
-            raise StoreError(f"cannot create the folder for the run store {self.path}: {exc}") from exc
+            raise StoreError(f"cannot create the run store {self.path}: {exc}") from exc
         try:
             # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE), so a
             # read-then-write such as claim_next_queued is atomic even against another process.

@@ -8,6 +8,7 @@ to fix. Secrets are ``pydantic.SecretStr``: their ``repr`` and ``str`` are maske
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -78,6 +79,21 @@ class SharedSettings(BaseModel):
     def email_enabled(self) -> bool:
         return self.smtp_host is not None
 
+    @property
+    def smtp_login_in_clear(self) -> bool:
+        """True when the SMTP login (password included) would cross a network unencrypted.
+
+        That is ``SMTP_SECURITY=none`` with ``SMTP_USERNAME`` set and a host that is not this machine:
+        a relay on loopback (a local Postfix or msmtp) is the usual reason for ``none``, and
+        loopback traffic never leaves the machine.
+        """
+        return (
+            self.smtp_host is not None
+            and self.smtp_security == "none"
+            and bool(self.smtp_username)
+            and not is_loopback_host(self.smtp_host)
+        )
+
     def secret_values(self) -> list[str]:
         """Every configured secret in clear, for redaction. Never log what this returns."""
         values = []
@@ -86,6 +102,20 @@ class SharedSettings(BaseModel):
             if isinstance(value, SecretStr) and value.get_secret_value():
                 values.append(value.get_secret_value())
         return values
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` (and ``*.localhost``, RFC 6761), or a loopback IPv4/IPv6 address; no DNS lookup."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 SettingsT = TypeVar("SettingsT", bound=SharedSettings)
