@@ -139,10 +139,12 @@ _HEADER = re.compile(r"(?P<type>[A-Za-z0-9_]*)(?:\((?P<scope>.*)\))?(?P<bang>!)?
 # A footer line anywhere after the header, indented or a squash merge's ``* `` bullet; the text may
 # follow on the next line.
 _BREAKING_NOTE = re.compile(r"[\s|*]*(?:BREAKING CHANGE|BREAKING-CHANGE)[:\s]")
-# git's default revert message and the conventional ``revert:`` spelling, naming the reverted commit.
-_REVERT = re.compile(
-    r'(?:Revert|revert:)\s"?(?P<header>[\s\S]+?)"?\s*This reverts commit (?P<sha>[A-Za-z0-9_]*)\.', re.IGNORECASE
-)
+# git's default revert message (``Revert "feat: x"`` … ``This reverts commit SHA.``) and the conventional
+# ``revert: feat: x`` spelling. The analyzer reads it with one regex whose lazy match backtracks
+# (cubic time on a message of spaces); this scan finds the same header and sha in linear time.
+_REVERT_START = re.compile(r"(?:Revert|revert:)\s", re.IGNORECASE)
+_REVERTS_COMMIT = re.compile(r"This reverts commit ", re.IGNORECASE)
+_SHA_AND_DOT = re.compile(r"[A-Za-z0-9_]*\.")
 _NEWLINE = re.compile(r"\r?\n")
 _RANK: dict[BumpKind, int] = {"patch": 0, "minor": 1, "major": 2}
 
@@ -166,8 +168,25 @@ class Commit:
 
     def reverts(self) -> tuple[str, str] | None:
         """``(header, sha)`` of the commit this one reverts, or None when it is no revert."""
-        match = _REVERT.match(self.message)
-        return None if match is None else (match["header"].strip(), match["sha"])
+        start = _REVERT_START.match(self.message)
+        if start is None:
+            return None
+        after = start.end()
+        begin = after + 1 if self.message.startswith('"', after) else after
+        fallback = None
+        for phrase in _REVERTS_COMMIT.finditer(self.message, after + 1):
+            sha = _SHA_AND_DOT.match(self.message, phrase.end())
+            if sha is None:
+                continue
+            if phrase.start() == begin:
+                # The header has at least one character; only when nothing else matches is the
+                # opening quote itself the header.
+                fallback = fallback or ('"', sha.group()[:-1])
+                continue
+            header = self.message[begin : phrase.start()].rstrip()
+            header = header.removesuffix('"') if len(header) > 1 else header
+            return header.strip(), sha.group()[:-1]
+        return fallback
 
 
 def commit_bump_kind(message: str) -> BumpKind:

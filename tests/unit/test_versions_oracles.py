@@ -8,11 +8,14 @@ the difference is listed here with its reason, and the test checks it is still a
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import semver
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.versions import BumpKind, Commit, bump, bump_kind, parse_constraint, parse_version
 
@@ -103,3 +106,19 @@ def test_constraints_agree_with_node_semver_satisfies(row: dict[str, Any]) -> No
     assert differences == {d for d in SATISFIES_DIFFERENCES if d[0] == row["constraint"]}
     # Every difference is node-semver admitting a pre-release that we refuse, never the reverse.
     assert ours <= node
+
+
+# conventional-changelog-conventionalcommits 10.4.1's revertPattern, verbatim (JavaScript's \w is ASCII).
+PRESET_REVERT = re.compile(
+    r'^(?:Revert|revert:)\s"?([\s\S]+?)"?\s*This reverts commit ([A-Za-z0-9_]*)\.', re.IGNORECASE
+)
+_PIECES = ["Revert", "revert:", "REVERT", " ", "  ", "\n", '"', "This reverts commit ", "this REVERTS commit ",
+           "abc123", ".", "feat: x", "x"]
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=12).map("".join))
+def test_revert_scan_reads_what_the_preset_pattern_reads(message: str) -> None:
+    match = PRESET_REVERT.match(message)
+    expected = None if match is None else (match[1].strip(), match[2])
+
+    assert Commit("", message).reverts() == expected
