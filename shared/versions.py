@@ -190,14 +190,21 @@ class Commit:
 
 
 def commit_bump_kind(message: str) -> BumpKind:
-    """The bump one commit message asks for; messages that are not Conventional Commits are patches."""
+    """The bump one commit message asks for; messages that are not Conventional Commits are patches.
+
+    Beyond the analyzer, a squash merge's ``* type: …`` bullets (GitHub lists the squashed commits so)
+    count as the commits they were: the analyzer reads only the title, and would release a squashed
+    ``feat!:`` as a patch.
+    """
     lines = Commit("", message).lines
     if not lines:
         return "patch"
-    header = _HEADER.fullmatch(lines[0])
-    if (header is not None and header["bang"]) or any(_BREAKING_NOTE.match(line) for line in lines[1:]):
+    headers = [_HEADER.fullmatch(lines[0])]
+    headers += [_HEADER.fullmatch(line[2:]) for line in lines[1:] if line.startswith("* ")]
+    found = [header for header in headers if header is not None]
+    if any(header["bang"] for header in found) or any(_BREAKING_NOTE.match(line) for line in lines[1:]):
         return "major"
-    if header is not None and header["type"].lower() == "feat":
+    if any(header["type"].lower() == "feat" for header in found):
         return "minor"
     return "patch"
 

@@ -28,10 +28,14 @@ NO_RELEASE: BumpKind = "patch"
 
 # Conventional Commits 1.0.0, item 15: types are case-insensitive; BREAKING CHANGE must be upper case.
 # The analyzer matches types case-sensitively (plus FEAT/FIX for JSHint) and the footer token in any case.
+# A squash merge's "* type: ..." bullets count as the commits they list; the analyzer reads only the title.
 BUMP_DIFFERENCES: dict[str, BumpKind] = {
     "type capitalised Feat": "minor",
     "footer lower case": "patch",
     "footer capitalised": "patch",
+    "squash merge with a feat bullet": "minor",
+    "squash merge with a bang bullet": "major",
+    "GitHub squash of several commits with bodies": "major",
 }
 
 # Docker tags cannot hold "+" or spaces; "1.1.0-arm64" is one platform's build, not a release.
