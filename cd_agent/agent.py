@@ -23,6 +23,7 @@ from cd_agent.watcher import Watcher
 from shared.notify import Notifier, notifier_from_settings
 from shared.registry import RegistryClient
 from shared.runstore import RunStore
+from shared.versions import tags_of
 
 # How long shutdown waits for a queued "deployed X" / failure email.
 EMAIL_FLUSH_SECONDS = 30.0
@@ -53,6 +54,11 @@ class Agent:
             if version is None:
                 raise NothingToDeploy(f"{self.settings.image.name} has no release to deploy{self._within()}")
         digest = self.registry.manifest_digest(version)
+        if digest is None:
+            # `deploy 1.3.0` when the release is tagged v1.3.0, and the reverse.
+            other = next((tag for tag in tags_of(version, self.registry.list_tags()) if tag != version), None)
+            if other is not None:
+                version, digest = other, self.registry.manifest_digest(other)
         if digest is None:
             raise NothingToDeploy(f"{self.settings.image.with_tag(version)} does not exist in the registry")
         return self.deployer.deploy(version, digest=digest, force=force)

@@ -1,9 +1,12 @@
 """Which tag to deploy: pure functions over the registry's tag list.
 
-Only strict semver tags count (``latest``, ``sha-…``, ``v1.2.3`` never do; pre-releases only when
-allowed). ``choose_candidate`` is what the watcher deploys on its own: the highest release above the
-deployed one, inside the constraint, not quarantined. ``newest_release`` is what ``cd-agent deploy``
-without a version means: the highest release inside the constraint, wherever the app is now.
+A tag counts when it names a version: ``1.2.3`` or ``v1.2.3`` (the same version; when both exist the
+plain one is deployed), pre-releases only when allowed. ``latest``, ``sha-…`` and platform builds
+such as ``1.2.3-arm64`` never count. The answer is the tag as the registry spells it, so the pull
+asks for a tag that exists. ``choose_candidate`` is what the watcher deploys on its own: the highest
+release above the deployed one, inside the constraint, not quarantined. ``newest_release`` is what
+``cd-agent deploy`` without a version means: the highest release inside the constraint, wherever the
+app is now.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Collection, Iterable
 
 import semver
 
-from shared.versions import Constraint, parse_version, release_versions
+from shared.versions import Constraint, parse_version, release_tags
 
 
 def _eligible(
@@ -20,12 +23,13 @@ def _eligible(
     constraint: Constraint | None,
     quarantined: Collection[str],
     allow_prerelease: bool,
-) -> list[semver.Version]:
-    versions = release_versions(tags, allow_prerelease=allow_prerelease)
+) -> list[tuple[semver.Version, str]]:
+    # A quarantined v1.3.0 also holds back 1.3.0: the same release under another name.
+    held = {version for version in map(parse_version, quarantined) if version is not None}
     return [
-        version
-        for version in versions
-        if str(version) not in quarantined and (constraint is None or constraint.allows(version))
+        (version, tag)
+        for version, tag in release_tags(tags, allow_prerelease=allow_prerelease)
+        if tag not in quarantined and version not in held and (constraint is None or constraint.allows(version))
     ]
 
 
@@ -43,8 +47,8 @@ def choose_candidate(
     """
     current = parse_version(deployed) if deployed is not None else None
     eligible = _eligible(tags, constraint, quarantined, allow_prerelease)
-    above = [version for version in eligible if current is None or version > current]
-    return str(above[-1]) if above else None
+    above = [tag for version, tag in eligible if current is None or version > current]
+    return above[-1] if above else None
 
 
 def newest_release(
@@ -55,4 +59,4 @@ def newest_release(
 ) -> str | None:
     """The highest release inside ``constraint`` and not quarantined, or None when there is none."""
     eligible = _eligible(tags, constraint, quarantined, allow_prerelease)
-    return str(eligible[-1]) if eligible else None
+    return eligible[-1][1] if eligible else None

@@ -111,7 +111,7 @@ def watch(settings: CdSettings, args: argparse.Namespace) -> int:
 
 def deploy(settings: CdSettings, args: argparse.Namespace) -> int:
     if args.version is not None and parse_version(args.version) is None:
-        build_parser().error(f"VERSION must be a release tag like 1.2.3 or 1.2.3-rc.1, not {args.version!r}")
+        build_parser().error(f"VERSION must be a release tag like 1.2.3, v1.2.3 or 1.2.3-rc.1, not {args.version!r}")
     with open_agent(settings) as agent:
         report = agent.deploy(args.version, force=args.force)
     return _finish(report, "deploy", args.json)

@@ -22,6 +22,7 @@ from loguru import logger
 from ci_agent.errors import StepFailed
 from ci_agent.payload import check_ref_name
 from shared.private_files import make_private_dirs
+from shared.versions import Commit
 
 SHA = re.compile(r"[0-9a-f]{40}")
 _SHORT_SHA = re.compile(r"[0-9a-f]{7,39}")
@@ -144,7 +145,12 @@ class GitRunner:
             raise StepFailed("checkout", f"checked out {head}, expected {sha}")
 
     def commit_messages(self, workdir: Path, since_sha: str | None, until_sha: str) -> list[str]:
-        """Messages of the commits after ``since_sha`` up to ``until_sha``, newest first.
+        """Messages of the commits after ``since_sha`` up to ``until_sha``, newest first."""
+        return [commit.message for commit in self.commits(workdir, since_sha, until_sha)]
+
+    def commits(self, workdir: Path, since_sha: str | None, until_sha: str) -> list[Commit]:
+        """The commits after ``since_sha`` up to ``until_sha``, newest first, with their shas (a revert
+        names the sha of the commit it reverts).
 
         When ``since_sha`` is unknown here or not an ancestor of ``until_sha`` (a force push, a
         release built from another branch), only ``until_sha``'s own message counts.
@@ -160,8 +166,9 @@ class GitRunner:
                 revisions = ["-1", until]
         else:
             revisions = ["-1", until]
-        output = self.run(["log", "--format=%B%x00", *revisions, "--"], cwd=workdir, what="git log")
-        return [message.strip() for message in output.split("\x00") if message.strip()]
+        output = self.run(["log", "--format=%x00%H%n%B", *revisions, "--"], cwd=workdir, what="git log")
+        entries = (entry.partition("\n") for entry in output.split("\x00")[1:])
+        return [Commit(sha, message.strip()) for sha, _, message in entries if message.strip()]
 
     def resolve(self, repo_url: str, ref: str) -> str:
         """The 40-hex commit of ``ref`` (branch, tag, ``refs/...`` name or full sha) in ``repo_url``.

@@ -32,13 +32,13 @@ from ci_agent.errors import Step, StepFailed
 from ci_agent.git import GitRunner, redact_url, strip_credentials
 from ci_agent.payload import ZERO_SHA, PushEvent
 from ci_agent.settings import CiSettings
-from ci_agent.versioning import VersionTaken, next_version, should_move_latest
+from ci_agent.versioning import VersionTaken, next_version, should_move_latest, taken_by
 from shared.errors import PiCicdError
 from shared.logs import prune_run_logs, run_log, run_log_path, tail
 from shared.notify import Email, Notifier
 from shared.registry import ImageRef, RegistryClient, parse_image_ref
 from shared.runstore import Run, RunStore, utc_now
-from shared.versions import highest
+from shared.versions import Commit, highest_tag
 
 if TYPE_CHECKING:
     import loguru
@@ -214,16 +214,17 @@ class Pipeline:
 
     def _decide_version(self, event: PushEvent, checkout: Path, log: loguru.Logger) -> tuple[str, list[str]]:
         existing = self.registry.list_tags()
-        previous = highest(existing)
-        messages: list[str] = []
+        previous = highest_tag(existing)
+        messages: list[Commit] = []
         if event.release_version is None and previous is not None:
-            revision = self.registry.image_labels(str(previous)).get(REVISION_LABEL)
-            messages = self.git.commit_messages(checkout, revision, event.after)
+            revision = self.registry.image_labels(previous).get(REVISION_LABEL)
+            messages = self.git.commits(checkout, revision, event.after)
             log.info("previous release {} was built from {}; {} commit(s) since", previous, revision or "?",
                      len(messages))
         try:
             version = next_version(
-                existing, messages, initial=self.settings.ci_initial_version, git_tag_version=event.release_version
+                existing, messages, initial=self.settings.ci_initial_version, git_tag_version=event.release_version,
+                tag_style=self.settings.ci_tag_style,
             )
         except VersionTaken as exc:
             raise StepFailed("build", str(exc)) from exc
@@ -251,8 +252,9 @@ class Pipeline:
 
     def _push(self, version: str, move_latest: bool, log: loguru.Logger) -> None:
         # Runs are serialised, but another agent (or a person) may push to the same repository.
-        if version in self.registry.list_tags():
-            raise StepFailed("push", f"tag {version} appeared in the registry during this run; it is never overwritten")
+        clash = taken_by(version, self.registry.list_tags())
+        if clash is not None:
+            raise StepFailed("push", f"tag {clash} appeared in the registry during this run; it is never overwritten")
         tags = [version, "latest"] if move_latest else [version]
         for tag in tags:
             log.info("pushing {}", self.image.with_tag(tag))

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from ci_agent.payload import SEMVER_CORE, check_ref_name
+from ci_agent.versioning import TagStyle
 from shared.registry import ImageRef, parse_image_ref
 from shared.settings import SharedSettings
 
@@ -55,6 +56,7 @@ class CiSettings(SharedSettings):
     ci_host: str = "0.0.0.0"  # noqa: S104 - GitHub has to reach the webhook; the signature guards it
     ci_port: int = 8000
     ci_initial_version: str = "0.1.0"
+    ci_tag_style: TagStyle = "auto"
     ci_work_dir: Path | None = None
     # "KEY=value,KEY2=value2": build arguments for both the test-stage and the release build,
     # e.g. BASE_IMAGE for a Dockerfile that takes its base image as an ARG.

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import semver
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from shared.versions import (
@@ -11,9 +11,12 @@ from shared.versions import (
     bump_kind,
     commit_bump_kind,
     highest,
+    highest_tag,
+    is_platform_tag,
     parse_constraint,
     parse_version,
     release_versions,
+    tags_of,
 )
 
 V = semver.Version.parse
@@ -30,6 +33,9 @@ V = semver.Version.parse
         ("1.0.0-0.3.7", V("1.0.0-0.3.7")),
         ("1.0.0-x-y-z.--", V("1.0.0-x-y-z.--")),
         ("1.0.0-alpha.01a", V("1.0.0-alpha.01a")),
+        ("v1.2.3", V("1.2.3")),
+        ("v1.2.3-rc.1", V("1.2.3-rc.1")),
+        ("1.0.0-armada", V("1.0.0-armada")),
     ],
 )
 def test_parse_version_accepts_strict_semver(tag: str, expected: semver.Version) -> None:
@@ -39,7 +45,11 @@ def test_parse_version_accepts_strict_semver(tag: str, expected: semver.Version)
 @pytest.mark.parametrize(
     "tag",
     [
-        "v1.2.3",
+        "V1.2.3",
+        "vv1.2.3",
+        "v 1.2.3",
+        "=1.2.3",
+        "v1",
         "1.2",
         "1",
         "latest",
@@ -59,6 +69,17 @@ def test_parse_version_accepts_strict_semver(tag: str, expected: semver.Version)
         "-1.2.3",
         "1.2.3-rc_1",
         "１.2.3",
+        # one platform's build of a release, never a release of its own
+        "1.1.0-arm64",
+        "1.1.0-amd64",
+        "v1.1.0-armv7",
+        "1.1.0-linux-amd64",
+        "1.1.0-rc.1-arm64",
+        "2.0.0-linux.arm64.v8",
+        "1.0.0-ARM64",
+        "1.0.0-aarch64",
+        "1.0.0-s390x",
+        "1.0.0-386",
     ],
 )
 def test_parse_version_rejects_everything_else(tag: str) -> None:
@@ -66,9 +87,9 @@ def test_parse_version_rejects_everything_else(tag: str) -> None:
 
 
 def test_release_versions_sorted_without_prereleases_or_junk() -> None:
-    tags = ["latest", "1.10.0", "1.2.0", "v9.9.9", "1.9.0", "2.0.0-rc.1", "sha-1", "0.1.0"]
+    tags = ["latest", "1.10.0", "1.2.0", "v9.9.9", "1.9.0", "2.0.0-rc.1", "sha-1", "0.1.0", "v1.2.0", "10.0.0-arm64"]
 
-    assert release_versions(tags) == [V("0.1.0"), V("1.2.0"), V("1.9.0"), V("1.10.0")]
+    assert release_versions(tags) == [V("0.1.0"), V("1.2.0"), V("1.9.0"), V("1.10.0"), V("9.9.9")]
 
 
 def test_release_versions_with_prereleases_use_semver_precedence() -> None:
@@ -89,7 +110,8 @@ def test_release_versions_with_prereleases_use_semver_precedence() -> None:
         (["1.2.3", "1.10.0", "1.9.9"], False, "1.10.0"),
         (["1.2.3", "2.0.0-rc.1"], False, "1.2.3"),
         (["1.2.3", "2.0.0-rc.1"], True, "2.0.0-rc.1"),
-        (["latest", "v3.0.0"], False, None),
+        (["latest", "v3.0.0"], False, "3.0.0"),
+        (["2.0.0", "v3.0.0-arm64", "3.0.0-amd64"], True, "2.0.0"),
         ([], False, None),
         (["2.0.0-rc.1"], False, None),
     ],
@@ -143,11 +165,14 @@ def test_bump_rejects_unknown_kind() -> None:
         ("update readme\n\nBREAKING CHANGE: not conventional header, footer still counts", "major"),
         ("fix: x\n\nbreaking change: lower case is not the token", "patch"),
         ("fix: x\n\nBreaking Change: mixed case is not the token", "patch"),
-        ("fix: x\n\n  BREAKING CHANGE: indented is prose, not a footer", "patch"),
+        ("fix: x\n\n  BREAKING CHANGE: indented footer", "major"),
+        ("fix: x\n\nBREAKING CHANGE:\ntext on the next line", "major"),
+        ("Squash (#12)\n\n* fix: a\n\n* BREAKING CHANGE: a squash merge's bullet", "major"),
+        ("fix: x\n\nBREAKING CHANGES: the plural is not the token", "patch"),
         ("fix: mentions BREAKING CHANGE: inline", "patch"),
         ("BREAKING CHANGE: in the header is not a footer", "patch"),
         ("feat:no space after colon", "patch"),
-        ("feat: ", "patch"),
+        ("feat:", "patch"),
         ("feature: not the feat type", "patch"),
         ("feat(scope: unbalanced", "patch"),
         ("feat (scope): space before scope", "patch"),
@@ -205,6 +230,8 @@ def test_bump_kind_accepts_any_iterable() -> None:
         ("~1.2.3", ["1.2.3", "1.2.9"], ["1.2.2", "1.3.0"]),
         ("~1.2", ["1.2.0", "1.2.9"], ["1.3.0", "1.1.0"]),
         ("~1", ["1.0.0", "1.9.0"], ["2.0.0"]),
+        ("<v2.0.0", ["1.9.9"], ["2.0.0"]),
+        ("^v1.2", ["1.2.0"], ["2.0.0"]),
     ],
 )
 def test_constraint_allows(text: str, allowed: list[str], refused: list[str]) -> None:
@@ -232,7 +259,6 @@ def test_constraint_str_is_the_text() -> None:
         ("", "empty"),
         ("   ", "empty"),
         ("<2", "'2'"),
-        ("<v2.0.0", "'v2.0.0'"),
         (">=1.0.0,,<2.0.0", "empty part"),
         (">=1.0.0,", "empty part"),
         (">=1.0.0 <2.0.0", "'>=1.0.0 <2.0.0'"),
@@ -241,7 +267,7 @@ def test_constraint_str_is_the_text() -> None:
         ("latest", "'latest'"),
         ("1.x", "'1.x'"),
         (">=1.0.0,<2.0.0+build", "'2.0.0+build'"),
-        ("^v1", "'v1'"),
+        ("^V1", "'V1'"),
         ("~1.2.3.4", "'1.2.3.4'"),
         ("<", "'<'"),
     ],
@@ -269,6 +295,7 @@ _versions = st.builds(
 
 @given(_versions)
 def test_parse_version_reads_back_what_semver_writes(version: semver.Version) -> None:
+    assume(not is_platform_tag(str(version)))
     assert parse_version(str(version)) == version
 
 
@@ -278,3 +305,43 @@ def test_bump_always_moves_forward_to_a_release(version: semver.Version, kind: B
 
     assert bumped > version
     assert bumped.prerelease is None
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        (["v2.0.0", "latest"], "v2.0.0"),
+        (["1.2.0", "v1.3.0"], "v1.3.0"),
+        (["v1.3.0", "1.3.0", "1.2.0"], "1.3.0"),
+        (["1.3.0", "v1.3.0"], "1.3.0"),
+        (["v1.9.0", "1.10.0"], "1.10.0"),
+        (["2.0.0-arm64", "1.0.0"], "1.0.0"),
+        (["latest"], None),
+    ],
+)
+def test_highest_tag_keeps_the_registry_spelling(tags: list[str], expected: str | None) -> None:
+    assert highest_tag(tags) == expected
+
+
+def test_tags_of_finds_both_spellings_and_nothing_else() -> None:
+    tags = ["1.2.3", "v1.2.3", "1.2.3-rc.1", "1.2.3-arm64", "v1.2.4", "latest"]
+
+    assert tags_of("1.2.3", tags) == ["1.2.3", "v1.2.3"]
+    assert tags_of(V("1.2.4"), tags) == ["v1.2.4"]
+    assert tags_of("latest", tags) == []
+
+
+@pytest.mark.parametrize(
+    ("tag", "expected"),
+    [
+        ("1.1.0-arm64", True),
+        ("v1.1.0-linux-amd64", True),
+        ("1.1.0-rc.1.armv7", True),
+        ("1.1.0-rc.1", False),
+        ("1.1.0-armada", False),
+        ("1.1.0", False),
+        ("arm64", False),
+    ],
+)
+def test_is_platform_tag(tag: str, expected: bool) -> None:
+    assert is_platform_tag(tag) is expected
