@@ -21,10 +21,13 @@ reach. The agent changes the configuration by copying the JSON into the containe
 POSTs it to ``/load``. Both go through the Docker API only, so the same code works whether the
 agent runs on the host or in a container with the Docker socket, without joining any network.
 
-**Switching keeps connections.** Caddy applies a new configuration by starting the new servers on
-the same (shared) listening sockets before shutting the old ones down gracefully: no connection is
-refused, requests in flight on the old upstream finish (up to ``grace_period_s``), idle keep-alive
-connections are closed so the next request opens a new one to the new upstream.
+**Switching drops no request.** Caddy applies any change by starting new servers beside the old
+ones and shutting the old ones down gracefully: requests in flight on the old upstream finish (up to
+``grace_period_s``), new ones go to the new upstream. Two gaps are closed here, both measured by
+bench/proxy_switch.py: connections the kernel queued on the old listening socket are migrated to the
+new one (``net.ipv4.tcp_migrate_req``, see ``proxy_sysctls``), and responses carry
+``Connection: close`` (unless ``keepalive``), because the old server closes its idle keep-alive
+connections and a client sending on one at that instant gets no answer.
 
 **The configuration lives in the agent's state** (``ProxyStateFile``: the upstream alias, a JSON
 file in STATE_DIR), not in hand-edited files. The file copied into the container is rewritten before
@@ -68,6 +71,26 @@ DEFAULT_GRACE_PERIOD_S = 30.0
 # A dial that fails (the upstream restarting under its restart policy) is retried for this long
 # before the client gets a 502; dials are safe to retry, nothing reached the app yet.
 UPSTREAM_TRY_DURATION = "2s"
+# Every response closes its client connection unless ``keepalive``: Caddy applies any change by
+# replacing its servers, and the old server closes its idle keep-alive connections; a client that
+# sends its next request on one at that moment gets no answer (httpx and urllib3 do not retry it,
+# browsers and Go do). Without idle connections there is nothing to close under a client.
+# Caddy (2.6+ on Linux) binds each configuration's listener anew with SO_REUSEPORT and closes the old
+# socket after a reload; connections the kernel had queued on the old socket would be reset. With
+# this per-network-namespace sysctl (Linux 5.14+) the kernel hands them to the new socket instead.
+_MIGRATE_SYSCTL = "net.ipv4.tcp_migrate_req"
+
+
+def proxy_sysctls(proc: Path = Path("/proc/sys")) -> dict[str, str]:
+    """The sysctls for the proxy container that this kernel knows (the agent shares the host's kernel)."""
+    known = (proc / _MIGRATE_SYSCTL.replace(".", "/")).exists()
+    return {_MIGRATE_SYSCTL: "1"} if known else {}
+
+
+_CONNECTION_CLOSE: dict[str, Any] = {
+    "handler": "headers",
+    "response": {"set": {"Connection": ["close"]}, "deferred": True},
+}
 
 
 class ProxyError(CdError):
@@ -109,7 +132,11 @@ def proxied_ports(ports: Sequence[PortMapping]) -> tuple[int, ...]:
 
 
 def caddy_config(
-    ports: Sequence[PortMapping], upstream: str | None, *, grace_period_s: float = DEFAULT_GRACE_PERIOD_S
+    ports: Sequence[PortMapping],
+    upstream: str | None,
+    *,
+    grace_period_s: float = DEFAULT_GRACE_PERIOD_S,
+    keepalive: bool = False,
 ) -> dict[str, Any]:
     """Caddy's JSON configuration: one server per container port, proxying to ``upstream`` (an alias).
 
@@ -129,9 +156,10 @@ def caddy_config(
                 "upstreams": [{"dial": upstream_dial(upstream, port)}],
                 "load_balancing": {"try_duration": UPSTREAM_TRY_DURATION, "try_interval": "100ms"},
             }
+        handlers = [handler] if keepalive else [_CONNECTION_CLOSE, handler]
         servers[f"port{port}"] = {
             "listen": [f":{port}"],
-            "routes": [{"handle": [handler]}],
+            "routes": [{"handle": handlers}],
             # Plain HTTP on the ports the user chose: no certificates, no redirects to :443.
             "automatic_https": {"disable": True},
         }
@@ -202,6 +230,7 @@ class ProxyContainerSpec:
     ports: tuple[PortMapping, ...]
     labels: Mapping[str, str]
     command: tuple[str, ...] = ("caddy", "run", "--config", CONFIG_PATH)
+    sysctls: Mapping[str, str] = field(default_factory=dict)
 
 
 class ProxyEngine(Protocol):
@@ -281,6 +310,7 @@ class DockerProxyEngine:
             },
             restart_policy={"Name": "unless-stopped"},
             network_mode=spec.network,
+            sysctls=dict(spec.sysctls) or None,
         )
         networking = self._api.create_networking_config({spec.network: self._api.create_endpoint_config()})
         with _errors(f"create container {spec.name} from {spec.image}"):
@@ -354,6 +384,7 @@ class ProxyController:
         image: str,
         ports: Sequence[PortMapping],
         grace_period_s: float = DEFAULT_GRACE_PERIOD_S,
+        keepalive: bool = False,
         ready_timeout_s: float = 20.0,
     ) -> None:
         proxied_ports(ports)  # refuse UDP or no ports before anything is created
@@ -363,6 +394,7 @@ class ProxyController:
         self.image = image
         self.ports = tuple(ports)
         self.grace_period_s = grace_period_s
+        self.keepalive = keepalive
         self.ready_timeout_s = ready_timeout_s
         self.container_name = proxy_container_name(app)
         self.network = network_name(app)
@@ -394,6 +426,7 @@ class ProxyController:
                     network=self.network,
                     ports=self.ports,
                     labels={LABEL_PROXY: self.app, LABEL_PROXY_CONFIG: wanted, "io.pi-cicd.managed": "true"},
+                    sysctls=proxy_sysctls(),
                 )
             )
             # Copied before the first start, so Caddy starts with it and never serves anything else.
@@ -441,7 +474,7 @@ class ProxyController:
         self.engine.remove_network(self.network)
 
     def _config_bytes(self, upstream: str | None) -> bytes:
-        config = caddy_config(self.ports, upstream, grace_period_s=self.grace_period_s)
+        config = caddy_config(self.ports, upstream, grace_period_s=self.grace_period_s, keepalive=self.keepalive)
         return json.dumps(config, indent=2).encode() + b"\n"
 
     def _load(self, config: bytes) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cd_agent.proxy import LABEL_PROXY, ProxyError, network_name
+from cd_agent.proxy import LABEL_PROXY, ProxyError, network_name, proxy_sysctls
 from tests.support.docker_env import DockerJanitor
 from tests.support.polling import wait_for
 from tests.support.ports import free_port, port_open
@@ -50,6 +50,7 @@ def test_the_published_ports_are_the_proxys_and_the_admin_api_is_not_published(
     bindings = inspected["HostConfig"]["PortBindings"]
     assert bindings == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(proxy_world.port)}]}
     assert inspected["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert (inspected["HostConfig"].get("Sysctls") or {}) == proxy_sysctls()
     assert inspected["Config"]["Labels"][LABEL_PROXY] == proxy_world.name
     assert list(inspected["NetworkSettings"]["Networks"]) == [network_name(proxy_world.name)]
     # Caddy's admin endpoint answers inside the container only: not on the host, not on the network.

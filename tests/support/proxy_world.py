@@ -68,7 +68,9 @@ class ProxyWorld:
     def proxy_container(self) -> str:
         return f"{self.name}-proxy"
 
-    def controller(self, *, port: int | None = None, image: str | None = None) -> ProxyController:
+    def controller(
+        self, *, port: int | None = None, image: str | None = None, keepalive: bool = False
+    ) -> ProxyController:
         return ProxyController(
             DockerProxyEngine(self.client),
             ProxyStateFile(self.state_dir / "proxy.json"),
@@ -76,6 +78,7 @@ class ProxyWorld:
             image=image or self.proxy_image,
             ports=parse_ports(f"127.0.0.1:{port or self.port}:{APP_PORT}"),
             grace_period_s=5,
+            keepalive=keepalive,
         )
 
     def start_app(self, controller: ProxyController, body: str) -> str:

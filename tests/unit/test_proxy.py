@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,8 +23,14 @@ from cd_agent.proxy import (
     caddy_config,
     config_label,
     proxied_ports,
+    proxy_sysctls,
 )
 from cd_agent.settings import parse_ports
+
+
+def handlers(config: dict[str, Any], port: int) -> dict[str, dict[str, Any]]:
+    route = config["apps"]["http"]["servers"][f"port{port}"]["routes"][0]
+    return {handler["handler"]: handler for handler in route["handle"]}
 
 
 def test_one_server_per_container_port_proxying_to_the_alias_on_the_same_port() -> None:
@@ -32,8 +39,7 @@ def test_one_server_per_container_port_proxying_to_the_alias_on_the_same_port() 
     servers = config["apps"]["http"]["servers"]
     assert sorted(servers) == ["port8080", "port9000"]
     assert servers["port8080"]["listen"] == [":8080"]
-    handler = servers["port9000"]["routes"][0]["handle"][0]
-    assert handler["handler"] == "reverse_proxy"
+    handler = handlers(config, 9000)["reverse_proxy"]
     assert handler["upstreams"] == [{"dial": "app-b:9000"}]
     assert servers["port8080"]["automatic_https"] == {"disable": True}
 
@@ -44,9 +50,23 @@ def test_the_admin_api_stays_on_the_containers_loopback_and_caddy_keeps_no_secon
 
 
 def test_no_upstream_answers_503() -> None:
-    handler = caddy_config(parse_ports("8080:80"), None)["apps"]["http"]["servers"]["port80"]["routes"][0]["handle"][0]
-    assert handler["handler"] == "static_response"
+    handler = handlers(caddy_config(parse_ports("8080:80"), None), 80)["static_response"]
     assert handler["status_code"] == 503
+
+
+def test_responses_close_the_client_connection_unless_keepalive_is_asked_for() -> None:
+    ports = parse_ports("8080:80")
+    closing = handlers(caddy_config(ports, "a"), 80)
+    assert closing["headers"]["response"]["set"] == {"Connection": ["close"]}
+    assert list(closing) == ["headers", "reverse_proxy"]
+    assert list(handlers(caddy_config(ports, "a", keepalive=True), 80)) == ["reverse_proxy"]
+
+
+def test_queued_connections_migrate_on_reload_where_the_kernel_can(tmp_path: Path) -> None:
+    assert proxy_sysctls(tmp_path) == {}
+    (tmp_path / "net" / "ipv4").mkdir(parents=True)
+    (tmp_path / "net" / "ipv4" / "tcp_migrate_req").write_text("0\n")
+    assert proxy_sysctls(tmp_path) == {"net.ipv4.tcp_migrate_req": "1"}
 
 
 def test_the_grace_period_bounds_how_long_old_requests_may_run() -> None:
@@ -147,8 +167,8 @@ def controller(engine: MemoryEngine, tmp_path: Path, *, ports: str = "127.0.0.1:
 
 
 def upstream_of(config: bytes) -> str:
-    handler = json.loads(config)["apps"]["http"]["servers"]["port8080"]["routes"][0]["handle"][0]
-    return str(handler.get("upstreams", [{"dial": "none"}])[0]["dial"])
+    handler = handlers(json.loads(config), 8080).get("reverse_proxy", {"upstreams": [{"dial": "none"}]})
+    return str(handler["upstreams"][0]["dial"])
 
 
 def test_ensure_creates_the_proxy_with_its_configuration_in_place_before_the_first_start(tmp_path: Path) -> None:
