@@ -430,8 +430,14 @@ class ProxyController:
                 )
             )
             # Copied before the first start, so Caddy starts with it and never serves anything else.
-            self.engine.put_file(self.container_name, CONFIG_PATH, config)
-            self.engine.start(self.container_name)
+            try:
+                self.engine.put_file(self.container_name, CONFIG_PATH, config)
+                self.engine.start(self.container_name)
+            except DockerUnavailable as exc:
+                # A host port already taken fails here: no half-made proxy is left for the next try.
+                self.engine.remove(self.container_name)
+                ports = ", ".join(str(port) for port in self.ports)
+                raise ProxyError(f"cannot start the proxy {self.container_name} publishing {ports}: {exc}") from exc
             logger.info("created proxy {} on network {}", self.container_name, self.network)
         else:
             if self.network not in existing.networks:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from cd_agent.errors import DockerUnavailable
 from cd_agent.proxy import (
     CONFIG_PATH,
     LABEL_PROXY,
@@ -117,6 +118,7 @@ class MemoryEngine:
     loaded: list[bytes] = field(default_factory=list)
     caddy: Callable[[int], tuple[int, str]] = lambda attempt: (0, "")
     attempts: int = 0
+    start_error: str = ""
     events: list[str] = field(default_factory=list)
 
     def container(self, name: str) -> ProxyContainer | None:
@@ -137,6 +139,8 @@ class MemoryEngine:
 
     def start(self, name: str) -> None:
         self.events.append(f"start {name}")
+        if self.start_error:
+            raise DockerUnavailable(self.start_error)
         old = self.containers[name]
         self.containers[name] = ProxyContainer(old.id, old.name, True, old.labels, old.networks)
 
@@ -235,3 +239,11 @@ def test_loading_waits_while_caddy_is_starting(tmp_path: Path) -> None:
     controller(engine, tmp_path).ensure()
     assert engine.attempts == 3
     assert len(engine.loaded) == 1
+
+
+def test_a_proxy_that_cannot_start_is_not_left_behind(tmp_path: Path) -> None:
+    engine = MemoryEngine(start_error="docker start container shop-proxy: port is already allocated (HTTP 500)")
+    with pytest.raises(ProxyError, match=r"cannot start the proxy shop-proxy publishing 127.0.0.1:8080:8080/tcp: .*"
+                       "port is already allocated"):
+        controller(engine, tmp_path).ensure()
+    assert engine.containers == {}
