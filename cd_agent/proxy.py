@@ -451,8 +451,10 @@ class ProxyController:
     def switch(self, upstream: str | None) -> None:
         """Send new requests to ``upstream`` (an alias on the private network; None: answer 503).
 
-        The state is written first: if the agent dies before Caddy has the new configuration,
-        ``ensure()`` at start-up applies it.
+        Returns once Caddy runs the new configuration, without waiting for requests still in flight
+        on the old upstream: they finish there within ``grace_period_s`` (then Caddy cuts them), so
+        stop the old container only after that. The state is written first: if the agent dies
+        before Caddy has the new configuration, ``ensure()`` at start-up applies it.
         """
         self.state.set_upstream(upstream)
         self._load(self._config_bytes(upstream))

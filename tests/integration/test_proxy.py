@@ -4,8 +4,11 @@ busybox app containers on a private Docker network, reached through its publishe
 from __future__ import annotations
 
 import io
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pytest
 
 from cd_agent.proxy import LABEL_PROXY, ProxyError, network_name, proxy_sysctls
@@ -39,6 +42,36 @@ def test_created_proxy_serves_503_then_the_app_and_switches_without_a_failed_req
     for client in ("fresh", "keepalive"):
         assert probe.bodies(client) == ["A", "B", "A", "B"], client
     print(f"max gap: fresh {probe.max_gap('fresh'):.3f}s, keep-alive {probe.max_gap('keepalive'):.3f}s")
+
+
+def exec_ok(docker_client: Any, container: str, argv: list[str]) -> bool:
+    run = docker_client.api.exec_create(container, argv)["Id"]
+    docker_client.api.exec_start(run)
+    return bool(docker_client.api.exec_inspect(run)["ExitCode"] == 0)
+
+
+def test_a_request_in_flight_on_the_old_app_finishes_there_after_the_switch(
+    proxy_world: ProxyWorld, docker_client: Any
+) -> None:
+    controller = proxy_world.controller()
+    controller.ensure()
+    a = proxy_world.start_app(controller, "A")
+    b = proxy_world.start_app(controller, "B")
+    controller.switch(a)
+    proxy_world.wait_serving("A")
+
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.get, proxy_world.url + "cgi-bin/slow", timeout=30)
+        wait_for(lambda: exec_ok(docker_client, a, ["test", "-f", "/tmp/slow-started"]), timeout=15,
+                 what="the slow request to reach app A")
+        started = time.monotonic()
+        controller.switch(b)
+        # switch() does not wait for the old upstream to drain (shown with -s): the deployer waits.
+        print(f"switch took {time.monotonic() - started:.2f}s; slow request still in flight: {not slow.done()}")
+        assert proxy_world.get().text == "B"
+        answer = slow.result()
+
+    assert (answer.status_code, answer.text) == (200, "slow A")
 
 
 def test_the_published_ports_are_the_proxys_and_the_admin_api_is_not_published(

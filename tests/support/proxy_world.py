@@ -26,7 +26,20 @@ from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 APP_PORT = 8080
-APP_CMD = ["sh", "-c", 'mkdir -p /www && printf %s "$BODY" > /www/index.html && exec httpd -f -p 8080 -h /www']
+# ``/`` answers $BODY; ``/cgi-bin/slow`` touches /tmp/slow-started, then answers "slow $BODY" after
+# $SLOW_S seconds: a request still in flight on the old app while the proxy switches.
+APP_START = r"""#!/bin/sh
+mkdir -p /www/cgi-bin /tmp
+printf %s "$BODY" > /www/index.html
+cat > /www/cgi-bin/slow <<SCRIPT
+#!/bin/sh
+touch /tmp/slow-started
+sleep ${SLOW_S:-3}
+printf 'Content-Type: text/plain\r\n\r\nslow %s' "$BODY"
+SCRIPT
+chmod +x /www/cgi-bin/slow
+exec httpd -f -p 8080 -h /www
+"""
 
 
 def proxy_image() -> str:
@@ -42,7 +55,10 @@ def proxy_image() -> str:
 def build_app_image(client: Any) -> str:
     tag = f"{unique('picicd-pxapp')}:test"
     client.images.build(
-        fileobj=build_context_tar(busybox_dockerfile(cmd=APP_CMD)), custom_context=True, tag=tag, rm=True
+        fileobj=build_context_tar(busybox_dockerfile(cmd=["/bin/sh", "/start.sh"]), {"/start.sh": APP_START}),
+        custom_context=True,
+        tag=tag,
+        rm=True,
     )
     return tag
 
