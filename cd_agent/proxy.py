@@ -425,7 +425,8 @@ class ProxyController:
                     image=self.image,
                     network=self.network,
                     ports=self.ports,
-                    labels={LABEL_PROXY: self.app, LABEL_PROXY_CONFIG: wanted, "io.pi-cicd.managed": "true"},
+                    # Not io.pi-cicd.managed: that label marks app releases (with a version) to the deployer.
+                    labels={LABEL_PROXY: self.app, LABEL_PROXY_CONFIG: wanted},
                     sysctls=proxy_sysctls(),
                 )
             )
