@@ -489,7 +489,9 @@ class ProxyController:
     def _load(self, config: bytes) -> None:
         """Copy ``config`` into the container and have Caddy load it (retried while Caddy starts)."""
         self.engine.put_file(self.container_name, CONFIG_PATH, config)
-        argv = ["caddy", "reload", "--config", CONFIG_PATH, "--address", ADMIN_LISTEN, "--force"]
+        # No --force: Caddy skips a configuration identical to the running one, so adopting a proxy
+        # or repeating a switch does not replace its servers.
+        argv = ["caddy", "reload", "--config", CONFIG_PATH, "--address", ADMIN_LISTEN]
         deadline = time.monotonic() + self.ready_timeout_s
         while True:
             code, output = self.engine.exec(self.container_name, argv)
