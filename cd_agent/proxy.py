@@ -1,0 +1,504 @@
+"""The reverse proxy of the blue-green strategy: a Caddy container that owns the published ports.
+
+Shape (issue 10, part 2)::
+
+    host  CD_PORTS (e.g. 127.0.0.1:8080:8080)
+      │
+      ▼
+    <app>-proxy   Caddy, listening on each CD_PORTS container port, restart policy unless-stopped
+      │  network <app>-net (a private bridge network; the app containers publish nothing)
+      ▼
+    app container reached by its alias on <app>-net, same container port
+
+The pure part (``caddy_config``, the names) decides what Caddy should run; ``ProxyController``
+makes the container agree with it; ``DockerProxyEngine`` is the only code here touching Docker,
+behind the ``ProxyEngine`` Protocol (the exact operations the controller needs).
+
+**The admin API is never published.** Caddy's admin endpoint listens on ``localhost:2019`` inside
+the proxy container's own network namespace, which neither the host nor the app containers can
+reach. The agent changes the configuration by copying the JSON into the container
+(``put_archive``, i.e. ``docker cp``) and running ``caddy reload`` there (``docker exec``), which
+POSTs it to ``/load``. Both go through the Docker API only, so the same code works whether the
+agent runs on the host or in a container with the Docker socket, without joining any network.
+
+**Switching drops no request.** Caddy applies any change by starting new servers beside the old
+ones and shutting the old ones down gracefully: requests in flight on the old upstream finish (up to
+``grace_period_s``), new ones go to the new upstream. Two gaps are closed here, both measured by
+bench/proxy_switch.py: connections the kernel queued on the old listening socket are migrated to the
+new one (``net.ipv4.tcp_migrate_req``, see ``proxy_sysctls``), and responses carry
+``Connection: close`` (unless ``keepalive``), because the old server closes its idle keep-alive
+connections and a client sending on one at that instant gets no answer.
+
+**The configuration lives in the agent's state** (``ProxyStateFile``: the upstream alias, a JSON
+file in STATE_DIR), not in hand-edited files. The file copied into the container is rewritten before
+every reload, and it is what ``caddy run --config`` reads when the container (re)starts, so a
+``docker restart``, a dockerd restart or a reboot comes back serving the last upstream without the
+agent; Caddy's own autosave is off (``persist: false``) so there is one copy, not two.
+``ProxyController.ensure`` re-applies the state's upstream anyway, which also repairs a proxy that
+was recreated or changed by hand.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import docker
+import docker.errors
+import requests
+import urllib3
+from loguru import logger
+
+from cd_agent.errors import CdError, DockerUnavailable
+from cd_agent.settings import PortMapping
+
+LABEL_PROXY = "io.pi-cicd.proxy"
+"""On the proxy container and the network: the name of the app container they serve."""
+LABEL_PROXY_CONFIG = "io.pi-cicd.proxy.config"
+"""On the proxy container: image and ports it was created with; a change means re-creating it."""
+
+CONFIG_PATH = "/etc/caddy/pi-cicd.json"
+ADMIN_LISTEN = "localhost:2019"
+DEFAULT_GRACE_PERIOD_S = 30.0
+# A dial that fails (the upstream restarting under its restart policy) is retried for this long
+# before the client gets a 502; dials are safe to retry, nothing reached the app yet.
+UPSTREAM_TRY_DURATION = "2s"
+# Every response closes its client connection unless ``keepalive``: Caddy applies any change by
+# replacing its servers, and the old server closes its idle keep-alive connections; a client that
+# sends its next request on one at that moment gets no answer (httpx and urllib3 do not retry it,
+# browsers and Go do). Without idle connections there is nothing to close under a client.
+# Caddy (2.6+ on Linux) binds each configuration's listener anew with SO_REUSEPORT and closes the old
+# socket after a reload; connections the kernel had queued on the old socket would be reset. With
+# this per-network-namespace sysctl (Linux 5.14+) the kernel hands them to the new socket instead.
+_MIGRATE_SYSCTL = "net.ipv4.tcp_migrate_req"
+
+
+def proxy_sysctls(proc: Path = Path("/proc/sys")) -> dict[str, str]:
+    """The sysctls for the proxy container that this kernel knows (the agent shares the host's kernel)."""
+    known = (proc / _MIGRATE_SYSCTL.replace(".", "/")).exists()
+    return {_MIGRATE_SYSCTL: "1"} if known else {}
+
+
+_CONNECTION_CLOSE: dict[str, Any] = {
+    "handler": "headers",
+    "response": {"set": {"Connection": ["close"]}, "deferred": True},
+}
+
+
+class ProxyError(CdError):
+    """The proxy cannot be set up or reconfigured (bad ports, a foreign container in the way, Caddy refusing)."""
+
+
+# Pure: names and Caddy's configuration
+
+
+def proxy_container_name(app: str) -> str:
+    """The proxy container of app container ``app`` (``CD_CONTAINER_NAME``)."""
+    return f"{app}-proxy"
+
+
+def network_name(app: str) -> str:
+    """The private network the proxy and ``app``'s containers share."""
+    return f"{app}-net"
+
+
+def upstream_dial(alias: str, port: int) -> str:
+    """What Caddy dials for the app container known as ``alias`` on the private network."""
+    return f"{alias}:{port}"
+
+
+def proxied_ports(ports: Sequence[PortMapping]) -> tuple[int, ...]:
+    """The container ports the proxy listens on (and forwards to the same port of the app).
+
+    Caddy proxies HTTP over TCP only; a UDP or SCTP port is refused here, before anything is created.
+    """
+    if not ports:
+        raise ProxyError("CD_PORTS is empty: the blue-green strategy needs at least one published port")
+    wrong = [str(port) for port in ports if port.protocol != "tcp"]
+    if wrong:
+        raise ProxyError(
+            f"CD_PORTS {', '.join(wrong)}: the blue-green proxy forwards HTTP over TCP only; "
+            "use CD_STRATEGY=swap for apps that do not speak HTTP"
+        )
+    return tuple(sorted({port.container_port for port in ports}))
+
+
+def caddy_config(
+    ports: Sequence[PortMapping],
+    upstream: str | None,
+    *,
+    grace_period_s: float = DEFAULT_GRACE_PERIOD_S,
+    keepalive: bool = False,
+) -> dict[str, Any]:
+    """Caddy's JSON configuration: one server per container port, proxying to ``upstream`` (an alias).
+
+    No upstream yet (a fresh proxy before the first deploy) answers 503 rather than refusing.
+    """
+    servers: dict[str, Any] = {}
+    for port in proxied_ports(ports):
+        if upstream is None:
+            handler: dict[str, Any] = {
+                "handler": "static_response",
+                "status_code": 503,
+                "body": "pi-cicd proxy: no app deployed yet\n",
+            }
+        else:
+            handler = {
+                "handler": "reverse_proxy",
+                "upstreams": [{"dial": upstream_dial(upstream, port)}],
+                "load_balancing": {"try_duration": UPSTREAM_TRY_DURATION, "try_interval": "100ms"},
+            }
+        handlers = [handler] if keepalive else [_CONNECTION_CLOSE, handler]
+        servers[f"port{port}"] = {
+            "listen": [f":{port}"],
+            "routes": [{"handle": handlers}],
+            # Plain HTTP on the ports the user chose: no certificates, no redirects to :443.
+            "automatic_https": {"disable": True},
+        }
+    return {
+        "admin": {"listen": ADMIN_LISTEN, "config": {"persist": False}},
+        "apps": {"http": {"grace_period": f"{grace_period_s:g}s", "servers": servers}},
+    }
+
+
+def config_label(image: str, ports: Sequence[PortMapping]) -> str:
+    """What the proxy container was created with; compared on adoption."""
+    return json.dumps({"image": image, "ports": sorted(str(port) for port in ports)}, sort_keys=True)
+
+
+# The agent's state: which app container the proxy should send traffic to
+
+
+class ProxyStateFile:
+    """The proxy's desired upstream (an alias on the private network), as JSON under STATE_DIR.
+
+    Written atomically (a temporary file renamed over the old one), so a crash leaves the old or
+    the new upstream, never half a file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def upstream(self) -> str | None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ProxyError(f"cannot read the proxy state {self.path}: {exc}") from exc
+        upstream = data.get("upstream") if isinstance(data, dict) else None
+        if upstream is not None and not isinstance(upstream, str):
+            raise ProxyError(f"the proxy state {self.path} has a bad upstream: {upstream!r}")
+        return upstream
+
+    def set_upstream(self, upstream: str | None) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        try:
+            temporary.write_text(json.dumps({"upstream": upstream}) + "\n", encoding="utf-8")
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            raise ProxyError(f"cannot write the proxy state {self.path}: {exc}") from exc
+
+
+# The Docker operations the controller needs
+
+
+@dataclass(frozen=True)
+class ProxyContainer:
+    id: str
+    name: str
+    running: bool
+    labels: Mapping[str, str] = field(default_factory=dict)
+    networks: Mapping[str, str] = field(default_factory=dict)
+    """Network name → this container's IP address on it ("" while stopped)."""
+
+
+@dataclass(frozen=True)
+class ProxyContainerSpec:
+    name: str
+    image: str
+    network: str
+    ports: tuple[PortMapping, ...]
+    labels: Mapping[str, str]
+    command: tuple[str, ...] = ("caddy", "run", "--config", CONFIG_PATH)
+    sysctls: Mapping[str, str] = field(default_factory=dict)
+
+
+class ProxyEngine(Protocol):
+    """The container and network operations of the proxy (the Docker SDK implements them below)."""
+
+    def container(self, name: str) -> ProxyContainer | None: ...
+    def ensure_network(self, name: str, labels: Mapping[str, str]) -> None: ...
+    def remove_network(self, name: str) -> None: ...
+    def create(self, spec: ProxyContainerSpec) -> None: ...
+    def start(self, name: str) -> None: ...
+    def remove(self, name: str) -> None: ...
+    def connect(self, container: str, network: str, aliases: Sequence[str]) -> None: ...
+    def put_file(self, container: str, path: str, data: bytes) -> None: ...
+    def exec(self, container: str, argv: Sequence[str]) -> tuple[int, str]: ...
+
+
+_UNREACHABLE = (docker.errors.DockerException, requests.RequestException, urllib3.exceptions.HTTPError)
+
+
+@contextmanager
+def _errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except docker.errors.APIError as exc:
+        explanation = exc.explanation
+        if isinstance(explanation, bytes):
+            explanation = explanation.decode("utf-8", errors="replace")
+        raise DockerUnavailable(f"docker {what}: {explanation or exc} (HTTP {exc.status_code})") from exc
+    except _UNREACHABLE as exc:
+        raise DockerUnavailable(f"docker {what}: cannot reach the Docker Engine: {exc}") from exc
+
+
+class DockerProxyEngine:
+    """``ProxyEngine`` over the Docker SDK's low-level API; Docker's errors leave as ``DockerUnavailable``."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self._api = client.api
+
+    def container(self, name: str) -> ProxyContainer | None:
+        with _errors(f"inspect container {name}"):
+            try:
+                data = self._api.inspect_container(name)
+            except docker.errors.NotFound:
+                return None
+        networks = (data.get("NetworkSettings") or {}).get("Networks") or {}
+        return ProxyContainer(
+            id=data["Id"],
+            name=str(data.get("Name", "")).lstrip("/"),
+            running=bool((data.get("State") or {}).get("Running")),
+            labels=dict((data.get("Config") or {}).get("Labels") or {}),
+            networks={net: str((info or {}).get("IPAddress") or "") for net, info in networks.items()},
+        )
+
+    def ensure_network(self, name: str, labels: Mapping[str, str]) -> None:
+        with _errors(f"create network {name}"):
+            if self._api.networks(names=[name]):
+                return
+            try:
+                self._api.create_network(name, driver="bridge", labels=dict(labels), check_duplicate=True)
+            except docker.errors.APIError as exc:
+                # Another caller created it between the look and the create: that is what we wanted.
+                if exc.status_code != 409 and not self._api.networks(names=[name]):
+                    raise
+
+    def remove_network(self, name: str) -> None:
+        with _errors(f"remove network {name}"):
+            try:
+                self._api.remove_network(name)
+            except docker.errors.NotFound:
+                return
+
+    def create(self, spec: ProxyContainerSpec) -> None:
+        host_config = self._api.create_host_config(
+            port_bindings={
+                port.container_key: [{"HostIp": port.host_ip or "", "HostPort": str(port.host_port or "")}]
+                for port in spec.ports
+            },
+            restart_policy={"Name": "unless-stopped"},
+            network_mode=spec.network,
+            sysctls=dict(spec.sysctls) or None,
+        )
+        networking = self._api.create_networking_config({spec.network: self._api.create_endpoint_config()})
+        with _errors(f"create container {spec.name} from {spec.image}"):
+            self._api.create_container(
+                spec.image,
+                name=spec.name,
+                command=list(spec.command),
+                ports=[(port.container_port, port.protocol) for port in spec.ports],
+                labels=dict(spec.labels),
+                host_config=host_config,
+                networking_config=networking,
+                detach=True,
+            )
+
+    def start(self, name: str) -> None:
+        with _errors(f"start container {name}"):
+            self._api.start(name)
+
+    def remove(self, name: str) -> None:
+        # v=True: the official caddy image declares VOLUME /config /data; nothing there is ours to keep.
+        with _errors(f"remove container {name}"):
+            try:
+                self._api.remove_container(name, force=True, v=True)
+            except docker.errors.NotFound:
+                return
+
+    def connect(self, container: str, network: str, aliases: Sequence[str]) -> None:
+        with _errors(f"connect {container} to network {network}"):
+            self._api.connect_container_to_network(container, network, aliases=list(aliases))
+
+    def put_file(self, container: str, path: str, data: bytes) -> None:
+        directory, _, filename = path.rpartition("/")
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(filename)
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+        with _errors(f"copy {path} into container {container}"):
+            self._api.put_archive(container, directory or "/", buffer.getvalue())
+
+    def exec(self, container: str, argv: Sequence[str]) -> tuple[int, str]:
+        with _errors(f"exec {argv[0]} in container {container}"):
+            created = self._api.exec_create(container, list(argv), stdout=True, stderr=True)
+            output = self._api.exec_start(created["Id"])
+            code = self._api.exec_inspect(created["Id"]).get("ExitCode")
+        text = output.decode("utf-8", errors="replace") if isinstance(output, bytes) else str(output)
+        return int(code if code is not None else -1), text
+
+
+# The controller
+
+
+class ProxyController:
+    """Keeps ``<app>-proxy`` running on ``<app>-net`` with the published ports and the state's upstream.
+
+    ``ensure()`` creates or adopts it (call it at start-up and before a blue-green deploy);
+    ``switch(alias)`` moves the traffic; ``attach(container, alias)`` puts an app container on the
+    private network. Health-checking the new container before ``switch`` is the deployer's job:
+    ``address(container)`` gives its IP there, reachable from an agent on the host (an agent in a
+    container reaches it after ``attach``-ing its own container too).
+    """
+
+    def __init__(
+        self,
+        engine: ProxyEngine,
+        state: ProxyStateFile,
+        *,
+        app: str,
+        image: str,
+        ports: Sequence[PortMapping],
+        grace_period_s: float = DEFAULT_GRACE_PERIOD_S,
+        keepalive: bool = False,
+        ready_timeout_s: float = 20.0,
+    ) -> None:
+        proxied_ports(ports)  # refuse UDP or no ports before anything is created
+        self.engine = engine
+        self.state = state
+        self.app = app
+        self.image = image
+        self.ports = tuple(ports)
+        self.grace_period_s = grace_period_s
+        self.keepalive = keepalive
+        self.ready_timeout_s = ready_timeout_s
+        self.container_name = proxy_container_name(app)
+        self.network = network_name(app)
+
+    def ensure(self) -> None:
+        """Network, container (created, adopted, or re-created when its image or ports changed),
+        running, serving the state's upstream. Idempotent."""
+        self.engine.ensure_network(self.network, {LABEL_PROXY: self.app})
+        wanted = config_label(self.image, self.ports)
+        existing = self.engine.container(self.container_name)
+        if existing is not None and LABEL_PROXY not in existing.labels:
+            raise ProxyError(
+                f"a container named {self.container_name} exists and is not pi-cicd's proxy; "
+                "rename or remove it (nothing was changed)"
+            )
+        if existing is not None and existing.labels.get(LABEL_PROXY_CONFIG) != wanted:
+            logger.warning(
+                "proxy {} was created with {}, wanted {}: re-creating it (a short outage)",
+                self.container_name, existing.labels.get(LABEL_PROXY_CONFIG), wanted,
+            )
+            self.engine.remove(self.container_name)
+            existing = None
+        config = self._config_bytes(self.state.upstream())
+        if existing is None:
+            self.engine.create(
+                ProxyContainerSpec(
+                    name=self.container_name,
+                    image=self.image,
+                    network=self.network,
+                    ports=self.ports,
+                    # Not io.pi-cicd.managed: that label marks app releases (with a version) to the deployer.
+                    labels={LABEL_PROXY: self.app, LABEL_PROXY_CONFIG: wanted},
+                    sysctls=proxy_sysctls(),
+                )
+            )
+            # Copied before the first start, so Caddy starts with it and never serves anything else.
+            try:
+                self.engine.put_file(self.container_name, CONFIG_PATH, config)
+                self.engine.start(self.container_name)
+            except DockerUnavailable as exc:
+                # A host port already taken fails here: no half-made proxy is left for the next try.
+                self.engine.remove(self.container_name)
+                ports = ", ".join(str(port) for port in self.ports)
+                raise ProxyError(f"cannot start the proxy {self.container_name} publishing {ports}: {exc}") from exc
+            logger.info("created proxy {} on network {}", self.container_name, self.network)
+        else:
+            if self.network not in existing.networks:
+                self.engine.connect(self.container_name, self.network, [])
+            if not existing.running:
+                self.engine.put_file(self.container_name, CONFIG_PATH, config)
+                self.engine.start(self.container_name)
+            logger.info("adopted proxy {}", self.container_name)
+        self._load(config)
+
+    def switch(self, upstream: str | None) -> None:
+        """Send new requests to ``upstream`` (an alias on the private network; None: answer 503).
+
+        Returns once Caddy runs the new configuration, without waiting for requests still in flight
+        on the old upstream: they finish there within ``grace_period_s`` (then Caddy cuts them), so
+        stop the old container only after that. The state is written first: if the agent dies
+        before Caddy has the new configuration, ``ensure()`` at start-up applies it.
+        """
+        self.state.set_upstream(upstream)
+        self._load(self._config_bytes(upstream))
+        logger.info("proxy {} now sends traffic to {}", self.container_name, upstream or "nothing (503)")
+
+    def attach(self, container: str, alias: str) -> None:
+        """Connect ``container`` to the private network, reachable there (by the proxy) as ``alias``."""
+        info = self.engine.container(container)
+        if info is None:
+            raise ProxyError(f"cannot attach {container} to {self.network}: no such container")
+        if self.network not in info.networks:
+            self.engine.connect(container, self.network, [alias])
+
+    def address(self, container: str) -> str:
+        """``container``'s IP on the private network (running containers only)."""
+        info = self.engine.container(container)
+        address = info.networks.get(self.network, "") if info is not None else ""
+        if not address:
+            raise ProxyError(f"{container} has no address on {self.network} (not attached, or not running)")
+        return address
+
+    def remove(self) -> None:
+        """Remove the proxy container and the network (the app containers must be gone or detached)."""
+        self.engine.remove(self.container_name)
+        self.engine.remove_network(self.network)
+
+    def _config_bytes(self, upstream: str | None) -> bytes:
+        config = caddy_config(self.ports, upstream, grace_period_s=self.grace_period_s, keepalive=self.keepalive)
+        return json.dumps(config, indent=2).encode() + b"\n"
+
+    def _load(self, config: bytes) -> None:
+        """Copy ``config`` into the container and have Caddy load it (retried while Caddy starts)."""
+        self.engine.put_file(self.container_name, CONFIG_PATH, config)
+        # No --force: Caddy skips a configuration identical to the running one, so adopting a proxy
+        # or repeating a switch does not replace its servers.
+        argv = ["caddy", "reload", "--config", CONFIG_PATH, "--address", ADMIN_LISTEN]
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            code, output = self.engine.exec(self.container_name, argv)
+            if code == 0:
+                return
+            # "connection refused" while Caddy is still starting; anything else is final.
+            starting = "connection refused" in output or "connect: " in output
+            if not starting or time.monotonic() > deadline:
+                raise ProxyError(f"caddy in {self.container_name} refused the configuration: {output.strip()}")
+            time.sleep(0.1)
