@@ -190,12 +190,16 @@ def readme_install_script(agent: str, env_file: str) -> str:
     found = re.search(r"```sh\n(.*?)```", section, re.S)
     assert found, "the README's systemd section has no ```sh block"
     lines: list[str] = []
-    seen = {"apt-get": False, "editor": False, "enable": False}
+    seen = {"apt-get": False, "venv": False, "editor": False, "enable": False}
     for line in found.group(1).splitlines():
         command = line.split("#", 1)[0].strip()
         if command.startswith("apt-get install"):
-            # The image holds these packages already; docker.io is the host's dockerd behind the socket.
+            # Done when the image was built; docker.io is the host's dockerd behind the socket.
             seen["apt-get"] = True
+            continue
+        if command == "python3 -m venv /opt/pi-cicd":
+            # Also done when the image was built (again it would only reinstall pip, ~15 s).
+            seen["venv"] = True
             continue
         if command.startswith("$EDITOR"):
             seen["editor"] = True
@@ -230,6 +234,10 @@ def assert_verified_in_place(host: SystemdHost, agent: str) -> None:
     """``systemd-analyze verify`` on the installed unit, with its real user, group and ExecStart."""
     output = host.sh(f"systemd-analyze verify --man=no /etc/systemd/system/{agent}.service 2>&1")
     assert output == ""
+    # verify does not follow file: links; the install block must have put the documentation there.
+    for link in host.show(agent, "Documentation").split():
+        if link.startswith("file://"):
+            host.sh(f"test -s {link.removeprefix('file://')}")
 
 
 def wait_active(host: SystemdHost, agent: str, *, not_pid: str = "") -> str:
@@ -254,6 +262,18 @@ def assert_runs_as_picicd_with_docker_group(host: SystemdHost, pid: str) -> None
     assert re.search(rf"^Uid:\s+{uid}\s+{uid}\s", status, re.M), status
     assert groups and str(SOCKET.stat().st_gid) in groups.group(1).split(), status
     assert re.search(r"^CapEff:\s+0+$", status, re.M), status  # CapabilityBoundingSet= left none
+
+
+def assert_memory_capped(host: SystemdHost, pid: str, limit: int) -> None:
+    """MemoryMax= reached the kernel: the cgroup systemd made for the unit carries the limit."""
+    lines = [line.split(":", 2) for line in host.sh(f"cat /proc/{pid}/cgroup").splitlines()]
+    v1 = [path for _, controllers, path in lines if "memory" in controllers.split(",")]
+    limit_file = (
+        f"/sys/fs/cgroup/memory{v1[0]}/memory.limit_in_bytes"
+        if v1
+        else f"/sys/fs/cgroup{next(path for _, controllers, path in lines if controllers == '')}/memory.max"
+    )
+    assert host.sh(f"cat {limit_file}").strip() == str(limit), limit_file
 
 
 def kill_and_wait_restart(host: SystemdHost, agent: str, pid: str) -> str:
@@ -298,6 +318,7 @@ def test_ci_agent_unit_under_systemd(
     assert_verified_in_place(host, "ci-agent")
     pid = wait_active(host, "ci-agent")
     assert_runs_as_picicd_with_docker_group(host, pid)
+    assert_memory_capped(host, pid, 512 * 1024 * 1024)  # the README's MemoryMax for ci-agent
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200, timeout=60, what="ci-agent /healthz")
 
@@ -307,9 +328,9 @@ def test_ci_agent_unit_under_systemd(
     assert response.status_code == 202, response.text
     number = response.json()["run"]
 
-    def finished() -> dict[str, Any] | None:
+    def finished() -> dict[str, Any]:
         run: dict[str, Any] = httpx.get(f"{url}/runs/{number}", timeout=5).json()
-        return run if run["status"] in ("succeeded", "failed", "superseded", "interrupted") else None
+        return run if run["status"] in ("succeeded", "failed", "superseded", "interrupted") else {}
 
     run = wait_for(finished, timeout=180, interval=0.3, what=f"run {number} to finish")
     log_path = str(run["log_path"])
@@ -340,6 +361,7 @@ def test_cd_agent_unit_under_systemd(
     assert_verified_in_place(host, "cd-agent")
     pid = wait_active(host, "cd-agent")
     assert_runs_as_picicd_with_docker_group(host, pid)
+    assert_memory_capped(host, pid, 256 * 1024 * 1024)  # the README's MemoryMax for cd-agent
 
     wait_for(lambda: cd_world.served() == "1.0.0", timeout=120, interval=0.3, what="1.0.0 deployed by the unit")
     logs = wait_for(lambda: run_log_files(host, "/var/log/pi-cicd/cd"), timeout=30, what="a cd run log")
