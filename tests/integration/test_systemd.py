@@ -339,6 +339,9 @@ def test_ci_agent_unit_under_systemd(
     assert log_path.startswith("/var/log/pi-cicd/ci/") and "sample tests passed" in log
     assert run_log_files(host, "/var/log/pi-cicd/ci") == [log_path]
     assert "0.1.0" in registry_tags(ci_image_name)
+    # The env file is the only place the secret may be: not the journal, not the run log.
+    journal = host.sh("journalctl -u ci-agent --no-pager")
+    assert "serving on" in journal and WEBHOOK_SECRET not in journal + log
 
     kill_and_wait_restart(host, "ci-agent", pid)
     wait_for(lambda: httpx.get(f"{url}/runs/{number}", timeout=2).status_code == 200, timeout=60, what="ci-agent back")
