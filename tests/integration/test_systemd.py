@@ -20,7 +20,7 @@ import re
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from tests.support.ci_agent_server import (
     push_payload,
     registry_tags,
 )
-from tests.support.docker_env import DockerJanitor, unique
+from tests.support.docker_env import unique
 from tests.support.git_repos import GitProject
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
@@ -255,6 +255,13 @@ def wait_active(host: SystemdHost, agent: str, *, not_pid: str = "") -> str:
         raise AssertionError(f"{exc}\n{host.journal(agent)}") from None
 
 
+def wait_with_journal(host: SystemdHost, agent: str, condition: Callable[[], object], what: str) -> None:
+    try:
+        wait_for(condition, timeout=120, interval=0.3, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{host.journal(agent)}") from None
+
+
 def assert_runs_as_picicd_with_docker_group(host: SystemdHost, pid: str) -> None:
     status = host.sh(f"cat /proc/{pid}/status")
     uid = host.sh("id -u picicd").strip()
@@ -292,8 +299,9 @@ def run_log_files(host: SystemdHost, directory: str) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_ci_agent_unit_under_systemd(
-    systemd_host: SystemdHost, git_project: GitProject, ci_image_name: str
+    git_project: GitProject, ci_image_name: str, systemd_host: SystemdHost
 ) -> None:
+    # systemd_host last: set up last, so torn down first, before the janitors remove what the agent made.
     host = systemd_host
     sha = git_project.commit_sample()
     # The pushed-to repository, readable by picicd as GitHub's would be (git refuses other owners' repos).
@@ -352,9 +360,8 @@ def test_ci_agent_unit_under_systemd(
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_cd_agent_unit_under_systemd(
-    systemd_host: SystemdHost, cd_world: CdWorld, docker_janitor: DockerJanitor
-) -> None:
+def test_cd_agent_unit_under_systemd(cd_world: CdWorld, systemd_host: SystemdHost) -> None:
+    # systemd_host last: torn down first, so the agent cannot redeploy the app the janitor removes.
     host = systemd_host
     cd_world.releases.push("1.0.0")
     settings = {
@@ -366,7 +373,7 @@ def test_cd_agent_unit_under_systemd(
     assert_runs_as_picicd_with_docker_group(host, pid)
     assert_memory_capped(host, pid, 256 * 1024 * 1024)  # the README's MemoryMax for cd-agent
 
-    wait_for(lambda: cd_world.served() == "1.0.0", timeout=120, interval=0.3, what="1.0.0 deployed by the unit")
+    wait_with_journal(host, "cd-agent", lambda: cd_world.served() == "1.0.0", "1.0.0 deployed by the unit")
     logs = wait_for(lambda: run_log_files(host, "/var/log/pi-cicd/cd"), timeout=30, what="a cd run log")
     assert "1.0.0" in host.sh(f"cat {logs[-1]}")
     assert host.sh("ls /var/lib/pi-cicd/cd").split(), "no state in StateDirectory"
@@ -374,4 +381,4 @@ def test_cd_agent_unit_under_systemd(
     kill_and_wait_restart(host, "cd-agent", pid)
     # The restarted agent still polls and deploys.
     cd_world.releases.push("1.0.1")
-    wait_for(lambda: cd_world.served() == "1.0.1", timeout=120, interval=0.3, what="1.0.1 deployed after the restart")
+    wait_with_journal(host, "cd-agent", lambda: cd_world.served() == "1.0.1", "1.0.1 deployed after the restart")
