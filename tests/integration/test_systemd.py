@@ -182,12 +182,15 @@ def systemd_host(docker_client: Any, systemd_image: str) -> Iterator[SystemdHost
         container.remove(force=True, v=True)
 
 
-def readme_install_script(agent: str, env_file: str) -> str:
-    """The README's install block, for a machine running only ``agent``, with the env file filled in."""
+def readme_section() -> str:
     readme = (REPO / "README.md").read_text()
     assert README_SECTION in readme
-    section = readme.split(README_SECTION, 1)[1].split("\n## ", 1)[0]
-    found = re.search(r"```sh\n(.*?)```", section, re.S)
+    return readme.split(README_SECTION, 1)[1].split("\n## ", 1)[0]
+
+
+def readme_install_script(agent: str, env_file: str) -> str:
+    """The README's install block, for a machine running only ``agent``, with the env file filled in."""
+    found = re.search(r"```sh\n(.*?)```", readme_section(), re.S)
     assert found, "the README's systemd section has no ```sh block"
     lines: list[str] = []
     seen = {"apt-get": False, "venv": False, "editor": False, "enable": False}
@@ -377,6 +380,12 @@ def test_cd_agent_unit_under_systemd(cd_world: CdWorld, systemd_host: SystemdHos
     logs = wait_for(lambda: run_log_files(host, "/var/log/pi-cicd/cd"), timeout=30, what="a cd run log")
     assert "1.0.0" in host.sh(f"cat {logs[-1]}")
     assert host.sh("ls /var/lib/pi-cicd/cd").split(), "no state in StateDirectory"
+    # The README's way to run `cd-agent status` next to the service (as picicd, with its settings).
+    alias = re.search(r"^alias cd-agent=.*$", readme_section(), re.M)
+    assert alias, "the README's systemd section lost its cd-agent alias"
+    status = json.loads(host.sh(f"{alias.group(0)}\ncd-agent status --json"))
+    assert status["current"]["version"] == "1.0.0", status
+    assert host.sh("find /var/lib/pi-cicd/cd ! -user picicd") == "", "files not owned by picicd in the state"
 
     kill_and_wait_restart(host, "cd-agent", pid)
     # The restarted agent still polls and deploys.
