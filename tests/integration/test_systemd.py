@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,12 @@ REPO = Path(__file__).resolve().parents[2]
 UNITS = {"ci-agent": REPO / "deploy/systemd/ci-agent.service", "cd-agent": REPO / "deploy/systemd/cd-agent.service"}
 SOCKET = Path("/var/run/docker.sock")
 # What the README's install block needs from a clone: the package sources and the units.
-CHECKOUT_PARTS = ("pyproject.toml", "README.md", "shared", "ci_agent", "cd_agent", "deploy")
+CHECKOUT_PARTS = (
+    "pyproject.toml",
+    "README.md",
+    "deploy",
+    *tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"],
+)
 # A Debian host's PATH: the base image puts its own Python venv first, a host has no such thing.
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 README_SECTION = "## Running the agents on the host with systemd"
