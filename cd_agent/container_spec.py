@@ -21,7 +21,7 @@ from typing import Literal
 
 from dotenv import dotenv_values
 
-from cd_agent.docker_gateway import ContainerInfo
+from cd_agent.engine import ContainerInfo
 from cd_agent.errors import DeployError
 from cd_agent.settings import CdSettings, PortMapping
 

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from loguru import logger
 
 from cd_agent.container_spec import LABEL_DIGEST, LABEL_MANAGED, LABEL_RUN, LABEL_VERSION, build_spec, read_env_file
-from cd_agent.docker_gateway import ContainerInfo, DockerGateway, ImageInfo
+from cd_agent.docker_gateway import DockerGateway
+from cd_agent.engine import ContainerInfo, ImageInfo
 from cd_agent.errors import CdError, DeployError, NothingToDeploy
 from cd_agent.health import HealthChecker
 from cd_agent.settings import CdSettings
