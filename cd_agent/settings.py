@@ -153,6 +153,21 @@ def parse_volumes(text: str) -> list[VolumeMount]:
     return mounts
 
 
+def read_env_text(path: Path) -> str:
+    """The text of ``CD_ENV_FILE``; ValueError saying where it is not UTF-8 (docker reads it as UTF-8 too)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+
+
 class CdSettings(SharedSettings):
     """Everything ``cd-agent`` reads from the environment; see DESIGN.md for the variables."""
 
@@ -205,8 +220,10 @@ class CdSettings(SharedSettings):
     @field_validator("cd_env_file")
     @classmethod
     def _env_file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file: {value}")
+        if value is not None:
+            if not value.is_file():
+                raise ValueError(f"no such file: {value}")
+            read_env_text(value)
         return value
 
     @field_validator("cd_health_url")

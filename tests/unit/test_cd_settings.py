@@ -86,6 +86,13 @@ def test_env_file_must_exist(tmp_path):
         load(CD_ENV_FILE=str(tmp_path / "missing.env"))
 
 
+def test_env_file_must_be_utf8(tmp_path):
+    env_file = tmp_path / "app.env"
+    env_file.write_bytes(b"A=1\nGREETING=gr\xfc\xdfe\n")  # Latin-1
+    with pytest.raises(SettingsError, match=r"CD_ENV_FILE=.*is not UTF-8 text \(byte 0xfc on line 2\)"):
+        load(CD_ENV_FILE=str(env_file))
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
@@ -130,3 +137,4 @@ def test_secrets_are_listed_for_redaction():
     settings = load(REGISTRY_USERNAME="me", REGISTRY_PASSWORD="hub-token")
     assert settings.secret_values() == ["hub-token"]
     assert "hub-token" not in repr(settings)
+
