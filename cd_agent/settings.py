@@ -25,6 +25,13 @@ if TYPE_CHECKING:
     from shared.versions import Constraint
 
 RestartPolicy = Literal["unless-stopped", "always", "on-failure", "no"]
+Strategy = Literal["swap", "blue-green", "swarm"]
+STRATEGIES: tuple[Strategy, ...] = ("swap", "blue-green", "swarm")
+# Named already so that a setting written for them is refused with a reason, not as a typo.
+NOT_YET: dict[str, str] = {
+    "blue-green": "blue-green (behind a reverse proxy) is not available yet",
+    "swarm": "swarm (a Docker swarm service update) is not available yet",
+}
 Protocol = Literal["tcp", "udp", "sctp"]
 
 # docker's own rules (daemon/names.go); a name that breaks them fails only at `docker create`.
@@ -177,6 +184,7 @@ class CdSettings(SharedSettings):
     cd_env_file: Path | None = None
     cd_volumes: str = ""
     cd_restart_policy: RestartPolicy = "unless-stopped"
+    cd_strategy: str = "swap"
     cd_poll_interval: float = 60.0
     cd_health_url: str | None = None
     cd_health_timeout: float = 60.0
@@ -203,6 +211,16 @@ class CdSettings(SharedSettings):
                 "a container name is at least 2 characters: letters, digits, '_', '.', '-', "
                 "starting with a letter or digit"
             )
+        return value
+
+    @field_validator("cd_strategy")
+    @classmethod
+    def _strategy(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in STRATEGIES:
+            raise ValueError(f"{value!r} is not a deploy strategy: use swap (the default)")
+        if value in NOT_YET:
+            raise ValueError(f"{NOT_YET[value]}: use swap (the default)")
         return value
 
     @field_validator("cd_ports")

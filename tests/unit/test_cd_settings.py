@@ -138,3 +138,20 @@ def test_secrets_are_listed_for_redaction():
     assert settings.secret_values() == ["hub-token"]
     assert "hub-token" not in repr(settings)
 
+
+def test_the_deploy_strategy_is_swap_unless_set():
+    assert load().cd_strategy == "swap"
+    assert load(CD_STRATEGY=" Swap ").cd_strategy == "swap"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("blue-green", r"CD_STRATEGY=.*blue-green \(behind a reverse proxy\) is not available yet: use swap"),
+        ("swarm", r"CD_STRATEGY=.*swarm .* is not available yet: use swap"),
+        ("rolling", r"CD_STRATEGY=.*'rolling' is not a deploy strategy: use swap"),
+    ],
+)
+def test_a_strategy_that_is_not_there_is_refused_at_start_up(value, message):
+    with pytest.raises(SettingsError, match=message):
+        load(CD_STRATEGY=value)
