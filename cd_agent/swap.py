@@ -108,8 +108,7 @@ class Swap:
             )
         except CdError as exc:
             log.error("could not prepare the new container: {}", exc)
-            report = DeployReport("failed", version, _version(self._state.current), str(exc), failed_step="prepare")
-            return report
+            return DeployReport("failed", version, _version(self._state.current), str(exc), failed_step="prepare")
         self._state.begin_journal(Journal(
             version=version, container_name=self._name, phase="pulled", started_at=self._clock(), run=run,
             digest=digest, old_container_id=old.id if old else None, old_version=old_version, old_digest=old_digest,
