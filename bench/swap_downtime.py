@@ -19,7 +19,7 @@ from pathlib import Path
 
 import docker
 
-from cd_agent.deployer import DeployReport
+from cd_agent.report import DeployReport
 from tests.support.cd_apps import AppReleases, CdWorld, HttpProbe, Variant
 from tests.support.docker_env import DockerJanitor
 from tests.support.registry_server import start_registry

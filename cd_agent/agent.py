@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from loguru import logger
 
 from cd_agent.candidate import newest_release
-from cd_agent.deployer import Deployer, DeployReport
+from cd_agent.deployer import Deployer
 from cd_agent.docker_gateway import DockerGateway
 from cd_agent.errors import NothingToDeploy
+from cd_agent.report import DeployReport
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState
 from cd_agent.watcher import Watcher

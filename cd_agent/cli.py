@@ -28,8 +28,8 @@ from typing import Any
 from loguru import logger
 
 from cd_agent.agent import open_agent, open_state
-from cd_agent.deployer import DeployReport
 from cd_agent.errors import DeployError
+from cd_agent.report import DeployReport
 from cd_agent.settings import CdSettings
 from shared.errors import PiCicdError
 from shared.logs import configure_logging

@@ -12,6 +12,7 @@ same volume at the same path, so data written there survives every swap and roll
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Mapping
@@ -21,9 +22,9 @@ from typing import Literal
 
 from dotenv import dotenv_values
 
-from cd_agent.docker_gateway import ContainerInfo
+from cd_agent.engine import ContainerInfo
 from cd_agent.errors import DeployError
-from cd_agent.settings import CdSettings, PortMapping
+from cd_agent.settings import CdSettings, PortMapping, read_env_text
 
 LABEL_MANAGED = "io.pi-cicd.managed"
 LABEL_VERSION = "io.pi-cicd.version"
@@ -99,9 +100,11 @@ def read_env_file(path: Path | None, environ: Mapping[str, str] | None = None) -
         return {}
     environ = os.environ if environ is None else environ
     try:
-        values = dotenv_values(path, interpolate=False)
-    except OSError as exc:
-        raise DeployError(f"cannot read CD_ENV_FILE {path}: {exc}") from exc
+        # Checked at start-up too, but the file may have changed since.
+        text = read_env_text(path)
+    except ValueError as exc:
+        raise DeployError(f"CD_ENV_FILE: {exc}") from exc
+    values = dotenv_values(stream=io.StringIO(text), interpolate=False)
     env: dict[str, str] = {}
     for key, value in values.items():
         if value is not None:

@@ -1,14 +1,15 @@
 """The CD agent's only door to the Docker Engine (the Docker SDK's low-level API).
 
-Every call is wrapped so that Docker's exceptions leave this module as the CD agent's own errors
-with a message naming the call and the object::
+The production ``cd_agent.engine.Engine``. Every call is wrapped so that Docker's exceptions leave
+this module as the CD agent's own errors with a message naming the call and the object::
 
-    engine unreachable, API error ........ DockerUnavailable("docker stop app: ...")
-    pulling a tag the registry lacks ..... DeployError("pull 127.0.0.1:5000/o/app:1.2.3: ...")
-    inspecting something that is gone .... None (inspect methods), or DockerUnavailable (actions)
+    engine unreachable (socket, stream cut) .. DockerUnavailable("docker stop app: cannot reach ...")
+    the engine refused a call (HTTP 4xx/5xx) . EngineError("docker start container app: ... (HTTP 500)")
+    pulling a tag the registry lacks ......... DeployError("pull 127.0.0.1:5000/o/app:1.2.3: ...")
+    inspecting something that is gone ........ None (inspect methods), or EngineError (HTTP 404, actions)
 
-Answers are plain frozen dataclasses (``ImageInfo``, ``ContainerInfo``), so the deployer and the
-health check never see SDK objects. The API version is negotiated with the engine, never pinned.
+Answers are the engine's plain frozen dataclasses (``ImageInfo``, ``ContainerInfo``), so the deployer
+and the health check never see SDK objects. The API version is negotiated with the engine, never pinned.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,8 @@ import docker.utils
 import requests
 import urllib3
 
-from cd_agent.errors import DeployError, DockerUnavailable
+from cd_agent.engine import ContainerInfo, ImageInfo, MountInfo
+from cd_agent.errors import DeployError, DockerUnavailable, EngineError
 
 if TYPE_CHECKING:
     from cd_agent.container_spec import ContainerSpec
@@ -35,51 +36,6 @@ if TYPE_CHECKING:
 # The SDK's own errors, requests' (connecting) and urllib3's (a stream cut short when dockerd stops
 # in the middle of a pull): all mean the engine went away, none may leave this module raw.
 _UNREACHABLE = (docker.errors.DockerException, requests.RequestException, urllib3.exceptions.HTTPError)
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    id: str
-    tags: tuple[str, ...] = ()
-    repo_digests: tuple[str, ...] = ()
-    volumes: tuple[str, ...] = ()
-    has_healthcheck: bool = False
-
-    def digest_for(self, repository: str) -> str | None:
-        """The registry digest (``sha256:...``) this image has in ``repository``, if it was pulled from there."""
-        wanted = _normalise(repository)
-        for entry in self.repo_digests:
-            name, _, digest = entry.partition("@")
-            if _normalise(name) == wanted:
-                return digest
-        return None
-
-
-@dataclass(frozen=True)
-class MountInfo:
-    type: str
-    destination: str
-    name: str | None = None
-    source: str | None = None
-    rw: bool = True
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    id: str
-    name: str
-    image: str
-    image_id: str
-    status: str
-    running: bool
-    restarting: bool
-    exit_code: int
-    restart_count: int
-    labels: Mapping[str, str] = field(default_factory=dict)
-    mounts: tuple[MountInfo, ...] = ()
-    health_status: str | None = None
-    health_output: tuple[str, ...] = ()
-    error: str = ""
 
 
 class DockerGateway:
@@ -246,7 +202,8 @@ def _errors(what: str) -> Iterator[None]:
     try:
         yield
     except docker.errors.APIError as exc:
-        raise DockerUnavailable(f"docker {what}: {_explain(exc)}") from exc
+        # The engine answered: it is reachable, and trying again later will not change its mind.
+        raise EngineError(f"docker {what}: {_explain(exc)}", status=exc.status_code) from exc
     except _UNREACHABLE as exc:
         raise DockerUnavailable(f"docker {what}: cannot reach the Docker Engine: {exc}") from exc
 
@@ -256,15 +213,6 @@ def _explain(exc: docker.errors.APIError) -> str:
     if isinstance(explanation, bytes):
         explanation = explanation.decode("utf-8", errors="replace")
     return f"{explanation or exc} (HTTP {exc.status_code})"
-
-
-def _normalise(repository: str) -> str:
-    """``docker.io/library/x`` and ``x`` name the same repository, as the engine stores it."""
-    for prefix in ("docker.io/", "index.docker.io/", "registry-1.docker.io/"):
-        if repository.startswith(prefix):
-            repository = repository[len(prefix):]
-            break
-    return repository.removeprefix("library/")
 
 
 def _image_info(data: Mapping[str, Any]) -> ImageInfo:

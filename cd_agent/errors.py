@@ -4,8 +4,8 @@
     ├── SettingsError              a bad CD_* variable: the agent refuses to start         exit 2
     └── CdError                    base of everything the CD agent raises on purpose       exit 1
         ├── DeployError            a deploy failed; it was rolled back, or could not be    exit 1
-        ├── HealthCheckFailed      the new container did not become healthy (``reason``)   exit 1
-        ├── DockerUnavailable      the Docker Engine cannot be reached or refused a call   exit 3
+        ├── DockerUnavailable      the Docker Engine cannot be reached (socket, stream)    exit 3
+        ├── EngineError            the engine answered but refused a call (HTTP 4xx/5xx)   exit 1
         ├── NothingToDeploy        no release to deploy / no previous version to roll to   exit 4
         └── StateError             the deploy state under STATE_DIR is unreadable          exit 5
 
@@ -35,21 +35,22 @@ class DeployError(CdError):
         return f"DeployError({str(self)!r}, version={self.version!r})"
 
 
-class HealthCheckFailed(CdError):
-    """The new container did not come up healthy; ``reason`` says what the check saw."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"health check failed: {reason}")
-        self.reason = reason
-
-    def __repr__(self) -> str:
-        return f"HealthCheckFailed(reason={self.reason!r})"
-
-
 class DockerUnavailable(CdError):
-    """The Docker Engine could not be reached, or answered an unexpected error."""
+    """The Docker Engine could not be reached: worth trying again later, nothing about the release."""
 
     exit_code = 3
+
+
+class EngineError(CdError):
+    """The engine was reached and refused a call (``status``: its HTTP status, e.g. 404 for a container
+    that is gone, 409 for a name in use, 500 for a host port already allocated)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def __repr__(self) -> str:
+        return f"EngineError({str(self)!r}, status={self.status!r})"
 
 
 class NothingToDeploy(CdError):

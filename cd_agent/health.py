@@ -14,11 +14,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import httpx
 
-from cd_agent.docker_gateway import ContainerInfo, DockerGateway
+from cd_agent.engine import ContainerInfo
 
 Method = Literal["healthcheck", "url", "running"]
 POLL_INTERVAL = 0.2
@@ -42,12 +42,18 @@ def probe_url(url: str, timeout: float) -> tuple[bool, str]:
     return response.is_success, f"GET {url}: HTTP {response.status_code}"
 
 
+class Inspects(Protocol):
+    """The one engine operation a health check needs."""
+
+    def container(self, name_or_id: str) -> ContainerInfo | None: ...
+
+
 class HealthChecker:
     """Waits for the verdict on one container; ``clock``/``sleep``/``probe`` are injectable for tests."""
 
     def __init__(
         self,
-        docker: DockerGateway,
+        docker: Inspects,
         *,
         url: str | None,
         timeout: float,
@@ -123,12 +129,26 @@ def _not_running(info: ContainerInfo | None, container: str) -> str:
     """Why the container is not (steadily) running, or "" when it is."""
     if info is None:
         return f"container {container} disappeared"
-    if info.restarting or info.restart_count > 0:
-        return f"the container keeps restarting (restarted {info.restart_count} times, last exit code {info.exit_code})"
+    if info.restarting:
+        # Between two runs the engine still shows the code of the exit that triggered the restart.
+        return (
+            f"the container exited with code {info.exit_code} and is being restarted by its restart policy"
+            f" ({_times(info.restart_count)} so far)"
+        )
+    if info.restart_count > 0:
+        # Running again: State.ExitCode is the new run's (0), the code of the exit is no longer known.
+        return (
+            f"the container exited and its restart policy restarted it {_times(info.restart_count)}"
+            " (the exit code is not kept across a restart; see the log)"
+        )
     if not info.running:
         detail = f": {info.error}" if info.error else ""
         return f"the container exited with code {info.exit_code}{detail}"
     return ""
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
 
 
 def _last(info: ContainerInfo | None, entries: int = 3) -> str:

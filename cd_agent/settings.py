@@ -25,6 +25,13 @@ if TYPE_CHECKING:
     from shared.versions import Constraint
 
 RestartPolicy = Literal["unless-stopped", "always", "on-failure", "no"]
+Strategy = Literal["swap", "blue-green", "swarm"]
+STRATEGIES: tuple[Strategy, ...] = ("swap", "blue-green", "swarm")
+# Named already so that a setting written for them is refused with a reason, not as a typo.
+NOT_YET: dict[str, str] = {
+    "blue-green": "blue-green (behind a reverse proxy) is not available yet",
+    "swarm": "swarm (a Docker swarm service update) is not available yet",
+}
 Protocol = Literal["tcp", "udp", "sctp"]
 
 # docker's own rules (daemon/names.go); a name that breaks them fails only at `docker create`.
@@ -153,6 +160,21 @@ def parse_volumes(text: str) -> list[VolumeMount]:
     return mounts
 
 
+def read_env_text(path: Path) -> str:
+    """The text of ``CD_ENV_FILE``; ValueError saying where it is not UTF-8 (docker reads it as UTF-8 too)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+
+
 class CdSettings(SharedSettings):
     """Everything ``cd-agent`` reads from the environment; see DESIGN.md for the variables."""
 
@@ -162,6 +184,7 @@ class CdSettings(SharedSettings):
     cd_env_file: Path | None = None
     cd_volumes: str = ""
     cd_restart_policy: RestartPolicy = "unless-stopped"
+    cd_strategy: str = "swap"
     cd_poll_interval: float = 60.0
     cd_health_url: str | None = None
     cd_health_timeout: float = 60.0
@@ -190,6 +213,16 @@ class CdSettings(SharedSettings):
             )
         return value
 
+    @field_validator("cd_strategy")
+    @classmethod
+    def _strategy(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in STRATEGIES:
+            raise ValueError(f"{value!r} is not a deploy strategy: use swap (the default)")
+        if value in NOT_YET:
+            raise ValueError(f"{NOT_YET[value]}: use swap (the default)")
+        return value
+
     @field_validator("cd_ports")
     @classmethod
     def _ports(cls, value: str) -> str:
@@ -205,8 +238,10 @@ class CdSettings(SharedSettings):
     @field_validator("cd_env_file")
     @classmethod
     def _env_file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file: {value}")
+        if value is not None:
+            if not value.is_file():
+                raise ValueError(f"no such file: {value}")
+            read_env_text(value)
         return value
 
     @field_validator("cd_health_url")

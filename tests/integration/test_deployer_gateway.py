@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from types import SimpleNamespace
 
+import docker.errors
 import pytest
+import requests
 import urllib3
 
 from cd_agent.docker_gateway import DockerGateway
-from cd_agent.errors import DeployError, DockerUnavailable
+from cd_agent.errors import DeployError, DockerUnavailable, EngineError
 from tests.support.docker_env import unique
 from tests.support.registry_server import RegistryServer
 
@@ -28,9 +30,10 @@ def test_actions_on_missing_containers_name_the_container() -> None:
     name = unique("picicd-missing")
     try:
         assert gateway.container(name) is None
-        with pytest.raises(DockerUnavailable, match=f"start container {name}.*HTTP 404"):
+        with pytest.raises(EngineError, match=f"start container {name}.*HTTP 404") as refused:
             gateway.start(name)
-        with pytest.raises(DockerUnavailable, match=f"rename container {name} to x-{name}"):
+        assert refused.value.status == 404
+        with pytest.raises(EngineError, match=f"rename container {name} to x-{name}"):
             gateway.rename(name, f"x-{name}")
         gateway.remove(name)  # already gone is fine: removing is idempotent
     finally:
@@ -59,3 +62,29 @@ def test_a_pull_stream_cut_short_is_docker_unavailable() -> None:
     gateway = DockerGateway(client)
     with pytest.raises(DockerUnavailable, match="pull 127.0.0.1:1/x/app:1.0.0: cannot reach the Docker Engine"):
         gateway.pull("127.0.0.1:1/x/app", "1.0.0")
+
+
+class Refusing:
+    """An SDK API client whose ``start`` fails with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def start(self, container: str) -> None:
+        raise self.error
+
+
+def test_only_an_unreachable_engine_is_docker_unavailable() -> None:
+    """An answer from the engine (any HTTP status) is an EngineError; no answer is DockerUnavailable."""
+    response = requests.Response()
+    response.status_code = 500
+    allocated = docker.errors.APIError("500 Server Error", response, explanation="port is already allocated")
+    gateway = DockerGateway(SimpleNamespace(api=Refusing(allocated)))
+    with pytest.raises(EngineError, match=r"start container app: port is already allocated \(HTTP 500\)") as refused:
+        gateway.start("app")
+    assert refused.value.status == 500 and not isinstance(refused.value, DockerUnavailable)
+
+    gone = requests.ConnectionError("('Connection aborted.', FileNotFoundError(2, 'No such file or directory'))")
+    gateway = DockerGateway(SimpleNamespace(api=Refusing(gone)))
+    with pytest.raises(DockerUnavailable, match="start container app: cannot reach the Docker Engine"):
+        gateway.start("app")

@@ -86,6 +86,13 @@ def test_env_file_must_exist(tmp_path):
         load(CD_ENV_FILE=str(tmp_path / "missing.env"))
 
 
+def test_env_file_must_be_utf8(tmp_path):
+    env_file = tmp_path / "app.env"
+    env_file.write_bytes(b"A=1\nGREETING=gr\xfc\xdfe\n")  # Latin-1
+    with pytest.raises(SettingsError, match=r"CD_ENV_FILE=.*is not UTF-8 text \(byte 0xfc on line 2\)"):
+        load(CD_ENV_FILE=str(env_file))
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
@@ -130,3 +137,21 @@ def test_secrets_are_listed_for_redaction():
     settings = load(REGISTRY_USERNAME="me", REGISTRY_PASSWORD="hub-token")
     assert settings.secret_values() == ["hub-token"]
     assert "hub-token" not in repr(settings)
+
+
+def test_the_deploy_strategy_is_swap_unless_set():
+    assert load().cd_strategy == "swap"
+    assert load(CD_STRATEGY=" Swap ").cd_strategy == "swap"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("blue-green", r"CD_STRATEGY=.*blue-green \(behind a reverse proxy\) is not available yet: use swap"),
+        ("swarm", r"CD_STRATEGY=.*swarm .* is not available yet: use swap"),
+        ("rolling", r"CD_STRATEGY=.*'rolling' is not a deploy strategy: use swap"),
+    ],
+)
+def test_a_strategy_that_is_not_there_is_refused_at_start_up(value, message):
+    with pytest.raises(SettingsError, match=message):
+        load(CD_STRATEGY=value)

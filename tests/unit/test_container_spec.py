@@ -13,7 +13,7 @@ from cd_agent.container_spec import (
     build_spec,
     read_env_file,
 )
-from cd_agent.docker_gateway import ContainerInfo, ImageInfo, MountInfo
+from cd_agent.engine import ContainerInfo, ImageInfo, MountInfo
 from cd_agent.settings import CdSettings, PortMapping
 from shared.settings import load_settings
 

@@ -1,13 +1,14 @@
-"""The health verdict (pure logic over a fake gateway and clock; lives here because tests/integration/test_deployer*.py
-is where the deployer's tests go): HEALTHCHECK first, then the URL, then "still running after the grace period"."""
+"""The health verdict (pure logic over a fake engine and clock): HEALTHCHECK first, then the URL, then
+"still running after the grace period"; a container that exits or restarts fails at once, saying how."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import cast
 
-from cd_agent.docker_gateway import ContainerInfo, DockerGateway
+import pytest
+
+from cd_agent.engine import ContainerInfo
 from cd_agent.health import HealthChecker
 
 RUNNING = ContainerInfo(
@@ -41,7 +42,7 @@ class FakeTime:
 
 def checker(docker: FakeDocker, time: FakeTime, *, url: str | None = None, probe=None) -> HealthChecker:
     return HealthChecker(
-        cast(DockerGateway, docker), url=url, timeout=10, grace=2, clock=time.clock, sleep=time.sleep,
+        docker, url=url, timeout=10, grace=2, clock=time.clock, sleep=time.sleep,
         probe=probe or (lambda url, timeout: (False, "never asked")),
     )
 
@@ -102,7 +103,24 @@ def test_a_restarting_container_fails_at_once() -> None:
 
     verdict = checker(FakeDocker(restarting), FakeTime(), url="http://x/").wait("c")
 
-    assert not verdict.healthy and "keeps restarting" in verdict.reason
+    assert not verdict.healthy and verdict.reason == (
+        "the container exited with code 1 and is being restarted by its restart policy (once so far)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("restart_count", "said"),
+    [(1, "restarted it once"), (2, "restarted it 2 times")],
+)
+def test_a_container_restarted_and_running_again_does_not_claim_exit_code_0(restart_count: int, said: str) -> None:
+    """After a restart the engine shows ExitCode 0 (the new run's): the reason must not pass that off as
+    the exit code of the release (it said "restarted 1 times, last exit code 0" for a process exiting 1)."""
+    running_again = replace(RUNNING, restart_count=restart_count, exit_code=0)
+
+    verdict = checker(FakeDocker(running_again), FakeTime()).wait("c")
+
+    assert not verdict.healthy
+    assert said in verdict.reason and "exit code 0" not in verdict.reason and "code 0" not in verdict.reason
 
 
 def test_a_vanished_container_is_not_healthy() -> None:

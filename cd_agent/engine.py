@@ -1,0 +1,114 @@
+"""What the deploy policy and the health check need from a container engine, and nothing more.
+
+``cd_agent.docker_gateway.DockerGateway`` is the production ``Engine`` (the Docker SDK);
+``tests/support/fake_engine.py`` is an in-memory one, so the whole policy is tested without dockerd.
+Answers are plain frozen dataclasses, never SDK objects. Errors, by the engine's contract::
+
+    the engine cannot be reached ........ DockerUnavailable   (worth trying again later)
+    the engine refused a call (4xx/5xx) . EngineError         (names the call, the object, the status)
+    a pull the registry refused ......... DeployError
+    inspecting something that is gone ... None (``image``, ``container``); ``remove`` of it is a no-op
+
+Network operations (a private network, a container's address on it) join this interface when a
+strategy uses them: blue-green needs them, the swap does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from cd_agent.container_spec import ContainerSpec
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    tags: tuple[str, ...] = ()
+    repo_digests: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    has_healthcheck: bool = False
+
+    def digest_for(self, repository: str) -> str | None:
+        """The registry digest (``sha256:...``) this image has in ``repository``, if it was pulled from there."""
+        wanted = normalise_repository(repository)
+        for entry in self.repo_digests:
+            name, _, digest = entry.partition("@")
+            if normalise_repository(name) == wanted:
+                return digest
+        return None
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    type: str
+    destination: str
+    name: str | None = None
+    source: str | None = None
+    rw: bool = True
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """A container as inspected. ``exit_code`` is the engine's ``State.ExitCode``: the code of the last
+    exit while the container is stopped or restarting, but 0 again once a restart policy has started it."""
+
+    id: str
+    name: str
+    image: str
+    image_id: str
+    status: str
+    running: bool
+    restarting: bool
+    exit_code: int
+    restart_count: int
+    labels: Mapping[str, str] = field(default_factory=dict)
+    mounts: tuple[MountInfo, ...] = ()
+    health_status: str | None = None
+    health_output: tuple[str, ...] = ()
+    error: str = ""
+
+
+class Engine(Protocol):
+    """The container operations of a deploy (see the module docstring for the errors)."""
+
+    def pull(self, repository: str, tag: str, *, auth: Mapping[str, str] | None = None) -> ImageInfo:
+        """Pull ``repository:tag`` and return the local image."""
+
+    def image(self, reference: str) -> ImageInfo | None: ...
+
+    def images(self, repository: str) -> list[ImageInfo]:
+        """Local images with a tag in ``repository``."""
+
+    def remove_image(self, reference: str) -> None:
+        """Untag ``reference`` (deleting the image when that was its last tag); never forced."""
+
+    def create(self, spec: ContainerSpec) -> str:
+        """Create (not start) the container; returns its id."""
+
+    def container(self, name_or_id: str) -> ContainerInfo | None: ...
+
+    def rename(self, container: str, new_name: str) -> None: ...
+
+    def start(self, container: str) -> None: ...
+
+    def stop(self, container: str, *, timeout: float) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+
+    def remove(self, container: str) -> None:
+        """Remove a container, stopping it if needed; never its volumes; gone already is fine."""
+
+    def logs_tail(self, container: str, lines: int = 50) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def normalise_repository(repository: str) -> str:
+    """``docker.io/library/x`` and ``x`` name the same repository, as the engine stores it."""
+    for prefix in ("docker.io/", "index.docker.io/", "registry-1.docker.io/"):
+        if repository.startswith(prefix):
+            repository = repository[len(prefix):]
+            break
+    return repository.removeprefix("library/")

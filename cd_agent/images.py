@@ -1,0 +1,66 @@
+"""The release images of a deploy: get one (pulled, or the local copy), and prune the old ones.
+
+Both are strategy-agnostic: whatever replaces the container, the image is fetched first while the old
+container keeps serving, and after a healthy deploy the current and previous images stay for a rollback.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cd_agent.engine import Engine, ImageInfo
+from cd_agent.errors import CdError
+from cd_agent.settings import CdSettings
+from shared.versions import parse_version
+
+if TYPE_CHECKING:
+    import loguru
+
+
+def fetch_image(
+    engine: Engine, settings: CdSettings, log: loguru.Logger, version: str, digest: str | None
+) -> ImageInfo:
+    """``CD_IMAGE:version``: the local image when it has ``digest`` already, else pulled; when the pull
+    fails, the local image of that tag (a rollback must work while the registry is down)."""
+    repository = settings.image.name
+    reference = f"{repository}:{version}"
+    local = engine.image(reference)
+    if local is not None and digest is not None and local.digest_for(repository) == digest:
+        log.info("{} is already here ({}); not pulling", reference, digest)
+        return local
+    auth = None
+    if settings.registry_username and settings.registry_password:
+        auth = {"username": settings.registry_username, "password": settings.registry_password.get_secret_value()}
+    log.info("pulling {} while the current container keeps serving", reference)
+    try:
+        return engine.pull(repository, version, auth=auth)
+    except CdError as exc:
+        if local is None:
+            raise
+        log.warning("pull failed ({}); using the local image {}", exc, reference)
+        return local
+
+
+def prune_images(engine: Engine, repository: str, log: loguru.Logger, current: str, previous: str | None) -> None:
+    """Remove local tags of ``repository`` older than ``current``, except ``previous``; never fails a deploy."""
+    floor = parse_version(current)
+    if floor is None:
+        return
+    keep = {current, previous}
+    try:
+        images = engine.images(repository)
+    except CdError as exc:
+        log.warning("could not list images to prune: {}", exc)
+        return
+    for image in images:
+        for reference in image.tags:
+            tag = reference.rpartition(":")[2]
+            version = parse_version(tag)
+            if tag in keep or version is None or version >= floor:
+                continue
+            try:
+                engine.remove_image(reference)
+            except CdError as exc:
+                log.warning("could not prune image {}: {}", reference, exc)
+            else:
+                log.info("done: prune image {}", reference)

@@ -1,0 +1,272 @@
+"""The swap strategy (``CD_STRATEGY=swap``): replace the app container in place, prove the new one
+healthy, or put the old one back. The old container is never removed before the new one is proven::
+
+    pull (old serves) -> build the new container's spec (nothing touched yet)
+      -> rename old to NAME-previous-X -> create new as NAME -> stop old -> start new -> health verdict
+      -> healthy:   remove old (its image stays), prune older images          -> "deployed"
+      -> unhealthy: keep new's log tail, remove new, rename old back, start it,
+                    quarantine the version                                    -> "rolled_back"
+
+Each step is written to the state journal before it is taken (``on_phase`` is told after each entry),
+so ``cd_agent.recovery`` can finish or undo a swap that was killed half-way. All effects go through
+``Engine`` and ``DeployState``; the outcome is a ``DeployReport``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from cd_agent.container_spec import LABEL_DIGEST, LABEL_MANAGED, LABEL_VERSION, ContainerSpec, build_spec, read_env_file
+from cd_agent.engine import ContainerInfo, Engine
+from cd_agent.errors import CdError, EngineError
+from cd_agent.health import HealthChecker, HealthVerdict
+from cd_agent.images import fetch_image, prune_images
+from cd_agent.recovery import bring_back
+from cd_agent.report import LOG_TAIL_LINES, DeployReport, Outcome
+from cd_agent.settings import CdSettings
+from cd_agent.state import DeployState, Journal, Phase, Release
+from shared.versions import parse_version
+
+if TYPE_CHECKING:
+    import loguru
+
+# An unmanaged container whose image tag is not a version is still adopted, under this name.
+ADOPTED = "adopted"
+
+
+@dataclass
+class _Attempt:
+    """What this swap has done so far: what restoring must undo."""
+
+    version: str
+    digest: str | None
+    old: ContainerInfo | None
+    old_version: str | None
+    old_digest: str | None
+    new_id: str | None = None
+    stopped_at: float | None = None
+
+
+@dataclass(frozen=True)
+class _Proven:
+    new_id: str
+    stopped_at: float
+    verdict: HealthVerdict
+
+
+@dataclass(frozen=True)
+class _Failure:
+    step: str
+    reason: str
+    quarantine: bool
+    log_tail: str = ""
+    output: str = ""
+
+
+class Swap:
+    """Deploys a release of ``settings.cd_image`` as ``settings.cd_container_name`` by swapping containers."""
+
+    def __init__(
+        self,
+        settings: CdSettings,
+        engine: Engine,
+        state: DeployState,
+        *,
+        health: Callable[[], HealthChecker],
+        clock: Callable[[], datetime],
+        monotonic: Callable[[], float],
+        on_phase: Callable[[Phase], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._state = state
+        self._health = health
+        self._clock = clock
+        self._monotonic = monotonic
+        self._on_phase = on_phase
+        self._name = settings.cd_container_name
+
+    def deploy(self, log: loguru.Logger, version: str, digest: str | None, run: int) -> DeployReport:
+        repository = self._settings.image.name
+        try:
+            image = fetch_image(self._engine, self._settings, log, version, digest)
+        except CdError as exc:
+            log.error("could not get the image: {}", exc)
+            return DeployReport("failed", version, _version(self._state.current), str(exc), failed_step="pull")
+        digest = image.digest_for(repository) or digest
+        try:
+            old = self._engine.container(self._name)
+            old_version, old_digest = self._describe_old(log, old)
+            # Everything the new container needs is known before the first step: a bad CD_ENV_FILE
+            # fails here, with the old container untouched.
+            spec = build_spec(
+                self._settings, image=f"{repository}:{version}", version=version, digest=digest,
+                env=read_env_file(self._settings.cd_env_file), old=old, run=run,
+            )
+        except CdError as exc:
+            log.error("could not prepare the new container: {}", exc)
+            return DeployReport("failed", version, _version(self._state.current), str(exc), failed_step="prepare")
+        self._state.begin_journal(Journal(
+            version=version, container_name=self._name, phase="pulled", started_at=self._clock(), run=run,
+            digest=digest, old_container_id=old.id if old else None, old_version=old_version, old_digest=old_digest,
+        ))
+        self._phase("pulled")
+        attempt = _Attempt(version, digest, old, old_version, old_digest)
+        result = self._replace(log, attempt, spec)
+        if isinstance(result, _Failure):
+            return self._restore(log, attempt, result)
+        return self._commit(log, attempt, result)
+
+    def _replace(self, log: loguru.Logger, attempt: _Attempt, spec: ContainerSpec) -> _Proven | _Failure:
+        """The steps up to the verdict; a failure says at which step and whether it quarantines."""
+        old, step = attempt.old, "rename"
+        try:
+            if old is not None:
+                renamed = self._free_name(f"{self._name}-previous-{attempt.old_version}")
+                self._journal(phase="old_renamed", old_renamed_to=renamed)
+                self._engine.rename(old.id, renamed)
+                log.info("renamed the running container {} to {} (it keeps serving)", self._name, renamed)
+            step = "create"
+            attempt.new_id = new_id = self._engine.create(spec)
+            self._journal(phase="created", new_container_id=new_id)
+            mounts = [m.target for m in spec.mounts]
+            log.info("created container {} ({}) with mounts {}", self._name, new_id[:12], mounts)
+            step = "stop"
+            attempt.stopped_at = stopped_at = self._monotonic()
+            if old is not None and old.running:
+                self._engine.stop(old.id, timeout=self._settings.cd_stop_timeout)
+                log.info("stopped the old container ({})", attempt.old_version)
+            self._journal(phase="old_stopped")
+            step = "start"
+            self._engine.start(new_id)
+            self._journal(phase="new_started")
+            log.info("started {}; health check (timeout {:g}s)", attempt.version, self._settings.cd_health_timeout)
+            step = "health"
+            verdict = self._health().wait(new_id)
+        except CdError as exc:
+            # The engine refusing to start the release (a port in use, a bad entrypoint) is the
+            # release's doing; an engine that went away, or a refused rename, is not.
+            quarantine = step == "start" and isinstance(exc, EngineError)
+            return _Failure(step, str(exc), quarantine, self._tail(attempt.new_id))
+        if not verdict.healthy:
+            return _Failure("health", verdict.reason, True, self._tail(new_id), verdict.output)
+        return _Proven(new_id, stopped_at, verdict)
+
+    def _commit(self, log: loguru.Logger, attempt: _Attempt, proven: _Proven) -> DeployReport:
+        self._journal(phase="verdict", healthy=True)
+        downtime = round(self._monotonic() - proven.stopped_at, 3)
+        log.info("{} is healthy: {}", attempt.version, proven.verdict.reason)
+        if attempt.old is not None:
+            try:
+                self._engine.remove(attempt.old.id)
+            except CdError as exc:
+                log.warning("could not remove the old container: {}", exc)
+            else:
+                log.info("done: remove the old container")
+        previous = self._previous_release(attempt)
+        self._state.record_deployed(Release(attempt.version, attempt.digest, proven.new_id, self._clock()), previous)
+        previous_version = previous.version if previous else None
+        prune_images(self._engine, self._settings.image.name, log, attempt.version, previous_version)
+        return DeployReport(
+            "deployed", attempt.version, previous_version, downtime_s=downtime, health=proven.verdict.reason,
+            digest=attempt.digest,
+        )
+
+    def _restore(self, log: loguru.Logger, attempt: _Attempt, failure: _Failure) -> DeployReport:
+        version, old = attempt.version, attempt.old
+        log.error("{} failed at {}: {}", version, failure.step, failure.reason)
+        if failure.output:
+            log.error("health check output:\n{}", failure.output)
+        if failure.log_tail:
+            log.error("last lines of the new container's log:\n{}", failure.log_tail)
+        try:
+            if attempt.new_id is not None:
+                self._engine.remove(attempt.new_id)
+                log.info("removed the new container")
+            if old is not None:
+                bring_back(self._engine, old.id, self._name)
+                log.info("{} is back as {}", attempt.old_version, self._name)
+        except CdError as exc:
+            log.error("could not restore the old container: {} (the next start reconciles)", exc)
+            return DeployReport(
+                "failed", version, attempt.old_version,
+                f"{failure.reason}; and restoring the old container failed: {exc}", failure.log_tail or None,
+                failed_step=failure.step, health_output=failure.output,
+            )
+        if old is not None:
+            self._confirm_back(log, old, attempt.old_version)
+        if failure.quarantine:
+            self._state.quarantine(version, f"{failure.step}: {failure.reason}")
+            log.warning("{} is quarantined: it will not be tried again unless forced", version)
+        self._state.clear_journal()
+        downtime = None if attempt.stopped_at is None else round(self._monotonic() - attempt.stopped_at, 3)
+        outcome: Outcome = "rolled_back" if old is not None else "failed"
+        return DeployReport(
+            outcome, version, attempt.old_version, failure.reason, failure.log_tail or None, downtime_s=downtime,
+            failed_step=failure.step, quarantined=failure.quarantine, health_output=failure.output,
+        )
+
+    def _confirm_back(self, log: loguru.Logger, old: ContainerInfo, old_version: str | None) -> None:
+        # Wait until the restored app passes its health check before this deploy returns: otherwise the
+        # watcher may swap in the next release at once, and back-to-back rollbacks leave the app
+        # serving for only milliseconds between them (one long outage instead of short ones).
+        try:
+            verdict = self._health().wait(old.id)
+        except CdError as exc:
+            log.warning("could not check {} after restoring it: {}", old_version, exc)
+            return
+        if verdict.healthy:
+            log.info("{} is serving again: {}", old_version, verdict.reason)
+        else:
+            log.warning("{} is back but not healthy: {}", old_version, verdict.reason)
+
+    def _describe_old(self, log: loguru.Logger, old: ContainerInfo | None) -> tuple[str | None, str | None]:
+        if old is None:
+            log.info("no container named {}: first deploy", self._name)
+            return None, None
+        if old.labels.get(LABEL_MANAGED) == "true":
+            return old.labels.get(LABEL_VERSION) or ADOPTED, old.labels.get(LABEL_DIGEST) or None
+        tag = old.image.rpartition(":")[2] if ":" in old.image.rpartition("/")[2] else ""
+        version = tag if parse_version(tag) is not None else ADOPTED
+        log.info("adopting container {} (not created by pi-cicd, image {}) as the previous one", old.name, old.image)
+        return version, None
+
+    def _previous_release(self, attempt: _Attempt) -> Release | None:
+        current = self._state.current
+        if attempt.old is not None and attempt.old_version is not None:
+            deployed_at = current.deployed_at if current and current.version == attempt.old_version else None
+            return Release(attempt.old_version, attempt.old_digest, None, deployed_at)
+        if current is not None and current.version != attempt.version:
+            return Release(current.version, current.digest, None, current.deployed_at)
+        return self._state.previous
+
+    def _free_name(self, wanted: str) -> str:
+        name, number = wanted, 1
+        while self._engine.container(name) is not None:
+            number += 1
+            name = f"{wanted}-{number}"
+        return name
+
+    def _journal(self, **changes: Any) -> None:
+        self._state.update_journal(**changes)
+        if "phase" in changes:
+            self._phase(changes["phase"])
+
+    def _phase(self, phase: Phase) -> None:
+        if self._on_phase is not None:
+            self._on_phase(phase)
+
+    def _tail(self, container: str | None) -> str:
+        if container is None:
+            return ""
+        try:
+            return self._engine.logs_tail(container, LOG_TAIL_LINES)
+        except CdError as exc:
+            return f"(could not read the container's log: {exc})"
+
+
+def _version(release: Release | None) -> str | None:
+    return None if release is None else release.version

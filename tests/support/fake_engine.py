@@ -1,0 +1,160 @@
+"""An in-memory ``cd_agent.engine.Engine``: a registry, local images and containers in dicts.
+
+A release behaves as it was pushed (``FakeEngine.push``): ``good`` runs; ``exits`` exits with code 1
+and is restarted by its restart policy (running again, ``ExitCode`` 0, as dockerd shows it);
+``never_healthy`` stays ``starting`` under its HEALTHCHECK; ``unhealthy`` fails its HEALTHCHECK;
+``refuses_start`` makes ``start`` fail as dockerd does when a host port is taken. ``before`` is called
+with the operation and its target before every call: raise from it to fail that call (or to "kill" the
+agent between two steps). Errors are the engine contract's (``EngineError``, ``DeployError``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from cd_agent.container_spec import ContainerSpec
+from cd_agent.engine import ContainerInfo, ImageInfo, MountInfo
+from cd_agent.errors import DeployError, EngineError
+
+Behaviour = Literal["good", "exits", "never_healthy", "unhealthy", "refuses_start"]
+
+
+@dataclass
+class Box:
+    """One container; ``info`` is what ``container()`` answers."""
+
+    info: ContainerInfo
+    restart_policy: str
+    behaviour: Behaviour
+    log: list[str] = field(default_factory=list)
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self.registry: dict[str, tuple[ImageInfo, Behaviour]] = {}
+        self.local: dict[str, tuple[ImageInfo, Behaviour]] = {}
+        self.boxes: dict[str, Box] = {}
+        self.before: Callable[[str, str], None] = lambda operation, target: None
+        self._ids = 0
+
+    def push(self, repository: str, version: str, behaviour: Behaviour = "good", *, healthcheck: bool = False) -> str:
+        """Put ``repository:version`` in the registry; returns its digest."""
+        reference = f"{repository}:{version}"
+        digest = "sha256:" + hashlib.sha256(f"{reference}/{behaviour}".encode()).hexdigest()
+        checked = healthcheck or behaviour in ("never_healthy", "unhealthy")
+        image = ImageInfo(digest, (reference,), (f"{repository}@{digest}",), ("/cache",), has_healthcheck=checked)
+        self.registry[reference] = (image, behaviour)
+        return digest
+
+    def run_foreign(self, name: str, image: str) -> str:
+        """A running container pi-cicd did not create."""
+        info = ContainerInfo(self._new_id(), name, image, "sha256:foreign", "running", True, False, 0, 0)
+        self.boxes[info.id] = Box(info, "unless-stopped", "good")
+        return info.id
+
+    def names(self) -> list[str]:
+        return sorted(box.info.name for box in self.boxes.values())
+
+    # the Engine interface
+
+    def pull(self, repository: str, tag: str, *, auth: Mapping[str, str] | None = None) -> ImageInfo:
+        reference = f"{repository}:{tag}"
+        self.before("pull", reference)
+        if reference not in self.registry:
+            raise DeployError(f"pull {reference}: manifest unknown (HTTP 404)")
+        self.local[reference] = self.registry[reference]
+        return self.registry[reference][0]
+
+    def image(self, reference: str) -> ImageInfo | None:
+        self.before("image", reference)
+        return self.local[reference][0] if reference in self.local else None
+
+    def images(self, repository: str) -> list[ImageInfo]:
+        self.before("images", repository)
+        return [image for reference, (image, _) in self.local.items() if reference.startswith(f"{repository}:")]
+
+    def remove_image(self, reference: str) -> None:
+        self.before("remove_image", reference)
+        self.local.pop(reference, None)
+
+    def create(self, spec: ContainerSpec) -> str:
+        self.before("create", spec.name)
+        if spec.image not in self.local:
+            raise EngineError(f"docker create container {spec.name}: No such image {spec.image} (HTTP 404)", status=404)
+        self._free(spec.name)
+        image, behaviour = self.local[spec.image]
+        mounts = tuple(MountInfo(m.type, m.target, name=m.source, rw=not m.read_only) for m in spec.mounts)
+        if not any(m.destination == "/cache" for m in mounts):
+            mounts += (MountInfo("volume", "/cache", name=hashlib.sha256(self._new_id().encode()).hexdigest()),)
+        info = ContainerInfo(self._new_id(), spec.name, spec.image, image.id, "created", False, False, 0, 0,
+                             dict(spec.labels), mounts)
+        self.boxes[info.id] = Box(info, spec.restart_policy, behaviour)
+        return info.id
+
+    def container(self, name_or_id: str) -> ContainerInfo | None:
+        self.before("container", name_or_id)
+        box = self._find(name_or_id)
+        return None if box is None else box.info
+
+    def rename(self, container: str, new_name: str) -> None:
+        box = self._box("rename", container)
+        self._free(new_name)
+        box.info = replace(box.info, name=new_name)
+
+    def start(self, container: str) -> None:
+        box = self._box("start", container)
+        if box.behaviour == "refuses_start":
+            raise EngineError(f"docker start container {container}: port is already allocated (HTTP 500)", status=500)
+        box.log.append(f"app {box.info.image} starting")
+        running, restarts, code = True, 0, 0
+        if box.behaviour == "exits":
+            box.log.append("fatal: cannot open /etc/app.conf")
+            # dockerd restarts it at once under a restart policy, and shows ExitCode 0 while it runs again
+            running = box.restart_policy != "no"
+            restarts, code = (1, 0) if running else (0, 1)
+        image = self.local.get(box.info.image, self.registry.get(box.info.image))
+        health = {"never_healthy": "starting", "unhealthy": "unhealthy"}.get(box.behaviour, "healthy")
+        box.info = replace(
+            box.info, status="running" if running else "exited", running=running, restart_count=restarts,
+            exit_code=code, health_status=health if image and image[0].has_healthcheck else None,
+            health_output=("connection refused",) if health == "unhealthy" else (),
+        )
+
+    def stop(self, container: str, *, timeout: float) -> None:
+        box = self._box("stop", container)
+        box.info = replace(box.info, status="exited", running=False, exit_code=0)
+
+    def remove(self, container: str) -> None:
+        self.before("remove", container)
+        box = self._find(container)
+        if box is not None:
+            del self.boxes[box.info.id]
+
+    def logs_tail(self, container: str, lines: int = 50) -> str:
+        return "\n".join(self._box("logs_tail", container).log[-lines:])
+
+    def close(self) -> None:
+        pass
+
+    # helpers
+
+    def _find(self, name_or_id: str) -> Box | None:
+        return self.boxes.get(name_or_id) or next((b for b in self.boxes.values() if b.info.name == name_or_id), None)
+
+    def _box(self, operation: str, container: str) -> Box:
+        self.before(operation, container)
+        box = self._find(container)
+        if box is None:
+            raise EngineError(f"docker {operation} container {container}: No such container (HTTP 404)", status=404)
+        return box
+
+    def _free(self, name: str) -> None:
+        if self._find(name) is not None:
+            raise EngineError(f"Conflict. The container name /{name} is already in use (HTTP 409)", status=409)
+
+    def _new_id(self) -> str:
+        self._ids += 1
+        return f"{self._ids:064x}"
