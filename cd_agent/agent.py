@@ -17,6 +17,7 @@ from cd_agent.candidate import newest_release
 from cd_agent.deployer import Deployer, DeployReport
 from cd_agent.docker_gateway import DockerGateway
 from cd_agent.errors import NothingToDeploy
+from cd_agent.platform_check import PlatformCheck
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState
 from cd_agent.watcher import Watcher
@@ -36,9 +37,14 @@ class Agent:
     state: DeployState
     registry: RegistryClient
     deployer: Deployer
+    docker: DockerGateway
+    notifier: Notifier
 
     def watcher(self) -> Watcher:
-        return Watcher(self.settings, self.registry, self.deployer, self.state)
+        return Watcher(
+            self.settings, self.registry, self.deployer, self.state,
+            platforms=PlatformCheck(self.docker.platform, self.registry), notifier=self.notifier,
+        )
 
     def deploy(self, version: str | None, *, force: bool = False) -> DeployReport:
         """``cd-agent deploy [VERSION]``: the newest release inside the constraint when ``version`` is None.
@@ -80,7 +86,9 @@ def open_agent(settings: CdSettings) -> Iterator[Agent]:
         docker = DockerGateway.from_env()
         stack.callback(docker.close)
         deployer = Deployer(settings, docker, state, runs, notifier)
-        yield Agent(settings=settings, state=state, registry=registry, deployer=deployer)
+        yield Agent(
+            settings=settings, state=state, registry=registry, deployer=deployer, docker=docker, notifier=notifier
+        )
 
 
 def _close_notifier(notifier: Notifier) -> None:

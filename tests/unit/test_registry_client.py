@@ -181,6 +181,58 @@ def test_image_labels_of_a_missing_tag_raise_not_found() -> None:
             client.image_labels("2.0.0")
 
 
+def test_platforms_of_an_index_are_its_entries_without_attestations() -> None:
+    with client_for(registry_with_index({})) as client:
+        offered = client.platforms("1.0.0")
+    assert offered is not None
+    assert [str(item) for item in offered] == ["windows/amd64", "linux/arm64"]
+
+
+def test_platforms_of_a_single_image_come_from_its_config() -> None:
+    with client_for(registry_with_index({})) as client:
+        offered = client.platforms("sha256:" + "2" * 64)
+    assert offered is not None
+    assert [str(item) for item in offered] == ["linux/arm64"]
+
+
+def test_platforms_of_a_buildx_style_index_with_arm_variants() -> None:
+    """The shape buildx pushes for --platform linux/amd64,linux/arm/v7 with provenance attestations."""
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "a" * 64, "size": 1,
+             "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "b" * 64, "size": 1,
+             "platform": {"architecture": "arm", "os": "linux", "variant": "v7"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "c" * 64, "size": 1,
+             "annotations": {"vnd.docker.reference.type": "attestation-manifest"},
+             "platform": {"architecture": "unknown", "os": "unknown"}},
+        ],
+    }
+    with client_for(lambda request: httpx.Response(200, json=index)) as client:
+        offered = client.platforms("1.0.0")
+    assert offered is not None
+    assert [str(item) for item in offered] == ["linux/amd64", "linux/arm/v7"]
+
+
+def test_platforms_of_a_config_without_os_are_unknown() -> None:
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {"digest": "sha256:" + "c" * 64}, "layers": []}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=manifest if "/manifests/" in request.url.path else {"config": {}})
+
+    with client_for(handler) as client:
+        assert client.platforms("1.0.0") is None
+
+
+def test_platforms_of_a_missing_tag_raise_not_found() -> None:
+    with client_for(registry_with_index({})) as client:
+        with pytest.raises(RegistryNotFound, match="2.0.0"):
+            client.platforms("2.0.0")
+
+
 # -- bearer tokens (Docker Hub's flow) -------------------------------------------------------------
 
 
