@@ -374,38 +374,27 @@ class RegistryClient:
         return {str(key): str(value) for key, value in labels.items()}
 
     def platforms(self, reference: str) -> list[Platform] | None:
-        """The platforms the image at ``reference`` (a tag or a digest) is built for: every entry of an
-        image index (buildx's attestation entries left out), or the one in a single image's config.
+        """The platforms an image index at ``reference`` (a tag or a digest) offers, buildx's attestation
+        entries left out; None for a single image, whose platform only its config blob says (not read:
+        the check then costs no blob download, and the engine decides).
 
-        None when the registry does not say (a config without ``os``/``architecture``). Raises
-        RegistryNotFound when there is no such manifest. One manifest GET, plus a blob GET for a single image.
+        Raises RegistryNotFound when there is no such manifest. One manifest GET.
         """
         shown = f"{self.ref.name}@{reference}" if ":" in reference else self.ref.with_tag(reference)
-        what = f"read the platforms of {shown}"
-        manifest = self._manifest(reference, what)
-        if manifest.get("mediaType") in INDEX_TYPES or "manifests" in manifest:
-            entries = manifest.get("manifests")
-            offered = []
-            for entry in entries if isinstance(entries, list) else []:
-                fields = entry.get("platform") if isinstance(entry, dict) else None
-                if not isinstance(fields, dict):
-                    continue
-                os, architecture = fields.get("os"), fields.get("architecture")
-                if isinstance(os, str) and isinstance(architecture, str) and os != UNKNOWN_PLATFORM:
-                    variant = fields.get("variant")
-                    offered.append(platform(os, architecture, variant if isinstance(variant, str) else ""))
-            return offered
-        config = manifest.get("config")
-        digest = config.get("digest") if isinstance(config, dict) else None
-        if not isinstance(digest, str):
-            raise RegistryError(f"the manifest of {shown} names no config blob")
-        blob = self._json(self._request("GET", f"/v2/{self.ref.repository}/blobs/{digest}", what=what), what)
-        if not isinstance(blob, dict):
+        manifest = self._manifest(reference, f"read the platforms of {shown}")
+        if manifest.get("mediaType") not in INDEX_TYPES and "manifests" not in manifest:
             return None
-        os, architecture, variant = blob.get("os"), blob.get("architecture"), blob.get("variant")
-        if not isinstance(os, str) or not isinstance(architecture, str) or not os or not architecture:
-            return None
-        return [platform(os, architecture, variant if isinstance(variant, str) else "")]
+        entries = manifest.get("manifests")
+        offered = []
+        for entry in entries if isinstance(entries, list) else []:
+            fields = entry.get("platform") if isinstance(entry, dict) else None
+            if not isinstance(fields, dict):
+                continue
+            os, architecture = fields.get("os"), fields.get("architecture")
+            if isinstance(os, str) and isinstance(architecture, str) and os != UNKNOWN_PLATFORM:
+                variant = fields.get("variant")
+                offered.append(platform(os, architecture, variant if isinstance(variant, str) else ""))
+        return offered
 
     def close(self) -> None:
         self._http.close()
