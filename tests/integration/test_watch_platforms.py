@@ -11,7 +11,7 @@ import pytest
 
 from cd_agent.platform_check import pull_platform_problem
 from shared.platforms import parse_platform
-from tests.support.cd_apps import CdWorld, WatchProcess, state_json, version_of
+from tests.support.cd_apps import CdWorld, WatchProcess, cd_agent, state_json, version_of
 from tests.support.oci_index import Entry, Publisher
 from tests.support.polling import wait_for
 from tests.support.smtp_server import SmtpServer
@@ -114,3 +114,16 @@ def test_dockers_own_pull_error_for_a_missing_platform_is_recognised(
     assert report.outcome == "failed"
     problem = pull_platform_problem("2.0.0", report.error, parse_platform("linux/amd64"))
     assert problem is not None and problem.startswith("2.0.0 has no linux/amd64 image"), report.error
+
+
+def test_cd_agent_deploy_of_a_release_without_this_platform_says_so_and_pulls_nothing(
+    cd_world: CdWorld, publisher: Publisher, docker_client: Any
+) -> None:
+    world = cd_world
+    publisher.index("3.0.0", [publisher.foreign_image(ARM64)])
+    world.janitor.images.add(f"{world.releases.repository}:3.0.0")
+    result = cd_agent("deploy", "3.0.0", environ=world.environ(), cwd=world.root)
+    assert result.returncode == 1, result.stderr
+    assert "3.0.0 has no linux/amd64 image; it offers linux/arm64: not deployed, nothing was pulled" in result.stderr
+    assert docker_client.images.list(name=f"{world.releases.repository}:3.0.0") == []
+    assert world.containers() == []
