@@ -283,6 +283,8 @@ class RegistryClient:
         self._clock = clock
         self._tokens: dict[str, _Token] = {}
         self._use_basic = False
+        # digest -> manifest media type, as the HEAD of manifest_digest saw it
+        self._media_types: dict[str, str] = {}
         self._origin = httpx.URL(ref.api_url)
         self._http = httpx.Client(
             base_url=ref.api_url, transport=transport, timeout=timeout, follow_redirects=True
@@ -343,6 +345,9 @@ class RegistryClient:
             return None
         digest: str | None = response.headers.get("docker-content-digest")
         if digest:
+            media_type = response.headers.get("content-type", "").split(";")[0].strip()
+            if media_type:
+                self._media_types[digest] = media_type
             return digest
         # Some registries leave the header out; the digest is the sha256 of the manifest bytes.
         try:
@@ -378,8 +383,11 @@ class RegistryClient:
         entries left out; None for a single image, whose platform only its config blob says (not read:
         the check then costs no blob download, and the engine decides).
 
-        Raises RegistryNotFound when there is no such manifest. One manifest GET.
+        Raises RegistryNotFound when there is no such manifest. One manifest GET, none when
+        ``manifest_digest`` already saw that this digest is a single image.
         """
+        if self._media_types.get(reference) in IMAGE_MANIFEST_TYPES:
+            return None
         shown = f"{self.ref.name}@{reference}" if ":" in reference else self.ref.with_tag(reference)
         manifest = self._manifest(reference, f"read the platforms of {shown}")
         if manifest.get("mediaType") not in INDEX_TYPES and "manifests" not in manifest:

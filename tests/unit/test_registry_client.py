@@ -201,6 +201,27 @@ def test_platforms_of_a_single_image_are_not_read_from_its_config() -> None:
     assert [request.url.path for request in requests] == ["/v2/o/app/manifests/sha256:" + "2" * 64]
 
 
+@pytest.mark.parametrize(
+    ("media_type", "gets"),
+    [("application/vnd.docker.distribution.manifest.v2+json", 0), ("application/vnd.oci.image.index.v1+json", 1)],
+)
+def test_a_single_image_known_from_its_head_costs_no_manifest_get(media_type: str, gets: int) -> None:
+    """A manifest GET counts against Docker Hub's pull limit: not spent when the HEAD said "single image"."""
+    requests: list[httpx.Request] = []
+    entry = {"digest": DIGEST, "platform": {"os": "linux", "architecture": "amd64"}}
+    index = {"mediaType": media_type, "manifests": [entry]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, json=index, headers={"Docker-Content-Digest": DIGEST, "Content-Type": media_type})
+
+    with client_for(handler) as client:
+        digest = client.manifest_digest("1.0.0")
+        assert digest == DIGEST
+        client.platforms(digest)
+    assert [request.method for request in requests].count("GET") == gets
+
+
 def test_platforms_of_a_buildx_style_index_with_arm_variants() -> None:
     """The shape buildx pushes for --platform linux/amd64,linux/arm/v7 with provenance attestations."""
     index = {
