@@ -248,9 +248,10 @@ class Watcher:
     def _after_deploy(self, report: PollReport) -> float:
         """A deploy that failed before any swap (pull refused, Docker away) is not quarantined, so the
         next poll would try it again at once, with another failure email: back off instead."""
-        if report.deploy is None or report.unrunnable is not None:
-            if report.unrunnable is not None:
-                self._failed_deploys = 0  # quarantined: the next poll does not try it again
+        if report.unrunnable is not None:
+            self._failed_deploys = 0  # quarantined: the next poll does not try it again
+            return 0.0
+        if report.deploy is None:
             return 0.0
         if report.deploy.outcome != "failed":
             self._failed_deploys = 0
