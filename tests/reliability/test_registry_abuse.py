@@ -1,4 +1,5 @@
-"""A hostile registry: it points the agent's registry client at other hosts, or pages forever.
+"""A hostile registry: it points the agent's registry client at other hosts, or pages forever; and a
+registry offering a release this machine cannot run (a real multi-platform index without its platform).
 
 Real sockets on loopback: each "registry" is a small HTTP server in this process, and every host the
 client must not trust is another server on another port that records each request and its
@@ -14,16 +15,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from pydantic import SecretStr
 
 from shared.errors import RegistryAuthError
+from shared.platforms import can_run, platform
 from shared.registry import MAX_TAG_PAGES, RegistryClient, parse_image_ref
 from shared.testing import capture_logs
-from tests.support.cd_apps import cd_agent
+from tests.support.cd_apps import CdWorld, WatchProcess, cd_agent, state_json, version_of
 from tests.support.docker_env import unique
+from tests.support.oci_index import AMD64, ARM64, ARM_V7, S390X, Entry, Publisher, engine_of
+from tests.support.polling import wait_for
+from tests.support.smtp_server import SmtpServer
 
 USER = "deployer"
 PASSWORD = "hostile-registry-test-password-7f3a"
@@ -208,3 +214,92 @@ def test_endless_tag_pages_stop_at_the_cap(hosts: list[Host], observed: Callable
     [warning] = [entry.message for entry in logs]
     assert "stopped there" in warning
     observed(f"{len(registry.seen)} pages requested, {len(tags)} tags returned; warning: {warning}")
+
+
+@pytest.fixture
+def publisher(cd_world: CdWorld) -> Iterator[Publisher]:
+    publisher = Publisher.for_image(cd_world.releases.repository)
+    yield publisher
+    publisher.close()
+
+
+def app_entry(world: CdWorld, publisher: Publisher, version: str) -> Entry:
+    """The real app of ``version`` for this machine, pushed under a tag no watcher deploys, as an OCI manifest."""
+    staging = f"staging-{version.replace('.', '-')}"
+    world.releases.push(staging, env={"APP_VERSION": version})
+    world.janitor.images.add(f"{world.releases.repository}:{version}")
+    return publisher.oci_copy(staging)
+
+
+def subjects(smtp: SmtpServer) -> list[str]:
+    return [str(message["Subject"]) for message in smtp.messages]
+
+
+@pytest.mark.docker
+@pytest.mark.reliability(
+    "The registry offers release 1.1.0 only as an OCI index for two other platforms (linux/arm64 and linux/arm/v7 "
+    "on an amd64 machine; buildx-style attestations) to a real `cd-agent watch` serving 1.0.0; then 1.2.0 as an "
+    "index for this machine and another",
+    "1.1.0 is not pulled and quarantined with one error line and one email naming what it offers; 1.0.0 keeps "
+    "serving and 1.1.0 is not tried again on later polls; 1.2.0 is deployed",
+)
+def test_a_release_without_this_platform_is_refused_once_and_a_newer_one_is_deployed(
+    cd_world: CdWorld, publisher: Publisher, smtp_server: SmtpServer, watches: list[WatchProcess],
+    docker_client: Any, observed: Callable[[str], None],
+) -> None:
+    world = cd_world
+    world.use_smtp(smtp_server.host, smtp_server.port)
+    host = engine_of(docker_client)
+    # Two platforms this machine cannot run (arm64 and arm/v7 on the usual amd64 test machine).
+    foreign = [item for item in (ARM64, ARM_V7, AMD64, S390X) if not can_run(host, platform(**item))][:2]
+    offers = " and ".join(sorted("/".join(item.values()) for item in foreign))
+    world.releases.push("1.0.0")
+    world.janitor.images.add(f"{world.releases.repository}:1.1.0")
+
+    watch = WatchProcess(world.environ(CD_POLL_INTERVAL="1"), world.root)
+    watches.append(watch)
+    wait_for(lambda: world.served() == "1.0.0", timeout=90, what="1.0.0 served")
+    smtp_server.wait_for_messages(1)
+
+    # 1.1.0 as buildx pushes it for two other platforms: no image for this machine
+    publisher.index("1.1.0", publisher.with_attestations([publisher.foreign_image(item) for item in foreign]))
+
+    problem = f"1.1.0 has no {host} image; it offers {offers}"
+    wait_for(lambda: "1.1.0" in {q["version"] for q in state_json(world)["quarantined"]}, timeout=60,
+             what="1.1.0 quarantined")
+    smtp_server.wait_for_messages(2)
+    assert subjects(smtp_server)[1] == f"not deployed: {problem}"
+    assert "1.0.0 keeps running" in str(smtp_server.messages[1].get_content())
+
+    # later polls leave 1.1.0 alone: no deploy, no pull, no second line or email
+    polls = {state_json(world)["last_poll_at"]}
+
+    def three_more_polls() -> bool:
+        polls.add(state_json(world)["last_poll_at"])
+        return len(polls) > 3
+
+    wait_for(three_more_polls, timeout=30, what="3 more polls")
+    assert world.served() == "1.0.0"
+    assert version_of(state_json(world)["current"]) == "1.0.0"
+    said = [line for line in watch.lines("1.1.0") if "| INFO " not in line]  # warnings and errors
+    assert len(said) == 1, watch.log()
+    assert "ERROR" in said[0] and problem in said[0] and "1.0.0 keeps running" in said[0]
+    assert not watch.lines("deploying 1.1.0")
+    assert docker_client.images.list(name=f"{world.releases.repository}:1.1.0") == []
+    assert len(smtp_server.messages) == 2
+    [quarantine] = state_json(world)["quarantined"]
+    assert quarantine["reason"] == f"platform: {problem}"
+
+    # 1.2.0 as buildx pushes it for this machine and another: deployed
+    entries = [app_entry(world, publisher, "1.2.0"), publisher.foreign_image(foreign[0])]
+    publisher.index("1.2.0", publisher.with_attestations(entries))
+    wait_for(lambda: world.served() == "1.2.0", timeout=90, what="1.2.0 (multi-platform) served")
+    smtp_server.wait_for_messages(3)
+    assert subjects(smtp_server)[2] == "deployed 1.2.0"
+    assert len([line for line in watch.lines("1.1.0") if "| INFO " not in line]) == 1
+    assert watch.stop() == 0
+    assert "Traceback" not in watch.log()
+    observed(
+        f"email '{subjects(smtp_server)[1]}'; {len(polls)} polls after it without a pull, a second line or email; "
+        f"1.0.0 served throughout the checks; then '{subjects(smtp_server)[2]}'"
+    )

@@ -20,12 +20,25 @@ from typing import Any
 
 import httpx
 
+from shared.platforms import Platform, engine_platform
+
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 IN_TOTO = "application/vnd.in-toto+json"
+
+ARM64 = {"os": "linux", "architecture": "arm64"}
+ARM_V7 = {"os": "linux", "architecture": "arm", "variant": "v7"}
+AMD64 = {"os": "linux", "architecture": "amd64"}
+S390X = {"os": "linux", "architecture": "s390x"}
+
+
+def engine_of(docker_client: Any) -> Platform:
+    """The test machine's platform, read from the engine as ``DockerGateway.platform`` does."""
+    version = docker_client.version()
+    return engine_platform(version["Os"], version["Arch"], docker_client.info()["Architecture"])
 
 
 def sha256(data: bytes) -> str:
@@ -55,6 +68,12 @@ class Publisher:
     def __init__(self, url: str, repository: str) -> None:
         self.repository = repository
         self.http = httpx.Client(base_url=url, timeout=30)
+
+    @classmethod
+    def for_image(cls, image: str) -> Publisher:
+        """For ``127.0.0.1:PORT/owner/app`` (a test registry on loopback, plain http)."""
+        registry, _, repository = image.partition("/")
+        return cls(f"http://{registry}", repository)
 
     def close(self) -> None:
         self.http.close()
@@ -111,6 +130,9 @@ class Publisher:
         return Entry(digest, size, {"os": "unknown", "architecture": "unknown"}, {
             "vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": subject.digest,
         })
+
+    def with_attestations(self, entries: list[Entry]) -> list[Entry]:
+        return entries + [self.attestation(entry) for entry in entries]
 
     def oci_copy(self, tag: str) -> Entry:
         """The image ``docker push`` put under ``tag``, published again as an OCI manifest (same blobs)."""
