@@ -16,7 +16,8 @@ from loguru import logger
 from cd_agent.candidate import newest_release
 from cd_agent.deployer import Deployer
 from cd_agent.docker_gateway import DockerGateway
-from cd_agent.errors import NothingToDeploy
+from cd_agent.errors import DeployError, NothingToDeploy
+from cd_agent.platform_check import PlatformCheck
 from cd_agent.report import DeployReport
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState
@@ -38,14 +39,20 @@ class Agent:
     state: DeployState
     registry: RegistryClient
     deployer: Deployer
+    docker: DockerGateway
+    notifier: Notifier
 
     def watcher(self) -> Watcher:
-        return Watcher(self.settings, self.registry, self.deployer, self.state)
+        return Watcher(
+            self.settings, self.registry, self.deployer, self.state,
+            platforms=PlatformCheck(self.docker.platform, self.registry), notifier=self.notifier,
+        )
 
     def deploy(self, version: str | None, *, force: bool = False) -> DeployReport:
         """``cd-agent deploy [VERSION]``: the newest release inside the constraint when ``version`` is None.
 
-        Raises ``NothingToDeploy`` when there is no such release or ``version`` is not a tag of the image.
+        Raises ``NothingToDeploy`` when there is no such release or ``version`` is not a tag of the image, and
+        ``DeployError`` when it has no image for this machine's platform (unless ``force``).
         """
         if version is None:
             quarantined = () if force else self.state.quarantined_versions
@@ -62,6 +69,9 @@ class Agent:
                 version, digest = other, self.registry.manifest_digest(other)
         if digest is None:
             raise NothingToDeploy(f"{self.settings.image.with_tag(version)} does not exist in the registry")
+        problem = None if force else PlatformCheck(self.docker.platform, self.registry).problem(version, digest)
+        if problem is not None:
+            raise DeployError(f"{problem}: not deployed, nothing was pulled (--force tries anyway)", version=version)
         return self.deployer.deploy(version, digest=digest, force=force)
 
     def _within(self) -> str:
@@ -87,7 +97,9 @@ def open_agent(settings: CdSettings) -> Iterator[Agent]:
         docker = DockerGateway.from_env()
         stack.callback(docker.close)
         deployer = Deployer(settings, docker, state, runs, notifier)
-        yield Agent(settings=settings, state=state, registry=registry, deployer=deployer)
+        yield Agent(
+            settings=settings, state=state, registry=registry, deployer=deployer, docker=docker, notifier=notifier
+        )
 
 
 def _close_notifier(notifier: Notifier) -> None:

@@ -29,6 +29,7 @@ import urllib3
 
 from cd_agent.engine import ContainerInfo, ImageInfo, MountInfo
 from cd_agent.errors import DeployError, DockerUnavailable, EngineError
+from shared.platforms import Platform, engine_platform
 
 if TYPE_CHECKING:
     from cd_agent.container_spec import ContainerSpec
@@ -76,6 +77,20 @@ class DockerGateway:
     def ping(self) -> None:
         with _errors("ping"):
             self._api.ping()
+
+    def platform(self) -> Platform:
+        """The platform this engine pulls images for (``linux/amd64``, ``linux/arm64``, ``linux/arm/v7``):
+        ``Os``/``Arch`` from ``docker version``, the arm variant from ``docker info``'s ``Architecture``."""
+        with _errors("version"):
+            version = self._api.version()
+        os, arch = str(version.get("Os") or ""), str(version.get("Arch") or "")
+        if not os or not arch:
+            raise DockerUnavailable(f"docker version: the engine did not say its platform (Os={os!r}, Arch={arch!r})")
+        machine = ""
+        if arch == "arm":
+            with _errors("info"):
+                machine = str(self._api.info().get("Architecture") or "")
+        return engine_platform(os, arch, machine)
 
     # images
 

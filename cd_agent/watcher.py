@@ -4,6 +4,11 @@ A poll lists the tags (``tags/list``, free on Docker Hub), chooses the candidate
 is one asks for its digest with a ``HEAD`` (also free) and hands it to the deployer: an idle poll
 never counts against a pull limit.
 
+Before a deploy, the candidate's platforms are read from the registry (``PlatformCheck``): a release
+with no image for this machine is quarantined at once, with one error line and one email, and the
+running app stays; so is one whose pull Docker refuses with "no matching manifest for linux/amd64".
+Quarantined versions are skipped until a newer release appears.
+
 The loop never ends because of an error. Registry outages and 429s are retried with tenacity
 (exponential, jittered, ``Retry-After`` honoured, capped) and logged once per streak; any other error
 is logged (once per streak too) and the next poll comes at the usual interval. When Docker Hub says
@@ -23,10 +28,12 @@ import tenacity
 from loguru import logger
 
 from cd_agent.candidate import choose_candidate
+from cd_agent.platform_check import PlatformCheck, pull_platform_problem
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState
 from shared.backoff import wait_retry_after
 from shared.errors import PiCicdError, RateLimited, RegistryUnavailable
+from shared.notify import Email, Notifier
 from shared.registry import RateLimit
 
 # Backoff never waits more than ten intervals (an hour at most) unless the registry asks for longer.
@@ -77,6 +84,8 @@ class PollReport:
     digest: str | None = None
     deploy: DeployResult | None = None
     rate_limit: RateLimit | None = None
+    # "1.2.0 has no linux/amd64 image; it offers linux/arm64": the candidate was quarantined for it
+    unrunnable: str | None = None
 
 
 def _utcnow() -> datetime:
@@ -100,7 +109,8 @@ class Watcher:
     """Polls ``registry`` for new releases of ``settings.cd_image`` and has ``deployer`` roll them out.
 
     ``clock``, ``sleep`` and ``jitter`` (0..1) are injected so tests run the loop without waiting; the default
-    sleep waits on the stop event, so a stop request ends a wait at once.
+    sleep waits on the stop event, so a stop request ends a wait at once. Without ``platforms`` no platform
+    is checked before a deploy; ``notifier`` sends the email about a release this machine cannot run.
     """
 
     def __init__(
@@ -113,8 +123,12 @@ class Watcher:
         clock: Callable[[], datetime] = _utcnow,
         sleep: Callable[[float], None] | None = None,
         jitter: Callable[[], float] = random.random,
+        platforms: PlatformCheck | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self._settings = settings
+        self._platforms = platforms
+        self._notifier = notifier
         self._registry = registry
         self._deployer = deployer
         self._state = state
@@ -148,16 +162,43 @@ class Watcher:
             # Listed but gone (deleted between the two calls, or a push still in flight): next poll.
             logger.warning("tag {} is listed but has no manifest yet; trying again next poll", candidate)
             return _with_rate_limit(report, self._registry.rate_limit)
+        problem = self._platforms.problem(candidate, digest) if self._platforms is not None else None
+        if problem is not None:
+            self._refuse(candidate, problem, deployed, email=True)
+            return replace(report, digest=digest, unrunnable=problem, rate_limit=self._registry.rate_limit)
         logger.info("new release {} ({}) above {}: deploying", candidate, digest, deployed or "nothing")
         result = self._deployer.deploy(candidate, digest=digest)
         if result.outcome == "deployed":
             logger.info("deployed {}", candidate)
         elif result.outcome != "noop":
-            logger.warning("deploy of {} ended {}: {}", candidate, result.outcome, result.error)
+            host = self._platforms.host() if self._platforms is not None else None
+            problem = pull_platform_problem(candidate, result.error, host) if result.outcome == "failed" else None
+            if problem is not None:
+                # The deployer has already sent its "deploy of X failed" email: no second one.
+                self._refuse(candidate, problem, deployed, email=False)
+            else:
+                logger.warning("deploy of {} ended {}: {}", candidate, result.outcome, result.error)
         return PollReport(
             at=now, tags=len(tags), deployed=deployed, candidate=candidate, digest=digest, deploy=result,
-            rate_limit=self._registry.rate_limit,
+            rate_limit=self._registry.rate_limit, unrunnable=problem,
         )
+
+    def _refuse(self, version: str, problem: str, deployed: str | None, *, email: bool) -> None:
+        """A release this machine cannot run: quarantined (skipped until a newer release appears), said once."""
+        self._state.quarantine(version, f"platform: {problem}")
+        keeps = f"{deployed} keeps running" if deployed else "nothing was running"
+        logger.error("{}: not deploying it ({}); it is not tried again until a newer release appears", problem, keeps)
+        if email and self._notifier is not None:
+            self._notifier.notify(Email(
+                subject=f"not deployed: {problem}",
+                body=(
+                    f"{problem}.\n\n"
+                    f"{self._settings.image.with_tag(version)} was not pulled and {keeps}.\n"
+                    f"{version} is quarantined: it is not tried again until a newer release appears. Once an "
+                    f"image for this machine is pushed under {version}, deploy it with "
+                    f"`cd-agent deploy {version} --force`.\n"
+                ),
+            ))
 
     def run_forever(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set. Returns only then; no error ends the loop."""
@@ -207,6 +248,9 @@ class Watcher:
     def _after_deploy(self, report: PollReport) -> float:
         """A deploy that failed before any swap (pull refused, Docker away) is not quarantined, so the
         next poll would try it again at once, with another failure email: back off instead."""
+        if report.unrunnable is not None:
+            self._failed_deploys = 0  # quarantined: the next poll does not try it again
+            return 0.0
         if report.deploy is None:
             return 0.0
         if report.deploy.outcome != "failed":

@@ -8,6 +8,7 @@ of these at the module that talks to that dependency, with ``raise ... from exc`
     ├── RegistryError              talking to a Docker Registry v2 / OCI registry failed
     │   ├── RegistryAuthError      credentials refused, or the token endpoint said no
     │   ├── RegistryNotFound       the repository, tag or manifest does not exist
+    │   ├── RegistryLinkRefused    the registry pointed the client at another host (``host``)
     │   └── RegistryUnavailable    network error, timeout, 5xx: worth retrying later
     │       └── RateLimited        429 (carries ``retry_after`` when the registry said so)
     ├── StoreError                 the run history / state database cannot be read or written
@@ -42,6 +43,14 @@ class RegistryAuthError(RegistryError):
 
 class RegistryNotFound(RegistryError):
     """The repository, tag or manifest does not exist in the registry."""
+
+
+class RegistryLinkRefused(RegistryError):
+    """The registry sent a page link (``Link: rel="next"``) to another origin; ``host`` is that host."""
+
+    def __init__(self, message: str, *, host: str) -> None:
+        super().__init__(message)
+        self.host = host
 
 
 class RegistryUnavailable(RegistryError):

@@ -8,6 +8,14 @@ the project's own (``shared.errors``)::
     401 after the auth dance, 403, token endpoint "no"  -> RegistryAuthError (registry + user, never the password)
     404                                                 -> RegistryNotFound (or [] / None where that is an answer)
     a body that is not the JSON we asked for            -> RegistryUnavailable (a cut-off answer is worth retrying)
+    a page link to another host                         -> RegistryLinkRefused (names the host)
+
+Whom it trusts: the registry's own origin (scheme, host, port of ``CD_IMAGE``'s registry), and the token
+realm named in a 401 challenge that came from that origin (``auth.docker.io`` for Docker Hub). The
+credentials go to those two and nowhere else: a ``Link`` to another origin is refused, a 401 from a
+host a redirect led to is not answered, and they never travel over plain http except to this machine.
+``tags/list`` stops after ``MAX_TAG_PAGES`` pages or ``MAX_TAGS`` tags with a warning, so a registry
+cannot keep the agent paging forever.
 """
 
 from __future__ import annotations
@@ -33,9 +41,12 @@ from shared.errors import (
     RateLimited,
     RegistryAuthError,
     RegistryError,
+    RegistryLinkRefused,
     RegistryNotFound,
     RegistryUnavailable,
 )
+from shared.platforms import UNKNOWN as UNKNOWN_PLATFORM
+from shared.platforms import Platform, platform
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "https://registry-1.docker.io"
@@ -60,6 +71,11 @@ _DOMAIN = re.compile(
     r"(?::[0-9]+)?"
 )
 _MAX_NAME_LENGTH = 255
+
+# tags/list stops after this many pages or tags (a real repository has far fewer; Docker Hub pages
+# are 100 tags), so a registry cannot keep the agent paging forever. What was read is kept.
+MAX_TAG_PAGES = 100
+MAX_TAGS = 10_000
 
 
 @dataclass(frozen=True)
@@ -267,6 +283,8 @@ class RegistryClient:
         self._clock = clock
         self._tokens: dict[str, _Token] = {}
         self._use_basic = False
+        # digest -> manifest media type, as the HEAD of manifest_digest saw it
+        self._media_types: dict[str, str] = {}
         self._origin = httpx.URL(ref.api_url)
         self._http = httpx.Client(
             base_url=ref.api_url, transport=transport, timeout=timeout, follow_redirects=True
@@ -276,14 +294,24 @@ class RegistryClient:
     # -- public API -------------------------------------------------------------------------------
 
     def list_tags(self, *, page_size: int = 100) -> list[str]:
-        """Every tag of the repository, following ``Link: <...>; rel="next"`` pages.
+        """Every tag of the repository, following ``Link: <...>; rel="next"`` pages on the registry's own origin,
+        at most ``MAX_TAG_PAGES`` pages / ``MAX_TAGS`` tags (then a warning, and the tags read so far).
 
-        An unknown repository has no tags yet: the first release creates it.
+        An unknown repository has no tags yet: the first release creates it. A link to another origin
+        raises ``RegistryLinkRefused``.
         """
         url: str | None = f"/v2/{self.ref.repository}/tags/list?n={page_size}"
         tags: list[str] = []
         seen: set[str] = set()
+        pages = 0
         while url is not None:
+            if pages >= MAX_TAG_PAGES or len(tags) >= MAX_TAGS:
+                self._log.warning(
+                    "registry {} still had more tags of {} after {} pages ({} tags); stopped there "
+                    "(limits: {} pages, {} tags)",
+                    self.ref.registry, self.ref.name, pages, len(tags), MAX_TAG_PAGES, MAX_TAGS,
+                )
+                break
             if url in seen:
                 raise RegistryError(f"registry {self.ref.registry} sent a tag page link that loops back to {url}")
             seen.add(url)
@@ -291,6 +319,7 @@ class RegistryClient:
                 response = self._request("GET", url, what=f"list the tags of {self.ref.name}")
             except RegistryNotFound:
                 return []
+            pages += 1
             body = self._json(response, f"list the tags of {self.ref.name}")
             page = body.get("tags") if isinstance(body, dict) else None
             if page is None and isinstance(body, dict) and "tags" in body:
@@ -299,7 +328,7 @@ class RegistryClient:
                 raise RegistryError(
                     f"registry {self.ref.registry} answered tags/list for {self.ref.name} without a tag list"
                 )
-            tags.extend(page)
+            tags.extend(page[: MAX_TAGS - len(tags)])
             url = self._next_link(response)
         return tags
 
@@ -316,6 +345,9 @@ class RegistryClient:
             return None
         digest: str | None = response.headers.get("docker-content-digest")
         if digest:
+            media_type = response.headers.get("content-type", "").split(";")[0].strip()
+            if media_type:
+                self._media_types[digest] = media_type
             return digest
         # Some registries leave the header out; the digest is the sha256 of the manifest bytes.
         try:
@@ -345,6 +377,32 @@ class RegistryClient:
         if not isinstance(labels, dict):
             return {}
         return {str(key): str(value) for key, value in labels.items()}
+
+    def platforms(self, reference: str) -> list[Platform] | None:
+        """The platforms an image index at ``reference`` (a tag or a digest) offers, buildx's attestation
+        entries left out; None for a single image, whose platform only its config blob says (not read:
+        the check then costs no blob download, and the engine decides).
+
+        Raises RegistryNotFound when there is no such manifest. One manifest GET, none when
+        ``manifest_digest`` already saw that this digest is a single image.
+        """
+        if self._media_types.get(reference) in IMAGE_MANIFEST_TYPES:
+            return None
+        shown = f"{self.ref.name}@{reference}" if ":" in reference else self.ref.with_tag(reference)
+        manifest = self._manifest(reference, f"read the platforms of {shown}")
+        if manifest.get("mediaType") not in INDEX_TYPES and "manifests" not in manifest:
+            return None
+        entries = manifest.get("manifests")
+        offered = []
+        for entry in entries if isinstance(entries, list) else []:
+            fields = entry.get("platform") if isinstance(entry, dict) else None
+            if not isinstance(fields, dict):
+                continue
+            os, architecture = fields.get("os"), fields.get("architecture")
+            if isinstance(os, str) and isinstance(architecture, str) and os != UNKNOWN_PLATFORM:
+                variant = fields.get("variant")
+                offered.append(platform(os, architecture, variant if isinstance(variant, str) else ""))
+        return offered
 
     def close(self) -> None:
         self._http.close()
@@ -390,11 +448,18 @@ class RegistryClient:
     ) -> httpx.Response:
         """Send one request, answering at most one auth challenge, and map the outcome to our errors."""
         response = self._send(method, url, headers, self._auth_header())
-        if response.status_code == 401:
+        # Only the registry's own challenge is answered: a 401 from a host a redirect led to could name
+        # any realm, and answering it would hand that host the credentials.
+        if response.status_code == 401 and self._same_origin(str(response.url)):
             challenge = parse_challenge(response.headers.get("www-authenticate"))
             authorization = self._answer_challenge(challenge, what)
             if authorization is not None:
                 response = self._send(method, url, headers, authorization)
+        if response.status_code == 401 and not self._same_origin(str(response.url)):
+            raise RegistryAuthError(
+                f"cannot {what}: {method} {url} was redirected to {_origin_text(response.url)}, which asked for "
+                f"credentials; they are only sent to registry {self.ref.registry} and its token realm"
+            )
         self._check(response, what)
         return response
 
@@ -460,6 +525,11 @@ class RegistryClient:
         if challenge.params.get("service"):
             params["service"] = challenge.params["service"]
         credentials = self._credentials
+        if credentials is not None and not _safe_for_credentials(realm):
+            raise RegistryError(
+                f"registry {self.ref.registry} named the token realm {realm!r}: refusing to send the credentials "
+                "there (only https, or plain http on this machine)"
+            )
         try:
             response = self._http.get(
                 realm, params=params, auth=httpx.BasicAuth(*credentials) if credentials is not None else None
@@ -531,7 +601,33 @@ class RegistryClient:
         link = response.links.get("next", {}).get("url")
         if not link:
             return None
-        return str(response.url.join(link))
+        try:
+            target = response.url.join(link)
+        except httpx.InvalidURL as exc:
+            raise RegistryError(f"registry {self.ref.registry} sent an invalid tag page link {link!r}: {exc}") from exc
+        if not self._same_origin(str(target)):
+            raise RegistryLinkRefused(
+                f"registry {self.ref.registry} sent a tag page link to another host, {_origin_text(target)} "
+                f"({target}); only pages on {_origin_text(self._origin)} are followed",
+                host=target.host,
+            )
+        return str(target)
+
+
+def _origin_text(url: httpx.URL) -> str:
+    port = f":{url.port}" if url.port is not None else ""
+    return f"{url.scheme}://{url.host}{port}"
+
+
+def _safe_for_credentials(realm: str) -> bool:
+    """Credentials travel over https, or plain http to this machine (a test or local token server)."""
+    try:
+        url = httpx.URL(realm)
+    except httpx.InvalidURL:
+        return False
+    if url.scheme == "https":
+        return True
+    return url.scheme == "http" and is_loopback(url.host)
 
 
 def _basic(username: str, password: str) -> str:

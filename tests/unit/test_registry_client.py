@@ -16,8 +16,16 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from shared.errors import RateLimited, RegistryAuthError, RegistryError, RegistryNotFound, RegistryUnavailable
-from shared.registry import MANIFEST_ACCEPT, RateLimit, RegistryClient, parse_image_ref
+from shared.errors import (
+    RateLimited,
+    RegistryAuthError,
+    RegistryError,
+    RegistryLinkRefused,
+    RegistryNotFound,
+    RegistryUnavailable,
+)
+from shared.registry import MANIFEST_ACCEPT, MAX_TAG_PAGES, MAX_TAGS, RateLimit, RegistryClient, parse_image_ref
+from shared.testing import capture_logs
 
 Handler = Callable[[httpx.Request], httpx.Response]
 PASSWORD = "s3cret-token-value"
@@ -173,6 +181,74 @@ def test_image_labels_of_a_missing_tag_raise_not_found() -> None:
             client.image_labels("2.0.0")
 
 
+def test_platforms_of_an_index_are_its_entries_without_attestations() -> None:
+    with client_for(registry_with_index({})) as client:
+        offered = client.platforms("1.0.0")
+    assert offered is not None
+    assert [str(item) for item in offered] == ["windows/amd64", "linux/arm64"]
+
+
+def test_platforms_of_a_single_image_are_not_read_from_its_config() -> None:
+    requests: list[httpx.Request] = []
+    handler = registry_with_index({})
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return handler(request)
+
+    with client_for(recording) as client:
+        assert client.platforms("sha256:" + "2" * 64) is None
+    assert [request.url.path for request in requests] == ["/v2/o/app/manifests/sha256:" + "2" * 64]
+
+
+@pytest.mark.parametrize(
+    ("media_type", "gets"),
+    [("application/vnd.docker.distribution.manifest.v2+json", 0), ("application/vnd.oci.image.index.v1+json", 1)],
+)
+def test_a_single_image_known_from_its_head_costs_no_manifest_get(media_type: str, gets: int) -> None:
+    """A manifest GET counts against Docker Hub's pull limit: not spent when the HEAD said "single image"."""
+    requests: list[httpx.Request] = []
+    entry = {"digest": DIGEST, "platform": {"os": "linux", "architecture": "amd64"}}
+    index = {"mediaType": media_type, "manifests": [entry]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, json=index, headers={"Docker-Content-Digest": DIGEST, "Content-Type": media_type})
+
+    with client_for(handler) as client:
+        digest = client.manifest_digest("1.0.0")
+        assert digest == DIGEST
+        client.platforms(digest)
+    assert [request.method for request in requests].count("GET") == gets
+
+
+def test_platforms_of_a_buildx_style_index_with_arm_variants() -> None:
+    """The shape buildx pushes for --platform linux/amd64,linux/arm/v7 with provenance attestations."""
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "a" * 64, "size": 1,
+             "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "b" * 64, "size": 1,
+             "platform": {"architecture": "arm", "os": "linux", "variant": "v7"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "c" * 64, "size": 1,
+             "annotations": {"vnd.docker.reference.type": "attestation-manifest"},
+             "platform": {"architecture": "unknown", "os": "unknown"}},
+        ],
+    }
+    with client_for(lambda request: httpx.Response(200, json=index)) as client:
+        offered = client.platforms("1.0.0")
+    assert offered is not None
+    assert [str(item) for item in offered] == ["linux/amd64", "linux/arm/v7"]
+
+
+def test_platforms_of_a_missing_tag_raise_not_found() -> None:
+    with client_for(registry_with_index({})) as client:
+        with pytest.raises(RegistryNotFound, match="2.0.0"):
+            client.platforms("2.0.0")
+
+
 # -- bearer tokens (Docker Hub's flow) -------------------------------------------------------------
 
 
@@ -303,21 +379,142 @@ def test_basic_challenge_without_credentials_asks_for_them() -> None:
             client.list_tags()
 
 
-def test_credentials_are_not_sent_to_another_host_named_in_a_link() -> None:
+def test_a_link_to_another_host_is_refused_naming_the_host_and_nothing_reaches_it() -> None:
     log: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         log.append(request)
         if request.url.host == "elsewhere.example":
-            return httpx.Response(200, json={"tags": ["2.0.0"]})
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="https://elsewhere.example/token"'})
         if request.headers.get("Authorization") != basic("bob", PASSWORD):
             return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
         link = '<https://elsewhere.example/v2/o/app/tags/list>; rel="next"'
         return httpx.Response(200, json={"tags": ["1.0.0"]}, headers={"Link": link})
 
     with client_for(handler, username="bob", password=SecretStr(PASSWORD)) as client:
+        with pytest.raises(RegistryLinkRefused, match=r"another host, https://elsewhere\.example") as error:
+            client.list_tags()
+    assert error.value.host == "elsewhere.example"
+    assert isinstance(error.value, RegistryError)
+    assert {request.url.host for request in log} == {"127.0.0.1"}
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "http://127.0.0.1:5001/v2/o/app/tags/list?last=1.0.0",  # same host, another port
+        "https://127.0.0.1:5000/v2/o/app/tags/list?last=1.0.0",  # same host and port, another scheme
+        "//evil.example/v2/o/app/tags/list",  # scheme-relative
+    ],
+)
+def test_links_off_the_registry_origin_are_refused(link: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert (request.url.scheme, request.url.host, request.url.port) == ("http", "127.0.0.1", 5000)
+        return httpx.Response(200, json={"tags": ["1.0.0"]}, headers={"Link": f'<{link}>; rel="next"'})
+
+    with client_for(handler) as client:
+        with pytest.raises(RegistryLinkRefused, match="only pages on http://127.0.0.1:5000 are followed"):
+            client.list_tags()
+
+
+def test_an_absolute_link_on_the_registry_origin_is_followed() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("last") == "1.0.0":
+            return httpx.Response(200, json={"tags": ["2.0.0"]})
+        link = '<http://127.0.0.1:5000/v2/o/app/tags/list?last=1.0.0>; rel="next"'
+        return httpx.Response(200, json={"tags": ["1.0.0"]}, headers={"Link": link})
+
+    with client_for(handler) as client:
         assert client.list_tags() == ["1.0.0", "2.0.0"]
-    assert "Authorization" not in log[-1].headers
+
+
+def test_a_401_from_a_host_a_redirect_led_to_gets_no_credentials() -> None:
+    """The registry redirects tags/list elsewhere; that host's challenge names its own realm."""
+    log: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        log.append(request)
+        if request.url.host == "evil.example":
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="https://evil.example/token"'})
+        if request.headers.get("Authorization") != basic("bob", PASSWORD):
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+        return httpx.Response(302, headers={"Location": "https://evil.example/v2/o/app/tags/list"})
+
+    with client_for(handler, username="bob", password=SecretStr(PASSWORD)) as client:
+        with pytest.raises(RegistryAuthError, match="redirected to https://evil.example, which asked for credentials"):
+            client.list_tags()
+    evil = [request for request in log if request.url.host == "evil.example"]
+    assert evil, "the redirect was followed"
+    assert all("Authorization" not in request.headers for request in evil)
+    assert all(request.url.path != "/token" for request in log)
+
+
+def test_docker_hub_credentials_go_only_to_the_registry_and_its_own_token_realm() -> None:
+    hosts: list[tuple[str, str | None]] = []
+    hub = FakeHub(accept=("alice", PASSWORD))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        hosts.append((request.url.host, request.headers.get("Authorization")))
+        return hub(request)
+
+    with client_for(handler, "o/app", username="alice", password=SecretStr(PASSWORD)) as client:
+        assert client.list_tags() == ["1.0.0"]
+    assert {host for host, authorization in hosts if authorization} == {"registry-1.docker.io", "auth.docker.io"}
+    assert (("auth.docker.io", basic("alice", PASSWORD))) in hosts
+
+
+def test_credentials_are_not_sent_to_a_plain_http_token_realm_on_another_machine() -> None:
+    log: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        log.append(request)
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="http://auth.example/token"'})
+
+    with client_for(handler, "registry.example/o/app", username="bob", password=SecretStr(PASSWORD)) as client:
+        with pytest.raises(RegistryError, match="refusing to send the credentials there"):
+            client.list_tags()
+    assert [request.url.host for request in log] == ["registry.example"]
+
+
+def endless_pages(request: httpx.Request) -> httpx.Response:
+    page = int(request.url.params.get("page", "0"))
+    tags = [f"0.{page}.{n}" for n in range(int(request.url.params["n"]))]
+    link = f'</v2/o/app/tags/list?n={request.url.params["n"]}&page={page + 1}>; rel="next"'
+    return httpx.Response(200, json={"tags": tags}, headers={"Link": link})
+
+
+def test_pagination_stops_at_the_page_cap_with_a_warning_and_keeps_what_it_read() -> None:
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return endless_pages(request)
+
+    with capture_logs("WARNING") as logs, client_for(handler) as client:
+        tags = client.list_tags(page_size=3)
+    assert len(requests) == MAX_TAG_PAGES
+    assert len(tags) == MAX_TAG_PAGES * 3
+    assert tags[:3] == ["0.0.0", "0.0.1", "0.0.2"]
+    [warning] = [entry.message for entry in logs]
+    assert f"after {MAX_TAG_PAGES} pages" in warning and "stopped there" in warning
+
+
+def test_pagination_stops_at_the_tag_cap() -> None:
+    with capture_logs("WARNING") as logs, client_for(endless_pages) as client:
+        tags = client.list_tags(page_size=1000)
+    assert len(tags) == MAX_TAGS
+    assert len(logs) == 1
+
+
+def test_a_repository_just_under_the_caps_is_read_in_full_without_a_warning() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params.get("page", "0"))
+        headers = {"Link": f'</v2/o/app/tags/list?n=1&page={page + 1}>; rel="next"'} if page + 1 < MAX_TAG_PAGES else {}
+        return httpx.Response(200, json={"tags": [f"1.0.{page}"]}, headers=headers)
+
+    with capture_logs("WARNING") as logs, client_for(handler) as client:
+        assert len(client.list_tags(page_size=1)) == MAX_TAG_PAGES
+    assert logs == []
 
 
 # -- faults ---------------------------------------------------------------------------------------
