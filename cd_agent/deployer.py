@@ -10,6 +10,7 @@ the report, an email rendered by ``cd_agent.report.render_email``).
 from __future__ import annotations
 
 import fcntl
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from cd_agent.state import DeployState, Phase, Release
 from cd_agent.swap import Swap
 from shared.logs import prune_run_logs, run_log, run_log_path
 from shared.notify import Notifier
+from shared.private_files import open_private_append
 from shared.runstore import RunStore, utc_now
 
 if TYPE_CHECKING:
@@ -176,9 +178,8 @@ class Deployer:
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
-        path = self.settings.state_dir / "deploy.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as handle:
+        # 0600: anyone who can open the lock file can hold it and block every deploy.
+        with os.fdopen(open_private_append(self.settings.state_dir / "deploy.lock"), "a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
@@ -187,7 +188,6 @@ class Deployer:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
-
 
 
 def _version(release: Release | None) -> str | None:

@@ -106,8 +106,7 @@ def test_cd_agent_files_are_private_under_umask_000(cd_world: CdWorld, observed:
     assert logs["."] == state["."] == "0o700"
     assert [mode for name, mode in logs.items() if name.endswith(".log")] == ["0o600"]
     assert state["cd.sqlite3"] == state["runs.sqlite3"] == "0o600"
-    # deploy.lock is an empty lock file made by cd_agent/deployer.py; the 0700 folder keeps it private.
-    assert open_to_others({name: mode for name, mode in state.items() if name != "deploy.lock"}) == []
+    assert open_to_others(state) == []
 
 
 def console_warnings(text: str) -> list[str]:
