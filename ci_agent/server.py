@@ -14,7 +14,8 @@ internet can open connections to the first, so every listener holds these lines:
   no such timeout; its keep-alive timeout only starts after an answer). Heads are capped at
   :data:`MAX_HEAD_BYTES` by h11.
 - **Log storms.** asyncio reports every failed ``accept()`` with a traceback, thousands a second when
-  descriptors run out; those reports become one warning a minute.
+  descriptors run out; those reports become one warning a minute. uvicorn's own warnings (one per
+  malformed request) are limited to :data:`UVICORN_RECORDS_PER_MINUTE`.
 
 Bodies are bounded by the webhook itself (ci_agent/body.py).
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import resource
 import signal
 import socket
@@ -48,6 +50,7 @@ FD_TARGET = 65536
 REAP_INTERVAL_SECONDS = 1.0
 ACCEPT_ERROR_LOG_INTERVAL = 60.0
 _ACCEPT_ERROR = "socket.accept() out of system resource"
+UVICORN_RECORDS_PER_MINUTE = 20
 
 _log = logger.bind(agent="ci", component="server")
 
@@ -198,6 +201,7 @@ class _Server(uvicorn.Server):
 async def _serve_all(listeners: list[Listener], sockets: list[socket.socket], limits: ConnectionLimits) -> None:
     loop = asyncio.get_running_loop()
     _quiet_accept_errors(loop)
+    _limit_uvicorn_records()
     servers = []
     for listener in listeners:
         protocol = type(f"{listener.name.title()}Protocol", (GuardedH11Protocol,), {"limits": limits})
@@ -263,3 +267,28 @@ def _quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
             last_logged, suppressed = now, 0
 
     loop.set_exception_handler(handle)
+
+
+class _RecordsPerMinute(logging.Filter):
+    """Lets ``limit`` records through per minute; strangers decide how many malformed requests there are."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.window_start = -60.0
+        self.passed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self.window_start >= 60.0:
+            self.window_start, self.passed = now, 0
+        self.passed += 1
+        return self.passed <= self.limit
+
+
+def _limit_uvicorn_records() -> None:
+    # Filters on the loggers themselves: uvicorn logs through "uvicorn.error" with no handler of ours.
+    for name in ("uvicorn", "uvicorn.error"):
+        target = logging.getLogger(name)
+        if not any(isinstance(existing, _RecordsPerMinute) for existing in target.filters):
+            target.addFilter(_RecordsPerMinute(UVICORN_RECORDS_PER_MINUTE))

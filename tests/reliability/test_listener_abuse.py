@@ -395,6 +395,26 @@ def test_slow_request_heads_are_cut_off(start_agent: Callable[..., Agent], obser
     observed(f"closed after {closed_at['silent']:.0f} s (silent) and {closed_at['trickle']:.0f} s (trickling)")
 
 
+@pytest.mark.reliability(
+    "2,000 connections each sending a malformed request head",
+    "each answered 400; the console grows by a few lines, not one warning per request (strangers choose how many)",
+)
+def test_malformed_heads_do_not_flood_the_console(start_agent: Callable[..., Agent], observed: Callable[[str], None]):
+    agent = start_agent()
+    console_before = agent.console_size()
+    statuses: dict[bytes, int] = {}
+    for _ in range(2000):
+        with socket.create_connection(("127.0.0.1", agent.port), timeout=10) as sock:
+            sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            status = sock.recv(64).split(b"\r\n", 1)[0]
+            statuses[status] = statuses.get(status, 0) + 1
+    growth = agent.console_size() - console_before
+    assert statuses == {b"HTTP/1.1 400 Bad Request": 2000}, statuses
+    assert growth < 4096, f"console grew by {growth} bytes"
+    assert agent.ping().status_code == 200
+    observed(f"2000 x 400; console +{growth} bytes")
+
+
 # -- input that used to answer 500 (issue 8.5) ------------------------------------------------------
 
 
