@@ -87,7 +87,7 @@ def serve(settings: CiSettings) -> int:
         worker.start()
         try:
             logger.bind(agent="ci").info(
-                "ci-agent serving the webhook on {}:{} and the dashboard on {}:{}{} for {} branch {} -> {}",
+                "ci-agent starting: webhook on {}:{}, dashboard on {}:{}{}, for {} branch {} -> {}",
                 settings.ci_host,
                 settings.ci_port,
                 settings.ci_dashboard_host,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import signal
 import socket
@@ -181,9 +182,9 @@ def _bound(listeners: list[Listener]) -> Iterator[list[socket.socket]]:
                 family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
                 sockets.append(socket.create_server((listener.host, listener.port), family=family, backlog=2048))
             except OSError as exc:
-                raise ListenerError(
-                    f"cannot listen on {listener.host}:{listener.port} for the {listener.name}: {exc.strerror or exc}"
-                ) from None
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                address = f"{listener.host}:{listener.port}"
+                raise ListenerError(f"cannot listen on {address} for the {listener.name}: {reason}") from None
         yield sockets
     finally:
         for sock in sockets:

@@ -415,6 +415,35 @@ def test_malformed_heads_do_not_flood_the_console(start_agent: Callable[..., Age
     observed(f"2000 x 400; console +{growth} bytes")
 
 
+@pytest.mark.reliability(
+    "the dashboard port is already taken by another program when ci-agent serve starts",
+    "exit 1 with one line naming the address and the listener, no traceback",
+)
+def test_a_taken_port_is_a_clear_error(tmp_path: Path, observed: Callable[[str], None]):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(tmp_path),
+            "CI_REPO_URL": str(tmp_path / "no-repository.git"),
+            "CI_IMAGE": "127.0.0.1:9/abuse/app",
+            "CI_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "CI_HOST": "127.0.0.1",
+            "CI_PORT": str(free_port()),
+            "CI_DASHBOARD_PORT": str(port),
+            "LOG_DIR": str(tmp_path / "logs"),
+            "STATE_DIR": str(tmp_path / "state"),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "ci_agent", "serve"], env=env, cwd=tmp_path, capture_output=True, text=True,
+            timeout=120, check=False,
+        )
+    assert done.returncode == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port} for the dashboard: Address already in use" in done.stderr
+    assert TRACEBACK not in done.stdout + done.stderr
+    observed(f"exit 1: {done.stderr.strip().splitlines()[-1]!r}")
+
+
 # -- input that used to answer 500 (issue 8.5) ------------------------------------------------------
 
 
