@@ -44,7 +44,10 @@ from ci_agent.errors import CiError
 HEADER_TIMEOUT_SECONDS = 10.0
 KEEP_ALIVE_SECONDS = 5
 MAX_CONNECTIONS = 2048
-FD_RESERVE = 256
+# asyncio accepts up to BACKLOG connections per wake-up before any of them can be closed again, so the
+# reserve covers one batch per listener besides the worker's own files.
+BACKLOG = 128
+FD_RESERVE = 512
 MAX_HEAD_BYTES = 16 * 1024
 # The soft file limit is raised to the hard one, but no further than this: enough for every listener's cap.
 FD_TARGET = 65536
@@ -180,7 +183,7 @@ def _bound(listeners: list[Listener]) -> Iterator[list[socket.socket]]:
         for listener in listeners:
             try:
                 family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
-                sockets.append(socket.create_server((listener.host, listener.port), family=family, backlog=2048))
+                sockets.append(socket.create_server((listener.host, listener.port), family=family, backlog=BACKLOG))
             except OSError as exc:
                 reason = os.strerror(exc.errno) if exc.errno else str(exc)
                 address = f"{listener.host}:{listener.port}"
@@ -215,6 +218,7 @@ async def _serve_all(listeners: list[Listener], sockets: list[socket.socket], li
             server_header=False,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
             timeout_graceful_shutdown=10,
+            backlog=BACKLOG,
             h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         )
         servers.append(_Server(config))

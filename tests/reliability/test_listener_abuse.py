@@ -349,6 +349,7 @@ def test_idle_crowd_beyond_the_file_limit(start_agent: Callable[..., Agent], obs
     answers_as_before(agent)
     assert growth < CONSOLE_GROWTH_LIMIT, f"console grew by {growth} bytes"
     assert "out of system resource" not in agent.console_text()
+    assert "cannot accept connections" not in agent.console_text()
     observed(
         f"file limit {agent.soft_file_limit()}; cap {cap} connections per listener; {evicted} of 1100 idle "
         f"connections closed by the agent to make room; 3 signed pings answered 200 within "

@@ -52,7 +52,7 @@ def test_token_matches_only_the_exact_token() -> None:
         (1024, 2, (1024 - FD_RESERVE) // 2),
         (8192, 2, MAX_CONNECTIONS),
         (65536, 2, MAX_CONNECTIONS),
-        (300, 2, 22),
+        (600, 2, 44),
         (100, 2, 16),  # never below a handful, even when the limit leaves no room
     ],
 )
