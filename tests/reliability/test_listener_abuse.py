@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,17 +34,18 @@ from ci_agent.signature import sign
 from tests.support.payloads import GITHUB_PAYLOADS
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
+from tests.support.strangers import IdleCrowd, Uploaders
 
 WEBHOOK_SECRET = "whsec-listener-abuse-P3r8-never-shown"
 DASHBOARD_TOKEN = "dashboard-token-listener-Zt6-never-shown"
 MIB = 1024 * 1024
-UPLOAD_BYTES = 25 * MIB
 SERVICE_SOFT_NOFILE = 1024
 SERVICE_HARD_NOFILE = 524288
 RSS_LIMIT_MIB = 150
 CONSOLE_GROWTH_LIMIT = MIB
 PING_ANSWER_SECONDS = 1.0
 TRACEBACK = "Traceback (most recent call last)"
+_PINGER = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
 
 
 @dataclass
@@ -93,8 +93,9 @@ class Agent:
             "X-GitHub-Delivery": str(uuid.uuid4()),
             "X-Hub-Signature-256": sign(SecretStr(WEBHOOK_SECRET), raw),
         }
-        # A fresh connection each time, as GitHub makes one per delivery.
-        response = httpx.post(f"{self.url}/webhook", content=raw, headers=headers, timeout=timeout)
+        # A fresh connection each time, as GitHub makes one per delivery; one client for all of them, so the
+        # time is the agent's, not that of building an httpx client (an SSL context each, ~0.1-0.3 s here).
+        response = _PINGER.post(f"{self.url}/webhook", content=raw, headers=headers, timeout=timeout)
         self.answers.append(response.text)
         return response
 
@@ -179,95 +180,6 @@ def start_agent(
 
 
 # -- strangers on the wire --------------------------------------------------------------------------
-
-
-class IdleCrowd:
-    """``count`` connections that never finish a request: half send nothing, half half a request head."""
-
-    def __init__(self, port: int, count: int) -> None:
-        self.sockets: list[socket.socket] = []
-        for index in range(count):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            if index % 2:
-                sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: pi\r\nX-GitHub-Event: push\r\n")
-            self.sockets.append(sock)
-
-    def closed_by_agent(self) -> int:
-        """How many the agent has closed (a read sees end of file or a reset)."""
-        closed = 0
-        for sock in self.sockets:
-            sock.setblocking(False)
-            try:
-                if sock.recv(1) == b"":
-                    closed += 1
-            except BlockingIOError:
-                pass
-            except OSError:
-                closed += 1
-        return closed
-
-    def leave(self) -> None:
-        for sock in self.sockets:
-            sock.close()
-        self.sockets.clear()
-
-
-class Uploaders:
-    """``count`` threads each sending 25 MiB bodies without a valid signature, over and over, until stopped.
-
-    Even-numbered ones send no signature header, odd ones a wrong one (the agent has to read that
-    body to know). Each records the status line it got, or the error that ended the attempt.
-    """
-
-    def __init__(self, port: int, count: int) -> None:
-        self.port = port
-        self.stop = threading.Event()
-        self.started = threading.Barrier(count + 1)
-        self.outcomes: list[str] = []
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(index,), daemon=True) for index in range(count)]
-        for thread in self.threads:
-            thread.start()
-        self.started.wait(timeout=60)
-
-    def _run(self, index: int) -> None:
-        chunk = b"x" * MIB
-        first = True
-        while not self.stop.is_set():
-            head = (
-                "POST /webhook HTTP/1.1\r\nHost: pi\r\nContent-Type: application/json\r\n"
-                f"X-GitHub-Event: push\r\nX-GitHub-Delivery: {uuid.uuid4()}\r\nContent-Length: {UPLOAD_BYTES}\r\n"
-            )
-            if index % 2:
-                head += "X-Hub-Signature-256: sha256=" + "0" * 64 + "\r\n"
-            outcome = "?"
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
-                    sock.sendall(head.encode() + b"\r\n")
-                    sock.sendall(chunk)
-                    if first:
-                        first = False
-                        self.started.wait(timeout=60)
-                    for _ in range(UPLOAD_BYTES // MIB - 1):
-                        sock.sendall(chunk)
-                    outcome = sock.recv(64).split(b"\r\n", 1)[0].decode(errors="replace") or "closed"
-            except OSError as exc:
-                outcome = type(exc).__name__
-                if first:
-                    first = False
-                    self.started.wait(timeout=60)
-            with self.lock:
-                self.outcomes.append(outcome)
-
-    def finish(self) -> dict[str, int]:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=120)
-        counts: dict[str, int] = {}
-        for outcome in self.outcomes:
-            key = " ".join(outcome.split()[:2]) if outcome.startswith("HTTP/") else outcome
-            counts[key] = counts.get(key, 0) + 1
-        return counts
 
 
 @contextlib.contextmanager
