@@ -89,7 +89,8 @@ class BodyIntake:
         return True
 
     async def _spool(self, chunks: AsyncIterator[bytes], mac: hmac.HMAC | None) -> SignedBody:
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        # 0700: a body is unverified input, but it may be a private repository's push; nobody else reads it.
+        self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES, dir=str(self.spool_dir))
         size = 0
         try:

@@ -87,12 +87,12 @@ def serve(settings: CiSettings) -> int:
         worker.start()
         try:
             logger.bind(agent="ci").info(
-                "ci-agent starting: webhook on {}:{}, dashboard on {}:{}{}, for {} branch {} -> {}",
+                "ci-agent serving on {}:{} (webhook) and {}:{} (dashboard{}) for {} branch {} -> {}",
                 settings.ci_host,
                 settings.ci_port,
                 settings.ci_dashboard_host,
                 settings.ci_dashboard_port,
-                " (token required; also on the webhook port)" if settings.ci_dashboard_token else "",
+                "; token required, also on the webhook port" if settings.ci_dashboard_token else "",
                 settings.ci_github_repo or "any repository",
                 settings.ci_branch,
                 settings.ci_image,
