@@ -527,7 +527,8 @@ def test_a_large_signed_push_is_spooled_and_accepted(api, store, tmp_path):
     assert response.status_code == 202
     assert len(store.list()) == 1
     spool = tmp_path / "state" / "spool"
-    assert not spool.exists() or list(spool.iterdir()) == []
+    assert spool.stat().st_mode & 0o777 == 0o700
+    assert list(spool.iterdir()) == []  # an unnamed temporary file: nothing is left behind
 
 
 def test_a_large_chunked_signed_push_is_accepted(api, store):
