@@ -36,6 +36,8 @@ from tests.support.polling import wait_for
 from tests.support.ports import free_port
 from tests.support.strangers import IdleCrowd, Uploaders
 
+pytestmark = pytest.mark.slow
+
 WEBHOOK_SECRET = "whsec-listener-abuse-P3r8-never-shown"
 DASHBOARD_TOKEN = "dashboard-token-listener-Zt6-never-shown"
 MIB = 1024 * 1024
