@@ -163,6 +163,8 @@ class CiSettings(SharedSettings):
             )
         if value is not None and not value.get_secret_value().isprintable():
             raise ValueError("must be printable text (it is typed into a browser's password prompt)")
+        if value is not None and value.get_secret_value() != value.get_secret_value().strip():
+            raise ValueError("must not start or end with a space (an Authorization header cannot carry it)")
         return value
 
     @field_validator("ci_test_timeout", "ci_build_timeout")

@@ -475,12 +475,13 @@ def test_with_a_token_every_listener_asks_for_it(tmp_path, store, listener):
     assert get("/badge.svg").status_code == 200
 
 
-def test_a_short_dashboard_token_is_refused_at_start_up(tmp_path):
+@pytest.mark.parametrize("token", ["short", " sixteen-or-more-chars", "sixteen-or-more\tchars"])
+def test_an_unusable_dashboard_token_is_refused_at_start_up(tmp_path, token):
     from shared.errors import SettingsError
 
     with pytest.raises(SettingsError, match="CI_DASHBOARD_TOKEN") as caught:
-        make_settings(tmp_path, CI_DASHBOARD_TOKEN="short")
-    assert "short" not in str(caught.value)
+        make_settings(tmp_path, CI_DASHBOARD_TOKEN=token)
+    assert token.strip() not in str(caught.value)
 
 
 def test_the_dashboard_port_must_differ_from_the_webhook_port(tmp_path):
