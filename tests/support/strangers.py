@@ -5,6 +5,7 @@ Used by tests/reliability/test_listener_abuse.py and bench/listener_abuse.py.
 
 from __future__ import annotations
 
+import resource
 import socket
 import threading
 import uuid
@@ -13,10 +14,21 @@ MIB = 1024 * 1024
 UPLOAD_BYTES = 25 * MIB
 
 
+def allow_open_files(count: int) -> None:
+    """Raise this process's soft file limit so it can hold ``count`` sockets (a shell's default is 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = count + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            raise RuntimeError(f"this process may open at most {hard} files; {wanted} are needed")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 class IdleCrowd:
     """``count`` connections that never finish a request: half send nothing, half half a request head."""
 
     def __init__(self, port: int, count: int) -> None:
+        allow_open_files(count)
         self.sockets: list[socket.socket] = []
         for index in range(count):
             sock = socket.create_connection(("127.0.0.1", port), timeout=10)
