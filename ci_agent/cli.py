@@ -45,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "serve",
         help="serve the webhook and run queued pipelines (until SIGTERM/SIGINT)",
-        description="Listen on CI_HOST:CI_PORT for GitHub webhooks (POST /webhook) and serve the run history "
-        "(GET /runs). Runs are executed one at a time; a run a crash left unfinished is marked interrupted.",
+        description="Listen on CI_HOST:CI_PORT for GitHub webhooks (POST /webhook; also GET /healthz and "
+        "GET /badge.svg) and serve the dashboard and the run history (GET /, GET /runs) on "
+        "CI_DASHBOARD_HOST:CI_DASHBOARD_PORT (127.0.0.1:8001 by default). Runs are executed one at a time; "
+        "a run a crash left unfinished is marked interrupted.",
     )
     run = commands.add_parser(
         "run",
@@ -74,8 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(settings: CiSettings) -> int:
-    # uvicorn is imported here, not at the top: `ci-agent run` has no use for the web server.
-    import uvicorn
+    # Imported here, not at the top: `ci-agent run` has no use for the web server.
+    from ci_agent.dashboard import create_dashboard_app
+    from ci_agent.server import Listener
+    from ci_agent.server import serve as serve_listeners
 
     with open_agent(settings) as agent:
         agent.recover()
@@ -83,14 +87,27 @@ def serve(settings: CiSettings) -> int:
         worker.start()
         try:
             logger.bind(agent="ci").info(
-                "ci-agent serving on {}:{} for {} branch {} -> {}",
+                "ci-agent serving on {}:{} (webhook) and {}:{} (dashboard{}) for {} branch {} -> {}",
                 settings.ci_host,
                 settings.ci_port,
+                settings.ci_dashboard_host,
+                settings.ci_dashboard_port,
+                "; token required, also on the webhook port" if settings.ci_dashboard_token else "",
                 settings.ci_github_repo or "any repository",
                 settings.ci_branch,
                 settings.ci_image,
             )
-            uvicorn.run(agent.app(), host=settings.ci_host, port=settings.ci_port, log_config=None, access_log=False)
+            serve_listeners(
+                [
+                    Listener("webhook", settings.ci_host, settings.ci_port, agent.app()),
+                    Listener(
+                        "dashboard",
+                        settings.ci_dashboard_host,
+                        settings.ci_dashboard_port,
+                        create_dashboard_app(settings, agent.store),
+                    ),
+                ]
+            )
         finally:
             agent.queue.close()
             worker.stop(timeout=5)

@@ -1,11 +1,17 @@
 """What a person sees of the CI agent: ``GET /`` (the runs), ``GET /runs/{n}`` as a page, ``GET /badge.svg``.
 
+:func:`create_dashboard_app` is the private listener's app (``CI_DASHBOARD_HOST:CI_DASHBOARD_PORT``,
+loopback by default): these pages and the run API (``GET /runs``, ``/runs/{n}``, ``/runs/{n}/log``),
+behind ``CI_DASHBOARD_TOKEN`` when it is set (ci_agent/access.py). ``/healthz`` and ``/badge.svg``
+answer without it, as on the public listener.
+
 Plain HTML from ``string.Template`` with every value passed through ``html.escape``: no template
 engine, no JavaScript, one inline style sheet. The pages show run fields and run logs only, never
 settings beyond the repository, branch and image (the run logs are redacted by their sinks already).
 
 ``GET /runs/{n}`` answers JSON to API clients and HTML to browsers: :func:`prefers_html` reads the
-``Accept`` header (``*/*`` and ties go to JSON, so scripts and curl keep getting JSON).
+``Accept`` header (``*/*`` and ties go to JSON, so scripts and curl keep getting JSON); both answers
+say ``Vary: Accept`` so no cache hands one to a client that asked for the other.
 """
 
 from __future__ import annotations
@@ -17,10 +23,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from string import Template
+from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse, Response
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
+from ci_agent.access import dashboard_guard
+from ci_agent.answers import install_error_answers
+from ci_agent.errors import RunNotFound
 from ci_agent.git import strip_credentials
 from ci_agent.queue import KIND
 from ci_agent.settings import CiSettings
@@ -30,6 +40,8 @@ LIST_LIMIT = 100
 LOG_PAGE_BYTES = 256 * 1024
 LIST_REFRESH_SECONDS = 10
 RUN_REFRESH_SECONDS = 5
+# Run numbers are SQLite integers; a larger one cannot exist (and would overflow the query).
+MAX_RUN_NUMBER = 2**63 - 1
 # The badge looks this far back for a finished run of the tracked branch.
 _BADGE_SCAN_LIMIT = 1000
 
@@ -95,12 +107,52 @@ _LIST_ROW = Template(
 )
 
 
-def add_dashboard_routes(app: FastAPI, settings: CiSettings, store: RunStore) -> None:
-    """Register ``GET /`` and ``GET /badge.svg``; ``/runs/{n}`` stays in the webhook module (JSON first)."""
+def create_dashboard_app(settings: CiSettings, store: RunStore) -> FastAPI:
+    """The dashboard and the run API; ``ci-agent serve`` serves it on the private listener."""
+    app = FastAPI(title="pi-cicd ci-agent dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_answers(app, "dashboard")
+    private = [Depends(dashboard_guard(settings.ci_dashboard_token))]
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, dependencies=private)
     def runs_page() -> HTMLResponse:
         return html_response(render_runs_page(settings, store.list(limit=LIST_LIMIT)))
+
+    @app.get("/runs", dependencies=private)
+    def runs(limit: int = Query(default=50, ge=1, le=1000)) -> list[dict[str, Any]]:
+        return [run.to_json() for run in store.list(limit=limit)]
+
+    @app.get("/runs/{number}", response_model=None, dependencies=private)
+    def one_run(number: int, request: Request) -> Response:
+        run = _existing(store, number)
+        # JSON unless a browser asks for HTML (prefers_html): API clients see no change.
+        if prefers_html(request.headers.get("Accept")):
+            response: Response = html_response(render_run_page(settings, run, read_log(run)))
+        else:
+            response = JSONResponse(run.to_json())
+        response.headers["Vary"] = "Accept"
+        return response
+
+    @app.get("/runs/{number}/log", dependencies=private)
+    def run_log(number: int) -> FileResponse:
+        run = _existing(store, number)
+        if run.log_path is None:
+            raise RunNotFound(f"run {number} has no log yet")
+        path = Path(run.log_path)
+        if not path.is_file():
+            raise RunNotFound(f"the log of run {number} is gone (pruned or moved)")
+        # nosniff: a log holds text from the repository; a browser must never render it as HTML.
+        return FileResponse(path, media_type="text/plain; charset=utf-8", headers={"X-Content-Type-Options": "nosniff"})
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    add_badge_route(app, settings, store)
+    return app
+
+
+def add_badge_route(app: FastAPI, settings: CiSettings, store: RunStore) -> None:
+    """``GET /badge.svg``: public on every listener (a README on GitHub shows it through GitHub's proxy)."""
 
     @app.get("/badge.svg")
     def badge() -> Response:
@@ -108,6 +160,13 @@ def add_dashboard_routes(app: FastAPI, settings: CiSettings, store: RunStore) ->
         svg = render_badge(badge_for(runs, settings.ci_branch))
         # no-cache: GitHub's image proxy (camo) and browsers must ask again, or the badge goes stale.
         return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-cache", **_HEADERS})
+
+
+def _existing(store: RunStore, number: int) -> Run:
+    run = store.get(number) if 1 <= number <= MAX_RUN_NUMBER else None
+    if run is None:
+        raise RunNotFound(f"run {number} not found")
+    return run
 
 
 def html_response(page: str, status_code: int = 200) -> HTMLResponse:

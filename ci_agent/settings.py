@@ -22,6 +22,8 @@ TestRunner = Literal["docker", "host"]
 _GITHUB_REPO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}")
 
 
+DASHBOARD_TOKEN_MIN_LENGTH = 16
+
 _BUILD_ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -55,6 +57,12 @@ class CiSettings(SharedSettings):
     ci_push_attempts: int = 3
     ci_host: str = "0.0.0.0"  # noqa: S104 - GitHub has to reach the webhook; the signature guards it
     ci_port: int = 8000
+    # The dashboard and the run API have their own listener, loopback by default: run logs and commit
+    # messages are private, and the webhook port faces the internet.
+    ci_dashboard_host: str = "127.0.0.1"
+    ci_dashboard_port: int = 8001
+    # Set: the dashboard asks for it on every listener, and is served on CI_HOST:CI_PORT too.
+    ci_dashboard_token: SecretStr | None = None
     ci_initial_version: str = "0.1.0"
     ci_tag_style: TagStyle = "auto"
     ci_work_dir: Path | None = None
@@ -96,7 +104,7 @@ class CiSettings(SharedSettings):
             )
         return value
 
-    @field_validator("ci_repo_url", "ci_test_command", "ci_host")
+    @field_validator("ci_repo_url", "ci_test_command", "ci_host", "ci_dashboard_host")
     @classmethod
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
@@ -133,11 +141,32 @@ class CiSettings(SharedSettings):
             raise ValueError("must be a version X.Y.Z, e.g. 0.1.0")
         return value
 
-    @field_validator("ci_port")
+    @field_validator("ci_port", "ci_dashboard_port")
     @classmethod
     def _port(cls, value: int) -> int:
         if not 0 < value < 65536:
             raise ValueError("must be a TCP port between 1 and 65535")
+        return value
+
+    @field_validator("ci_dashboard_port")
+    @classmethod
+    def _own_port(cls, value: int, info: ValidationInfo) -> int:
+        # Two listeners on one port would be one listener: the dashboard would face the internet.
+        if value == info.data.get("ci_port"):
+            raise ValueError("must differ from CI_PORT (the dashboard has a listener of its own)")
+        return value
+
+    @field_validator("ci_dashboard_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < DASHBOARD_TOKEN_MIN_LENGTH:
+            raise ValueError(
+                f"must be at least {DASHBOARD_TOKEN_MIN_LENGTH} characters, e.g. the output of `openssl rand -hex 32`"
+            )
+        if value is not None and not value.get_secret_value().isprintable():
+            raise ValueError("must be printable text (it is typed into a browser's password prompt)")
+        if value is not None and value.get_secret_value() != value.get_secret_value().strip():
+            raise ValueError("must not start or end with a space (an Authorization header cannot carry it)")
         return value
 
     @field_validator("ci_test_timeout", "ci_build_timeout")

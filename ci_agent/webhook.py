@@ -1,9 +1,15 @@
-"""The CI agent's HTTP API (DESIGN.md, "CI agent HTTP API"): the GitHub webhook and the run history.
+"""The CI agent's public listener (DESIGN.md, "CI agent HTTP API"): the GitHub webhook, health and badge.
+
+This app is what ``CI_HOST:CI_PORT`` serves, the port GitHub (and so the internet) reaches. Only
+``POST /webhook``, ``GET /healthz`` and ``GET /badge.svg`` answer there without credentials; the
+dashboard and the run API (ci_agent/dashboard.py) are on their own listener, and are added here
+only when ``CI_DASHBOARD_TOKEN`` is set, behind that token.
 
 The webhook only verifies, records and queues, so it answers in milliseconds; the worker runs the
-pipeline later. Order of checks on ``POST /webhook``: size (413) → signature (401) → event header and
-body (400) → ``ping`` → event / repository / deletion / branch filters → de-duplication → queue (202).
-Nothing is recorded before the signature has been verified.
+pipeline later. Order of checks on ``POST /webhook``: size (413) → signature header present (401,
+before a byte of the body is read) → body within bounds and signature (ci_agent/body.py: 503, 408,
+413, 401) → event header and body (400) → ``ping`` → event / repository / deletion / branch filters →
+de-duplication → queue (202). Nothing is recorded before the signature has been verified.
 
 GitHub can send deliveries as ``application/json`` or as ``application/x-www-form-urlencoded``
 (``payload=<url-encoded JSON>``); both are accepted, and the signature is always over the raw body.
@@ -13,50 +19,46 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, Response
-from loguru import logger
+from fastapi.responses import JSONResponse
 
-from ci_agent.dashboard import add_dashboard_routes, html_response, prefers_html, read_log, render_run_page
-from ci_agent.errors import CiError, RunNotFound, WebhookRejected
+from ci_agent.answers import install_error_answers
+from ci_agent.body import MAX_BODY_BYTES, BodyIntake
+from ci_agent.dashboard import add_badge_route, create_dashboard_app
+from ci_agent.errors import WebhookRejected
 from ci_agent.payload import PushEvent, parse_push
 from ci_agent.queue import RunQueue
 from ci_agent.settings import CiSettings
 from ci_agent.signature import HEADER as SIGNATURE_HEADER
-from ci_agent.signature import verify_signature
-from shared.errors import PiCicdError
-from shared.runstore import Run, RunStore
+from shared.runstore import RunStore
 
-MAX_BODY_BYTES = 25 * 1024 * 1024
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
 _DELIVERY_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 _FORM = "application/x-www-form-urlencoded"
 
 
 def create_app(settings: CiSettings, store: RunStore, queue: RunQueue) -> FastAPI:
-    """The FastAPI application; ``ci-agent serve`` runs it with uvicorn."""
+    """The public app: ``ci-agent serve`` serves it on ``CI_HOST:CI_PORT``."""
     # No /docs or /openapi.json: the API is the table in DESIGN.md, nothing more is exposed.
     app = FastAPI(title="pi-cicd ci-agent", docs_url=None, redoc_url=None, openapi_url=None)
-    log = logger.bind(agent="ci", component="webhook")
-
-    async def answer_error(request: Request, exc: Exception) -> Response:
-        if isinstance(exc, CiError) and exc.status_code < 500:
-            log.info("{} {} answered {}: {}", request.method, request.url.path, exc.status_code, exc)
-            return JSONResponse({"error": str(exc)}, status_code=exc.status_code)
-        # Our own errors never carry secrets, but the details belong in the log, not in an answer.
-        log.opt(exception=exc).error("{} {} failed: {}", request.method, request.url.path, exc)
-        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the agent's log"}, status_code=500)
-
-    app.add_exception_handler(PiCicdError, answer_error)
+    install_error_answers(app, "webhook")
+    intake = BodyIntake(settings.state_dir / "spool")
 
     @app.post("/webhook")
     async def webhook(request: Request) -> JSONResponse:
-        body = await _read_capped(request)
-        _check_signature(settings, request, body)
+        declared = _declared_length(request)
+        signature = _signature_header(settings, request)
+        received = await intake.read(request.stream(), declared, settings.ci_webhook_secret)
+        try:
+            if signature is not None and not received.matches(signature):
+                raise WebhookRejected(401, f"{SIGNATURE_HEADER} does not match the body and the configured secret")
+            body = await received.content()
+        finally:
+            received.close()
         event_name = request.headers.get("X-GitHub-Event")
         if not event_name:
             raise WebhookRejected(400, "missing X-GitHub-Event header")
@@ -79,62 +81,35 @@ def create_app(settings: CiSettings, store: RunStore, queue: RunQueue) -> FastAP
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/runs")
-    def runs(limit: int = Query(default=50, ge=1, le=1000)) -> list[dict[str, Any]]:
-        return [run.to_json() for run in store.list(limit=limit)]
-
-    @app.get("/runs/{number}", response_model=None)
-    def one_run(number: int, request: Request) -> dict[str, Any] | Response:
-        run = _existing(store, number)
-        # JSON unless a browser asks for HTML (dashboard.prefers_html): API clients see no change.
-        if prefers_html(request.headers.get("Accept")):
-            return html_response(render_run_page(settings, run, read_log(run)))
-        return run.to_json()
-
-    @app.get("/runs/{number}/log")
-    def run_log(number: int) -> FileResponse:
-        run = _existing(store, number)
-        if run.log_path is None:
-            raise RunNotFound(f"run {number} has no log yet")
-        path = Path(run.log_path)
-        if not path.is_file():
-            raise RunNotFound(f"the log of run {number} is gone (pruned or moved)")
-        # nosniff: a log holds text from the repository; a browser must never render it as HTML.
-        return FileResponse(path, media_type="text/plain; charset=utf-8", headers={"X-Content-Type-Options": "nosniff"})
-
-    add_dashboard_routes(app, settings, store)
+    add_badge_route(app, settings, store)
+    if settings.ci_dashboard_token is not None:
+        # Last, so it only sees what the routes above do not answer; it asks for the token itself.
+        app.mount("/", create_dashboard_app(settings, store))
     return app
 
 
-async def _read_capped(request: Request) -> bytes:
+def _declared_length(request: Request) -> int | None:
     declared = request.headers.get("Content-Length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise WebhookRejected(400, "bad Content-Length header")
-        if int(declared) > MAX_BODY_BYTES:
-            raise WebhookRejected(413, f"body over {MAX_BODY_BYTES // (1024 * 1024)} MiB")
-    chunks = []
-    size = 0
-    # Counted while streaming too: a chunked body has no Content-Length to check up front.
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise WebhookRejected(413, f"body over {MAX_BODY_BYTES // (1024 * 1024)} MiB")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    if declared is None:
+        return None
+    if not declared.isdigit():
+        raise WebhookRejected(400, "bad Content-Length header")
+    length = int(declared)
+    if length > MAX_BODY_BYTES:
+        raise WebhookRejected(413, f"body over {MAX_BODY_BYTES // (1024 * 1024)} MiB")
+    return length
 
 
-def _check_signature(settings: CiSettings, request: Request, body: bytes) -> None:
-    secret = settings.ci_webhook_secret
-    if secret is None:
-        return  # CI_ALLOW_UNSIGNED=true and no secret configured: the user chose this
+def _signature_header(settings: CiSettings, request: Request) -> str | None:
+    """The signature to check, or a 401 before the body is read; ``None`` when unsigned is allowed."""
+    if settings.ci_webhook_secret is None:
+        return None  # CI_ALLOW_UNSIGNED=true and no secret configured: the user chose this
     header = request.headers.get(SIGNATURE_HEADER)
     if header is None:
         if request.headers.get("X-Hub-Signature") is not None:
             raise WebhookRejected(401, f"only {SIGNATURE_HEADER} (HMAC-SHA256) is accepted, not SHA-1 X-Hub-Signature")
         raise WebhookRejected(401, f"missing {SIGNATURE_HEADER} header")
-    if not verify_signature(secret, body, header):
-        raise WebhookRejected(401, f"{SIGNATURE_HEADER} does not match the body and the configured secret")
+    return header
 
 
 def _decode(body: bytes, content_type: str) -> object:
@@ -157,6 +132,9 @@ def _decode(body: bytes, content_type: str) -> object:
         return json.loads(text)
     except ValueError as exc:
         raise WebhookRejected(400, "body is not JSON") from exc
+    except RecursionError as exc:
+        # The parser recurses per nesting level; GitHub's payloads are a few levels deep.
+        raise WebhookRejected(400, "body is JSON nested too deeply") from exc
 
 
 def _delivery_id(request: Request) -> str | None:
@@ -186,10 +164,3 @@ def _ignore_reason(settings: CiSettings, event: PushEvent) -> str | None:
 
 def _ignored(reason: str) -> JSONResponse:
     return JSONResponse({"ignored": reason}, status_code=200)
-
-
-def _existing(store: RunStore, number: int) -> Run:
-    run = store.get(number)
-    if run is None:
-        raise RunNotFound(f"run {number} not found")
-    return run

@@ -94,7 +94,13 @@ def free_port(prefer: int | None) -> int:
 
 
 def ci_url(env: dict[str, str]) -> str:
+    """The webhook listener."""
     return f"http://127.0.0.1:{env.get('CI_PORT', '8000')}"
+
+
+def ci_dashboard_url(env: dict[str, str]) -> str:
+    """The dashboard listener: the run API is there, not on the webhook port."""
+    return f"http://127.0.0.1:{env.get('CI_DASHBOARD_PORT', '8001')}"
 
 
 def push_payload(env: dict[str, str], sha: str, before: str, message: str) -> dict[str, Any]:
@@ -139,7 +145,7 @@ def push(env_file: Path, sha: str, before: str, message: str) -> int:
 
 
 def wait_run(env_file: Path, number: int, timeout: float) -> int:
-    url = f"{ci_url(settings(env_file))}/runs/{number}"
+    url = f"{ci_dashboard_url(settings(env_file))}/runs/{number}"
 
     def finished() -> dict[str, Any] | None:
         run: dict[str, Any] = httpx.get(url, timeout=5).json()

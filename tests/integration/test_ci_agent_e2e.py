@@ -63,7 +63,7 @@ def test_signed_pushes_release_the_next_versions_with_oci_labels(
     assert (run["status"], run["version"]) == ("succeeded", "0.2.0"), run
     assert registry_tags(ci_image_name) == ["0.1.0", "0.1.1", "0.2.0", "latest"]
 
-    log = httpx.get(f"{agent.url}/runs/{run['number']}/log").text
+    log = httpx.get(f"{agent.dashboard_url}/runs/{run['number']}/log").text
     for step in ("checkout", "test", "build", "push"):
         assert step in log
     assert Path(run["log_path"]).name.endswith(f"_run-{run['number']:04d}.log")
@@ -120,7 +120,7 @@ def test_pushes_during_a_run_coalesce_to_the_newest_and_duplicates_run_once(
     newest = agent.wait_finished(queued[-1])
     assert newest["status"] == "succeeded", newest
     assert [agent.run(number)["status"] for number in queued[:-1]] == ["superseded"] * 4
-    runs = httpx.get(f"{agent.url}/runs").json()
+    runs = httpx.get(f"{agent.dashboard_url}/runs").json()
     assert len(runs) == 6
     versions = [run["version"] for run in runs if run["version"]]
     assert sorted(versions) == ["0.1.0", "0.1.1"]
@@ -162,7 +162,7 @@ def test_bad_deliveries_to_the_real_server_queue_nothing(start_ci_agent: StartAg
     answer = agent.deliver(deletion)
     assert answer.status_code in (200, 202) and "ignored" in answer.json()
     assert agent.deliver(json.loads((PAYLOADS / "ping_payload.json").read_text()), event="ping").status_code == 200
-    assert httpx.get(f"{agent.url}/runs").json() == []
+    assert httpx.get(f"{agent.dashboard_url}/runs").json() == []
 
 
 def run_command(tmp_path: Path, env: dict[str, str], *args: str) -> AgentProcess:

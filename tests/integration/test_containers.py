@@ -189,6 +189,7 @@ def socket_gid() -> int:
 
 def test_ci_agent_compose_serves_healthz_on_loopback_and_becomes_healthy(start_service: Any) -> None:
     port = free_port()
+    dashboard_port = free_port()
     service = start_service(
         "compose.ci.yml",
         "ci-agent",
@@ -199,7 +200,7 @@ def test_ci_agent_compose_serves_healthz_on_loopback_and_becomes_healthy(start_s
             # The container listens on 8000 whatever .env says; the host side comes from PICICD_CI_PUBLISH.
             "CI_PORT": "9",
         },
-        env={"PICICD_CI_PUBLISH": f"127.0.0.1:{port}"},
+        env={"PICICD_CI_PUBLISH": f"127.0.0.1:{port}", "PICICD_CI_DASHBOARD_PUBLISH": f"127.0.0.1:{dashboard_port}"},
     )
 
     answer = wait_for(
@@ -213,6 +214,9 @@ def test_ci_agent_compose_serves_healthz_on_loopback_and_becomes_healthy(start_s
     container = service.container()
     bindings = container.attrs["NetworkSettings"]["Ports"]["8000/tcp"]
     assert [(b["HostIp"], b["HostPort"]) for b in bindings] == [("127.0.0.1", str(port))]
+    # The run API is on the dashboard port only.
+    assert httpx.get(f"http://127.0.0.1:{dashboard_port}/runs", timeout=5).json() == []
+    assert httpx.get(f"http://127.0.0.1:{port}/runs", timeout=5).status_code == 404
     assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     uid, groups = agent_identity(service)
     assert uid == AGENT_UID

@@ -18,9 +18,8 @@ import httpx
 import pytest
 import uvicorn
 
-from ci_agent.queue import RunQueue
+from ci_agent.dashboard import create_dashboard_app
 from ci_agent.settings import CiSettings
-from ci_agent.webhook import create_app
 from shared.runstore import Run, RunStore
 from tests.integration.test_webhook import SECRET, make_settings
 from tests.support.polling import wait_for
@@ -92,7 +91,7 @@ def runs(store, tmp_path) -> Runs:
 
 @pytest.fixture
 def client(settings, store) -> TestClient:
-    return TestClient(create_app(settings, store, RunQueue(store)))
+    return TestClient(create_dashboard_app(settings, store))
 
 
 def page(client: TestClient, path: str, accept: str = BROWSER_ACCEPT) -> httpx.Response:
@@ -246,7 +245,7 @@ def chromium() -> str:
 def served(settings, store) -> Iterator[str]:
     """The app served by uvicorn on a free loopback port, in a thread."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings, store, RunQueue(store)), host="127.0.0.1", port=port,
+    config = uvicorn.Config(create_dashboard_app(settings, store), host="127.0.0.1", port=port,
                             log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="dashboard-uvicorn", daemon=True)

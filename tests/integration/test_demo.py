@@ -53,6 +53,7 @@ def demo_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "PICICD_DEMO_PYTHON": sys.executable,
         "PICICD_DEMO_APP_PORT": str(free_port()),
         "PICICD_DEMO_CI_PORT": str(free_port()),
+        "PICICD_DEMO_CI_DASHBOARD_PORT": str(free_port()),
         "PICICD_DEMO_REGISTRY_PORT": str(free_port()),
         "PICICD_DEMO_SMTP_PORT": str(free_port()),
     }
@@ -80,6 +81,11 @@ def test_demo_deploys_upgrades_rolls_back_and_cleans_up(demo_env: dict[str, str]
     answer = httpx.get(f"{names['APP_URL']}/", timeout=10)
     assert answer.status_code == 200
     assert answer.json()["version"] == "0.1.1"
+    # The runs the demo printed are on the dashboard listener; the webhook port does not serve them.
+    assert f"{names['CI_DASHBOARD_URL']}/" in output
+    runs = httpx.get(f"{names['CI_DASHBOARD_URL']}/runs", timeout=10).json()
+    assert {run["version"] for run in runs} >= {"0.1.0", "0.1.1", "0.1.2"}
+    assert httpx.get(f"{names['CI_URL']}/runs", timeout=10).status_code == 404
 
     client = docker.from_env(version="auto")
     try:

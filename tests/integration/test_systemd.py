@@ -315,7 +315,7 @@ def test_ci_agent_unit_under_systemd(
     sha = git_project.commit_sample()
     # The pushed-to repository, readable by picicd as GitHub's would be (git refuses other owners' repos).
     host.put_tree("/srv/git", directory_tar(git_project.bare, "origin.git"))
-    port = free_port()
+    port, dashboard_port = free_port(), free_port()
     install_agent(
         host,
         "ci-agent",
@@ -329,6 +329,7 @@ def test_ci_agent_unit_under_systemd(
             "CI_TEST_COMMAND": "sh /tests/run.sh",
             "CI_HOST": "127.0.0.1",
             "CI_PORT": str(port),
+            "CI_DASHBOARD_PORT": str(dashboard_port),
         },
     )
     host.sh("chown -R picicd: /srv/git")
@@ -337,6 +338,8 @@ def test_ci_agent_unit_under_systemd(
     assert_runs_as_picicd_with_docker_group(host, pid)
     assert_memory_capped(host, pid, 512 * 1024 * 1024)  # the README's MemoryMax for ci-agent
     url = f"http://127.0.0.1:{port}"
+    # The run API is on the private dashboard listener (loopback), never on the webhook port.
+    dashboard = f"http://127.0.0.1:{dashboard_port}"
     wait_for(lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200, timeout=60, what="ci-agent /healthz")
 
     # A whole run through the socket: test stage, build, push.
@@ -346,7 +349,7 @@ def test_ci_agent_unit_under_systemd(
     number = response.json()["run"]
 
     def finished() -> dict[str, Any]:
-        run: dict[str, Any] = httpx.get(f"{url}/runs/{number}", timeout=5).json()
+        run: dict[str, Any] = httpx.get(f"{dashboard}/runs/{number}", timeout=5).json()
         return run if run["status"] in ("succeeded", "failed", "superseded", "interrupted") else {}
 
     run = wait_for(finished, timeout=180, interval=0.3, what=f"run {number} to finish")
@@ -361,9 +364,11 @@ def test_ci_agent_unit_under_systemd(
     assert "serving on" in journal and WEBHOOK_SECRET not in journal + log
 
     kill_and_wait_restart(host, "ci-agent", pid)
-    wait_for(lambda: httpx.get(f"{url}/runs/{number}", timeout=2).status_code == 200, timeout=60, what="ci-agent back")
+    wait_for(
+        lambda: httpx.get(f"{dashboard}/runs/{number}", timeout=2).status_code == 200, timeout=60, what="ci-agent back"
+    )
     # State survived the restart (StateDirectory=), so the finished run is still there.
-    assert httpx.get(f"{url}/runs/{number}", timeout=5).json()["status"] == "succeeded"
+    assert httpx.get(f"{dashboard}/runs/{number}", timeout=5).json()["status"] == "succeeded"
 
 
 @pytest.mark.docker

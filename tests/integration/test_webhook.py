@@ -14,6 +14,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from ci_agent.dashboard import create_dashboard_app
 from ci_agent.queue import RunQueue
 from ci_agent.settings import CiSettings
 from ci_agent.signature import sign
@@ -47,9 +48,10 @@ def branch_push(ref: str = "refs/heads/main", after: str | None = None) -> dict[
 class Api:
     """A TestClient that signs what it sends and checks that no answer ever carries the secret."""
 
-    def __init__(self, client: TestClient, store: RunStore) -> None:
+    def __init__(self, client: TestClient, store: RunStore, dashboard: TestClient) -> None:
         self.client = client
         self.store = store
+        self.dashboard = dashboard
 
     def deliver(
         self,
@@ -74,8 +76,13 @@ class Api:
             headers["X-Hub-Signature-256"] = signature
         return self.checked(self.client.post("/webhook", content=raw, headers=headers))
 
-    def get(self, path: str) -> httpx.Response:
-        return self.checked(self.client.get(path))
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        """A GET on the public listener's app (the webhook port)."""
+        return self.checked(self.client.get(path, **kwargs))
+
+    def private_get(self, path: str, **kwargs: Any) -> httpx.Response:
+        """A GET on the dashboard listener's app (loopback by default)."""
+        return self.checked(self.dashboard.get(path, **kwargs))
 
     @staticmethod
     def checked(response: httpx.Response) -> httpx.Response:
@@ -109,7 +116,7 @@ def store(tmp_path) -> Iterator[RunStore]:
 
 def make_api(settings: CiSettings, store: RunStore) -> Api:
     queue = RunQueue(store)
-    return Api(TestClient(create_app(settings, store, queue)), store)
+    return Api(TestClient(create_app(settings, store, queue)), store, TestClient(create_dashboard_app(settings, store)))
 
 
 @pytest.fixture
@@ -367,18 +374,18 @@ def test_healthz(api):
 def test_runs_newest_first_with_limit(api):
     numbers = [api.deliver(branch_push(f"refs/heads/{name}")).json().get("run") for name in ("main",)]
     numbers += [api.deliver(branch_push("refs/tags/v0.0." + str(i))).json()["run"] for i in range(1, 4)]
-    response = api.get("/runs")
+    response = api.private_get("/runs")
     assert response.status_code == 200
     assert [run["number"] for run in response.json()] == sorted(numbers, reverse=True)
-    limited = api.get("/runs?limit=2").json()
+    limited = api.private_get("/runs?limit=2").json()
     assert [run["number"] for run in limited] == sorted(numbers, reverse=True)[:2]
-    assert api.get("/runs?limit=0").status_code == 422
+    assert api.private_get("/runs?limit=0").status_code == 422
 
 
 def test_one_run_as_json(api):
     data = branch_push()
     number = api.deliver(data).json()["run"]
-    response = api.get(f"/runs/{number}")
+    response = api.private_get(f"/runs/{number}")
     assert response.status_code == 200
     run = response.json()
     assert run["number"] == number
@@ -390,29 +397,198 @@ def test_one_run_as_json(api):
 
 
 def test_unknown_run_is_404_json(api):
-    response = api.get("/runs/999")
+    response = api.private_get("/runs/999")
     assert response.status_code == 404
     assert "999" in response.json()["error"]
-    assert api.get("/runs/999/log").status_code == 404
+    assert api.private_get("/runs/999/log").status_code == 404
 
 
 def test_run_log_as_text(api, store, tmp_path):
     number = api.deliver(branch_push()).json()["run"]
-    assert api.get(f"/runs/{number}/log").status_code == 404
+    assert api.private_get(f"/runs/{number}/log").status_code == 404
     log = tmp_path / "logs" / "2024-01-01_00-00-00_run-0001.log"
     log.parent.mkdir(parents=True)
     log.write_text("checkout ok\ntest ok\n")
     store.update(number, log_path=str(log))
-    response = api.get(f"/runs/{number}/log")
+    response = api.private_get(f"/runs/{number}/log")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.text == "checkout ok\ntest ok\n"
     log.unlink()
-    assert api.get(f"/runs/{number}/log").status_code == 404
+    assert api.private_get(f"/runs/{number}/log").status_code == 404
 
 
 def test_only_the_designed_routes_exist(api):
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert api.get(path).status_code == 404
     assert api.checked(api.client.get("/webhook")).status_code == 405
+
+
+# -- what each listener serves (issue 8.2) ----------------------------------------------------------
+
+TOKEN = "dashboard-token-Qm4-never-echoed"
+PRIVATE_PATHS = ("/", "/runs", "/runs/1", "/runs/1/log")
+
+
+def test_the_public_app_serves_no_run_data_without_a_token(api):
+    api.deliver(branch_push())
+    for path in PRIVATE_PATHS:
+        response = api.get(path, headers={"Accept": "text/html"})
+        assert response.status_code == 404, path
+        assert "commit" not in response.text
+    assert api.get("/healthz").status_code == 200
+    assert api.get("/badge.svg").status_code == 200
+
+
+def test_the_dashboard_app_serves_run_data_without_a_token(api):
+    api.deliver(branch_push())
+    for path in ("/", "/runs", "/runs/1"):
+        assert api.private_get(path).status_code == 200, path
+    assert api.private_get("/healthz").status_code == 200
+    assert api.private_get("/badge.svg").status_code == 200
+
+
+def _basic(user: str, password: str) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.mark.parametrize("listener", ["public", "dashboard"])
+def test_with_a_token_every_listener_asks_for_it(tmp_path, store, listener):
+    api = make_api(make_settings(tmp_path, CI_DASHBOARD_TOKEN=TOKEN), store)
+    api.deliver(branch_push())
+    get = api.get if listener == "public" else api.private_get
+    for path in PRIVATE_PATHS:
+        refused = get(path)
+        assert refused.status_code == 401, path
+        assert refused.headers["www-authenticate"].startswith("Basic realm=")
+        assert TOKEN not in refused.text
+        for wrong in ("Bearer " + TOKEN[:-1] + "x", _basic("me", "nope"), "Token " + TOKEN, "Bearer", "Basic !!"):
+            assert get(path, headers={"Authorization": wrong}).status_code == 401, (path, wrong)
+    for good in ("Bearer " + TOKEN, _basic("anyone", TOKEN), _basic("", TOKEN)):
+        assert get("/runs", headers={"Authorization": good}).status_code == 200, good
+        assert get("/", headers={"Authorization": good}).status_code == 200, good
+    # Still anonymous: what GitHub and a README need.
+    assert get("/healthz").status_code == 200
+    assert get("/badge.svg").status_code == 200
+
+
+@pytest.mark.parametrize("token", ["short", " sixteen-or-more-chars", "sixteen-or-more\tchars"])
+def test_an_unusable_dashboard_token_is_refused_at_start_up(tmp_path, token):
+    from shared.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="CI_DASHBOARD_TOKEN") as caught:
+        make_settings(tmp_path, CI_DASHBOARD_TOKEN=token)
+    assert token.strip() not in str(caught.value)
+
+
+def test_the_dashboard_port_must_differ_from_the_webhook_port(tmp_path):
+    from shared.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="CI_DASHBOARD_PORT"):
+        make_settings(tmp_path, CI_PORT="8100", CI_DASHBOARD_PORT="8100")
+
+
+# -- bad input that used to answer 500 (issue 8.5) --------------------------------------------------
+
+
+def test_deeply_nested_json_is_400(api, store):
+    depth = 100_000
+    response = api.deliver(b"[" * depth + b"]" * depth)
+    assert response.status_code == 400
+    assert "nested" in response.json()["error"]
+    assert store.list() == []
+
+
+@pytest.mark.parametrize("number", ["9223372036854775808", "99999999999999999999999", "0", "-1"])
+def test_run_numbers_out_of_range_are_404(api, number):
+    assert api.private_get(f"/runs/{number}").status_code == 404
+    assert api.private_get(f"/runs/{number}/log").status_code == 404
+
+
+def test_one_run_varies_on_accept(api):
+    number = api.deliver(branch_push()).json()["run"]
+    as_json = api.private_get(f"/runs/{number}")
+    as_html = api.private_get(f"/runs/{number}", headers={"Accept": "text/html"})
+    assert as_json.headers["content-type"].startswith("application/json")
+    assert as_html.headers["content-type"].startswith("text/html")
+    assert as_json.headers["vary"] == as_html.headers["vary"] == "Accept"
+
+
+# -- bodies larger than the in-memory limit (issue 8.3) ---------------------------------------------
+
+
+def test_a_large_signed_push_is_spooled_and_accepted(api, store, tmp_path):
+    from ci_agent.body import SPOOL_MEMORY_BYTES
+
+    raw = json.dumps(branch_push()).encode() + b" " * (SPOOL_MEMORY_BYTES * 3)
+    response = api.deliver(raw)
+    assert response.status_code == 202
+    assert len(store.list()) == 1
+    spool = tmp_path / "state" / "spool"
+    assert spool.stat().st_mode & 0o777 == 0o700
+    assert list(spool.iterdir()) == []  # an unnamed temporary file: nothing is left behind
+
+
+def test_a_large_chunked_signed_push_is_accepted(api, store):
+    raw = json.dumps(branch_push()).encode() + b" " * (2 * 1024 * 1024)
+    headers = {"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(_secret(), raw)}
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(raw), 100_000):
+            yield raw[start : start + 100_000]
+
+    response = api.checked(api.client.post("/webhook", content=chunks(), headers=headers))
+    assert response.status_code == 202
+
+
+def test_a_large_body_with_a_wrong_signature_is_401_and_leaves_no_file(api, store, tmp_path):
+    response = api.deliver(b"x" * (3 * 1024 * 1024), signature="sha256=" + "0" * 64)
+    assert response.status_code == 401
+    assert store.list() == []
+    spool = tmp_path / "state" / "spool"
+    assert not spool.exists() or list(spool.iterdir()) == []
+
+
+def test_no_signature_header_is_401_whatever_the_body(api, store):
+    def chunks() -> Iterator[bytes]:
+        for _ in range(26):
+            yield b"x" * (1024 * 1024)
+
+    headers = {"X-GitHub-Event": "push"}
+    response = api.checked(api.client.post("/webhook", content=chunks(), headers=headers))
+    assert response.status_code == 401
+    assert store.list() == []
+
+
+def test_large_bodies_beyond_the_slots_are_503(tmp_path):
+    import asyncio
+
+    from ci_agent.body import BodiesBusy, BodyIntake
+
+    async def scenario() -> tuple[int, bytes]:
+        intake = BodyIntake(tmp_path / "spool", slots=1)
+        gate = asyncio.Event()
+
+        async def slow() -> Any:
+            yield b"x" * 100_000
+            await gate.wait()
+            yield b"y"
+
+        async def instant() -> Any:
+            yield b"z" * 100_000
+
+        first = asyncio.create_task(intake.read(slow(), None, None))
+        while not intake._semaphore.locked():
+            await asyncio.sleep(0)
+        with pytest.raises(BodiesBusy) as busy:
+            await intake.read(instant(), None, None)
+        gate.set()
+        body = await (await first).content()
+        return busy.value.status_code, body
+
+    status, body = asyncio.run(scenario())
+    assert status == 503
+    assert body == b"x" * 100_000 + b"y"

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from ci_agent.dashboard import create_dashboard_app
 from ci_agent.queue import RunQueue
 from ci_agent.settings import CiSettings
 from ci_agent.signature import sign
@@ -67,7 +68,10 @@ def make_app(tmp_path: Path) -> tuple[TestClient, RunStore]:
     ci_settings = load_settings(CiSettings, environ)
     store = RunStore(tmp_path / "state" / "runs.sqlite3")
     # raise_server_exceptions=False: a 500 must show up as an answer we can count, not as a test error.
-    client = TestClient(create_app(ci_settings, store, RunQueue(store)), raise_server_exceptions=False)
+    app = create_app(ci_settings, store, RunQueue(store))
+    # The run API lives on the dashboard listener; one client reaches both here.
+    app.mount("/", create_dashboard_app(ci_settings, store))
+    client = TestClient(app, raise_server_exceptions=False)
     return client, store
 
 

@@ -55,9 +55,11 @@ def registry_tags(image_name: str) -> list[str]:
 class CiAgentProcess:
     """A running ``ci-agent serve`` plus what a test needs to talk to it."""
 
-    def __init__(self, process: AgentProcess, port: int, log_dir: Path) -> None:
+    def __init__(self, process: AgentProcess, port: int, log_dir: Path, dashboard_port: int) -> None:
         self.process = process
+        # The public listener (webhook, health, badge) and the private one (dashboard, run API).
         self.url = f"http://127.0.0.1:{port}"
+        self.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
         self.log_dir = log_dir
         self.answers: list[str] = []
 
@@ -85,14 +87,14 @@ class CiAgentProcess:
         return response
 
     def run(self, number: int) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/runs/{number}", timeout=10)
+        response = httpx.get(f"{self.dashboard_url}/runs/{number}", timeout=10)
         self.answers.append(response.text)
         assert response.status_code == 200, response.text
         data: dict[str, Any] = response.json()
         return data
 
     def runs(self) -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.url}/runs", params={"limit": 1000}, timeout=10)
+        response = httpx.get(f"{self.dashboard_url}/runs", params={"limit": 1000}, timeout=10)
         self.answers.append(response.text)
         data: list[dict[str, Any]] = response.json()
         return data
@@ -121,8 +123,11 @@ class CiAgentProcess:
         return Path(path).read_text(errors="replace") if path and Path(path).exists() else ""
 
 
-def launch_ci_agent(root: Path, git_project: GitProject, image: str, port: int, **overrides: str) -> CiAgentProcess:
-    """``ci-agent serve`` with logs and state under ``root``, ready to answer."""
+def launch_ci_agent(
+    root: Path, git_project: GitProject, image: str, port: int, dashboard_port: int | None = None, **overrides: str
+) -> CiAgentProcess:
+    """``ci-agent serve`` with logs and state under ``root``, ready to answer (webhook on ``port``)."""
+    dashboard_port = dashboard_port or free_port()
     env = {
         "CI_REPO_URL": git_project.url,
         "CI_BRANCH": git_project.branch,
@@ -132,13 +137,14 @@ def launch_ci_agent(root: Path, git_project: GitProject, image: str, port: int, 
         "CI_TEST_COMMAND": "sh /tests/run.sh",
         "CI_HOST": "127.0.0.1",
         "CI_PORT": str(port),
+        "CI_DASHBOARD_PORT": str(dashboard_port),
         "LOG_DIR": str(root / "logs"),
         "STATE_DIR": str(root / "state"),
         "SMTP_PASSWORD": SMTP_PASSWORD,
         **overrides,
     }
     process = AgentProcess("ci_agent", ["serve"], env, root).start()
-    agent = CiAgentProcess(process, port, root / "logs")
+    agent = CiAgentProcess(process, port, root / "logs", dashboard_port)
     agent.wait_ready()
     return agent
 
@@ -164,12 +170,14 @@ def start_ci_agent(
     produced: Callable[[str, str | bytes], None],
 ) -> Iterator[StartAgent]:
     agents: list[CiAgentProcess] = []
+    # Fixed for the test: an agent restarted by the test answers where the first one did.
     port = free_port()
+    dashboard_port = free_port()
     for value in (WEBHOOK_SECRET, SMTP_PASSWORD):
         secret(value)
 
     def start(**overrides: str) -> CiAgentProcess:
-        agent = launch_ci_agent(tmp_path, git_project, ci_image_name, port, **overrides)
+        agent = launch_ci_agent(tmp_path, git_project, ci_image_name, port, dashboard_port, **overrides)
         agents.append(agent)
         return agent
 

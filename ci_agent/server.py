@@ -1,0 +1,299 @@
+"""The CI agent's listeners: one uvicorn server per app, all in one event loop, each guarded against strangers.
+
+``ci-agent serve`` has two listeners: the public one GitHub reaches (``CI_HOST:CI_PORT``, the
+webhook) and the private one (``CI_DASHBOARD_HOST:CI_DASHBOARD_PORT``, the dashboard). Anyone on the
+internet can open connections to the first, so every listener holds these lines:
+
+- **File descriptors.** The soft ``RLIMIT_NOFILE`` (1024 for a service by default) is raised to the
+  hard limit at start. Each listener keeps at most :func:`connection_cap` connections, computed from
+  that limit with :data:`FD_RESERVE` left for the worker (git, docker, logs, SQLite), so ``accept()``
+  never runs out of descriptors. At the cap, a new connection evicts the oldest one that has not sent
+  a complete request head; if every connection is inside a request, the new one is closed.
+- **Slow or idle clients.** A connection must complete each request head within
+  :data:`HEADER_TIMEOUT_SECONDS` of opening or of its previous answer, else it is closed (uvicorn has
+  no such timeout; its keep-alive timeout only starts after an answer). Heads are capped at
+  :data:`MAX_HEAD_BYTES` by h11.
+- **Log storms.** asyncio reports every failed ``accept()`` with a traceback, thousands a second when
+  descriptors run out; those reports become one warning a minute. uvicorn's own warnings (one per
+  malformed request) are limited to :data:`UVICORN_RECORDS_PER_MINUTE`.
+
+Bodies are bounded by the webhook itself (ci_agent/body.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import uvicorn
+from loguru import logger
+from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from ci_agent.errors import CiError
+
+HEADER_TIMEOUT_SECONDS = 10.0
+KEEP_ALIVE_SECONDS = 5
+MAX_CONNECTIONS = 2048
+# asyncio accepts up to BACKLOG connections per wake-up before any of them can be closed again, so the
+# reserve covers one batch per listener besides the worker's own files.
+BACKLOG = 128
+FD_RESERVE = 512
+MAX_HEAD_BYTES = 16 * 1024
+# The soft file limit is raised to the hard one, but no further than this: enough for every listener's cap.
+FD_TARGET = 65536
+REAP_INTERVAL_SECONDS = 1.0
+ACCEPT_ERROR_LOG_INTERVAL = 60.0
+_ACCEPT_ERROR = "socket.accept() out of system resource"
+UVICORN_RECORDS_PER_MINUTE = 20
+
+_log = logger.bind(agent="ci", component="server")
+
+
+class ListenerError(CiError):
+    """A listener cannot be opened (address in use, no such address, no permission)."""
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One address and the app served there; ``name`` appears in messages (``webhook``, ``dashboard``)."""
+
+    name: str
+    host: str
+    port: int
+    app: ASGIApp
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_connections: int
+    header_timeout: float = HEADER_TIMEOUT_SECONDS
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol plus a connection cap and a deadline for each request head.
+
+    ``self.connections`` is uvicorn's set of this server's open connections; ``self.cycle`` is the
+    current request, complete once its answer is sent.
+    """
+
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits(MAX_CONNECTIONS)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # When the connection started waiting for a request head; None while a request is in progress.
+        self.waiting_since: float | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.waiting_since = self.loop.time()
+        if len(self.connections) > self.limits.max_connections and not self._evict_one():
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        cycle = self.cycle
+        super().data_received(data)
+        if self.cycle is not cycle:
+            self.waiting_since = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self.waiting_since = self.loop.time()
+
+    def waiting(self) -> bool:
+        """Whether the connection is between requests (or before its first one)."""
+        return self.cycle is None or self.cycle.response_complete
+
+    def check_deadline(self, now: float) -> bool:
+        """Close the connection if its request head is overdue; True when it was closed."""
+        if not self.waiting():
+            self.waiting_since = None
+            return False
+        if self.waiting_since is None:
+            self.waiting_since = now  # a pipelined request finished between two checks
+            return False
+        if now - self.waiting_since <= self.limits.header_timeout or self.transport.is_closing():
+            return False
+        self.transport.close()
+        return True
+
+    def _evict_one(self) -> bool:
+        idle = [
+            conn
+            for conn in self.connections
+            if isinstance(conn, GuardedH11Protocol)
+            and conn is not self
+            and conn.waiting()
+            and conn.waiting_since is not None
+            and not conn.transport.is_closing()
+        ]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda conn: conn.waiting_since or 0.0)
+        oldest.transport.close()
+        return True
+
+
+def raise_file_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` towards the hard limit; the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = FD_TARGET if hard == resource.RLIM_INFINITY else min(hard, FD_TARGET)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return FD_TARGET if soft == resource.RLIM_INFINITY else soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft
+    return target
+
+
+def connection_cap(file_limit: int, listeners: int) -> int:
+    """Connections each listener may hold so that ``accept()`` keeps :data:`FD_RESERVE` descriptors spare."""
+    share = (file_limit - FD_RESERVE) // max(listeners, 1)
+    return max(16, min(MAX_CONNECTIONS, share))
+
+
+def serve(listeners: list[Listener]) -> None:
+    """Serve every listener until SIGTERM or SIGINT; a listener that cannot open raises ``ListenerError``."""
+    file_limit = raise_file_limit()
+    limits = ConnectionLimits(connection_cap(file_limit, len(listeners)))
+    with _bound(listeners) as sockets:
+        _log.info(
+            "file limit {} descriptors: at most {} connections per listener, request heads within {:g} s",
+            file_limit,
+            limits.max_connections,
+            limits.header_timeout,
+        )
+        asyncio.run(_serve_all(listeners, sockets, limits))
+
+
+@contextlib.contextmanager
+def _bound(listeners: list[Listener]) -> Iterator[list[socket.socket]]:
+    sockets: list[socket.socket] = []
+    try:
+        for listener in listeners:
+            try:
+                family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+                sockets.append(socket.create_server((listener.host, listener.port), family=family, backlog=BACKLOG))
+            except OSError as exc:
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                address = f"{listener.host}:{listener.port}"
+                raise ListenerError(f"cannot listen on {address} for the {listener.name}: {reason}") from None
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to :func:`_serve_all`, which stops every server together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve_all(listeners: list[Listener], sockets: list[socket.socket], limits: ConnectionLimits) -> None:
+    loop = asyncio.get_running_loop()
+    _quiet_accept_errors(loop)
+    _limit_uvicorn_records()
+    servers = []
+    for listener in listeners:
+        protocol = type(f"{listener.name.title()}Protocol", (GuardedH11Protocol,), {"limits": limits})
+        config = uvicorn.Config(
+            listener.app,
+            http=protocol,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            timeout_graceful_shutdown=10,
+            backlog=BACKLOG,
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        )
+        servers.append(_Server(config))
+
+    def stop(sig: signal.Signals) -> None:
+        for server in servers:
+            if server.should_exit and sig == signal.SIGINT:
+                server.force_exit = True
+            server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop, sig)
+    reapers = [loop.create_task(_reap(server)) for server in servers]
+    try:
+        await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in zip(servers, sockets, strict=True)))
+    finally:
+        for task in reapers:
+            task.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _reap(server: uvicorn.Server) -> None:
+    """Close connections whose request head is overdue (slow or idle clients)."""
+    while True:
+        await asyncio.sleep(REAP_INTERVAL_SECONDS)
+        now = asyncio.get_running_loop().time()
+        connections = [conn for conn in server.server_state.connections if isinstance(conn, GuardedH11Protocol)]
+        closed = sum(conn.check_deadline(now) for conn in connections)
+        if closed:
+            _log.debug("closed {} connection(s) that sent no complete request head in time", closed)
+
+
+def _quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    last_logged = -ACCEPT_ERROR_LOG_INTERVAL
+    suppressed = 0
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        nonlocal last_logged, suppressed
+        if context.get("message") != _ACCEPT_ERROR:
+            loop.default_exception_handler(context)
+            return
+        suppressed += 1
+        now = time.monotonic()
+        if now - last_logged >= ACCEPT_ERROR_LOG_INTERVAL:
+            _log.warning(
+                "cannot accept connections: {} ({} times since the last warning); retrying",
+                context.get("exception"),
+                suppressed,
+            )
+            last_logged, suppressed = now, 0
+
+    loop.set_exception_handler(handle)
+
+
+class _RecordsPerMinute(logging.Filter):
+    """Lets ``limit`` records through per minute; strangers decide how many malformed requests there are."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.window_start = -60.0
+        self.passed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self.window_start >= 60.0:
+            self.window_start, self.passed = now, 0
+        self.passed += 1
+        return self.passed <= self.limit
+
+
+def _limit_uvicorn_records() -> None:
+    # Filters on the loggers themselves: uvicorn logs through "uvicorn.error" with no handler of ours.
+    for name in ("uvicorn", "uvicorn.error"):
+        target = logging.getLogger(name)
+        if not any(isinstance(existing, _RecordsPerMinute) for existing in target.filters):
+            target.addFilter(_RecordsPerMinute(UVICORN_RECORDS_PER_MINUTE))
