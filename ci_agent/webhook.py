@@ -2,7 +2,7 @@
 
 The webhook only verifies, records and queues, so it answers in milliseconds; the worker runs the
 pipeline later. Order of checks on ``POST /webhook``: size (413) → signature (401) → event header and
-body (400) → ``ping`` → event / repository / deletion / branch filters → de-duplication → queue (202).
+body and ``X-GitHub-Delivery`` (400) → ``ping`` → event / repository / deletion / branch filters → de-duplication → queue (202).
 Nothing is recorded before the signature has been verified.
 
 GitHub can send deliveries as ``application/json`` or as ``application/x-www-form-urlencoded``
@@ -159,10 +159,11 @@ def _decode(body: bytes, content_type: str) -> object:
         raise WebhookRejected(400, "body is not JSON") from exc
 
 
-def _delivery_id(request: Request) -> str | None:
+def _delivery_id(request: Request) -> str:
     delivery = request.headers.get("X-GitHub-Delivery")
     if delivery is None:
-        return None
+        # GitHub always sends it; without it a replayed body would skip the duplicate check.
+        raise WebhookRejected(400, "missing X-GitHub-Delivery header")
     if not _DELIVERY_ID.fullmatch(delivery):
         raise WebhookRejected(400, "bad X-GitHub-Delivery header")
     return delivery

@@ -104,22 +104,33 @@ def test_close_releases_a_waiting_take(queue):
     assert results == [None]
 
 
-def test_newer_push_supersedes_older_queued_runs_of_the_branch(queue, store):
-    runs = [queue.submit(push(), delivery()) for _ in range(5)]
+def test_a_newer_push_of_the_same_commit_supersedes_the_older_queued_runs(queue, store):
+    event = push()
+    runs = [queue.submit(event, delivery()) for _ in range(5)]
     statuses = [store.get(run.number).status for run in runs]
     assert statuses == ["superseded"] * 4 + ["queued"]
     assert all(store.get(run.number).finished_at is not None for run in runs[:4])
+    assert [store.get(run.number).to_json()["superseded_by"] for run in runs[:4]] == [run.number for run in runs[1:]]
     taken = queue.take(timeout=1)
     assert taken is not None
     assert taken[0].number == runs[-1].number
     assert queue.take(timeout=0.05) is None
 
 
+def test_pushes_of_other_commits_stay_queued_for_the_pipeline_to_compare(queue, store):
+    # Arrival order says nothing about which commit is newer (a delivery can be a replay): the
+    # pipeline decides by ancestry once it has fetched them (ci_agent/release_guard.py).
+    runs = [queue.submit(push(), delivery()) for _ in range(3)]
+    assert [store.get(run.number).status for run in runs] == ["queued"] * 3
+    assert queue.take(timeout=1)[0].number == runs[0].number
+
+
 def test_a_running_run_is_never_superseded(queue, store):
-    first = queue.submit(push(), delivery())
+    event = push()
+    first = queue.submit(event, delivery())
     assert queue.take(timeout=1) is not None
-    second = queue.submit(push(), delivery())
-    third = queue.submit(push(), delivery())
+    second = queue.submit(event, delivery())
+    third = queue.submit(event, delivery())
     assert store.get(first.number).status == "running"
     assert store.get(second.number).status == "superseded"
     assert store.get(third.number).status == "queued"
@@ -203,10 +214,11 @@ def test_unusable_stored_event_fails_that_run_and_take_moves_on(queue, store):
 def test_concurrent_deliveries_each_get_a_run_and_only_the_newest_stays_queued(queue, store):
     answers: list[Any] = []
     errors: list[BaseException] = []
+    event = push()
 
     def deliver() -> None:
         try:
-            answers.append(queue.accept(push(), delivery()))
+            answers.append(queue.accept(event, delivery()))
         except BaseException as exc:
             errors.append(exc)
 
