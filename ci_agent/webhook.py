@@ -2,7 +2,7 @@
 
 The webhook only verifies, records and queues, so it answers in milliseconds; the worker runs the
 pipeline later. Order of checks on ``POST /webhook``: size (413) → signature (401) → event header and
-body and ``X-GitHub-Delivery`` (400) → ``ping`` → event / repository / deletion / branch filters → de-duplication → queue (202).
+body (400) → ``ping`` → event / repository / deletion / branch filters → de-duplication → queue (202).
 Nothing is recorded before the signature has been verified.
 
 GitHub can send deliveries as ``application/json`` or as ``application/x-www-form-urlencoded``
