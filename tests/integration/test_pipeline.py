@@ -23,7 +23,7 @@ from shared.registry import RegistryClient, parse_image_ref
 from shared.runstore import Run, RunStore
 from shared.testing import RecordingMailer
 from tests.support.docker_env import DockerJanitor, unique
-from tests.support.git_repos import SAMPLE_DOCKERFILE, GitProject
+from tests.support.git_repos import SAMPLE_DOCKERFILE, GitProject, git
 from tests.support.polling import wait_for
 from tests.support.registry_server import RegistryServer
 
@@ -193,10 +193,18 @@ def test_a_git_tag_is_released_as_exactly_that_version_and_never_overwritten(mak
     sha = git_project.tag("v1.0.0", message="release")
 
     assert agent.run(sha, ref="refs/tags/v1.0.0").version == "1.0.0"
+    # The same tag push again (a redelivery or a replay): released already, quietly.
     again = agent.run(sha, ref="refs/tags/v1.0.0")
+    assert (again.status, again.failed_step, again.details.get("already_released")) == ("superseded", None, "1.0.0")
+    # The tag moved to another commit: 1.0.0 exists and is never overwritten.
+    moved = git_project.commit({"www/index.html": "<p>hello moved</p>\n"}, "fix: moved")
+    git_project.push()
+    git("tag", "--force", "-a", "v1.0.0", "-m", "moved", cwd=git_project.clone)
+    git("push", "--quiet", "--force", "origin", "refs/tags/v1.0.0", cwd=git_project.clone)
+    overwrite = agent.run(moved, ref="refs/tags/v1.0.0")
 
-    assert (again.status, again.failed_step) == ("failed", "build")
-    assert "never overwritten" in (again.error or "")
+    assert (overwrite.status, overwrite.failed_step) == ("failed", "build")
+    assert "never overwritten" in (overwrite.error or "")
     assert agent.tags() == ["1.0.0", "latest"]
     assert len(agent.emails()) == 1
 
@@ -230,6 +238,9 @@ def test_the_worker_runs_queued_runs_one_at_a_time_with_unique_versions(make_age
     first = git_project.commit_sample()
     second = git_project.commit({"www/b.html": "hello"}, "fix: b")
     git_project.push()
+    for n, sha in enumerate((first, second)):
+        git("tag", f"t{n}", sha, cwd=git_project.clone)
+        git("push", "--quiet", "origin", f"refs/tags/t{n}", cwd=git_project.clone)
     runs = [
         queue.submit(
             PushEvent(ref=f"refs/tags/t{n}", branch=None, tag=f"t{n}", after=sha, before=ZERO_SHA, deleted=False,
