@@ -8,6 +8,7 @@ is released again, nothing newer is superseded, and git itself cannot be turned 
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from tests.support.ci_agent_server import (
     push_payload,
     registry_tags,
 )
+from tests.support.git_http import GitHttpServer, git_argv_recorder
 from tests.support.git_repos import GitProject, git
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -201,3 +203,76 @@ def test_replay_never_supersedes_a_newer_queued_push(
     assert (by_number[replayed]["status"], by_number[replayed]["superseded_by"]) == ("superseded", newer)
     assert tags == ["0.1.0", "0.1.1", "latest"]
     assert latest_revision(ci_image_name) == second
+
+
+@pytest.mark.reliability(
+    "with CI_TEST_RUNNER=host, a commit's tests plant executable hooks (post-checkout, "
+    "reference-transaction) in the agent's persistent work folder's .git/hooks; a later push is run",
+    "no planted hook ever runs (git runs with core.hooksPath=/dev/null); the later run succeeds",
+)
+def test_a_hook_planted_by_the_tests_never_runs(
+    start_ci_agent: StartAgent, git_project: GitProject, tmp_path: Path, observed: Callable[[str], None]
+) -> None:
+    marker = tmp_path / "hook-ran"
+    planting = (
+        "#!/bin/sh\n"
+        "for hook in post-checkout reference-transaction post-index-change; do\n"
+        f"  printf '#!/bin/sh\\necho %s >> {marker}\\n' $hook > .git/hooks/$hook\n"
+        "  chmod +x .git/hooks/$hook\n"
+        "done\n"
+        "echo planted\n"
+    )
+    agent = start_ci_agent(**HOST_RUNNER)
+    first = git_project.commit_sample("first", test_script=planting)
+    planted = delivered(agent, git_project, first, "fix: plants hooks")
+    second = git_project.commit({"tests/run.sh": PASSING}, "fix: b")
+    git_project.push()
+    later = delivered(agent, git_project, second, "fix: b")
+    hooks = sorted(
+        path.name
+        for path in (tmp_path / "state" / "work" / "checkout" / ".git" / "hooks").iterdir()
+        if os.access(path, os.X_OK)
+    )
+    observed(
+        f"run {planted['number']} planted {hooks}; run {later['number']} {later['status']} {later['version']}; "
+        f"hook marker {'written: ' + marker.read_text() if marker.exists() else 'never written'}"
+    )
+    assert planted["status"] == "succeeded", planted
+    assert {"post-checkout", "reference-transaction"} <= set(hooks)
+    assert (later["status"], later["version"]) == ("succeeded", "0.1.1"), later
+    assert not marker.exists()
+
+
+@pytest.mark.reliability(
+    "CI_REPO_URL carries a token (http://x-access-token:TOKEN@…) for a real smart-HTTP git server "
+    "(git http-backend behind basic auth); every git process the agent starts is recorded (argv + GIT_TRACE)",
+    "the token is in no git argv (/proc/PID/cmdline is world-readable), the server received the "
+    "credentials, the run releases 0.1.0",
+)
+def test_a_token_in_the_repository_url_never_reaches_gits_argv(
+    start_ci_agent: StartAgent,
+    git_project: GitProject,
+    git_http_server: GitHttpServer,
+    tmp_path: Path,
+    secret: Callable[[str], str],
+    observed: Callable[[str], None],
+) -> None:
+    token = secret("ghp-argv-test-Zr4n-never-in-argv")
+    wrapper, record = git_argv_recorder(tmp_path / "bin")
+    url = git_http_server.url("origin.git", user="x-access-token", password=token)
+    agent = start_ci_agent(
+        CI_REPO_URL=url, PATH=f"{wrapper.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}", **HOST_RUNNER
+    )
+    sha = git_project.commit_sample("first", test_script=PASSING)
+    run = delivered(agent, git_project, sha, "fix: private")
+    argv = record.read_text() if record.exists() else ""
+    commands = [line for line in argv.splitlines() if line.startswith("argv: ")]
+    observed(
+        f"run {run['number']} {run['status']} {run['version']}; {len(commands)} git commands, "
+        f"{argv.count('run_command')} git children traced; token in argv: {token in argv}; "
+        f"server: {git_http_server.authorized} authorized, {git_http_server.refused} refused requests"
+    )
+    assert (run["status"], run["version"]) == ("succeeded", "0.1.0"), run
+    assert any("fetch" in line for line in commands) and any("ls-remote" in line for line in commands)
+    assert token not in argv
+    assert git_http_server.authorized > 0
