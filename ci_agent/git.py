@@ -257,15 +257,14 @@ class GitRunner:
         """
         _checked_ref(ref)
         url, env = remote_access(repo_url)
-        output = self._advertised(url, env, repo_url)
-        # The peeled entry (^{}) of an annotated tag names the commit; prefer it.
-        found = output.get(f"{ref}^{{}}") or output.get(ref)
-        return found if found is not None and is_sha(found) else None
-
-    def _advertised(self, url: str, env: Mapping[str, str], repo_url: str) -> dict[str, str]:
-        output = self.run(["ls-remote", "--", url], what=f"git ls-remote {redact_url(repo_url)}", env=env)
+        # The pattern keeps the answer small; it matches by suffix, so the exact name is looked up below.
+        output = self.run(
+            ["ls-remote", "--", url, ref, f"{ref}^{{}}"], what=f"git ls-remote {redact_url(repo_url)}", env=env
+        )
         advertised: dict[str, str] = {}
         for line in output.splitlines():
             sha, _, name = line.partition("\t")
             advertised[name] = sha
-        return advertised
+        # The peeled entry (^{}) of an annotated tag names the commit; prefer it.
+        found = advertised.get(f"{ref}^{{}}") or advertised.get(ref)
+        return found if found is not None and is_sha(found) else None

@@ -121,8 +121,11 @@ class ReleaseGuard:
         """Return when the run may release ``commit``; raise ``RunSkipped`` saying why not."""
         if event.tag is not None:
             self._check_tag(event, commit, log)
-        else:
+        elif event.branch is not None:
             self._check_branch(run, event, commit, log)
+        else:
+            # `ci-agent run --ref SHA`: a person named this commit; it still must not roll back.
+            self._check_releases(commit, log)
 
     def _check_tag(self, event: PushEvent, commit: str, log: loguru.Logger) -> None:
         current = self.git.remote_commit(self.repo_url, event.ref)
@@ -150,6 +153,10 @@ class ReleaseGuard:
         if newer is not None:
             reason = f"queued run {newer.number} is for {newer.commit}, a newer commit of {event.ref}"
             raise RunSkipped(Verdict(reason, superseded_by=newer.number))
+        self._check_releases(commit, log)
+        log.info("commit {} is on {} (head {}) and not released yet", commit, event.ref, head)
+
+    def _check_releases(self, commit: str, log: loguru.Logger) -> None:
         tags = self.registry.list_tags()
         revisions = self._revisions(tags)
         for tag, revision in revisions.items():
@@ -163,7 +170,6 @@ class ReleaseGuard:
                     f"commit {commit} is older than release {latest} (built from {latest_commit}): "
                     "releasing it would roll back"
                 ))
-        log.info("commit {} is on {} (head {}) and not released yet", commit, event.ref, head)
 
     def _have(self, sha: str, log: loguru.Logger) -> bool:
         try:

@@ -333,3 +333,24 @@ def test_old_run_logs_are_pruned_to_log_retention_runs(make_agent, git_project: 
     kept = sorted(path.name for path in agent.settings.log_dir.iterdir())
     assert kept == sorted(Path(run.log_path or "").name for run in (second, third))
     assert not Path(first.log_path or "").exists()
+
+
+def test_a_run_by_sha_releases_a_side_commit_but_never_an_old_one(make_agent, git_project: GitProject):
+    agent = make_agent()
+    first = git_project.commit_sample()
+    assert agent.run(first).version == "0.1.0"
+    side = git_project.commit({"www/side.html": "side"}, "fix: on a side branch")
+    git("push", "--quiet", "origin", "HEAD:refs/heads/side", cwd=git_project.clone)
+    git("reset", "--quiet", "--hard", first, cwd=git_project.clone)
+
+    def by_sha(sha: str) -> Run:
+        event = agent.pipeline.event_for_ref(sha)
+        run = agent.store.create(kind="ci", commit=sha, ref=event.ref, details={"event": event.to_details()})
+        return agent.pipeline.execute(run, event)
+
+    again = by_sha(first)
+    assert (again.status, again.details.get("already_released")) == ("superseded", "0.1.0"), again
+    released = by_sha(side)  # not on the tracked branch, but a person named it
+    assert (released.status, released.version) == ("succeeded", "0.1.1"), released
+    assert agent.tags() == ["0.1.0", "0.1.1", "latest"]
+    assert agent.emails() == []
