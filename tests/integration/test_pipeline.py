@@ -335,8 +335,8 @@ def test_old_run_logs_are_pruned_to_log_retention_runs(make_agent, git_project: 
     assert not Path(first.log_path or "").exists()
 
 
-def test_a_run_by_sha_releases_a_side_commit_but_never_an_old_one(make_agent, git_project: GitProject):
-    agent = make_agent()
+def test_a_run_by_sha_releases_a_side_commit_but_never_an_old_one(make_agent: Any, git_project: GitProject) -> None:
+    agent: Agent = make_agent()
     first = git_project.commit_sample()
     assert agent.run(first).version == "0.1.0"
     side = git_project.commit({"www/side.html": "side"}, "fix: on a side branch")
