@@ -30,6 +30,10 @@ Rules:
   The store keeps delivery ids unique, so the id moves to the retry (the old run keeps it in
   ``details["delivery_id"]`` and points at the retry with ``details["retried_by"]``): pressing the
   button again while the retry is queued or running is again a duplicate.
+- A branch push of a commit that a run of this agent already released (``succeeded`` with a
+  version) is a duplicate of that run, whatever its delivery id: a replayed body costs one
+  query. The pipeline's own check against the registry (``ci_agent/release_guard.py``) still
+  catches what this store does not know (releases made elsewhere, a wiped state folder).
 """
 
 from __future__ import annotations
@@ -137,6 +141,10 @@ class RunQueue:
         if earlier is not None and earlier.status not in RETRYABLE:
             self._log.info("delivery {} repeats run {}; nothing queued", delivery_id, earlier.number)
             return Submission(earlier, duplicate=True)
+        if event.branch is not None and (released := self._store.find_released(KIND, event.after)) is not None:
+            self._log.info("{} at {} was released as {} by run {}; nothing queued", event.ref, event.after[:12],
+                           released.version, released.number)
+            return Submission(released, duplicate=True)
         if earlier is not None:
             self._release_delivery(earlier)
         details: dict[str, Any] = {"event": event.to_details()}

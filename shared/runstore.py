@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS runs_delivery ON runs (delivery_id) WHERE delivery_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status, kind);
+CREATE INDEX IF NOT EXISTS runs_commit ON runs (commit_sha);
 """
 _COLUMNS = {name: name for name in UPDATABLE_FIELDS} | {"commit": "commit_sha"}
 _SELECT = (
@@ -261,6 +262,16 @@ class RunStore:
     def find_by_delivery(self, delivery_id: str) -> Run | None:
         with self._transaction(write=False) as conn:
             return self._fetch_one(conn, " WHERE delivery_id = ?", (delivery_id,))
+
+    def find_released(self, kind: str, commit: str) -> Run | None:
+        """The newest ``succeeded`` run of ``kind`` that released ``commit`` (has a version), if any."""
+        with self._transaction(write=False) as conn:
+            return self._fetch_one(
+                conn,
+                " WHERE kind = ? AND commit_sha = ? AND status = 'succeeded' AND version IS NOT NULL"
+                " ORDER BY number DESC LIMIT 1",
+                (kind, commit),
+            )
 
     def mark_unfinished_interrupted(self, *, kind: str | None = None) -> builtins.list[Run]:
         """At start-up: every running run (of ``kind``) becomes ``interrupted``, finished now.

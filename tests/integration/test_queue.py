@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import threading
@@ -234,3 +235,19 @@ def test_concurrent_deliveries_each_get_a_run_and_only_the_newest_stays_queued(q
     statuses = {run.number: run.status for run in store.list(limit=100)}
     assert [number for number, status in statuses.items() if status == "queued"] == [40]
     assert sum(status == "superseded" for status in statuses.values()) == 39
+
+
+def test_a_branch_push_of_a_released_commit_is_a_duplicate_of_the_release(queue, store):
+    event = push()
+    released = queue.submit(event, delivery())
+    store.update(released.number, status="succeeded", version="0.1.0")
+    failed = queue.submit(push(), delivery())
+    store.update(failed.number, status="failed")
+
+    replay = queue.accept(event, delivery())
+    # An explicit release tag on the same commit is a request of its own.
+    tag = queue.accept(dataclasses.replace(event, ref="refs/tags/v1.0.0", branch=None, tag="v1.0.0"), delivery())
+
+    assert (replay.duplicate, replay.run.number) == (True, released.number)
+    assert tag.duplicate is False
+    assert len(store.list()) == 3

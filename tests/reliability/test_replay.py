@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -69,34 +70,48 @@ def captured(agent: CiAgentProcess, data: dict[str, Any]) -> tuple[bytes, str]:
 
 @pytest.mark.reliability(
     "a captured signed push of commit A (released 0.1.0) is replayed with a new X-GitHub-Delivery after "
-    "commit B was released as 0.1.1 (a rollback attack), and once more with no delivery id",
-    "no new tag (0.1.2 never appears), `latest` stays on B; the replay's run ends `superseded` saying "
-    '"already released as 0.1.0" (no test, no email); the delivery without an id is refused with 400',
+    "commit B was released as 0.1.1 (a rollback attack); once more with no delivery id; and once more "
+    "after the agent restarted with an empty STATE_DIR (its run history lost)",
+    "no new tag (0.1.2 never appears), `latest` stays on B: the replay is answered as a duplicate of A's "
+    "run; without an id it is refused with 400; with no history the run ends `superseded` saying "
+    '"already released as 0.1.0" (no test, no email)',
 )
 def test_replayed_old_push_releases_nothing(
-    start_ci_agent: StartAgent, git_project: GitProject, ci_image_name: str, observed: Callable[[str], None]
+    start_ci_agent: StartAgent,
+    git_project: GitProject,
+    ci_image_name: str,
+    tmp_path: Path,
+    observed: Callable[[str], None],
 ) -> None:
     agent = start_ci_agent(**HOST_RUNNER)
     first = git_project.commit_sample("first", test_script=PASSING)
     raw_a, signature_a = captured(agent, push_payload(git_project, first, "fix: first"))
     run_a = agent.wait_finished(replay(agent, raw_a, signature_a, str(uuid.uuid4())).json()["run"])
-    assert (run_a["status"], run_a["version"]) == ("succeeded", "0.1.0"), run_a
+    assert (run_a["status"], run_a["version"]) == ("succeeded", "0.1.0"), (run_a["failed_step"], run_a["error"])
     second = git_project.commit({"www/index.html": "<p>hello B</p>\n"}, "fix: second")
     git_project.push()
     run_b = agent.wait_finished(agent.deliver(push_payload(git_project, second, "fix: second")).json()["run"])
     assert (run_b["status"], run_b["version"]) == ("succeeded", "0.1.1"), run_b
 
     answer = replay(agent, raw_a, signature_a, "anything-new")
-    replayed = agent.wait_finished(answer.json()["run"]) if answer.status_code == 202 else None
     no_id = replay(agent, raw_a, signature_a, None)
+    runs_before_restart = len(agent.runs())
+    agent.process.stop()
+    shutil.rmtree(tmp_path / "state")
+    agent = start_ci_agent(**HOST_RUNNER)
+    fresh = replay(agent, raw_a, signature_a, str(uuid.uuid4()))
+    replayed = agent.wait_finished(fresh.json()["run"]) if fresh.status_code == 202 else None
     tags = registry_tags(ci_image_name)
     observed(
-        f"replay answered {answer.status_code}: {describe(replayed)}; "
-        f"without a delivery id: {no_id.status_code} {no_id.text[:80]}; registry tags {tags}"
+        f"replay answered {answer.status_code} {answer.text}; without a delivery id: {no_id.status_code} "
+        f"{no_id.text[:80]}; {runs_before_restart} runs; after the restart with no history: "
+        f"{fresh.status_code}, {describe(replayed)}; registry tags {tags}"
     )
     assert tags == ["0.1.0", "0.1.1", "latest"]
     assert latest_revision(ci_image_name) == second
+    assert (answer.status_code, answer.json()) == (200, {"duplicate": True, "run": run_a["number"]})
     assert no_id.status_code == 400 and "X-GitHub-Delivery" in no_id.text
+    assert runs_before_restart == 2
     assert replayed is not None
     assert (replayed["status"], replayed["version"], replayed["failed_step"]) == ("superseded", None, None), replayed
     assert "already released as 0.1.0" in replayed["reason"]
