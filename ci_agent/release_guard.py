@@ -133,7 +133,10 @@ class ReleaseGuard:
             now = f"points at {current}" if current else "no longer exists"
             raise RunSkipped(Verdict(f"tag {event.tag} {now} in the repository, not at {commit}: nothing to release"))
         version = event.release_version
-        if version is not None and version in self.registry.list_tags():
+        if version is None:
+            # Another tag (`ci-agent run --ref sometag`) gets the next version, like a branch: no rollback.
+            self._check_releases(commit, log)
+        elif version in self.registry.list_tags():
             if self._revisions([version]).get(version) == commit:
                 reason = f"commit {commit} was already released as {version}"
                 raise RunSkipped(Verdict(reason, already_released=version))
