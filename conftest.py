@@ -9,5 +9,4 @@ pytest_plugins = [
     "tests.support.reliability",
     "tests.support.ci_agent_server",
     "tests.support.fault_proxy",
-    "tests.support.git_http",
 ]

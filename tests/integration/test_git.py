@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ci_agent.errors import StepFailed
 from ci_agent.git import GitRunner, redact_url, strip_credentials
-from tests.support.git_http import GitHttpServer, git_argv_recorder
+from tests.support.git_http import TOKEN_USER, GitHttpServer, git_argv_recorder
 from tests.support.git_repos import GitProject, git
 
 
@@ -189,13 +190,23 @@ def test_a_hook_planted_in_the_work_folder_never_runs(git_project: GitProject, t
     assert not marker.exists(), marker.read_text()
 
 
+ARGV_TOKEN = "ghp-argv-test-Zr4n-never-in-argv"
+
+
+@pytest.fixture
+def git_http_server(tmp_path: Path) -> Iterator[GitHttpServer]:
+    """A smart-HTTP git server over ``git_project``'s bare repository, wanting ARGV_TOKEN."""
+    with GitHttpServer(tmp_path / "git", TOKEN_USER, ARGV_TOKEN) as server:
+        yield server
+
+
 def test_a_token_in_the_repository_url_never_reaches_gits_argv(
     git_project: GitProject, git_http_server: GitHttpServer, tmp_path: Path
 ):
     sha = git_project.commit({"app.txt": "private\n"}, "private")
     git_project.push()
-    token = "ghp-argv-test-Zr4n-never-in-argv"
-    url = git_http_server.url("origin.git", user="x-access-token", password=token)
+    token = ARGV_TOKEN
+    url = git_http_server.url("origin.git", user=TOKEN_USER, password=token)
     wrapper, record = git_argv_recorder(tmp_path / "bin")
     runner = GitRunner(git=str(wrapper))
 

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from tests.support.ci_agent_server import (
     push_payload,
     registry_tags,
 )
-from tests.support.git_http import GitHttpServer, git_argv_recorder
+from tests.support.git_http import TOKEN_USER, GitHttpServer, git_argv_recorder
 from tests.support.git_repos import GitProject, git
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -258,6 +258,16 @@ def test_a_hook_planted_by_the_tests_never_runs(
     assert not marker.exists()
 
 
+ARGV_TOKEN = "ghp-argv-test-Zr4n-never-in-argv"
+
+
+@pytest.fixture
+def git_http_server(tmp_path: Path) -> Iterator[GitHttpServer]:
+    """A smart-HTTP git server over ``git_project``'s bare repository, wanting ARGV_TOKEN."""
+    with GitHttpServer(tmp_path / "git", TOKEN_USER, ARGV_TOKEN) as server:
+        yield server
+
+
 @pytest.mark.reliability(
     "CI_REPO_URL carries a token (http://x-access-token:TOKEN@…) for a real smart-HTTP git server "
     "(git http-backend behind basic auth); every git process the agent starts is recorded (argv + GIT_TRACE)",
@@ -272,9 +282,9 @@ def test_a_token_in_the_repository_url_never_reaches_gits_argv(
     secret: Callable[[str], str],
     observed: Callable[[str], None],
 ) -> None:
-    token = secret("ghp-argv-test-Zr4n-never-in-argv")
+    token = secret(ARGV_TOKEN)
     wrapper, record = git_argv_recorder(tmp_path / "bin")
-    url = git_http_server.url("origin.git", user="x-access-token", password=token)
+    url = git_http_server.url("origin.git", user=TOKEN_USER, password=token)
     agent = start_ci_agent(
         CI_REPO_URL=url, PATH=f"{wrapper.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}", **HOST_RUNNER
     )

@@ -12,14 +12,14 @@ import base64
 import http.server
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
-
 from tests.support.ports import free_port
+
+TOKEN_USER = "x-access-token"
 
 
 class GitHttpServer:
@@ -105,6 +105,14 @@ class GitHttpServer:
         self._server.shutdown()
         self._server.server_close()
 
+    def __enter__(self) -> GitHttpServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
 
 def git_argv_recorder(directory: Path) -> tuple[Path, Path]:
     """A ``git`` wrapper that appends its argv, and every git child's (GIT_TRACE), to a file; then runs git.
@@ -121,10 +129,3 @@ def git_argv_recorder(directory: Path) -> tuple[Path, Path]:
     )
     wrapper.chmod(0o755)
     return wrapper, record
-
-
-@pytest.fixture
-def git_http_server(tmp_path: Path) -> Iterator[GitHttpServer]:
-    server = GitHttpServer(tmp_path / "git", "x-access-token", "ghp-argv-test-Zr4n-never-in-argv").start()
-    yield server
-    server.stop()
