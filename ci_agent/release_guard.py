@@ -41,7 +41,7 @@ from ci_agent.payload import PushEvent
 from shared.errors import RegistryError, RegistryNotFound
 from shared.registry import RegistryClient
 from shared.runstore import Run, RunStore
-from shared.versions import highest, parse_version
+from shared.versions import parse_version
 
 if TYPE_CHECKING:
     import loguru
@@ -136,10 +136,13 @@ class ReleaseGuard:
         if version is None:
             # Another tag (`ci-agent run --ref sometag`) gets the next version, like a branch: no rollback.
             self._check_releases(commit, log)
-        elif version in self.registry.list_tags():
-            if self._revisions([version]).get(version) == commit:
-                reason = f"commit {commit} was already released as {version}"
-                raise RunSkipped(Verdict(reason, already_released=version))
+        else:
+            # Every spelling of the version counts (`1.2.3`, and `v1.2.3` where tags are read so).
+            wanted = parse_version(version)
+            same = [tag for tag in self.registry.list_tags() if parse_version(tag) == wanted]
+            for tag, revision in self._revisions(same).items():
+                if revision == commit:
+                    raise RunSkipped(Verdict(f"commit {commit} was already released as {tag}", already_released=tag))
         log.info("tag {} points at {}", event.tag, commit)
 
     def _check_branch(self, run: Run, event: PushEvent, commit: str, log: loguru.Logger) -> None:
@@ -165,8 +168,9 @@ class ReleaseGuard:
         for tag, revision in revisions.items():
             if revision == commit:
                 raise RunSkipped(Verdict(f"commit {commit} was already released as {tag}", already_released=tag))
-        latest = highest(tags)
-        latest_commit = revisions.get(str(latest)) if latest is not None else None
+        # The highest release (pre-releases aside), by the tag it was pushed as.
+        latest = next((tag for tag in revisions if (v := parse_version(tag)) is not None and not v.prerelease), None)
+        latest_commit = revisions.get(latest) if latest is not None else None
         if latest_commit and is_sha(latest_commit) and self._have(latest_commit, log):
             if self.git.is_ancestor(self.workdir, commit, latest_commit):
                 raise RunSkipped(Verdict(
