@@ -21,7 +21,10 @@ it) with ``details["reason"]``, plus ``details["already_released"]`` (the tag) o
 
 The revision of each release is read from its image's labels once and kept in
 ``STATE_DIR/release-revisions.json`` (tags are never overwritten, so it never goes stale); a run
-reads at most ``RELEASE_SCAN`` releases, the highest first.
+reads at most ``RELEASE_SCAN`` releases, the highest first. A few are enough: an older release's
+commit that is still on the branch is an ancestor of the latest release's commit, and one that is
+not is unreachable; both are refused without its label. Keeping the scan short matters on Docker
+Hub, where every manifest read counts as a pull.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
     import loguru
 
 REVISION_LABEL = "org.opencontainers.image.revision"
-RELEASE_SCAN = 50
+RELEASE_SCAN = 10
 _QUEUED_SCAN_LIMIT = 10_000
 
 
