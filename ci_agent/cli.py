@@ -123,6 +123,9 @@ def run_once(settings: CiSettings, ref: str | None) -> int:
         if run.status == "succeeded":
             print(f"run {run.number} succeeded: pushed {settings.image.with_tag(run.version or '?')}")
             return 0
+        if run.status == "superseded":
+            print(f"run {run.number} released nothing: {run.details.get('reason')}")
+            return 0
         print(f"run {run.number} failed at step {run.failed_step}: {run.error}", file=sys.stderr)
         print(f"log: {run.log_path}", file=sys.stderr)
         return 1

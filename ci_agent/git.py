@@ -5,17 +5,25 @@ shas must be 40 hex digits and refs must pass ``ci_agent.payload.check_ref_name`
 starting with ``-``), and ``--`` / ``--end-of-options`` separate options from the rest anyway. The
 repository URL comes from the settings, but it may carry credentials
 (``https://user:token@github.com/...``), so it is never written to ``.git/config`` (fetches name the
-URL directly) and every message shows it with the user info masked.
+URL directly) and every message shows it with the user info masked. Nor does it reach git's argv
+(``/proc/PID/cmdline`` is readable by every local user): git is given the URL without the user info,
+and the credentials travel in git's environment as an ``http.<url>.extraHeader`` (``GIT_CONFIG_COUNT``
+/ ``GIT_CONFIG_KEY_n`` / ``GIT_CONFIG_VALUE_n``, git >= 2.31), as actions/checkout does.
+
+The work folder persists between runs and the host test runner can write into its ``.git``, so every
+git command runs with hooks and the fs monitor disabled (``-c core.hooksPath=/dev/null
+-c core.fsmonitor=false``): a hook planted by one run's tests never runs in a later run.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from loguru import logger
 
@@ -28,6 +36,8 @@ SHA = re.compile(r"[0-9a-f]{40}")
 _SHORT_SHA = re.compile(r"[0-9a-f]{7,39}")
 _USERINFO = re.compile(r"(?<=://)[^/@\s'\"]+@")
 _STDERR_TAIL = 1500
+# Given before every git subcommand: nothing in the persistent work folder's .git may run code.
+SAFE_OPTIONS = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 
 
 def is_sha(text: str) -> bool:
@@ -51,6 +61,27 @@ def strip_credentials(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port is not None else host
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def remote_access(url: str) -> tuple[str, dict[str, str]]:
+    """``(url for git's argv, environment for git)``: an http(s) URL's password moves to the environment.
+
+    ``https://user:token@host/o/r.git`` becomes ``https://host/o/r.git`` plus an
+    ``Authorization: Basic`` header scoped to that URL; other URLs (ssh, file, no password) are kept.
+    """
+    if "://" not in url:
+        return url, {}
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.password is None:
+        return url, {}
+    bare = strip_credentials(url)
+    token = base64.b64encode(f"{unquote(parts.username or '')}:{unquote(parts.password)}".encode()).decode()
+    env = {
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": f"http.{bare}.extraHeader",
+        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}",
+    }
+    return bare, env
 
 
 def _checked_sha(sha: str) -> str:
@@ -80,31 +111,55 @@ class GitRunner:
         self.timeout = timeout
         self.git = git
 
-    def run(self, args: Sequence[str], *, cwd: Path | None = None, what: str = "git") -> str:
+    def run(
+        self, args: Sequence[str], *, cwd: Path | None = None, what: str = "git", env: Mapping[str, str] | None = None
+    ) -> str:
         """Run ``git ARGS`` and return its stdout; any failure is ``StepFailed("checkout", ...)``."""
-        env = dict(os.environ)
+        completed = self._run(args, cwd=cwd, what=what, env=env)
+        if completed.returncode != 0:
+            raise self._failed(what, completed)
+        return completed.stdout
+
+    def _run(
+        self, args: Sequence[str], *, cwd: Path | None, what: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        environment = dict(os.environ)
         # Never wait for a password on a terminal nobody watches; never read the user's git config
         # helpers into a service's fetch.
-        env.update({"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "SSH_ASKPASS": "", "LC_ALL": "C"})
-        command = [self.git, *args]
+        environment.update({"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "SSH_ASKPASS": "", "LC_ALL": "C"})
+        environment.update(env or {})
+        command = [self.git, *SAFE_OPTIONS, *args]
         try:
-            completed = subprocess.run(
-                command, cwd=cwd, env=env, capture_output=True, text=True, errors="replace",
+            return subprocess.run(
+                command, cwd=cwd, env=environment, capture_output=True, text=True, errors="replace",
                 timeout=self.timeout, check=False,
             )
         except subprocess.TimeoutExpired as exc:
             raise StepFailed("checkout", f"{what} did not finish within {self.timeout:g}s") from exc
         except OSError as exc:
             raise StepFailed("checkout", f"cannot run {self.git!r}: {exc.strerror or exc}") from exc
-        if completed.returncode != 0:
-            stderr = redact_url(completed.stderr.strip())[-_STDERR_TAIL:]
-            raise StepFailed("checkout", f"{what} failed (exit {completed.returncode}): {stderr}")
-        return completed.stdout
+
+    @staticmethod
+    def _failed(what: str, completed: subprocess.CompletedProcess[str]) -> StepFailed:
+        stderr = redact_url(completed.stderr.strip())[-_STDERR_TAIL:]
+        return StepFailed("checkout", f"{what} failed (exit {completed.returncode}): {stderr}")
 
     def _ensure_repository(self, workdir: Path) -> None:
         if not (workdir / ".git").is_dir():
             make_private_dirs(workdir)  # 0700: the checkout may be a private repository
             self.run(["init", "--quiet", "--", str(workdir)], what="git init")
+
+    def has_commit(self, workdir: Path, sha: str) -> bool:
+        """Whether ``sha`` names a commit (or a tag of one) already in ``workdir``."""
+        return self._has_commit(workdir, _checked_sha(sha))
+
+    def is_ancestor(self, workdir: Path, ancestor: str, descendant: str) -> bool:
+        """Whether ``ancestor`` is ``descendant`` or one of its ancestors (both must be in ``workdir``)."""
+        args = ["merge-base", "--is-ancestor", _checked_sha(ancestor), _checked_sha(descendant)]
+        completed = self._run(args, cwd=workdir, what="git merge-base")
+        if completed.returncode not in (0, 1):
+            raise self._failed("git merge-base", completed)
+        return completed.returncode == 0
 
     def _has_commit(self, workdir: Path, sha: str) -> bool:
         try:
@@ -115,34 +170,45 @@ class GitRunner:
 
     def fetch(self, repo_url: str, workdir: Path, refspecs: Sequence[str]) -> None:
         self._ensure_repository(workdir)
+        url, env = remote_access(repo_url)
         self.run(
-            ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--", repo_url, *refspecs],
-            cwd=workdir, what=f"git fetch from {redact_url(repo_url)}",
+            ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--", url, *refspecs],
+            cwd=workdir, what=f"git fetch from {redact_url(repo_url)}", env=env,
         )
 
-    def checkout(self, repo_url: str, commit_sha: str, workdir: Path) -> None:
-        """Make ``workdir`` hold exactly ``commit_sha`` of ``repo_url``, with no leftover files.
+    def ensure_commit(self, repo_url: str, workdir: Path, sha: str) -> bool:
+        """Fetch ``sha`` (a commit or an annotated tag) unless ``workdir`` has it; whether it is there now."""
+        sha = _checked_sha(sha)
+        self._ensure_repository(workdir)
+        if self._has_commit(workdir, sha):
+            return True
+        try:
+            self.fetch(repo_url, workdir, [sha])
+        except StepFailed as exc:
+            # Servers that refuse a want of a bare sha: fetch the branches and tags and look there.
+            logger.debug("fetching {} by sha failed ({}); fetching all branches", sha, exc.message)
+            self.fetch(repo_url, workdir, ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"])
+        return self._has_commit(workdir, sha)
 
+    def checkout(self, repo_url: str, commit_sha: str, workdir: Path) -> str:
+        """Make ``workdir`` hold exactly ``commit_sha`` of ``repo_url``, with no leftover files; returns the commit.
+
+        ``commit_sha`` may name an annotated tag object (GitHub sends the tag object's sha in ``after``
+        for an annotated tag push): it is peeled, and the commit it tags is checked out and returned.
         ``workdir`` persists between runs, so a fetch only transfers what is new.
         """
         sha = _checked_sha(commit_sha)
-        self._ensure_repository(workdir)
-        if not self._has_commit(workdir, sha):
-            try:
-                self.fetch(repo_url, workdir, [sha])
-            except StepFailed as exc:
-                # Servers that refuse a want of a bare sha: fetch the branches and tags and look there.
-                logger.debug("fetching {} by sha failed ({}); fetching all branches", sha, exc.message)
-                self.fetch(
-                    repo_url, workdir, ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"]
-                )
-            if not self._has_commit(workdir, sha):
-                raise StepFailed("checkout", f"commit {sha} is not in {redact_url(repo_url)}")
-        self.run(["checkout", "--quiet", "--force", "--detach", sha, "--"], cwd=workdir, what="git checkout")
+        if not self.ensure_commit(repo_url, workdir, sha):
+            raise StepFailed("checkout", f"commit {sha} is not in {redact_url(repo_url)}")
+        commit = self.run(
+            ["rev-parse", "--verify", "--end-of-options", f"{sha}^{{commit}}"], cwd=workdir, what="git rev-parse"
+        ).strip()
+        self.run(["checkout", "--quiet", "--force", "--detach", commit, "--"], cwd=workdir, what="git checkout")
         self.run(["clean", "-ffdxq"], cwd=workdir, what="git clean")
         head = self.run(["rev-parse", "--verify", "HEAD"], cwd=workdir, what="git rev-parse").strip()
-        if head != sha:
-            raise StepFailed("checkout", f"checked out {head}, expected {sha}")
+        if head != commit:
+            raise StepFailed("checkout", f"checked out {head}, expected {commit}")
+        return commit
 
     def commit_messages(self, workdir: Path, since_sha: str | None, until_sha: str) -> list[str]:
         """Messages of the commits after ``since_sha`` up to ``until_sha``, newest first."""
@@ -185,15 +251,28 @@ class GitRunner:
         if _SHORT_SHA.fullmatch(ref):
             raise StepFailed("checkout", f"{ref!r} looks like an abbreviated commit; give all 40 hex digits")
         _checked_ref(ref)
-        output = self.run(["ls-remote", "--", repo_url], what=f"git ls-remote {redact_url(repo_url)}")
+        candidates = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
+        for name in candidates:
+            found = self.remote_commit(repo_url, name)
+            if found is not None:
+                return name, found
+        raise StepFailed("checkout", f"no branch or tag {ref!r} in {redact_url(repo_url)}")
+
+    def remote_commit(self, repo_url: str, ref: str) -> str | None:
+        """The commit ``ref`` (a full ``refs/...`` name) points at in ``repo_url`` now; ``None`` if it does not exist.
+
+        Annotated tags resolve to the commit they point at.
+        """
+        _checked_ref(ref)
+        url, env = remote_access(repo_url)
+        # The pattern keeps the answer small; it matches by suffix, so the exact name is looked up below.
+        output = self.run(
+            ["ls-remote", "--", url, ref, f"{ref}^{{}}"], what=f"git ls-remote {redact_url(repo_url)}", env=env
+        )
         advertised: dict[str, str] = {}
         for line in output.splitlines():
             sha, _, name = line.partition("\t")
             advertised[name] = sha
-        candidates = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
-        for name in candidates:
-            # The peeled entry (^{}) of an annotated tag names the commit; prefer it.
-            found = advertised.get(f"{name}^{{}}") or advertised.get(name)
-            if found is not None and is_sha(found):
-                return name, found
-        raise StepFailed("checkout", f"no branch or tag {ref!r} in {redact_url(repo_url)}")
+        # The peeled entry (^{}) of an annotated tag names the commit; prefer it.
+        found = advertised.get(f"{ref}^{{}}") or advertised.get(ref)
+        return found if found is not None and is_sha(found) else None

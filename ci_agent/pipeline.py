@@ -7,6 +7,12 @@ client, the store, the notifier, the clock), so the CLI and the webhook wire the
   failure stops the run: nothing after a failed step happens (no image is pushed after a failed test).
 * Any error inside a step becomes ``StepFailed(step, ...)``: the run ends ``failed`` with
   ``failed_step`` and ``error`` set, and one email names the step and carries the log's tail.
+* Replays release nothing: after checkout and before the tests, ``ci_agent/release_guard.py``
+  checks the commit against the repository (still on the branch, not superseded by a newer queued
+  commit, the tag still points at it) and the registry (not released yet, not older than the latest
+  release). A run it stops ends ``superseded`` with ``details["reason"]``: no test, no email.
+* An annotated tag push names the tag object in ``after``: the checkout peels it, and the run
+  records, tests, builds and labels the commit it tags.
 * The version is decided in the build step (the image is labelled with it) and checked against the
   registry's tags again just before the push, so an existing tag is never overwritten.
 * Local images: the test image stays tagged ``NAME:ci-test`` and the release ``NAME:latest``, so the
@@ -15,6 +21,7 @@ client, the store, the notifier, the clock), so the CLI and the webhook wire the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import time
@@ -31,6 +38,7 @@ from ci_agent.builder import DockerGateway, has_stage, run_host_command
 from ci_agent.errors import Step, StepFailed
 from ci_agent.git import GitRunner, redact_url, strip_credentials
 from ci_agent.payload import ZERO_SHA, PushEvent
+from ci_agent.release_guard import ReleaseGuard, RevisionCache, RunSkipped
 from ci_agent.settings import CiSettings
 from ci_agent.versioning import VersionTaken, next_version, should_move_latest, taken_by
 from shared.errors import PiCicdError
@@ -77,6 +85,10 @@ class Pipeline:
         self.push_retry_wait = push_retry_wait
         # Distinguishes this agent's test containers from another agent's on the same dockerd.
         self._instance = uuid.uuid4().hex[:8]
+        self.guard = ReleaseGuard(
+            repo_url=settings.ci_repo_url, git=git, registry=registry, store=store, workdir=self.checkout_dir,
+            revisions=RevisionCache(settings.state_dir / "release-revisions.json"),
+        )
 
     @property
     def checkout_dir(self) -> Path:
@@ -101,6 +113,7 @@ class Pipeline:
             ref=event.ref,
         )
         failure: StepFailed | None = None
+        skipped: RunSkipped | None = None
         version: str | None = None
         with run_log(path, run.number) as log:
             log.info(
@@ -112,9 +125,14 @@ class Pipeline:
             except StepFailed as exc:
                 failure = exc
                 log.error("run {} failed at step {}: {}", run.number, exc.step, exc.message)
+            except RunSkipped as exc:
+                skipped = exc
+                log.warning("run {} releases nothing: {}", run.number, exc.verdict.reason)
             else:
                 log.info("run {} succeeded: pushed {}", run.number, self.image.with_tag(version))
-        if failure is not None:
+        if skipped is not None:
+            run = self._record_skipped(run.number, skipped)
+        elif failure is not None:
             run = self.store.update(
                 run.number, status="failed", failed_step=failure.step, error=failure.message,
                 finished_at=self.clock(),
@@ -125,6 +143,17 @@ class Pipeline:
         prune_run_logs(self.settings.log_dir, self.settings.log_retention_runs)
         return run
 
+    def _record_skipped(self, number: int, skipped: RunSkipped) -> Run:
+        verdict = skipped.verdict
+        current = self.store.get(number)
+        details = dict(current.details if current is not None else {})
+        details["reason"] = verdict.reason
+        if verdict.already_released is not None:
+            details["already_released"] = verdict.already_released
+        if verdict.superseded_by is not None:
+            details["superseded_by"] = verdict.superseded_by
+        return self.store.update(number, status="superseded", details=details, finished_at=self.clock())
+
     def fail(self, run: Run, message: str) -> Run:
         """Mark ``run`` failed outside any step (the worker's last resort when ``execute`` itself broke)."""
         return self.store.update(run.number, status="failed", error=message, finished_at=self.clock())
@@ -134,8 +163,13 @@ class Pipeline:
     def _steps(self, run: Run, event: PushEvent, log: loguru.Logger) -> str:
         checkout = self.checkout_dir
         with self._step("checkout", log):
-            self.git.checkout(self.settings.ci_repo_url, event.after, checkout)
-            log.info("checked out {} into {}", event.after, checkout)
+            commit = self.git.checkout(self.settings.ci_repo_url, event.after, checkout)
+            if commit != event.after:
+                log.info("{} is an annotated tag object; it tags commit {}", event.after, commit)
+                event = dataclasses.replace(event, after=commit)
+                run = self.store.update(run.number, commit=commit)
+            log.info("checked out {} into {}", commit, checkout)
+            self.guard.check(run, event, commit, log)
         with self._step("test", log):
             self._test(run, checkout, log)
         decided: list[str] = []
@@ -159,6 +193,9 @@ class Pipeline:
         began = time.monotonic()
         try:
             yield
+        except RunSkipped:
+            log.info("step {} stopped the run after {:.1f}s", step, time.monotonic() - began)
+            raise
         except StepFailed as exc:
             log.error("step {} failed after {:.1f}s: {}", step, time.monotonic() - began, exc.message)
             if exc.step != step:

@@ -7,10 +7,19 @@ start-up interrupts only the run that was running), and the store stays the one 
 
 Rules:
 
-- A newer push to a branch supersedes every older *queued* run of that branch: they end as
-  ``superseded`` with ``finished_at`` set and ``details["superseded_by"]``; a running run is never
-  touched. Tag pushes (releases ``vX.Y.Z``) never supersede each other: each one is a release
-  somebody asked for explicitly.
+- Coalescing keeps the newest commit *by ancestry*, not by arrival order: a delivery can be a
+  replay of an old push (the delivery id is not signed), and a replayed old push must never
+  supersede a newer one. The queue has no git, so it decides only what needs none: a push to a
+  branch supersedes the older *queued* runs of that branch **for the same commit** (a burst of
+  redeliveries costs one run). Commits that differ are compared by the pipeline once it has
+  fetched them (``ci_agent/release_guard.py``): when the worker takes a branch run, the run is
+  superseded by a queued run of its branch whose commit descends from its own, and the queued runs
+  whose commits are ancestors of the newest one end superseded with it, in one go. So a burst of
+  pushes still builds only its newest commit, whatever order the deliveries came in.
+  Superseded runs end with ``finished_at`` set and ``details["superseded_by"]`` (the run that
+  covers them, shown as ``superseded_by`` in the run's JSON); a running run is never touched. Tag
+  pushes (releases ``vX.Y.Z``) never supersede each other: each one is a release somebody asked
+  for explicitly.
 - ``take`` claims the oldest queued run (older queued runs of the same branch were superseded
   already, so this is fair between branches and tags) and marks it ``running``.
 - Delivery ids (``X-GitHub-Delivery``) de-duplicate. GitHub reuses the id when a person presses
@@ -21,6 +30,10 @@ Rules:
   The store keeps delivery ids unique, so the id moves to the retry (the old run keeps it in
   ``details["delivery_id"]`` and points at the retry with ``details["retried_by"]``): pressing the
   button again while the retry is queued or running is again a duplicate.
+- A branch push of a commit that a run of this agent already released (``succeeded`` with a
+  version) is a duplicate of that run, whatever its delivery id: a replayed body costs one
+  query. The pipeline's own check against the registry (``ci_agent/release_guard.py``) still
+  catches what this store does not know (releases made elsewhere, a wiped state folder).
 """
 
 from __future__ import annotations
@@ -128,6 +141,10 @@ class RunQueue:
         if earlier is not None and earlier.status not in RETRYABLE:
             self._log.info("delivery {} repeats run {}; nothing queued", delivery_id, earlier.number)
             return Submission(earlier, duplicate=True)
+        if event.branch is not None and (released := self._store.find_released(KIND, event.after)) is not None:
+            self._log.info("{} at {} was released as {} by run {}; nothing queued", event.ref, event.after[:12],
+                           released.version, released.number)
+            return Submission(released, duplicate=True)
         if earlier is not None:
             self._release_delivery(earlier)
         details: dict[str, Any] = {"event": event.to_details()}
@@ -150,7 +167,7 @@ class RunQueue:
             self._log.info("delivery {} redelivered after run {} {}: run {} retries it",
                            delivery_id, earlier.number, earlier.status, run.number)
         if event.branch is not None:
-            for old in self._store.supersede_queued(KIND, event.ref, run.number):
+            for old in self._store.supersede_queued(KIND, event.ref, run.number, commit=event.after):
                 self._log.info("run {} superseded by run {}", old.number, run.number)
         self._log.info("run {} queued for {} at {}", run.number, event.ref, event.after[:12])
         return Submission(run, duplicate=False)

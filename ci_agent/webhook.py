@@ -137,10 +137,11 @@ def _decode(body: bytes, content_type: str) -> object:
         raise WebhookRejected(400, "body is JSON nested too deeply") from exc
 
 
-def _delivery_id(request: Request) -> str | None:
+def _delivery_id(request: Request) -> str:
     delivery = request.headers.get("X-GitHub-Delivery")
     if delivery is None:
-        return None
+        # GitHub always sends it; without it a replayed body would skip the duplicate check.
+        raise WebhookRejected(400, "missing X-GitHub-Delivery header")
     if not _DELIVERY_ID.fullmatch(delivery):
         raise WebhookRejected(400, "bad X-GitHub-Delivery header")
     return delivery

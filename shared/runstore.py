@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS runs_delivery ON runs (delivery_id) WHERE delivery_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status, kind);
+CREATE INDEX IF NOT EXISTS runs_commit ON runs (commit_sha);
 """
 _COLUMNS = {name: name for name in UPDATABLE_FIELDS} | {"commit": "commit_sha"}
 _SELECT = (
@@ -110,6 +111,9 @@ class Run:
             "duration_seconds": self.duration_seconds,
             "log_path": self.log_path,
             "error": self.error,
+            # Why a run released nothing, and the run that superseded it (both null otherwise).
+            "reason": self.details.get("reason"),
+            "superseded_by": self.details.get("superseded_by"),
             "details": self.details,
         }
 
@@ -261,6 +265,16 @@ class RunStore:
         with self._transaction(write=False) as conn:
             return self._fetch_one(conn, " WHERE delivery_id = ?", (delivery_id,))
 
+    def find_released(self, kind: str, commit: str) -> Run | None:
+        """The newest ``succeeded`` run of ``kind`` that released ``commit`` (has a version), if any."""
+        with self._transaction(write=False) as conn:
+            return self._fetch_one(
+                conn,
+                " WHERE kind = ? AND commit_sha = ? AND status = 'succeeded' AND version IS NOT NULL"
+                " ORDER BY number DESC LIMIT 1",
+                (kind, commit),
+            )
+
     def mark_unfinished_interrupted(self, *, kind: str | None = None) -> builtins.list[Run]:
         """At start-up: every running run (of ``kind``) becomes ``interrupted``, finished now.
 
@@ -282,13 +296,45 @@ class RunStore:
             )
             return self._fetch_one(conn, " WHERE number = ?", (oldest.number,))
 
-    def supersede_queued(self, kind: str, ref: str | None, except_number: int) -> builtins.list[Run]:
+    def supersede_queued(
+        self, kind: str, ref: str | None, except_number: int, *, commit: str | None = None
+    ) -> builtins.list[Run]:
         """Queued runs of ``kind`` for ``ref`` OLDER than ``except_number`` become ``superseded``, finished now.
 
         Only older ones: if two pushes race, the later one must never be superseded by the earlier.
+        With ``commit``, only the runs for that commit. Each one records ``details["superseded_by"]``.
         """
         where = " WHERE status = 'queued' AND kind = ? AND ref IS ? AND number < ?"
-        return self._finish_where("superseded", where, params=(kind, ref, except_number))
+        params: tuple[Any, ...] = (kind, ref, except_number)
+        if commit is not None:
+            where += " AND commit_sha = ?"
+            params = (*params, commit)
+        with self._transaction() as conn:
+            runs = self._fetch(conn, f"{where} ORDER BY number ASC", params)
+            return [
+                run for run in (self._supersede(conn, run.number, except_number, None) for run in runs)
+                if run is not None
+            ]
+
+    def supersede_run(self, number: int, *, by: int | None, reason: str | None) -> Run | None:
+        """Run ``number`` becomes ``superseded`` by run ``by`` (finished now) if it is still queued; else None."""
+        with self._transaction() as conn:
+            return self._supersede(conn, number, by, reason)
+
+    def _supersede(self, conn: sqlite3.Connection, number: int, by: int | None, reason: str | None) -> Run | None:
+        run = self._fetch_one(conn, " WHERE number = ? AND status = 'queued'", (number,))
+        if run is None:
+            return None
+        details = dict(run.details)
+        if by is not None:
+            details["superseded_by"] = by
+        if reason is not None:
+            details["reason"] = reason
+        conn.execute(
+            "UPDATE runs SET status = 'superseded', finished_at = ?, details = ? WHERE number = ?",
+            (_store_time(self._clock()), _dump(details), number),
+        )
+        return self._fetch_one(conn, " WHERE number = ?", (number,))
 
     def _finish_where(
         self, status: RunStatus, where: str, *, params: tuple[Any, ...] = (), kind: str | None = None

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ci_agent.errors import StepFailed
 from ci_agent.git import GitRunner, redact_url, strip_credentials
-from tests.support.git_repos import GitProject
+from tests.support.git_http import TOKEN_USER, GitHttpServer, git_argv_recorder
+from tests.support.git_repos import GitProject, git
 
 
 def test_checkout_gets_the_exact_older_commit_while_the_branch_moved_on(git_project: GitProject, tmp_path: Path):
@@ -120,8 +122,6 @@ def test_commit_messages_when_the_previous_release_is_not_an_ancestor(git_projec
     abandoned = git_project.commit({"a": "2"}, "feat: abandoned")
     git_project.push()
     # Force-push a different history: the release made from `abandoned` is no ancestor any more.
-    from tests.support.git_repos import git
-
     git("reset", "--hard", base, cwd=git_project.clone)
     head = git_project.commit({"a": "3"}, "fix: rewritten")
     git("push", "--quiet", "--force", "origin", "HEAD:refs/heads/main", cwd=git_project.clone)
@@ -148,3 +148,75 @@ def test_url_helpers():
     assert strip_credentials("https://u:p@github.com:8443/o/r.git") == "https://github.com:8443/o/r.git"
     assert strip_credentials("https://github.com/o/r.git") == "https://github.com/o/r.git"
     assert strip_credentials("git@github.com:o/r.git") == "git@github.com:o/r.git"
+
+
+def test_an_annotated_tag_object_is_peeled_to_the_commit_it_tags(git_project: GitProject, tmp_path: Path):
+    # GitHub's push payload for an annotated tag names the tag OBJECT in `after`.
+    commit = git_project.commit({"app.txt": "tagged\n"}, "tagged")
+    git_project.push()
+    git_project.tag("v1.0.0", message="release 1.0.0")
+    git_project.commit({"app.txt": "later\n"}, "later")
+    git_project.push()
+    tag_object = git("rev-parse", "refs/tags/v1.0.0", cwd=git_project.clone).strip()
+    assert tag_object != commit
+    workdir = tmp_path / "work"
+
+    checked_out = GitRunner().checkout(git_project.url, tag_object, workdir)
+
+    assert checked_out == commit
+    assert (workdir / "app.txt").read_text() == "tagged\n"
+    assert GitRunner().remote_commit(git_project.url, "refs/tags/v1.0.0") == commit
+
+
+def test_a_hook_planted_in_the_work_folder_never_runs(git_project: GitProject, tmp_path: Path):
+    first = git_project.commit({"app.txt": "one\n"}, "first")
+    git_project.push()
+    second = git_project.commit({"app.txt": "two\n"}, "second")
+    git_project.push()
+    workdir = tmp_path / "work"
+    runner = GitRunner()
+    runner.checkout(git_project.url, first, workdir)
+    marker = tmp_path / "hook-ran"
+    # What a test run of the host runner could leave behind: every hook a checkout or fetch may call.
+    for hook in ("post-checkout", "reference-transaction", "post-index-change", "fsmonitor-watchman"):
+        path = workdir / ".git" / "hooks" / hook
+        path.write_text(f"#!/bin/sh\necho {hook} >> {marker}\n")
+        path.chmod(0o755)
+    git("config", "core.fsmonitor", f"echo fsmonitor >> {marker}; false", cwd=workdir)
+
+    runner.checkout(git_project.url, second, workdir)
+
+    assert (workdir / "app.txt").read_text() == "two\n"
+    assert not marker.exists(), marker.read_text()
+
+
+ARGV_TOKEN = "ghp-argv-test-Zr4n-never-in-argv"
+
+
+@pytest.fixture
+def git_http_server(tmp_path: Path) -> Iterator[GitHttpServer]:
+    """A smart-HTTP git server over ``git_project``'s bare repository, wanting ARGV_TOKEN."""
+    with GitHttpServer(tmp_path / "git", TOKEN_USER, ARGV_TOKEN) as server:
+        yield server
+
+
+def test_a_token_in_the_repository_url_never_reaches_gits_argv(
+    git_project: GitProject, git_http_server: GitHttpServer, tmp_path: Path
+):
+    sha = git_project.commit({"app.txt": "private\n"}, "private")
+    git_project.push()
+    token = ARGV_TOKEN
+    url = git_http_server.url("origin.git", user=TOKEN_USER, password=token)
+    wrapper, record = git_argv_recorder(tmp_path / "bin")
+    runner = GitRunner(git=str(wrapper))
+
+    assert runner.checkout(url, sha, tmp_path / "work") == sha
+    assert runner.remote_commit(url, "refs/heads/main") == sha
+
+    argv = record.read_text()
+    assert "argv: " in argv and "fetch" in argv and "ls-remote" in argv and "remote-http" in argv
+    assert token not in argv
+    assert git_http_server.authorized > 0
+    with pytest.raises(StepFailed) as caught:
+        GitRunner().remote_commit(git_http_server.url("origin.git"), "refs/heads/main")
+    assert "exit" in caught.value.message  # no credentials: the server refuses (401)

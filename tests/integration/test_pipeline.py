@@ -23,7 +23,7 @@ from shared.registry import RegistryClient, parse_image_ref
 from shared.runstore import Run, RunStore
 from shared.testing import RecordingMailer
 from tests.support.docker_env import DockerJanitor, unique
-from tests.support.git_repos import SAMPLE_DOCKERFILE, GitProject
+from tests.support.git_repos import SAMPLE_DOCKERFILE, GitProject, git
 from tests.support.polling import wait_for
 from tests.support.registry_server import RegistryServer
 
@@ -193,10 +193,18 @@ def test_a_git_tag_is_released_as_exactly_that_version_and_never_overwritten(mak
     sha = git_project.tag("v1.0.0", message="release")
 
     assert agent.run(sha, ref="refs/tags/v1.0.0").version == "1.0.0"
+    # The same tag push again (a redelivery or a replay): released already, quietly.
     again = agent.run(sha, ref="refs/tags/v1.0.0")
+    assert (again.status, again.failed_step, again.details.get("already_released")) == ("superseded", None, "1.0.0")
+    # The tag moved to another commit: 1.0.0 exists and is never overwritten.
+    moved = git_project.commit({"www/index.html": "<p>hello moved</p>\n"}, "fix: moved")
+    git_project.push()
+    git("tag", "--force", "-a", "v1.0.0", "-m", "moved", cwd=git_project.clone)
+    git("push", "--quiet", "--force", "origin", "refs/tags/v1.0.0", cwd=git_project.clone)
+    overwrite = agent.run(moved, ref="refs/tags/v1.0.0")
 
-    assert (again.status, again.failed_step) == ("failed", "build")
-    assert "never overwritten" in (again.error or "")
+    assert (overwrite.status, overwrite.failed_step) == ("failed", "build")
+    assert "never overwritten" in (overwrite.error or "")
     assert agent.tags() == ["1.0.0", "latest"]
     assert len(agent.emails()) == 1
 
@@ -230,6 +238,9 @@ def test_the_worker_runs_queued_runs_one_at_a_time_with_unique_versions(make_age
     first = git_project.commit_sample()
     second = git_project.commit({"www/b.html": "hello"}, "fix: b")
     git_project.push()
+    for n, sha in enumerate((first, second)):
+        git("tag", f"t{n}", sha, cwd=git_project.clone)
+        git("push", "--quiet", "origin", f"refs/tags/t{n}", cwd=git_project.clone)
     runs = [
         queue.submit(
             PushEvent(ref=f"refs/tags/t{n}", branch=None, tag=f"t{n}", after=sha, before=ZERO_SHA, deleted=False,
@@ -322,3 +333,24 @@ def test_old_run_logs_are_pruned_to_log_retention_runs(make_agent, git_project: 
     kept = sorted(path.name for path in agent.settings.log_dir.iterdir())
     assert kept == sorted(Path(run.log_path or "").name for run in (second, third))
     assert not Path(first.log_path or "").exists()
+
+
+def test_a_run_by_sha_releases_a_side_commit_but_never_an_old_one(make_agent: Any, git_project: GitProject) -> None:
+    agent: Agent = make_agent()
+    first = git_project.commit_sample()
+    assert agent.run(first).version == "0.1.0"
+    side = git_project.commit({"www/side.html": "side"}, "fix: on a side branch")
+    git("push", "--quiet", "origin", "HEAD:refs/heads/side", cwd=git_project.clone)
+    git("reset", "--quiet", "--hard", first, cwd=git_project.clone)
+
+    def by_sha(sha: str) -> Run:
+        event = agent.pipeline.event_for_ref(sha)
+        run = agent.store.create(kind="ci", commit=sha, ref=event.ref, details={"event": event.to_details()})
+        return agent.pipeline.execute(run, event)
+
+    again = by_sha(first)
+    assert (again.status, again.details.get("already_released")) == ("superseded", "0.1.0"), again
+    released = by_sha(side)  # not on the tracked branch, but a person named it
+    assert (released.status, released.version) == ("succeeded", "0.1.1"), released
+    assert agent.tags() == ["0.1.0", "0.1.1", "latest"]
+    assert agent.emails() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import threading
@@ -104,22 +105,33 @@ def test_close_releases_a_waiting_take(queue):
     assert results == [None]
 
 
-def test_newer_push_supersedes_older_queued_runs_of_the_branch(queue, store):
-    runs = [queue.submit(push(), delivery()) for _ in range(5)]
+def test_a_newer_push_of_the_same_commit_supersedes_the_older_queued_runs(queue, store):
+    event = push()
+    runs = [queue.submit(event, delivery()) for _ in range(5)]
     statuses = [store.get(run.number).status for run in runs]
     assert statuses == ["superseded"] * 4 + ["queued"]
     assert all(store.get(run.number).finished_at is not None for run in runs[:4])
+    assert [store.get(run.number).to_json()["superseded_by"] for run in runs[:4]] == [run.number for run in runs[1:]]
     taken = queue.take(timeout=1)
     assert taken is not None
     assert taken[0].number == runs[-1].number
     assert queue.take(timeout=0.05) is None
 
 
+def test_pushes_of_other_commits_stay_queued_for_the_pipeline_to_compare(queue, store):
+    # Arrival order says nothing about which commit is newer (a delivery can be a replay): the
+    # pipeline decides by ancestry once it has fetched them (ci_agent/release_guard.py).
+    runs = [queue.submit(push(), delivery()) for _ in range(3)]
+    assert [store.get(run.number).status for run in runs] == ["queued"] * 3
+    assert queue.take(timeout=1)[0].number == runs[0].number
+
+
 def test_a_running_run_is_never_superseded(queue, store):
-    first = queue.submit(push(), delivery())
+    event = push()
+    first = queue.submit(event, delivery())
     assert queue.take(timeout=1) is not None
-    second = queue.submit(push(), delivery())
-    third = queue.submit(push(), delivery())
+    second = queue.submit(event, delivery())
+    third = queue.submit(event, delivery())
     assert store.get(first.number).status == "running"
     assert store.get(second.number).status == "superseded"
     assert store.get(third.number).status == "queued"
@@ -203,10 +215,11 @@ def test_unusable_stored_event_fails_that_run_and_take_moves_on(queue, store):
 def test_concurrent_deliveries_each_get_a_run_and_only_the_newest_stays_queued(queue, store):
     answers: list[Any] = []
     errors: list[BaseException] = []
+    event = push()
 
     def deliver() -> None:
         try:
-            answers.append(queue.accept(push(), delivery()))
+            answers.append(queue.accept(event, delivery()))
         except BaseException as exc:
             errors.append(exc)
 
@@ -222,3 +235,19 @@ def test_concurrent_deliveries_each_get_a_run_and_only_the_newest_stays_queued(q
     statuses = {run.number: run.status for run in store.list(limit=100)}
     assert [number for number, status in statuses.items() if status == "queued"] == [40]
     assert sum(status == "superseded" for status in statuses.values()) == 39
+
+
+def test_a_branch_push_of_a_released_commit_is_a_duplicate_of_the_release(queue, store):
+    event = push()
+    released = queue.submit(event, delivery())
+    store.update(released.number, status="succeeded", version="0.1.0")
+    failed = queue.submit(push(), delivery())
+    store.update(failed.number, status="failed")
+
+    replay = queue.accept(event, delivery())
+    # An explicit release tag on the same commit is a request of its own.
+    tag = queue.accept(dataclasses.replace(event, ref="refs/tags/v1.0.0", branch=None, tag="v1.0.0"), delivery())
+
+    assert (replay.duplicate, replay.run.number) == (True, released.number)
+    assert tag.duplicate is False
+    assert len(store.list()) == 3

@@ -305,8 +305,9 @@ def test_redelivery_of_a_failed_run_queues_a_retry(api, store):
     assert store.get(retry.json()["run"]).commit == data["after"]
 
 
-def test_five_pushes_leave_only_the_newest_queued(api, store):
-    numbers = [api.deliver(branch_push()).json()["run"] for _ in range(5)]
+def test_five_pushes_of_a_commit_leave_only_the_newest_queued(api, store):
+    data = branch_push()
+    numbers = [api.deliver(data).json()["run"] for _ in range(5)]
     statuses = {number: store.get(number).status for number in numbers}
     assert statuses[numbers[-1]] == "queued"
     assert [statuses[number] for number in numbers[:-1]] == ["superseded"] * 4

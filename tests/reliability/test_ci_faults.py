@@ -157,9 +157,10 @@ def test_registry_down_during_push(
     produced: Callable[[str, str | bytes], None],
     observed: Callable[[str], None],
 ) -> None:
-    # Two tag listings reach the real registry: the build step's version decision and the push step's
-    # re-check. Everything after that (docker push's own requests) fails.
-    proxy = fault_server(registry.url, forward=2, mode="drop")
+    # Three tag listings reach the real registry: the replay checks after checkout, the build step's
+    # version decision and the push step's re-check. Everything after that (docker push's own
+    # requests) fails.
+    proxy = fault_server(registry.url, forward=3, mode="drop")
     image = f"{proxy.host}/{repository_of(ci_image_name)}"
     agent = start_ci_agent(CI_IMAGE=image, CI_PUSH_ATTEMPTS="2", **HOST_RUNNER, **mail_env(smtp_server))
     sha = git_project.commit_sample("release", test_script=PASSING)
@@ -343,8 +344,8 @@ def test_agent_killed_at_each_step(
     elif step == "build":
         dockerfile = SLOW_BUILD
     else:
-        # The version decision reaches the registry; the push step's first request hangs.
-        proxy = fault_server(registry.url, forward=1, mode="hang")
+        # The replay checks and the version decision reach the registry; the push step's first request hangs.
+        proxy = fault_server(registry.url, forward=2, mode="hang")
         held["CI_IMAGE"] = f"{proxy.host}/{repository_of(ci_image_name)}"
     agent = start_ci_agent(**HOST_RUNNER, **held)
     stuck_sha = git_project.commit_sample("held", test_script=test_script)

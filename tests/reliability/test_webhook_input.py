@@ -387,7 +387,8 @@ def hundred(
     try:
         first_sha = project.commit_sample("first", test_script=gated_test_script(gate))
         first = agent.deliver(push_payload(project, first_sha, "first")).json()["run"]
-        agent.wait_status(first, "running")
+        # Inside its tests, past the replay checks: the hundred pushes queue behind it, not supersede it.
+        agent.process.wait_until(lambda: "step test started" in agent.log_of(first), what="run 1 in its tests")
         sha = project.commit({"tests/run.sh": "#!/bin/sh\necho ok\n"}, "fix: the hundredth push")
         project.push()
         body = json.dumps(push_payload(project, sha, "fix: the hundredth push")).encode()

@@ -330,6 +330,34 @@ def test_supersede_queued_only_touches_older_queued_runs_of_the_same_ref(store: 
         (2, "superseded"),
         (1, "running"),
     ]
+    assert store.get(2).to_json()["superseded_by"] == 6  # type: ignore[union-attr]
+
+
+def test_supersede_queued_with_a_commit_only_touches_that_commit(store: RunStore) -> None:
+    main = "refs/heads/main"
+    store.create(kind="ci", ref=main, commit="a" * 40)  # 1: same commit, superseded
+    store.create(kind="ci", ref=main, commit="b" * 40)  # 2: another commit, stays queued
+    store.create(kind="ci", ref=main, commit="a" * 40)  # 3: the new one
+
+    superseded = store.supersede_queued("ci", main, except_number=3, commit="a" * 40)
+
+    assert [run.number for run in superseded] == [1]
+    assert [(run.number, run.status) for run in store.list()] == [(3, "queued"), (2, "queued"), (1, "superseded")]
+
+
+def test_supersede_run_records_who_and_why_and_leaves_a_started_run_alone(store: RunStore, clock: Clock) -> None:
+    store.create(kind="ci", details={"event": {"n": 1}})
+    store.create(kind="ci")
+    store.claim_next_queued("ci")  # 1 is running now
+
+    assert store.supersede_run(1, by=2, reason="newer") is None
+    done = store.supersede_run(2, by=7, reason="run 7 is for a newer commit")
+
+    assert done is not None and (done.status, done.finished_at) == ("superseded", clock.now)
+    data = done.to_json()
+    assert (data["superseded_by"], data["reason"]) == (7, "run 7 is for a newer commit")
+    assert store.get(1).status == "running"  # type: ignore[union-attr]
+    assert store.supersede_run(2, by=8, reason="again") is None
 
 
 def test_to_json_round_trip(store: RunStore, clock: Clock) -> None:
@@ -350,7 +378,7 @@ def test_to_json_round_trip(store: RunStore, clock: Clock) -> None:
     assert data["duration_seconds"] == 1.5
     assert set(data) == {
         "number", "status", "kind", "commit", "ref", "version", "failed_step", "delivery_id", "created_at",
-        "started_at", "finished_at", "duration_seconds", "log_path", "error", "details",
+        "started_at", "finished_at", "duration_seconds", "log_path", "error", "reason", "superseded_by", "details",
     }  # fmt: skip
     assert Run.from_json(data) == run
 
