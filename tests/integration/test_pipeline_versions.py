@@ -96,7 +96,9 @@ def test_v_tags_are_versions_reverts_cancel_and_no_spelling_is_overwritten(
     plain = run(squash, style="plain")
     assert (plain.status, plain.version) == ("succeeded", "3.0.0")
 
-    # 3.0.0 is taken, so v3.0.0 is too.
+    # 3.0.0 is taken, so v3.0.0 is too: a later commit tagged v3.0.0 is never released over it.
+    git_project.commit({"www/late.html": "<p>late</p>\n"}, "fix: late")
+    git_project.push()
     retag = git_project.tag("v3.0.0")
     taken = run(retag, style="v", tag="v3.0.0")
     assert (taken.status, taken.failed_step) == ("failed", "build")

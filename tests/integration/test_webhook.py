@@ -535,7 +535,7 @@ def test_a_large_signed_push_is_spooled_and_accepted(api, store, tmp_path):
 
 def test_a_large_chunked_signed_push_is_accepted(api, store):
     raw = json.dumps(branch_push()).encode() + b" " * (2 * 1024 * 1024)
-    headers = {"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(_secret(), raw)}
+    headers = {"X-GitHub-Event": "push", "X-GitHub-Delivery": "chunked-1", "X-Hub-Signature-256": sign(_secret(), raw)}
 
     def chunks() -> Iterator[bytes]:
         for start in range(0, len(raw), 100_000):
