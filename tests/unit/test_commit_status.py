@@ -277,3 +277,30 @@ def test_token_is_masked_and_urls_are_checked() -> None:
         load_settings(CiSettings, {**BASE, "CI_GITHUB_API_URL": "ftp://github.example.org"})
     with pytest.raises(SettingsError, match="CI_PUBLIC_URL"):
         load_settings(CiSettings, {**BASE, "CI_PUBLIC_URL": "https://user:pw@ci.example.org"})
+
+
+# -- the queue's hook ------------------------------------------------------------------------------
+
+
+def test_the_queue_reports_new_branch_runs_only(tmp_path: Any) -> None:
+    import json
+
+    from ci_agent.payload import PushEvent, parse_push
+    from ci_agent.queue import RunQueue
+    from shared.runstore import RunStore
+    from tests.support.payloads import GITHUB_PAYLOADS
+
+    def push(ref: str = "refs/heads/main", after: str = SHA) -> PushEvent:
+        data = json.loads((GITHUB_PAYLOADS / "push_with-new-branch.payload.json").read_text())
+        data["ref"], data["after"] = ref, after
+        return parse_push(data)
+
+    reported: list[Run] = []
+    with RunStore(tmp_path / "runs.db") as store:
+        queue = RunQueue(store, report=reported.append)
+        branch = push()
+        first = queue.submit(branch, "d-1")
+        queue.submit(branch, "d-1")  # the same delivery again: a duplicate, nothing new to show
+        queue.submit(push(ref="refs/tags/v1.0.0", after="b" * 40), "d-2")  # `after` may be a tag object: no status yet
+        queue.close()
+    assert [(r.number, r.status, r.commit) for r in reported] == [(first.number, "queued", branch.after)]
