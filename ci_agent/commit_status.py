@@ -262,8 +262,11 @@ class CommitStatusReporter:
             return self._cond.wait_for(lambda: not self._pending and not self._sending, timeout=timeout)
 
     def close(self, timeout: float = 10) -> bool:
-        """Flush (bounded), then stop the thread; what is still waiting is dropped with one line."""
-        drained = self.flush(timeout) if self._thread is not None else True
+        """Flush (bounded), then stop the thread; what is still waiting is dropped with one line.
+
+        While GitHub is failing there is no point in waiting: the stop is not delayed for it.
+        """
+        drained = self.flush(timeout) if self._thread is not None and not self._failing else not self._pending
         with self._cond:
             self._stop.set()
             left = len(self._pending)
@@ -322,6 +325,8 @@ class CommitStatusReporter:
             status = self._pending.get(sha)
         if status is None:
             return
+        if self._stop.is_set():  # close() cut the back-off short: no attempt after it
+            raise CommitStatusFailed("the agent is stopping", permanent=True)
         assert self.api is not None  # noqa: S101 - report() queues nothing without an api
         self.api.post(status)
         with self._cond:

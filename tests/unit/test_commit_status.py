@@ -304,3 +304,15 @@ def test_the_queue_reports_new_branch_runs_only(tmp_path: Any) -> None:
         queue.submit(push(ref="refs/tags/v1.0.0", after="b" * 40), "d-2")  # `after` may be a tag object: no status yet
         queue.close()
     assert [(r.number, r.status, r.commit) for r in reported] == [(first.number, "queued", branch.after)]
+
+
+def test_closing_while_github_fails_does_not_wait_out_the_back_off() -> None:
+    api = FakeApi(failures=1000)
+    reporter = CommitStatusReporter(api, wait=tenacity.wait_fixed(3600))
+    reporter.report(run("queued"))
+    wait_for(lambda: reporter._failing, what="the first failure")
+    with capture_logs("WARNING") as logs:
+        assert reporter.close(timeout=3600) is False
+    assert reporter._thread is not None and not reporter._thread.is_alive()
+    assert any("1 commit status(es) not sent" in e.message for e in logs)
+    assert api.attempts == 1
