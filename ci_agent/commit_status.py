@@ -45,6 +45,7 @@ DESCRIPTION_LIMIT = 140  # GitHub refuses longer descriptions with a 422
 USER_AGENT = "pi-cicd-ci-agent"
 DEFAULT_WAIT: WaitBaseT = tenacity.wait_exponential_jitter(max=60)
 _SHA_LENGTH = 40
+_REMEMBERED = 4096  # commits whose newest run number is kept
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,7 @@ class CommitStatusReporter:
         self._wait = wait
         self._secrets = tuple(s for s in secrets if s)
         self._pending: dict[str, CommitStatus] = {}
+        self._newest: dict[str, int] = {}
         self._sending = False
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -246,6 +248,13 @@ class CommitStatusReporter:
         with self._cond:
             if self._stop.is_set():
                 return
+            # A commit shows its newest run: an older run of it ending later (superseded) must not hide it.
+            if self._newest.get(status.sha, 0) > run.number:
+                return
+            self._newest.pop(status.sha, None)
+            self._newest[status.sha] = run.number
+            while len(self._newest) > _REMEMBERED:
+                del self._newest[next(iter(self._newest))]
             self._pending.pop(status.sha, None)
             self._pending[status.sha] = status
             while len(self._pending) > self.max_pending:

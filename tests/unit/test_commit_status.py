@@ -316,3 +316,17 @@ def test_closing_while_github_fails_does_not_wait_out_the_back_off() -> None:
     assert reporter._thread is not None and not reporter._thread.is_alive()
     assert any("1 commit status(es) not sent" in e.message for e in logs)
     assert api.attempts == 1
+
+
+def test_an_older_run_of_a_commit_does_not_hide_the_newer_one(reporters: list[CommitStatusReporter]) -> None:
+    api = FakeApi()
+    reporter = CommitStatusReporter(api, wait=NO_WAIT)
+    reporters.append(reporter)
+    reporter.report(run("queued", number=9))
+    reporter.report(run("superseded", number=8, details={"superseded_by": 9}))
+    assert reporter.flush(10)
+    reporter.report(run("succeeded", number=9, version="1.0.0"))
+    assert reporter.flush(10)
+    assert [(s.state, s.description) for s in api.taken] == [
+        ("pending", "Run 9 queued"), ("success", "Run 9 released 1.0.0")
+    ]
