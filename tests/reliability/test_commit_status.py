@@ -7,6 +7,7 @@ and a failure is logged once per streak.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -119,6 +120,28 @@ def test_a_superseded_run_says_so_without_a_red_cross(
         f"Run {middle_run} built nothing: superseded by run {newest_run}"
     )
     assert statuses(github, newest)[-1]["description"] == f"Run {newest_run} released 0.1.1"
+
+
+def test_a_replayed_release_shows_it_was_already_released(
+    start_ci_agent: StartAgent, git_project: GitProject, github: GitHubApi, tmp_path: Path
+) -> None:
+    agent = start(start_ci_agent, github)
+    sha = git_project.commit_sample("first", test_script=PASSING)
+    first = agent.wait_finished(deliver(agent, git_project, sha, "fix: a"))
+    assert first["version"] == "0.1.0", first
+    agent.process.stop()
+    shutil.rmtree(tmp_path / "state")  # the run history lost: only the registry knows the release
+    agent = start(start_ci_agent, github)
+    replayed = agent.wait_finished(deliver(agent, git_project, sha, "fix: a"))
+    agent.process.wait_until(
+        lambda: len(statuses(github, sha)) == 4 and statuses(github, sha)[-1]["state"] == "success",
+        what="the replay's outcome on GitHub",
+    )
+    assert replayed["status"] == "superseded", replayed
+    assert [s["state"] for s in statuses(github, sha)] == ["pending", "success", "pending", "success"]
+    assert statuses(github, sha)[-1]["description"] == (
+        f"Run {replayed['number']} built nothing: already released as 0.1.0"
+    )
 
 
 @pytest.mark.reliability(
