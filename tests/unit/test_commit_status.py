@@ -330,3 +330,21 @@ def test_an_older_run_of_a_commit_does_not_hide_the_newer_one(reporters: list[Co
     assert [(s.state, s.description) for s in api.taken] == [
         ("pending", "Run 9 queued"), ("success", "Run 9 released 1.0.0")
     ]
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "17"}, 17.0),
+        ({"retry-after": "Thu, 01 Jan 1970 00:01:40 GMT"}, 60.0),  # an HTTP date, 100 - 40 s
+        ({"x-ratelimit-remaining": "0", "x-ratelimit-reset": "130"}, 90.0),
+        ({"x-ratelimit-remaining": "12", "x-ratelimit-reset": "130"}, None),
+        ({}, None),
+    ],
+)
+def test_the_wait_github_asks_for(headers: dict[str, str], expected: float | None) -> None:
+    import httpx
+
+    from ci_agent.commit_status import _retry_after
+
+    assert _retry_after(httpx.Response(403, headers=headers), now=lambda: 40.0) == expected
