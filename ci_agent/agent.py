@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from loguru import logger
 
 from ci_agent.builder import DockerGateway
+from ci_agent.commit_status import CommitStatusReporter, reporter_from_settings
 from ci_agent.git import GitRunner
 from ci_agent.pipeline import Pipeline
 from ci_agent.queue import KIND, RunQueue
@@ -28,6 +29,7 @@ class CiAgent:
     queue: RunQueue
     notifier: Notifier
     pipeline: Pipeline
+    statuses: CommitStatusReporter
 
     def app(self) -> FastAPI:
         return create_app(self.settings, self.store, self.queue)
@@ -39,6 +41,7 @@ class CiAgent:
         """At start-up: a run a crash left ``running`` becomes ``interrupted``; queued runs stay queued."""
         for run in self.store.mark_unfinished_interrupted(kind=KIND):
             logger.bind(agent="ci").warning("run {} was left unfinished by a crash: marked interrupted", run.number)
+            self.statuses.report(run)
 
 
 @contextmanager
@@ -47,7 +50,9 @@ def open_agent(settings: CiSettings) -> Iterator[CiAgent]:
     with ExitStack() as stack:
         store = RunStore(settings.state_dir / "runs.sqlite3")
         stack.callback(store.close)
-        queue = RunQueue(store)
+        statuses = reporter_from_settings(settings)
+        stack.callback(statuses.close)
+        queue = RunQueue(store, report=statuses.report)
         stack.callback(queue.close)
         notifier = notifier_from_settings(settings)
         stack.callback(notifier.close)
@@ -61,5 +66,5 @@ def open_agent(settings: CiSettings) -> Iterator[CiAgent]:
             build_timeout=settings.ci_build_timeout,
         )
         stack.callback(docker.close)
-        pipeline = Pipeline(settings, store, notifier, GitRunner(), docker, registry)
-        yield CiAgent(settings, store, queue, notifier, pipeline)
+        pipeline = Pipeline(settings, store, notifier, GitRunner(), docker, registry, report=statuses.report)
+        yield CiAgent(settings, store, queue, notifier, pipeline, statuses)

@@ -4,7 +4,8 @@
     └── CiError                    base of everything the CI agent raises on purpose
         ├── WebhookRejected        a delivery the webhook refuses; carries the HTTP status to answer
         ├── RunNotFound            ``GET /runs/{n}`` or its log asked for something that does not exist (404)
-        └── StepFailed             a pipeline step (checkout, test, build, push) failed; the run ends ``failed``
+        ├── StepFailed             a pipeline step (checkout, test, build, push) failed; the run ends ``failed``
+        └── CommitStatusFailed     GitHub did not take a commit status; never changes a run's outcome
 
 Errors carry how they are reported, like ``exit_code`` in shared/errors.py: ``status_code`` is the
 HTTP answer the one exception handler in ``ci_agent/webhook.py`` gives (``{"error": message}``; 500
@@ -58,3 +59,16 @@ class StepFailed(CiError):
 
     def __repr__(self) -> str:
         return f"StepFailed(step={self.step!r}, message={self.message!r})"
+
+
+class CommitStatusFailed(CiError):
+    """GitHub's statuses API did not take a status; ``permanent`` when sending it again cannot help.
+
+    ``retry_after`` (seconds) is what GitHub asked us to wait (``Retry-After`` or the rate-limit reset).
+    The message never contains the token.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.retry_after = retry_after

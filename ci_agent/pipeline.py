@@ -73,7 +73,9 @@ class Pipeline:
         clock: Callable[[], datetime] = utc_now,
         *,
         push_retry_wait: float = 2.0,
+        report: Callable[[Run], None] = lambda _: None,
     ) -> None:
+        self.report = report  # a finished run's commit status (ci_agent/commit_status.py); never raises
         self.settings = settings
         self.store = store
         self.notifier = notifier
@@ -87,7 +89,7 @@ class Pipeline:
         self._instance = uuid.uuid4().hex[:8]
         self.guard = ReleaseGuard(
             repo_url=settings.ci_repo_url, git=git, registry=registry, store=store, workdir=self.checkout_dir,
-            revisions=RevisionCache(settings.state_dir / "release-revisions.json"),
+            revisions=RevisionCache(settings.state_dir / "release-revisions.json"), on_superseded=report,
         )
 
     @property
@@ -140,6 +142,7 @@ class Pipeline:
             self._email_failure(run, event, failure, path)
         else:
             run = self.store.update(run.number, status="succeeded", version=version, finished_at=self.clock())
+        self.report(run)
         prune_run_logs(self.settings.log_dir, self.settings.log_retention_runs)
         return run
 
@@ -156,7 +159,9 @@ class Pipeline:
 
     def fail(self, run: Run, message: str) -> Run:
         """Mark ``run`` failed outside any step (the worker's last resort when ``execute`` itself broke)."""
-        return self.store.update(run.number, status="failed", error=message, finished_at=self.clock())
+        run = self.store.update(run.number, status="failed", error=message, finished_at=self.clock())
+        self.report(run)
+        return run
 
     # -- the steps ---------------------------------------------------------------------------------
 

@@ -83,8 +83,12 @@ class _Ticket:
 class RunQueue:
     """Queue CI runs in ``store`` and hand them to one worker, oldest first."""
 
-    def __init__(self, store: RunStore, *, clock: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(
+        self, store: RunStore, *, clock: Callable[[], datetime] = _utc_now,
+        report: Callable[[Run], None] = lambda _: None,
+    ) -> None:
         self._store = store
+        self._report = report  # the commit status of a queued run (ci_agent/commit_status.py)
         self._clock = clock
         self._condition = threading.Condition()
         self._closed = False
@@ -111,6 +115,9 @@ class RunQueue:
                 self._write_pending()
         if ticket.result is None:
             raise ticket.error or StoreError("the delivery was not recorded")
+        if not ticket.result.duplicate and event.branch is not None:
+            # Not for a tag: `after` may be an annotated tag object, which has no commit status.
+            self._report(ticket.result.run)
         return ticket.result
 
     def _write_pending(self) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,8 +112,9 @@ class ReleaseGuard:
 
     def __init__(
         self, *, repo_url: str, git: GitRunner, registry: RegistryClient, store: RunStore, workdir: Path,
-        revisions: RevisionCache,
+        revisions: RevisionCache, on_superseded: Callable[[Run], None] = lambda _: None,
     ) -> None:
+        self.on_superseded = on_superseded
         self.repo_url = repo_url
         self.git = git
         self.registry = registry
@@ -220,7 +222,8 @@ class ReleaseGuard:
             if other is keeper or not self.git.is_ancestor(self.workdir, str(other.commit), keeper_commit):
                 continue
             reason = f"run {keeper_number} is for {keeper_commit}, the same or a newer commit of {event.ref}"
-            if self.store.supersede_run(other.number, by=keeper_number, reason=reason) is not None:
+            if (done := self.store.supersede_run(other.number, by=keeper_number, reason=reason)) is not None:
+                self.on_superseded(done)
                 log.info("queued run {} ({}) superseded by run {}", other.number, other.commit, keeper_number)
         return keeper
 

@@ -46,6 +46,11 @@ class CiSettings(SharedSettings):
     ci_repo_url: str
     ci_branch: str = "main"
     ci_github_repo: str | None = None
+    # Set: every run reports on its commit through GitHub's statuses API (ci_agent/commit_status.py).
+    ci_github_token: SecretStr | None = None
+    ci_github_api_url: str = "https://api.github.com"
+    # Where people reach the dashboard (its /runs/N pages); statuses link there when it is set.
+    ci_public_url: str | None = None
     # Declared before the secret: the secret's validator reads it.
     ci_allow_unsigned: bool = False
     ci_webhook_secret: SecretStr | None = Field(default=None, validate_default=True)
@@ -124,6 +129,26 @@ class CiSettings(SharedSettings):
     def _owner_slash_name(cls, value: str | None) -> str | None:
         if value is not None and not _GITHUB_REPO.fullmatch(value):
             raise ValueError("must be the GitHub repository as owner/name, e.g. octocat/hello-world")
+        return value
+
+    @field_validator("ci_github_token")
+    @classmethod
+    def _token_needs_repo(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # Absent from info.data when CI_GITHUB_REPO itself was refused: its own error says why.
+        if value is not None and "ci_github_repo" in info.data and info.data["ci_github_repo"] is None:
+            raise ValueError("needs CI_GITHUB_REPO (owner/name): the repository whose commits get the statuses")
+        if value is not None and (not value.get_secret_value().isprintable() or " " in value.get_secret_value()):
+            raise ValueError("must be one word of printable text (it goes into an Authorization header)")
+        return value
+
+    @field_validator("ci_github_api_url", "ci_public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().rstrip("/")
+        if not re.fullmatch(r"https?://[^\s/@?#]+(/[^\s?#]*)?", value):
+            raise ValueError("must be an http:// or https:// URL without credentials, e.g. https://api.github.com")
         return value
 
     @field_validator("ci_image")
