@@ -40,6 +40,8 @@ def url_secret_parts(url: str, *, minimum: int = 8) -> list[str]:
         return [rest] if len(rest) >= minimum else []
     candidates = [user or "", password or "", *parts.path.split("/"), *(v for _, v in parse_qsl(parts.query))]
     if host and describe_url(url).endswith("…"):
-        candidates.append(host)
+        # A token in the host's place may hold a colon (Telegram's ``BOT_ID:SECRET``), which urlsplit reads as a port.
+        where = parts.netloc.rpartition("@")[2]
+        candidates.extend([where, *where.split(":")])
     return [part for part in dict.fromkeys(candidates) if len(part) >= minimum]
 
