@@ -143,3 +143,28 @@ def test_a_bad_url_stops_the_agent_at_start_up(tmp_path, observed: Observed) -> 
     assert result.returncode == 2
     assert "NOTIFY_URLS #2 (tgram://…) is not a URL Apprise understands" in result.stderr
     assert "bad-token-value-xyz" not in result.stderr + result.stdout
+
+
+@pytest.mark.docker
+@pytest.mark.reliability(
+    "cd-agent deploys a release whose container crashes at start, with a form:// channel configured",
+    "the old version serves again; the channel gets 'deploy of X failed: rolled back to Y' with the crash log",
+)
+def test_a_rollback_is_announced_with_the_container_log(
+    cd_world: CdWorld, start_notify_server: StartNotifyServer, observed: Observed
+) -> None:
+    server = start_notify_server()
+    cd_world.releases.push("1.0.0")
+    cd_world.releases.push("1.0.1", "broken")
+    environ = cd_world.environ(NOTIFY_URLS=f"form://127.0.0.1:{server.port}/deploys")
+    assert cd_agent("deploy", "1.0.0", environ=environ, cwd=cd_world.root).returncode == 0
+    result = cd_agent("deploy", "1.0.1", environ=environ, cwd=cd_world.root)
+    first, second = server.wait_for_requests(2)
+    form = second.form()
+    observed(f"exit {result.returncode}, serving {cd_world.served()}; posted {first.form()['title']!r}, then "
+             f"{form['title']!r} ({form['type']})")
+    assert cd_world.served() == "1.0.0"
+    assert first.form()["title"] == "deployed 1.0.0"
+    assert form["title"] == "deploy of 1.0.1 failed: rolled back to 1.0.0"
+    assert form["type"] == "failure"
+    assert "cannot open /etc/app.conf" in form["message"]
