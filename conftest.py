@@ -5,6 +5,7 @@ pytest_plugins = [
     "tests.support.cd_apps",
     "tests.support.registry_auth",
     "tests.support.smtp_server",
+    "tests.support.notify_server",
     "tests.support.git_repos",
     "tests.support.reliability",
     "tests.support.ci_agent_server",

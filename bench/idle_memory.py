@@ -2,6 +2,7 @@
 
     python -m bench.idle_memory               # throw-away registry with an empty repository, 10 s idle
     python -m bench.idle_memory --seconds 60
+    python -m bench.idle_memory --apprise     # with NOTIFY_URLS set, so the watcher loads Apprise
 
 Needs dockerd (the watcher connects to it at start). The repository has no tags, so the watcher
 only polls; nothing is deployed. For scale it also prints a bare interpreter and one that imports the
@@ -47,6 +48,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="how long to let the watcher idle")
     parser.add_argument("--interval", default="1", help="CD_POLL_INTERVAL of the watcher")
+    parser.add_argument(
+        "--apprise", action="store_true", help="set NOTIFY_URLS (a json:// URL nothing is sent to while idle)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="idle-memory-") as scratch:
@@ -61,6 +65,8 @@ def main() -> int:
             CD_POLL_INTERVAL=args.interval, STATE_DIR=str(root / "state"), LOG_DIR=str(root / "logs"),
             PYTHONPATH=str(REPO),
         )
+        if args.apprise:
+            environ["NOTIFY_URLS"] = "json://127.0.0.1:9/bench"
         log = (root / "watch.log").open("wb")
         watch = subprocess.Popen(
             [sys.executable, "-m", "cd_agent", "watch"], env=environ, cwd=root, stdout=log, stderr=subprocess.STDOUT
@@ -80,7 +86,8 @@ def main() -> int:
 
     bare, _ = idle_python("pass")
     web, _ = idle_python("import fastapi, uvicorn")
-    print(f"cd-agent watch, idle {args.seconds:g}s: RSS {rss / 1024:6.1f} MiB (peak {peak / 1024:.1f} MiB)")
+    what = " with NOTIFY_URLS" if args.apprise else ""
+    print(f"cd-agent watch{what}, idle {args.seconds:g}s: RSS {rss / 1024:6.1f} MiB (peak {peak / 1024:.1f} MiB)")
     print(f"python, nothing imported:       RSS {bare / 1024:6.1f} MiB")
     print(f"python + fastapi + uvicorn:     RSS {web / 1024:6.1f} MiB (for scale; the watcher does not import them)")
     return 0

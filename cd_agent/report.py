@@ -68,12 +68,12 @@ def render_email(report: DeployReport, *, action: Action, image: str, container:
             f"Previous version: {report.previous or 'none'}\n"
             f"Digest: {report.digest or 'unknown'}\nHealth: {report.health}\n"
         )
-        return Email(subject=subject, body=body + footer)
+        return Email(subject=subject, body=body + footer, kind="success")
     if report.outcome == "rolled_back":
         subject = f"deploy of {report.version} failed: rolled back to {report.previous}"
     else:
         subject = f"{action} of {report.version} failed"
-    return Email(subject=subject, body=_failure_body(report) + footer)
+    return Email(subject=subject, body=_failure_body(report) + footer, kind="failure")
 
 
 def _failure_body(report: DeployReport) -> str:

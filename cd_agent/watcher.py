@@ -198,6 +198,7 @@ class Watcher:
                     f"image for this machine is pushed under {version}, deploy it with "
                     f"`cd-agent deploy {version} --force`.\n"
                 ),
+                kind="warning",
             ))
 
     def run_forever(self, stop: threading.Event) -> None:

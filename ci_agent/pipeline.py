@@ -330,7 +330,7 @@ class Pipeline:
             ]
         )
         subject = f"CI run #{run.number} failed at {failure.step}: {self.image.name} @ {short}"
-        self.notifier.notify(Email(subject=subject, body=body))
+        self.notifier.notify(Email(subject=subject, body=body, kind="failure"))
 
 
 def _printer(log: loguru.Logger, step: Step) -> Callable[[str], None]:

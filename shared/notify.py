@@ -1,9 +1,11 @@
-"""Email notifications: a ``Mailer`` that talks SMTP, and a ``Notifier`` that never blocks a run.
+"""Notifications: a ``Mailer`` that talks SMTP, and a ``Notifier`` that never blocks a run.
 
-``Notifier.notify`` queues the email and returns at once; one daemon thread sends it with tenacity
-retries (exponential back-off with jitter). A final failure is logged, never raised: a broken mail
-server must not fail a build or a deploy. Configured secret values are masked in the subject and
-body before anything leaves the process.
+``Notifier.notify`` queues the message for every channel (email, and the Apprise URLs of
+``NOTIFY_URLS``) and returns at once; each channel has its own daemon thread that sends with
+tenacity retries (exponential back-off with jitter), so a channel that is down delays no other. A
+final failure is logged once, never raised: a broken mail server or chat service must not fail a
+build or a deploy. Configured secret values are masked in the subject and body before anything
+leaves the process.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from typing import Protocol
+from typing import Literal, Protocol
 
 import tenacity
 from loguru import logger
@@ -27,16 +29,48 @@ from shared.errors import NotifyError, SettingsError
 from shared.logs import redact
 from shared.settings import SharedSettings, SmtpSecurity
 
+Kind = Literal["info", "success", "warning", "failure"]
+
 
 @dataclass(frozen=True)
 class Email:
+    """One notification: ``subject`` is the title on chat channels; ``kind`` picks their icon or colour."""
+
     subject: str
     body: str
+    kind: Kind = "info"
 
 
 class Mailer(Protocol):
     def send(self, email: Email) -> None:
         """Deliver ``email`` or raise ``NotifyError``."""
+
+
+class Channel(Protocol):
+    """Somewhere a notification goes. ``label`` names it in logs and must hold no secret."""
+
+    label: str
+    # Email logs every failed attempt as a warning (as it always has); chat channels say it once, at the end.
+    retry_log_level: str
+
+    def send(self, message: Email) -> None:
+        """Deliver ``message`` or raise ``NotifyError``."""
+
+
+class MailerChannel:
+    """Email as a channel: the configured ``Mailer``, labelled ``email``."""
+
+    label = "email"
+    retry_log_level = "WARNING"
+
+    def __init__(self, mailer: Mailer) -> None:
+        self.mailer = mailer
+
+    def __repr__(self) -> str:
+        return repr(self.mailer)
+
+    def send(self, message: Email) -> None:
+        self.mailer.send(message)
 
 
 class SmtpMailer:
@@ -140,12 +174,17 @@ DEFAULT_WAIT: WaitBaseT = tenacity.wait_exponential_jitter(max=60)
 
 
 class Notifier:
-    """Queues emails and sends them on one background thread; ``mailer=None`` means email is off."""
+    """Queues notifications and sends them on one background thread per channel.
+
+    ``mailer=None`` means email is off; ``channels`` are the other channels (Apprise URLs). With
+    neither, ``notify`` is a no-op.
+    """
 
     def __init__(
         self,
         mailer: Mailer | None,
         *,
+        channels: Sequence[Channel] = (),
         attempts: int = 3,
         wait: WaitBaseT = DEFAULT_WAIT,
         secrets: Iterable[str] = (),
@@ -156,74 +195,63 @@ class Notifier:
         self.attempts = attempts
         self._wait = wait
         self._secrets = tuple(s for s in secrets if s)
-        self._queue: queue.Queue[Email | None] = queue.Queue()
+        email: list[Channel] = [MailerChannel(mailer)] if mailer is not None else []
+        self.channels: tuple[Channel, ...] = (*email, *channels)
+        self._lanes = [_Lane(self, channel) for channel in self.channels]
         self._pending = 0
         self._idle = threading.Condition()
-        self._thread: threading.Thread | None = None
         self._closed = False
 
     @property
     def enabled(self) -> bool:
-        return self.mailer is not None
+        return bool(self.channels)
 
     def notify(self, email: Email) -> None:
-        """Queue ``email`` and return at once; delivery failures are logged, never raised."""
-        if self.mailer is None:
-            logger.debug("email is off; not sending {!r}", email.subject)
+        """Queue ``email`` for every channel and return at once; delivery failures are logged, never raised."""
+        if not self._lanes:
+            logger.debug("notifications are off; not sending {!r}", email.subject)
             return
-        safe = Email(subject=redact(email.subject, self._secrets), body=redact(email.body, self._secrets))
+        safe = Email(
+            subject=redact(email.subject, self._secrets), body=redact(email.body, self._secrets), kind=email.kind
+        )
         with self._idle:
             if self._closed:
                 logger.warning("notifier is closed; not sending {!r}", safe.subject)
                 return
-            self._pending += 1
-            self._start_worker()
-        self._queue.put(safe)
+            self._pending += len(self._lanes)
+        for lane in self._lanes:
+            lane.put(safe)
 
     def flush(self, timeout: float = 30) -> bool:
-        """Wait until every queued email was sent or given up; False if ``timeout`` ran out first."""
+        """Wait until every queued notification was sent or given up; False if ``timeout`` ran out first."""
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
 
     def close(self, timeout: float = 30) -> bool:
-        """Flush, then stop the worker thread; later ``notify`` calls are dropped with a warning."""
+        """Flush, then stop the worker threads; later ``notify`` calls are dropped with a warning."""
         drained = self.flush(timeout)
         with self._idle:
             self._closed = True
-            thread = self._thread
-        if thread is not None:
-            self._queue.put(None)
-            thread.join(timeout)
+        for lane in self._lanes:
+            lane.stop(timeout)
         return drained
 
-    def _start_worker(self) -> None:
-        # Started on first use, so building a Notifier (e.g. in settings tests) costs no thread.
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="notifier", daemon=True)
-            self._thread.start()
+    def _done(self) -> None:
+        with self._idle:
+            self._pending -= 1
+            self._idle.notify_all()
 
-    def _work(self) -> None:
-        while True:
-            email = self._queue.get()
-            if email is None:
-                return
-            try:
-                self._deliver(email)
-            finally:
-                with self._idle:
-                    self._pending -= 1
-                    self._idle.notify_all()
-
-    def _deliver(self, email: Email) -> None:
-        assert self.mailer is not None  # noqa: S101 - notify() queues nothing without a mailer
-        mailer = self.mailer
+    def _deliver(self, channel: Channel, email: Email) -> None:
+        label = channel.label
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.attempts),
             wait=self._wait,
             retry=tenacity.retry_if_exception_type(NotifyError),
             reraise=True,
-            before_sleep=lambda state: logger.warning(
-                "email {!r} not sent (attempt {} of {}): {}",
+            before_sleep=lambda state: logger.log(
+                channel.retry_log_level,
+                "{} {!r} not sent (attempt {} of {}): {}",
+                label,
                 email.subject,
                 state.attempt_number,
                 self.attempts,
@@ -231,20 +259,92 @@ class Notifier:
             ),
         )
         try:
-            retrying(mailer.send, email)
+            retrying(channel.send, email)
         except NotifyError as exc:
-            logger.error("email {!r} not sent after {} attempts: {}", email.subject, self.attempts, exc)
+            logger.error("{} {!r} not sent after {} attempts: {}", label, email.subject, self.attempts, exc)
         except Exception:
-            logger.exception("email {!r} not sent: unexpected error in {!r}", email.subject, mailer)
+            logger.exception("{} {!r} not sent: unexpected error in {!r}", label, email.subject, channel)
         else:
-            logger.info("email {!r} sent", email.subject)
+            logger.info("{} {!r} sent", label, email.subject)
+
+
+class _Lane:
+    """One channel's queue and worker thread, so a slow or failing channel holds up no other."""
+
+    def __init__(self, notifier: Notifier, channel: Channel) -> None:
+        self._notifier = notifier
+        self._channel = channel
+        self._queue: queue.Queue[Email | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, email: Email) -> None:
+        with self._lock:
+            # Started on first use, so building a Notifier (e.g. in settings tests) costs no thread.
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=f"notifier-{self._channel.label}", daemon=True)
+                self._thread.start()
+        self._queue.put(email)
+
+    def stop(self, timeout: float) -> None:
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout)
+
+    def _work(self) -> None:
+        while True:
+            email = self._queue.get()
+            if email is None:
+                return
+            try:
+                self._notifier._deliver(self._channel, email)
+            finally:
+                self._notifier._done()
 
 
 def notifier_from_settings(settings: SharedSettings) -> Notifier:
-    """A ``Notifier`` over SMTP as configured, or a no-op one (logged once) when ``SMTP_HOST`` is unset."""
+    """A ``Notifier`` over SMTP and the ``NOTIFY_URLS`` channels as configured; a no-op one when neither is set.
+
+    Raises ``SettingsError`` for an incomplete email setup, an Apprise URL Apprise does not understand
+    (named by position, scheme and host, never in full), or ``NOTIFY_URLS`` without Apprise installed.
+    """
+    channels = apprise_channels(settings)
+    mailer = smtp_mailer(settings)
+    return Notifier(mailer, channels=channels, secrets=settings.secret_values())
+
+
+def apprise_channels(settings: SharedSettings) -> list[Channel]:
+    """One channel per URL in ``NOTIFY_URLS``; Apprise is imported only here, and only when it is set."""
+    if settings.notify_urls is None:
+        return []
+    try:
+        from shared.apprise_channel import AppriseChannel, split_urls
+    except ImportError as exc:
+        raise SettingsError(
+            f"NOTIFY_URLS is set but Apprise is not installed ({exc}); install it with "
+            "pip install 'pi-cicd[apprise]', or unset NOTIFY_URLS"
+        ) from None
+    urls = split_urls(settings.notify_urls.get_secret_value())
+    channels: list[Channel] = []
+    problems = []
+    for index, url in enumerate(urls, start=1):
+        try:
+            channels.append(AppriseChannel(url, index))
+        except SettingsError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise SettingsError("invalid settings: " + "; ".join(problems))
+    logger.info("notifications on: {}", ", ".join(channel.label for channel in channels))
+    return channels
+
+
+def smtp_mailer(settings: SharedSettings) -> SmtpMailer | None:
+    """The ``SmtpMailer`` as configured, or None (logged once) when ``SMTP_HOST`` is unset."""
     if settings.smtp_host is None:
         logger.info("email is off: SMTP_HOST is not set")
-        return Notifier(None, secrets=settings.secret_values())
+        return None
     sender = settings.notify_from
     if sender is None and settings.smtp_username and "@" in settings.smtp_username:
         sender = settings.smtp_username  # most providers only accept mail from the account's own address
@@ -276,4 +376,20 @@ def notifier_from_settings(settings: SharedSettings) -> Notifier:
             "unencrypted; use SMTP_SECURITY=starttls (port 587) or ssl (port 465)",
             settings.smtp_username, settings.smtp_host, settings.smtp_port,
         )
-    return Notifier(mailer, secrets=settings.secret_values())
+    return mailer
+
+
+def fit_body(body: str, limit: int) -> str:
+    """``body`` cut to ``limit`` characters, keeping its start (what happened) and its end (the log tail)."""
+    if len(body) <= limit:
+        return body
+    marker = "\n[… {} characters cut …]\n"
+    if limit < 200:
+        return body[: max(limit, 0)]
+    head = body[: limit // 3].rpartition("\n")[0] or body[: limit // 3]
+    cut_marker = marker.format(len(body))  # an upper bound of the digits the real count needs
+    room = limit - len(head) - len(cut_marker)
+    end = body[-room:]
+    if "\n" in end:
+        end = end.partition("\n")[2]
+    return head + marker.format(len(body) - len(head) - len(end)) + end

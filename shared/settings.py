@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -18,6 +19,7 @@ from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, ValidationInfo, field_validator
 
 from shared.errors import SettingsError
+from shared.notify_urls import url_secret_parts
 
 SmtpSecurity = Literal["starttls", "ssl", "none"]
 
@@ -38,6 +40,8 @@ class SharedSettings(BaseModel):
     smtp_timeout: float = 10.0
     notify_from: str | None = None
     notify_to: tuple[str, ...] = ()
+    # Apprise URLs (Telegram, ntfy, ...); split by Apprise itself, since a URL may hold commas.
+    notify_urls: SecretStr | None = None
 
     log_dir: Path = Path("logs")
     state_dir: Path = Path("state")
@@ -101,6 +105,10 @@ class SharedSettings(BaseModel):
             value = getattr(self, name)
             if isinstance(value, SecretStr) and value.get_secret_value():
                 values.append(value.get_secret_value())
+        if self.notify_urls is not None:
+            # The whole value rarely appears in a message; a token from one of its URLs might.
+            for url in re.split(r"[\s,;]+", self.notify_urls.get_secret_value()):
+                values.extend(url_secret_parts(url))
         return values
 
 
