@@ -30,7 +30,6 @@ STRATEGIES: tuple[Strategy, ...] = ("swap", "blue-green", "swarm")
 # Named already so that a setting written for them is refused with a reason, not as a typo.
 NOT_YET: dict[str, str] = {
     "blue-green": "blue-green (behind a reverse proxy) is not available yet",
-    "swarm": "swarm (a Docker swarm service update) is not available yet",
 }
 Protocol = Literal["tcp", "udp", "sctp"]
 
@@ -224,7 +223,7 @@ class CdSettings(SharedSettings):
     def _strategy(cls, value: str) -> str:
         value = value.strip().lower()
         if value not in STRATEGIES:
-            raise ValueError(f"{value!r} is not a deploy strategy: use swap (the default)")
+            raise ValueError(f"{value!r} is not a deploy strategy: use swap (the default) or swarm")
         if value in NOT_YET:
             raise ValueError(f"{NOT_YET[value]}: use swap (the default)")
         return value

@@ -237,6 +237,9 @@ def _wait(
     replicas = settings.cd_replicas
     window = settings.cd_health_timeout + settings.cd_health_grace
     deadline = monotonic() + (replicas + 1) * 2 * window + 60
+    # Swarm names the task that made it roll back only while rolling back ("update rolled back due to
+    # failure or early termination of task ID"); once done its message is just "rollback completed".
+    why = ""
     while True:
         service = services.service(service_name(settings))
         if service is None:
@@ -250,18 +253,28 @@ def _wait(
                 return Verdict(True, f"{len(running)} of {wanted} replicas running {image.rpartition('@')[0]}")
         else:
             state = service.update_state
+            if state not in (None, UPDATE_DONE, "updating") and "task" in service.update_message:
+                why = service.update_message
             if state == UPDATE_DONE and service.image == image:
                 return Verdict(True, f"Swarm completed the update: {service.update_message or 'done'}", state)
             if state in UPDATE_FAILED or (state == UPDATE_DONE and service.image != image):
-                return Verdict(False, f"Swarm says {state}: {service.update_message}", state, _failing(tasks, image))
+                because = f" ({why})" if why and why != service.update_message else ""
+                return Verdict(False, f"Swarm says {state}: {service.update_message}{because}", state,
+                               _failing(tasks, image, why))
         if monotonic() > deadline:
             return Verdict(False, f"no verdict from Swarm in time (update state {service.update_state})",
-                           service.update_state, _failing(tasks, image))
+                           service.update_state, _failing(tasks, image, why))
         sleep(_POLL_S)
 
 
-def _failing(tasks: list[TaskInfo], image: str) -> TaskInfo | None:
+def _failing(tasks: list[TaskInfo], image: str, why: str = "") -> TaskInfo | None:
+    named = [t for t in tasks if t.id and t.id in why]
+    if named:
+        return named[0]
     bad = [t for t in tasks if t.image == image and (t.error or t.state in ("failed", "rejected"))]
+    if not bad:
+        # Stopped by Swarm for failing its health check, a task ends "complete" without an error.
+        bad = [t for t in tasks if t.image == image and t.container_id and t.state != "running"]
     return max(bad, key=lambda t: t.timestamp) if bad else None
 
 
@@ -272,6 +285,9 @@ def _describe(services: SwarmServices, task: TaskInfo | None) -> tuple[str, str]
     if task.container_id is None:
         return text, ""
     try:
+        health = services.health(task.container_id)
+        if health:
+            text += f"; health check: {health}"
         return text, services.logs_tail(task.container_id, LOG_TAIL_LINES)
     except CdError as exc:
         return text, f"(could not read the container's log from this node: {exc})"

@@ -97,6 +97,8 @@ class SwarmServices(Protocol):
 
     def logs_tail(self, container_id: str, lines: int = 50) -> str: ...
 
+    def health(self, container_id: str) -> str: ...
+
     def close(self) -> None: ...
 
 
@@ -167,6 +169,17 @@ class DockerSwarm:
         with _errors(f"read the logs of container {container_id[:12]}"):
             data = self._client.api.logs(container_id, stdout=True, stderr=True, tail=lines)
         return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
+
+    def health(self, container_id: str) -> str:
+        """The container's health status and its last check's output ("" without a HEALTHCHECK)."""
+        with _errors(f"inspect container {container_id[:12]}"):
+            state = self._client.api.inspect_container(container_id).get("State") or {}
+        health = state.get("Health") or {}
+        if not health:
+            return ""
+        checks = health.get("Log") or []
+        last = str(checks[-1].get("Output") or "").strip() if checks else ""
+        return f"{health.get('Status')}" + (f" ({last})" if last else "")
 
     def _login(self, image: str, auth: Mapping[str, str] | None) -> None:
         # The SDK sends X-Registry-Auth for the image's registry from its in-memory auth configs, which a
