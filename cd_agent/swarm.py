@@ -368,3 +368,21 @@ class SwarmRecovery(Recovery):
 
 def _version(release: Release | None) -> str | None:
     return None if release is None else release.version
+
+
+def service_status(services: SwarmServices, name: str) -> dict[str, object]:
+    """For ``cd-agent status``: the service's replicas, the version each running task runs, and its node."""
+    service = services.service(name)
+    if service is None:
+        return {"name": name, "exists": False, "replicas": None, "tasks": []}
+    tasks = sorted(
+        (t for t in services.tasks(name) if t.desired_state == "running"), key=lambda t: (t.slot or 0, t.timestamp)
+    )
+    return {
+        "name": name, "exists": True, "replicas": service.replicas, "version": version_of(service.image),
+        "update_state": service.update_state,
+        "tasks": [
+            {"slot": t.slot, "version": version_of(t.image), "node": t.node, "state": t.state, "error": t.error}
+            for t in tasks
+        ],
+    }

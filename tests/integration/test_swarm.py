@@ -6,13 +6,14 @@ is checked in host mode, and the replicas are read inside their task containers.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
 import pytest
 
 from cd_agent.swarm import LABEL_MANAGED
-from tests.support.cd_apps import SILENT, kill_deploy_at
+from tests.support.cd_apps import SILENT, cd_agent, kill_deploy_at
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
 from tests.support.swarm_env import SwarmWorld
@@ -78,6 +79,14 @@ def test_an_upgrade_rolls_across_two_replicas_and_keeps_start_first(swarm_world:
     current, previous = deployer.state.current, deployer.state.previous
     assert current is not None and current.version == "1.1.0"
     assert previous is not None and previous.version == "1.0.0"
+    node = swarm_world.world.docker_client.info()["Name"]
+    environ = swarm_world.world.environ(CD_REPLICAS="2")
+    shown = cd_agent("status", environ=environ, cwd=swarm_world.world.root)
+    assert shown.returncode == 0, shown.stderr
+    assert f"{swarm_world.name}: 2 replicas of 1.1.0" in shown.stdout
+    assert shown.stdout.count(f": 1.1.0 on {node}, running") == 2, shown.stdout
+    as_json = json.loads(cd_agent("status", "--json", environ=environ, cwd=swarm_world.world.root).stdout)
+    assert [(t["version"], t["node"]) for t in as_json["service"]["tasks"]] == [("1.1.0", node)] * 2
 
 
 def test_a_service_made_by_docker_stack_deploy_is_adopted_as_it_is(swarm_world: SwarmWorld) -> None:
