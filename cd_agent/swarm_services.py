@@ -18,6 +18,7 @@ import docker.types
 import requests
 
 from cd_agent.errors import DockerUnavailable, EngineError
+from shared.platforms import Platform
 
 # Swarm's UpdateStatus.State values that end an update (docker/api/types/swarm/service.go).
 UPDATE_DONE = "completed"
@@ -99,6 +100,8 @@ class SwarmServices(Protocol):
 
     def health(self, container_id: str) -> str: ...
 
+    def node_platforms(self) -> dict[str, Platform]: ...
+
     def close(self) -> None: ...
 
 
@@ -169,6 +172,23 @@ class DockerSwarm:
         with _errors(f"read the logs of container {container_id[:12]}"):
             data = self._client.api.logs(container_id, stdout=True, stderr=True, tail=lines)
         return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
+
+    def node_platforms(self) -> dict[str, Platform]:
+        """Hostname -> platform of every node that can take tasks (not drained, not down)."""
+        from cd_agent.fleet_platforms import node_platform
+
+        with _errors("list the swarm's nodes"):
+            nodes = self._client.api.nodes()
+        platforms = {}
+        for node in nodes:
+            drained = (node.get("Spec") or {}).get("Availability") == "drain"
+            if drained or (node.get("Status") or {}).get("State") == "down":
+                continue
+            description = node.get("Description") or {}
+            info = description.get("Platform") or {}
+            name = str(description.get("Hostname") or node.get("ID", "")[:12])
+            platforms[name] = node_platform(str(info.get("OS") or "linux"), str(info.get("Architecture") or ""))
+        return platforms
 
     def health(self, container_id: str) -> str:
         """The container's health status and its last check's output ("" without a HEALTHCHECK)."""
