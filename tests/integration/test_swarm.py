@@ -14,6 +14,7 @@ import pytest
 
 from cd_agent.swarm import LABEL_MANAGED
 from tests.support.cd_apps import SILENT, cd_agent, kill_deploy_at
+from tests.support.oci_index import S390X, Publisher, engine_of
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
 from tests.support.swarm_env import SwarmWorld
@@ -170,3 +171,21 @@ def test_an_agent_killed_mid_update_finishes_its_bookkeeping_when_started_again(
     assert [run.status for run in runs if run.version == "1.1.0"] == ["succeeded"]
     _pinned(swarm_world, "1.1.0")
     assert Path(restarted.settings.state_path).exists()
+
+
+def test_a_release_lacking_a_nodes_platform_is_refused_naming_the_node(swarm_world: SwarmWorld) -> None:
+    world = swarm_world.world
+    publisher = Publisher.for_image(world.releases.repository)
+    try:
+        publisher.index("3.0.0", [publisher.foreign_image(S390X)])
+    finally:
+        publisher.close()
+    world.janitor.images.add(f"{world.releases.repository}:3.0.0")
+    node = world.docker_client.info()["Name"]
+
+    result = cd_agent("deploy", "3.0.0", environ=world.environ(), cwd=world.root)
+
+    assert result.returncode == 1, result.stderr
+    expected = f"3.0.0 has no image for {engine_of(world.docker_client)} (node {node}); it offers linux/s390x"
+    assert expected in result.stderr
+    assert not world.docker_client.services.list(filters={"name": swarm_world.name})
