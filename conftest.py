@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.support.ci_agent_server",
     "tests.support.fault_proxy",
     "tests.support.proxy_world",
+    "tests.support.swarm_env",
 ]

@@ -17,6 +17,7 @@ from cd_agent.candidate import newest_release
 from cd_agent.deployer import Deployer
 from cd_agent.docker_gateway import DockerGateway
 from cd_agent.errors import DeployError, NothingToDeploy
+from cd_agent.fleet_platforms import FleetPlatformCheck
 from cd_agent.platform_check import PlatformCheck
 from cd_agent.report import DeployReport
 from cd_agent.settings import CdSettings
@@ -45,7 +46,7 @@ class Agent:
     def watcher(self) -> Watcher:
         return Watcher(
             self.settings, self.registry, self.deployer, self.state,
-            platforms=PlatformCheck(self.docker.platform, self.registry), notifier=self.notifier,
+            platforms=self._platforms(), notifier=self.notifier,
         )
 
     def deploy(self, version: str | None, *, force: bool = False) -> DeployReport:
@@ -69,10 +70,16 @@ class Agent:
                 version, digest = other, self.registry.manifest_digest(other)
         if digest is None:
             raise NothingToDeploy(f"{self.settings.image.with_tag(version)} does not exist in the registry")
-        problem = None if force else PlatformCheck(self.docker.platform, self.registry).problem(version, digest)
+        problem = None if force else self._platforms().problem(version, digest)
         if problem is not None:
             raise DeployError(f"{problem}: not deployed, nothing was pulled (--force tries anyway)", version=version)
         return self.deployer.deploy(version, digest=digest, force=force)
+
+    def _platforms(self) -> PlatformCheck:
+        swarm = getattr(self.deployer, "swarm", None)  # CD_STRATEGY=swarm: every node's platform counts
+        if swarm is not None:
+            return FleetPlatformCheck(self.docker.platform, swarm.node_platforms, self.registry)
+        return PlatformCheck(self.docker.platform, self.registry)
 
     def _within(self) -> str:
         constraint = self.settings.constraint

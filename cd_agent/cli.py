@@ -28,7 +28,7 @@ from typing import Any
 from loguru import logger
 
 from cd_agent.agent import open_agent, open_state
-from cd_agent.errors import DeployError
+from cd_agent.errors import CdError, DeployError
 from cd_agent.report import DeployReport
 from cd_agent.settings import CdSettings
 from shared.errors import PiCicdError
@@ -126,6 +126,8 @@ def rollback(settings: CdSettings, args: argparse.Namespace) -> int:
 def status(settings: CdSettings, args: argparse.Namespace) -> int:
     with open_state(settings) as state:
         data = {"image": settings.image.name, "container": settings.cd_container_name, **state.to_json()}
+    if settings.cd_strategy == "swarm":
+        data["service"] = _swarm_status(settings)
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -183,8 +185,39 @@ def format_status(data: dict[str, Any], *, now: datetime) -> str:
     progress = data.get("deploy_in_progress")
     if progress:
         rows.append(("in progress", f"deploy of {progress['version']} (at {progress['phase']})"))
+    rows.extend(_service_rows(data.get("service")))
     width = max(len(label) for label, _ in rows) + 2
     return "".join(f"{label.ljust(width)}{value}\n" for label, value in rows)
+
+
+def _swarm_status(settings: CdSettings) -> dict[str, Any]:
+    from cd_agent.swarm import service_name, service_status
+    from cd_agent.swarm_services import DockerSwarm
+
+    name = service_name(settings)
+    try:
+        services = DockerSwarm.from_env()
+        try:
+            return service_status(services, name)
+        finally:
+            services.close()
+    except CdError as exc:
+        return {"name": name, "error": str(exc)}
+
+
+def _service_rows(service: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if service is None:
+        return []
+    if service.get("error"):
+        return [("service", f"{service['name']}: {service['error']}")]
+    if not service.get("exists"):
+        return [("service", f"{service['name']}: none yet (the next deploy creates it)")]
+    update = f", update {service['update_state']}" if service.get("update_state") else ""
+    rows = [("service", f"{service['name']}: {service['replicas']} replicas of {service['version']}{update}")]
+    for task in service["tasks"]:
+        error = f" ({task['error']})" if task.get("error") else ""
+        rows.append(("", f"replica {task['slot']}: {task['version']} on {task['node']}, {task['state']}{error}"))
+    return rows
 
 
 def _release(release: dict[str, Any] | None, now: datetime) -> str:

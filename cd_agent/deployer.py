@@ -29,6 +29,8 @@ from cd_agent.report import Action, DeployReport, render_email
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState, Phase, Release
 from cd_agent.swap import Swap
+from cd_agent.swarm import SwarmDeploy, SwarmRecovery
+from cd_agent.swarm_services import DockerSwarm, SwarmServices
 from shared.logs import prune_run_logs, run_log, run_log_path
 from shared.notify import Notifier
 from shared.private_files import open_private_append
@@ -68,6 +70,7 @@ class Deployer:
         sleep: Callable[[float], None] = time.sleep,
         probe: Callable[[str, float], tuple[bool, str]] = probe_url,
         on_phase: Callable[[Phase], None] | None = None,
+        swarm: SwarmServices | None = None,
     ) -> None:
         self.settings = settings
         self.docker = docker
@@ -83,6 +86,14 @@ class Deployer:
         self._strategy: Strategy = Swap(
             settings, docker, state, health=self._health, clock=clock, monotonic=monotonic, on_phase=on_phase
         )
+        if settings.cd_strategy == "swarm":
+            self.swarm = swarm if swarm is not None else DockerSwarm.from_env()
+            self._strategy = SwarmDeploy(
+                settings, docker, self.swarm, state, clock=clock, monotonic=monotonic, sleep=sleep, on_phase=on_phase
+            )
+            self._recovery = SwarmRecovery(
+                settings, docker, self.swarm, state, runs, clock=clock, monotonic=monotonic, sleep=sleep
+            )
 
     # public API
 

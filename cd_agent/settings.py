@@ -30,7 +30,6 @@ STRATEGIES: tuple[Strategy, ...] = ("swap", "blue-green", "swarm")
 # Named already so that a setting written for them is refused with a reason, not as a typo.
 NOT_YET: dict[str, str] = {
     "blue-green": "blue-green (behind a reverse proxy) is not available yet",
-    "swarm": "swarm (a Docker swarm service update) is not available yet",
 }
 Protocol = Literal["tcp", "udp", "sctp"]
 
@@ -192,6 +191,12 @@ class CdSettings(SharedSettings):
     cd_stop_timeout: float = 10.0
     cd_version_constraint: str | None = None
     cd_allow_prerelease: bool = False
+    # CD_STRATEGY=swarm (cd_agent/swarm.py): the service, and the update config of a service the agent creates.
+    cd_service: str | None = None
+    cd_replicas: int = 1
+    cd_update_parallelism: int = 1
+    cd_update_order: Literal["start-first", "stop-first"] = "start-first"
+    cd_update_failure_action: Literal["rollback", "pause", "continue"] = "rollback"
 
     log_dir: Path = Path("logs/cd")
     state_dir: Path = Path("state/cd")
@@ -218,9 +223,23 @@ class CdSettings(SharedSettings):
     def _strategy(cls, value: str) -> str:
         value = value.strip().lower()
         if value not in STRATEGIES:
-            raise ValueError(f"{value!r} is not a deploy strategy: use swap (the default)")
+            raise ValueError(f"{value!r} is not a deploy strategy: use swap (the default) or swarm")
         if value in NOT_YET:
             raise ValueError(f"{NOT_YET[value]}: use swap (the default)")
+        return value
+
+    @field_validator("cd_service")
+    @classmethod
+    def _service(cls, value: str | None) -> str | None:
+        if value is not None and not _CONTAINER_NAME.match(value):
+            raise ValueError("a service name is letters, digits, '_', '.', '-', starting with a letter or digit")
+        return value
+
+    @field_validator("cd_replicas", "cd_update_parallelism")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be 1 or more")
         return value
 
     @field_validator("cd_ports")

@@ -144,11 +144,34 @@ def test_the_deploy_strategy_is_swap_unless_set():
     assert load(CD_STRATEGY=" Swap ").cd_strategy == "swap"
 
 
+def test_swarm_names_its_service_and_update_config_with_defaults():
+    settings = load(CD_STRATEGY="swarm")
+    assert settings.cd_strategy == "swarm"
+    assert settings.cd_service is None and settings.cd_replicas == 1
+    assert (settings.cd_update_parallelism, settings.cd_update_order, settings.cd_update_failure_action) == (
+        1, "start-first", "rollback"
+    )
+    assert load(CD_STRATEGY="swarm", CD_SERVICE="shop_web", CD_REPLICAS="3").cd_replicas == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("CD_REPLICAS", "0", r"CD_REPLICAS.*1 or more"),
+        ("CD_UPDATE_ORDER", "random", r"CD_UPDATE_ORDER"),
+        ("CD_UPDATE_FAILURE_ACTION", "explode", r"CD_UPDATE_FAILURE_ACTION"),
+        ("CD_SERVICE", "-bad", r"CD_SERVICE.*service name"),
+    ],
+)
+def test_bad_swarm_settings_are_refused_at_start_up(name, value, message):
+    with pytest.raises(SettingsError, match=message):
+        load(CD_STRATEGY="swarm", **{name: value})
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
         ("blue-green", r"CD_STRATEGY=.*blue-green \(behind a reverse proxy\) is not available yet: use swap"),
-        ("swarm", r"CD_STRATEGY=.*swarm .* is not available yet: use swap"),
         ("rolling", r"CD_STRATEGY=.*'rolling' is not a deploy strategy: use swap"),
     ],
 )
