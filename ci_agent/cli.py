@@ -85,6 +85,9 @@ def serve(settings: CiSettings) -> int:
         agent.recover()
         worker = agent.worker()
         worker.start()
+        poller = agent.poller()
+        if poller is not None:
+            poller.start()
         try:
             logger.bind(agent="ci").info(
                 "ci-agent serving on {}:{} (webhook) and {}:{} (dashboard{}) for {} branch {} -> {}",
@@ -109,6 +112,8 @@ def serve(settings: CiSettings) -> int:
                 ]
             )
         finally:
+            if poller is not None:
+                poller.stop(timeout=5)
             agent.queue.close()
             worker.stop(timeout=5)
     return 0
