@@ -310,7 +310,11 @@ class Poller:
         """Poll once, handling failure; the seconds to wait before the next poll."""
         try:
             self.poll_once()
-        except (PiCicdError, OSError) as exc:
+        except Exception as exc:
+            # Anything, not only PollFailed (a store error, a full disk for the state file): the poller
+            # is a daemon thread, and a dead one would stop CI silently.
+            if not isinstance(exc, PiCicdError | OSError):
+                self._log.opt(exception=exc).debug("unexpected error while polling")
             self.failures += 1
             if self.failures == 1:
                 self._log.warning("polling the repository failed: {}; retrying with backoff (reported once)", exc)

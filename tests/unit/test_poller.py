@@ -273,3 +273,16 @@ def test_poll_interval_is_off_by_default_and_validated() -> None:
         with pytest.raises(SettingsError) as info:
             load_settings(CiSettings, {**base, "CI_POLL_INTERVAL": bad})
         assert "CI_POLL_INTERVAL" in str(info.value)
+
+
+def test_an_unexpected_error_is_a_failed_poll_not_a_dead_poller(
+    tmp_path: Path, remote: FakeRemote, queue: RunQueue, store: RunStore
+) -> None:
+    remote.set(MAIN, A)
+    remote.failing = RuntimeError("something nobody expected")
+    poller = make_poller(tmp_path, remote, queue, store, backoff=lambda failures: 99.0)
+
+    assert poller.step() == 99.0
+    remote.failing = None
+    assert poller.step() == 30
+    assert poller.failures == 0 and len(store.list(kind=KIND)) == 1
