@@ -56,6 +56,7 @@ def test_pushes_and_release_tags_are_released_by_polling_and_a_restart_queues_no
     start_ci_agent: StartAgent, git_project: GitProject, ci_image_name: str, tmp_path: Path
 ) -> None:
     first = git_project.commit_sample("feat: first", test_script=PASSING)
+    git_project.tag("v0.0.9")  # there before the first poll: remembered, never run
     agent = start_ci_agent(**POLLING)
 
     # The first poll queues the unreleased head.
@@ -82,7 +83,10 @@ def test_pushes_and_release_tags_are_released_by_polling_and_a_restart_queues_no
     git_project.push()
     run_4 = finished_run_of(agent, third, "refs/heads/main")
     assert (run_4["status"], run_4["version"]) == ("succeeded", "1.2.4"), run_4
-    assert [run["number"] for run in agent.runs()] == [4, 3, 2, 1]
+    assert [(run["number"], run["ref"]) for run in agent.runs()] == [
+        (4, "refs/heads/main"), (3, "refs/tags/v1.2.3"), (2, "refs/heads/main"), (1, "refs/heads/main")
+    ]
+    assert "refs/tags/v0.0.9" in seen_refs(tmp_path / "state")
 
 
 def test_a_commit_both_delivered_and_polled_runs_once(
