@@ -135,6 +135,19 @@ class GitRefSource:
         self.branch_ref = f"refs/heads/{branch}"
         self.timeout = timeout
         self.git = git
+        self._running: subprocess.Popen[str] | None = None
+        self._lock = threading.Lock()
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """Kill the ``git ls-remote`` in flight, if any, and refuse new ones (the agent is stopping).
+
+        git runs in a session of its own, so without this it would outlive the agent while a remote hangs.
+        """
+        with self._lock:
+            self._cancelled = True
+            if self._running is not None:
+                _kill_group(self._running, wait=False)
 
     def refs(self) -> dict[str, RemoteRef]:
         url, env = remote_access(self.repo_url)
@@ -142,30 +155,40 @@ class GitRefSource:
                        **env}
         command = [self.git, *SAFE_OPTIONS, "ls-remote", "--", url, self.branch_ref, "refs/tags/v*"]
         where = redact_url(self.repo_url)
-        try:
-            process = subprocess.Popen(
-                command, env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, errors="replace", start_new_session=True,
-            )
-        except OSError as exc:
-            raise PollFailed(f"cannot run {self.git!r}: {exc.strerror or exc}") from exc
+        with self._lock:
+            if self._cancelled:
+                raise PollFailed("the agent is stopping")
+            try:
+                process = subprocess.Popen(
+                    command, env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True,
+                )
+            except OSError as exc:
+                raise PollFailed(f"cannot run {self.git!r}: {exc.strerror or exc}") from exc
+            self._running = process
         try:
             stdout, stderr = process.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired as exc:
             _kill_group(process)
             raise PollFailed(f"git ls-remote {where} did not answer within {self.timeout:g}s") from exc
+        finally:
+            with self._lock:
+                self._running = None
+        if self._cancelled:
+            raise PollFailed("the agent is stopping")
         if process.returncode != 0:
             tail = redact_url(stderr.strip())[-_STDERR_TAIL:]
             raise PollFailed(f"git ls-remote {where} failed (exit {process.returncode}): {tail}")
         return parse_ls_remote(stdout)
 
 
-def _kill_group(process: subprocess.Popen[str]) -> None:
+def _kill_group(process: subprocess.Popen[str], *, wait: bool = True) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except OSError:
         process.kill()
-    process.communicate()
+    if wait:
+        process.communicate()
 
 
 def parse_ls_remote(output: str) -> dict[str, RemoteRef]:
@@ -313,6 +336,8 @@ class Poller:
         except Exception as exc:
             # Anything, not only PollFailed (a store error, a full disk for the state file): the poller
             # is a daemon thread, and a dead one would stop CI silently.
+            if isinstance(self.clock, StopClock) and self.clock.stopped.is_set():
+                return 0.0  # the agent is stopping: not a failure of the remote
             if not isinstance(exc, PiCicdError | OSError):
                 self._log.opt(exception=exc).debug("unexpected error while polling")
             self.failures += 1
@@ -350,6 +375,9 @@ class Poller:
     def stop(self, timeout: float | None = None) -> None:
         if isinstance(self.clock, StopClock):
             self.clock.stopped.set()
+        cancel = getattr(self.source, "cancel", None)
+        if callable(cancel):
+            cancel()
         if self._thread is not None:
             self._thread.join(timeout)
 

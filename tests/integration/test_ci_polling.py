@@ -6,6 +6,7 @@ No webhook is delivered unless a test says so: the agent finds pushes and tags w
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from ci_agent.poller import GitRefSource, RemoteRef
 from tests.support.ci_agent_server import CiAgentProcess, StartAgent, gated_test_script, push_payload, registry_tags
 from tests.support.git_http import TOKEN_USER, GitHttpServer, git_argv_recorder
 from tests.support.git_repos import GitProject, git
+from tests.support.polling import wait_for
+from tests.support.silent_server import SilentServer
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -138,3 +141,26 @@ def test_ls_remote_sends_url_credentials_in_the_environment_and_peels_tags(
     assert refs == {"refs/heads/main": RemoteRef(sha, sha), "refs/tags/v1.0.0": RemoteRef(tag_object, sha)}
     assert server.authorized >= 1 and refused == 0
     assert password not in argv_log.read_text()
+
+
+def test_cancel_kills_an_ls_remote_in_flight() -> None:
+    """What ``ci-agent serve`` does on SIGTERM: git runs in a session of its own and must not outlive the agent."""
+    errors: list[BaseException] = []
+    with SilentServer() as server:
+        source = GitRefSource(f"http://127.0.0.1:{server.port}/app.git", "main", timeout=600)
+
+        def poll() -> None:
+            try:
+                source.refs()
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=poll)
+        thread.start()
+        wait_for(lambda: server.accepted >= 1, timeout=30, what="git to connect")
+        source.cancel()
+        thread.join(timeout=30)
+        wait_for(lambda: server.closed_by_client >= 1, timeout=30, what="git's connection closed")
+
+    assert not thread.is_alive()
+    assert [str(error) for error in errors] == ["the agent is stopping"]

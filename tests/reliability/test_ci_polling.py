@@ -6,9 +6,7 @@ connection and never answers. The agent must keep serving, say so once per strea
 
 from __future__ import annotations
 
-import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -16,6 +14,7 @@ import pytest
 
 from tests.support.ci_agent_server import CiAgentProcess, StartAgent
 from tests.support.git_repos import GitProject
+from tests.support.silent_server import SilentServer
 from tests.support.smtp_server import SmtpServer
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -87,48 +86,6 @@ def test_remote_unreachable_while_polling(
     assert len(smtp_server.messages) == 1 and "polling" in str(mails[0]["Subject"])
 
 
-class SilentServer:
-    """Accepts TCP connections and never answers; records when each one is closed by the client."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.accepted = 0
-        self.closed_by_client = 0
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                self.accepted += 1
-            threading.Thread(target=self._hold, args=(connection,), daemon=True).start()
-
-    def _hold(self, connection: socket.socket) -> None:
-        with connection:
-            try:
-                while connection.recv(4096):
-                    pass
-            except OSError:
-                pass
-        with self._lock:
-            self.closed_by_client += 1
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-@pytest.fixture
-def silent_server() -> Iterator[SilentServer]:
-    server = SilentServer()
-    yield server
-    server.close()
-
-
 @pytest.mark.reliability(
     "CI_POLL_INTERVAL=5 and CI_REPO_URL points at an HTTP server that accepts the connection and never "
     "answers (a hanging remote)",
@@ -137,19 +94,20 @@ def silent_server() -> Iterator[SilentServer]:
     "agent keeps serving; no run is queued",
 )
 def test_hanging_remote_while_polling(
-    start_ci_agent: StartAgent, silent_server: SilentServer, tmp_path: Path, observed: Callable[[str], None]
+    start_ci_agent: StartAgent, tmp_path: Path, observed: Callable[[str], None]
 ) -> None:
-    agent = start_ci_agent(**POLLING, CI_REPO_URL=f"http://127.0.0.1:{silent_server.port}/app.git")
-    agent.process.wait_until(lambda: count(agent, AGAIN) >= 1 and silent_server.closed_by_client >= 2,
-                             timeout=90, what="two polls given up")
-    output = agent.process.output
-    warning = next(line for line in output.splitlines() if FAILED in line)
-    runs = agent.runs()
-    observed(
-        f"{silent_server.accepted} connection(s) accepted, {silent_server.closed_by_client} closed by the agent's git; "
-        f"warning: {warning[-160:]!r}; serving: {serving(agent)}; {len(runs)} run(s)"
-    )
-    assert count(agent, FAILED) == 1
-    assert "did not answer within 5s" in warning
-    assert serving(agent)
-    assert runs == []
+    with SilentServer() as silent_server:
+        agent = start_ci_agent(**POLLING, CI_REPO_URL=f"http://127.0.0.1:{silent_server.port}/app.git")
+        agent.process.wait_until(lambda: count(agent, AGAIN) >= 1 and silent_server.closed_by_client >= 2,
+                                 timeout=90, what="two polls given up")
+        output = agent.process.output
+        warning = next(line for line in output.splitlines() if FAILED in line)
+        runs = agent.runs()
+        observed(
+            f"{silent_server.accepted} connection(s) accepted, {silent_server.closed_by_client} closed by the "
+            f"agent's git; warning: {warning[-160:]!r}; serving: {serving(agent)}; {len(runs)} run(s)"
+        )
+        assert count(agent, FAILED) == 1
+        assert "did not answer within 5s" in warning
+        assert serving(agent)
+        assert runs == []
