@@ -36,6 +36,11 @@ def runs_of(agent: CiAgentProcess, commit: str) -> list[dict[str, Any]]:
     return [run for run in agent.runs() if run["commit"] == commit]
 
 
+def why(run: dict[str, Any]) -> str:
+    """What a failed assertion on a run should show: how it ended, and why."""
+    return f"run {run['number']} {run['status']} {run['version']}: {run['failed_step']} {run['error'] or run['reason']}"
+
+
 def finished_run_of(agent: CiAgentProcess, commit: str, ref: str) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         for run in agent.runs():
@@ -64,18 +69,18 @@ def test_pushes_and_release_tags_are_released_by_polling_and_a_restart_queues_no
 
     # The first poll queues the unreleased head.
     run_1 = finished_run_of(agent, first, "refs/heads/main")
-    assert (run_1["status"], run_1["version"]) == ("succeeded", "0.1.0"), run_1
+    assert (run_1["status"], run_1["version"]) == ("succeeded", "0.1.0"), why(run_1)
     assert run_1["details"]["source"] == "poll" and run_1["delivery_id"] is None
 
     second = git_project.commit({"www/index.html": "<p>two</p>\n"}, "fix: second")
     git_project.push()
     run_2 = finished_run_of(agent, second, "refs/heads/main")
-    assert (run_2["status"], run_2["version"], run_2["details"]["source"]) == ("succeeded", "0.1.1", "poll"), run_2
+    assert (run_2["status"], run_2["version"], run_2["details"]["source"]) == ("succeeded", "0.1.1", "poll"), why(run_2)
 
     git_project.tag("v1.2.3", message="release 1.2.3")
     run_3 = finished_run_of(agent, second, "refs/tags/v1.2.3")
     outcome = (run_3["status"], run_3["version"], run_3["details"]["source"])
-    assert outcome == ("succeeded", "1.2.3", "poll"), (run_3["failed_step"], run_3["error"])
+    assert outcome == ("succeeded", "1.2.3", "poll"), why(run_3)
     assert registry_tags(ci_image_name) == ["0.1.0", "0.1.1", "1.2.3", "latest"]
 
     # A restart remembers what it saw: the next push is the only new run (the poll that finds it
@@ -85,7 +90,7 @@ def test_pushes_and_release_tags_are_released_by_polling_and_a_restart_queues_no
     third = git_project.commit({"www/index.html": "<p>three</p>\n"}, "fix: third")
     git_project.push()
     run_4 = finished_run_of(agent, third, "refs/heads/main")
-    assert (run_4["status"], run_4["version"]) == ("succeeded", "1.2.4"), run_4
+    assert (run_4["status"], run_4["version"]) == ("succeeded", "1.2.4"), why(run_4)
     assert [(run["number"], run["ref"]) for run in agent.runs()] == [
         (4, "refs/heads/main"), (3, "refs/tags/v1.2.3"), (2, "refs/heads/main"), (1, "refs/heads/main")
     ]
