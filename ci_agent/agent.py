@@ -13,6 +13,7 @@ from ci_agent.builder import DockerGateway
 from ci_agent.commit_status import CommitStatusReporter, reporter_from_settings
 from ci_agent.git import GitRunner
 from ci_agent.pipeline import Pipeline
+from ci_agent.poller import Poller, poller_for
 from ci_agent.queue import KIND, RunQueue
 from ci_agent.settings import CiSettings
 from ci_agent.webhook import create_app
@@ -36,6 +37,11 @@ class CiAgent:
 
     def worker(self) -> Worker:
         return Worker(self.queue, self.pipeline)
+
+    def poller(self) -> Poller | None:
+        """The repository poller when ``CI_POLL_INTERVAL`` is set (``ci_agent/poller.py``), else ``None``."""
+        return None if self.settings.ci_poll_interval is None else poller_for(self.settings, self.store, self.queue,
+                                                                              self.notifier)
 
     def recover(self) -> None:
         """At start-up: a run a crash left ``running`` becomes ``interrupted``; queued runs stay queued."""

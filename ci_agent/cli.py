@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Listen on CI_HOST:CI_PORT for GitHub webhooks (POST /webhook; also GET /healthz and "
         "GET /badge.svg) and serve the dashboard and the run history (GET /, GET /runs) on "
         "CI_DASHBOARD_HOST:CI_DASHBOARD_PORT (127.0.0.1:8001 by default). Runs are executed one at a time; "
-        "a run a crash left unfinished is marked interrupted.",
+        "a run a crash left unfinished is marked interrupted. With CI_POLL_INTERVAL set, the repository is also "
+        "polled for the branch head and vX.Y.Z tags (for a Pi GitHub cannot reach).",
     )
     run = commands.add_parser(
         "run",
@@ -85,6 +86,9 @@ def serve(settings: CiSettings) -> int:
         agent.recover()
         worker = agent.worker()
         worker.start()
+        poller = agent.poller()
+        if poller is not None:
+            poller.start()
         try:
             logger.bind(agent="ci").info(
                 "ci-agent serving on {}:{} (webhook) and {}:{} (dashboard{}) for {} branch {} -> {}",
@@ -109,6 +113,8 @@ def serve(settings: CiSettings) -> int:
                 ]
             )
         finally:
+            if poller is not None:
+                poller.stop(timeout=5)
             agent.queue.close()
             worker.stop(timeout=5)
     return 0

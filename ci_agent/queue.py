@@ -75,6 +75,7 @@ class _Ticket:
 
     event: PushEvent
     delivery_id: str | None
+    source: str | None = None
     done: bool = False
     result: Submission | None = None
     error: Exception | None = None
@@ -100,14 +101,16 @@ class RunQueue:
         """Queue ``event``; for a duplicate delivery return the earlier run instead."""
         return self.accept(event, delivery_id).run
 
-    def accept(self, event: PushEvent, delivery_id: str | None = None) -> Submission:
+    def accept(self, event: PushEvent, delivery_id: str | None = None, *, source: str | None = None) -> Submission:
         """Queue ``event`` unless ``delivery_id`` was seen already (see the module docstring).
+
+        ``source`` (e.g. ``"poll"``) is kept in the new run's ``details["source"]``.
 
         Group commit: deliveries that arrive while another one is being written wait for the lock,
         and whoever gets it next writes every waiting delivery in one store transaction. A burst of
         a hundred deliveries then costs a few disk syncs instead of two hundred.
         """
-        ticket = _Ticket(event, delivery_id)
+        ticket = _Ticket(event, delivery_id, source)
         with self._pending_lock:
             self._pending.append(ticket)
         with self._condition:
@@ -127,7 +130,7 @@ class RunQueue:
             with self._store.batch():
                 for ticket in batch:
                     try:
-                        ticket.result = self._accept_one(ticket.event, ticket.delivery_id)
+                        ticket.result = self._accept_one(ticket.event, ticket.delivery_id, ticket.source)
                     except Exception as exc:
                         ticket.error = exc
         except Exception as exc:
@@ -143,7 +146,7 @@ class RunQueue:
                 ticket.done = True
             self._condition.notify_all()
 
-    def _accept_one(self, event: PushEvent, delivery_id: str | None) -> Submission:
+    def _accept_one(self, event: PushEvent, delivery_id: str | None, source: str | None = None) -> Submission:
         earlier = None if delivery_id is None else self._store.find_by_delivery(delivery_id)
         if earlier is not None and earlier.status not in RETRYABLE:
             self._log.info("delivery {} repeats run {}; nothing queued", delivery_id, earlier.number)
@@ -157,6 +160,8 @@ class RunQueue:
         details: dict[str, Any] = {"event": event.to_details()}
         if earlier is not None:
             details["retry_of"] = earlier.number
+        if source is not None:
+            details["source"] = source
         try:
             run = self._store.create(
                 kind=KIND, commit=event.after, ref=event.ref, delivery_id=delivery_id, details=details

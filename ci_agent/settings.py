@@ -6,6 +6,7 @@ or missing value raises ``SettingsError`` naming the variable, and the webhook s
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Literal
@@ -23,6 +24,7 @@ _GITHUB_REPO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,1
 
 
 DASHBOARD_TOKEN_MIN_LENGTH = 16
+POLL_MIN_INTERVAL = 5.0
 
 _BUILD_ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -74,6 +76,9 @@ class CiSettings(SharedSettings):
     # "KEY=value,KEY2=value2": build arguments for both the test-stage and the release build,
     # e.g. BASE_IMAGE for a Dockerfile that takes its base image as an ARG.
     ci_build_args: str = ""
+    # Seconds between two `git ls-remote` of the repository (a Pi GitHub's webhooks cannot reach);
+    # unset: no polling. See ci_agent/poller.py.
+    ci_poll_interval: float | None = None
 
     log_dir: Path = Path("logs/ci")
     state_dir: Path = Path("state/ci")
@@ -199,6 +204,15 @@ class CiSettings(SharedSettings):
     def _positive_seconds(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("must be a number of seconds above 0")
+        return value
+
+    @field_validator("ci_poll_interval")
+    @classmethod
+    def _poll_interval(cls, value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and value >= POLL_MIN_INTERVAL):
+            raise ValueError(
+                f"must be a number of seconds of at least {POLL_MIN_INTERVAL:g} (each poll is a request to the remote)"
+            )
         return value
 
     @field_validator("ci_push_attempts")
