@@ -152,7 +152,12 @@ class DockerGateway:
                 for m in spec.mounts
             ],
             restart_policy={"Name": "" if spec.restart_policy == "no" else spec.restart_policy},
+            network_mode=spec.network,
         )
+        networking = None
+        if spec.network is not None:
+            endpoint = self._api.create_endpoint_config(aliases=list(spec.aliases) or None)
+            networking = self._api.create_networking_config({spec.network: endpoint})
         with _errors(f"create container {spec.name} from {spec.image}"):
             created = self._api.create_container(
                 spec.image,
@@ -161,6 +166,7 @@ class DockerGateway:
                 ports=[(port.container_port, port.protocol) for port in spec.ports],
                 labels=dict(spec.labels),
                 host_config=host_config,
+                networking_config=networking,
                 detach=True,
             )
         return str(created["Id"])
