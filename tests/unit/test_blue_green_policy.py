@@ -94,7 +94,7 @@ def bg(tmp_path: Path) -> Iterator[BlueGreenWorld]:
 
 
 def deployed(world: BlueGreenWorld, *versions: str, **overrides: str) -> Deployer:
-    deployer = world.deployer(**overrides)
+    deployer = world.deployer(None, None, **overrides)
     for version in versions:
         if f"{REPO}:{version}" not in world.engine.registry:
             world.push(version)
