@@ -6,7 +6,8 @@ the proxy (``cd_agent/proxy.py``), and users reach it only once it is proven hea
          (a rollback reuses the stopped NAME-previous instead: a warm start, not a cold one)
       -> start -> health-check it directly (its HEALTHCHECK, or CD_HEALTH_URL's path at its address)
       -> healthy:   switch the proxy to it -> CD_PROXY_GRACE (in-flight requests finish on the old one)
-                    -> stop the old one, keep it as NAME-previous -> rename the new one NAME  -> "deployed"
+                    -> stop the old one, keep it as NAME-previous (replacing the one kept before)
+                    -> rename the new one NAME                                                  -> "deployed"
       -> unhealthy: remove the new container; the old one never stopped, the proxy never
                     switched; quarantine the version                                           -> "rolled_back"
 
@@ -37,7 +38,7 @@ from cd_agent.container_spec import (
     read_env_file,
 )
 from cd_agent.engine import ContainerInfo, Engine
-from cd_agent.errors import CdError, DeployError, EngineError
+from cd_agent.errors import CdError, DeployError, EngineError, ProxyError
 from cd_agent.health import HealthChecker
 from cd_agent.images import fetch_image, prune_images
 from cd_agent.proxy import network_name, proxied_ports
@@ -191,9 +192,6 @@ class BlueGreen:
             reuse = kept is not None and _same_release(kept, attempt.version, attempt.digest) and (
                 kept.labels.get(LABEL_COLOUR) == spec.labels[LABEL_COLOUR]
             )
-            if kept is not None and not reuse:
-                self._engine.remove(kept.id)
-                log.info("removed the older release kept as {}", kept.name)
             stray = self._engine.container(spec.name)
             if stray is not None and (attempt.old is None or stray.id != attempt.old.id):
                 # Left by a deploy whose journal was lost; it is not serving (the proxy points at NAME's colour).
@@ -233,7 +231,14 @@ class BlueGreen:
         published = {port.host_port: port.container_port for port in self._settings.ports if port.host_port}
         port = published.get(parts.port) if parts.port else None
         port = port or proxied_ports(self._settings.ports)[0]
-        address = self._proxy.address(container)
+        try:
+            address = self._proxy.address(container)
+        except ProxyError:
+            # It exited (or is being restarted) since it was inspected: the checker fails it at once.
+            again = self._engine.container(container)
+            if again is not None and again.running and not again.restarting and not again.restart_count:
+                raise
+            return None
         return urlunsplit((parts.scheme, f"{address}:{port}", parts.path or "/", parts.query, ""))
 
     def _finish(
@@ -258,6 +263,11 @@ class BlueGreen:
                     self._engine.stop(old.id, timeout=self._settings.cd_stop_timeout)
                     log.info("stopped {} after a {:g}s grace period", old_version, self._settings.cd_proxy_grace)
                 if old_now.name != kept_name(self._name):
+                    # The release kept until now stays until this one is proven: a failed deploy keeps
+                    # the rollback target. Only one is kept.
+                    kept = self._engine.container(kept_name(self._name))
+                    if kept is not None and kept.id not in (old.id, new_id):
+                        self._engine.remove(kept.id)
                     self._engine.rename(old.id, kept_name(self._name))
         if new.name != self._name:
             self._engine.rename(new_id, self._name)

@@ -46,6 +46,11 @@ class DockerGateway:
         self._client = client
         self._api = client.api
 
+    @property
+    def client(self) -> docker.DockerClient:
+        """The SDK client, for the proxy's own operations (``cd_agent.proxy.DockerProxyEngine``)."""
+        return self._client
+
     @classmethod
     def from_env(cls, *, timeout: float = 120) -> DockerGateway:
         """Connect as the docker CLI would (``DOCKER_HOST`` or the local socket); negotiates the API version."""

@@ -29,7 +29,6 @@ Strategy = Literal["swap", "blue-green", "swarm"]
 STRATEGIES: tuple[Strategy, ...] = ("swap", "blue-green", "swarm")
 # Named already so that a setting written for them is refused with a reason, not as a typo.
 NOT_YET: dict[str, str] = {
-    "blue-green": "blue-green (behind a reverse proxy) is not available yet",
     "swarm": "swarm (a Docker swarm service update) is not available yet",
 }
 Protocol = Literal["tcp", "udp", "sctp"]

@@ -10,6 +10,7 @@ step, not only at the end.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -208,7 +209,9 @@ def test_a_broken_release_never_reaches_users_and_is_quarantined(
     assert (report.outcome, report.failed_step, report.quarantined) == ("rolled_back", step, True)
     assert set(seen) == {"1.1.0"} and bg.users_see() == "1.1.0"
     assert not [op for op in operations if op[0] in ("stop", "proxy_switch")]
-    assert bg.running_apps() == [NAME] and bg.engine.names() == [NAME]  # the kept 1.0.0 made way for 1.2.0
+    assert bg.running_apps() == [NAME] and bg.engine.names() == [NAME, kept_name(NAME)]
+    kept = bg.engine.container(kept_name(NAME))
+    assert kept is not None and kept.labels[LABEL_VERSION] == "1.0.0"  # still there to roll back to
     assert deployer.state.is_quarantined("1.2.0") and deployer.state.journal is None
     current = deployer.state.current
     assert current is not None and current.version == "1.1.0"
@@ -390,3 +393,24 @@ def test_a_swap_journal_is_not_touched_by_blue_green_and_vice_versa(bg: BlueGree
 
     with pytest.raises(DeployError, match="belongs to another CD_STRATEGY"):
         swap.reconcile()
+
+
+def test_a_release_that_exits_while_its_address_is_asked_is_judged_unhealthy_not_an_agent_error(
+    bg: BlueGreenWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployer = deployed(bg, "1.0.0", CD_HEALTH_URL="http://127.0.0.1:8080/")
+    bg.push("1.1.0", "exits")
+    address = bg.proxy.address
+
+    def gone_meanwhile(container: str) -> str:
+        box = bg.engine._find(container)
+        assert box is not None
+        box.info = replace(box.info, running=False, status="exited", exit_code=3)
+        return address(container)
+
+    monkeypatch.setattr(bg.proxy, "address", gone_meanwhile)
+
+    report = deployer.deploy("1.1.0")
+
+    assert (report.outcome, report.failed_step, report.quarantined) == ("rolled_back", "health", True)
+    assert "exited" in (report.error or "") and bg.users_see() == "1.0.0"
