@@ -242,7 +242,7 @@ class BlueGreen:
         return urlunsplit((parts.scheme, f"{address}:{port}", parts.path or "/", parts.query, ""))
 
     def _finish(
-        self, log: loguru.Logger | Any, new_id: str, old: ContainerInfo | None, version: str, digest: str | None,
+        self, log: loguru.Logger, new_id: str, old: ContainerInfo | None, version: str, digest: str | None,
         old_version: str | None, old_digest: str | None,
     ) -> DeployReport:
         """Switch, let the old one drain, retire it, record. Every step is idempotent: recovery repeats them."""
