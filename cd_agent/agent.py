@@ -19,6 +19,7 @@ from cd_agent.docker_gateway import DockerGateway
 from cd_agent.errors import DeployError, NothingToDeploy
 from cd_agent.fleet_platforms import FleetPlatformCheck
 from cd_agent.platform_check import PlatformCheck
+from cd_agent.proxy import DockerProxyEngine, ProxyController, ProxyStateFile
 from cd_agent.report import DeployReport
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState
@@ -103,10 +104,24 @@ def open_agent(settings: CdSettings) -> Iterator[Agent]:
         )
         docker = DockerGateway.from_env()
         stack.callback(docker.close)
-        deployer = Deployer(settings, docker, state, runs, notifier)
+        deployer = Deployer(settings, docker, state, runs, notifier, proxy=proxy_for(settings, docker))
         yield Agent(
             settings=settings, state=state, registry=registry, deployer=deployer, docker=docker, notifier=notifier
         )
+
+
+def proxy_for(settings: CdSettings, docker: DockerGateway) -> ProxyController | None:
+    """The blue-green proxy (its upstream kept in STATE_DIR/proxy.json); None for the swap."""
+    if settings.cd_strategy != "blue-green":
+        return None
+    return ProxyController(
+        DockerProxyEngine(docker.client),
+        ProxyStateFile(settings.state_dir / "proxy.json"),
+        app=settings.cd_container_name,
+        image=settings.cd_proxy_image,
+        ports=settings.ports,
+        grace_period_s=settings.cd_proxy_grace,
+    )
 
 
 def _close_notifier(notifier: Notifier) -> None:

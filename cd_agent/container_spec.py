@@ -55,6 +55,10 @@ class ContainerSpec:
     mounts: tuple[MountSpec, ...] = ()
     restart_policy: str = "unless-stopped"
     labels: Mapping[str, str] = field(default_factory=dict)
+    network: str | None = None
+    """Blue-green: the private network the container joins (instead of the default bridge)..."""
+    aliases: tuple[str, ...] = ()
+    """...and the names the proxy reaches it by there."""
 
 
 def build_spec(

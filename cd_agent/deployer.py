@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from loguru import logger
 
+from cd_agent.blue_green import BlueGreen, Proxy
 from cd_agent.container_spec import LABEL_VERSION
 from cd_agent.engine import Engine
 from cd_agent.errors import CdError, DeployError, NothingToDeploy
@@ -43,7 +44,8 @@ __all__ = ["DeployReport", "Deployer", "Strategy"]
 
 
 class Strategy(Protocol):
-    """How a release replaces the running one (``cd_agent.swap.Swap``); returns what happened."""
+    """How a release replaces the running one (``cd_agent.swap.Swap``, ``cd_agent.blue_green.BlueGreen``);
+    returns what happened."""
 
     def deploy(self, log: loguru.Logger, version: str, digest: str | None, run: int) -> DeployReport: ...
 
@@ -71,6 +73,7 @@ class Deployer:
         probe: Callable[[str, float], tuple[bool, str]] = probe_url,
         on_phase: Callable[[Phase], None] | None = None,
         swarm: SwarmServices | None = None,
+        proxy: Proxy | None = None,
     ) -> None:
         self.settings = settings
         self.docker = docker
@@ -81,10 +84,21 @@ class Deployer:
         self._monotonic = monotonic
         self._sleep = sleep
         self._probe = probe
-        self._recovery = Recovery(docker, state, runs, name=settings.cd_container_name, clock=clock)
-        # CD_STRATEGY: the settings refuse the strategies not built yet, so this is where blue-green plugs in.
-        self._strategy: Strategy = Swap(
-            settings, docker, state, health=self._health, clock=clock, monotonic=monotonic, on_phase=on_phase
+        # CD_STRATEGY (the settings refuse the strategies not built yet).
+        blue_green: BlueGreen | None = None
+        if settings.cd_strategy == "blue-green":
+            if proxy is None:
+                raise DeployError("CD_STRATEGY=blue-green needs the proxy controller")
+            blue_green = BlueGreen(
+                settings, docker, state, proxy, health=self._health, clock=clock, monotonic=monotonic, sleep=sleep,
+                on_phase=on_phase,
+            )
+        self._strategy: Strategy = blue_green or Swap(
+            settings, docker, state, health=lambda: self._health(), clock=clock, monotonic=monotonic,
+            on_phase=on_phase,
+        )
+        self._recovery = Recovery(
+            docker, state, runs, name=settings.cd_container_name, clock=clock, strategy=blue_green
         )
         if settings.cd_strategy == "swarm":
             self.swarm = swarm if swarm is not None else DockerSwarm.from_env()
@@ -176,10 +190,11 @@ class Deployer:
         prune_run_logs(self.settings.log_dir, self.settings.log_retention_runs)
         return report
 
-    def _health(self) -> HealthChecker:
+    def _health(self, url: str | None = None) -> HealthChecker:
+        """The health checker; blue-green passes the URL at the new container's own address."""
         return HealthChecker(
             self.docker,
-            url=self.settings.cd_health_url,
+            url=url if self.settings.cd_strategy == "blue-green" else self.settings.cd_health_url,
             timeout=self.settings.cd_health_timeout,
             grace=self.settings.cd_health_grace,
             clock=self._monotonic,

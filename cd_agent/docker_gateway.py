@@ -46,6 +46,11 @@ class DockerGateway:
         self._client = client
         self._api = client.api
 
+    @property
+    def client(self) -> docker.DockerClient:
+        """The SDK client, for the proxy's own operations (``cd_agent.proxy.DockerProxyEngine``)."""
+        return self._client
+
     @classmethod
     def from_env(cls, *, timeout: float = 120) -> DockerGateway:
         """Connect as the docker CLI would (``DOCKER_HOST`` or the local socket); negotiates the API version."""
@@ -152,7 +157,12 @@ class DockerGateway:
                 for m in spec.mounts
             ],
             restart_policy={"Name": "" if spec.restart_policy == "no" else spec.restart_policy},
+            network_mode=spec.network,
         )
+        networking = None
+        if spec.network is not None:
+            endpoint = self._api.create_endpoint_config(aliases=list(spec.aliases) or None)
+            networking = self._api.create_networking_config({spec.network: endpoint})
         with _errors(f"create container {spec.name} from {spec.image}"):
             created = self._api.create_container(
                 spec.image,
@@ -161,6 +171,7 @@ class DockerGateway:
                 ports=[(port.container_port, port.protocol) for port in spec.ports],
                 labels=dict(spec.labels),
                 host_config=host_config,
+                networking_config=networking,
                 detach=True,
             )
         return str(created["Id"])

@@ -7,6 +7,7 @@
         ├── DockerUnavailable      the Docker Engine cannot be reached (socket, stream)    exit 3
         ├── EngineError            the engine answered but refused a call (HTTP 4xx/5xx)   exit 1
         ├── NothingToDeploy        no release to deploy / no previous version to roll to   exit 4
+        ├── ProxyError             the blue-green proxy cannot be set up or reconfigured   exit 1
         └── StateError             the deploy state under STATE_DIR is unreadable          exit 5
 
 Registry errors (``RegistryUnavailable``, ``RateLimited``, ``RegistryAuthError``) come from
@@ -57,6 +58,11 @@ class NothingToDeploy(CdError):
     """There is no release to deploy (or no previous version to roll back to)."""
 
     exit_code = 4
+
+
+class ProxyError(CdError):
+    """The blue-green proxy cannot be set up or reconfigured (bad ports, a foreign container in the way,
+    Caddy refusing its configuration)."""
 
 
 class StateError(CdError):

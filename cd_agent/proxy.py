@@ -57,7 +57,7 @@ import requests
 import urllib3
 from loguru import logger
 
-from cd_agent.errors import CdError, DockerUnavailable
+from cd_agent.errors import DockerUnavailable, EngineError, ProxyError
 from cd_agent.settings import PortMapping
 
 LABEL_PROXY = "io.pi-cicd.proxy"
@@ -91,10 +91,6 @@ _CONNECTION_CLOSE: dict[str, Any] = {
     "handler": "headers",
     "response": {"set": {"Connection": ["close"]}, "deferred": True},
 }
-
-
-class ProxyError(CdError):
-    """The proxy cannot be set up or reconfigured (bad ports, a foreign container in the way, Caddy refusing)."""
 
 
 # Pure: names and Caddy's configuration
@@ -258,13 +254,15 @@ def _errors(what: str) -> Iterator[None]:
         explanation = exc.explanation
         if isinstance(explanation, bytes):
             explanation = explanation.decode("utf-8", errors="replace")
-        raise DockerUnavailable(f"docker {what}: {explanation or exc} (HTTP {exc.status_code})") from exc
+        message = f"docker {what}: {explanation or exc} (HTTP {exc.status_code})"
+        raise EngineError(message, status=exc.status_code) from exc
     except _UNREACHABLE as exc:
         raise DockerUnavailable(f"docker {what}: cannot reach the Docker Engine: {exc}") from exc
 
 
 class DockerProxyEngine:
-    """``ProxyEngine`` over the Docker SDK's low-level API; Docker's errors leave as ``DockerUnavailable``."""
+    """``ProxyEngine`` over the Docker SDK's low-level API; errors as the ``Engine`` contract says: an API
+    refusal is ``EngineError`` (with its status), an engine out of reach ``DockerUnavailable``."""
 
     def __init__(self, client: docker.DockerClient) -> None:
         self._api = client.api
@@ -434,7 +432,7 @@ class ProxyController:
             try:
                 self.engine.put_file(self.container_name, CONFIG_PATH, config)
                 self.engine.start(self.container_name)
-            except DockerUnavailable as exc:
+            except EngineError as exc:
                 # A host port already taken fails here: no half-made proxy is left for the next try.
                 self.engine.remove(self.container_name)
                 ports = ", ".join(str(port) for port in self.ports)
@@ -448,6 +446,10 @@ class ProxyController:
                 self.engine.start(self.container_name)
             logger.info("adopted proxy {}", self.container_name)
         self._load(config)
+
+    def upstream(self) -> str | None:
+        """The alias the proxy sends traffic to, as the agent's state records it."""
+        return self.state.upstream()
 
     def switch(self, upstream: str | None) -> None:
         """Send new requests to ``upstream`` (an alias on the private network; None: answer 503).

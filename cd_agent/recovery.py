@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import Protocol
 
 from loguru import logger
 
 from cd_agent.container_spec import LABEL_DIGEST, LABEL_MANAGED, LABEL_RUN, LABEL_VERSION
 from cd_agent.engine import Engine
 from cd_agent.errors import DeployError
-from cd_agent.state import DeployState, Journal, Release
+from cd_agent.state import SWAP_PHASES, DeployState, Journal, Release
 from shared.runstore import RunStore
 
 
@@ -34,22 +35,42 @@ def bring_back(engine: Engine, container_id: str, name: str) -> None:
         engine.start(container_id)
 
 
+class StrategyRecovery(Protocol):
+    """A strategy with journal phases of its own (``cd_agent.blue_green.BlueGreen``)."""
+
+    def owns(self, journal: Journal) -> bool: ...
+
+    def recover(self, journal: Journal) -> str: ...
+
+    def agree(self) -> str: ...
+
+
 class Recovery:
-    """Reconciles ``state`` (and the deploy runs in ``runs``) with the containers of ``engine``."""
+    """Reconciles ``state`` (and the deploy runs in ``runs``) with the containers of ``engine``.
+
+    Journals of the swap are handled here; those a ``strategy`` owns go to it, and its ``agree``
+    runs after this one's (blue-green: the proxy serves the container called NAME)."""
 
     def __init__(
-        self, engine: Engine, state: DeployState, runs: RunStore, *, name: str, clock: Callable[[], datetime]
+        self, engine: Engine, state: DeployState, runs: RunStore, *, name: str, clock: Callable[[], datetime],
+        strategy: StrategyRecovery | None = None,
     ) -> None:
         self._engine = engine
         self._state = state
         self._runs = runs
         self._name = name
         self._clock = clock
+        self._strategy = strategy
 
     def reconcile(self) -> str:
         """At start-up: recover or agree, then close stale runs. Returns (and logs) what it did."""
         journal = self._state.journal
-        message = self.recover(journal) if journal is not None else self.agree()
+        if journal is not None:
+            message = self.recover(journal)
+        else:
+            message = self.agree()
+            if self._strategy is not None:
+                message += f"; {self._strategy.agree()}"
         stale = self.close_stale_runs()
         if stale:
             message += f"; {stale}"
@@ -75,6 +96,23 @@ class Recovery:
         return f"marked {described} interrupted: the agent stopped before the swap began"
 
     def recover(self, journal: Journal) -> str:
+        if self._strategy is not None and self._strategy.owns(journal):
+            message = self._strategy.recover(journal)
+            self.agree()
+        elif self._strategy is None and journal.phase not in SWAP_PHASES:
+            raise DeployError(
+                f"an interrupted deploy of {journal.version} (phase {journal.phase!r}) belongs to another"
+                " CD_STRATEGY: start the agent with the strategy it was deployed with to finish it"
+            )
+        else:
+            message = self._recover_swap(journal)
+        if journal.run is not None:
+            run = self._runs.get(journal.run)
+            if run is not None and not run.finished:
+                self._runs.update(journal.run, status="interrupted", finished_at=self._clock(), error=message)
+        return message
+
+    def _recover_swap(self, journal: Journal) -> str:
         name = journal.container_name
         engine = self._engine
         new = engine.container(journal.new_container_id) if journal.new_container_id else None
@@ -114,10 +152,6 @@ class Recovery:
                 )
             self._state.clear_journal()
             self.agree()
-        if journal.run is not None:
-            run = self._runs.get(journal.run)
-            if run is not None and not run.finished:
-                self._runs.update(journal.run, status="interrupted", finished_at=self._clock(), error=message)
         return message
 
     def agree(self) -> str:

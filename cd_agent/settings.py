@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import field_validator
+from pydantic import ValidationInfo, field_validator
 
 from shared.settings import SharedSettings
 
@@ -27,10 +27,6 @@ if TYPE_CHECKING:
 RestartPolicy = Literal["unless-stopped", "always", "on-failure", "no"]
 Strategy = Literal["swap", "blue-green", "swarm"]
 STRATEGIES: tuple[Strategy, ...] = ("swap", "blue-green", "swarm")
-# Named already so that a setting written for them is refused with a reason, not as a typo.
-NOT_YET: dict[str, str] = {
-    "blue-green": "blue-green (behind a reverse proxy) is not available yet",
-}
 Protocol = Literal["tcp", "udp", "sctp"]
 
 # docker's own rules (daemon/names.go); a name that breaks them fails only at `docker create`.
@@ -189,6 +185,8 @@ class CdSettings(SharedSettings):
     cd_health_timeout: float = 60.0
     cd_health_grace: float = 5.0
     cd_stop_timeout: float = 10.0
+    cd_proxy_image: str = "caddy:2"
+    cd_proxy_grace: float = 30.0
     cd_version_constraint: str | None = None
     cd_allow_prerelease: bool = False
     # CD_STRATEGY=swarm (cd_agent/swarm.py): the service, and the update config of a service the agent creates.
@@ -220,12 +218,19 @@ class CdSettings(SharedSettings):
 
     @field_validator("cd_strategy")
     @classmethod
-    def _strategy(cls, value: str) -> str:
+    def _strategy(cls, value: str, info: ValidationInfo) -> str:
         value = value.strip().lower()
         if value not in STRATEGIES:
-            raise ValueError(f"{value!r} is not a deploy strategy: use swap (the default) or swarm")
-        if value in NOT_YET:
-            raise ValueError(f"{NOT_YET[value]}: use swap (the default)")
+            raise ValueError(f"{value!r} is not a deploy strategy: use swap (the default), blue-green or swarm")
+        if value == "blue-green" and "cd_ports" in info.data:
+            # The proxy owns CD_PORTS: ports it cannot forward are refused now, not at the first deploy.
+            from cd_agent.errors import ProxyError
+            from cd_agent.proxy import proxied_ports
+
+            try:
+                proxied_ports(parse_ports(info.data["cd_ports"]))
+            except ProxyError as exc:
+                raise ValueError(str(exc)) from exc
         return value
 
     @field_validator("cd_service")
@@ -277,7 +282,15 @@ class CdSettings(SharedSettings):
             raise ValueError("must be a number of seconds above 0")
         return value
 
-    @field_validator("cd_health_grace", "cd_stop_timeout")
+    @field_validator("cd_proxy_image")
+    @classmethod
+    def _proxy_image(cls, value: str) -> str:
+        value = value.strip()
+        if not value or any(char.isspace() for char in value):
+            raise ValueError("must be an image reference, e.g. caddy:2")
+        return value
+
+    @field_validator("cd_health_grace", "cd_stop_timeout", "cd_proxy_grace")
     @classmethod
     def _non_negative_seconds(cls, value: float) -> float:
         if value < 0:

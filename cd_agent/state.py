@@ -5,7 +5,8 @@ has started and not finished: every phase is written before the next Docker call
 (``SIGKILL``, power cut) ``Deployer.reconcile()`` knows which containers exist, under which names,
 and whether the new one was already proven healthy::
 
-    pulled -> old_renamed -> created -> old_stopped -> new_started -> verdict
+    pulled -> old_renamed -> created -> old_stopped -> new_started -> verdict              (swap)
+    bg_pulled -> bg_created -> bg_started -> bg_proven -> bg_switched -> bg_retired        (blue-green)
 
 All sqlite3 errors become ``StateError``. One connection guarded by a lock: the watcher thread and
 the command line may share an instance.
@@ -25,8 +26,15 @@ from typing import Any, Literal
 from cd_agent.errors import StateError
 from shared.private_files import prepare_private_database
 
-Phase = Literal["pulled", "old_renamed", "created", "old_stopped", "new_started", "verdict"]
-PHASES: tuple[Phase, ...] = ("pulled", "old_renamed", "created", "old_stopped", "new_started", "verdict")
+Phase = Literal[
+    "pulled", "old_renamed", "created", "old_stopped", "new_started", "verdict",
+    "bg_pulled", "bg_created", "bg_started", "bg_proven", "bg_switched", "bg_retired",
+]
+SWAP_PHASES: tuple[Phase, ...] = ("pulled", "old_renamed", "created", "old_stopped", "new_started", "verdict")
+BLUE_GREEN_PHASES: tuple[Phase, ...] = (
+    "bg_pulled", "bg_created", "bg_started", "bg_proven", "bg_switched", "bg_retired",
+)
+PHASES: tuple[Phase, ...] = SWAP_PHASES + BLUE_GREEN_PHASES
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (

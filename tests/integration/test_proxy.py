@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cd_agent.proxy import LABEL_PROXY, ProxyError, network_name, proxy_sysctls
+from cd_agent.errors import ProxyError
+from cd_agent.proxy import LABEL_PROXY, network_name, proxy_sysctls
 from tests.support.docker_env import DockerJanitor
 from tests.support.polling import wait_for
 from tests.support.ports import free_port, port_open

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from cd_agent.proxy import ProxyError, ProxyStateFile
+from cd_agent.errors import ProxyError
+from cd_agent.proxy import ProxyStateFile
 from tests.support.polling import wait_for
 from tests.support.proxy_world import ProxyWorld
 

@@ -29,8 +29,10 @@ from typing import Any, Literal
 import httpx
 import pytest
 
+from cd_agent.agent import proxy_for
 from cd_agent.deployer import Deployer
 from cd_agent.docker_gateway import DockerGateway
+from cd_agent.proxy import network_name
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState
 from shared.notify import Notifier, notifier_from_settings
@@ -277,15 +279,19 @@ class CdWorld:
             for mount in item.get("Mounts") or []:
                 if mount.get("Type") == "volume" and mount.get("Name"):
                     self.janitor.volumes.add(mount["Name"])
+        # Blue-green: the proxy container goes with the name prefix; its network after the containers.
+        self.janitor.networks.add(network_name(self.name))
 
 
 def build_deployer(settings: CdSettings, notifier: Notifier, **kwargs: Any) -> Deployer:
+    docker = DockerGateway.from_env()
     return Deployer(
         settings,
-        DockerGateway.from_env(),
+        docker,
         DeployState(settings.state_path),
         RunStore(settings.runs_path),
         notifier,
+        proxy=proxy_for(settings, docker),
         **kwargs,
     )
 

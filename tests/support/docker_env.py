@@ -100,6 +100,7 @@ class DockerJanitor:
     containers: set[str] = field(default_factory=set)
     images: set[str] = field(default_factory=set)
     volumes: set[str] = field(default_factory=set)
+    networks: set[str] = field(default_factory=set)
     name_prefixes: set[str] = field(default_factory=set)
 
     def cleanup(self) -> None:
@@ -132,6 +133,11 @@ class DockerJanitor:
         for name in self.volumes:
             try:
                 self.client.volumes.get(name).remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        for name in self.networks:  # after the containers on them
+            try:
+                self.client.api.remove_network(name)
             except docker.errors.NotFound:
                 pass
 

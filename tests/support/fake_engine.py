@@ -6,6 +6,9 @@ and is restarted by its restart policy (running again, ``ExitCode`` 0, as docker
 ``refuses_start`` makes ``start`` fail as dockerd does when a host port is taken. ``before`` is called
 with the operation and its target before every call: raise from it to fail that call (or to "kill" the
 agent between two steps). Errors are the engine contract's (``EngineError``, ``DeployError``).
+
+``FakeProxy`` is the blue-green proxy over it: a container created on a network with aliases gets an
+address there while it runs, and the proxy "serves" the running container whose alias is its upstream.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Literal
 
 from cd_agent.container_spec import ContainerSpec
 from cd_agent.engine import ContainerInfo, ImageInfo, MountInfo
-from cd_agent.errors import DeployError, EngineError
+from cd_agent.errors import DeployError, EngineError, ProxyError
 
 Behaviour = Literal["good", "exits", "never_healthy", "unhealthy", "refuses_start"]
 
@@ -30,6 +33,8 @@ class Box:
     restart_policy: str
     behaviour: Behaviour
     log: list[str] = field(default_factory=list)
+    network: str | None = None
+    aliases: tuple[str, ...] = ()
 
 
 class FakeEngine:
@@ -39,6 +44,7 @@ class FakeEngine:
         self.boxes: dict[str, Box] = {}
         self.before: Callable[[str, str], None] = lambda operation, target: None
         self._ids = 0
+        self.created: list[ContainerSpec] = []
 
     def push(self, repository: str, version: str, behaviour: Behaviour = "good", *, healthcheck: bool = False) -> str:
         """Put ``repository:version`` in the registry; returns its digest."""
@@ -91,7 +97,8 @@ class FakeEngine:
             mounts += (MountInfo("volume", "/cache", name=hashlib.sha256(self._new_id().encode()).hexdigest()),)
         info = ContainerInfo(self._new_id(), spec.name, spec.image, image.id, "created", False, False, 0, 0,
                              dict(spec.labels), mounts)
-        self.boxes[info.id] = Box(info, spec.restart_policy, behaviour)
+        self.boxes[info.id] = Box(info, spec.restart_policy, behaviour, network=spec.network, aliases=spec.aliases)
+        self.created.append(spec)
         return info.id
 
     def container(self, name_or_id: str) -> ContainerInfo | None:
@@ -155,6 +162,51 @@ class FakeEngine:
         if self._find(name) is not None:
             raise EngineError(f"Conflict. The container name /{name} is already in use (HTTP 409)", status=409)
 
+    def address(self, box: Box) -> str:
+        return f"10.9.{int(box.info.id, 16) // 256}.{int(box.info.id, 16) % 256}"
+
+    def by_address(self, address: str) -> Box | None:
+        return next((box for box in self.boxes.values() if self.address(box) == address), None)
+
     def _new_id(self) -> str:
         self._ids += 1
         return f"{self._ids:064x}"
+
+
+class FakeProxy:
+    """``cd_agent.blue_green.Proxy`` over a ``FakeEngine``; ``upstream_alias`` outlives a "killed" agent,
+    as proxy.json does. Its operations go through the engine's ``before`` hook too."""
+
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
+        self.exists = False
+        self.upstream_alias: str | None = None
+        self.switches: list[str | None] = []
+
+    def ensure(self) -> None:
+        self.engine.before("proxy_ensure", "proxy")
+        self.exists = True
+
+    def upstream(self) -> str | None:
+        return self.upstream_alias
+
+    def switch(self, upstream: str | None) -> None:
+        self.engine.before("proxy_switch", upstream or "")
+        self.upstream_alias = upstream
+        self.switches.append(upstream)
+
+    def address(self, container: str) -> str:
+        box = self.engine._find(container)
+        if box is None or not box.info.running or box.network is None:
+            raise ProxyError(f"{container} has no address on the network (not attached, or not running)")
+        return self.engine.address(box)
+
+    def serving(self) -> ContainerInfo | None:
+        """The container a user's request reaches now, if any."""
+        if not self.exists or self.upstream_alias is None:
+            return None
+        return next(
+            (box.info for box in self.engine.boxes.values()
+             if self.upstream_alias in box.aliases and box.info.running),
+            None,
+        )

@@ -171,10 +171,31 @@ def test_bad_swarm_settings_are_refused_at_start_up(name, value, message):
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("blue-green", r"CD_STRATEGY=.*blue-green \(behind a reverse proxy\) is not available yet: use swap"),
         ("rolling", r"CD_STRATEGY=.*'rolling' is not a deploy strategy: use swap"),
     ],
 )
 def test_a_strategy_that_is_not_there_is_refused_at_start_up(value, message):
     with pytest.raises(SettingsError, match=message):
         load(CD_STRATEGY=value)
+
+
+def test_blue_green_has_its_proxy_settings_with_defaults():
+    settings = load(CD_STRATEGY="blue-green", CD_PORTS="127.0.0.1:8080:8080")
+    assert (settings.cd_strategy, settings.cd_proxy_image, settings.cd_proxy_grace) == ("blue-green", "caddy:2", 30.0)
+    settings = load(CD_STRATEGY="Blue-Green", CD_PORTS="8080:8080", CD_PROXY_IMAGE="picicd/caddy:2.6.2",
+                    CD_PROXY_GRACE="0.5")
+    assert (settings.cd_proxy_image, settings.cd_proxy_grace) == ("picicd/caddy:2.6.2", 0.5)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"CD_PORTS": ""}, r"CD_STRATEGY=.*CD_PORTS is empty: the blue-green strategy needs at least one"),
+        ({"CD_PORTS": "127.0.0.1:5353:53/udp"}, r"CD_STRATEGY=.*HTTP over TCP only; use CD_STRATEGY=swap"),
+        ({"CD_PORTS": "8080:8080", "CD_PROXY_GRACE": "-1"}, r"CD_PROXY_GRACE=.*0 or more"),
+        ({"CD_PORTS": "8080:8080", "CD_PROXY_IMAGE": "caddy 2"}, r"CD_PROXY_IMAGE=.*image reference"),
+    ],
+)
+def test_blue_green_refuses_at_start_up_what_the_proxy_cannot_do(environ, message):
+    with pytest.raises(SettingsError, match=message):
+        load(CD_STRATEGY="blue-green", **environ)

@@ -17,7 +17,7 @@ from cd_agent.container_spec import LABEL_MANAGED, LABEL_VERSION
 from cd_agent.deployer import Deployer
 from cd_agent.errors import DeployError, DockerUnavailable, EngineError, NothingToDeploy
 from cd_agent.settings import CdSettings
-from cd_agent.state import PHASES, DeployState, Phase
+from cd_agent.state import SWAP_PHASES, DeployState, Phase
 from shared.notify import Email, Notifier
 from shared.runstore import RunStore
 from shared.settings import load_settings
@@ -436,7 +436,7 @@ def test_a_bad_env_file_fails_before_any_step(world: World) -> None:
 # crash recovery
 
 
-@pytest.mark.parametrize("phase", [p for p in PHASES if p != "verdict"])
+@pytest.mark.parametrize("phase", [p for p in SWAP_PHASES if p != "verdict"])
 def test_killed_before_the_verdict_the_old_version_comes_back(world: World, phase: Phase) -> None:
     deployed(world, "1.0.0")
     world.push("1.1.0")

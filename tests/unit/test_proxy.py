@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cd_agent.errors import DockerUnavailable
+from cd_agent.errors import EngineError, ProxyError
 from cd_agent.proxy import (
     CONFIG_PATH,
     LABEL_PROXY,
@@ -19,7 +19,6 @@ from cd_agent.proxy import (
     ProxyContainer,
     ProxyContainerSpec,
     ProxyController,
-    ProxyError,
     ProxyStateFile,
     caddy_config,
     config_label,
@@ -140,7 +139,7 @@ class MemoryEngine:
     def start(self, name: str) -> None:
         self.events.append(f"start {name}")
         if self.start_error:
-            raise DockerUnavailable(self.start_error)
+            raise EngineError(self.start_error, status=500)
         old = self.containers[name]
         self.containers[name] = ProxyContainer(old.id, old.name, True, old.labels, old.networks)
 
