@@ -55,6 +55,7 @@ class ContainerSpec:
     mounts: tuple[MountSpec, ...] = ()
     restart_policy: str = "unless-stopped"
     labels: Mapping[str, str] = field(default_factory=dict)
+    init: bool = False
 
 
 def build_spec(
@@ -90,6 +91,7 @@ def build_spec(
         mounts=tuple(mounts),
         restart_policy=settings.cd_restart_policy,
         labels=labels,
+        init=settings.cd_init,
     )
 
 

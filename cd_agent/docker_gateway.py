@@ -152,6 +152,8 @@ class DockerGateway:
                 for m in spec.mounts
             ],
             restart_policy={"Name": "" if spec.restart_policy == "no" else spec.restart_policy},
+            # None, not False: without CD_INIT the daemon's default applies, as for `docker run`.
+            init=True if spec.init else None,
         )
         with _errors(f"create container {spec.name} from {spec.image}"):
             created = self._api.create_container(
@@ -271,4 +273,5 @@ def _container_info(data: Mapping[str, Any]) -> ContainerInfo:
         health_status=health.get("Status") if health else None,
         health_output=tuple(str(entry.get("Output", "")).strip() for entry in health.get("Log") or ()),
         error=state.get("Error", "") or "",
+        oom_killed=bool(state.get("OOMKilled")),
     )

@@ -190,6 +190,7 @@ class CdSettings(SharedSettings):
     cd_health_timeout: float = 60.0
     cd_health_grace: float = 5.0
     cd_stop_timeout: float = 10.0
+    cd_init: bool = False
     cd_version_constraint: str | None = None
     cd_allow_prerelease: bool = False
 
