@@ -8,8 +8,8 @@ One line with all of them costs one step and sets the same labels on the final s
 
 Values are written double-quoted. Anything that the Dockerfile would read differently from the
 text (a ``$`` is substituted, a quote or backslash escapes, a line break ends the instruction, a
-custom ``# escape=`` directive) makes ``label_line`` answer None, and the caller falls back to the
-API's parameter: slower, never wrong.
+custom ``# escape=`` directive, a last line ending in a continuation) makes ``with_labels`` answer
+None, and the caller falls back to the API's parameter: slower, never wrong.
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ def with_labels(dockerfile: str, labels: Mapping[str, str]) -> str | None:
     line = label_line(labels)
     if line is None or any(_ESCAPE_DIRECTIVE.match(head) for head in _directives(dockerfile)):
         return None
-    return dockerfile.rstrip("\n") + "\n" + line + "\n"
+    body = dockerfile.rstrip()
+    if body.endswith("\\"):
+        return None  # a dangling line continuation would swallow the appended line
+    return body + "\n" + line + "\n"
 
 
 def _directives(dockerfile: str) -> list[str]:

@@ -38,3 +38,8 @@ def test_a_dockerfile_with_an_escape_directive_is_left_to_the_api(head: str) -> 
 
 def test_an_escape_text_after_the_directives_is_only_a_comment() -> None:
     assert with_labels("FROM scratch\n# escape=`\n", {"k": "v"}) is not None
+
+
+def test_a_dangling_line_continuation_is_left_to_the_api() -> None:
+    assert with_labels("FROM scratch\nRUN true \\\n", {"k": "v"}) is None
+    assert with_labels("FROM scratch\n\n\n", {"k": "v"}) == 'FROM scratch\nLABEL "k"="v"\n'
