@@ -9,6 +9,7 @@ from loguru import logger
 
 from cd_agent.container_spec import build_spec
 from cd_agent.engine import ContainerInfo
+from cd_agent.errors import DockerUnavailable
 from cd_agent.settings import CdSettings
 from cd_agent.stopping import StopOutcome, log_stop, stop_container
 from shared.settings import load_settings
@@ -60,6 +61,17 @@ def test_a_kill_is_exit_code_137_without_the_oom_killer(exit_code: int, oom: boo
 def test_a_container_gone_after_the_stop_was_not_killed() -> None:
     engine = StoppingEngine(RUNNING, 0.1)
     engine.container = lambda name_or_id: None  # type: ignore[method-assign]
+    outcome = stop_container(engine, "old", timeout=3, monotonic=lambda: engine.now)  # type: ignore[arg-type]
+    assert outcome.killed is False and outcome.exit_code is None
+
+
+def test_an_engine_gone_after_the_stop_does_not_fail_it() -> None:
+    engine = StoppingEngine(RUNNING, 0.1)
+
+    def gone(name_or_id: str) -> ContainerInfo | None:
+        raise DockerUnavailable("docker inspect container old: cannot reach the Docker Engine")
+
+    engine.container = gone  # type: ignore[method-assign]
     outcome = stop_container(engine, "old", timeout=3, monotonic=lambda: engine.now)  # type: ignore[arg-type]
     assert outcome.killed is False and outcome.exit_code is None
 
