@@ -24,6 +24,15 @@ from tests.support.registry_server import start_registry
 REPO = Path(__file__).resolve().parents[1]
 
 
+DEPENDENCIES = [
+    ("docker SDK (+requests)", "import docker"),
+    ("httpx", "import cd_agent, httpx"),
+    ("pydantic", "import pydantic"),
+    ("loguru", "import loguru"),
+    ("cd_agent.cli (all)", "import cd_agent.cli"),
+]
+
+
 def rss_kib(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of ``pid`` in KiB, from /proc."""
     values = {}
@@ -90,6 +99,10 @@ def main() -> int:
     print(f"cd-agent watch{what}, idle {args.seconds:g}s: RSS {rss / 1024:6.1f} MiB (peak {peak / 1024:.1f} MiB)")
     print(f"python, nothing imported:       RSS {bare / 1024:6.1f} MiB")
     print(f"python + fastapi + uvicorn:     RSS {web / 1024:6.1f} MiB (for scale; the watcher does not import them)")
+    # Where the watcher's memory goes: almost all of it is imported code, so each dependency alone.
+    for what, code in DEPENDENCIES:
+        alone, _ = idle_python(code)
+        print(f"  python + {what:22}RSS {alone / 1024:6.1f} MiB (+{(alone - bare) / 1024:.1f})")
     return 0
 
 

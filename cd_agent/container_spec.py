@@ -59,6 +59,7 @@ class ContainerSpec:
     """Blue-green: the private network the container joins (instead of the default bridge)..."""
     aliases: tuple[str, ...] = ()
     """...and the names the proxy reaches it by there."""
+    init: bool = False
 
 
 def build_spec(
@@ -94,6 +95,7 @@ def build_spec(
         mounts=tuple(mounts),
         restart_policy=settings.cd_restart_policy,
         labels=labels,
+        init=settings.cd_init,
     )
 
 

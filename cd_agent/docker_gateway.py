@@ -158,6 +158,8 @@ class DockerGateway:
             ],
             restart_policy={"Name": "" if spec.restart_policy == "no" else spec.restart_policy},
             network_mode=spec.network,
+            # None, not False: without CD_INIT the daemon's default applies, as for `docker run`.
+            init=True if spec.init else None,
         )
         networking = None
         if spec.network is not None:
@@ -282,4 +284,5 @@ def _container_info(data: Mapping[str, Any]) -> ContainerInfo:
         health_status=health.get("Status") if health else None,
         health_output=tuple(str(entry.get("Output", "")).strip() for entry in health.get("Log") or ()),
         error=state.get("Error", "") or "",
+        oom_killed=bool(state.get("OOMKilled")),
     )

@@ -69,6 +69,7 @@ class ContainerInfo:
     health_status: str | None = None
     health_output: tuple[str, ...] = ()
     error: str = ""
+    oom_killed: bool = False
 
 
 class Engine(Protocol):

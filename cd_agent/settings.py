@@ -187,6 +187,7 @@ class CdSettings(SharedSettings):
     cd_stop_timeout: float = 10.0
     cd_proxy_image: str = "caddy:2"
     cd_proxy_grace: float = 30.0
+    cd_init: bool = False
     cd_version_constraint: str | None = None
     cd_allow_prerelease: bool = False
     # CD_STRATEGY=swarm (cd_agent/swarm.py): the service, and the update config of a service the agent creates.

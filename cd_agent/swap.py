@@ -28,6 +28,7 @@ from cd_agent.recovery import bring_back
 from cd_agent.report import LOG_TAIL_LINES, DeployReport, Outcome
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState, Journal, Phase, Release
+from cd_agent.stopping import log_stop, stop_container
 from shared.versions import parse_version
 
 if TYPE_CHECKING:
@@ -137,8 +138,10 @@ class Swap:
             step = "stop"
             attempt.stopped_at = stopped_at = self._monotonic()
             if old is not None and old.running:
-                self._engine.stop(old.id, timeout=self._settings.cd_stop_timeout)
-                log.info("stopped the old container ({})", attempt.old_version)
+                timeout = self._settings.cd_stop_timeout
+                stopped = stop_container(self._engine, old.id, timeout=timeout, monotonic=self._monotonic)
+                log_stop(log, f"the old container ({attempt.old_version})", stopped, timeout=timeout,
+                         init=self._settings.cd_init)
             self._journal(phase="old_stopped")
             step = "start"
             self._engine.start(new_id)

@@ -9,10 +9,12 @@ for their ``error`` / ``errorDetail`` entries, because dockerd reports those fai
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -25,10 +27,26 @@ from loguru import logger
 from pydantic import SecretStr
 
 from ci_agent.errors import Step, StepFailed
+from ci_agent.label_line import with_labels
 
 OutputSink = Callable[[str], None]
 
 _STAGE = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*\S+\s+AS\s+(?P<name>\S+)\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+class _Dockerfile:
+    """A generated Dockerfile's path (or None: the checkout's own), deleted on exit."""
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+
+    def __enter__(self) -> _Dockerfile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.name)
 
 
 def _discard(line: str) -> None:
@@ -151,9 +169,11 @@ class DockerGateway:
         if not tags:
             raise ValueError("build needs at least one tag")
         image_id: str | None = None
-        with self._errors(step, "docker build"):
+        labels, dockerfile = self._labels_in_dockerfile(context_dir, labels, target)
+        with self._errors(step, "docker build"), dockerfile:
             stream: Iterator[dict[str, Any]] = self.client.api.build(
                 path=str(context_dir),
+                dockerfile=dockerfile.name or None,
                 tag=tags[0],
                 labels=dict(labels or {}),
                 target=target,
@@ -191,6 +211,26 @@ class DockerGateway:
                 self.client.api.tag(image_id, repository, tag, force=True)
         self._remove_stage_leftovers(stages.finished_stages(), keep=image_id)
         return image_id
+
+    @staticmethod
+    def _labels_in_dockerfile(
+        context_dir: Path, labels: Mapping[str, str] | None, target: str | None
+    ) -> tuple[Mapping[str, str] | None, _Dockerfile]:
+        """Labels left for the API's parameter, and the Dockerfile to build (see ci_agent/label_line.py).
+
+        Only without a target: an appended line lands in the last stage, which is then the one built.
+        The changed Dockerfile lives outside the checkout; the SDK sends it along with the context.
+        """
+        original = context_dir / "Dockerfile"
+        if not labels or target is not None or not original.is_file():
+            return labels, _Dockerfile(None)
+        changed = with_labels(original.read_text(encoding="utf-8", errors="surrogateescape"), labels)
+        if changed is None:
+            return labels, _Dockerfile(None)
+        handle, name = tempfile.mkstemp(prefix="picicd-", suffix=".Dockerfile")
+        with os.fdopen(handle, "w", encoding="utf-8", errors="surrogateescape") as file:
+            file.write(changed)
+        return None, _Dockerfile(name)
 
     def _remove_stage_leftovers(self, stage_images: Iterable[str], *, keep: str) -> None:
         # The classic builder builds every stage before the target and leaves each one's result
