@@ -80,20 +80,20 @@ class DockerGateway:
         self._client.close()
 
     def ping(self) -> None:
-        with _errors("ping"):
+        with docker_errors("ping"):
             self._api.ping()
 
     def platform(self) -> Platform:
         """The platform this engine pulls images for (``linux/amd64``, ``linux/arm64``, ``linux/arm/v7``):
         ``Os``/``Arch`` from ``docker version``, the arm variant from ``docker info``'s ``Architecture``."""
-        with _errors("version"):
+        with docker_errors("version"):
             version = self._api.version()
         os, arch = str(version.get("Os") or ""), str(version.get("Arch") or "")
         if not os or not arch:
             raise DockerUnavailable(f"docker version: the engine did not say its platform (Os={os!r}, Arch={arch!r})")
         machine = ""
         if arch == "arm":
-            with _errors("info"):
+            with docker_errors("info"):
                 machine = str(self._api.info().get("Architecture") or "")
         return engine_platform(os, arch, machine)
 
@@ -120,7 +120,7 @@ class DockerGateway:
         return image
 
     def image(self, reference: str) -> ImageInfo | None:
-        with _errors(f"inspect image {reference}"):
+        with docker_errors(f"inspect image {reference}"):
             try:
                 data = self._api.inspect_image(reference)
             except docker.errors.NotFound:
@@ -129,7 +129,7 @@ class DockerGateway:
 
     def images(self, repository: str) -> list[ImageInfo]:
         """Local images with a tag in ``repository``."""
-        with _errors(f"list images of {repository}"):
+        with docker_errors(f"list images of {repository}"):
             listed = self._api.images(name=repository)
         return [
             ImageInfo(
@@ -140,7 +140,7 @@ class DockerGateway:
 
     def remove_image(self, reference: str) -> None:
         """Untag ``reference`` (and delete the image when that was its last tag); never forced."""
-        with _errors(f"remove image {reference}"):
+        with docker_errors(f"remove image {reference}"):
             self._api.remove_image(reference)
 
     # containers
@@ -165,7 +165,7 @@ class DockerGateway:
         if spec.network is not None:
             endpoint = self._api.create_endpoint_config(aliases=list(spec.aliases) or None)
             networking = self._api.create_networking_config({spec.network: endpoint})
-        with _errors(f"create container {spec.name} from {spec.image}"):
+        with docker_errors(f"create container {spec.name} from {spec.image}"):
             created = self._api.create_container(
                 spec.image,
                 name=spec.name,
@@ -179,7 +179,7 @@ class DockerGateway:
         return str(created["Id"])
 
     def container(self, name_or_id: str) -> ContainerInfo | None:
-        with _errors(f"inspect container {name_or_id}"):
+        with docker_errors(f"inspect container {name_or_id}"):
             try:
                 data = self._api.inspect_container(name_or_id)
             except docker.errors.NotFound:
@@ -193,40 +193,40 @@ class DockerGateway:
             filters["label"] = label
         if name:
             filters["name"] = name
-        with _errors("list containers"):
+        with docker_errors("list containers"):
             listed = self._api.containers(all=True, filters=filters)
         found = [self.container(item["Id"]) for item in listed]
         return [info for info in found if info is not None]
 
     def rename(self, container: str, new_name: str) -> None:
-        with _errors(f"rename container {container} to {new_name}"):
+        with docker_errors(f"rename container {container} to {new_name}"):
             self._api.rename(container, new_name)
 
     def start(self, container: str) -> None:
-        with _errors(f"start container {container}"):
+        with docker_errors(f"start container {container}"):
             self._api.start(container)
 
     def stop(self, container: str, *, timeout: float) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds (whole seconds, rounded up, as the API takes them)."""
-        with _errors(f"stop container {container}"):
+        with docker_errors(f"stop container {container}"):
             self._api.stop(container, timeout=math.ceil(timeout))
 
     def remove(self, container: str) -> None:
         """Remove a container, stopping it if needed. Its volumes are never removed."""
-        with _errors(f"remove container {container}"):
+        with docker_errors(f"remove container {container}"):
             try:
                 self._api.remove_container(container, force=True, v=False)
             except docker.errors.NotFound:
                 return
 
     def logs_tail(self, container: str, lines: int = 50) -> str:
-        with _errors(f"read the logs of container {container}"):
+        with docker_errors(f"read the logs of container {container}"):
             data = self._api.logs(container, stdout=True, stderr=True, tail=lines, timestamps=False)
         return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
 
 
 @contextmanager
-def _errors(what: str) -> Iterator[None]:
+def docker_errors(what: str) -> Iterator[None]:
     try:
         yield
     except docker.errors.APIError as exc:

@@ -45,19 +45,17 @@ import json
 import os
 import tarfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import docker
 import docker.errors
-import requests
-import urllib3
 from loguru import logger
 
-from cd_agent.errors import DockerUnavailable, EngineError, ProxyError
+from cd_agent.docker_gateway import docker_errors
+from cd_agent.errors import EngineError, ProxyError
 from cd_agent.settings import PortMapping
 
 LABEL_PROXY = "io.pi-cicd.proxy"
@@ -243,23 +241,6 @@ class ProxyEngine(Protocol):
     def exec(self, container: str, argv: Sequence[str]) -> tuple[int, str]: ...
 
 
-_UNREACHABLE = (docker.errors.DockerException, requests.RequestException, urllib3.exceptions.HTTPError)
-
-
-@contextmanager
-def _errors(what: str) -> Iterator[None]:
-    try:
-        yield
-    except docker.errors.APIError as exc:
-        explanation = exc.explanation
-        if isinstance(explanation, bytes):
-            explanation = explanation.decode("utf-8", errors="replace")
-        message = f"docker {what}: {explanation or exc} (HTTP {exc.status_code})"
-        raise EngineError(message, status=exc.status_code) from exc
-    except _UNREACHABLE as exc:
-        raise DockerUnavailable(f"docker {what}: cannot reach the Docker Engine: {exc}") from exc
-
-
 class DockerProxyEngine:
     """``ProxyEngine`` over the Docker SDK's low-level API; errors as the ``Engine`` contract says: an API
     refusal is ``EngineError`` (with its status), an engine out of reach ``DockerUnavailable``."""
@@ -268,7 +249,7 @@ class DockerProxyEngine:
         self._api = client.api
 
     def container(self, name: str) -> ProxyContainer | None:
-        with _errors(f"inspect container {name}"):
+        with docker_errors(f"inspect container {name}"):
             try:
                 data = self._api.inspect_container(name)
             except docker.errors.NotFound:
@@ -283,7 +264,7 @@ class DockerProxyEngine:
         )
 
     def ensure_network(self, name: str, labels: Mapping[str, str]) -> None:
-        with _errors(f"create network {name}"):
+        with docker_errors(f"create network {name}"):
             if self._api.networks(names=[name]):
                 return
             try:
@@ -294,7 +275,7 @@ class DockerProxyEngine:
                     raise
 
     def remove_network(self, name: str) -> None:
-        with _errors(f"remove network {name}"):
+        with docker_errors(f"remove network {name}"):
             try:
                 self._api.remove_network(name)
             except docker.errors.NotFound:
@@ -311,7 +292,7 @@ class DockerProxyEngine:
             sysctls=dict(spec.sysctls) or None,
         )
         networking = self._api.create_networking_config({spec.network: self._api.create_endpoint_config()})
-        with _errors(f"create container {spec.name} from {spec.image}"):
+        with docker_errors(f"create container {spec.name} from {spec.image}"):
             self._api.create_container(
                 spec.image,
                 name=spec.name,
@@ -324,19 +305,19 @@ class DockerProxyEngine:
             )
 
     def start(self, name: str) -> None:
-        with _errors(f"start container {name}"):
+        with docker_errors(f"start container {name}"):
             self._api.start(name)
 
     def remove(self, name: str) -> None:
         # v=True: the official caddy image declares VOLUME /config /data; nothing there is ours to keep.
-        with _errors(f"remove container {name}"):
+        with docker_errors(f"remove container {name}"):
             try:
                 self._api.remove_container(name, force=True, v=True)
             except docker.errors.NotFound:
                 return
 
     def connect(self, container: str, network: str, aliases: Sequence[str]) -> None:
-        with _errors(f"connect {container} to network {network}"):
+        with docker_errors(f"connect {container} to network {network}"):
             self._api.connect_container_to_network(container, network, aliases=list(aliases))
 
     def put_file(self, container: str, path: str, data: bytes) -> None:
@@ -348,11 +329,11 @@ class DockerProxyEngine:
             info.mode = 0o644
             info.mtime = int(time.time())
             tar.addfile(info, io.BytesIO(data))
-        with _errors(f"copy {path} into container {container}"):
+        with docker_errors(f"copy {path} into container {container}"):
             self._api.put_archive(container, directory or "/", buffer.getvalue())
 
     def exec(self, container: str, argv: Sequence[str]) -> tuple[int, str]:
-        with _errors(f"exec {argv[0]} in container {container}"):
+        with docker_errors(f"exec {argv[0]} in container {container}"):
             created = self._api.exec_create(container, list(argv), stdout=True, stderr=True)
             output = self._api.exec_start(created["Id"])
             code = self._api.exec_inspect(created["Id"]).get("ExitCode")
