@@ -21,7 +21,7 @@ one killed before it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -43,7 +43,7 @@ from cd_agent.images import fetch_image, prune_images
 from cd_agent.proxy import network_name, proxied_ports
 from cd_agent.report import DeployReport, Outcome
 from cd_agent.state import BLUE_GREEN_PHASES, Journal, Release
-from cd_agent.strategy import DeployContext, StepFailure, StrategyBase, release_version
+from cd_agent.strategy import Attempt, DeployContext, StepFailure, StrategyBase, release_version
 
 if TYPE_CHECKING:
     import loguru
@@ -77,16 +77,6 @@ def kept_name(app: str) -> str:
 def alias_of(app: str, container: ContainerInfo) -> str | None:
     colour = container.labels.get(LABEL_COLOUR)
     return colour_name(app, colour) if colour in COLOURS else None
-
-
-@dataclass
-class _Attempt:
-    version: str
-    digest: str | None
-    old: ContainerInfo | None
-    old_version: str | None
-    old_digest: str | None
-    new_id: str | None = None
 
 
 class BlueGreen(StrategyBase):
@@ -139,7 +129,7 @@ class BlueGreen(StrategyBase):
             digest=digest, old_container_id=old.id if old else None, old_version=old_version, old_digest=old_digest,
         ))
         self._phase("bg_pulled")
-        attempt = _Attempt(version, digest, old, old_version, old_digest)
+        attempt = Attempt(version, digest, old, old_version, old_digest)
         failure = self._start_beside(log, attempt, spec, kept)
         if failure is not None:
             return self._abandon(log, attempt, failure)
@@ -158,7 +148,7 @@ class BlueGreen(StrategyBase):
         return COLOURS[1 - COLOURS.index(colour)]
 
     def _start_beside(
-        self, log: loguru.Logger, attempt: _Attempt, spec: ContainerSpec, kept: ContainerInfo | None
+        self, log: loguru.Logger, attempt: Attempt, spec: ContainerSpec, kept: ContainerInfo | None
     ) -> StepFailure | None:
         step = "create"
         try:
@@ -252,7 +242,7 @@ class BlueGreen(StrategyBase):
         return DeployReport("deployed", version, previous_version, downtime_s=0.0, digest=digest,
                             health="proven healthy before the proxy switched to it")
 
-    def _abandon(self, log: loguru.Logger, attempt: _Attempt, failure: StepFailure) -> DeployReport:
+    def _abandon(self, log: loguru.Logger, attempt: Attempt, failure: StepFailure) -> DeployReport:
         version = attempt.version
         log.error("{} failed at {}: {}", version, failure.step, failure.reason)
         if failure.output:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cd_agent.engine import Engine
+from cd_agent.engine import ContainerInfo, Engine
 from cd_agent.errors import CdError
 from cd_agent.report import LOG_TAIL_LINES
 from cd_agent.settings import CdSettings
@@ -32,6 +32,18 @@ class DeployContext:
     monotonic: Callable[[], float]
     sleep: Callable[[float], None]
     on_phase: Callable[[Phase], None] | None = None
+
+
+@dataclass
+class Attempt:
+    """One deploy in progress: the release, the container it replaces, and the new one once created."""
+
+    version: str
+    digest: str | None
+    old: ContainerInfo | None
+    old_version: str | None
+    old_digest: str | None
+    new_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from cd_agent.recovery import bring_back
 from cd_agent.report import DeployReport, Outcome
 from cd_agent.state import Journal, Release
 from cd_agent.stopping import log_stop, stop_outcome
-from cd_agent.strategy import DeployContext, StepFailure, StrategyBase, release_version
+from cd_agent.strategy import Attempt, DeployContext, StepFailure, StrategyBase, release_version
 from shared.versions import parse_version
 
 if TYPE_CHECKING:
@@ -46,15 +46,9 @@ ADOPTED = "adopted"
 
 
 @dataclass
-class _Attempt:
+class _Attempt(Attempt):
     """What this swap has done so far: what restoring must undo."""
 
-    version: str
-    digest: str | None
-    old: ContainerInfo | None
-    old_version: str | None
-    old_digest: str | None
-    new_id: str | None = None
     stopped_at: float | None = None
     old_stopped: bool = False
     new_started: bool = False
