@@ -52,6 +52,7 @@ class _Attempt(Attempt):
     stopped_at: float | None = None
     old_stopped: bool = False
     new_started: bool = False
+    log_tail: str = ""
 
 
 @dataclass(frozen=True)
@@ -173,9 +174,9 @@ class Swap(StrategyBase):
         log.error("{} failed at {}: {}", version, failure.step, failure.reason)
         if failure.output:
             log.error("health check output:\n{}", failure.output)
-        log_tail = ""
         try:
-            log_tail = self._put_back(attempt)
+            self._put_back(attempt)
+            log_tail = attempt.log_tail
             if log_tail:
                 log.error("last lines of the new container's log:\n{}", log_tail)
             if attempt.new_id is not None:
@@ -184,6 +185,7 @@ class Swap(StrategyBase):
                 log.info("{} is back as {}", attempt.old_version, self._name)
         except CdError as exc:
             log.error("could not restore the old container: {} (the next start reconciles)", exc)
+            log_tail = attempt.log_tail or self._tail(attempt.new_id)
             return DeployReport(
                 "failed", version, attempt.old_version,
                 f"{failure.reason}; and restoring the old container failed: {exc}", log_tail or None,
@@ -202,8 +204,8 @@ class Swap(StrategyBase):
             failed_step=failure.step, quarantined=failure.quarantine, health_output=failure.output,
         )
 
-    def _put_back(self, attempt: _Attempt) -> str:
-        """The old container serving again as NAME, the new one gone; returns the new one's log tail.
+    def _put_back(self, attempt: _Attempt) -> None:
+        """The old container serving again as NAME, the new one gone, its log tail kept in ``attempt``.
 
         The second outage of a failed deploy lasts from stopping the new container to the old one
         listening again, so those two calls come first (the new one is killed at once: it failed);
@@ -217,12 +219,11 @@ class Swap(StrategyBase):
                     raise
         if old is not None and attempt.old_stopped:
             self._engine.start(old.id)
-        log_tail = self._tail(new_id)
+        attempt.log_tail = self._tail(new_id)
         if new_id is not None:
             self._engine.remove(new_id)
         if old is not None:
             bring_back(self._engine, old.id, self._name)
-        return log_tail
 
     def _confirm_back(self, log: loguru.Logger, old: ContainerInfo, old_version: str | None) -> None:
         # Wait until the restored app passes its health check before this deploy returns: otherwise the
