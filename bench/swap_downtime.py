@@ -7,12 +7,14 @@ blue-green, the local Caddy image (``scripts/proxy-image``). Two clients hit the
 port every 20 ms (``tests/support/switch_probe.py``): ``fresh`` opens a new connection per request,
 ``keepalive`` reuses one. For each round: an upgrade, a manual rollback, and a failed deploy (a
 release whose process exits). Prints, per strategy and action, the failed requests of each client
-and the longest gap between two good answers (the outage a user sees; ~0.02 s is no gap at all).
+and the longest gap between two good answers (the outage a user sees; ~0.02 s is no gap at all),
+beside the machine's 1-minute load average while it was measured (the numbers stretch with it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -31,6 +33,7 @@ from tests.support.switch_probe import SwitchProbe
 CLIENTS = ("fresh", "keepalive")
 ACTIONS = ("upgrade", "rollback", "failed deploy")
 Row = dict[str, tuple[int, float]]
+LOAD = "load"
 
 
 def measure(world: CdWorld, action: Callable[[], DeployReport], expect: str) -> Row:
@@ -38,7 +41,9 @@ def measure(world: CdWorld, action: Callable[[], DeployReport], expect: str) -> 
         action()
         probe.wait_for_body(expect, timeout=30)
         probe.wait_for_more(5)
-    return {client: (sum(1 for s in probe.of(client) if not s.ok), probe.max_gap(client)) for client in CLIENTS}
+    row = {client: (sum(1 for s in probe.of(client) if not s.ok), probe.max_gap(client)) for client in CLIENTS}
+    row[LOAD] = (0, os.getloadavg()[0])
+    return row
 
 
 def run_strategy(
@@ -85,13 +90,18 @@ def main(argv: list[str] | None = None) -> int:
             registry.stop()
             client.close()
     print(f"health check: {args.health}; {args.rounds} rounds; two probes every 20 ms (new connection; keep-alive)")
-    print(f"{'strategy':<11} {'action':<14} {'failed (fresh/keep-alive)':>26} {'longest gap (fresh/keep-alive)':>31}")
+    print(f"{'strategy':<11} {'action':<14} {'failed (fresh/keep-alive)':>26} {'longest gap (fresh/keep-alive)':>31}"
+          f" {'median gap':>11} {'load (1 min)':>13}")
     for strategy, actions in results.items():
         for action, rows in actions.items():
             failed = "/".join(str(max(row[c][0] for row in rows)) for c in CLIENTS)
             gaps = "/".join(f"{max(row[c][1] for row in rows):.2f}s" for c in CLIENTS)
-            print(f"{strategy:<11} {action:<14} {failed:>26} {gaps:>31}")
-    print("(the worst round of each; a gap of ~0.02-0.1 s is the probe's own interval plus this machine's load)")
+            median = sorted(max(row[c][1] for c in CLIENTS) for row in rows)[len(rows) // 2]
+            loads = [row[LOAD][1] for row in rows]
+            load = f"{min(loads):.1f}-{max(loads):.1f}"
+            print(f"{strategy:<11} {action:<14} {failed:>26} {gaps:>31} {median:>10.2f}s {load:>13}")
+    print("(the worst round of each, and the median round's longest gap; a gap of ~0.02-0.1 s is the probe's own"
+          " interval plus this machine's load)")
     return 0
 
 

@@ -21,9 +21,8 @@ one killed before it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import replace
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from loguru import logger
@@ -37,14 +36,14 @@ from cd_agent.container_spec import (
     build_spec,
     read_env_file,
 )
-from cd_agent.engine import ContainerInfo, Engine
+from cd_agent.engine import ContainerInfo
 from cd_agent.errors import CdError, DeployError, EngineError, ProxyError
 from cd_agent.health import HealthChecker
 from cd_agent.images import fetch_image, prune_images
 from cd_agent.proxy import network_name, proxied_ports
-from cd_agent.report import LOG_TAIL_LINES, DeployReport, Outcome
-from cd_agent.settings import CdSettings
-from cd_agent.state import BLUE_GREEN_PHASES, DeployState, Journal, Phase, Release
+from cd_agent.report import DeployReport, Outcome
+from cd_agent.state import BLUE_GREEN_PHASES, Journal, Release
+from cd_agent.strategy import Attempt, DeployContext, StepFailure, StrategyBase, release_version
 
 if TYPE_CHECKING:
     import loguru
@@ -80,57 +79,21 @@ def alias_of(app: str, container: ContainerInfo) -> str | None:
     return colour_name(app, colour) if colour in COLOURS else None
 
 
-@dataclass
-class _Attempt:
-    version: str
-    digest: str | None
-    old: ContainerInfo | None
-    old_version: str | None
-    old_digest: str | None
-    new_id: str | None = None
-
-
-@dataclass(frozen=True)
-class _Failure:
-    step: str
-    reason: str
-    quarantine: bool
-    log_tail: str = ""
-    output: str = ""
-
-
-class BlueGreen:
+class BlueGreen(StrategyBase):
     """Deploys a release of ``settings.cd_image`` behind ``proxy``, the serving container called
     ``settings.cd_container_name``."""
 
     def __init__(
-        self,
-        settings: CdSettings,
-        engine: Engine,
-        state: DeployState,
-        proxy: Proxy,
-        *,
-        health: Callable[[str | None], HealthChecker],
-        clock: Callable[[], datetime],
-        monotonic: Callable[[], float],
-        sleep: Callable[[float], None],
-        on_phase: Callable[[Phase], None] | None = None,
+        self, context: DeployContext, proxy: Proxy, *, health: Callable[[str | None], HealthChecker]
     ) -> None:
-        self._settings = settings
-        self._engine = engine
-        self._state = state
+        super().__init__(context)
         self._proxy = proxy
         self._health = health
-        self._clock = clock
-        self._monotonic = monotonic
-        self._sleep = sleep
-        self._on_phase = on_phase
-        self._name = settings.cd_container_name
 
     # the deploy
 
     def deploy(self, log: loguru.Logger, version: str, digest: str | None, run: int) -> DeployReport:
-        current = _version(self._state.current)
+        current = release_version(self._state.current)
         try:
             self._proxy.ensure()
         except CdError as exc:
@@ -166,7 +129,7 @@ class BlueGreen:
             digest=digest, old_container_id=old.id if old else None, old_version=old_version, old_digest=old_digest,
         ))
         self._phase("bg_pulled")
-        attempt = _Attempt(version, digest, old, old_version, old_digest)
+        attempt = Attempt(version, digest, old, old_version, old_digest)
         failure = self._start_beside(log, attempt, spec, kept)
         if failure is not None:
             return self._abandon(log, attempt, failure)
@@ -185,8 +148,8 @@ class BlueGreen:
         return COLOURS[1 - COLOURS.index(colour)]
 
     def _start_beside(
-        self, log: loguru.Logger, attempt: _Attempt, spec: ContainerSpec, kept: ContainerInfo | None
-    ) -> _Failure | None:
+        self, log: loguru.Logger, attempt: Attempt, spec: ContainerSpec, kept: ContainerInfo | None
+    ) -> StepFailure | None:
         step = "create"
         try:
             reuse = kept is not None and _same_release(kept, attempt.version, attempt.digest) and (
@@ -212,9 +175,9 @@ class BlueGreen:
             verdict = self._health(self._direct_url(new_id)).wait(new_id)
         except CdError as exc:
             quarantine = step == "start" and isinstance(exc, EngineError)
-            return _Failure(step, str(exc), quarantine, self._tail(attempt.new_id))
+            return StepFailure(step, str(exc), quarantine, self._tail(attempt.new_id))
         if not verdict.healthy:
-            return _Failure("health", verdict.reason, True, self._tail(new_id), verdict.output)
+            return StepFailure("health", verdict.reason, True, self._tail(new_id), verdict.output)
         self._journal(phase="bg_proven", healthy=True)
         log.info("{} is healthy: {}", attempt.version, verdict.reason)
         return None
@@ -279,7 +242,7 @@ class BlueGreen:
         return DeployReport("deployed", version, previous_version, downtime_s=0.0, digest=digest,
                             health="proven healthy before the proxy switched to it")
 
-    def _abandon(self, log: loguru.Logger, attempt: _Attempt, failure: _Failure) -> DeployReport:
+    def _abandon(self, log: loguru.Logger, attempt: Attempt, failure: StepFailure) -> DeployReport:
         version = attempt.version
         log.error("{} failed at {}: {}", version, failure.step, failure.reason)
         if failure.output:
@@ -364,25 +327,6 @@ class BlueGreen:
             return f"the proxy now sends traffic to {self._name} ({alias})"
         return f"the proxy sends traffic to {self._name} ({alias})"
 
-    # helpers
-
-    def _journal(self, **changes: Any) -> None:
-        self._state.update_journal(**changes)
-        if "phase" in changes:
-            self._phase(changes["phase"])
-
-    def _phase(self, phase: Phase) -> None:
-        if self._on_phase is not None:
-            self._on_phase(phase)
-
-    def _tail(self, container: str | None) -> str:
-        if container is None:
-            return ""
-        try:
-            return self._engine.logs_tail(container, LOG_TAIL_LINES)
-        except CdError as exc:
-            return f"(could not read the container's log: {exc})"
-
 
 def _same_release(container: ContainerInfo, version: str, digest: str | None) -> bool:
     if container.labels.get(LABEL_VERSION) != version:
@@ -395,6 +339,3 @@ def _other(release: Release | None, version: str) -> Release | None:
         return None
     return Release(release.version, release.digest, None, release.deployed_at)
 
-
-def _version(release: Release | None) -> str | None:
-    return None if release is None else release.version

@@ -28,7 +28,8 @@ from cd_agent.health import HealthChecker, probe_url
 from cd_agent.recovery import Recovery
 from cd_agent.report import Action, DeployReport, render_email
 from cd_agent.settings import CdSettings
-from cd_agent.state import DeployState, Phase, Release
+from cd_agent.state import DeployState, Phase
+from cd_agent.strategy import DeployContext, release_version
 from cd_agent.swap import Swap
 from cd_agent.swarm import SwarmDeploy, SwarmRecovery
 from cd_agent.swarm_services import DockerSwarm, SwarmServices
@@ -85,29 +86,20 @@ class Deployer:
         self._sleep = sleep
         self._probe = probe
         # CD_STRATEGY (the settings refuse the strategies not built yet).
+        context = DeployContext(settings, docker, state, clock, monotonic, sleep, on_phase)
         blue_green: BlueGreen | None = None
         if settings.cd_strategy == "blue-green":
             if proxy is None:
                 raise DeployError("CD_STRATEGY=blue-green needs the proxy controller")
-            blue_green = BlueGreen(
-                settings, docker, state, proxy, health=self._health, clock=clock, monotonic=monotonic, sleep=sleep,
-                on_phase=on_phase,
-            )
-        self._strategy: Strategy = blue_green or Swap(
-            settings, docker, state, health=lambda: self._health(), clock=clock, monotonic=monotonic,
-            on_phase=on_phase,
-        )
+            blue_green = BlueGreen(context, proxy, health=self._health)
+        self._strategy: Strategy = blue_green or Swap(context, health=lambda: self._health())
         self._recovery = Recovery(
             docker, state, runs, name=settings.cd_container_name, clock=clock, strategy=blue_green
         )
         if settings.cd_strategy == "swarm":
             self.swarm = swarm if swarm is not None else DockerSwarm.from_env()
-            self._strategy = SwarmDeploy(
-                settings, docker, self.swarm, state, clock=clock, monotonic=monotonic, sleep=sleep, on_phase=on_phase
-            )
-            self._recovery = SwarmRecovery(
-                settings, docker, self.swarm, state, runs, clock=clock, monotonic=monotonic, sleep=sleep
-            )
+            self._strategy = SwarmDeploy(context, self.swarm)
+            self._recovery = SwarmRecovery(context, self.swarm, runs)
 
     # public API
 
@@ -131,7 +123,7 @@ class Deployer:
                 running = self.docker.container(self.settings.cd_container_name)
                 if running is not None and running.running and running.labels.get(LABEL_VERSION) == version:
                     logger.info("{} is already deployed and running; nothing to do", version)
-                    return DeployReport("noop", version, _version(self.state.previous))
+                    return DeployReport("noop", version, release_version(self.state.previous))
             if force and quarantine is not None:
                 self.state.release_quarantine(version)
             return self._run(version, digest, action="deploy")
@@ -172,7 +164,9 @@ class Deployer:
                 # Past the steps a strategy reports on (the state unwritable after the verdict, say): the
                 # run still ends, and a journal left behind is reconciled before the next deploy.
                 log.error("{} of {} stopped: {}", action, version, exc)
-                report = DeployReport("failed", version, _version(self.state.current), str(exc), failed_step="deploy")
+                report = DeployReport(
+                    "failed", version, release_version(self.state.current), str(exc), failed_step="deploy"
+                )
             report = replace(report, run=run.number, duration_s=round(self._monotonic() - begun, 3))
             log.info("run {} finished: {}", run.number, report.outcome)
         self.runs.update(
@@ -215,6 +209,3 @@ class Deployer:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-
-def _version(release: Release | None) -> str | None:
-    return None if release is None else release.version

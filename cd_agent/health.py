@@ -7,12 +7,17 @@ In order of preference, as DESIGN.md says:
 3. else the container still running, not restarting and not restarted after ``CD_HEALTH_GRACE``.
 
 Whatever the method, a container that exits or restarts fails at once instead of at the deadline.
+
+The first look is immediate and the next ones follow quickly (every 50 ms, backing off to 250 ms): a
+fast app's verdict, and a crashing release's, should not wait on the poll. A URL probe's timeout grows
+with the time waited (0.25 s at first, 2 s at most), so that one request held up while the container's
+network comes up cannot hide its exit for long; an app slow to answer still passes, a little later.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -21,7 +26,10 @@ import httpx
 from cd_agent.engine import ContainerInfo
 
 Method = Literal["healthcheck", "url", "running"]
-POLL_INTERVAL = 0.2
+FIRST_POLL = 0.05
+MAX_POLL = 0.25
+FIRST_PROBE_TIMEOUT = 0.25
+MAX_PROBE_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class HealthChecker:
         return self._wait_running(container, deadline)
 
     def _wait_healthcheck(self, container: str, deadline: float) -> HealthVerdict:
+        pauses = _pauses()
         while True:
             info = self._docker.container(container)
             failed = _not_running(info, container)
@@ -96,25 +105,27 @@ class HealthChecker:
                     False, "healthcheck",
                     f"not healthy within {self._timeout:g}s (health status {info.health_status})", _last(info),
                 )
-            self._sleep(POLL_INTERVAL)
+            self._sleep(next(pauses))
 
     def _wait_url(self, container: str, url: str, deadline: float) -> HealthVerdict:
-        seen = ""
+        seen, began, pauses = "", self._clock(), _pauses()
         while True:
             info = self._docker.container(container)
             failed = _not_running(info, container)
             if failed:
                 return HealthVerdict(False, "url", failed, seen)
-            remaining = deadline - self._clock()
-            ok, seen = self._probe(url, max(0.2, min(2.0, remaining)))
+            now = self._clock()
+            allowed = min(MAX_PROBE_TIMEOUT, max(FIRST_PROBE_TIMEOUT, now - began))
+            ok, seen = self._probe(url, max(0.2, min(allowed, deadline - now)))
             if ok:
                 return HealthVerdict(True, "url", f"{url} answered 2xx", seen)
             if self._clock() >= deadline:
                 return HealthVerdict(False, "url", f"{url} did not answer 2xx within {self._timeout:g}s", seen)
-            self._sleep(POLL_INTERVAL)
+            self._sleep(next(pauses))
 
     def _wait_running(self, container: str, deadline: float) -> HealthVerdict:
         until = min(deadline, self._clock() + self._grace)
+        pauses = _pauses()
         while True:
             info = self._docker.container(container)
             failed = _not_running(info, container)
@@ -122,7 +133,14 @@ class HealthChecker:
                 return HealthVerdict(False, "running", failed)
             if self._clock() >= until:
                 return HealthVerdict(True, "running", f"still running after {self._grace:g}s")
-            self._sleep(min(POLL_INTERVAL, max(0.0, until - self._clock())))
+            self._sleep(min(next(pauses), max(0.0, until - self._clock())))
+
+
+def _pauses() -> Iterator[float]:
+    pause = FIRST_POLL
+    while True:
+        yield pause
+        pause = min(MAX_POLL, pause * 1.5)
 
 
 def _not_running(info: ContainerInfo | None, container: str) -> str:

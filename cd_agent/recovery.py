@@ -25,14 +25,15 @@ from shared.runstore import RunStore
 
 
 def bring_back(engine: Engine, container_id: str, name: str) -> None:
-    """The old container serving again under ``name``; ``DeployError`` when it is gone."""
+    """The old container serving again under ``name``; ``DeployError`` when it is gone. Started before
+    it is renamed: users wait for the start, not for the name."""
     now = engine.container(container_id)
     if now is None:
         raise DeployError(f"the old container {container_id[:12]} is gone; nothing to bring back")
-    if now.name != name:
-        engine.rename(container_id, name)
     if not now.running:
         engine.start(container_id)
+    if now.name != name:
+        engine.rename(container_id, name)
 
 
 class StrategyRecovery(Protocol):

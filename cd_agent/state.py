@@ -8,6 +8,10 @@ and whether the new one was already proven healthy::
     pulled -> old_renamed -> created -> old_stopped -> new_started -> verdict              (swap)
     bg_pulled -> bg_created -> bg_started -> bg_proven -> bg_switched -> bg_retired        (blue-green)
 
+The swap no longer writes ``old_stopped`` (it would sit in the app's outage, between the stop and the
+start); a journal at ``created`` covers that step, and one at ``old_stopped`` left by an older agent is
+still read and undone like the other steps before the verdict.
+
 All sqlite3 errors become ``StateError``. One connection guarded by a lock: the watcher thread and
 the command line may share an instance.
 """

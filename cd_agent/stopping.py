@@ -39,7 +39,12 @@ def stop_container(
     """Stop ``container`` (SIGTERM, SIGKILL after ``timeout`` s); whether it needed the SIGKILL."""
     started = monotonic()
     engine.stop(container, timeout=timeout)
-    seconds = monotonic() - started
+    return stop_outcome(engine, container, monotonic() - started)
+
+
+def stop_outcome(engine: Engine, container: str, seconds: float) -> StopOutcome:
+    """How the stop of ``container`` that took ``seconds`` ended. Separate from the stop so that the swap
+    can start the new container first: nothing but the stop and the start sits in its outage."""
     try:
         info = engine.container(container)
     except CdError:

@@ -2,33 +2,40 @@
 healthy, or put the old one back. The old container is never removed before the new one is proven::
 
     pull (old serves) -> build the new container's spec (nothing touched yet)
-      -> rename old to NAME-previous-X -> create new as NAME -> stop old -> start new -> health verdict
+      -> rename old to NAME-previous-X -> create new as NAME (its ports are bound only when it starts)
+      -> stop old -> start new -> health verdict
       -> healthy:   remove old (its image stays), prune older images          -> "deployed"
-      -> unhealthy: keep new's log tail, remove new, rename old back, start it,
-                    quarantine the version                                    -> "rolled_back"
+      -> unhealthy: stop new, start old, then keep new's log tail, remove new,
+                    rename old back, quarantine the version                   -> "rolled_back"
+
+Users see an outage from the old container's stop until the new one listens: everything that can
+happen before (pull, inspect, rename, create, the journal) does, and nothing but the engine's stop and
+start calls sits between them (how the old one stopped is read after the start). A rollback likewise
+stops the new one and starts the old one first, and reads the log, removes and renames after.
 
 Each step is written to the state journal before it is taken (``on_phase`` is told after each entry),
-so ``cd_agent.recovery`` can finish or undo a swap that was killed half-way. All effects go through
-``Engine`` and ``DeployState``; the outcome is a ``DeployReport``.
+so ``cd_agent.recovery`` can finish or undo a swap that was killed half-way. The one step not written
+is ``old_stopped`` (between the stop and the start): a kill there finds the journal at ``created``,
+which is undone alike. All
+effects go through ``Engine`` and ``DeployState``; the outcome is a ``DeployReport``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cd_agent.container_spec import LABEL_DIGEST, LABEL_MANAGED, LABEL_VERSION, ContainerSpec, build_spec, read_env_file
-from cd_agent.engine import ContainerInfo, Engine
+from cd_agent.engine import ContainerInfo
 from cd_agent.errors import CdError, EngineError
 from cd_agent.health import HealthChecker, HealthVerdict
 from cd_agent.images import fetch_image, prune_images
 from cd_agent.recovery import bring_back
-from cd_agent.report import LOG_TAIL_LINES, DeployReport, Outcome
-from cd_agent.settings import CdSettings
-from cd_agent.state import DeployState, Journal, Phase, Release
-from cd_agent.stopping import log_stop, stop_container
+from cd_agent.report import DeployReport, Outcome
+from cd_agent.state import Journal, Release
+from cd_agent.stopping import log_stop, stop_outcome
+from cd_agent.strategy import Attempt, DeployContext, StepFailure, StrategyBase, release_version
 from shared.versions import parse_version
 
 if TYPE_CHECKING:
@@ -39,16 +46,13 @@ ADOPTED = "adopted"
 
 
 @dataclass
-class _Attempt:
+class _Attempt(Attempt):
     """What this swap has done so far: what restoring must undo."""
 
-    version: str
-    digest: str | None
-    old: ContainerInfo | None
-    old_version: str | None
-    old_digest: str | None
-    new_id: str | None = None
     stopped_at: float | None = None
+    old_stopped: bool = False
+    new_started: bool = False
+    log_tail: str = ""
 
 
 @dataclass(frozen=True)
@@ -58,37 +62,12 @@ class _Proven:
     verdict: HealthVerdict
 
 
-@dataclass(frozen=True)
-class _Failure:
-    step: str
-    reason: str
-    quarantine: bool
-    log_tail: str = ""
-    output: str = ""
-
-
-class Swap:
+class Swap(StrategyBase):
     """Deploys a release of ``settings.cd_image`` as ``settings.cd_container_name`` by swapping containers."""
 
-    def __init__(
-        self,
-        settings: CdSettings,
-        engine: Engine,
-        state: DeployState,
-        *,
-        health: Callable[[], HealthChecker],
-        clock: Callable[[], datetime],
-        monotonic: Callable[[], float],
-        on_phase: Callable[[Phase], None] | None = None,
-    ) -> None:
-        self._settings = settings
-        self._engine = engine
-        self._state = state
+    def __init__(self, context: DeployContext, *, health: Callable[[], HealthChecker]) -> None:
+        super().__init__(context)
         self._health = health
-        self._clock = clock
-        self._monotonic = monotonic
-        self._on_phase = on_phase
-        self._name = settings.cd_container_name
 
     def deploy(self, log: loguru.Logger, version: str, digest: str | None, run: int) -> DeployReport:
         repository = self._settings.image.name
@@ -96,7 +75,7 @@ class Swap:
             image = fetch_image(self._engine, self._settings, log, version, digest)
         except CdError as exc:
             log.error("could not get the image: {}", exc)
-            return DeployReport("failed", version, _version(self._state.current), str(exc), failed_step="pull")
+            return DeployReport("failed", version, release_version(self._state.current), str(exc), failed_step="pull")
         digest = image.digest_for(repository) or digest
         try:
             old = self._engine.container(self._name)
@@ -109,7 +88,9 @@ class Swap:
             )
         except CdError as exc:
             log.error("could not prepare the new container: {}", exc)
-            return DeployReport("failed", version, _version(self._state.current), str(exc), failed_step="prepare")
+            return DeployReport(
+                "failed", version, release_version(self._state.current), str(exc), failed_step="prepare"
+            )
         self._state.begin_journal(Journal(
             version=version, container_name=self._name, phase="pulled", started_at=self._clock(), run=run,
             digest=digest, old_container_id=old.id if old else None, old_version=old_version, old_digest=old_digest,
@@ -117,11 +98,11 @@ class Swap:
         self._phase("pulled")
         attempt = _Attempt(version, digest, old, old_version, old_digest)
         result = self._replace(log, attempt, spec)
-        if isinstance(result, _Failure):
+        if isinstance(result, StepFailure):
             return self._restore(log, attempt, result)
         return self._commit(log, attempt, result)
 
-    def _replace(self, log: loguru.Logger, attempt: _Attempt, spec: ContainerSpec) -> _Proven | _Failure:
+    def _replace(self, log: loguru.Logger, attempt: _Attempt, spec: ContainerSpec) -> _Proven | StepFailure:
         """The steps up to the verdict; a failure says at which step and whether it quarantines."""
         old, step = attempt.old, "rename"
         try:
@@ -135,27 +116,37 @@ class Swap:
             self._journal(phase="created", new_container_id=new_id)
             mounts = [m.target for m in spec.mounts]
             log.info("created container {} ({}) with mounts {}", self._name, new_id[:12], mounts)
+            # The outage: from here until the new container listens. Only the engine's two calls.
             step = "stop"
             attempt.stopped_at = stopped_at = self._monotonic()
             if old is not None and old.running:
-                timeout = self._settings.cd_stop_timeout
-                stopped = stop_container(self._engine, old.id, timeout=timeout, monotonic=self._monotonic)
-                log_stop(log, f"the old container ({attempt.old_version})", stopped, timeout=timeout,
-                         init=self._settings.cd_init)
-            self._journal(phase="old_stopped")
+                self._engine.stop(old.id, timeout=self._settings.cd_stop_timeout)
+                attempt.old_stopped = True
+            stopped = self._monotonic()
+            # Not journalled (a write here would lengthen the outage): the journal stays at "created",
+            # which recovery undoes alike. The hook is still told, so tests can kill the agent here.
+            self._phase("old_stopped")
             step = "start"
             self._engine.start(new_id)
+            attempt.new_started = True
+            started = self._monotonic()
             self._journal(phase="new_started")
-            log.info("started {}; health check (timeout {:g}s)", attempt.version, self._settings.cd_health_timeout)
+            if attempt.old_stopped and old is not None:
+                timeout = self._settings.cd_stop_timeout
+                log_stop(log, f"the old container ({attempt.old_version})",
+                         stop_outcome(self._engine, old.id, stopped - stopped_at), timeout=timeout,
+                         init=self._settings.cd_init)
+            log.info("started {} in {:.2f}s; health check (timeout {:g}s)", attempt.version, started - stopped,
+                     self._settings.cd_health_timeout)
             step = "health"
             verdict = self._health().wait(new_id)
         except CdError as exc:
             # The engine refusing to start the release (a port in use, a bad entrypoint) is the
             # release's doing; an engine that went away, or a refused rename, is not.
             quarantine = step == "start" and isinstance(exc, EngineError)
-            return _Failure(step, str(exc), quarantine, self._tail(attempt.new_id))
+            return StepFailure(step, str(exc), quarantine)
         if not verdict.healthy:
-            return _Failure("health", verdict.reason, True, self._tail(new_id), verdict.output)
+            return StepFailure("health", verdict.reason, True, output=verdict.output)
         return _Proven(new_id, stopped_at, verdict)
 
     def _commit(self, log: loguru.Logger, attempt: _Attempt, proven: _Proven) -> DeployReport:
@@ -178,25 +169,26 @@ class Swap:
             digest=attempt.digest,
         )
 
-    def _restore(self, log: loguru.Logger, attempt: _Attempt, failure: _Failure) -> DeployReport:
+    def _restore(self, log: loguru.Logger, attempt: _Attempt, failure: StepFailure) -> DeployReport:
         version, old = attempt.version, attempt.old
         log.error("{} failed at {}: {}", version, failure.step, failure.reason)
         if failure.output:
             log.error("health check output:\n{}", failure.output)
-        if failure.log_tail:
-            log.error("last lines of the new container's log:\n{}", failure.log_tail)
         try:
+            self._put_back(attempt)
+            log_tail = attempt.log_tail
+            if log_tail:
+                log.error("last lines of the new container's log:\n{}", log_tail)
             if attempt.new_id is not None:
-                self._engine.remove(attempt.new_id)
                 log.info("removed the new container")
             if old is not None:
-                bring_back(self._engine, old.id, self._name)
                 log.info("{} is back as {}", attempt.old_version, self._name)
         except CdError as exc:
             log.error("could not restore the old container: {} (the next start reconciles)", exc)
+            log_tail = attempt.log_tail or self._tail(attempt.new_id)
             return DeployReport(
                 "failed", version, attempt.old_version,
-                f"{failure.reason}; and restoring the old container failed: {exc}", failure.log_tail or None,
+                f"{failure.reason}; and restoring the old container failed: {exc}", log_tail or None,
                 failed_step=failure.step, health_output=failure.output,
             )
         if old is not None:
@@ -208,9 +200,30 @@ class Swap:
         downtime = None if attempt.stopped_at is None else round(self._monotonic() - attempt.stopped_at, 3)
         outcome: Outcome = "rolled_back" if old is not None else "failed"
         return DeployReport(
-            outcome, version, attempt.old_version, failure.reason, failure.log_tail or None, downtime_s=downtime,
+            outcome, version, attempt.old_version, failure.reason, log_tail or None, downtime_s=downtime,
             failed_step=failure.step, quarantined=failure.quarantine, health_output=failure.output,
         )
+
+    def _put_back(self, attempt: _Attempt) -> None:
+        """The old container serving again as NAME, the new one gone, its log tail kept in ``attempt``.
+
+        The second outage of a failed deploy lasts from stopping the new container to the old one
+        listening again, so those two calls come first (the new one is killed at once: it failed);
+        its log, its removal and the old one's name come after."""
+        old, new_id = attempt.old, attempt.new_id
+        if new_id is not None and attempt.new_started:
+            try:
+                self._engine.stop(new_id, timeout=0)
+            except EngineError as exc:
+                if exc.status != 404:  # gone already is what the stop was for
+                    raise
+        if old is not None and attempt.old_stopped:
+            self._engine.start(old.id)
+        attempt.log_tail = self._tail(new_id)
+        if new_id is not None:
+            self._engine.remove(new_id)
+        if old is not None:
+            bring_back(self._engine, old.id, self._name)
 
     def _confirm_back(self, log: loguru.Logger, old: ContainerInfo, old_version: str | None) -> None:
         # Wait until the restored app passes its health check before this deploy returns: otherwise the
@@ -252,24 +265,3 @@ class Swap:
             number += 1
             name = f"{wanted}-{number}"
         return name
-
-    def _journal(self, **changes: Any) -> None:
-        self._state.update_journal(**changes)
-        if "phase" in changes:
-            self._phase(changes["phase"])
-
-    def _phase(self, phase: Phase) -> None:
-        if self._on_phase is not None:
-            self._on_phase(phase)
-
-    def _tail(self, container: str | None) -> str:
-        if container is None:
-            return ""
-        try:
-            return self._engine.logs_tail(container, LOG_TAIL_LINES)
-        except CdError as exc:
-            return f"(could not read the container's log: {exc})"
-
-
-def _version(release: Release | None) -> str | None:
-    return None if release is None else release.version

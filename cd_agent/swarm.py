@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from cd_agent.container_spec import read_env_file
-from cd_agent.engine import Engine
 from cd_agent.errors import CdError
 from cd_agent.images import fetch_image
 from cd_agent.recovery import Recovery
 from cd_agent.report import LOG_TAIL_LINES, DeployReport, Outcome
 from cd_agent.settings import CdSettings
-from cd_agent.state import DeployState, Journal, Phase, Release
+from cd_agent.state import DeployState, Journal, Release
+from cd_agent.strategy import DeployContext, StrategyBase, release_version
 from cd_agent.swarm_services import (
     UPDATE_DONE,
     UPDATE_FAILED,
@@ -76,34 +76,17 @@ def digest_of(image: str) -> str | None:
     return image.split("@", 1)[1] if "@" in image else None
 
 
-class SwarmDeploy:
+class SwarmDeploy(StrategyBase):
     """Deploys a release of ``settings.cd_image`` as the Swarm service ``CD_SERVICE``."""
 
-    def __init__(
-        self,
-        settings: CdSettings,
-        engine: Engine,
-        services: SwarmServices,
-        state: DeployState,
-        *,
-        clock: Callable[[], datetime],
-        monotonic: Callable[[], float],
-        sleep: Callable[[float], None],
-        on_phase: Callable[[Phase], None] | None = None,
-    ) -> None:
-        self._settings = settings
-        self._engine = engine
+    def __init__(self, context: DeployContext, services: SwarmServices) -> None:
+        super().__init__(context)
         self._services = services
-        self._state = state
-        self._clock = clock
-        self._monotonic = monotonic
-        self._sleep = sleep
-        self._on_phase = on_phase
-        self._name = service_name(settings)
+        self._name = service_name(context.settings)
 
     def deploy(self, log: loguru.Logger, version: str, digest: str | None, run: int) -> DeployReport:
         repository = self._settings.image.name
-        current = _version(self._state.current)
+        current = release_version(self._state.current)
         try:
             image_info = fetch_image(self._engine, self._settings, log, version, digest)
         except CdError as exc:
@@ -141,8 +124,7 @@ class SwarmDeploy:
             log.error("Swarm refused the service: {}", exc)
             self._state.clear_journal()
             return DeployReport("failed", version, current, str(exc), failed_step="update")
-        self._state.update_journal(phase="created", new_container_id=service_id)
-        self._phase("created")
+        self._journal(phase="created", new_container_id=service_id)
         log.info("following Swarm's rollout of {}", version)
         journal = self._state.journal
         if journal is None:
@@ -174,10 +156,6 @@ class SwarmDeploy:
             return {"username": settings.registry_username, "password": settings.registry_password.get_secret_value()}
         return None
 
-    def _phase(self, phase: Phase) -> None:
-        if self._on_phase is not None:
-            self._on_phase(phase)
-
 
 def finish(
     settings: CdSettings,
@@ -197,7 +175,7 @@ def finish(
     # An update is the one started after the journal's note of the previous one (kept in old_renamed_to).
     verdict = _wait(settings, services, image, first=first, before=journal.old_renamed_to,
                     monotonic=monotonic, sleep=sleep)
-    previous_version = journal.old_version or _version(state.current)
+    previous_version = journal.old_version or release_version(state.current)
     if verdict.ok:
         log.info("{} is rolled out: {}", version, verdict.reason)
         if journal.old_version is not None:
@@ -207,7 +185,9 @@ def finish(
             previous = current if current is not None and current.version != version else state.previous
         state.record_deployed(Release(version, journal.digest, journal.new_container_id, clock()), previous)
         state.clear_journal()
-        return DeployReport("deployed", version, _version(previous), health=verdict.reason, digest=journal.digest)
+        return DeployReport(
+            "deployed", version, release_version(previous), health=verdict.reason, digest=journal.digest
+        )
     failing, tail = _describe(services, verdict.failing)
     reason = verdict.reason + (f"; failing task: {failing}" if failing else "")
     log.error("{} failed: {}", version, reason)
@@ -296,23 +276,12 @@ def _describe(services: SwarmServices, task: TaskInfo | None) -> tuple[str, str]
 class SwarmRecovery(Recovery):
     """Crash safety for the swarm strategy: a journal left by a killed agent is finished from Swarm's word."""
 
-    def __init__(
-        self,
-        settings: CdSettings,
-        engine: Engine,
-        services: SwarmServices,
-        state: DeployState,
-        runs: RunStore,
-        *,
-        clock: Callable[[], datetime],
-        monotonic: Callable[[], float],
-        sleep: Callable[[float], None],
-    ) -> None:
-        super().__init__(engine, state, runs, name=service_name(settings), clock=clock)
-        self._settings = settings
+    def __init__(self, context: DeployContext, services: SwarmServices, runs: RunStore) -> None:
+        super().__init__(context.engine, context.state, runs, name=service_name(context.settings), clock=context.clock)
+        self._settings = context.settings
         self._services = services
-        self._monotonic = monotonic
-        self._sleep = sleep
+        self._monotonic = context.monotonic
+        self._sleep = context.sleep
 
     def reconcile(self) -> str:
         journal = self._state.journal
@@ -365,9 +334,6 @@ class SwarmRecovery(Recovery):
         if run is not None and not run.finished:
             self._runs.update(journal.run, status=status, finished_at=self._clock(), error=error)
 
-
-def _version(release: Release | None) -> str | None:
-    return None if release is None else release.version
 
 
 def service_status(services: SwarmServices, name: str) -> dict[str, object]:

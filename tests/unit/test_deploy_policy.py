@@ -367,6 +367,72 @@ def test_when_restoring_fails_too_the_report_says_so_and_the_next_start_reconcil
     assert world.serving() == "1.0.0" and world.engine.names() == [NAME]
 
 
+# the outage: nothing but the engine's stop and start between the last answer of one and the first of the other
+
+
+def _calls(world: World) -> list[tuple[str, str]]:
+    calls: list[tuple[str, str]] = []
+    world.engine.before = lambda operation, target: calls.append((operation, target))
+    return calls
+
+
+def _between(calls: list[tuple[str, str]], first: tuple[str, str], last: tuple[str, str]) -> list[tuple[str, str]]:
+    start = calls.index(first)
+    return calls[start + 1:calls.index(last, start)]
+
+
+def test_an_upgrade_stops_the_old_container_and_starts_the_new_one_back_to_back(world: World) -> None:
+    deployer = deployed(world, "1.0.0")
+    old = world.engine.container(NAME)
+    world.push("1.1.0")
+    calls = _calls(world)
+    phases: list[Phase] = []
+    deployer = world.deployer(on_phase=phases.append)
+
+    assert deployer.deploy("1.1.0").outcome == "deployed"
+
+    new = world.engine.container(NAME)
+    assert old is not None and new is not None
+    assert _between(calls, ("stop", old.id), ("start", new.id)) == []
+    # the old container's name, the new one's creation and its journal entry all came before the stop
+    assert calls.index(("rename", old.id)) < calls.index(("create", NAME)) < calls.index(("stop", old.id))
+    assert phases == ["pulled", "old_renamed", "created", "old_stopped", "new_started", "verdict"]
+
+
+def test_a_failed_release_is_stopped_and_the_old_one_started_back_to_back(world: World) -> None:
+    deployer = deployed(world, "1.0.0")
+    old = world.engine.container(NAME)
+    world.push("1.1.0", "exits")
+    calls = _calls(world)
+
+    report = deployer.deploy("1.1.0")
+
+    assert report.outcome == "rolled_back" and world.serving() == "1.0.0" and world.engine.names() == [NAME]
+    assert old is not None
+    new_id = next(target for operation, target in calls if operation == "start" and target != old.id)
+    assert _between(calls, ("stop", new_id), ("start", old.id)) == []
+    # its log is read before it is removed, and the old one gets its name back after it serves
+    assert report.log_tail is not None and "cannot open /etc/app.conf" in report.log_tail
+    assert calls.index(("start", old.id)) < calls.index(("logs_tail", new_id)) < calls.index(("remove", new_id))
+    assert calls.index(("remove", new_id)) < calls.index(("rename", old.id), calls.index(("start", old.id)))
+
+
+def test_a_new_container_gone_before_the_rollback_does_not_stop_it(world: World) -> None:
+    deployer = deployed(world, "1.0.0")
+    world.push("1.1.0", "never_healthy")
+
+    def gone_before_the_stop(operation: str, target: str) -> None:
+        box = world.engine.boxes.get(target)
+        if operation == "stop" and box is not None and box.behaviour == "never_healthy":
+            del world.engine.boxes[target]
+
+    world.engine.before = gone_before_the_stop
+    report = deployer.deploy("1.1.0")
+
+    assert (report.outcome, report.quarantined) == ("rolled_back", True)
+    assert world.serving() == "1.0.0" and world.engine.names() == [NAME]
+
+
 # rollback and quarantine
 
 
@@ -446,7 +512,9 @@ def test_killed_before_the_verdict_the_old_version_comes_back(world: World, phas
 
     said = deployer.reconcile()
 
-    assert said.startswith("undid the interrupted deploy of 1.1.0") and f"reached {phase!r}" in said
+    # old_stopped is not journalled (it sits in the outage): the journal still says created
+    journalled = "created" if phase == "old_stopped" else phase
+    assert said.startswith("undid the interrupted deploy of 1.1.0") and f"reached {journalled!r}" in said
     assert world.serving() == "1.0.0" and world.engine.names() == [NAME]
     current = deployer.state.current
     info = world.engine.container(NAME)
@@ -454,6 +522,20 @@ def test_killed_before_the_verdict_the_old_version_comes_back(world: World, phas
     assert deployer.state.journal is None and not deployer.state.is_quarantined("1.1.0")
     assert deployer.runs.list(limit=1)[0].status == "interrupted"
     assert deployer.deploy("1.1.0").outcome == "deployed"
+
+
+def test_a_journal_at_old_stopped_left_by_an_older_agent_is_undone(world: World) -> None:
+    deployed(world, "1.0.0")
+    world.push("1.1.0")
+    with pytest.raises(Killed):
+        world.deployer(on_phase=kill_at("old_stopped")).deploy("1.1.0")
+    deployer = world.deployer()
+    deployer.state.update_journal(phase="old_stopped")  # what agents before this one wrote there
+
+    said = deployer.reconcile()
+
+    assert said.startswith("undid the interrupted deploy of 1.1.0") and "reached 'old_stopped'" in said
+    assert world.serving() == "1.0.0" and world.engine.names() == [NAME]
 
 
 def test_killed_after_the_verdict_the_proven_version_stays(world: World) -> None:

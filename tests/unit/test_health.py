@@ -127,3 +127,24 @@ def test_a_vanished_container_is_not_healthy() -> None:
     verdict = checker(FakeDocker(None), FakeTime()).wait("c")
 
     assert not verdict.healthy and "disappeared" in verdict.reason
+
+
+def test_the_url_is_asked_at_once_then_often_with_a_timeout_growing_to_two_seconds() -> None:
+    """A stalled request (the engine's proxy holding it while the network comes up) must not hide a
+    crash for 2 s, and a slow app must still get its 2 s in the end."""
+    time = FakeTime()
+    asked: list[tuple[float, float]] = []
+
+    def slow(url: str, timeout: float) -> tuple[bool, str]:
+        asked.append((time.now, timeout))
+        time.now += timeout  # every request runs into its timeout
+        return False, f"GET {url}: ReadTimeout"
+
+    verdict = checker(FakeDocker(RUNNING), time, url="http://x/", probe=slow).wait("c")
+
+    assert not verdict.healthy and "within 10s" in verdict.reason
+    assert asked[0] == (0.0, 0.25)
+    assert asked[1][0] == pytest.approx(0.25 + 0.05)  # the first pause is short
+    timeouts = [timeout for _, timeout in asked]
+    assert timeouts == sorted(timeouts[:-1]) + timeouts[-1:]  # growing, but for the last one cut at the deadline
+    assert max(timeouts) == 2.0 and all(at + timeout <= 10 + 0.2 for at, timeout in asked)  # 0.2 s at the least
