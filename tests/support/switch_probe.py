@@ -15,7 +15,7 @@ from __future__ import annotations
 import http.client
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -31,6 +31,8 @@ class Sample:
     ok: bool
     detail: str
     """The body when it answered, else the error."""
+    took: float = 0.0
+    """Seconds from sending the request to its answer or error."""
 
 
 @dataclass
@@ -105,6 +107,22 @@ class SwitchProbe:
         good = [sample.at for sample in self.of(client) if sample.ok]
         return max((later - earlier for earlier, later in zip(good, good[1:], strict=False)), default=0.0)
 
+    def explain(self, marks: Sequence[tuple[str, float]] = ()) -> str:
+        """The failures and ``marks`` (name, ``time.monotonic()``) on one timeline, for an assertion message."""
+        with self._lock:
+            origin = self.samples[0].at if self.samples else 0.0
+            events = [(at, f"mark {name}") for name, at in marks]
+            events += [
+                (sample.at, f"{sample.client} failed after {sample.took:.2f}s: {sample.detail}")
+                for sample in self.samples
+                if not sample.ok
+            ]
+            slowest = sorted(self.samples, key=lambda sample: sample.took)[-3:]
+        lines = [f"{at - origin:+8.3f}s {what}" for at, what in sorted(events)]
+        slow = (f"{sample.client} {sample.took:.2f}s at {sample.at - origin:+.3f}s" for sample in slowest)
+        lines.append("slowest requests: " + ", ".join(slow))
+        return "\n".join(lines)
+
     def bodies(self, client: str) -> list[str]:
         """The distinct good bodies ``client`` saw, in order (``["A", "B"]`` for one switch)."""
         seen: list[str] = []
@@ -125,7 +143,7 @@ class SwitchProbe:
             except (OSError, http.client.HTTPException, httpx.HTTPError) as exc:
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
             with self._lock:
-                self.samples.append(Sample(client, at, ok, detail))
+                self.samples.append(Sample(client, at, ok, detail, time.monotonic() - at))
             self._stop.wait(self.interval)
 
     def _fresh_get(self) -> Callable[[], tuple[int, str]]:
