@@ -11,8 +11,8 @@ appears on a command line.
     demo_tool.py wait-url URL --contains TEXT [--timeout S]
     demo_tool.py mail --dir DIR --expect N [--timeout S]                       -> shows mails not shown yet
     demo_tool.py probe URL --until TEXT [--ready-file F] [--label L]          -> "N requests, M failed"
-    demo_tool.py blue-green --env-file cd-bluegreen.env --url URL --from X.Y.Z --to X.Y.Z
-                                     -> deploys X, then upgrades to Y while probing URL; "N requests, M failed"
+    demo_tool.py blue-green --env-file cd-bluegreen.env --url URL --from X.Y.Z --to X.Y.Z [--go-file F]
+                       -> deploys X, then (once F exists) upgrades to Y while probing URL; "N requests, M failed"
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def wait_run(env_file: Path, number: int, timeout: float) -> int:
         run: dict[str, Any] = httpx.get(url, timeout=5).json()
         return run if run.get("status") in FINISHED else None
 
-    run = wait_for(finished, timeout=timeout, what=f"CI run {number} to finish", interval=2)
+    run = wait_for(finished, timeout=timeout, what=f"CI run {number} to finish", interval=0.5)
     print(f"    CI run {number}: {run['status']}"
           + (f", pushed version {run['version']}" if run.get("version") else "")
           + (f", failed at {run['failed_step']}: {run.get('error')}" if run.get("failed_step") else "")
@@ -346,9 +346,9 @@ def probe(url: str, until: str, then: int, ready_file: Path | None, label: str, 
     return 0
 
 
-def blue_green(env_file: Path, url: str, start: str, target: str, timeout: float) -> int:
-    """Deploy ``start`` (the proxy and network are created), then upgrade to ``target`` while a
-    prober counts what a visitor would have seen."""
+def blue_green(env_file: Path, url: str, start: str, target: str, go_file: Path | None, timeout: float) -> int:
+    """Deploy ``start`` (the proxy and network are created), then (once ``go_file`` exists) upgrade to
+    ``target`` while a prober counts what a visitor would have seen."""
     def deploy(version: str) -> None:
         begun = time.monotonic()
         result = subprocess.run(
@@ -366,6 +366,8 @@ def blue_green(env_file: Path, url: str, start: str, target: str, timeout: float
 
     deploy(start)
     wait_url(url, f'"version":"{start}"', 60)
+    if go_file is not None:
+        wait_for(go_file.exists, timeout=timeout * 4, what=f"{go_file} (the go-ahead)", interval=0.2, progress=False)
     with Prober(url) as prober:
         wait_for(prober.good, timeout=60, what=f"a first answer from {url}", interval=0.05, progress=False)
         deploy(target)
@@ -415,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bg_cmd.add_argument("--url", required=True)
     bg_cmd.add_argument("--from", required=True, dest="start")
     bg_cmd.add_argument("--to", required=True, dest="target")
+    bg_cmd.add_argument("--go-file", type=Path, help="upgrade only once this file exists")
     bg_cmd.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args(argv)
     try:
@@ -432,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "probe":
             return probe(args.url, args.until, args.then, args.ready_file, args.label, args.timeout)
         if args.command == "blue-green":
-            return blue_green(args.env_file, args.url, args.start, args.target, args.timeout)
+            return blue_green(args.env_file, args.url, args.start, args.target, args.go_file, args.timeout)
         return show_mail(args.directory, args.expect, args.timeout)
     except (DemoError, httpx.HTTPError, KeyError) as exc:
         print(f"demo: {exc}", file=sys.stderr)

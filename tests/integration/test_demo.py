@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import docker
+import docker.errors
 import httpx
 import pytest
 
@@ -45,6 +46,21 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def container_logs(app: str) -> str:
+    """The last lines of the blue-green proxy's and app's logs, to explain a failed check."""
+    client = docker.from_env(version="auto")
+    try:
+        said = []
+        for name in (f"{app}-proxy", app):
+            try:
+                said.append(f"--- {name}:\n" + client.containers.get(name).logs(tail=25).decode(errors="replace"))
+            except docker.errors.DockerException as exc:
+                said.append(f"--- {name}: {exc}")
+        return "\n".join(said)
+    finally:
+        client.close()
 
 
 @pytest.fixture
@@ -101,7 +117,8 @@ def test_demo_deploys_upgrades_rolls_back_and_cleans_up(demo_env: dict[str, str]
     assert requests > 25
     assert re.search(r"\n +swap upgrade 0\.1\.0 → 0\.1\.1: \d+ requests, \d+ failed", output)
     served = httpx.get(f"{names['BG_URL']}/", timeout=10)
-    assert served.status_code == 200 and served.json()["version"] == "0.1.1"
+    assert served.status_code == 200, f"{served.status_code} {served.text}\n{container_logs(names['BG_CONTAINER'])}"
+    assert served.json()["version"] == "0.1.1"
 
     client = docker.from_env(version="auto")
     try:
