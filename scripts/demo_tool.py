@@ -11,8 +11,8 @@ appears on a command line.
     demo_tool.py wait-url URL --contains TEXT [--timeout S]
     demo_tool.py mail --dir DIR --expect N [--timeout S]                       -> shows mails not shown yet
     demo_tool.py probe URL --until TEXT [--ready-file F] [--label L]          -> "N requests, M failed"
-    demo_tool.py blue-green --env-file cd-bluegreen.env --url URL --from X.Y.Z --to X.Y.Z [--go-file F]
-                       -> deploys X, then (once F exists) upgrades to Y while probing URL; "N requests, M failed"
+    demo_tool.py blue-green --env-file cd-bluegreen.env --url URL --from X.Y.Z --to X.Y.Z
+                       -> deploys X, then upgrades to Y while probing URL; "N requests, M failed"
 """
 
 from __future__ import annotations
@@ -183,6 +183,10 @@ def cd_status(env_file: Path) -> dict[str, Any]:
 
 
 def wait_deploy(env_file: Path, current: str, quarantined: str | None, timeout: float) -> int:
+    log_dir = Path(settings(env_file).get("LOG_DIR", "logs/cd"))
+    if not log_dir.is_absolute():
+        log_dir = env_file.parent / log_dir
+
     def reached() -> dict[str, Any] | None:
         status = cd_status(env_file)
         deployed = (status.get("current") or {}).get("version")
@@ -190,6 +194,10 @@ def wait_deploy(env_file: Path, current: str, quarantined: str | None, timeout: 
         settled = not status.get("deploy_in_progress")
         if settled and deployed == current and (quarantined is None or quarantined in held):
             return status
+        if settled and current in held and current != deployed:
+            # It was tried and rolled back: no point waiting out the timeout.
+            reason = next(item["reason"] for item in status["quarantined"] if item["version"] == current)
+            raise DemoError(f"the CD agent did not keep {current}: it is quarantined ({reason}); see {log_dir}")
         return None
 
     what = f"the CD agent to run {current}" + (f" with {quarantined} quarantined" if quarantined else "")
@@ -198,9 +206,6 @@ def wait_deploy(env_file: Path, current: str, quarantined: str | None, timeout: 
                                              if status.get("previous") else ""))
     for item in status.get("quarantined", []):
         print(f"    CD: {item['version']} is quarantined: {item['reason']}")
-    log_dir = Path(settings(env_file).get("LOG_DIR", "logs/cd"))
-    if not log_dir.is_absolute():
-        log_dir = env_file.parent / log_dir
     logs = sorted(log_dir.glob("*_run-*.log"))
     if logs:
         print(f"    CD run log: {logs[-1]}")
@@ -346,9 +351,9 @@ def probe(url: str, until: str, then: int, ready_file: Path | None, label: str, 
     return 0
 
 
-def blue_green(env_file: Path, url: str, start: str, target: str, go_file: Path | None, timeout: float) -> int:
-    """Deploy ``start`` (the proxy and network are created), then (once ``go_file`` exists) upgrade to
-    ``target`` while a prober counts what a visitor would have seen."""
+def blue_green(env_file: Path, url: str, start: str, target: str, timeout: float) -> int:
+    """Deploy ``start`` (the proxy and network are created), then upgrade to ``target`` while a
+    prober counts what a visitor would have seen."""
     def deploy(version: str) -> None:
         begun = time.monotonic()
         result = subprocess.run(
@@ -366,8 +371,6 @@ def blue_green(env_file: Path, url: str, start: str, target: str, go_file: Path 
 
     deploy(start)
     wait_url(url, f'"version":"{start}"', 60)
-    if go_file is not None:
-        wait_for(go_file.exists, timeout=timeout * 4, what=f"{go_file} (the go-ahead)", interval=0.2, progress=False)
     with Prober(url) as prober:
         wait_for(prober.good, timeout=60, what=f"a first answer from {url}", interval=0.05, progress=False)
         deploy(target)
@@ -417,7 +420,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     bg_cmd.add_argument("--url", required=True)
     bg_cmd.add_argument("--from", required=True, dest="start")
     bg_cmd.add_argument("--to", required=True, dest="target")
-    bg_cmd.add_argument("--go-file", type=Path, help="upgrade only once this file exists")
     bg_cmd.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args(argv)
     try:
@@ -435,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "probe":
             return probe(args.url, args.until, args.then, args.ready_file, args.label, args.timeout)
         if args.command == "blue-green":
-            return blue_green(args.env_file, args.url, args.start, args.target, args.go_file, args.timeout)
+            return blue_green(args.env_file, args.url, args.start, args.target, args.timeout)
         return show_mail(args.directory, args.expect, args.timeout)
     except (DemoError, httpx.HTTPError, KeyError) as exc:
         print(f"demo: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -78,6 +79,11 @@ def demo_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "PICICD_DEMO_BLUE_GREEN_PORT": str(free_port()),
     }
     yield env
+    # The agents' logs outlive a failed run (demo-clean removes the demo's folder); a passing one leaves none.
+    logs = tmp_path / "demo"
+    for part in ("logs", "cd/logs", "cd-bluegreen/logs", "ci/logs"):
+        if (logs / part).is_dir():
+            shutil.copytree(logs / part, tmp_path / "kept-logs" / part)
     # Whatever happened, nothing of this demo outlives the test.
     subprocess.run([str(DEMO_CLEAN)], env={**env, "PICICD_DEMO_QUIET": "1"}, check=False, timeout=120)
 
