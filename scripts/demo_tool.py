@@ -10,6 +10,9 @@ appears on a command line.
     demo_tool.py wait-deploy --env-file cd.env --current X.Y.Z [--quarantined X.Y.Z] [--timeout S]
     demo_tool.py wait-url URL --contains TEXT [--timeout S]
     demo_tool.py mail --dir DIR --expect N [--timeout S]                       -> shows mails not shown yet
+    demo_tool.py probe URL --until TEXT [--ready-file F] [--label L]          -> "N requests, M failed"
+    demo_tool.py blue-green --env-file cd-bluegreen.env --url URL --from X.Y.Z --to X.Y.Z
+                       -> deploys X, then upgrades to Y while probing URL; "N requests, M failed"
 """
 
 from __future__ import annotations
@@ -19,15 +22,20 @@ import email
 import email.policy
 import hashlib
 import hmac
+import http.client
 import json
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from dotenv import dotenv_values
@@ -151,7 +159,7 @@ def wait_run(env_file: Path, number: int, timeout: float) -> int:
         run: dict[str, Any] = httpx.get(url, timeout=5).json()
         return run if run.get("status") in FINISHED else None
 
-    run = wait_for(finished, timeout=timeout, what=f"CI run {number} to finish", interval=2)
+    run = wait_for(finished, timeout=timeout, what=f"CI run {number} to finish", interval=0.5)
     print(f"    CI run {number}: {run['status']}"
           + (f", pushed version {run['version']}" if run.get("version") else "")
           + (f", failed at {run['failed_step']}: {run.get('error')}" if run.get("failed_step") else "")
@@ -175,6 +183,10 @@ def cd_status(env_file: Path) -> dict[str, Any]:
 
 
 def wait_deploy(env_file: Path, current: str, quarantined: str | None, timeout: float) -> int:
+    log_dir = Path(settings(env_file).get("LOG_DIR", "logs/cd"))
+    if not log_dir.is_absolute():
+        log_dir = env_file.parent / log_dir
+
     def reached() -> dict[str, Any] | None:
         status = cd_status(env_file)
         deployed = (status.get("current") or {}).get("version")
@@ -182,6 +194,10 @@ def wait_deploy(env_file: Path, current: str, quarantined: str | None, timeout: 
         settled = not status.get("deploy_in_progress")
         if settled and deployed == current and (quarantined is None or quarantined in held):
             return status
+        if settled and current in held and current != deployed:
+            # It was tried and rolled back: no point waiting out the timeout.
+            reason = next(item["reason"] for item in status["quarantined"] if item["version"] == current)
+            raise DemoError(f"the CD agent did not keep {current}: it is quarantined ({reason}); see {log_dir}")
         return None
 
     what = f"the CD agent to run {current}" + (f" with {quarantined} quarantined" if quarantined else "")
@@ -190,9 +206,6 @@ def wait_deploy(env_file: Path, current: str, quarantined: str | None, timeout: 
                                              if status.get("previous") else ""))
     for item in status.get("quarantined", []):
         print(f"    CD: {item['version']} is quarantined: {item['reason']}")
-    log_dir = Path(settings(env_file).get("LOG_DIR", "logs/cd"))
-    if not log_dir.is_absolute():
-        log_dir = env_file.parent / log_dir
     logs = sorted(log_dir.glob("*_run-*.log"))
     if logs:
         print(f"    CD run log: {logs[-1]}")
@@ -234,6 +247,140 @@ def show_mail(directory: Path, expect: int, timeout: float) -> int:
     return 0
 
 
+# -- what a user of the app sees during a release ------------------------------------------------
+
+VERSION_IN_BODY = re.compile(r'"version"\s*:\s*"([^"]+)"')
+
+
+class Prober:
+    """GETs ``url`` every ``interval`` seconds on a thread, a new TCP connection each time (as a stream of
+    separate visitors would), and counts the requests that failed: refused, reset, cut off, unanswered
+    within ``request_timeout`` or answered with anything but 200.
+
+    ``request_timeout`` is generous on purpose: a slow answer on a loaded machine is not a dropped
+    request, and a request nobody answers still fails after it.
+    """
+
+    def __init__(self, url: str, *, interval: float = 0.02, request_timeout: float = 10.0) -> None:
+        parts = urlsplit(url)
+        self.url = url
+        self._host, self._port, self._path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
+        self.interval = interval
+        self.request_timeout = request_timeout
+        self.requests = 0
+        self.errors: list[str] = []
+        self.versions: list[str] = []
+        """The versions the good answers named, in order, each once per run of answers."""
+        self.longest_gap = 0.0
+        self._last_good: float | None = None
+        self._seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(self.request_timeout + 5)
+
+    def answers(self, version: str) -> int:
+        """Good answers naming ``version`` so far."""
+        with self._lock:
+            return self._seen.get(version, 0)
+
+    def good(self) -> int:
+        with self._lock:
+            return sum(self._seen.values())
+
+    def summary(self) -> str:
+        with self._lock:
+            versions = " → ".join(self.versions) or "none"
+            line = (f"{self.requests} requests, {len(self.errors)} failed (answers: {versions};"
+                    f" longest gap between good answers {self.longest_gap:.2f}s)")
+            if self.errors:
+                kinds = Counter(error.partition(":")[0] for error in self.errors)
+                line += "; failures: " + ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
+            return line
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            error, version = self._get()
+            now = time.monotonic()
+            with self._lock:
+                self.requests += 1
+                if error:
+                    self.errors.append(error)
+                else:
+                    if self._last_good is not None:
+                        self.longest_gap = max(self.longest_gap, now - self._last_good)
+                    self._last_good = now
+                    if not self.versions or self.versions[-1] != version:
+                        self.versions.append(version)
+                    self._seen[version] = self._seen.get(version, 0) + 1
+            self._stop.wait(self.interval)
+
+    def _get(self) -> tuple[str, str]:
+        """(error or "", the version the answer names)."""
+        connection = http.client.HTTPConnection(self._host, self._port, timeout=self.request_timeout)
+        try:
+            connection.request("GET", self._path, headers={"Connection": "close"})
+            response = connection.getresponse()
+            body = response.read().decode("utf-8", errors="replace")
+        except (OSError, http.client.HTTPException) as exc:
+            return f"{type(exc).__name__}: {exc}", ""
+        finally:
+            connection.close()
+        if response.status != 200:
+            return f"HTTP {response.status}: {body[:60]!r}", ""
+        found = VERSION_IN_BODY.search(body)
+        return "", found.group(1) if found else body.strip()[:40]
+
+
+def probe(url: str, until: str, then: int, ready_file: Path | None, label: str, timeout: float) -> int:
+    """Probe ``url`` until ``then`` good answers named version ``until`` (a release has landed)."""
+    with Prober(url) as prober:
+        wait_for(prober.good, timeout=60, what=f"a first answer from {url}", interval=0.05, progress=False)
+        if ready_file is not None:
+            ready_file.touch()
+        wait_for(lambda: prober.answers(until) >= then, timeout=timeout, what=f"{url} to answer {until}",
+                 interval=0.1, progress=False)
+    print(f"{label}: {prober.summary()}", flush=True)
+    return 0
+
+
+def blue_green(env_file: Path, url: str, start: str, target: str, timeout: float) -> int:
+    """Deploy ``start`` (the proxy and network are created), then upgrade to ``target`` while a
+    prober counts what a visitor would have seen."""
+    def deploy(version: str) -> None:
+        begun = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "cd_agent", "--env-file", str(env_file), "deploy", version, "--json"],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        try:
+            report: dict[str, Any] = json.loads(result.stdout)
+        except ValueError:
+            report = {}
+        if result.returncode != 0 or report.get("outcome") != "deployed":
+            said = f"{result.stdout.strip()} {result.stderr.strip()}".strip()
+            raise DemoError(f"cd-agent deploy {version} did not deploy it: {said[-2000:]}")
+        print(f"    cd-agent deploy {version}: deployed in {time.monotonic() - begun:.0f}s", flush=True)
+
+    deploy(start)
+    wait_url(url, f'"version":"{start}"', 60)
+    with Prober(url) as prober:
+        wait_for(prober.good, timeout=60, what=f"a first answer from {url}", interval=0.05, progress=False)
+        deploy(target)
+        # Answers after the switch too: the old container is stopped only after CD_PROXY_GRACE.
+        wait_for(lambda: prober.answers(target) >= 25, timeout=60, what=f"{url} to answer {target}",
+                 interval=0.1, progress=False)
+    print(f"blue-green upgrade {start} → {target}: {prober.summary()}", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Helpers for scripts/demo.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -261,6 +408,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     mail_cmd.add_argument("--dir", type=Path, required=True, dest="directory")
     mail_cmd.add_argument("--expect", type=int, default=0)
     mail_cmd.add_argument("--timeout", type=float, default=60)
+    probe_cmd = commands.add_parser("probe")
+    probe_cmd.add_argument("url")
+    probe_cmd.add_argument("--until", required=True, help="stop after --then good answers naming this version")
+    probe_cmd.add_argument("--then", type=int, default=10)
+    probe_cmd.add_argument("--ready-file", type=Path, help="touched after the first good answer")
+    probe_cmd.add_argument("--label", default="probe")
+    probe_cmd.add_argument("--timeout", type=float, default=600)
+    bg_cmd = commands.add_parser("blue-green")
+    bg_cmd.add_argument("--env-file", type=Path, required=True)
+    bg_cmd.add_argument("--url", required=True)
+    bg_cmd.add_argument("--from", required=True, dest="start")
+    bg_cmd.add_argument("--to", required=True, dest="target")
+    bg_cmd.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args(argv)
     try:
         if args.command == "free-port":
@@ -274,6 +434,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return wait_deploy(args.env_file, args.current, args.quarantined, args.timeout)
         if args.command == "wait-url":
             return wait_url(args.url, args.contains, args.timeout)
+        if args.command == "probe":
+            return probe(args.url, args.until, args.then, args.ready_file, args.label, args.timeout)
+        if args.command == "blue-green":
+            return blue_green(args.env_file, args.url, args.start, args.target, args.timeout)
         return show_mail(args.directory, args.expect, args.timeout)
     except (DemoError, httpx.HTTPError, KeyError) as exc:
         print(f"demo: {exc}", file=sys.stderr)

@@ -59,6 +59,15 @@ def running(world: CdWorld) -> list[str]:
     return sorted(item["Names"][0].lstrip("/") for item in listed)
 
 
+def explain(world: CdWorld, probe: SwitchProbe, marks: list[tuple[str, float]]) -> str:
+    """What the probe saw against the deploy's steps, and the proxy's own log (Caddy logs failed dials)."""
+    try:
+        proxy_log = world.docker_client.api.logs(proxy_container_name(world.name), tail=30).decode(errors="replace")
+    except Exception as exc:  # a diagnosis must not hide the failure it explains
+        proxy_log = f"(no proxy log: {exc})"
+    return f"{probe.explain(marks)}\nproxy log:\n{proxy_log}"
+
+
 def test_an_upgrade_and_a_broken_release_drop_no_request(bg_world: CdWorld) -> None:
     deployer = bg_world.deployer()
     assert deployer.deploy("1.0.0").outcome == "deployed"
@@ -80,7 +89,8 @@ def test_an_upgrade_and_a_broken_release_drop_no_request(bg_world: CdWorld) -> N
             report = deployer.deploy(broken)
             assert (report.outcome, report.quarantined) == ("rolled_back", True), report
         probe.wait_for_more(5)
-    assert probe.failures == []
+        marks.append(("end", time.monotonic()))
+    assert probe.failures == [], explain(bg_world, probe, marks)
     assert probe.bodies("fresh") == ["1.0.0", "1.1.0"]
     assert running(bg_world) == sorted([bg_world.name, proxy_container_name(bg_world.name)])
     assert bg_world.containers() == sorted(

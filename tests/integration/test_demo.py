@@ -3,18 +3,23 @@
 The demo runs in its own folder with its own container names and loopback ports, and reuses this
 test's Python environment (``PICICD_DEMO_PYTHON``), so it installs nothing when the machine has
 everything. It must end showing 0.1.0 deployed, 0.1.1 upgraded and 0.1.2 rolled back, with the app
-still answering 0.1.1; afterwards demo-clean must leave no process, container, image or folder.
+still answering 0.1.1, and the blue-green deployment answering 0.1.1 through its Caddy proxy after an
+upgrade its 20 ms prober saw no failed request of; afterwards demo-clean must leave no process,
+container, network, image or folder.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
+import docker.errors
 import httpx
 import pytest
 
@@ -44,6 +49,21 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def container_logs(app: str) -> str:
+    """The last lines of the blue-green proxy's and app's logs, to explain a failed check."""
+    client = docker.from_env(version="auto")
+    try:
+        said = []
+        for name in (f"{app}-proxy", app):
+            try:
+                said.append(f"--- {name}:\n" + client.containers.get(name).logs(tail=25).decode(errors="replace"))
+            except docker.errors.DockerException as exc:
+                said.append(f"--- {name}: {exc}")
+        return "\n".join(said)
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def demo_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = {
@@ -56,8 +76,14 @@ def demo_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "PICICD_DEMO_CI_DASHBOARD_PORT": str(free_port()),
         "PICICD_DEMO_REGISTRY_PORT": str(free_port()),
         "PICICD_DEMO_SMTP_PORT": str(free_port()),
+        "PICICD_DEMO_BLUE_GREEN_PORT": str(free_port()),
     }
     yield env
+    # The agents' logs outlive a failed run (demo-clean removes the demo's folder); a passing one leaves none.
+    logs = tmp_path / "demo"
+    for part in ("logs", "cd/logs", "cd-bluegreen/logs", "ci/logs"):
+        if (logs / part).is_dir():
+            shutil.copytree(logs / part, tmp_path / "kept-logs" / part)
     # Whatever happened, nothing of this demo outlives the test.
     subprocess.run([str(DEMO_CLEAN)], env={**env, "PICICD_DEMO_QUIET": "1"}, check=False, timeout=120)
 
@@ -87,11 +113,32 @@ def test_demo_deploys_upgrades_rolls_back_and_cleans_up(demo_env: dict[str, str]
     assert {run["version"] for run in runs} >= {"0.1.0", "0.1.1", "0.1.2"}
     assert httpx.get(f"{names['CI_URL']}/runs", timeout=10).status_code == 404
 
+    # The blue-green step: 0.1.0 then 0.1.1 behind the proxy, and its prober (a request every 20 ms)
+    # counted requests on both versions and not one failure; the swap's count is shown beside it.
+    probed = re.search(r"\n +blue-green upgrade 0\.1\.0 → 0\.1\.1: (\d+) requests, (\d+) failed \(answers: ([^;]*);",
+                       output)
+    assert probed is not None, output[-4000:]
+    requests, failed, versions = int(probed[1]), int(probed[2]), probed[3]
+    assert (failed, versions) == (0, "0.1.0 → 0.1.1"), probed[0]
+    assert requests > 25
+    assert re.search(r"\n +swap upgrade 0\.1\.0 → 0\.1\.1: \d+ requests, \d+ failed", output)
+    served = httpx.get(f"{names['BG_URL']}/", timeout=10)
+    assert served.status_code == 200, f"{served.status_code} {served.text}\n{container_logs(names['BG_CONTAINER'])}"
+    assert served.json()["version"] == "0.1.1"
+
     client = docker.from_env(version="auto")
     try:
         app = client.containers.get(names["CONTAINER"])
         assert app.status == "running"
         assert app.labels.get("io.pi-cicd.version") == "0.1.1"
+        # Served through the proxy, publishing nothing itself; 0.1.0 kept stopped for a rollback.
+        bg_app = client.containers.get(names["BG_CONTAINER"])
+        assert bg_app.status == "running" and bg_app.labels.get("io.pi-cicd.version") == "0.1.1"
+        assert not bg_app.attrs["HostConfig"]["PortBindings"]
+        assert list(bg_app.attrs["NetworkSettings"]["Networks"]) == [f"{names['BG_CONTAINER']}-net"]
+        assert client.containers.get(f"{names['BG_CONTAINER']}-proxy").status == "running"
+        kept = client.containers.get(f"{names['BG_CONTAINER']}-previous")
+        assert kept.status == "exited" and kept.labels.get("io.pi-cicd.version") == "0.1.0"
         mails = sorted((demo_dir / "mail").glob("*.eml"))
         assert len(mails) >= 3
         subjects = "\n".join(path.read_text(errors="replace") for path in mails)
@@ -109,6 +156,7 @@ def test_demo_deploys_upgrades_rolls_back_and_cleans_up(demo_env: dict[str, str]
         assert not demo_dir.exists()
         assert not [pid for pid in pids if alive(pid)]
         assert not client.containers.list(all=True, filters={"name": demo_env["PICICD_DEMO_NAME"]})
+        assert not client.networks.list(names=[f"{names['BG_CONTAINER']}-net"])
         assert not client.images.list(name=names["IMAGE"])
     finally:
         client.close()
