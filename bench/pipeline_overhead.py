@@ -213,15 +213,21 @@ def _image_id(reference: str) -> str | None:
     return completed.stdout.strip() or None
 
 
-def time_ci_agent_run(world: World) -> Timing:
-    """Run ``ci-agent run --ref main`` once as a whole process; its steps from its run log."""
+def time_ci_agent_run(world: World, *, source: Path | None = None) -> Timing:
+    """Run ``ci-agent run --ref main`` once as a whole process; its steps from its run log.
+
+    ``source``: run the ``ci_agent`` and ``shared`` packages of that folder instead (e.g. an older
+    version, ``git archive main ci_agent shared | tar -x -C DIR``), with this environment's dependencies.
+    """
     logs = world.root / "ci-logs"
     before = set(logs.glob("*.log")) if logs.is_dir() else set()
+    command, environ = world.ci_agent, world.ci_env
+    if source is not None:
+        command, environ = [sys.executable, "-m", "ci_agent"], {**environ, "PYTHONPATH": str(source)}
     spawned_load = load()
     began = time.time()
     completed = subprocess.run(
-        [*world.ci_agent, "run", "--ref", "main"], env=world.ci_env, cwd=world.root, capture_output=True,
-        text=True, check=False,
+        [*command, "run", "--ref", "main"], env=environ, cwd=world.root, capture_output=True, text=True, check=False,
     )
     ended = time.time()
     if completed.returncode != 0 or "succeeded" not in completed.stdout:
@@ -266,15 +272,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--keep", type=Path, help="work in this (empty) folder and leave it behind")
+    parser.add_argument("--compare", type=Path, metavar="DIR",
+                        help="also time the ci_agent/shared packages in DIR (before/after in the same run)")
     args = parser.parse_args()
     if shutil.which("docker") is None:
         print("needs the docker CLI (for the by-hand script)", file=sys.stderr)
         return 2
-    variants = {
+    variants: dict[str, Callable[[World], Timing]] = {
         "by hand (--label flags)": lambda world: time_by_hand(world, label_style="flags"),
         "by hand (one LABEL line)": lambda world: time_by_hand(world, label_style="line"),
         "ci-agent run --ref main": time_ci_agent_run,
     }
+    if args.compare is not None:
+        variants[f"ci-agent run ({args.compare.name})"] = lambda world: time_ci_agent_run(world, source=args.compare)
     results: dict[str, list[Timing]] = {name: [] for name in variants}
     with open_world(args.keep) as world:
         for name, measure in variants.items():  # warm-up: clones, first builds, the registry's repositories
@@ -291,10 +301,11 @@ def main() -> int:
         print(f"{name:26} {_median([t.total for t in timings])} {_median([t.before_steps for t in timings])} "
               + " ".join(f"  {_median([t.steps.get(step, 0.0) for t in timings])}" for step in STEPS)
               + f" {_median([t.after_steps for t in timings])} {statistics.median(t.load for t in timings):5.2f}")
-    agent = statistics.median(t.total for t in results["ci-agent run --ref main"])
-    for name in names[:2]:
-        overhead = agent - statistics.median(t.total for t in results[name])
-        print(f"overhead of ci-agent run over {name}: {overhead:+.3f} s")
+    for agent_name in names[2:]:
+        agent = statistics.median(t.total for t in results[agent_name])
+        for name in names[:2]:
+            overhead = agent - statistics.median(t.total for t in results[name])
+            print(f"overhead of {agent_name} over {name}: {overhead:+.3f} s")
     return 0
 
 
