@@ -173,6 +173,7 @@ class Pipeline:
         # What event_for_ref just read from the remote for this very event: the guard need not ask again.
         looked_up, self._looked_up = self._looked_up, None
         remote_commit = looked_up[1] if looked_up == (event.ref, event.after) else None
+        self.docker.prepare()  # the Docker SDK loads and connects while git works
         with self._step("checkout", log):
             commit = self.git.checkout(self.settings.ci_repo_url, event.after, checkout)
             if commit != event.after:
