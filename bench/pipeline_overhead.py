@@ -14,10 +14,14 @@ the variants in a rotated order:
 * **by hand, one LABEL line** — the same, the labels appended to a copy of the Dockerfile as one
   ``LABEL`` line (what the agent does; the legacy builder makes one container step per ``--label``);
 * **ci-agent run** — ``ci-agent run --ref main`` as a whole process (``CI_TEST_RUNNER=host``), and its
-  steps as its own run log times them (``step X started`` … ``step X finished``, millisecond stamps).
+  steps as its own run log times them (``step X started`` … ``step X finished``, millisecond stamps);
+* **python + the run's imports** — the floor under any Python agent: start, import, exit.
 
-Each script/process is timed from spawn to exit. The 1-minute load average is printed beside every
-number (the machine is shared). ``time_by_hand`` and ``time_ci_agent_run`` are importable (``bench/peers.py``).
+Each script/process is timed from spawn to exit, and its CPU time (user + system, with every child it
+waited for; dockerd's own work is in neither) is read from ``getrusage``: on a loaded machine the
+wall-clock numbers stretch, the CPU seconds much less. The 1-minute load average is printed beside
+every row (the machine is shared). ``open_world``, ``time_by_hand`` and ``time_ci_agent_run`` are importable
+(``bench/peers.py``): ``with open_world() as world:``, then ``world.new_commit()`` before each timed run.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import contextlib
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -96,6 +101,7 @@ class Timing:
     load: float
     before_steps: float = 0.0  # spawn -> first step started
     after_steps: float = 0.0  # last step finished -> exit
+    cpu: float = 0.0  # user + system seconds of the process tree (dockerd's work not included): barely load-bound
 
 
 @dataclass
@@ -123,6 +129,11 @@ class World:
 
 def load() -> float:
     return os.getloadavg()[0]
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _agent_command() -> list[str]:
@@ -190,9 +201,11 @@ def time_by_hand(world: World, *, label_style: str = "flags") -> Timing:
         "IMAGE": world.hand_image, "VERSION": f"0.0.{world.hand_version}", "LABEL_STYLE": label_style,
     }
     spawned_load = load()
+    cpu = children_cpu()
     began = time.time()
     completed = subprocess.run(["bash", "-c", HAND_SCRIPT], env=environ, capture_output=True, text=True, check=False)
     ended = time.time()
+    cpu = children_cpu() - cpu
     if completed.returncode != 0:
         raise RuntimeError(f"the by-hand script failed ({completed.returncode}): {completed.stderr[-2000:]}")
     marks = [(name, float(value.replace(",", "."))) for name, value in
@@ -203,7 +216,7 @@ def time_by_hand(world: World, *, label_style: str = "flags") -> Timing:
     if previous is not None and previous != _image_id(f"{world.hand_image}:latest"):
         subprocess.run(["docker", "rmi", previous], capture_output=True, check=False)
     return Timing(total=ended - began, steps=steps, load=spawned_load, before_steps=marks[0][1] - began,
-                  after_steps=ended - marks[-1][1])
+                  after_steps=ended - marks[-1][1], cpu=cpu)
 
 
 def _image_id(reference: str) -> str | None:
@@ -225,11 +238,13 @@ def time_ci_agent_run(world: World, *, source: Path | None = None) -> Timing:
     if source is not None:
         command, environ = [sys.executable, "-m", "ci_agent"], {**environ, "PYTHONPATH": str(source)}
     spawned_load = load()
+    cpu = children_cpu()
     began = time.time()
     completed = subprocess.run(
         [*command, "run", "--ref", "main"], env=environ, cwd=world.root, capture_output=True, text=True, check=False,
     )
     ended = time.time()
+    cpu = children_cpu() - cpu
     if completed.returncode != 0 or "succeeded" not in completed.stdout:
         raise RuntimeError(f"ci-agent run failed ({completed.returncode}): {completed.stdout}{completed.stderr}")
     (log,) = set(logs.glob("*.log")) - before
@@ -248,7 +263,7 @@ def time_ci_agent_run(world: World, *, source: Path | None = None) -> Timing:
             last = at
     first = min(started.values())
     return Timing(total=ended - began, steps=steps, load=spawned_load, before_steps=first - began,
-                  after_steps=ended - last)
+                  after_steps=ended - last, cpu=cpu)
 
 
 def _measure(world: World, name: str, measure: Callable[[World], Timing], attempts: int = 3) -> Timing:
@@ -262,6 +277,21 @@ def _measure(world: World, name: str, measure: Callable[[World], Timing], attemp
                 raise
             print(f"{name}: {str(exc).strip()[-300:]}; measuring again", file=sys.stderr)
     raise AssertionError("unreachable")
+
+
+# What every `ci-agent run` pays before and besides its work: the interpreter and the modules a run loads.
+IMPORTS = (
+    "import gc, docker; from ci_agent import cli, pipeline, commit_status; from shared import notify; gc.freeze()"
+)
+
+
+def time_imports(world: World) -> Timing:
+    """The floor: start Python, import what ``ci-agent run`` imports (the Docker SDK too), exit."""
+    spawned_load = load()
+    cpu = children_cpu()
+    began = time.time()
+    subprocess.run([sys.executable, "-c", IMPORTS], env=world.ci_env, cwd=world.root, check=True)
+    return Timing(total=time.time() - began, steps={}, load=spawned_load, cpu=children_cpu() - cpu)
 
 
 def _median(values: list[float]) -> str:
@@ -285,6 +315,7 @@ def main() -> int:
     }
     if args.compare is not None:
         variants[f"ci-agent run ({args.compare.name})"] = lambda world: time_ci_agent_run(world, source=args.compare)
+    variants["python + the run's imports"] = time_imports
     results: dict[str, list[Timing]] = {name: [] for name in variants}
     with open_world(args.keep) as world:
         for name, measure in variants.items():  # warm-up: clones, first builds, the registry's repositories
@@ -296,16 +327,19 @@ def main() -> int:
                 results[name].append(_measure(world, name, variants[name]))
     print(f"{args.rounds} rounds, medians in seconds; load = 1-minute load average ({os.cpu_count()} cores)")
     print(f"{'':26} {'total':>6} {'before':>6} " + " ".join(f"{step:>8}" for step in STEPS)
-          + f" {'after':>6} {'load':>5}")
+          + f" {'after':>6} {'CPU':>6} {'load':>5}")
     for name, timings in results.items():
         print(f"{name:26} {_median([t.total for t in timings])} {_median([t.before_steps for t in timings])} "
               + " ".join(f"  {_median([t.steps.get(step, 0.0) for t in timings])}" for step in STEPS)
-              + f" {_median([t.after_steps for t in timings])} {statistics.median(t.load for t in timings):5.2f}")
-    for agent_name in names[2:]:
+              + f" {_median([t.after_steps for t in timings])} {_median([t.cpu for t in timings])}"
+              + f" {statistics.median(t.load for t in timings):5.2f}")
+    for agent_name in names[2:-1]:
         agent = statistics.median(t.total for t in results[agent_name])
+        agent_cpu = statistics.median(t.cpu for t in results[agent_name])
         for name in names[:2]:
             overhead = agent - statistics.median(t.total for t in results[name])
-            print(f"overhead of {agent_name} over {name}: {overhead:+.3f} s")
+            cpu = agent_cpu - statistics.median(t.cpu for t in results[name])
+            print(f"overhead of {agent_name} over {name}: {overhead:+.3f} s ({cpu:+.3f} s CPU)")
     return 0
 
 
