@@ -20,9 +20,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import docker
-import requests
-import urllib3
 from loguru import logger
 from pydantic import SecretStr
 
@@ -30,6 +27,23 @@ from ci_agent.errors import Step, StepFailed
 from ci_agent.label_line import with_labels
 
 OutputSink = Callable[[str], None]
+
+
+def _docker() -> Any:
+    # Imported on first use: the Docker SDK (with requests and urllib3) is a sixth of `ci-agent run`'s
+    # imports, and DockerGateway.prepare() loads it in the background while checkout and tests run.
+    import docker
+
+    return docker
+
+
+def _sdk_errors() -> tuple[type[BaseException], ...]:
+    """What the SDK lets through when dockerd goes away mid-call: its own errors, requests' (connecting)
+    and urllib3's (a response stream cut short, e.g. a build whose daemon stopped)."""
+    import requests
+    import urllib3
+
+    return (_docker().errors.DockerException, requests.exceptions.RequestException, urllib3.exceptions.HTTPError)
 
 _STAGE = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*\S+\s+AS\s+(?P<name>\S+)\s*$", re.IGNORECASE | re.MULTILINE)
 
@@ -137,18 +151,33 @@ class DockerGateway:
         # restart) still starts and answers webhooks; its runs fail at their first Docker call with
         # this message, and the next run connects again.
         self._client = client
+        self._connecting = threading.Lock()
         self._username = username
         self._password = password
         self.build_timeout = build_timeout
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            try:
-                self._client = docker.from_env(version="auto")
-            except docker.errors.DockerException as exc:
-                raise StepFailed("build", f"cannot reach the Docker Engine: {exc}") from exc
-        return self._client
+        with self._connecting:
+            if self._client is None:
+                docker = _docker()
+                try:
+                    self._client = docker.from_env(version="auto")
+                except docker.errors.DockerException as exc:
+                    raise StepFailed("build", f"cannot reach the Docker Engine: {exc}") from exc
+            return self._client
+
+    def prepare(self) -> None:
+        """Import the SDK and connect in the background, for a run about to start (checkout and host
+        tests wait on git and subprocesses meanwhile); a failure is left for the first real call to report."""
+        if self._client is not None:
+            return
+
+        def connect() -> None:
+            with contextlib.suppress(StepFailed):
+                self.client  # noqa: B018 - the property connects
+
+        threading.Thread(target=connect, name="ci-docker-connect", daemon=True).start()
 
     def close(self) -> None:
         if self._client is not None:
@@ -242,7 +271,7 @@ class DockerGateway:
             try:
                 if self.client.api.inspect_image(short_id).get("RepoTags"):
                     continue
-            except docker.errors.DockerException:
+            except _docker().errors.DockerException:
                 continue
             self.remove_image(short_id)
 
@@ -260,6 +289,8 @@ class DockerGateway:
         The container publishes no ports and is removed afterwards; at ``timeout`` seconds it is
         killed and ``StepFailed("test", ...)`` is raised.
         """
+        import requests  # with the SDK, on first use (see _docker)
+
         container: Any = None
         with self._errors("test", "the test container"):
             try:
@@ -274,7 +305,7 @@ class DockerGateway:
                 reader.start()
                 try:
                     result = container.wait(timeout=timeout)
-                except requests.exceptions.RequestException as exc:
+                except requests.exceptions.RequestException as exc:  # the wait's time limit
                     container.kill()
                     reader.join(timeout=10)
                     raise StepFailed(
@@ -286,7 +317,7 @@ class DockerGateway:
                 if container is not None:
                     try:
                         container.remove(force=True, v=True)
-                    except docker.errors.NotFound:
+                    except _docker().errors.NotFound:
                         pass
 
     @staticmethod
@@ -297,7 +328,7 @@ class DockerGateway:
             stream = container.logs(stream=True, follow=True, stdout=True, stderr=True)
             for chunk in stream:
                 lines.feed(chunk.decode("utf-8", errors="replace"))
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except _sdk_errors() as exc:
             logger.debug("stopped following the test container's output: {}", exc)
         finally:
             if stream is not None:
@@ -326,9 +357,9 @@ class DockerGateway:
     def image_id(self, reference: str) -> str | None:
         try:
             return str(self.client.api.inspect_image(reference)["Id"])
-        except docker.errors.NotFound:
+        except _docker().errors.NotFound:
             return None
-        except _SDK_ERRORS as exc:
+        except _sdk_errors() as exc:
             logger.warning("cannot inspect image {}: {}", reference, exc)
             return None
 
@@ -339,9 +370,10 @@ class DockerGateway:
 
     def remove_image(self, reference: str) -> bool:
         """Untag/remove ``reference``; ``False`` when it is gone already or still in use (never raises)."""
+        ignored: tuple[type[BaseException], ...] = (StepFailed, *_sdk_errors())
         try:
             self.client.api.remove_image(reference)
-        except (StepFailed, *_SDK_ERRORS) as exc:
+        except ignored as exc:
             logger.debug("image {} not removed: {}", reference, exc)
             return False
         return True
@@ -349,10 +381,6 @@ class DockerGateway:
     def _errors(self, step: Step, what: str) -> _DockerErrors:
         return _DockerErrors(step, what)
 
-
-# What the SDK lets through when dockerd goes away mid-call: its own errors, requests' (connecting) and
-# urllib3's (a response stream cut short, e.g. a build whose daemon stopped).
-_SDK_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, urllib3.exceptions.HTTPError)
 
 
 class _DockerErrors:
@@ -368,12 +396,15 @@ class _DockerErrors:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc is None or isinstance(exc, StepFailed):
             return
-        if isinstance(exc, docker.errors.APIError):
+        import requests
+        import urllib3
+
+        if isinstance(exc, _docker().errors.APIError):
             reason = exc.explanation or str(exc)
             raise StepFailed(self.step, f"{self.what} failed: {reason}") from exc
         if isinstance(exc, requests.exceptions.ConnectionError | urllib3.exceptions.ProtocolError):
             raise StepFailed(self.step, f"{self.what} failed: lost the connection to the Docker Engine: {exc}") from exc
-        if isinstance(exc, _SDK_ERRORS):
+        if isinstance(exc, _sdk_errors()):
             raise StepFailed(self.step, f"{self.what} failed: {exc}") from exc
 
 

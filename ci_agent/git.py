@@ -162,11 +162,16 @@ class GitRunner:
         return completed.returncode == 0
 
     def _has_commit(self, workdir: Path, sha: str) -> bool:
-        try:
-            self.run(["cat-file", "-e", "--end-of-options", f"{sha}^{{commit}}"], cwd=workdir, what="git cat-file")
-        except StepFailed:
-            return False
-        return True
+        return self._commit_of(workdir, sha) is not None
+
+    def _commit_of(self, workdir: Path, sha: str) -> str | None:
+        """The commit ``sha`` names (itself, or the one an annotated tag object tags), if ``workdir`` has it."""
+        completed = self._run(
+            ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{sha}^{{commit}}"], cwd=workdir,
+            what="git rev-parse",
+        )
+        commit = completed.stdout.strip()
+        return commit if completed.returncode == 0 and is_sha(commit) else None
 
     def fetch(self, repo_url: str, workdir: Path, refspecs: Sequence[str]) -> None:
         self._ensure_repository(workdir)
@@ -178,17 +183,21 @@ class GitRunner:
 
     def ensure_commit(self, repo_url: str, workdir: Path, sha: str) -> bool:
         """Fetch ``sha`` (a commit or an annotated tag) unless ``workdir`` has it; whether it is there now."""
-        sha = _checked_sha(sha)
+        return self._fetched_commit(repo_url, workdir, _checked_sha(sha)) is not None
+
+    def _fetched_commit(self, repo_url: str, workdir: Path, sha: str) -> str | None:
+        """The commit ``sha`` names, fetched first unless ``workdir`` has it; ``None`` if the remote lacks it."""
         self._ensure_repository(workdir)
-        if self._has_commit(workdir, sha):
-            return True
+        commit = self._commit_of(workdir, sha)
+        if commit is not None:
+            return commit
         try:
             self.fetch(repo_url, workdir, [sha])
         except StepFailed as exc:
             # Servers that refuse a want of a bare sha: fetch the branches and tags and look there.
             logger.debug("fetching {} by sha failed ({}); fetching all branches", sha, exc.message)
             self.fetch(repo_url, workdir, ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"])
-        return self._has_commit(workdir, sha)
+        return self._commit_of(workdir, sha)
 
     def checkout(self, repo_url: str, commit_sha: str, workdir: Path) -> str:
         """Make ``workdir`` hold exactly ``commit_sha`` of ``repo_url``, with no leftover files; returns the commit.
@@ -198,16 +207,12 @@ class GitRunner:
         ``workdir`` persists between runs, so a fetch only transfers what is new.
         """
         sha = _checked_sha(commit_sha)
-        if not self.ensure_commit(repo_url, workdir, sha):
+        commit = self._fetched_commit(repo_url, workdir, sha)
+        if commit is None:
             raise StepFailed("checkout", f"commit {sha} is not in {redact_url(repo_url)}")
-        commit = self.run(
-            ["rev-parse", "--verify", "--end-of-options", f"{sha}^{{commit}}"], cwd=workdir, what="git rev-parse"
-        ).strip()
+        # A detached checkout of a full commit id that exits 0 leaves HEAD at exactly that commit.
         self.run(["checkout", "--quiet", "--force", "--detach", commit, "--"], cwd=workdir, what="git checkout")
         self.run(["clean", "-ffdxq"], cwd=workdir, what="git clean")
-        head = self.run(["rev-parse", "--verify", "HEAD"], cwd=workdir, what="git rev-parse").strip()
-        if head != commit:
-            raise StepFailed("checkout", f"checked out {head}, expected {commit}")
         return commit
 
     def commit_messages(self, workdir: Path, since_sha: str | None, until_sha: str) -> list[str]:
@@ -222,16 +227,12 @@ class GitRunner:
         release built from another branch), only ``until_sha``'s own message counts.
         """
         until = _checked_sha(until_sha)
-        if since_sha is not None and is_sha(since_sha) and self._has_commit(workdir, since_sha):
-            try:
-                self.run(
-                    ["merge-base", "--is-ancestor", since_sha, until], cwd=workdir, what="git merge-base"
-                )
+        revisions = ["-1", until]
+        # merge-base answers 1 for "not an ancestor" and 128 for a commit it does not know: both mean -1.
+        if since_sha is not None and is_sha(since_sha):
+            completed = self._run(["merge-base", "--is-ancestor", since_sha, until], cwd=workdir, what="git merge-base")
+            if completed.returncode == 0:
                 revisions = [f"{since_sha}..{until}"]
-            except StepFailed:
-                revisions = ["-1", until]
-        else:
-            revisions = ["-1", until]
         output = self.run(["log", "--format=%x00%H%n%B", *revisions, "--"], cwd=workdir, what="git log")
         entries = (entry.partition("\n") for entry in output.split("\x00")[1:])
         return [Commit(sha, message.strip()) for sha, _, message in entries if message.strip()]
@@ -252,10 +253,10 @@ class GitRunner:
             raise StepFailed("checkout", f"{ref!r} looks like an abbreviated commit; give all 40 hex digits")
         _checked_ref(ref)
         candidates = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
+        found = self._remote_commits(repo_url, candidates)  # one round trip for both
         for name in candidates:
-            found = self.remote_commit(repo_url, name)
-            if found is not None:
-                return name, found
+            if name in found:
+                return name, found[name]
         raise StepFailed("checkout", f"no branch or tag {ref!r} in {redact_url(repo_url)}")
 
     def remote_commit(self, repo_url: str, ref: str) -> str | None:
@@ -264,15 +265,22 @@ class GitRunner:
         Annotated tags resolve to the commit they point at.
         """
         _checked_ref(ref)
+        return self._remote_commits(repo_url, [ref]).get(ref)
+
+    def _remote_commits(self, repo_url: str, refs: Sequence[str]) -> dict[str, str]:
+        """``ref -> commit`` for those of ``refs`` (full names, checked) that exist in ``repo_url``."""
         url, env = remote_access(repo_url)
-        # The pattern keeps the answer small; it matches by suffix, so the exact name is looked up below.
-        output = self.run(
-            ["ls-remote", "--", url, ref, f"{ref}^{{}}"], what=f"git ls-remote {redact_url(repo_url)}", env=env
-        )
+        # The patterns keep the answer small; they match by suffix, so the exact names are looked up below.
+        patterns = [pattern for ref in refs for pattern in (ref, f"{ref}^{{}}")]
+        output = self.run(["ls-remote", "--", url, *patterns], what=f"git ls-remote {redact_url(repo_url)}", env=env)
         advertised: dict[str, str] = {}
         for line in output.splitlines():
             sha, _, name = line.partition("\t")
             advertised[name] = sha
-        # The peeled entry (^{}) of an annotated tag names the commit; prefer it.
-        found = advertised.get(f"{ref}^{{}}") or advertised.get(ref)
-        return found if found is not None and is_sha(found) else None
+        found: dict[str, str] = {}
+        for ref in refs:
+            # The peeled entry (^{}) of an annotated tag names the commit; prefer it.
+            commit = advertised.get(f"{ref}^{{}}") or advertised.get(ref)
+            if commit is not None and is_sha(commit):
+                found[ref] = commit
+        return found

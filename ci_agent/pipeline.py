@@ -85,6 +85,8 @@ class Pipeline:
         self.clock = clock
         self.image: ImageRef = parse_image_ref(settings.ci_image)
         self.push_retry_wait = push_retry_wait
+        # (ref, commit) that event_for_ref read from the remote, for the run of that event (see _steps).
+        self._looked_up: tuple[str, str] | None = None
         # Distinguishes this agent's test containers from another agent's on the same dockerd.
         self._instance = uuid.uuid4().hex[:8]
         self.guard = ReleaseGuard(
@@ -101,6 +103,7 @@ class Pipeline:
         name, sha = self.git.lookup(self.settings.ci_repo_url, ref or self.settings.ci_branch)
         branch = name.removeprefix("refs/heads/") if name and name.startswith("refs/heads/") else None
         tag = name.removeprefix("refs/tags/") if name and name.startswith("refs/tags/") else None
+        self._looked_up = (name, sha) if name else None
         return PushEvent(
             ref=name or sha, branch=branch, tag=tag, after=sha, before=ZERO_SHA, deleted=False,
             repository=self.settings.ci_github_repo or "", pusher="ci-agent run",
@@ -167,6 +170,10 @@ class Pipeline:
 
     def _steps(self, run: Run, event: PushEvent, log: loguru.Logger) -> str:
         checkout = self.checkout_dir
+        # What event_for_ref just read from the remote for this very event: the guard need not ask again.
+        looked_up, self._looked_up = self._looked_up, None
+        remote_commit = looked_up[1] if looked_up == (event.ref, event.after) else None
+        self.docker.prepare()  # the Docker SDK loads and connects while git works
         with self._step("checkout", log):
             commit = self.git.checkout(self.settings.ci_repo_url, event.after, checkout)
             if commit != event.after:
@@ -174,7 +181,7 @@ class Pipeline:
                 event = dataclasses.replace(event, after=commit)
                 run = self.store.update(run.number, commit=commit)
             log.info("checked out {} into {}", commit, checkout)
-            self.guard.check(run, event, commit, log)
+            self.guard.check(run, event, commit, log, remote_commit=remote_commit)
         with self._step("test", log):
             self._test(run, checkout, log)
         decided: list[str] = []
@@ -259,7 +266,8 @@ class Pipeline:
         previous = highest_tag(existing)
         messages: list[Commit] = []
         if event.release_version is None and previous is not None:
-            revision = self.registry.image_labels(previous).get(REVISION_LABEL)
+            # The release guard has read it from the registry already (and keeps it): tags are never overwritten.
+            revision = self.guard.release_revision(previous) or self.registry.image_labels(previous).get(REVISION_LABEL)
             messages = self.git.commits(checkout, revision, event.after)
             log.info("previous release {} was built from {}; {} commit(s) since", previous, revision or "?",
                      len(messages))

@@ -122,18 +122,28 @@ class ReleaseGuard:
         self.workdir = workdir
         self.revisions = revisions
 
-    def check(self, run: Run, event: PushEvent, commit: str, log: loguru.Logger) -> None:
-        """Return when the run may release ``commit``; raise ``RunSkipped`` saying why not."""
+    def check(
+        self, run: Run, event: PushEvent, commit: str, log: loguru.Logger, *, remote_commit: str | None = None
+    ) -> None:
+        """Return when the run may release ``commit``; raise ``RunSkipped`` saying why not.
+
+        ``remote_commit``: what ``event.ref`` pointed at in the repository a moment ago, when the caller
+        has just asked (``ci-agent run`` looks its ref up to make the event); the guard then does not
+        ask the remote again. A ref moving in between is no different from one moving right after it.
+        """
         if event.tag is not None:
-            self._check_tag(event, commit, log)
+            self._check_tag(event, commit, log, remote_commit)
         elif event.branch is not None:
-            self._check_branch(run, event, commit, log)
+            self._check_branch(run, event, commit, log, remote_commit)
         else:
             # `ci-agent run --ref SHA`: a person named this commit; it still must not roll back.
             self._check_releases(commit, log)
 
-    def _check_tag(self, event: PushEvent, commit: str, log: loguru.Logger) -> None:
-        current = self.git.remote_commit(self.repo_url, event.ref)
+    def _remote(self, ref: str, known: str | None) -> str | None:
+        return known if known is not None else self.git.remote_commit(self.repo_url, ref)
+
+    def _check_tag(self, event: PushEvent, commit: str, log: loguru.Logger, known: str | None) -> None:
+        current = self._remote(event.ref, known)
         if current != commit:
             now = f"points at {current}" if current else "no longer exists"
             raise RunSkipped(Verdict(f"tag {event.tag} {now} in the repository, not at {commit}: nothing to release"))
@@ -150,16 +160,19 @@ class ReleaseGuard:
                     raise RunSkipped(Verdict(f"commit {commit} was already released as {tag}", already_released=tag))
         log.info("tag {} points at {}", event.tag, commit)
 
-    def _check_branch(self, run: Run, event: PushEvent, commit: str, log: loguru.Logger) -> None:
-        head = self.git.remote_commit(self.repo_url, event.ref)
+    def _check_branch(
+        self, run: Run, event: PushEvent, commit: str, log: loguru.Logger, known: str | None
+    ) -> None:
+        head = self._remote(event.ref, known)
         if head is None:
             raise RunSkipped(Verdict(f"{event.ref} no longer exists in the repository: nothing to release"))
-        if not self.git.ensure_commit(self.repo_url, self.workdir, head):
-            raise StepFailed("checkout", f"cannot fetch the head {head} of {event.ref}")
-        if not self.git.is_ancestor(self.workdir, commit, head):
-            raise RunSkipped(Verdict(
-                f"commit {commit} is no longer on {event.ref} (its head is {head}; a force push replaced it)"
-            ))
+        if head != commit:  # the head itself was just checked out: nothing to fetch or compare then
+            if not self.git.ensure_commit(self.repo_url, self.workdir, head):
+                raise StepFailed("checkout", f"cannot fetch the head {head} of {event.ref}")
+            if not self.git.is_ancestor(self.workdir, commit, head):
+                raise RunSkipped(Verdict(
+                    f"commit {commit} is no longer on {event.ref} (its head is {head}; a force push replaced it)"
+                ))
         newer = self._coalesce(run, event, commit, head, log)
         if newer is not None:
             reason = f"queued run {newer.number} is for {newer.commit}, a newer commit of {event.ref}"
@@ -226,6 +239,10 @@ class ReleaseGuard:
                 self.on_superseded(done)
                 log.info("queued run {} ({}) superseded by run {}", other.number, other.commit, keeper_number)
         return keeper
+
+    def release_revision(self, tag: str) -> str | None:
+        """The commit release ``tag`` was built from, if this guard has read it already (else ``None``)."""
+        return self.revisions.get(tag) or None
 
     def _revisions(self, tags: list[str]) -> dict[str, str]:
         """``tag -> commit`` for the ``RELEASE_SCAN`` highest version tags among ``tags``, highest first."""
