@@ -71,7 +71,11 @@ def create_app(settings: CiSettings, store: RunStore, queue: RunQueue) -> FastAP
         reason = _ignore_reason(settings, event)
         if reason is not None:
             return _ignored(reason)
-        submission = await run_in_threadpool(queue.accept, event, delivery_id)
+        # Recorded here when nothing else holds the store (almost always: it is faster than a thread);
+        # else in a thread, so the loop never waits for the worker. Either way, before the answer.
+        submission = queue.accept_nowait(event, delivery_id)
+        if submission is None:
+            submission = await run_in_threadpool(queue.accept, event, delivery_id)
         if submission.duplicate:
             return JSONResponse({"duplicate": True, "run": submission.run.number}, status_code=200)
         return JSONResponse({"run": submission.run.number}, status_code=202)

@@ -385,6 +385,23 @@ class RunStore:
                 self._batch_depth -= 1
 
     @contextmanager
+    def batch_if_free(self) -> Iterator[bool]:
+        """:meth:`batch` if no other thread is using the store at this moment; else yields False at once.
+
+        For an event loop, which must not wait for another thread's writes. (Another *process*
+        writing the same file still makes it wait, as every call does: a transaction there takes
+        milliseconds.)
+        """
+        if not self._lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            with self.batch():
+                yield True
+        finally:
+            self._lock.release()
+
+    @contextmanager
     def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._batch_depth > 0:
