@@ -1,6 +1,7 @@
 """The CI run queue: runs live in the ``RunStore``; a condition variable wakes the one worker.
 
-The webhook calls ``accept`` (or ``submit``) and answers at once; the worker loops on ``take``.
+The webhook calls ``accept_nowait`` (``accept`` from a thread when another thread holds the store)
+and answers once the run is recorded; the poller calls ``accept``; the worker loops on ``take``.
 Everything the worker needs is in the store (the push event is kept in ``run.details["event"]``),
 so a queued run is still taken by a restarted agent (``RunStore.mark_unfinished_interrupted`` at
 start-up interrupts only the run that was running), and the store stays the one source of truth.
@@ -118,10 +119,35 @@ class RunQueue:
                 self._write_pending()
         if ticket.result is None:
             raise ticket.error or StoreError("the delivery was not recorded")
-        if not ticket.result.duplicate and event.branch is not None:
-            # Not for a tag: `after` may be an annotated tag object, which has no commit status.
-            self._report(ticket.result.run)
+        self._reported(ticket.result, event)
         return ticket.result
+
+    def accept_nowait(
+        self, event: PushEvent, delivery_id: str | None = None, *, source: str | None = None
+    ) -> Submission | None:
+        """``accept`` on the calling thread, or ``None`` at once if another thread is using the queue or
+        the store right now (the caller then calls ``accept`` from a thread of its own).
+
+        The webhook calls it on the event loop: with the store's commits not waiting for the disk, a
+        delivery is recorded in well under a millisecond, less than handing it to a thread costs.
+        """
+        if not self._condition.acquire(blocking=False):
+            return None
+        try:
+            with self._store.batch_if_free() as free:
+                if not free:
+                    return None
+                submission = self._accept_one(event, delivery_id, source)
+            self._condition.notify_all()  # the worker waits in `take` for a new run
+        finally:
+            self._condition.release()
+        self._reported(submission, event)
+        return submission
+
+    def _reported(self, submission: Submission, event: PushEvent) -> None:
+        if not submission.duplicate and event.branch is not None:
+            # Not for a tag: `after` may be an annotated tag object, which has no commit status.
+            self._report(submission.run)
 
     def _write_pending(self) -> None:
         with self._pending_lock:

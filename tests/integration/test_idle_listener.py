@@ -1,4 +1,4 @@
-"""An idle ``ci-agent serve`` sleeps until a connection opens (no timers); what it must still do."""
+"""An idle ``ci-agent serve`` sleeps until a connection opens (no timers) and holds only what serving needs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from tests.support.ci_agent_server import StartAgent
+from tests.support.ci_agent_server import CiAgentProcess, StartAgent, push_payload
+from tests.support.git_repos import GitProject
 from tests.support.polling import wait_for
 
 
@@ -37,3 +38,29 @@ def test_after_sleeping_the_listener_answers_with_a_current_date_and_stops_on_si
     assert process is not None
     process.terminate()  # idle: a stop must wake the sleeping loop
     assert process.wait(timeout=15) == 0
+
+
+def _imported(agent: CiAgentProcess, module: str) -> bool:
+    """Whether the agent imported ``module``; started with PYTHONPROFILEIMPORTTIME=1, Python logs each import."""
+    return any(
+        line.startswith("import time:") and line.rsplit("|", 1)[-1].strip() == module
+        for line in agent.process.output.splitlines()
+    )
+
+
+def test_the_docker_sdk_is_not_imported_until_a_run_needs_the_pipeline(
+    start_ci_agent: StartAgent, git_project: GitProject
+) -> None:
+    agent = start_ci_agent(PYTHONPROFILEIMPORTTIME="1")
+    agent.wait_ready()
+    # Serving, and answering: still nothing of what only a run uses.
+    assert _imported(agent, "uvicorn")
+    for module in ("docker", "requests", "ci_agent.pipeline", "ci_agent.builder"):
+        assert not _imported(agent, module), module
+
+    # A commit the repository does not have: the run builds the pipeline, then fails at checkout.
+    answer = agent.deliver(push_payload(git_project, "f" * 40, "not in the repository"))
+    assert answer.status_code == 202, answer.text
+    run = agent.wait_finished(answer.json()["run"])
+    assert (run["status"], run["failed_step"]) == ("failed", "checkout"), run
+    assert _imported(agent, "ci_agent.pipeline")

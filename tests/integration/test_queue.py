@@ -15,6 +15,7 @@ from ci_agent.payload import PushEvent, parse_push
 from ci_agent.queue import RunQueue
 from shared.runstore import RunStore
 from tests.support.payloads import GITHUB_PAYLOADS as PAYLOADS
+from tests.support.polling import wait_for
 
 
 @pytest.fixture
@@ -251,3 +252,47 @@ def test_a_branch_push_of_a_released_commit_is_a_duplicate_of_the_release(queue,
     assert (replay.duplicate, replay.run.number) == (True, released.number)
     assert tag.duplicate is False
     assert len(store.list()) == 3
+
+
+def test_accept_nowait_records_the_run_and_wakes_a_waiting_take(queue, store):
+    results: list[Any] = []
+    taker = threading.Thread(target=lambda: results.append(queue.take(timeout=60)))
+    taker.start()
+    # None while the taker holds the queue for its first look; then recorded on this thread.
+    submission = wait_for(lambda: queue.accept_nowait(push(), delivery()), timeout=10, what="the queue free")
+    taker.join(timeout=10)
+    assert not taker.is_alive()
+    assert results[0] is not None
+    assert results[0][0].number == submission.run.number
+    assert store.get(submission.run.number).status == "running"
+
+
+def test_accept_nowait_gives_way_while_another_thread_holds_the_store(queue, store):
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.batch():
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    try:
+        assert queue.accept_nowait(push(), delivery()) is None
+    finally:
+        release.set()
+        holder.join(10)
+    assert store.list() == []
+
+    submission = queue.accept_nowait(push(), delivery())
+    assert submission is not None and not submission.duplicate
+    assert [run.number for run in store.list(status="queued")] == [submission.run.number]
+
+
+def test_accept_nowait_finds_a_repeated_delivery_like_accept(queue, store):
+    delivery_id = delivery()
+    first = queue.accept(push(), delivery_id)
+    again = queue.accept_nowait(push(), delivery_id)
+    assert again is not None and again.duplicate and again.run.number == first.run.number
+    assert len(store.list()) == 1

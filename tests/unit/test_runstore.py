@@ -464,3 +464,19 @@ def test_a_batch_that_raises_records_nothing(store: RunStore) -> None:
         store.create(kind="ci")
         raise RuntimeError("stop")
     assert store.list() == []
+
+
+@pytest.mark.parametrize(("sync", "level"), [("full", 2), ("normal", 1)])
+def test_sync_says_whether_a_commit_waits_for_the_disk(db_path: Path, sync: str, level: int) -> None:
+    # SQLite's own answer (2 FULL, 1 NORMAL): the setting is per connection, so it is read on the store's.
+    with RunStore(db_path, sync=sync) as store:  # type: ignore[arg-type]
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == level
+        store.create(kind="ci", delivery_id="d-1")
+    with RunStore(db_path) as other:
+        assert [run.delivery_id for run in other.list()] == ["d-1"]
+
+
+def test_an_unknown_sync_mode_is_refused(db_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown sync mode 'off'"):
+        RunStore(db_path, sync="off")  # type: ignore[arg-type]
+    assert not db_path.exists()
