@@ -15,7 +15,7 @@ import argparse
 import gc
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -152,37 +152,15 @@ def run_once(settings: CiSettings, ref: str | None) -> int:
 
 @contextmanager
 def open_pipeline(settings: CiSettings) -> Iterator[tuple[RunStore, Pipeline]]:
-    """The pipeline alone, as ``ci_agent.agent.open_agent`` wires it, without the queue and the web app.
+    """The agent's own wiring for a one-off run: no listener, worker or poller is started.
 
-    ``open_agent`` imports FastAPI (the webhook app); a one-off run does not need it. As there, a run
-    a crash left ``running`` is marked ``interrupted`` first, and on exit queued emails are waited
-    for (bounded) and every connection is closed.
+    ``ci_agent.agent`` imports no web stack (FastAPI comes with ``CiAgent.app``), so this costs a
+    one-off run nothing it does not use. As at a server's start, a run a crash left ``running`` is
+    marked ``interrupted`` first; on exit queued emails are waited for (bounded) and every connection
+    is closed.
     """
-    from ci_agent.builder import DockerGateway
-    from ci_agent.commit_status import reporter_from_settings
-    from ci_agent.git import GitRunner
-    from ci_agent.pipeline import Pipeline
-    from shared.notify import notifier_from_settings
-    from shared.registry import RegistryClient
-    from shared.runstore import RunStore
+    from ci_agent.agent import open_agent
 
-    with ExitStack() as stack:
-        store = RunStore(settings.state_dir / "runs.sqlite3")
-        stack.callback(store.close)
-        statuses = reporter_from_settings(settings)
-        stack.callback(statuses.close)
-        for run in store.mark_unfinished_interrupted(kind=KIND):
-            logger.bind(agent="ci").warning("run {} was left unfinished by a crash: marked interrupted", run.number)
-            statuses.report(run)
-        notifier = notifier_from_settings(settings)
-        stack.callback(notifier.close)
-        registry = RegistryClient(
-            settings.image, username=settings.registry_username, password=settings.registry_password
-        )
-        stack.callback(registry.close)
-        docker = DockerGateway(
-            username=settings.registry_username, password=settings.registry_password,
-            build_timeout=settings.ci_build_timeout,
-        )
-        stack.callback(docker.close)
-        yield store, Pipeline(settings, store, notifier, GitRunner(), docker, registry, report=statuses.report)
+    with open_agent(settings) as agent:
+        agent.recover()
+        yield agent.store, agent.pipeline
