@@ -1,8 +1,9 @@
 """Wiring: every object the CD agent needs, built from ``CdSettings`` in one place.
 
 The command line asks for what a command needs and no more: ``status`` opens only the state file;
-``deploy``, ``rollback`` and ``watch`` also connect to Docker and the registry. Nothing here imports
-the web stack, so an idle ``cd-agent watch`` stays small on a Pi.
+``deploy`` and ``rollback`` also connect to Docker and the registry. ``watch`` builds an agent only in
+its short-lived deploy process (``cd_agent.deploy_child``): the idle watcher never imports this module,
+nor the Docker SDK, nor the web stack.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Agent:
     def watcher(self) -> Watcher:
         return Watcher(
             self.settings, self.registry, self.deployer, self.state,
-            platforms=self._platforms(), notifier=self.notifier,
+            platforms=self.platforms(), notifier=self.notifier,
         )
 
     def deploy(self, version: str | None, *, force: bool = False) -> DeployReport:
@@ -71,12 +72,13 @@ class Agent:
                 version, digest = other, self.registry.manifest_digest(other)
         if digest is None:
             raise NothingToDeploy(f"{self.settings.image.with_tag(version)} does not exist in the registry")
-        problem = None if force else self._platforms().problem(version, digest)
+        problem = None if force else self.platforms().problem(version, digest)
         if problem is not None:
             raise DeployError(f"{problem}: not deployed, nothing was pulled (--force tries anyway)", version=version)
         return self.deployer.deploy(version, digest=digest, force=force)
 
-    def _platforms(self) -> PlatformCheck:
+    def platforms(self) -> PlatformCheck:
+        """What checks a release's platforms against this engine's (every node's under Swarm)."""
         swarm = getattr(self.deployer, "swarm", None)  # CD_STRATEGY=swarm: every node's platform counts
         if swarm is not None:
             return FleetPlatformCheck(self.docker.platform, swarm.node_platforms, self.registry)
