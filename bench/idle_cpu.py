@@ -9,7 +9,7 @@ that registry every ``--poll`` seconds (nothing is deployed). After a settling t
 each used (utime + stime from /proc) is read at the start and at the end of the window; the printed
 percentage is of one core.
 ``strace -f -c -p PID`` over the same window shows what wakes an agent. Needs dockerd (both agents
-connect to it at start).
+connect to it at start; the watcher from its start-up reconcile process).
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads), in seconds."""
+    """utime + stime of ``pid`` (all its threads) and of the children it waited for (the watcher's deploy
+    processes), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return sum(int(value) for value in fields[11:15]) / TICKS
 
 
 def rss_mib(pid: int) -> float:
@@ -99,7 +100,7 @@ def main() -> int:
             registry.stop()
 
     print(f"idle for {elapsed:.0f} s after {args.settle:g} s of start-up "
-          f"(CPU % of one core; clock tick {1 / TICKS:g} s)")
+          f"(CPU % of one core; clock tick {1 / TICKS:g} s; 1-minute load average {os.getloadavg()[0]:.2f})")
     for name in processes:
         print(f"  {name:28} CPU {100 * used[name] / elapsed:5.2f} % ({used[name]:.2f} s)   RSS {rss[name]:5.1f} MiB")
     return 0
