@@ -65,8 +65,8 @@ class ChildDeploys:
         self._python = python
 
     def reconcile(self) -> str:
-        """Finish or undo an interrupted deploy; returns what was done. Raises the child's error as
-        ``ChildError``, or ``ChildError`` when the child ended without an answer."""
+        """Finish or undo an interrupted deploy; returns what was done. Raises ``ChildError``: the child's
+        error, or the child ending without an answer."""
         result = self._run({"job": "reconcile"})
         return str(result.get("done", ""))
 
@@ -77,7 +77,7 @@ class ChildDeploys:
             result = self._run({"job": "roll_out", "version": version, "digest": digest, "deployed": deployed})
         except _ChildDied as died:
             logger.error("deploy of {} failed: {}; reconciling", version, died)
-            self._reconcile_after(died)
+            self._reconcile_after_a_kill()
             return RolloutOutcome(ChildDeploy("failed", str(died)))
         deploy = result.get("deploy")
         return RolloutOutcome(
@@ -85,7 +85,8 @@ class ChildDeploys:
             result.get("unrunnable"),
         )
 
-    def _reconcile_after(self, died: _ChildDied) -> None:
+    def _reconcile_after_a_kill(self) -> None:
+        # What a restarted agent would do first, without waiting for the next deploy.
         try:
             done = self.reconcile()
         except PiCicdError as exc:
