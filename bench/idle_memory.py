@@ -31,11 +31,11 @@ DEPENDENCIES = [
     ("docker SDK (+requests)", "import docker"),
     ("httpx", "import cd_agent, httpx"),
     ("pydantic", "import pydantic"),
-    ("pydantic (a model built)", "import cd_agent.settings"),
-    ("loguru", "import cd_agent, loguru"),
+    ("cd_agent.settings (models)", "import cd_agent.settings"),
+    ("loguru (asyncio deferred)", "import cd_agent, loguru"),
     # what `cd-agent watch` imports itself, and what its deploy process adds
     ("the watcher's modules", "import cd_agent.cli, cd_agent.child_deploys, cd_agent.tls_on_demand, shared.registry"),
-    ("+ a deploy's (child)", "import cd_agent.cli, cd_agent.agent"),
+    ("a deploy process's modules", "import cd_agent.deploy_child"),
 ]
 
 
@@ -54,9 +54,16 @@ def rss_kib(pid: int) -> tuple[int, int]:
 
 
 def idle_python(code: str) -> tuple[int, int]:
-    process = subprocess.Popen([sys.executable, "-c", code + "\nimport time; time.sleep(60)"], cwd=REPO)
+    """RSS of an interpreter that ran ``code``, read once it says it is done (imports take a while on a
+    loaded machine)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", code + "\nprint('ready', flush=True)\nimport time; time.sleep(60)"],
+        cwd=REPO, stdout=subprocess.PIPE,
+    )
     try:
-        time.sleep(3)
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"python -c {code!r} failed")
         return rss_kib(process.pid)
     finally:
         process.kill()
@@ -115,7 +122,7 @@ def main() -> int:
     # Where the watcher's memory goes: almost all of it is imported code, so each dependency alone.
     for what, code in DEPENDENCIES:
         alone, _ = idle_python(code)
-        print(f"  python + {what:26}RSS {alone / 1024:6.1f} MiB (+{(alone - bare) / 1024:.1f})   [{load()}]")
+        print(f"  python + {what:28}RSS {alone / 1024:6.1f} MiB (+{(alone - bare) / 1024:.1f})   [{load()}]")
     return 0
 
 

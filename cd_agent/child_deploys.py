@@ -88,12 +88,9 @@ class ChildDeploys:
     def _reconcile_after_a_kill(self) -> None:
         # What a restarted agent would do first, without waiting for the next deploy.
         try:
-            done = self.reconcile()
+            self.reconcile()  # logs what it did ("reconcile: undid the interrupted deploy of ...")
         except PiCicdError as exc:
             logger.error("reconcile after the failed deploy failed: {}; the next deploy reconciles again", exc)
-            return
-        if done:
-            logger.info("reconciled after the failed deploy: {}", done)
 
     def _run(self, request: dict[str, Any]) -> dict[str, Any]:
         """Start the child with ``request`` on stdin, wait for it (a stop request lets it finish), return its
