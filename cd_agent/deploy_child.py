@@ -17,7 +17,6 @@ import pickle
 import signal
 import sys
 from collections.abc import Callable
-from types import FrameType
 from typing import Any, TextIO
 
 from loguru import logger
@@ -52,12 +51,12 @@ JOBS: dict[str, Callable[[Agent, dict[str, Any]], dict[str, Any]]] = {"reconcile
 
 def main() -> int:
     # The answer goes to the real stdout; anything else printed there (a library's print) to stderr.
+    _finish_on_signals()
     answer_stream = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     request = pickle.load(sys.stdin.buffer)  # noqa: S301 - written by our parent, the watcher
     if not _dies_with(int(request["parent"])):
         return 1
-    _finish_on_signals()
     settings: CdSettings = request["settings"]
     configure_logging("cd", settings.secret_values(), level=settings.log_level)
     _answer(answer_stream, _serve(settings, request))
@@ -102,13 +101,10 @@ def _dies_with(parent: int) -> bool:
 
 def _finish_on_signals() -> None:
     """SIGTERM and SIGINT (systemd and a terminal signal the whole group) do not cut a deploy short: the
-    watcher waits for this process, as it waited for the deploy under way before."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        logger.info("{} received: the deploy process finishes its step first", signal.Signals(signum).name)
-
+    watcher, which logs the signal, waits for this process as it waited for the deploy under way before.
+    Ignored rather than logged: a handler that logs could land inside a log call of the deploy."""
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
+        signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
