@@ -24,7 +24,6 @@ from cd_agent.proxy import DockerProxyEngine, ProxyController, ProxyStateFile
 from cd_agent.report import DeployReport
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState
-from cd_agent.watcher import Watcher
 from shared.notify import Notifier, notifier_from_settings
 from shared.registry import RegistryClient
 from shared.runstore import RunStore
@@ -44,12 +43,6 @@ class Agent:
     deployer: Deployer
     docker: DockerGateway
     notifier: Notifier
-
-    def watcher(self) -> Watcher:
-        return Watcher(
-            self.settings, self.registry, self.deployer, self.state,
-            platforms=self.platforms(), notifier=self.notifier,
-        )
 
     def deploy(self, version: str | None, *, force: bool = False) -> DeployReport:
         """``cd-agent deploy [VERSION]``: the newest release inside the constraint when ``version`` is None.
