@@ -42,6 +42,7 @@ def test_a_killed_deploy_process_is_reconciled_by_the_watcher(
     world = cd_world
     world.releases.push("1.0.0")
     world.releases.push("1.1.0", "silent")  # never answers: its health check runs until the kill
+    world.overrides["CD_HEALTH_URL"] = world.url  # without it a running container would pass
     first = cd_agent("deploy", "1.0.0", environ=world.environ(), cwd=world.root)
     assert first.returncode == 0, first.stderr
 
@@ -93,6 +94,7 @@ def test_sigterm_lets_the_deploy_process_finish_then_the_watcher_exits(
     world = cd_world
     world.releases.push("1.0.0")
     world.releases.push("1.1.0", "silent")
+    world.overrides["CD_HEALTH_URL"] = world.url
     first = cd_agent("deploy", "1.0.0", environ=world.environ(), cwd=world.root)
     assert first.returncode == 0, first.stderr
     process = WatchProcess(world.environ(CD_POLL_INTERVAL="15", CD_HEALTH_TIMEOUT="6"), world.root)
