@@ -17,7 +17,7 @@ from loguru import logger
 from cd_agent.candidate import newest_release
 from cd_agent.deployer import Deployer
 from cd_agent.docker_gateway import DockerGateway
-from cd_agent.errors import DeployError, NothingToDeploy
+from cd_agent.errors import DeployError, DockerUnavailable, NothingToDeploy
 from cd_agent.fleet_platforms import FleetPlatformCheck
 from cd_agent.platform_check import PlatformCheck
 from cd_agent.proxy import DockerProxyEngine, ProxyController, ProxyStateFile
@@ -87,8 +87,13 @@ def open_state(settings: CdSettings) -> DeployState:
 
 
 @contextmanager
-def open_agent(settings: CdSettings) -> Iterator[Agent]:
-    """Build the agent; on exit wait for queued emails and close every connection."""
+def open_agent(settings: CdSettings, *, docker_away_fails_the_run: bool = False) -> Iterator[Agent]:
+    """Build the agent; on exit wait for queued emails and close every connection.
+
+    Docker out of reach raises ``DockerUnavailable``, unless ``docker_away_fails_the_run``: then the agent is
+    built with a client that has not connected, and each Docker call fails inside the deploy's run (a failed
+    run, its email, the watcher's backoff), as when Docker went away under a watcher connected since its start.
+    """
     with ExitStack() as stack:
         state = stack.enter_context(open_state(settings))
         runs = stack.enter_context(RunStore(settings.runs_path))
@@ -97,12 +102,26 @@ def open_agent(settings: CdSettings) -> Iterator[Agent]:
         registry = stack.enter_context(
             RegistryClient(settings.image, username=settings.registry_username, password=settings.registry_password)
         )
-        docker = DockerGateway.from_env()
+        docker = _docker_gateway(docker_away_fails_the_run)
         stack.callback(docker.close)
         deployer = Deployer(settings, docker, state, runs, notifier, proxy=proxy_for(settings, docker))
         yield Agent(
             settings=settings, state=state, registry=registry, deployer=deployer, docker=docker, notifier=notifier
         )
+
+
+def _docker_gateway(unreachable_ok: bool) -> DockerGateway:
+    try:
+        return DockerGateway.from_env()
+    except DockerUnavailable:
+        if not unreachable_ok:
+            raise
+    import docker
+
+    # No version negotiation (it needs the engine): the SDK's default API version, for this one deploy.
+    return DockerGateway(docker.DockerClient(
+        **docker.utils.kwargs_from_env(), version=docker.constants.DEFAULT_DOCKER_API_VERSION, timeout=120
+    ))
 
 
 def proxy_for(settings: CdSettings, docker: DockerGateway) -> ProxyController | None:
