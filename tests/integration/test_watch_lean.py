@@ -83,3 +83,21 @@ def test_the_watcher_imports_no_deploy_code_while_idle_nor_after_a_deploy(
     assert "watcher stopped" in watch.log()
     assert "Traceback" not in watch.log()
 
+
+
+def test_docker_out_of_reach_at_start_still_stops_the_watcher_with_exit_3(tmp_path: Path) -> None:
+    """The start-up reconcile runs in a deploy process now; its "cannot start" is still the watcher's."""
+    environ = {
+        "DOCKER_HOST": f"unix://{tmp_path / 'no-dockerd.sock'}", "CD_IMAGE": "127.0.0.1:5999/o/app",
+        "CD_CONTAINER_NAME": "picicd-lean-nodocker", "STATE_DIR": str(tmp_path / "state"),
+        "LOG_DIR": str(tmp_path / "logs"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "cd_agent", "watch"], env=clean_environ(environ), cwd=tmp_path,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.strip().endswith(
+        f"cd-agent: cannot reach the Docker Engine: no socket at {tmp_path / 'no-dockerd.sock'} (is dockerd running?)"
+    )
+    assert "Traceback" not in result.stderr
