@@ -12,7 +12,7 @@ window; the printed percentage is of one core. Then the ci-agent gets one signed
 (checkout, test, build, push) imports what an idle agent does not, and Python keeps what it
 imported, so the agent's RSS is printed again once the run has ended.
 ``strace -f -c -p PID`` over the same window shows what wakes an agent. Needs dockerd (the run
-builds with it; cd-agent connects at start). Every line carries the 1-minute load average.
+builds with it; the watcher's start-up reconcile process connects to it). Every line carries the 1-minute load average.
 """
 
 from __future__ import annotations
@@ -43,9 +43,10 @@ SECRET = "x" * 32
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads), in seconds."""
+    """utime + stime of ``pid`` (all its threads) and of the children it waited for (the watcher's deploy
+    processes), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return sum(int(value) for value in fields[11:15]) / TICKS
 
 
 def rss_mib(pid: int) -> float:

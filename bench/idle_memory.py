@@ -4,9 +4,12 @@
     python -m bench.idle_memory --seconds 60
     python -m bench.idle_memory --apprise     # with NOTIFY_URLS set, so the watcher loads Apprise
 
-Needs dockerd (the watcher connects to it at start). The repository has no tags, so the watcher
-only polls; nothing is deployed. For scale it also prints a bare interpreter and one that imports the
-web stack the CI agent uses (which the watcher must not import).
+Needs dockerd (the watcher's start-up reconcile runs in a child process that connects to it). The
+repository has no tags, so the watcher only polls; nothing is deployed (a deploy runs in a child
+process too, so it would not change the watcher's own RSS). For scale it also prints a bare interpreter,
+one that imports the web stack the CI agent uses (which the watcher must not import), and each
+dependency alone. Every line ends with the 1-minute load average when it was taken: numbers from a
+loaded machine run high.
 """
 
 from __future__ import annotations
@@ -28,9 +31,16 @@ DEPENDENCIES = [
     ("docker SDK (+requests)", "import docker"),
     ("httpx", "import cd_agent, httpx"),
     ("pydantic", "import pydantic"),
-    ("loguru", "import loguru"),
-    ("cd_agent.cli (all)", "import cd_agent.cli"),
+    ("cd_agent.settings (models)", "import cd_agent.settings"),
+    ("loguru (asyncio deferred)", "import cd_agent, loguru"),
+    # what `cd-agent watch` imports itself, and what its deploy process adds
+    ("the watcher's modules", "import cd_agent.cli, cd_agent.child_deploys, cd_agent.tls_on_demand, shared.registry"),
+    ("a deploy process's modules", "import cd_agent.deploy_child"),
 ]
+
+
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.2f}"
 
 
 def rss_kib(pid: int) -> tuple[int, int]:
@@ -44,9 +54,16 @@ def rss_kib(pid: int) -> tuple[int, int]:
 
 
 def idle_python(code: str) -> tuple[int, int]:
-    process = subprocess.Popen([sys.executable, "-c", code + "\nimport time; time.sleep(60)"], cwd=REPO)
+    """RSS of an interpreter that ran ``code``, read once it says it is done (imports take a while on a
+    loaded machine)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", code + "\nprint('ready', flush=True)\nimport time; time.sleep(60)"],
+        cwd=REPO, stdout=subprocess.PIPE,
+    )
     try:
-        time.sleep(3)
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"python -c {code!r} failed")
         return rss_kib(process.pid)
     finally:
         process.kill()
@@ -87,22 +104,25 @@ def main() -> int:
                 print(f"cd-agent watch exited early with {watch.returncode}", file=sys.stderr)
                 return 1
             rss, peak = rss_kib(watch.pid)
+            measured_load = load()
         finally:
             watch.terminate()
             watch.wait(30)
             log.close()
             server.stop()
 
-    bare, _ = idle_python("pass")
-    web, _ = idle_python("import fastapi, uvicorn")
     what = " with NOTIFY_URLS" if args.apprise else ""
-    print(f"cd-agent watch{what}, idle {args.seconds:g}s: RSS {rss / 1024:6.1f} MiB (peak {peak / 1024:.1f} MiB)")
-    print(f"python, nothing imported:       RSS {bare / 1024:6.1f} MiB")
-    print(f"python + fastapi + uvicorn:     RSS {web / 1024:6.1f} MiB (for scale; the watcher does not import them)")
+    print(f"cd-agent watch{what}, idle {args.seconds:g}s: RSS {rss / 1024:6.1f} MiB (peak {peak / 1024:.1f} MiB)"
+          f"   [{measured_load}]")
+    bare, _ = idle_python("pass")
+    print(f"python, nothing imported:       RSS {bare / 1024:6.1f} MiB   [{load()}]")
+    web, _ = idle_python("import fastapi, uvicorn")
+    print(f"python + fastapi + uvicorn:     RSS {web / 1024:6.1f} MiB (for scale; the watcher does not import them)"
+          f"   [{load()}]")
     # Where the watcher's memory goes: almost all of it is imported code, so each dependency alone.
     for what, code in DEPENDENCIES:
         alone, _ = idle_python(code)
-        print(f"  python + {what:22}RSS {alone / 1024:6.1f} MiB (+{(alone - bare) / 1024:.1f})")
+        print(f"  python + {what:28}RSS {alone / 1024:6.1f} MiB (+{(alone - bare) / 1024:.1f})   [{load()}]")
     return 0
 
 

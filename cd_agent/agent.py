@@ -1,8 +1,9 @@
 """Wiring: every object the CD agent needs, built from ``CdSettings`` in one place.
 
 The command line asks for what a command needs and no more: ``status`` opens only the state file;
-``deploy``, ``rollback`` and ``watch`` also connect to Docker and the registry. Nothing here imports
-the web stack, so an idle ``cd-agent watch`` stays small on a Pi.
+``deploy`` and ``rollback`` also connect to Docker and the registry. ``watch`` builds an agent only in
+its short-lived deploy process (``cd_agent.deploy_child``): the idle watcher never imports this module,
+nor the Docker SDK, nor the web stack.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from loguru import logger
 from cd_agent.candidate import newest_release
 from cd_agent.deployer import Deployer
 from cd_agent.docker_gateway import DockerGateway
-from cd_agent.errors import DeployError, NothingToDeploy
+from cd_agent.errors import DeployError, DockerUnavailable, NothingToDeploy
 from cd_agent.fleet_platforms import FleetPlatformCheck
 from cd_agent.platform_check import PlatformCheck
 from cd_agent.proxy import DockerProxyEngine, ProxyController, ProxyStateFile
 from cd_agent.report import DeployReport
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState
-from cd_agent.watcher import Watcher
 from shared.notify import Notifier, notifier_from_settings
 from shared.registry import RegistryClient
 from shared.runstore import RunStore
@@ -43,12 +43,6 @@ class Agent:
     deployer: Deployer
     docker: DockerGateway
     notifier: Notifier
-
-    def watcher(self) -> Watcher:
-        return Watcher(
-            self.settings, self.registry, self.deployer, self.state,
-            platforms=self._platforms(), notifier=self.notifier,
-        )
 
     def deploy(self, version: str | None, *, force: bool = False) -> DeployReport:
         """``cd-agent deploy [VERSION]``: the newest release inside the constraint when ``version`` is None.
@@ -71,12 +65,13 @@ class Agent:
                 version, digest = other, self.registry.manifest_digest(other)
         if digest is None:
             raise NothingToDeploy(f"{self.settings.image.with_tag(version)} does not exist in the registry")
-        problem = None if force else self._platforms().problem(version, digest)
+        problem = None if force else self.platforms().problem(version, digest)
         if problem is not None:
             raise DeployError(f"{problem}: not deployed, nothing was pulled (--force tries anyway)", version=version)
         return self.deployer.deploy(version, digest=digest, force=force)
 
-    def _platforms(self) -> PlatformCheck:
+    def platforms(self) -> PlatformCheck:
+        """What checks a release's platforms against this engine's (every node's under Swarm)."""
         swarm = getattr(self.deployer, "swarm", None)  # CD_STRATEGY=swarm: every node's platform counts
         if swarm is not None:
             return FleetPlatformCheck(self.docker.platform, swarm.node_platforms, self.registry)
@@ -92,8 +87,13 @@ def open_state(settings: CdSettings) -> DeployState:
 
 
 @contextmanager
-def open_agent(settings: CdSettings) -> Iterator[Agent]:
-    """Build the agent; on exit wait for queued emails and close every connection."""
+def open_agent(settings: CdSettings, *, docker_away_fails_the_run: bool = False) -> Iterator[Agent]:
+    """Build the agent; on exit wait for queued emails and close every connection.
+
+    Docker out of reach raises ``DockerUnavailable``, unless ``docker_away_fails_the_run``: then the agent is
+    built with a client that has not connected, and each Docker call fails inside the deploy's run (a failed
+    run, its email, the watcher's backoff), as when Docker went away under a watcher connected since its start.
+    """
     with ExitStack() as stack:
         state = stack.enter_context(open_state(settings))
         runs = stack.enter_context(RunStore(settings.runs_path))
@@ -102,12 +102,26 @@ def open_agent(settings: CdSettings) -> Iterator[Agent]:
         registry = stack.enter_context(
             RegistryClient(settings.image, username=settings.registry_username, password=settings.registry_password)
         )
-        docker = DockerGateway.from_env()
+        docker = _docker_gateway(docker_away_fails_the_run)
         stack.callback(docker.close)
         deployer = Deployer(settings, docker, state, runs, notifier, proxy=proxy_for(settings, docker))
         yield Agent(
             settings=settings, state=state, registry=registry, deployer=deployer, docker=docker, notifier=notifier
         )
+
+
+def _docker_gateway(unreachable_ok: bool) -> DockerGateway:
+    try:
+        return DockerGateway.from_env()
+    except DockerUnavailable:
+        if not unreachable_ok:
+            raise
+    import docker
+
+    # No version negotiation (it needs the engine): the SDK's default API version, for this one deploy.
+    return DockerGateway(docker.DockerClient(
+        **docker.utils.kwargs_from_env(), version=docker.constants.DEFAULT_DOCKER_API_VERSION, timeout=120
+    ))
 
 
 def proxy_for(settings: CdSettings, docker: DockerGateway) -> ProxyController | None:

@@ -23,18 +23,20 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from cd_agent.agent import open_agent, open_state
 from cd_agent.errors import CdError, DeployError
-from cd_agent.report import DeployReport
 from cd_agent.settings import CdSettings
+from cd_agent.state import DeployState
 from shared.errors import PiCicdError
 from shared.logs import configure_logging
 from shared.settings import load_settings, read_environment
 from shared.versions import parse_version
+
+if TYPE_CHECKING:
+    from cd_agent.report import DeployReport
 
 PROG = "cd-agent"
 
@@ -98,18 +100,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def watch(settings: CdSettings, args: argparse.Namespace) -> int:
+    # Only what an idle poll uses is imported here: the reconcile and each deploy run in a child process
+    # (cd_agent.child_deploys), so Docker's SDK and the deployer never become resident in the watcher.
+    from cd_agent.child_deploys import ChildDeploys, ChildError
+    from cd_agent.tls_on_demand import TlsOnDemand
+    from cd_agent.watcher import Watcher
+    from shared.registry import RegistryClient
+
     stop = threading.Event()
-    with _stopping_on_signals(stop), open_agent(settings) as agent:
+    deploys = ChildDeploys(settings)
+    with (
+        _stopping_on_signals(stop),
+        DeployState(settings.state_path) as state,
+        RegistryClient(
+            settings.image, username=settings.registry_username, password=settings.registry_password,
+            transport=TlsOnDemand(),
+        ) as registry,
+    ):
         try:
-            agent.deployer.reconcile()
-        except PiCicdError as exc:
+            deploys.reconcile()
+        except ChildError as exc:
+            if exc.stage == "open":
+                raise  # Docker out of reach or the state unreadable: the agent cannot start
             # The watcher's first deploy reconciles again; the app may well be serving.
             logger.error("reconcile at start-up failed: {}; watching anyway", exc)
-        agent.watcher().run_forever(stop)
+        Watcher(settings, registry, None, state, rollout=deploys).run_forever(stop)
     return 0
 
 
 def deploy(settings: CdSettings, args: argparse.Namespace) -> int:
+    from cd_agent.agent import open_agent
+
     if args.version is not None and parse_version(args.version) is None:
         build_parser().error(f"VERSION must be a release tag like 1.2.3, v1.2.3 or 1.2.3-rc.1, not {args.version!r}")
     with open_agent(settings) as agent:
@@ -118,13 +139,15 @@ def deploy(settings: CdSettings, args: argparse.Namespace) -> int:
 
 
 def rollback(settings: CdSettings, args: argparse.Namespace) -> int:
+    from cd_agent.agent import open_agent
+
     with open_agent(settings) as agent:
         report = agent.deployer.rollback()
     return _finish(report, "rollback", args.json)
 
 
 def status(settings: CdSettings, args: argparse.Namespace) -> int:
-    with open_state(settings) as state:
+    with DeployState(settings.state_path) as state:
         data = {"image": settings.image.name, "container": settings.cd_container_name, **state.to_json()}
     if settings.cd_strategy == "swarm":
         data["service"] = _swarm_status(settings)

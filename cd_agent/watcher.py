@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import tenacity
 from loguru import logger
@@ -33,8 +33,10 @@ from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState
 from shared.backoff import wait_retry_after
 from shared.errors import PiCicdError, RateLimited, RegistryUnavailable
-from shared.notify import Email, Notifier
 from shared.registry import RateLimit
+
+if TYPE_CHECKING:
+    from shared.notify import Notifier
 
 # Backoff never waits more than ten intervals (an hour at most) unless the registry asks for longer.
 BACKOFF_INTERVALS = 10
@@ -88,6 +90,83 @@ class PollReport:
     unrunnable: str | None = None
 
 
+@dataclass(frozen=True)
+class RolloutOutcome:
+    """What became of a candidate: ``deploy`` is None when it was refused before anything was pulled;
+    ``unrunnable`` says why it was quarantined as a release this machine cannot run."""
+
+    deploy: DeployResult | None
+    unrunnable: str | None = None
+
+
+class RollsOut(Protocol):
+    """Takes a candidate to production: ``Rollout`` in this process, or ``cd_agent.child_deploys.ChildDeploys``
+    in a short-lived child process (what ``cd-agent watch`` uses, so the idle watcher never loads Docker's SDK)."""
+
+    def roll_out(self, version: str, digest: str, deployed: str | None) -> RolloutOutcome: ...
+
+
+class Rollout:
+    """A candidate's way to production: the platform check (a release this machine cannot run is quarantined,
+    with one error line and one email, and nothing is pulled), then ``deployer.deploy``; Docker's own "no
+    matching manifest" pull error quarantines it too. Registry outages of the check are raised (the poll is
+    retried)."""
+
+    def __init__(
+        self,
+        settings: CdSettings,
+        deployer: Deploys,
+        state: DeployState,
+        *,
+        platforms: PlatformCheck | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self._settings = settings
+        self._deployer = deployer
+        self._state = state
+        self._platforms = platforms
+        self._notifier = notifier
+
+    def roll_out(self, version: str, digest: str, deployed: str | None) -> RolloutOutcome:
+        problem = self._platforms.problem(version, digest) if self._platforms is not None else None
+        if problem is not None:
+            self._refuse(version, problem, deployed, email=True)
+            return RolloutOutcome(None, problem)
+        logger.info("deploying {}", version)
+        result = self._deployer.deploy(version, digest=digest)
+        if result.outcome == "deployed":
+            logger.info("deployed {}", version)
+        elif result.outcome != "noop":
+            host = self._platforms.host() if self._platforms is not None else None
+            problem = pull_platform_problem(version, result.error, host) if result.outcome == "failed" else None
+            if problem is not None:
+                # The deployer has already sent its "deploy of X failed" email: no second one.
+                self._refuse(version, problem, deployed, email=False)
+            else:
+                logger.warning("deploy of {} ended {}: {}", version, result.outcome, result.error)
+        return RolloutOutcome(result, problem)
+
+    def _refuse(self, version: str, problem: str, deployed: str | None, *, email: bool) -> None:
+        """A release this machine cannot run: quarantined (skipped until a newer release appears), said once."""
+        self._state.quarantine(version, f"platform: {problem}")
+        keeps = f"{deployed} keeps running" if deployed else "nothing was running"
+        logger.error("{}: not deploying it ({}); it is not tried again until a newer release appears", problem, keeps)
+        if email and self._notifier is not None:
+            from shared.notify import Email  # the watcher itself sends none: see cd_agent.child_deploys
+
+            self._notifier.notify(Email(
+                subject=f"not deployed: {problem}",
+                body=(
+                    f"{problem}.\n\n"
+                    f"{self._settings.image.with_tag(version)} was not pulled and {keeps}.\n"
+                    f"{version} is quarantined: it is not tried again until a newer release appears. Once an "
+                    f"image for this machine is pushed under {version}, deploy it with "
+                    f"`cd-agent deploy {version} --force`.\n"
+                ),
+                kind="warning",
+            ))
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -111,13 +190,15 @@ class Watcher:
     ``clock``, ``sleep`` and ``jitter`` (0..1) are injected so tests run the loop without waiting; the default
     sleep waits on the stop event, so a stop request ends a wait at once. Without ``platforms`` no platform
     is checked before a deploy; ``notifier`` sends the email about a release this machine cannot run.
+    ``rollout`` takes the place of all three (``deployer`` is then unused and may be None): ``cd-agent watch``
+    deploys in a child process (``cd_agent.child_deploys``).
     """
 
     def __init__(
         self,
         settings: CdSettings,
         registry: TagSource,
-        deployer: Deploys,
+        deployer: Deploys | None,
         state: DeployState,
         *,
         clock: Callable[[], datetime] = _utcnow,
@@ -125,12 +206,15 @@ class Watcher:
         jitter: Callable[[], float] = random.random,
         platforms: PlatformCheck | None = None,
         notifier: Notifier | None = None,
+        rollout: RollsOut | None = None,
     ) -> None:
         self._settings = settings
-        self._platforms = platforms
-        self._notifier = notifier
         self._registry = registry
-        self._deployer = deployer
+        if rollout is None:
+            if deployer is None:
+                raise ValueError("a Watcher needs a deployer or a rollout")
+            rollout = Rollout(settings, deployer, state, platforms=platforms, notifier=notifier)
+        self._rollout = rollout
         self._state = state
         self._clock = clock
         self._sleep = sleep
@@ -162,44 +246,12 @@ class Watcher:
             # Listed but gone (deleted between the two calls, or a push still in flight): next poll.
             logger.warning("tag {} is listed but has no manifest yet; trying again next poll", candidate)
             return _with_rate_limit(report, self._registry.rate_limit)
-        problem = self._platforms.problem(candidate, digest) if self._platforms is not None else None
-        if problem is not None:
-            self._refuse(candidate, problem, deployed, email=True)
-            return replace(report, digest=digest, unrunnable=problem, rate_limit=self._registry.rate_limit)
-        logger.info("new release {} ({}) above {}: deploying", candidate, digest, deployed or "nothing")
-        result = self._deployer.deploy(candidate, digest=digest)
-        if result.outcome == "deployed":
-            logger.info("deployed {}", candidate)
-        elif result.outcome != "noop":
-            host = self._platforms.host() if self._platforms is not None else None
-            problem = pull_platform_problem(candidate, result.error, host) if result.outcome == "failed" else None
-            if problem is not None:
-                # The deployer has already sent its "deploy of X failed" email: no second one.
-                self._refuse(candidate, problem, deployed, email=False)
-            else:
-                logger.warning("deploy of {} ended {}: {}", candidate, result.outcome, result.error)
+        logger.info("new release {} ({}) above {}", candidate, digest, deployed or "nothing")
+        outcome = self._rollout.roll_out(candidate, digest, deployed)
         return PollReport(
-            at=now, tags=len(tags), deployed=deployed, candidate=candidate, digest=digest, deploy=result,
-            rate_limit=self._registry.rate_limit, unrunnable=problem,
+            at=now, tags=len(tags), deployed=deployed, candidate=candidate, digest=digest, deploy=outcome.deploy,
+            rate_limit=self._registry.rate_limit, unrunnable=outcome.unrunnable,
         )
-
-    def _refuse(self, version: str, problem: str, deployed: str | None, *, email: bool) -> None:
-        """A release this machine cannot run: quarantined (skipped until a newer release appears), said once."""
-        self._state.quarantine(version, f"platform: {problem}")
-        keeps = f"{deployed} keeps running" if deployed else "nothing was running"
-        logger.error("{}: not deploying it ({}); it is not tried again until a newer release appears", problem, keeps)
-        if email and self._notifier is not None:
-            self._notifier.notify(Email(
-                subject=f"not deployed: {problem}",
-                body=(
-                    f"{problem}.\n\n"
-                    f"{self._settings.image.with_tag(version)} was not pulled and {keeps}.\n"
-                    f"{version} is quarantined: it is not tried again until a newer release appears. Once an "
-                    f"image for this machine is pushed under {version}, deploy it with "
-                    f"`cd-agent deploy {version} --force`.\n"
-                ),
-                kind="warning",
-            ))
 
     def run_forever(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set. Returns only then; no error ends the loop."""

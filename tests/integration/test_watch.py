@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support.cd_apps import CdWorld, WatchProcess, status_json, version_of
+from tests.support.cd_apps import CdWorld, WatchProcess, state_json, status_json, version_of
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.docker
@@ -54,7 +55,17 @@ def test_from_nothing_then_each_new_tag_within_two_poll_intervals(cd_world: CdWo
     wait_for(lambda: world.served() == "1.1.0", timeout=60, what="1.1.0 served")
     wait_for(lambda: current_version(world) == "1.1.0", timeout=30, what="1.1.0 recorded as deployed")
 
-    status = status_json(world)
+    # The poll that deployed 1.1.0 lasted as long as its deploy (a process of its own): look at an idle one.
+    recorded = datetime.now(UTC)
+
+    def idle_poll_done() -> dict[str, Any] | None:
+        status = state_json(world)
+        last_poll = datetime.fromisoformat(status["last_poll_at"])
+        next_poll = datetime.fromisoformat(status["next_poll_at"])
+        return status if recorded < last_poll < next_poll else None
+
+    status = wait_for(idle_poll_done, timeout=30, what="an idle poll after the deploy")
+    assert status is not None
     assert version_of(status["previous"]) == "1.0.1"
     last_poll = datetime.fromisoformat(status["last_poll_at"])
     next_poll = datetime.fromisoformat(status["next_poll_at"])

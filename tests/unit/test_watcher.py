@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import os
+import pickle
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from cd_agent.child_deploys import ChildDeploy, ChildDeploys, ChildError
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState, Release
-from cd_agent.watcher import JITTER, MAX_WAIT, Watcher, poll_delay
+from cd_agent.watcher import JITTER, MAX_WAIT, RolloutOutcome, Watcher, poll_delay
 from shared.errors import RateLimited, RegistryAuthError, RegistryUnavailable
 from shared.registry import RateLimit
 from shared.settings import load_settings
@@ -370,3 +374,83 @@ def test_deploys_that_fail_before_any_swap_are_retried_with_backoff(state):
 
     assert [version for version, _ in deployer.deployed] == ["1.0.0"] * 4
     assert time.waits == [120, 240, 480, 60, 60]
+
+
+# The watcher's side of a deploy process (cd_agent.child_deploys), against stand-in children: small
+# shell scripts run as the "python" of ChildDeploys, answering as cd_agent.deploy_child would.
+
+
+def stand_in(tmp_path: Path, body: str) -> str:
+    """An executable that reads the request from stdin (as the real child does), then runs ``body``."""
+    script = tmp_path / "child.sh"
+    script.write_text(f"#!/bin/sh\ncat > {tmp_path / 'request'}\n{body}\n")
+    script.chmod(0o700)
+    return str(script)
+
+
+def test_a_deploy_process_s_answer_becomes_the_rollout_outcome(tmp_path):
+    answer = '{"deploy": {"outcome": "rolled_back", "error": "health check failed"}, "unrunnable": null}'
+    deploys = ChildDeploys(settings(), python=stand_in(tmp_path, f"echo 'log noise' >&2; echo '{answer}'"))
+
+    outcome = deploys.roll_out("1.1.0", digest_of("1.1.0"), "1.0.0")
+
+    assert outcome == RolloutOutcome(ChildDeploy("rolled_back", "health check failed"), None)
+    request = pickle.loads((tmp_path / "request").read_bytes())  # noqa: S301 - written by the test
+    assert (request["job"], request["version"], request["digest"], request["deployed"]) == (
+        "roll_out", "1.1.0", digest_of("1.1.0"), "1.0.0"
+    )
+    assert request["settings"] == settings()  # the watcher's own, not read again
+    assert request["parent"] == os.getpid()
+
+
+def test_a_registry_outage_in_the_deploy_process_is_retried_like_one_in_the_watcher(tmp_path):
+    error = '{"error": {"type": "RateLimited", "message": "429 from the registry", "retry_after": 7.5}}'
+    deploys = ChildDeploys(settings(), python=stand_in(tmp_path, f"echo '{error}'"))
+
+    with pytest.raises(RateLimited, match="429 from the registry") as raised:
+        deploys.roll_out("1.1.0", digest_of("1.1.0"), "1.0.0")
+
+    assert raised.value.retry_after == 7.5
+
+
+def test_any_other_error_keeps_its_message_and_exit_code(tmp_path):
+    error = (
+        '{"error": {"type": "DockerUnavailable", "message": "cannot reach the Docker Engine", "exit_code": 3,'
+        ' "stage": "open"}}'
+    )
+    deploys = ChildDeploys(settings(), python=stand_in(tmp_path, f"echo '{error}'"))
+
+    with pytest.raises(ChildError, match="cannot reach the Docker Engine") as raised:
+        deploys.reconcile()
+
+    assert (raised.value.exit_code, raised.value.stage) == (3, "open")
+
+
+def test_a_killed_deploy_process_is_a_failed_deploy_then_a_reconcile(tmp_path):
+    # The first start is the deploy, killed; the second the reconcile it calls for.
+    calls = tmp_path / "calls"
+    body = (
+        f"echo started >> {calls}\n"
+        f"if [ $(wc -l < {calls}) -eq 1 ]; then kill -KILL $$; fi\n"
+        "echo '{\"done\": \"undid the interrupted deploy of 1.1.0\"}'"
+    )
+    deploys = ChildDeploys(settings(), python=stand_in(tmp_path, body))
+
+    with capture_logs("INFO") as logs:
+        outcome = deploys.roll_out("1.1.0", digest_of("1.1.0"), "1.0.0")
+
+    assert outcome.deploy is not None and outcome.deploy.outcome == "failed"
+    assert outcome.deploy.error == "the deploy process was killed by SIGKILL before it finished"
+    assert calls.read_text().count("started") == 2
+    said = [(entry.level, entry.message) for entry in logs]
+    assert ("ERROR", "deploy of 1.1.0 failed: the deploy process was killed by SIGKILL before it finished; "
+            "reconciling") in said
+
+
+def test_a_deploy_process_that_says_nothing_is_a_failed_deploy(tmp_path):
+    deploys = ChildDeploys(settings(), python=stand_in(tmp_path, "echo 'not json'; exit 4"))
+
+    outcome = deploys.roll_out("1.1.0", digest_of("1.1.0"), None)
+
+    assert outcome.deploy is not None and outcome.deploy.outcome == "failed"
+    assert outcome.deploy.error == "the deploy process exited with code 4 without an outcome"

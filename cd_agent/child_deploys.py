@@ -1,0 +1,142 @@
+"""The watcher's side of a deploy in a child process: ``cd-agent watch`` starts ``python -m cd_agent.deploy_child``
+for the start-up reconcile and for each release it deploys, and reads the outcome from the child's stdout.
+
+Why: an idle watcher needs the registry, the state and the log, nothing else; the Docker SDK (with
+``requests``), the deployer, the proxy and the email machinery are a deploy's business. Imported into the
+long-lived process they would stay resident for good (CPython seldom hands freed memory back to the OS),
+so they live only in the child, which exits when the deploy is done.
+
+The child keeps everything a deploy had before: the deploy lock, the journal, the run and its log file,
+the emails. It dies with the watcher (``PR_SET_PDEATHSIG``), so a SIGKILLed watcher is a crash of the deploy
+as before, reconciled at the next start. A child that ends without an outcome (killed, out of memory) is
+a failed deploy: the watcher logs it, reconciles at once in a new child, and backs off as after any failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from cd_agent.errors import CdError
+from cd_agent.settings import CdSettings
+from cd_agent.watcher import RolloutOutcome
+from shared.errors import PiCicdError, RateLimited, RegistryUnavailable
+
+CHILD_MODULE = "cd_agent.deploy_child"
+
+
+class ChildError(CdError):
+    """An error the deploy process reported, with the exit code it has in the child. ``stage`` is ``open``
+    when the child could not even build the agent (Docker out of reach, the state unreadable)."""
+
+    def __init__(self, message: str, *, exit_code: int = 1, stage: str = "job") -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.stage = stage
+
+
+@dataclass(frozen=True)
+class ChildDeploy:
+    """The outcome of a deploy in the child (``cd_agent.watcher.DeployResult``)."""
+
+    outcome: str
+    error: str | None = None
+
+
+class ChildDeploys:
+    """Runs the start-up reconcile and each deploy in ``python -m cd_agent.deploy_child``.
+
+    The child gets ``settings`` as they were read and validated at start-up (pickled on its stdin), not read
+    again: a ``.env`` edited since does not apply half-way, and what a deploy reads itself (``CD_ENV_FILE``)
+    is checked by the deploy, as before.
+    """
+
+    def __init__(self, settings: CdSettings, *, python: str = sys.executable) -> None:
+        self._settings = settings
+        self._python = python
+
+    def reconcile(self) -> str:
+        """Finish or undo an interrupted deploy; returns what was done. Raises ``ChildError``: the child's
+        error, or the child ending without an answer."""
+        result = self._run({"job": "reconcile"})
+        return str(result.get("done", ""))
+
+    def roll_out(self, version: str, digest: str, deployed: str | None) -> RolloutOutcome:
+        """``cd_agent.watcher.Rollout.roll_out`` in a child. Registry outages are raised as
+        ``RegistryUnavailable`` (the poll is retried), other errors as ``ChildError``."""
+        try:
+            result = self._run({"job": "roll_out", "version": version, "digest": digest, "deployed": deployed})
+        except _ChildDied as died:
+            logger.error("deploy of {} failed: {}; reconciling", version, died)
+            self._reconcile_after_a_kill()
+            return RolloutOutcome(ChildDeploy("failed", str(died)))
+        deploy = result.get("deploy")
+        return RolloutOutcome(
+            ChildDeploy(str(deploy["outcome"]), deploy.get("error")) if deploy is not None else None,
+            result.get("unrunnable"),
+        )
+
+    def _reconcile_after_a_kill(self) -> None:
+        # What a restarted agent would do first, without waiting for the next deploy.
+        try:
+            self.reconcile()  # logs what it did ("reconcile: undid the interrupted deploy of ...")
+        except PiCicdError as exc:
+            logger.error("reconcile after the failed deploy failed: {}; the next deploy reconciles again", exc)
+
+    def _run(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Start the child with ``request`` on stdin, wait for it (a stop request lets it finish), return its
+        answer or raise its error."""
+        payload = pickle.dumps({**request, "settings": self._settings, "parent": os.getpid()})
+        # stderr is ours: the child's console log lands where the watcher's does.
+        process = subprocess.run(
+            [self._python, "-m", CHILD_MODULE], input=payload, stdout=subprocess.PIPE, check=False
+        )
+        answer = _answer(process.stdout)
+        if answer is None:
+            raise _ChildDied(_ended(process.returncode))
+        error = answer.get("error")
+        if error is not None:
+            raise _rebuilt(error)
+        return answer
+
+
+class _ChildDied(ChildError):
+    """The child ended without an answer."""
+
+
+def _answer(output: bytes) -> dict[str, Any] | None:
+    lines = output.decode(errors="replace").strip().splitlines()
+    if not lines:
+        return None
+    try:
+        answer = json.loads(lines[-1])
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def _ended(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"the deploy process was killed by {name} before it finished"
+    return f"the deploy process exited with code {returncode} without an outcome"
+
+
+def _rebuilt(error: Mapping[str, Any]) -> PiCicdError:
+    message = str(error.get("message", ""))
+    if error.get("type") in ("RegistryUnavailable", "RateLimited"):
+        cls = RateLimited if error.get("type") == "RateLimited" else RegistryUnavailable
+        return cls(message, retry_after=error.get("retry_after"))
+    return ChildError(message, exit_code=int(error.get("exit_code", 1)), stage=str(error.get("stage", "job")))
