@@ -34,7 +34,7 @@ import docker
 from bench.peers import ci, install
 from bench.peers.cd import Side, cleanup, measure_upgrades, start_ouroboros, start_ours
 from bench.peers.idle import Idle, idle_rows, measure_idle
-from bench.peers.procs import remove_repository_images
+from bench.peers.procs import remove_registry_images, remove_repository_images
 from bench.peers.table import Row, load_now, render
 from tests.support.docker_env import DockerJanitor, unique
 from tests.support.git_repos import make_git_project
@@ -43,6 +43,8 @@ from tests.support.registry_server import RegistryServer, start_registry
 
 REPO = Path(__file__).resolve().parents[2]
 PARTS = ("idle", "ci", "cd")
+OUROBOROS_POLL = 30
+"""ouroboros raises any shorter ``--interval`` to 30 s."""
 
 
 def say(text: str) -> None:
@@ -127,7 +129,7 @@ def cd_part(client: Any, janitor: DockerJanitor, registry: RegistryServer, root:
         green = start_ours("pi-cicd blue-green", client, registry, janitor, root / "bg", "trap", poll,
                            CD_STRATEGY="blue-green", CD_PROXY_IMAGE=caddy, CD_PROXY_GRACE="1")
         sides.append(green)
-        peer = start_ouroboros(client, ouroboros, registry, janitor, root / "ob", "trap", poll)
+        peer = start_ouroboros(client, ouroboros, registry, janitor, root / "ob", "trap", OUROBOROS_POLL)
         sides.append(peer)
         outage_swap = Row("upgrade outage, longest gap between good answers (two 20 ms probes): swap", "s",
                           "ouroboros")
@@ -144,13 +146,13 @@ def cd_part(client: Any, janitor: DockerJanitor, registry: RegistryServer, root:
         init = start_ours("pi-cicd CD_INIT", client, registry, janitor, root / "pid1-init", "pid1", poll,
                           CD_INIT="true")
         sides.append(init)
-        peer = start_ouroboros(client, ouroboros, registry, janitor, root / "pid1-ob", "pid1", poll)
+        peer = start_ouroboros(client, ouroboros, registry, janitor, root / "pid1-ob", "pid1", OUROBOROS_POLL)
         sides.append(peer)
-        served_plain = Row(f"push → served, app whose PID 1 ignores SIGTERM ({poll:g} s polls, 10 s stop timeout)",
+        served_plain = Row("release pulled → served, app whose PID 1 ignores SIGTERM (10 s stop timeout)",
                            "s", "ouroboros")
         served_init = Row("the same with `CD_INIT=true`", "s", "ouroboros")
         measure_upgrades([(served_plain, plain), (served_init, init)], peer, [served_plain, served_init],
-                         args.rounds, lambda result: result.served_after)
+                         args.rounds, lambda result: result.served_after_pull)
         rows += [served_plain, served_init]
     finally:
         cleanup(client, janitor, sides)
@@ -175,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ack-requests", type=int, default=200)
     parser.add_argument("--idle-seconds", type=float, default=45.0, help="the idle measuring window")
     parser.add_argument("--settle", type=float, default=15.0, help="seconds idle agents get to finish starting")
-    parser.add_argument("--poll", type=float, default=1.0, help="poll interval of both CD agents in the CD rows")
+    parser.add_argument("--poll", type=float, default=1.0,
+                        help="cd-agent's poll interval in the CD rows (ouroboros polls every 30 s, its minimum)")
     parser.add_argument("--only", action="append", choices=PARTS, help="run only these parts (repeatable)")
     parser.add_argument("--peers-dir", type=Path, default=REPO / ".bench-peers",
                         help="where ouroboros's virtual environment is kept")
@@ -204,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows += cd_part(client, janitor, registry, root / "cd", ouroboros, args)
         finally:
             janitor.cleanup()
+            remove_registry_images(client, registry.host)
             registry.stop()
             client.close()
     minutes = (time.monotonic() - began) / 60

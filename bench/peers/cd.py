@@ -4,8 +4,11 @@ Each side gets its own app: a repository in the same throw-away registry, a cont
 loopback port, releases built the same way (busybox ``httpd`` ``FROM scratch``, the version in
 ``/www/index.html``, not in ``ENV``: ouroboros copies the old container's environment into the new
 one). A release is pushed as ``X.Y.Z`` and ``latest`` (the tag ouroboros follows) and its local tag
-removed, so both agents pull it. Both poll every ``poll`` seconds and stop the old container with
-the same 10 s timeout (Docker's default, which ouroboros uses; ``CD_STOP_TIMEOUT=10``).
+removed, so both agents pull it. Both stop the old container with the same 10 s timeout (Docker's
+default, which ouroboros uses; ``CD_STOP_TIMEOUT=10``). ouroboros polls every 30 s at the most often
+(it raises any shorter ``--interval`` to 30), so the times are taken from the daemon's ``pull`` event
+of the release (the agent has noticed it) to the first answer of the new version, and pi-cicd polls
+every second only to keep the run short.
 
 Two apps: ``trap`` stops at once on SIGTERM (its shell traps it); ``pid1`` is ``httpd`` as the
 container's PID 1, which installs no SIGTERM handler, so Linux drops the signal and every stop takes
@@ -32,6 +35,7 @@ from tests.support.registry_server import RegistryServer
 from tests.support.switch_probe import SwitchProbe
 
 App = Literal["trap", "pid1"]
+OUROBOROS_LOG_LEVEL = "info"
 
 TRAP_START = """#!/bin/sh
 trap 'kill $pid; exit 0' TERM
@@ -56,7 +60,8 @@ class Releases:
     def repository(self) -> str:
         return f"{self.registry.host}/{self.name}"
 
-    def push(self, version: str) -> None:
+    def push(self, version: str) -> float:
+        """Build and push ``version``, then point ``latest`` at it; returns when ``latest`` moved (epoch)."""
         if self.app == "trap":
             dockerfile = busybox_dockerfile(cmd=["/app/start.sh"])
             files = {"www/index.html": version, "app/start.sh": TRAP_START}
@@ -78,6 +83,7 @@ class Releases:
         put = httpx.put(f"{base}/latest", content=manifest.content,
                         headers={"Content-Type": manifest.headers["content-type"]}, timeout=10)
         put.raise_for_status()
+        return time.time()
 
 
 @dataclass
@@ -157,8 +163,10 @@ def start_ouroboros(client: Any, binary: Path, registry: RegistryServer, janitor
                           ports={"8080/tcp": ("127.0.0.1", port)}, restart_policy={"Name": "unless-stopped"})
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(root)}
     log = root / "ouroboros.log"
-    agent = Daemon([str(binary), "-m", container, "-i", f"{max(1, round(poll))}", "-c", "-l", "info"], log,
-                   env=env, cwd=root)
+    # --self-update only skips an inspect of every other running container's image: on a shared daemon
+    # one removed meanwhile fails the whole poll (and ouroboros's error handler then raises AttributeError).
+    command = [str(binary), "-m", container, "-i", f"{max(1, round(poll))}", "-c", "-u", "-l", OUROBOROS_LOG_LEVEL]
+    agent = Daemon(command, log, env=env, cwd=root)
 
     def deployed() -> int:
         return agent.output().count("will be updated")
@@ -181,22 +189,51 @@ def _serves(url: str, body: str) -> bool:
 class Upgrade:
     gap: float
     """The longest time between two good answers of either probe client (the outage a user sees)."""
-    served_after: float
-    """From the end of the push (``X.Y.Z`` and ``latest`` in the registry) to the first answer of the new version."""
+    served_after_pull: float
+    """From the daemon's ``pull`` event of the release (the agent noticed it and fetched it) to the first
+    answer of the new version: the upgrade itself, without the wait for the next poll."""
 
 
 def upgrade(side: Side, version: str, versions: set[str]) -> Upgrade:
     before = side.deployed()
     with SwitchProbe(side.url, expected=versions, interval=0.02) as probe:
-        side.releases.push(version)
-        pushed = time.monotonic()
-        probe.wait_for_body(version, timeout=90)
+        pushing = time.time()
+        moved = side.releases.push(version)
+        try:
+            probe.wait_for_body(version, timeout=120)
+        except AssertionError as exc:
+            output = side.agent.output if isinstance(side.agent, AgentProcess) else side.agent.output()
+            raise RuntimeError(f"{side.label} did not serve {version}: {exc}; probe saw {probe.bodies('fresh')}, "
+                               f"{probe.failures[-3:]}\nits log:\n{output[-4000:]}") from exc
         probe.wait_for_more(5)
         gap = max(probe.max_gap(client) for client in ("fresh", "keepalive"))
-        served = min(s.at for s in probe.samples if s.ok and s.detail == version) - pushed
+        # The probe's clock is monotonic, the daemon's events are wall-clock: one offset between them.
+        offset = time.time() - time.monotonic()
+        served = min(s.at for s in probe.samples if s.ok and s.detail == version) + offset
+    pulled = first_pull(side.releases, pushing, moved)
     # The deploy's tail (health check, removing or stopping the old container) before the next round.
     wait_deploys(side, before + 1)
-    return Upgrade(gap, served)
+    return Upgrade(gap, served - pulled)
+
+
+def first_pull(releases: Releases, pushing: float, moved: float) -> float:
+    """When the daemon finished the first pull of the release pushed from ``pushing`` on (epoch seconds).
+
+    pi-cicd pulls the new version (by tag or digest) once it is in the registry, which can be before
+    ``latest`` moved at ``moved``; ouroboros pulls ``latest`` at every poll, so only a pull of ``latest``
+    after ``moved`` fetched the release.
+    """
+    events = releases.client.events(since=int(pushing), until=int(time.time()) + 1, decode=True,
+                                    filters={"type": "image", "event": "pull"})
+    for event in events:
+        at = event.get("timeNano", 0) / 1e9
+        name = str(event.get("id", ""))
+        if at < pushing or not name.startswith((f"{releases.repository}:", f"{releases.repository}@")):
+            continue
+        if name == f"{releases.repository}:latest" and at < moved:
+            continue
+        return float(at)
+    raise RuntimeError(f"no pull of {releases.repository} after the push in the daemon's events")
 
 
 def wait_deploys(side: Side, count: int) -> None:

@@ -20,6 +20,7 @@ WEBHOOK_PACKAGE = "webhook"
 
 def ouroboros(venv: Path) -> Path:
     """The ``ouroboros`` command, in its own virtual environment (made the first time)."""
+    venv = venv.resolve()
     command = venv / "bin" / "ouroboros"
     marker = venv / "installed.txt"
     wanted = f"{OUROBOROS} {OUROBOROS_PIN}\n"

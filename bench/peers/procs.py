@@ -73,3 +73,14 @@ def remove_repository_images(client: Any, *repositories: str) -> None:
                         client.images.remove(tag, force=True)
                     except docker.errors.APIError:
                         pass
+
+
+def remove_registry_images(client: Any, host: str) -> None:
+    """Every local image tagged for the registry at ``host`` (``127.0.0.1:PORT``, a port this run chose)."""
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.startswith(f"{host}/"):
+                try:
+                    client.images.remove(tag, force=True)
+                except docker.errors.APIError:
+                    pass
