@@ -6,9 +6,9 @@ loopback port, releases built the same way (busybox ``httpd`` ``FROM scratch``, 
 one). A release is pushed as ``X.Y.Z`` and ``latest`` (the tag ouroboros follows) and its local tag
 removed, so both agents pull it. Both stop the old container with the same 10 s timeout (Docker's
 default, which ouroboros uses; ``CD_STOP_TIMEOUT=10``). ouroboros polls every 30 s at the most often
-(it raises any shorter ``--interval`` to 30), so the times are taken from the daemon's ``pull`` event
-of the release (the agent has noticed it) to the first answer of the new version, and pi-cicd polls
-every second only to keep the run short.
+(it raises any shorter ``--interval`` to 30), so each of its rounds starts it again after the push (it
+checks at once when it starts), pi-cicd polls every second, and the times are taken from the daemon's
+``pull`` event of the release (the agent has noticed it) to the first answer of the new version.
 
 Two apps: ``trap`` stops at once on SIGTERM (its shell traps it); ``pid1`` is ``httpd`` as the
 container's PID 1, which installs no SIGTERM handler, so Linux drops the signal and every stop takes
@@ -17,6 +17,7 @@ the whole timeout unless an init passes it on (``CD_INIT=true``).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from bench.peers.table import Row
 from cd_agent.proxy import network_name
 from tests.support.agent_process import AgentProcess
 from tests.support.docker_env import DockerJanitor, build_context_tar, busybox_dockerfile, unique
+from tests.support.polling import wait_for
 from tests.support.ports import free_port
 from tests.support.registry_server import RegistryServer
 from tests.support.switch_probe import SwitchProbe
@@ -60,7 +62,7 @@ class Releases:
     def repository(self) -> str:
         return f"{self.registry.host}/{self.name}"
 
-    def push(self, version: str) -> float:
+    def push(self, version: str, *, move_latest: bool = True) -> float:
         """Build and push ``version``, then point ``latest`` at it; returns when ``latest`` moved (epoch)."""
         if self.app == "trap":
             dockerfile = busybox_dockerfile(cmd=["/app/start.sh"])
@@ -75,6 +77,9 @@ class Releases:
             if "error" in line:
                 raise RuntimeError(f"push {reference}: {line['error']}")
         self.client.images.remove(reference)
+        return self.move_latest(version) if move_latest else time.time()
+
+    def move_latest(self, version: str) -> float:
         # `latest` moved in the registry only: a local `latest` moved by a build would untag the image
         # of ouroboros's running container, and ouroboros skips containers whose image has no tag.
         base = f"{self.registry.url}/v2/{self.name}/manifests"
@@ -97,6 +102,8 @@ class Side:
     agent: AgentProcess | Daemon
     deployed: Callable[[], int]
     """How many deploys the agent has finished (from its log)."""
+    restart: Callable[[], Daemon] | None = None
+    """ouroboros: starts it again (it checks at once when it starts, then every 30 s at most often)."""
 
     @property
     def url(self) -> str:
@@ -166,15 +173,35 @@ def start_ouroboros(client: Any, binary: Path, registry: RegistryServer, janitor
     # --self-update only skips an inspect of every other running container's image: on a shared daemon
     # one removed meanwhile fails the whole poll (and ouroboros's error handler then raises AttributeError).
     command = [str(binary), "-m", container, "-i", f"{max(1, round(poll))}", "-c", "-u", "-l", OUROBOROS_LOG_LEVEL]
-    agent = Daemon(command, log, env=env, cwd=root)
+
+    def start() -> Daemon:
+        return Daemon(command, log, env=env, cwd=root)
 
     def deployed() -> int:
-        return agent.output().count("will be updated")
+        return log.read_text(errors="replace").count("will be updated") if log.exists() else 0
 
-    side = Side("ouroboros", releases, container, port, agent, deployed)
+    agent = start()
+    side = Side("ouroboros", releases, container, port, agent, deployed, restart=start)
     agent.wait_for(lambda: _serves(side.url, "1.0.0") and "Version" in agent.output(), timeout=60,
                    what="ouroboros started over a serving app")
     return side
+
+
+def _output(side: Side) -> str:
+    return side.agent.output if isinstance(side.agent, AgentProcess) else side.agent.output()
+
+
+def _container_state(side: Side) -> str:
+    listed = side.releases.client.api.containers(all=True, filters={"name": side.container})
+    return "; ".join(f"{c['Names'][0]} {c['Image']} {c['Status']}" for c in listed) or "none"
+
+
+def _serving(url: str, bodies: set[str]) -> bool:
+    try:
+        response = httpx.get(url, timeout=1)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200 and response.text in bodies
 
 
 def _serves(url: str, body: str) -> bool:
@@ -194,46 +221,76 @@ class Upgrade:
     answer of the new version: the upgrade itself, without the wait for the next poll."""
 
 
-def upgrade(side: Side, version: str, versions: set[str]) -> Upgrade:
+def upgrade(side: Side, version: str, versions: set[str], pulls: PullLog) -> Upgrade:
     before = side.deployed()
+    try:
+        wait_for(lambda: _serving(side.url, versions), timeout=60, what=f"{side.label} serving before {version}")
+    except AssertionError as exc:
+        raise RuntimeError(f"{exc}; container: {_container_state(side)}\nits log:\n{_output(side)[-4000:]}") from exc
     with SwitchProbe(side.url, expected=versions, interval=0.02) as probe:
         pushing = time.time()
-        moved = side.releases.push(version)
+        if side.restart is not None:
+            # Not to wait up to 30 s for ouroboros's next poll: it checks at once when it starts.
+            side.agent.stop()
+            moved = side.releases.push(version)
+            side.agent = side.restart()
+        else:
+            moved = side.releases.push(version)
         try:
             probe.wait_for_body(version, timeout=120)
         except AssertionError as exc:
-            output = side.agent.output if isinstance(side.agent, AgentProcess) else side.agent.output()
             raise RuntimeError(f"{side.label} did not serve {version}: {exc}; probe saw {probe.bodies('fresh')}, "
-                               f"{probe.failures[-3:]}\nits log:\n{output[-4000:]}") from exc
+                               f"{probe.failures[-3:]}\nits log:\n{_output(side)[-4000:]}") from exc
         probe.wait_for_more(5)
         gap = max(probe.max_gap(client) for client in ("fresh", "keepalive"))
         # The probe's clock is monotonic, the daemon's events are wall-clock: one offset between them.
         offset = time.time() - time.monotonic()
         served = min(s.at for s in probe.samples if s.ok and s.detail == version) + offset
-    pulled = first_pull(side.releases, pushing, moved)
+    pulled = pulls.first_pull(side.releases, pushing, moved)
     # The deploy's tail (health check, removing or stopping the old container) before the next round.
     wait_deploys(side, before + 1)
     return Upgrade(gap, served - pulled)
 
 
-def first_pull(releases: Releases, pushing: float, moved: float) -> float:
-    """When the daemon finished the first pull of the release pushed from ``pushing`` on (epoch seconds).
+class PullLog:
+    """The daemon's ``pull`` events, streamed as they happen (its buffer of past events is too short on a
+    busy daemon to be asked afterwards)."""
 
-    pi-cicd pulls the new version (by tag or digest) once it is in the registry, which can be before
-    ``latest`` moved at ``moved``; ouroboros pulls ``latest`` at every poll, so only a pull of ``latest``
-    after ``moved`` fetched the release.
-    """
-    events = releases.client.events(since=int(pushing), until=int(time.time()) + 1, decode=True,
-                                    filters={"type": "image", "event": "pull"})
-    for event in events:
-        at = event.get("timeNano", 0) / 1e9
-        name = str(event.get("id", ""))
-        if at < pushing or not name.startswith((f"{releases.repository}:", f"{releases.repository}@")):
-            continue
-        if name == f"{releases.repository}:latest" and at < moved:
-            continue
-        return float(at)
-    raise RuntimeError(f"no pull of {releases.repository} after the push in the daemon's events")
+    def __init__(self, client: Any) -> None:
+        self.events: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._stream = client.events(decode=True, filters={"type": "image", "event": "pull"})
+        self._thread = threading.Thread(target=self._read, name="pull-events", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in self._stream:
+                with self._lock:
+                    self.events.append((event.get("timeNano", 0) / 1e9, str(event.get("id", ""))))
+        except Exception:  # noqa: S110 - the stream ends with an error when it is closed
+            pass
+
+    def close(self) -> None:
+        self._stream.close()
+        self._thread.join(5)
+
+    def first_pull(self, releases: Releases, pushing: float, moved: float) -> float:
+        """When the daemon finished the first pull of the release pushed from ``pushing`` on (epoch seconds).
+
+        pi-cicd pulls the new version (by tag or digest) once it is in the registry, which can be before
+        ``latest`` moved at ``moved``; ouroboros pulls ``latest`` at every check, so only a pull of
+        ``latest`` after ``moved`` fetched the release.
+        """
+        prefixes = (f"{releases.repository}:", f"{releases.repository}@")
+        wait_for(lambda: any(at >= pushing and name.startswith(prefixes) for at, name in self.events), timeout=10,
+                 what=f"the daemon's pull event of {releases.repository}")
+        with self._lock:
+            for at, name in self.events:
+                if at >= pushing and name.startswith(prefixes):
+                    if not (name == f"{releases.repository}:latest" and at < moved):
+                        return at
+        raise RuntimeError(f"no pull of {releases.repository} after the push in the daemon's events")
 
 
 def wait_deploys(side: Side, count: int) -> None:
@@ -248,18 +305,21 @@ def measure_upgrades(rows: list[tuple[Row, Side]], peer: Side, peer_rows: list[R
                      pick: Callable[[Upgrade], float]) -> None:
     """``rounds`` upgrades of every side, alternating, each side's in its own row (the peer's in all)."""
     sides = [side for _, side in rows] + [peer]
+    pulls = PullLog(peer.releases.client)
     versions = {f"1.0.{n}" for n in range(rounds + 1)}
-    for index in range(1, rounds + 1):
-        order = sides if index % 2 else sides[::-1]
-        for side in order:
-            for row in [row for row, _ in rows] + peer_rows:
-                row.mark_load()
-            result = pick(upgrade(side, f"1.0.{index}", versions))
-            if side is peer:
-                for row in peer_rows:
-                    row.theirs.append(result)
-            else:
-                next(row for row, owner in rows if owner is side).ours.append(result)
+    try:
+        for index in range(1, rounds + 1):
+            for side in sides if index % 2 else sides[::-1]:
+                for row in [row for row, _ in rows] + peer_rows:
+                    row.mark_load()
+                result = pick(upgrade(side, f"1.0.{index}", versions, pulls))
+                if side is peer:
+                    for row in peer_rows:
+                        row.theirs.append(result)
+                else:
+                    next(row for row, owner in rows if owner is side).ours.append(result)
+    finally:
+        pulls.close()
     for row in [row for row, _ in rows] + peer_rows:
         row.mark_load()
 

@@ -57,7 +57,7 @@ def cell(values: list[float], unit: str, name: str = "") -> str:
     if middle is None:
         return f"{name} n/a".strip()
     text = f"{name} {_number(middle, unit)} {unit}".strip()
-    if len(values) > 1:
+    if len(values) > 1 and _number(min(values), unit) != _number(max(values), unit):
         text += f" ({_number(min(values), unit)}–{_number(max(values), unit)})"
     return text
 
