@@ -194,17 +194,25 @@ def main(argv: list[str] | None = None) -> int:
     versions = (f"{install.version_of([str(ouroboros), '--version'])} ({install.OUROBOROS}, {install.OUROBOROS_PIN}); "
                 f"{install.version_of([webhook, '-version'])}; dockerd {client.version().get('Version', '?')}")
     rows: list[Row] = []
+    failed: list[str] = []
     janitor = DockerJanitor(client)
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as scratch:
         root = Path(scratch)
         registry = start_registry(root / "registry")
         try:
-            if "idle" in parts:
-                rows += idle_part(client, janitor, registry, root / "idle", ouroboros, webhook, args)
-            if "ci" in parts:
-                rows += ci_part(client, registry, root / "ci", webhook, args)
-            if "cd" in parts:
-                rows += cd_part(client, janitor, registry, root / "cd", ouroboros, args)
+            runs = {
+                "idle": lambda: idle_part(client, janitor, registry, root / "idle", ouroboros, webhook, args),
+                "ci": lambda: ci_part(client, registry, root / "ci", webhook, args),
+                "cd": lambda: cd_part(client, janitor, registry, root / "cd", ouroboros, args),
+            }
+            for part in parts:
+                try:
+                    rows += runs[part]()
+                except Exception as exc:
+                    # A shared machine can break one part (a container removed under it, a timeout under
+                    # load): the other parts' rows are still worth printing.
+                    failed.append(f"{part}: {type(exc).__name__}: {str(exc)[:3000]}")
+                    say(f"the {part} part failed: {exc}")
         finally:
             janitor.cleanup()
             remove_registry_images(client, registry.host)
@@ -218,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("ratio = pi-cicd / peer (below 1: pi-cicd uses less or is faster); load = 1-minute load average "
           "during the row (min–max)")
-    return 0
+    for failure in failed:
+        print(f"FAILED {failure}")
+    return 1 if failed else 0
 
 
 def _cores() -> int:

@@ -196,6 +196,14 @@ def _container_state(side: Side) -> str:
     return "; ".join(f"{c['Names'][0]} {c['Image']} {c['Status']}" for c in listed) or "none"
 
 
+def _answer(url: str) -> str:
+    try:
+        response = httpx.get(url, timeout=2)
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return f"{response.status_code} {response.text[:300]!r}"
+
+
 def _serving(url: str, bodies: set[str]) -> bool:
     try:
         response = httpx.get(url, timeout=1)
@@ -226,7 +234,8 @@ def upgrade(side: Side, version: str, versions: set[str], pulls: PullLog) -> Upg
     try:
         wait_for(lambda: _serving(side.url, versions), timeout=60, what=f"{side.label} serving before {version}")
     except AssertionError as exc:
-        raise RuntimeError(f"{exc}; container: {_container_state(side)}\nits log:\n{_output(side)[-4000:]}") from exc
+        raise RuntimeError(f"{exc}; it answers {_answer(side.url)}; containers: {_container_state(side)}\n"
+                           f"its log:\n{_output(side)[-4000:]}") from exc
     with SwitchProbe(side.url, expected=versions, interval=0.02) as probe:
         pushing = time.time()
         if side.restart is not None:
