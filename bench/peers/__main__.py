@@ -1,6 +1,6 @@
 """pi-cicd side by side with the tools a user would otherwise pick, measured in one run.
 
-    python -m bench.peers                 # everything, ~6-9 minutes
+    python -m bench.peers                 # everything, ~10 minutes on a busy 2-core machine
     python -m bench.peers --rounds 5      # more upgrades and pipeline runs per row
     python -m bench.peers --only ci       # idle, ci or cd (repeatable)
 
