@@ -50,7 +50,12 @@ cd "$work"
 git fetch -q origin "$sha"
 git checkout -q --force "$sha"
 step checkout
+old=$(docker image inspect -f '{{.Id}}' "$image:ci-test" 2>/dev/null || true)
 docker build -q --target test -t "$image:ci-test" . > /dev/null
+# The replaced test image goes, as ci-agent removes its own (else it stays behind untagged).
+if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$image:ci-test")" ]; then
+    docker rmi "$old" > /dev/null 2>&1 || true
+fi
 docker run --rm "$image:ci-test" sh -c 'sh /tests/run.sh' > /dev/null
 step test
 count=$(( $(cat "$here/count" 2>/dev/null || echo 0) + 1 )); echo "$count" > "$here/count"
