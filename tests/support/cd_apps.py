@@ -122,11 +122,11 @@ class AppReleases:
     ) -> str:
         """Build and push ``repository:version``; the local tag is removed so the deployer must pull."""
         script = start or {"good": START, "healthcheck": START, "broken": BROKEN, "silent": SILENT}[variant]
-        extra = "RUN mkdir -p /www /tmp"
+        extra = ""
         if variant == "healthcheck":
             # Written here: docker 20.10 refuses the helper's --start-period=0s.
-            extra += (
-                "\nHEALTHCHECK --interval=300ms --timeout=2s --retries=3"
+            extra = (
+                "HEALTHCHECK --interval=300ms --timeout=2s --retries=3"
                 ' CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]'
             )
         dockerfile = busybox_dockerfile(
@@ -168,7 +168,7 @@ class AppReleases:
     def _build_and_push(self, dockerfile: str, script: str, version: str, *, keep_local: bool) -> None:
         reference = f"{self.repository}:{version}"
         self.docker_client.images.build(
-            fileobj=build_context_tar(dockerfile, {"app/start.sh": script}),
+            fileobj=build_context_tar(dockerfile, {"app/start.sh": script, "www/": "", "tmp/": ""}),
             custom_context=True,
             tag=reference,
             rm=True,
