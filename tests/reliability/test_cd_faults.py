@@ -391,8 +391,7 @@ def test_a_lost_or_corrupt_state_database(
 ) -> None:
     world = cd_world
     world.releases.push("1.0.0")
-    first = cd_agent("deploy", "1.0.0", environ=world.environ(), cwd=world.root)
-    assert first.returncode == 0, first.stderr
+    world.deploy_first("1.0.0")
     before = identity(world)
     state_path = world.settings().state_path
     for path in state_path.parent.glob(state_path.name + "*"):
@@ -441,8 +440,7 @@ def test_a_lost_or_corrupt_state_database(
 def test_ten_broken_releases_in_a_row(cd_world: CdWorld, watches: list[WatchProcess], observed: Observed) -> None:
     world = cd_world
     world.releases.push("1.0.0")
-    first = cd_agent("deploy", "1.0.0", environ=world.environ(), cwd=world.root)
-    assert first.returncode == 0, first.stderr
+    world.deploy_first("1.0.0")
     broken = [f"1.0.{n}" for n in range(1, 11)]
     push_tags(world, broken)
 
