@@ -17,7 +17,7 @@ from tests.support.cd_apps import SILENT, cd_agent, kill_deploy_at
 from tests.support.oci_index import S390X, Publisher, engine_of
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
-from tests.support.swarm_env import SwarmWorld
+from tests.support.swarm_env import MONITOR_S, SwarmWorld
 
 pytestmark = pytest.mark.docker
 
@@ -49,7 +49,7 @@ def test_a_missing_service_is_created_from_the_settings(swarm_world: SwarmWorld)
     mounts = spec["TaskTemplate"]["ContainerSpec"]["Mounts"]
     assert [(m["Source"], m["Target"], m["Type"]) for m in mounts] == [(swarm_world.world.volume, "/data", "volume")]
     assert spec["UpdateConfig"]["FailureAction"] == "rollback" and spec["UpdateConfig"]["Parallelism"] == 1
-    assert spec["UpdateConfig"]["Monitor"] == 6 * 10**9
+    assert spec["UpdateConfig"]["Monitor"] == MONITOR_S * 10**9
     ports = spec["EndpointSpec"]["Ports"]
     assert [(p["TargetPort"], p["PublishedPort"], p["PublishMode"]) for p in ports] == [(8080, port, "host")]
     _pinned(swarm_world, "1.0.0")

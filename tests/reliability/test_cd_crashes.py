@@ -10,7 +10,7 @@ import pytest
 
 from cd_agent.container_spec import LABEL_VERSION
 from shared.runstore import RunStore
-from tests.support.cd_apps import AppReleases, CdWorld, WatchProcess, cd_agent, kill_deploy_at, state_json, version_of
+from tests.support.cd_apps import AppReleases, CdWorld, WatchProcess, kill_deploy_at, state_json, version_of
 from tests.support.docker_env import DockerJanitor
 from tests.support.fault_proxy import Fault, FaultProxy
 from tests.support.polling import wait_for
@@ -77,8 +77,7 @@ def test_killed_at_a_step_then_restarted(
     observed: Observed,
 ) -> None:
     world.overrides["CD_IMAGE"] = world.releases.repository.replace(registry.host, proxy.host, 1)
-    first = cd_agent("deploy", "1.0.0", environ=world.environ(), cwd=world.root)
-    assert first.returncode == 0, first.stderr
+    world.deploy_first("1.0.0")
 
     if step == "pull":
         _kill_watch_while_pulling(world, proxy, watches)

@@ -87,18 +87,9 @@ def config_digest(registry: RegistryServer, repository: str, tag: str) -> str:
 def push_tags(world: CdWorld, versions: list[str]) -> None:
     """One broken build pushed under every tag in ``versions`` (one build: builds are the slow part).
 
-    All are pushed before the watcher starts: the local tags go only after every push, which would race a
-    watcher that found an image still here."""
-    first = world.releases.push(versions[0], "broken", keep_local=True)
-    image = world.docker_client.images.get(first)
-    repository = world.releases.repository
-    for version in versions[1:]:
-        world.janitor.images.add(f"{repository}:{version}")
-        image.tag(repository, tag=version)
-        for line in world.docker_client.images.push(repository, tag=version, stream=True, decode=True):
-            assert "error" not in line, line
-    for version in versions:
-        world.docker_client.images.remove(f"{repository}:{version}")
+    All are in the registry before the watcher starts, and none is left in the local image store."""
+    world.releases.push(versions[0], "broken")
+    world.releases.alias(versions[0], *versions[1:])
 
 
 def assert_kept_serving(probe: HttpProbe) -> None:
@@ -400,8 +391,7 @@ def test_a_lost_or_corrupt_state_database(
 ) -> None:
     world = cd_world
     world.releases.push("1.0.0")
-    first = cd_agent("deploy", "1.0.0", environ=world.environ(), cwd=world.root)
-    assert first.returncode == 0, first.stderr
+    world.deploy_first("1.0.0")
     before = identity(world)
     state_path = world.settings().state_path
     for path in state_path.parent.glob(state_path.name + "*"):
@@ -450,8 +440,7 @@ def test_a_lost_or_corrupt_state_database(
 def test_ten_broken_releases_in_a_row(cd_world: CdWorld, watches: list[WatchProcess], observed: Observed) -> None:
     world = cd_world
     world.releases.push("1.0.0")
-    first = cd_agent("deploy", "1.0.0", environ=world.environ(), cwd=world.root)
-    assert first.returncode == 0, first.stderr
+    world.deploy_first("1.0.0")
     broken = [f"1.0.{n}" for n in range(1, 11)]
     push_tags(world, broken)
 

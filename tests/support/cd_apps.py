@@ -73,14 +73,43 @@ while true; do sleep 1; done
 """
 
 
+@dataclass(frozen=True)
+class _Built:
+    """A release image built once and pushed once, which later pushes copy inside the registry."""
+
+    registry_url: str
+    path: str  # ``owner/app`` inside the registry
+    manifest: bytes
+    media_type: str
+    blobs: tuple[str, ...]  # the config's digest and the layers'
+
+
+# One build per distinct release (Dockerfile + start script) for the whole session: building costs seconds
+# (more on a loaded machine), copying a pushed image to another repository costs milliseconds. Keyed by the
+# registry too: a copy only mounts blobs inside one registry.
+_BUILT: dict[tuple[str, str, str], _Built] = {}
+_MANIFEST_TYPES = ", ".join((
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+))
+
+
 class AppReleases:
-    """Builds, pushes and forgets (locally) releases of one app repository in the test registry."""
+    """Builds, pushes and forgets (locally) releases of one app repository in the test registry.
+
+    A release with the same Dockerfile and start script as one pushed earlier in the session (by this or
+    another test) is not built again: its manifest and blobs are copied inside the registry to this
+    repository, so the registry holds exactly what ``docker push`` put there and, as for a fresh build,
+    nothing of it is left in the local image store (the deployer must pull every blob).
+    """
 
     def __init__(self, docker_client: Any, registry: RegistryServer, janitor: DockerJanitor | None = None) -> None:
         self.docker_client = docker_client
+        self.registry_url = registry.url
         self.repository = f"{registry.host}/{unique('cdapp')}/app"
         self.janitor = janitor
         self.pushed: list[str] = []
+        self._copied: set[tuple[str, str, str]] = set()
 
     def push(
         self,
@@ -93,11 +122,11 @@ class AppReleases:
     ) -> str:
         """Build and push ``repository:version``; the local tag is removed so the deployer must pull."""
         script = start or {"good": START, "healthcheck": START, "broken": BROKEN, "silent": SILENT}[variant]
-        extra = "RUN mkdir -p /www /tmp"
+        extra = ""
         if variant == "healthcheck":
             # Written here: docker 20.10 refuses the helper's --start-period=0s.
-            extra += (
-                "\nHEALTHCHECK --interval=300ms --timeout=2s --retries=3"
+            extra = (
+                "HEALTHCHECK --interval=300ms --timeout=2s --retries=3"
                 ' CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]'
             )
         dockerfile = busybox_dockerfile(
@@ -109,8 +138,37 @@ class AppReleases:
         reference = f"{self.repository}:{version}"
         if self.janitor is not None:
             self.janitor.images.add(reference)
+        key = (self.registry_url, dockerfile, script)
+        # The same release twice in one repository is a rebuild (a new digest), as a test pushing it again means.
+        if keep_local or key in self._copied or not self._copy(_BUILT.get(key), version):
+            self._build_and_push(dockerfile, script, version, keep_local=keep_local)
+            if not keep_local:
+                _BUILT[key] = self._built(version)
+        self._copied.add(key)
+        self.pushed.append(version)
+        return reference
+
+    def alias(self, version: str, *others: str) -> None:
+        """Tag the pushed release ``version`` as each of ``others`` too (what ``docker tag`` and ``docker push``
+        of one image under more tags leave in the registry): one build for many releases."""
+        with httpx.Client(base_url=self.registry_url, timeout=30) as http:
+            answer = http.get(f"/v2/{self._path}/manifests/{version}", headers={"Accept": _MANIFEST_TYPES})
+            answer.raise_for_status()
+            for other in others:
+                put = http.put(
+                    f"/v2/{self._path}/manifests/{other}",
+                    content=answer.content,
+                    headers={"Content-Type": answer.headers["content-type"]},
+                )
+                assert put.status_code == 201, put.text
+                if self.janitor is not None:
+                    self.janitor.images.add(f"{self.repository}:{other}")
+                self.pushed.append(other)
+
+    def _build_and_push(self, dockerfile: str, script: str, version: str, *, keep_local: bool) -> None:
+        reference = f"{self.repository}:{version}"
         self.docker_client.images.build(
-            fileobj=build_context_tar(dockerfile, {"app/start.sh": script}),
+            fileobj=build_context_tar(dockerfile, {"app/start.sh": script, "www/": "", "tmp/": ""}),
             custom_context=True,
             tag=reference,
             rm=True,
@@ -121,8 +179,40 @@ class AppReleases:
                 raise RuntimeError(f"push {reference}: {line['error']}")
         if not keep_local:
             self.docker_client.images.remove(reference)
-        self.pushed.append(version)
-        return reference
+
+    @property
+    def _path(self) -> str:
+        return self.repository.split("/", 1)[1]
+
+    def _built(self, version: str) -> _Built:
+        with httpx.Client(base_url=self.registry_url, timeout=30) as http:
+            answer = http.get(f"/v2/{self._path}/manifests/{version}", headers={"Accept": _MANIFEST_TYPES})
+            answer.raise_for_status()
+        manifest = answer.json()
+        blobs = (manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"]))
+        return _Built(self.registry_url, self._path, answer.content, answer.headers["content-type"], blobs)
+
+    def _copy(self, built: _Built | None, version: str) -> bool:
+        """Put ``built`` under ``version`` in this repository by mounting its blobs; False if that failed
+        (e.g. its registry was stopped), and the caller builds instead."""
+        if built is None:
+            return False
+        try:
+            with httpx.Client(base_url=self.registry_url, timeout=30) as http:
+                for digest in built.blobs:
+                    mounted = http.post(
+                        f"/v2/{self._path}/blobs/uploads/", params={"mount": digest, "from": built.path}
+                    )
+                    if mounted.status_code != 201:
+                        return False
+                put = http.put(
+                    f"/v2/{self._path}/manifests/{version}",
+                    content=built.manifest,
+                    headers={"Content-Type": built.media_type},
+                )
+                return put.status_code == 201
+        except httpx.HTTPError:
+            return False
 
 
 class HttpProbe:
@@ -237,6 +327,20 @@ class CdWorld:
         deployer = build_deployer(settings, notifier)
         self._closers.append(deployer)
         return deployer
+
+    def deploy_first(self, version: str) -> None:
+        """Deploy ``version`` in this process as the starting point of a test, and close that deployer (its
+        state and run databases) so the agent processes the test starts next own them alone. What a
+        ``cd-agent deploy`` process would do, without the seconds it takes to start one."""
+        deployer = build_deployer(self.settings(), Notifier(self.mailer, attempts=1))
+        try:
+            report = deployer.deploy(version)
+        finally:
+            deployer.notifier.close(5)
+            deployer.state.close()
+            deployer.runs.close()
+            deployer.docker.close()
+        assert report.outcome == "deployed", report
 
     def served(self, path: str = "") -> str | None:
         try:

@@ -38,6 +38,12 @@ def swarm_mode(docker_client: Any) -> Iterator[None]:
         subprocess.run(["docker", "swarm", "leave", "--force"], check=True, capture_output=True, timeout=60)
 
 
+# CD_HEALTH_TIMEOUT, which the agent gives Swarm as each update's (and rollback's) monitor period: Swarm
+# waits that long after every replica it replaces, whether the release is good or not. A release that
+# crashes or never turns healthy fails before its task is running, so a short period misses nothing here.
+MONITOR_S = 3
+
+
 @dataclass
 class SwarmWorld:
     """``cd_world`` deploying to a Swarm service named like its container."""
@@ -48,7 +54,7 @@ class SwarmWorld:
 
     def __post_init__(self) -> None:
         self.world.overrides.update(
-            CD_STRATEGY="swarm", CD_PORTS="", CD_HEALTH_TIMEOUT="6", CD_HEALTH_GRACE="0",
+            CD_STRATEGY="swarm", CD_PORTS="", CD_HEALTH_TIMEOUT=str(MONITOR_S), CD_HEALTH_GRACE="0",
         )
         self.services.add(self.world.name)
 
