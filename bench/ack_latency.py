@@ -20,7 +20,7 @@ latency is from the first byte sent to the last byte of the answer read.
 Each round starts both servers afresh and warms them up with a few deliveries first. Every line
 carries the 1-minute load average: on a shared machine the numbers move with it.
 
-``measure_ack`` and the ``*_serving`` context managers are importable (bench/peers.py uses them).
+``measure_ack`` and the ``*_serving`` context managers are importable (bench/peers/ci.py uses them).
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ the variants in a rotated order:
 Each script/process is timed from spawn to exit, and its CPU time (user + system, with every child it
 waited for; dockerd's own work is in neither) is read from ``getrusage``: on a loaded machine the
 wall-clock numbers stretch, the CPU seconds much less. The 1-minute load average is printed beside
-every row (the machine is shared). ``open_world``, ``time_by_hand`` and ``time_ci_agent_run`` are importable
-(``bench/peers.py``): ``with open_world() as world:``, then ``world.new_commit()`` before each timed run.
+every row (the machine is shared). ``open_world``, ``time_by_hand``, ``time_ci_agent_run`` and ``step_spans``
+are importable (``bench/peers/``): ``with open_world() as world:``, then ``world.new_commit()`` before each
+timed run.
 """
 
 from __future__ import annotations
@@ -248,9 +249,19 @@ def time_ci_agent_run(world: World, *, source: Path | None = None) -> Timing:
     if completed.returncode != 0 or "succeeded" not in completed.stdout:
         raise RuntimeError(f"ci-agent run failed ({completed.returncode}): {completed.stdout}{completed.stderr}")
     (log,) = set(logs.glob("*.log")) - before
+    spans = step_spans(log.read_text())
+    steps = {step: ended_at - began_at for step, (began_at, ended_at) in spans.items()}
+    first = min(began_at for began_at, _ in spans.values())
+    last = max(ended_at for _, ended_at in spans.values())
+    return Timing(total=ended - began, steps=steps, load=spawned_load, before_steps=first - began,
+                  after_steps=ended - last, cpu=cpu)
+
+
+def step_spans(log: str) -> dict[str, tuple[float, float]]:
+    """Each finished step of a run log: (started, finished) as epoch seconds, from its UTC millisecond stamps."""
     started: dict[str, float] = {}
-    steps: dict[str, float] = {}
-    for line in log.read_text().splitlines():
+    spans: dict[str, tuple[float, float]] = {}
+    for line in log.splitlines():
         match = _LOG_LINE.match(line)
         event = _STEP_EVENT.match(match[2]) if match else None
         if match is None or event is None:
@@ -258,12 +269,9 @@ def time_ci_agent_run(world: World, *, source: Path | None = None) -> Timing:
         at = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
         if event[2] == "started":
             started[event[1]] = at
-        else:
-            steps[event[1]] = at - started[event[1]]
-            last = at
-    first = min(started.values())
-    return Timing(total=ended - began, steps=steps, load=spawned_load, before_steps=first - began,
-                  after_steps=ended - last, cpu=cpu)
+        elif event[2] == "finished" and event[1] in started:
+            spans[event[1]] = (started[event[1]], at)
+    return spans
 
 
 def _measure(world: World, name: str, measure: Callable[[World], Timing], attempts: int = 3) -> Timing:

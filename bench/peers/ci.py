@@ -11,8 +11,6 @@ check out the commit, build the ``test`` stage and run the tests in it, build, p
 from __future__ import annotations
 
 import json
-import re
-import statistics
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,17 +21,14 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from bench import ack_latency
 from bench.peers.procs import Daemon
 from bench.peers.table import Row
+from bench.pipeline_overhead import step_spans
 from ci_agent.signature import sign
 from tests.support.ci_agent_server import WEBHOOK_SECRET, CiAgentProcess, launch_ci_agent, push_payload
 from tests.support.git_repos import GitProject
 from tests.support.ports import free_port, port_open
-
-QUEUE_SCRIPT = """#!/bin/sh
-# A delivery that queues a run, the shell way: one line in a queue file a worker would read.
-echo "$1 $2" >> "$(dirname "$0")/queue"
-"""
 
 PIPELINE_SCRIPT = """#!/bin/sh
 # The pipeline by hand: the steps ci-agent runs for a push, nothing else (each step's end is noted
@@ -129,55 +124,21 @@ def start_agent(root: Path, project: GitProject, image: str, **overrides: str) -
 # ack latency
 
 
-GATE_SCRIPT = """#!/bin/sh
-# Holds the worker in the first run's tests until the bench is done, so the acks measured are the
-# webhook's alone: every delivery after it only queues.
-touch "{started}"
-while [ ! -e "{gate}" ]; do sleep 0.5; done
-"""
+def measure_ack(row: Row, rounds: int, count: int) -> None:
+    """p99 (ms) of ``count`` deliveries per round, by :func:`bench.ack_latency.round_of`, for both tools.
 
-
-def ack_agent(root: Path, project: GitProject, image: str) -> CiAgentProcess:
-    """``ci-agent serve`` whose worker is held in the first run, which is started before returning."""
-    started, gate = root / "started", root / "gate"
-    script = root / "gate.sh"
-    root.mkdir(parents=True, exist_ok=True)
-    script.write_text(GATE_SCRIPT.format(started=started, gate=gate))
-    agent = start_agent(root, project, image, CI_TEST_RUNNER="host", CI_TEST_COMMAND=f"sh {script}")
-    raw, headers = signed(push_payload(project, project.head(), "hold the worker"))
-    response = httpx.post(f"{agent.url}/webhook", content=raw, headers=headers, timeout=30)
-    if response.status_code != 202:
-        raise RuntimeError(f"the first delivery was answered {response.status_code}: {response.text}")
-    agent.process.wait_until(started.exists, timeout=120, what="the first run to reach its tests")
-    return agent
-
-
-def release_gate(root: Path) -> None:
-    (root / "gate").touch()
-
-
-def ack_round(url: str, project: GitProject, count: int, expected: int) -> float:
-    """p99 (ms) of ``count`` signed pushes of new commits over one keep-alive connection."""
-    latencies: list[float] = []
-    with httpx.Client(timeout=30) as client:
-        for _ in range(count):
-            sha = uuid.uuid4().hex + uuid.uuid4().hex[:8]
-            raw, headers = signed(push_payload(project, sha, "feat: a change"))
-            began = time.perf_counter()
-            response = client.post(url, content=raw, headers=headers)
-            latencies.append((time.perf_counter() - began) * 1000)
-            if response.status_code != expected:
-                raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:200]}")
-    return statistics.quantiles(latencies, n=100, method="inclusive")[98]
-
-
-def measure_ack(row: Row, agent_url: str, webhook_url: str, project: GitProject, rounds: int, count: int) -> None:
+    The same measurement as ``python -m bench.ack_latency``: a fresh server each round, warmed up
+    first; ``ci-agent serve``'s worker parked in its first run (every delivery only queues one),
+    ``webhook`` checking the signature and running ``/bin/true``.
+    """
+    payload = ack_latency.PAYLOAD.read_bytes()
     for index in range(rounds):
         # Alternating which goes first, so a change in the machine's load hits both alike.
-        order = [("ours", agent_url, 202), ("theirs", webhook_url, 200)]
-        for side, url, expected in order if index % 2 == 0 else order[::-1]:
+        order = [("ours", "ci-agent"), ("theirs", "webhook")]
+        for side, tool in order if index % 2 == 0 else order[::-1]:
             row.mark_load()
-            getattr(row, side).append(ack_round(url, project, count, expected))
+            latencies = ack_latency.round_of(tool, count, payload)
+            getattr(row, side).append(1000 * ack_latency.percentile(latencies, 0.99))
     row.mark_load()
 
 
@@ -196,22 +157,11 @@ def _iso_seconds(value: str) -> float:
 
 
 STEPS = ("checkout", "test", "build", "push")
-_STEP_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \| \w+ *\| step (\w+) (started|finished)")
 
 
 def agent_steps(log: str) -> dict[str, float]:
     """Seconds each step of a pi-cicd run took, from the run log's UTC millisecond stamps."""
-    started: dict[str, datetime] = {}
-    took: dict[str, float] = {}
-    for line in log.splitlines():
-        match = _STEP_LINE.match(line)
-        if match:
-            at = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f")
-            if match.group(3) == "started":
-                started[match.group(2)] = at
-            elif match.group(2) in started:
-                took[match.group(2)] = (at - started[match.group(2)]).total_seconds()
-    return took
+    return {step: ended - began for step, (began, ended) in step_spans(log).items()}
 
 
 def shell_steps(text: str) -> dict[str, float]:
