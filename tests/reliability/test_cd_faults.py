@@ -308,7 +308,7 @@ def test_a_hanging_health_check_is_cut_at_the_timeout(cd_world: CdWorld, observe
     run = deployer.runs.get(report.run or 0)
     assert run is not None and run.log_path is not None
     log = Path(run.log_path).read_text()
-    started = _logged_at(log, "started 1.1.0; health check")
+    started = _logged_at(log, "started 1.1.0 in ")  # "started 1.1.0 in 0.31s; health check ..."
     verdict = _logged_at(log, "1.1.0 failed at health")
     assert "ReadTimeout" in log  # the probe was cut by its own timeout, not refused
     assert verdict - started <= timeout + 1.5, f"verdict after {verdict - started:.2f}s"
