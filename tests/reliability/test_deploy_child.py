@@ -40,24 +40,8 @@ def test_a_killed_deploy_process_is_reconciled_by_the_watcher(
     cd_world: CdWorld, watches: list[WatchProcess], observed: Observed
 ) -> None:
     world = cd_world
-    world.releases.push("1.0.0")
-    world.releases.push("1.1.0", "silent")  # never answers: its health check runs until the kill
-    world.overrides["CD_HEALTH_URL"] = world.url  # without it a running container would pass
-    first = cd_agent("deploy", "1.0.0", environ=world.environ(), cwd=world.root)
-    assert first.returncode == 0, first.stderr
-
-    # A long interval keeps the watcher's retry of 1.1.0 (after 2 intervals) out of what is checked here.
-    process = WatchProcess(world.environ(CD_POLL_INTERVAL="15", CD_HEALTH_TIMEOUT="120"), world.root)
-    watches.append(process)
-
-    def health_check_under_way() -> bool:
-        assert process.process.poll() is None, process.log()[-3000:]
-        progress = state_json(world)["deploy_in_progress"]
-        return progress is not None and progress["phase"] == "new_started"
-
-    wait_for(health_check_under_way, timeout=90, what="the deploy of 1.1.0 at its health check")
+    process, child = _watching_1_1_0_at_its_health_check(world, watches, health_timeout=120)
     assert world.served() != "1.0.0"  # the swap has stopped 1.0.0: the kill lands with the app down
-    [child] = children(process.process.pid)
     os.kill(child, signal.SIGKILL)
 
     def restored() -> bool:
@@ -92,21 +76,7 @@ def test_sigterm_lets_the_deploy_process_finish_then_the_watcher_exits(
     cd_world: CdWorld, watches: list[WatchProcess], observed: Observed
 ) -> None:
     world = cd_world
-    world.releases.push("1.0.0")
-    world.releases.push("1.1.0", "silent")
-    world.overrides["CD_HEALTH_URL"] = world.url
-    first = cd_agent("deploy", "1.0.0", environ=world.environ(), cwd=world.root)
-    assert first.returncode == 0, first.stderr
-    process = WatchProcess(world.environ(CD_POLL_INTERVAL="15", CD_HEALTH_TIMEOUT="6"), world.root)
-    watches.append(process)
-
-    def health_check_under_way() -> bool:
-        assert process.process.poll() is None, process.log()[-3000:]
-        progress = state_json(world)["deploy_in_progress"]
-        return progress is not None and progress["phase"] == "new_started"
-
-    wait_for(health_check_under_way, timeout=90, what="the deploy of 1.1.0 at its health check")
-    [child] = children(process.process.pid)
+    process, child = _watching_1_1_0_at_its_health_check(world, watches, health_timeout=6)
     for pid in (process.process.pid, child):
         os.kill(pid, signal.SIGTERM)
 
@@ -125,3 +95,29 @@ def test_sigterm_lets_the_deploy_process_finish_then_the_watcher_exits(
     assert "deploy of 1.1.0 ended rolled_back" in log and "watcher stopped" in log
     assert "Traceback" not in log
     observed(f"watcher exit 0 after the deploy ended; runs {history}; quarantined 1.1.0")
+
+
+def _watching_1_1_0_at_its_health_check(
+    world: CdWorld, watches: list[WatchProcess], *, health_timeout: int
+) -> tuple[WatchProcess, int]:
+    """1.0.0 deployed, then a watcher whose deploy process is at the health check of a silent 1.1.0: the
+    watcher and that process's pid."""
+    world.releases.push("1.0.0")
+    world.releases.push("1.1.0", "silent")  # never answers: its health check runs until the timeout
+    world.overrides["CD_HEALTH_URL"] = world.url  # without it a running container would pass
+    first = cd_agent("deploy", "1.0.0", environ=world.environ(), cwd=world.root)
+    assert first.returncode == 0, first.stderr
+    # A long interval keeps the watcher's retry of 1.1.0 (after 2 intervals) out of what is checked.
+    process = WatchProcess(
+        world.environ(CD_POLL_INTERVAL="15", CD_HEALTH_TIMEOUT=str(health_timeout)), world.root
+    )
+    watches.append(process)
+
+    def health_check_under_way() -> bool:
+        assert process.process.poll() is None, process.log()[-3000:]
+        progress = state_json(world)["deploy_in_progress"]
+        return progress is not None and progress["phase"] == "new_started"
+
+    wait_for(health_check_under_way, timeout=90, what="the deploy of 1.1.0 at its health check")
+    [child] = children(process.process.pid)
+    return process, child
