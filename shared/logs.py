@@ -66,6 +66,8 @@ def _redacting_writer(stream: TextIO) -> Callable[[loguru.Message], None]:
 def _console_format(record: loguru.Record) -> str:
     extra = record["extra"]
     where = "{extra[agent]}" if "agent" in extra else "-"
+    if extra.get("scope"):
+        where += " {extra[scope]}"
     if "run" in extra:
         where += " run {extra[run]}"
     return "{time:YYYY-MM-DD HH:mm:ss.SSS!UTC} | {level: <8} | " + where + " | {message}\n{exception}"
@@ -113,12 +115,15 @@ def _file_level() -> int:
 
 
 @contextmanager
-def run_log(path: Path, run: int) -> Iterator[loguru.Logger]:
-    """Send every record bound with ``run=run`` (from any thread) to ``path`` while the block runs.
+def run_log(path: Path, run: int, scope: str = "") -> Iterator[loguru.Logger]:
+    """Send every record bound with ``run=run`` and ``scope=scope`` (from any thread) to ``path``.
+
+    ``scope`` names whose run it is (an app or a repository): run numbers count per app / repository,
+    so two of them can have a run 7 at the same time and each record must reach its own file only.
 
     The file exists as soon as the block starts (so ``GET /runs/N/log`` can serve it) and is closed
     when the block ends; it is created 0600 and missing folders 0700, whatever the umask (see
-    ``shared.private_files``). Yields ``logger.bind(run=run)``.
+    ``shared.private_files``). Yields ``logger.bind(run=run, scope=scope)``.
     """
     # 0600 in a 0700 folder: test output, git errors and commit messages are nobody else's business.
     stream = os.fdopen(open_private_append(path), "a", encoding="utf-8")
@@ -127,12 +132,12 @@ def run_log(path: Path, run: int) -> Iterator[loguru.Logger]:
             _redacting_writer(stream),
             level=_file_level(),
             format=_FILE_FORMAT,
-            filter=lambda record: record["extra"].get("run") == run,
+            filter=lambda record: record["extra"].get("run") == run and record["extra"].get("scope", "") == scope,
             backtrace=False,
             diagnose=False,
         )
         try:
-            yield logger.bind(run=run)
+            yield logger.bind(run=run, scope=scope)
         finally:
             try:
                 logger.remove(sink_id)

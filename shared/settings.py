@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -127,6 +127,7 @@ def is_loopback_host(host: str) -> bool:
 
 
 SettingsT = TypeVar("SettingsT", bound=SharedSettings)
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def read_environment(env_file: Path | None = Path(".env"), environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -144,22 +145,29 @@ def load_settings(cls: type[SettingsT], environ: Mapping[str, str]) -> SettingsT
     The error lists every bad variable with the reason; the value is echoed only when it is not a
     secret.
     """
-    values: dict[str, Any] = {}
-    for name in cls.model_fields:
-        key = name.upper()
-        if key in environ:
-            values[name] = environ[key]
+    values = {name: environ[name.upper()] for name in cls.model_fields if name.upper() in environ}
+    return validate_settings(cls, values)
+
+
+def validate_settings(
+    cls: type[ModelT], values: Mapping[str, Any], *, name_of: Callable[[str], str] = str.upper
+) -> ModelT:
+    """Build ``cls`` from field values, or raise ``SettingsError`` naming each bad one by ``name_of(field)``.
+
+    ``name_of`` is how the user wrote the setting: ``CD_IMAGE`` in the environment, ``[apps.web] image``
+    in an apps file.
+    """
     try:
-        return cls.model_validate(values)
+        return cls.model_validate(dict(values))
     except ValidationError as exc:
-        raise SettingsError(_describe(cls, exc)) from None
+        raise SettingsError(_describe(cls, exc, name_of)) from None
 
 
-def _describe(cls: type[SharedSettings], exc: ValidationError) -> str:
+def _describe(cls: type[BaseModel], exc: ValidationError, name_of: Callable[[str], str]) -> str:
     lines = []
     for error in exc.errors():
         field = str(error["loc"][0]) if error["loc"] else "?"
-        key = field.upper()
+        key = name_of(field)
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "missing":
             lines.append(f"{key} is required but not set")

@@ -81,6 +81,25 @@ def test_records_of_parallel_runs_go_to_their_own_files_only(tmp_path):
         assert len(text.splitlines()) == 200  # every line whole: no interleaving
 
 
+def test_two_scopes_with_the_same_run_number_write_their_own_files(tmp_path):
+    # Run numbers count per app / repository: "web" and "bot" both have a run 7 at once.
+    paths = {scope: tmp_path / f"{scope}.log" for scope in ("web", "bot")}
+    with run_log(paths["web"], 7, scope="web") as web, run_log(paths["bot"], 7, scope="bot") as bot:
+        web.info("web line")
+        bot.info("bot line")
+        logger.bind(run=7).info("unscoped run 7")
+    assert paths["web"].read_text().count("line") == 1 and "web line" in paths["web"].read_text()
+    assert paths["bot"].read_text().count("line") == 1 and "bot line" in paths["bot"].read_text()
+    assert "unscoped" not in paths["web"].read_text() + paths["bot"].read_text()
+
+
+def test_console_line_names_the_scope_between_agent_and_run():
+    console = io.StringIO()
+    configure_logging("cd", [], console=console)
+    logger.bind(run=3, scope="web").info("deployed")
+    assert "| INFO     | cd web run 3 | deployed" in console.getvalue()
+
+
 def _raise_with_secret() -> None:
     raise RuntimeError(f"login failed with password {SECRET}")
 
