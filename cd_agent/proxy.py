@@ -54,6 +54,7 @@ import docker
 import docker.errors
 from loguru import logger
 
+from cd_agent import docker_lookup
 from cd_agent.docker_gateway import docker_errors
 from cd_agent.errors import EngineError, ProxyError
 from cd_agent.settings import PortMapping
@@ -250,10 +251,9 @@ class DockerProxyEngine:
 
     def container(self, name: str) -> ProxyContainer | None:
         with docker_errors(f"inspect container {name}"):
-            try:
-                data = self._api.inspect_container(name)
-            except docker.errors.NotFound:
-                return None
+            data = docker_lookup.container(self._api, name)
+        if data is None:
+            return None
         networks = (data.get("NetworkSettings") or {}).get("Networks") or {}
         return ProxyContainer(
             id=data["Id"],
@@ -265,19 +265,22 @@ class DockerProxyEngine:
 
     def ensure_network(self, name: str, labels: Mapping[str, str]) -> None:
         with docker_errors(f"create network {name}"):
-            if self._api.networks(names=[name]):
+            # Not a list filtered by name: that filter matches any network whose name contains ``name``.
+            if docker_lookup.network(self._api, name) is not None:
                 return
             try:
                 self._api.create_network(name, driver="bridge", labels=dict(labels), check_duplicate=True)
             except docker.errors.APIError as exc:
                 # Another caller created it between the look and the create: that is what we wanted.
-                if exc.status_code != 409 and not self._api.networks(names=[name]):
+                if exc.status_code != 409 and docker_lookup.network(self._api, name) is None:
                     raise
 
     def remove_network(self, name: str) -> None:
         with docker_errors(f"remove network {name}"):
+            found = docker_lookup.network(self._api, name)
             try:
-                self._api.remove_network(name)
+                if found is not None:
+                    self._api.remove_network(found["Id"])
             except docker.errors.NotFound:
                 return
 
@@ -311,8 +314,10 @@ class DockerProxyEngine:
     def remove(self, name: str) -> None:
         # v=True: the official caddy image declares VOLUME /config /data; nothing there is ours to keep.
         with docker_errors(f"remove container {name}"):
+            found = docker_lookup.container(self._api, name)
             try:
-                self._api.remove_container(name, force=True, v=True)
+                if found is not None:
+                    self._api.remove_container(found["Id"], force=True, v=True)
             except docker.errors.NotFound:
                 return
 
