@@ -68,8 +68,11 @@ class Stranger:
     volume: str
 
     def looks(self, client: Any) -> tuple[str, str, bool, str]:
-        """(name, volume mounted at /cache, running, what /cache/history holds)."""
-        data = client.api.inspect_container(self.id)
+        """(name, volume mounted at /cache, running, what /cache/history holds); ("gone", ...) once removed."""
+        try:
+            data = client.api.inspect_container(self.id)
+        except docker.errors.NotFound:
+            return "gone", "", False, ""
         volume = next(m["Name"] for m in data["Mounts"] if m["Destination"] == "/cache")
         code, output = client.containers.get(self.id).exec_run(["cat", "/cache/history"])
         return data["Name"].lstrip("/"), volume, data["State"]["Running"], output.decode() if code == 0 else ""
@@ -80,7 +83,7 @@ def stranger(docker_client: Any, docker_janitor: DockerJanitor, stranger_image: 
     name = unique("picicd-stranger")
     docker_janitor.containers.add(name)
     container = docker_client.containers.run(stranger_image, name=name, detach=True)
-    code, output = container.exec_run(["sh", "-c", f"echo '{SECRET}' > /cache/history"])
+    code, output = container.exec_run(["sh", "-c", 'echo "$0" > /cache/history', SECRET])
     assert code == 0, output
     data = docker_client.api.inspect_container(container.id)
     volume = next(m["Name"] for m in data["Mounts"] if m["Destination"] == "/cache")
@@ -226,8 +229,8 @@ def test_a_service_name_that_starts_a_service_id_does_not_update_that_service(
     report = swarm_world.deployer(CD_SERVICE=name).deploy("1.1.0")
 
     after = client.api.inspect_service(other.id)
-    assert after["Version"] == before["Version"]
     assert after["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == f"{releases.repository}:1.0.0"
+    assert after["Version"] == before["Version"]
     assert report.outcome == "deployed", report
     own = client.api.inspect_service(name)
     assert own["Spec"]["Name"] == name and own["ID"] != other.id
