@@ -78,12 +78,18 @@ UPSTREAM_TRY_DURATION = "2s"
 # socket after a reload; connections the kernel had queued on the old socket would be reset. With
 # this per-network-namespace sysctl (Linux 5.14+) the kernel hands them to the new socket instead.
 _MIGRATE_SYSCTL = "net.ipv4.tcp_migrate_req"
+# A proxy image that runs Caddy as a non-root user (scripts/proxy-image's does) must still listen on
+# whatever container port CD_PORTS names, 80 included. Docker 20.10+ sets this in every container
+# already; said here so that it holds on older engines too. Per network namespace (Linux 4.11+).
+_UNPRIVILEGED_PORTS_SYSCTL = "net.ipv4.ip_unprivileged_port_start"
+# Caddy's placeholder for the address the client connected from (the peer of the TCP connection).
+CLIENT_ADDRESS = "{http.request.remote.host}"
 
 
 def proxy_sysctls(proc: Path = Path("/proc/sys")) -> dict[str, str]:
     """The sysctls for the proxy container that this kernel knows (the agent shares the host's kernel)."""
-    known = (proc / _MIGRATE_SYSCTL.replace(".", "/")).exists()
-    return {_MIGRATE_SYSCTL: "1"} if known else {}
+    wanted = {_MIGRATE_SYSCTL: "1", _UNPRIVILEGED_PORTS_SYSCTL: "0"}
+    return {name: value for name, value in wanted.items() if (proc / name.replace(".", "/")).exists()}
 
 
 _CONNECTION_CLOSE: dict[str, Any] = {
@@ -150,6 +156,9 @@ def caddy_config(
                 "handler": "reverse_proxy",
                 "upstreams": [{"dial": upstream_dial(upstream, port)}],
                 "load_balancing": {"try_duration": UPSTREAM_TRY_DURATION, "try_interval": "100ms"},
+                # Caddy replaces X-Forwarded-For with the client's address but passes X-Real-IP on as the
+                # client sent it, and apps trust either: both say the real address.
+                "headers": {"request": {"set": {"X-Real-Ip": [CLIENT_ADDRESS]}}},
             }
         handlers = [handler] if keepalive else [_CONNECTION_CLOSE, handler]
         servers[f"port{port}"] = {
