@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.integration.test_blue_green import blue_green_world
-from tests.support.cd_apps import START, AppReleases, CdWorld
+from tests.support.cd_apps import AppReleases, CdWorld, start_with_cgi
 from tests.support.docker_env import DockerJanitor
 from tests.support.loopback_http import LoopbackHttp
 from tests.support.polling import wait_for
@@ -23,13 +23,8 @@ from tests.support.registry_server import RegistryServer
 pytestmark = pytest.mark.docker
 
 Observed = Callable[[str], None]
-# busybox httpd passes a CGI's output through as the response when it starts with "HTTP".
-REDIRECTING_HEALTH = r"""mkdir -p /www/cgi-bin
-cat > /www/cgi-bin/health <<CGI
-#!/bin/sh
-printf 'HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n' "$REDIRECT_TO"
-CGI
-chmod +x /www/cgi-bin/health
+# Expanded when the release starts: the Location is the release's $REDIRECT_TO.
+REDIRECT = r"""printf 'HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n' "$REDIRECT_TO"
 """
 
 
@@ -56,8 +51,7 @@ def test_a_health_redirect_to_a_host_only_listener_is_a_failed_probe(world: CdWo
     wait_for(lambda: world.served() == "1.0.0", timeout=20, what="1.0.0 behind the proxy")
     with LoopbackHttp(body=b"host-only: fine") as listener:
         location = listener.url + "private"
-        start = START.replace("# PID 1 ignores SIGTERM", REDIRECTING_HEALTH + "# PID 1 ignores SIGTERM", 1)
-        world.releases.push("1.1.0", env={"REDIRECT_TO": location}, start=start)
+        world.releases.push("1.1.0", env={"REDIRECT_TO": location}, start=start_with_cgi("health", REDIRECT))
         deployer = world.deployer(CD_HEALTH_URL=world.url + "cgi-bin/health")
 
         report = deployer.deploy("1.1.0")

@@ -15,7 +15,7 @@ import pytest
 
 from cd_agent.proxy import network_name, proxy_container_name
 from tests.integration.test_blue_green import blue_green_world
-from tests.support.cd_apps import START, AppReleases, CdWorld
+from tests.support.cd_apps import AppReleases, CdWorld, start_with_cgi
 from tests.support.docker_env import DockerJanitor
 from tests.support.polling import wait_for
 from tests.support.registry_server import RegistryServer
@@ -24,13 +24,8 @@ pytestmark = pytest.mark.docker
 
 Observed = Callable[[str], None]
 FORGED = "203.0.113.66"
-# busybox httpd hands a CGI each request header as HTTP_<NAME>.
-HEADERS_CGI = r"""mkdir -p /www/cgi-bin
-cat > /www/cgi-bin/headers <<'CGI'
-#!/bin/sh
-printf 'Content-Type: text/plain\r\n\r\n%s|%s' "$HTTP_X_REAL_IP" "$HTTP_X_FORWARDED_FOR"
-CGI
-chmod +x /www/cgi-bin/headers
+# "\$": read when each request runs the CGI (the request's headers), not when the app starts.
+HEADERS = r"""printf 'Content-Type: text/plain\r\n\r\n%s|%s' "\$HTTP_X_REAL_IP" "\$HTTP_X_FORWARDED_FOR"
 """
 
 
@@ -39,7 +34,7 @@ def world(
     docker_client: Any, docker_janitor: DockerJanitor, registry: RegistryServer, tmp_path: Path, caddy_image: str
 ) -> Iterator[CdWorld]:
     releases = AppReleases(docker_client, registry, docker_janitor)
-    releases.push("1.0.0", start=START.replace("# PID 1 ignores SIGTERM", HEADERS_CGI + "# PID 1", 1))
+    releases.push("1.0.0", start=start_with_cgi("headers", HEADERS))
     made = blue_green_world(docker_client, docker_janitor, releases, tmp_path, caddy_image)
     made.deploy_first("1.0.0")
     wait_for(lambda: made.served() == "1.0.0", timeout=20, what="1.0.0 behind the proxy")
