@@ -209,9 +209,9 @@ def test_a_network_whose_name_contains_the_apps_network_name_is_not_taken_for_it
 
 @pytest.mark.reliability(
     "CD_STRATEGY=swarm with CD_SERVICE the first 8 characters of an unrelated service's ID and no service with "
-    "that name; `deploy` of 1.1.0 (real single-node swarm)",
-    "the agent creates its own service with exactly that name; the unrelated service keeps its image and spec "
-    "version (before: the agent changed the unrelated service's image)",
+    "that name; `deploy` of 1.0.0 then of 1.1.0 (real single-node swarm)",
+    "the agent creates its own service with exactly that name, then updates that one; the unrelated service "
+    "keeps its image and spec version (before: the agent changed the unrelated service's image)",
 )
 def test_a_service_name_that_starts_a_service_id_does_not_update_that_service(
     swarm_world: SwarmWorld, observed: Observed
@@ -219,20 +219,23 @@ def test_a_service_name_that_starts_a_service_id_does_not_update_that_service(
     client = swarm_world.world.docker_client
     releases = swarm_world.world.releases
     releases.push("1.0.0")
-    image = releases.push("1.1.0")
+    releases.push("1.1.0")
     other_name = unique("picicd-stranger")
     swarm_world.services.add(other_name)
-    other = client.services.create(f"{releases.repository}:1.0.0", name=other_name)
+    stranger_image = f"{releases.repository}:1.0.0"
+    other = client.services.create(stranger_image, name=other_name)
     before = client.api.inspect_service(other.id)
     name = other.id[:PREFIX]
+    deployer = swarm_world.deployer(CD_SERVICE=name)
 
-    report = swarm_world.deployer(CD_SERVICE=name).deploy("1.1.0")
+    reports = [deployer.deploy("1.0.0"), deployer.deploy("1.1.0")]
 
     after = client.api.inspect_service(other.id)
-    assert after["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == f"{releases.repository}:1.0.0"
+    assert after["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == stranger_image
     assert after["Version"] == before["Version"]
-    assert report.outcome == "deployed", report
+    assert [report.outcome for report in reports] == ["deployed", "deployed"], reports
     own = client.api.inspect_service(name)
     assert own["Spec"]["Name"] == name and own["ID"] != other.id
-    assert own["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].startswith(image)
-    observed(f"created service {name} ({own['ID'][:12]}) with 1.1.0; {other_name} ({other.id[:12]}) still on 1.0.0")
+    assert own["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].startswith(f"{releases.repository}:1.1.0@")
+    observed(f"created service {name} ({own['ID'][:12]}) with 1.0.0 and updated it to 1.1.0; {other_name} "
+             f"({other.id[:12]}) still on 1.0.0 at spec version {after['Version']['Index']}")
