@@ -8,6 +8,9 @@ this module as the CD agent's own errors with a message naming the call and the 
     pulling a tag the registry lacks ......... DeployError("pull 127.0.0.1:5000/o/app:1.2.3: ...")
     inspecting something that is gone ........ None (inspect methods), or EngineError (HTTP 404, actions)
 
+A container is looked up by its exact name or full ID only (``cd_agent.docker_lookup``): a name that
+matches no container is absent, never the container whose ID starts with it.
+
 Answers are the engine's plain frozen dataclasses (``ImageInfo``, ``ContainerInfo``), so the deployer
 and the health check never see SDK objects. The API version is negotiated with the engine, never pinned.
 """
@@ -27,6 +30,7 @@ import docker.utils
 import requests
 import urllib3
 
+from cd_agent import docker_lookup
 from cd_agent.engine import ContainerInfo, ImageInfo, MountInfo
 from cd_agent.errors import DeployError, DockerUnavailable, EngineError
 from shared.platforms import Platform, engine_platform
@@ -179,12 +183,10 @@ class DockerGateway:
         return str(created["Id"])
 
     def container(self, name_or_id: str) -> ContainerInfo | None:
+        """The container with exactly this name or full ID (never one whose ID merely starts with it)."""
         with docker_errors(f"inspect container {name_or_id}"):
-            try:
-                data = self._api.inspect_container(name_or_id)
-            except docker.errors.NotFound:
-                return None
-        return _container_info(data)
+            data = docker_lookup.container(self._api, name_or_id)
+        return None if data is None else _container_info(data)
 
     def containers(self, *, label: str | None = None, name: str | None = None) -> list[ContainerInfo]:
         """All containers (running or not) with ``label`` (``key`` or ``key=value``) / whose name contains ``name``."""

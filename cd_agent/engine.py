@@ -89,7 +89,9 @@ class Engine(Protocol):
     def create(self, spec: ContainerSpec) -> str:
         """Create (not start) the container; returns its id."""
 
-    def container(self, name_or_id: str) -> ContainerInfo | None: ...
+    def container(self, name_or_id: str) -> ContainerInfo | None:
+        """The container with exactly this name or full ID; None for anything else, never a container
+        whose ID merely starts with ``name_or_id`` (as Docker would answer)."""
 
     def rename(self, container: str, new_name: str) -> None: ...
 

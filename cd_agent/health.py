@@ -3,7 +3,8 @@
 In order of preference, as DESIGN.md says:
 
 1. the image's own ``HEALTHCHECK`` (Docker's ``State.Health.Status`` becomes ``healthy``);
-2. else ``CD_HEALTH_URL`` answering 2xx (requested from the agent's host, e.g. a published port);
+2. else ``CD_HEALTH_URL`` answering 2xx (requested from the agent's host, e.g. a published port; redirects
+   followed only to the same scheme, host and port; proxy variables ignored: see ``probe_url``);
 3. else the container still running, not restarting and not restarted after ``CD_HEALTH_GRACE``.
 
 Whatever the method, a container that exits or restarts fails at once instead of at the deadline.
@@ -30,6 +31,7 @@ FIRST_POLL = 0.05
 MAX_POLL = 0.25
 FIRST_PROBE_TIMEOUT = 0.25
 MAX_PROBE_TIMEOUT = 2.0
+MAX_REDIRECTS = 5
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,42 @@ class HealthVerdict:
 
 
 def probe_url(url: str, timeout: float) -> tuple[bool, str]:
-    """GET ``url``: (answered 2xx, what happened)."""
+    """GET ``url``: (answered 2xx, what happened).
+
+    A redirect is followed only to the same origin (scheme, host and port: the app itself, e.g. ``/health``
+    to ``/health/``), at most ``MAX_REDIRECTS`` times; one to anywhere else is a failed probe naming its
+    status and ``Location``: a release must not be judged by what another listener (one the host alone can
+    reach) answers. The proxy environment variables are ignored (``trust_env=False``): the probe goes
+    straight to the app, never through a proxy configured for the agent's other traffic.
+    """
     try:
-        response = httpx.get(url, timeout=timeout, follow_redirects=True)
+        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            response = client.get(url)
+            for _ in range(MAX_REDIRECTS):
+                target = response.next_request.url if response.next_request is not None else None
+                if target is None or not response.is_redirect:
+                    break
+                if _origin(target) != _origin(response.url):
+                    location = response.headers.get("location", "")
+                    return False, (
+                        f"GET {response.url}: HTTP {response.status_code} redirect to {location!r}, not followed: "
+                        f"a health probe follows redirects only within {_origin_text(response.url)}"
+                    )
+                response = client.get(target)
     except httpx.HTTPError as exc:
         return False, f"GET {url}: {type(exc).__name__}: {exc}"
+    if response.is_redirect:
+        return False, f"GET {response.url}: HTTP {response.status_code}: more than {MAX_REDIRECTS} redirects"
     return response.is_success, f"GET {url}: HTTP {response.status_code}"
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+def _origin_text(url: httpx.URL) -> str:
+    scheme, host, port = _origin(url)
+    return f"{scheme}://{host}:{port}"
 
 
 class Inspects(Protocol):

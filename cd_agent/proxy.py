@@ -54,6 +54,7 @@ import docker
 import docker.errors
 from loguru import logger
 
+from cd_agent import docker_lookup
 from cd_agent.docker_gateway import docker_errors
 from cd_agent.errors import EngineError, ProxyError
 from cd_agent.settings import PortMapping
@@ -77,12 +78,18 @@ UPSTREAM_TRY_DURATION = "2s"
 # socket after a reload; connections the kernel had queued on the old socket would be reset. With
 # this per-network-namespace sysctl (Linux 5.14+) the kernel hands them to the new socket instead.
 _MIGRATE_SYSCTL = "net.ipv4.tcp_migrate_req"
+# A proxy image that runs Caddy as a non-root user (scripts/proxy-image's does) must still listen on
+# whatever container port CD_PORTS names, 80 included. Docker 20.10+ sets this in every container
+# already; said here so that it holds on older engines too. Per network namespace (Linux 4.11+).
+_UNPRIVILEGED_PORTS_SYSCTL = "net.ipv4.ip_unprivileged_port_start"
+# Caddy's placeholder for the address the client connected from (the peer of the TCP connection).
+CLIENT_ADDRESS = "{http.request.remote.host}"
 
 
 def proxy_sysctls(proc: Path = Path("/proc/sys")) -> dict[str, str]:
     """The sysctls for the proxy container that this kernel knows (the agent shares the host's kernel)."""
-    known = (proc / _MIGRATE_SYSCTL.replace(".", "/")).exists()
-    return {_MIGRATE_SYSCTL: "1"} if known else {}
+    wanted = {_MIGRATE_SYSCTL: "1", _UNPRIVILEGED_PORTS_SYSCTL: "0"}
+    return {name: value for name, value in wanted.items() if (proc / name.replace(".", "/")).exists()}
 
 
 _CONNECTION_CLOSE: dict[str, Any] = {
@@ -149,6 +156,9 @@ def caddy_config(
                 "handler": "reverse_proxy",
                 "upstreams": [{"dial": upstream_dial(upstream, port)}],
                 "load_balancing": {"try_duration": UPSTREAM_TRY_DURATION, "try_interval": "100ms"},
+                # Caddy replaces X-Forwarded-For with the client's address but passes X-Real-IP on as the
+                # client sent it, and apps trust either: both say the real address.
+                "headers": {"request": {"set": {"X-Real-Ip": [CLIENT_ADDRESS]}}},
             }
         handlers = [handler] if keepalive else [_CONNECTION_CLOSE, handler]
         servers[f"port{port}"] = {
@@ -250,10 +260,9 @@ class DockerProxyEngine:
 
     def container(self, name: str) -> ProxyContainer | None:
         with docker_errors(f"inspect container {name}"):
-            try:
-                data = self._api.inspect_container(name)
-            except docker.errors.NotFound:
-                return None
+            data = docker_lookup.container(self._api, name)
+        if data is None:
+            return None
         networks = (data.get("NetworkSettings") or {}).get("Networks") or {}
         return ProxyContainer(
             id=data["Id"],
@@ -265,19 +274,22 @@ class DockerProxyEngine:
 
     def ensure_network(self, name: str, labels: Mapping[str, str]) -> None:
         with docker_errors(f"create network {name}"):
-            if self._api.networks(names=[name]):
+            # Not a list filtered by name: that filter matches any network whose name contains ``name``.
+            if docker_lookup.network(self._api, name) is not None:
                 return
             try:
                 self._api.create_network(name, driver="bridge", labels=dict(labels), check_duplicate=True)
             except docker.errors.APIError as exc:
                 # Another caller created it between the look and the create: that is what we wanted.
-                if exc.status_code != 409 and not self._api.networks(names=[name]):
+                if exc.status_code != 409 and docker_lookup.network(self._api, name) is None:
                     raise
 
     def remove_network(self, name: str) -> None:
         with docker_errors(f"remove network {name}"):
+            found = docker_lookup.network(self._api, name)
             try:
-                self._api.remove_network(name)
+                if found is not None:
+                    self._api.remove_network(found["Id"])
             except docker.errors.NotFound:
                 return
 
@@ -311,8 +323,10 @@ class DockerProxyEngine:
     def remove(self, name: str) -> None:
         # v=True: the official caddy image declares VOLUME /config /data; nothing there is ours to keep.
         with docker_errors(f"remove container {name}"):
+            found = docker_lookup.container(self._api, name)
             try:
-                self._api.remove_container(name, force=True, v=True)
+                if found is not None:
+                    self._api.remove_container(found["Id"], force=True, v=True)
             except docker.errors.NotFound:
                 return
 

@@ -3,6 +3,7 @@
 The swarm strategy (``cd_agent/swarm.py``) talks only to this interface: create or inspect a service,
 point it at a new image, list its tasks, read a task container's log tail. ``DockerSwarm`` is the real
 one; docker SDK errors become the CD agent's own (``EngineError``, ``DockerUnavailable``) here, once.
+A service is found by its exact name or full ID only (``cd_agent.docker_lookup``), never by an ID prefix.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import docker.errors
 import docker.types
 import requests
 
+from cd_agent import docker_lookup
 from cd_agent.errors import DockerUnavailable, EngineError
 from shared.platforms import Platform
 
@@ -123,12 +125,10 @@ class DockerSwarm:
         self._client.close()
 
     def service(self, name: str) -> ServiceInfo | None:
+        """The service with exactly this name or full ID (never one whose ID merely starts with it)."""
         with _errors(f"inspect service {name}"):
-            try:
-                attrs = self._client.api.inspect_service(name)
-            except docker.errors.NotFound:
-                return None
-        return _service_info(attrs)
+            attrs = docker_lookup.service(self._client.api, name)
+        return None if attrs is None else _service_info(attrs)
 
     def create(self, spec: ServiceSpec, *, auth: Mapping[str, str] | None = None) -> str:
         self._login(spec.image, auth)
@@ -159,13 +159,20 @@ class DockerSwarm:
     def update_image(self, name: str, image: str, *, auth: Mapping[str, str] | None = None) -> None:
         self._login(image, auth)
         with _errors(f"update service {name}"):
-            service = self._client.services.get(name)
+            attrs = docker_lookup.service(self._client.api, name)
+            if attrs is None:
+                raise EngineError(f"docker update service {name}: no service named {name}", status=404)
+            service = self._client.services.get(attrs["ID"])
             # fetch_current_spec: everything but the image stays as the service has it (adopted as it is).
             service.update(image=image, fetch_current_spec=True)
 
     def tasks(self, name: str) -> list[TaskInfo]:
         with _errors(f"list the tasks of service {name}"):
-            listed = self._client.api.tasks(filters={"service": name})
+            # The engine resolves a "service" filter as it resolves a name, ID prefixes included.
+            attrs = docker_lookup.service(self._client.api, name)
+            if attrs is None:
+                return []
+            listed = self._client.api.tasks(filters={"service": attrs["ID"]})
         return [self._task_info(task) for task in listed]
 
     def logs_tail(self, container_id: str, lines: int = 50) -> str:

@@ -34,9 +34,12 @@ def bg_releases(docker_client: Any, registry: RegistryServer) -> AppReleases:
 
 
 def blue_green_world(
-    docker_client: Any, janitor: DockerJanitor, releases: AppReleases, root: Path, caddy_image: str
+    docker_client: Any, janitor: DockerJanitor, releases: AppReleases, root: Path, caddy_image: str,
+    name: str | None = None,
 ) -> CdWorld:
-    world = CdWorld(docker_client, janitor, releases, root)
+    world = CdWorld(docker_client, janitor, releases, root) if name is None else CdWorld(
+        docker_client, janitor, releases, root, name=name
+    )
     world.overrides.update(
         CD_STRATEGY="blue-green", CD_PROXY_IMAGE=caddy_image, CD_PROXY_GRACE="1", CD_HEALTH_URL=world.url,
         CD_HEALTH_TIMEOUT="6",

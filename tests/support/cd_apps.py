@@ -60,6 +60,15 @@ pid=$!
 wait
 """
 
+def start_with_cgi(name: str, script: str) -> str:
+    """START that also serves ``/cgi-bin/NAME`` running ``script`` (sh; expanded when the app starts, so
+    ``$VAR`` is the release's ENV). busybox httpd hands a CGI each request header as ``HTTP_<NAME>`` and
+    sends its output as the response, as it is when it starts with ``HTTP/1.1``."""
+    path = f"/www/cgi-bin/{name}"
+    cgi = f"mkdir -p /www/cgi-bin\ncat > {path} <<CGI\n#!/bin/sh\n{script.rstrip()}\nCGI\nchmod +x {path}\n"
+    return START.replace("# PID 1 ignores SIGTERM", cgi + "# PID 1 ignores SIGTERM", 1)
+
+
 BROKEN = """#!/bin/sh
 echo "app $APP_VERSION starting"
 echo "fatal: cannot open /etc/app.conf: no such file (release $APP_VERSION)" >&2

@@ -69,6 +69,17 @@ def test_queued_connections_migrate_on_reload_where_the_kernel_can(tmp_path: Pat
     assert proxy_sysctls(tmp_path) == {"net.ipv4.tcp_migrate_req": "1"}
 
 
+def test_a_non_root_caddy_may_listen_on_any_port_where_the_kernel_can(tmp_path: Path) -> None:
+    (tmp_path / "net" / "ipv4").mkdir(parents=True)
+    (tmp_path / "net" / "ipv4" / "ip_unprivileged_port_start").write_text("1024\n")
+    assert proxy_sysctls(tmp_path) == {"net.ipv4.ip_unprivileged_port_start": "0"}
+
+
+def test_the_app_is_told_the_client_address_in_x_real_ip_whatever_the_client_sent() -> None:
+    handler = handlers(caddy_config(parse_ports("8080:80"), "a"), 80)["reverse_proxy"]
+    assert handler["headers"]["request"]["set"] == {"X-Real-Ip": ["{http.request.remote.host}"]}
+
+
 def test_the_grace_period_bounds_how_long_old_requests_may_run() -> None:
     assert caddy_config(parse_ports("80"), "a", grace_period_s=2.5)["apps"]["http"]["grace_period"] == "2.5s"
 
