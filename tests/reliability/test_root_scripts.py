@@ -1,0 +1,231 @@
+"""The scripts that run as root read nothing another user could have written, and the demo keeps its files private.
+
+Another user is uid 65534 (``nobody``, through ``setpriv``). It prepares a demo folder where root's
+``scripts/demo-clean`` or ``scripts/demo`` will look, in a folder shaped like ``/var/tmp`` (root's,
+world-writable, sticky), with the marker and a ``demo.vars`` holding a command substitution that would
+write a canary file into a folder only root can write. Root's script must refuse, say which folder and
+what is wrong, and leave the canary unwritten and the folder in place for the user to look at.
+
+The privacy scenario starts the demo's registry, SMTP sink, git repository and agents
+(``scripts/demo --setup-only``) under umask 000, gives the registry an image and the sink a mail, and
+reads back the mode of everything in the demo's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import smtplib
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.docker_env import unique
+from tests.support.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "scripts" / "demo"
+DEMO_CLEAN = ROOT / "scripts" / "demo-clean"
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv (another user)"
+)
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A folder like /var/tmp: root's, mode 1777 (anyone may create entries; only their owner may remove them)."""
+    path = Path(tempfile.mkdtemp(prefix="picicd-root-scripts-", dir="/tmp"))
+    path.chmod(0o1777)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture
+def canary(tmp_path: Path) -> Path:
+    """Where the planted command would write: a folder only root can write, so only root can create it."""
+    return tmp_path / "ran-as-root"
+
+
+def as_nobody(script: str) -> None:
+    subprocess.run([*NOBODY, "/bin/sh", "-ec", script], check=True, timeout=30)
+
+
+def run_as_root(script: Path, demo_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "PICICD_DEMO_DIR": str(demo_dir), "PICICD_DEMO_QUIET": "1", **env}
+    return subprocess.run(
+        [str(script), *args], env=environ, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def plant(folder: Path, vars_text: str) -> None:
+    """As nobody: a demo folder with the marker and ``demo.vars``."""
+    as_nobody(
+        f"mkdir {folder}; touch {folder}/.pi-cicd-demo; cat >{folder}/demo.vars <<'EOF'\n{vars_text}EOF\n"
+    )
+
+
+@pytest.mark.reliability(
+    "another user (nobody) made the demo folder first, in a /var/tmp-like folder, with the marker and "
+    "demo.vars holding IMAGE=$(id > CANARY); root runs scripts/demo-clean",
+    "demo-clean refuses with exit 1 naming the folder, its owner and how to fix it; nothing in demo.vars "
+    "runs (no canary); the folder is left as it was",
+)
+def test_demo_clean_refuses_a_folder_another_user_made(
+    shared_tmp: Path, canary: Path, observed: Callable[[str], None]
+) -> None:
+    demo_dir = shared_tmp / "pi-cicd-demo"
+    plant(demo_dir, f"IMAGE=$(id > {canary})\n")
+
+    result = run_as_root(DEMO_CLEAN, demo_dir)
+
+    observed(f"exit {result.returncode}: {result.stderr.strip()}")
+    assert not canary.exists(), f"root ran the planted command: {canary.read_text()}"
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert str(demo_dir) in result.stderr
+    assert "owned by nobody (uid 65534)" in result.stderr
+    assert f"rm -rf {demo_dir}" in result.stderr  # the way out
+    assert (demo_dir / "demo.vars").exists()
+
+
+@pytest.mark.reliability(
+    "another user (nobody) made the demo folder as a symbolic link to a folder of its own holding the marker "
+    "and demo.vars with IMAGE=$(id > CANARY); root runs scripts/demo-clean",
+    "demo-clean refuses with exit 1 saying the folder is a symbolic link; nothing runs (no canary); the link "
+    "and its target are left as they were",
+)
+def test_demo_clean_refuses_a_symlinked_folder(
+    shared_tmp: Path, canary: Path, observed: Callable[[str], None]
+) -> None:
+    target = shared_tmp / "nobodys"
+    plant(target, f"IMAGE=$(id > {canary})\n")
+    demo_dir = shared_tmp / "pi-cicd-demo"
+    as_nobody(f"ln -s {target} {demo_dir}")
+
+    result = run_as_root(DEMO_CLEAN, demo_dir)
+
+    observed(f"exit {result.returncode}: {result.stderr.strip()}")
+    assert not canary.exists(), f"root ran the planted command: {canary.read_text()}"
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{demo_dir} is a symbolic link" in result.stderr
+    assert demo_dir.is_symlink() and (target / "demo.vars").exists()
+
+
+@pytest.mark.reliability(
+    "root's demo folder sits where others could swap it: the folder itself is root's but mode 0777, or its "
+    "parent is writable by others without the sticky bit, or a parent is another user's symbolic link",
+    "demo-clean refuses with exit 1 naming the path at fault and what is wrong with it; the folder stays",
+)
+@pytest.mark.parametrize("flaw", ["folder-0777", "parent-0777-not-sticky", "parent-symlink-of-nobody"])
+def test_demo_clean_refuses_a_folder_others_could_change(
+    shared_tmp: Path, canary: Path, flaw: str, observed: Callable[[str], None]
+) -> None:
+    if flaw == "folder-0777":
+        demo_dir = shared_tmp / "pi-cicd-demo"
+        at_fault, wrong = demo_dir, "writable by other users (mode 0777)"
+    elif flaw == "parent-0777-not-sticky":
+        parent = shared_tmp / "open"
+        parent.mkdir()
+        parent.chmod(0o777)
+        demo_dir = parent / "pi-cicd-demo"
+        at_fault, wrong = parent, "writable by other users without the sticky bit (mode 0777)"
+    else:
+        real = shared_tmp / "real"
+        real.mkdir(mode=0o755)
+        as_nobody(f"ln -s {real} {shared_tmp}/link")
+        demo_dir = shared_tmp / "link" / "pi-cicd-demo"
+        at_fault, wrong = shared_tmp / "link", "a symbolic link owned by nobody (uid 65534)"
+    demo_dir.mkdir(mode=0o700)
+    (demo_dir / ".pi-cicd-demo").touch()
+    (demo_dir / "demo.vars").write_text(f"IMAGE=$(id > {canary})\n")
+    if flaw == "folder-0777":
+        demo_dir.chmod(0o777)
+
+    result = run_as_root(DEMO_CLEAN, demo_dir)
+
+    observed(f"{flaw}: exit {result.returncode}: {result.stderr.strip()}")
+    assert not canary.exists()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{at_fault} is {wrong}" in result.stderr
+    assert (demo_dir / "demo.vars").exists()
+
+
+BAD_LINES = {
+    "command-substitution": "IMAGE=$(id > {canary})",
+    "backquotes": "CONTAINER=`id > {canary}`",
+    "semicolon": "BG_CONTAINER=picicd-demo-bluegreen; id > {canary}",
+    "unknown-key": "PATH=/tmp/{canary.name}",
+    "no-equals": "id > {canary}",
+}
+
+
+@pytest.mark.reliability(
+    "root's own demo folder (root, 0700, marker) whose demo.vars has a line that is not KEY=value with a known "
+    "key and a plain value: a command substitution, backquotes, '; command', an unknown key (PATH), no '='",
+    "demo-clean reads demo.vars as data: it refuses with exit 1 naming the file, the line number and what is "
+    "wrong, stops no process, runs nothing (no canary) and leaves the folder",
+)
+@pytest.mark.parametrize("line", list(BAD_LINES), ids=list(BAD_LINES))
+def test_demo_clean_reads_demo_vars_as_data(
+    tmp_path: Path, canary: Path, line: str, observed: Callable[[str], None]
+) -> None:
+    demo_dir = tmp_path / "demo"
+    demo_dir.mkdir(mode=0o700)
+    (demo_dir / ".pi-cicd-demo").touch()
+    bad = BAD_LINES[line].format(canary=canary)
+    (demo_dir / "demo.vars").write_text(f"CONTAINER=picicd-demo-app\n{bad}\nAPP_URL=http://127.0.0.1:8080\n")
+    # A process the cleanup would stop if it went on: it names the folder, and its pid is recorded.
+    (demo_dir / "pids").mkdir(mode=0o700)
+    sleeper = subprocess.Popen(["sleep", "60", str(demo_dir)], start_new_session=True)
+    try:
+        (demo_dir / "pids" / "sleeper.pid").write_text(f"{sleeper.pid}\n")
+
+        result = run_as_root(DEMO_CLEAN, demo_dir)
+
+        observed(f"{line}: exit {result.returncode}: {result.stderr.strip()}")
+        assert not canary.exists()
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"{demo_dir}/demo.vars line 2" in result.stderr
+        assert sleeper.poll() is None  # nothing was stopped
+        assert (demo_dir / "demo.vars").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.reliability(
+    "another user (nobody) made the demo folder first with the marker and demo.vars holding IMAGE=$(id > "
+    "CANARY); root runs scripts/demo (which cleans up before it starts)",
+    "the demo refuses at once with exit 1 naming the folder and its owner, before it installs or starts "
+    "anything; nothing runs (no canary)",
+)
+def test_demo_refuses_a_folder_another_user_made(
+    shared_tmp: Path, canary: Path, tmp_path: Path, observed: Callable[[str], None]
+) -> None:
+    demo_dir = shared_tmp / "pi-cicd-demo"
+    plant(demo_dir, f"IMAGE=$(id > {canary})\n")
+    # Were the demo to go on, its first step would call this apt-get, which stops it there.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text("#!/bin/sh\nexit 3\n")
+    (bin_dir / "apt-get").chmod(0o755)
+    (bin_dir / "docker").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "docker").chmod(0o755)
+
+    result = run_as_root(
+        DEMO, demo_dir, PATH=f"{bin_dir}:/usr/bin:/bin", PICICD_DEMO_PYTHON=sys.executable, HOME=str(tmp_path)
+    )
+
+    observed(f"exit {result.returncode}: {result.stderr.strip()}")
+    assert not canary.exists()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "owned by nobody (uid 65534)" in result.stderr and str(demo_dir) in result.stderr
+    assert "Checking what this machine has" not in result.stdout  # refused before its first step
