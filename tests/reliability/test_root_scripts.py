@@ -13,6 +13,8 @@ reads back the mode of everything in the demo's folder.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import smtplib
@@ -20,6 +22,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -184,7 +187,7 @@ def test_demo_clean_reads_demo_vars_as_data(
     (demo_dir / "demo.vars").write_text(f"CONTAINER=picicd-demo-app\n{bad}\nAPP_URL=http://127.0.0.1:8080\n")
     # A process the cleanup would stop if it went on: it names the folder, and its pid is recorded.
     (demo_dir / "pids").mkdir(mode=0o700)
-    sleeper = subprocess.Popen(["sleep", "60", str(demo_dir)], start_new_session=True)
+    sleeper = subprocess.Popen(["sh", "-c", "sleep 60; :", str(demo_dir)], start_new_session=True)
     try:
         (demo_dir / "pids" / "sleeper.pid").write_text(f"{sleeper.pid}\n")
 
@@ -229,3 +232,122 @@ def test_demo_refuses_a_folder_another_user_made(
     assert result.returncode == 1, result.stdout + result.stderr
     assert "owned by nobody (uid 65534)" in result.stderr and str(demo_dir) in result.stderr
     assert "Checking what this machine has" not in result.stdout  # refused before its first step
+
+
+@pytest.mark.docker
+@pytest.mark.reliability(
+    "another user (nobody) planted TMPDIR/picicd-proxy-image.lock, the lock file's old fixed name in a "
+    "world-writable folder, as a symbolic link to a file of root's; root runs scripts/proxy-image",
+    "the script keeps its lock where only root writes (/run/pi-cicd; base-image and systemd-test-image use "
+    "the same helper): it prints the image and root's file is untouched",
+)
+def test_image_scripts_follow_no_lock_planted_in_tmp(
+    shared_tmp: Path, tmp_path: Path, observed: Callable[[str], None]
+) -> None:
+    precious = tmp_path / "precious"
+    precious.write_text("root's data\n")
+    as_nobody(f"ln -s {precious} {shared_tmp}/picicd-proxy-image.lock")
+
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "proxy-image")], env={**os.environ, "TMPDIR": str(shared_tmp)},
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+
+    observed(f"exit {result.returncode}, printed {result.stdout.strip()!r}; root's file: {precious.read_text()!r}")
+    assert precious.read_text() == "root's data\n"
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("picicd/caddy:")
+
+
+def demo_env(demo_dir: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PICICD_DEMO_DIR": str(demo_dir),
+        "PICICD_DEMO_NAME": unique("picicd-demo"),
+        "PICICD_DEMO_PYTHON": sys.executable,
+        **{f"PICICD_DEMO_{name}_PORT": str(free_port())
+           for name in ("APP", "CI", "CI_DASHBOARD", "REGISTRY", "SMTP", "BLUE_GREEN")},
+    }
+
+
+def settings_of(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#"))
+    return dict(pairs)
+
+
+def push_to_registry(registry: str) -> None:
+    """A small image (config, one layer, manifest) through the registry's HTTP API: files in its storage."""
+    def blob(data: bytes) -> dict[str, object]:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        started = httpx.post(f"http://{registry}/v2/probe/private/blobs/uploads/", timeout=10)
+        assert started.status_code == 202, started.text
+        location = started.headers["Location"]
+        if location.startswith("/"):
+            location = f"http://{registry}{location}"
+        # The upload's URL carries its own query (_state): the digest is added to it, not put in its place.
+        put = httpx.put(httpx.URL(location).copy_merge_params({"digest": digest}), content=data, timeout=10,
+                        headers={"Content-Type": "application/octet-stream"})
+        assert put.status_code == 201, put.text
+        return {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": len(data), "digest": digest}
+
+    layer = blob(b"not really a tar, the registry does not look")
+    config = {**blob(json.dumps({"architecture": "amd64", "os": "linux"}).encode()),
+              "mediaType": "application/vnd.docker.container.image.v1+json"}
+    manifest_type = "application/vnd.docker.distribution.manifest.v2+json"
+    manifest = {"schemaVersion": 2, "mediaType": manifest_type, "config": config, "layers": [layer]}
+    answer = httpx.put(f"http://{registry}/v2/probe/private/manifests/1", content=json.dumps(manifest), timeout=10,
+                       headers={"Content-Type": manifest_type})
+    assert answer.status_code == 201, answer.text
+
+
+def wait_for_mail(directory: Path) -> list[Path]:
+    deadline = time.monotonic() + 30
+    while not (found := sorted(directory.glob("*.eml"))):
+        assert time.monotonic() < deadline, f"no mail in {directory} after 30 s"
+        time.sleep(0.1)
+    return found
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(900)
+@pytest.mark.reliability(
+    "the demo started under umask 000 (scripts/demo --setup-only: registry, SMTP sink, git repository, both "
+    "agents), then an image pushed to its registry and a mail sent to its sink",
+    "the demo folder is root's and 0700, and nothing in it (consoles, mail, git repository, registry storage, "
+    "settings, agents' logs and state) is open to other users; demo-clean then removes it",
+)
+def test_demo_keeps_what_it_writes_private(tmp_path: Path, observed: Callable[[str], None]) -> None:
+    demo_dir = tmp_path / "demo"
+    env = demo_env(demo_dir)
+    try:
+        started = subprocess.run(
+            ["/bin/sh", "-c", 'umask 000; exec "$0" --setup-only', str(DEMO)], env=env, cwd=ROOT,
+            capture_output=True, text=True, timeout=800, check=False,
+        )
+        assert started.returncode == 0, (started.stdout + started.stderr)[-4000:]
+        ci = settings_of(demo_dir / "ci.env")
+        push_to_registry(ci["CI_IMAGE"].split("/", 1)[0])
+        message = EmailMessage()
+        message["From"], message["To"], message["Subject"] = "test@localhost", "you@localhost", "private?"
+        message.set_content("a release report")
+        with smtplib.SMTP("127.0.0.1", int(ci["SMTP_PORT"]), timeout=10) as smtp:
+            smtp.send_message(message)
+        wait_for_mail(demo_dir / "mail")
+
+        top = demo_dir.stat()
+        entries = [path for path in demo_dir.rglob("*") if not path.is_symlink()]
+        open_to_others = [f"{path.relative_to(demo_dir)} {oct(stat.S_IMODE(path.lstat().st_mode))}"
+                          for path in entries if path.lstat().st_mode & 0o077]
+        parts = {part: sum(1 for path in entries if path.relative_to(demo_dir).parts[0] == part)
+                 for part in ("logs", "mail", "git", "work", "registry", "ci", "cd")}
+        observed(f"demo folder {oct(stat.S_IMODE(top.st_mode))} uid {top.st_uid}; {len(entries)} entries "
+                 f"({', '.join(f'{name} {count}' for name, count in parts.items())}); open to others: "
+                 f"{open_to_others or 'none'}")
+        assert (top.st_uid, stat.S_IMODE(top.st_mode)) == (0, 0o700)
+        assert all(parts.values()), parts  # each kind of file is there to be judged
+        assert not open_to_others
+    finally:
+        cleaned = subprocess.run([str(DEMO_CLEAN)], env={**env, "PICICD_DEMO_QUIET": "1"}, capture_output=True,
+                                 text=True, timeout=120, check=False)
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    assert not demo_dir.exists()
