@@ -15,29 +15,23 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.other_user import NOBODY, folder_under_tmp, needs_root
+
 ROOT = Path(__file__).resolve().parents[2]
 PREFLIGHT = ROOT / "scripts" / "lib" / "preflight.sh"
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
 EX_NOPERM = 77
-
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="switching to another user needs root and setpriv"
-)
 
 
 @pytest.fixture
 def open_dir() -> Iterator[Path]:
-    """A folder under /tmp that uid 65534 can read and write (pytest's own tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="picicd-preflight-", dir="/tmp"))
-    path.chmod(0o777)
-    yield path
-    shutil.rmtree(path)
+    """A folder under /tmp that uid 65534 can read and write."""
+    with folder_under_tmp("picicd-preflight-", 0o777) as path:
+        yield path
 
 
 def copy_scripts(destination: Path) -> Path:

@@ -16,12 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import smtplib
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
@@ -31,25 +29,20 @@ import httpx
 import pytest
 
 from tests.support.docker_env import unique
+from tests.support.other_user import NOBODY, folder_under_tmp, needs_root
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "scripts" / "demo"
 DEMO_CLEAN = ROOT / "scripts" / "demo-clean"
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
-
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv (another user)"
-)
+pytestmark = needs_root
 
 
 @pytest.fixture
 def shared_tmp() -> Iterator[Path]:
     """A folder like /var/tmp: root's, mode 1777 (anyone may create entries; only their owner may remove them)."""
-    path = Path(tempfile.mkdtemp(prefix="picicd-root-scripts-", dir="/tmp"))
-    path.chmod(0o1777)
-    yield path
-    shutil.rmtree(path)
+    with folder_under_tmp("picicd-root-scripts-", 0o1777) as path:
+        yield path
 
 
 @pytest.fixture
