@@ -4,8 +4,8 @@ The demo runs in its own folder with its own container names and loopback ports,
 test's Python environment (``PICICD_DEMO_PYTHON``), so it installs nothing when the machine has
 everything. It must end showing 0.1.0 deployed, 0.1.1 upgraded and 0.1.2 rolled back, with the app
 still answering 0.1.1, and the blue-green deployment answering 0.1.1 through its Caddy proxy after an
-upgrade its 20 ms prober saw no failed request of; afterwards demo-clean must leave no process,
-container, network, image or folder.
+upgrade its 20 ms prober saw no failed request of; nothing in its folder open to other users;
+afterwards demo-clean must leave no process, container, network, image or folder.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -144,6 +145,17 @@ def test_demo_deploys_upgrades_rolls_back_and_cleans_up(demo_env: dict[str, str]
         subjects = "\n".join(path.read_text(errors="replace") for path in mails)
         for version in ("0.1.0", "0.1.1", "0.1.2"):
             assert version in subjects
+
+        # Everything the demo wrote (consoles, mail, git, registry, agents' logs and state) is root's alone.
+        # The CI agent's checkout is the exception inside: its files' modes go into the image, so they are
+        # readable (umask 022), in a work folder that is 0700 itself.
+        checkouts = demo_dir / "ci" / "state" / "work"
+        assert (demo_dir.stat().st_uid, stat.S_IMODE(demo_dir.stat().st_mode)) == (0, 0o700)
+        assert stat.S_IMODE(checkouts.stat().st_mode) == 0o700
+        open_to_others = [f"{path} {oct(stat.S_IMODE(path.lstat().st_mode))}" for path in demo_dir.rglob("*")
+                          if not path.is_symlink() and path.lstat().st_mode & 0o077
+                          and not path.is_relative_to(checkouts)]
+        assert not open_to_others, open_to_others[:20]
 
         pids = [int(path.read_text()) for path in (demo_dir / "pids").glob("*.pid")]
         assert len(pids) == 4  # registry, SMTP sink, ci-agent, cd-agent

@@ -15,35 +15,31 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.other_user import NOBODY, folder_under_tmp, needs_root
+
 ROOT = Path(__file__).resolve().parents[2]
 PREFLIGHT = ROOT / "scripts" / "lib" / "preflight.sh"
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
 EX_NOPERM = 77
-
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="switching to another user needs root and setpriv"
-)
 
 
 @pytest.fixture
 def open_dir() -> Iterator[Path]:
-    """A folder under /tmp that uid 65534 can read and write (pytest's own tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="picicd-preflight-", dir="/tmp"))
-    path.chmod(0o777)
-    yield path
-    shutil.rmtree(path)
+    """A folder under /tmp that uid 65534 can read and write."""
+    with folder_under_tmp("picicd-preflight-", 0o777) as path:
+        yield path
 
 
 def copy_scripts(destination: Path) -> Path:
     """The scripts and what they source, under ``destination`` as in the repository (readable by anyone:
     a clone under /root would not be)."""
-    for relative in ("scripts/demo", "scripts/demo-clean", ".ci/run", "scripts/lib/preflight.sh"):
+    for relative in (
+        "scripts/demo", "scripts/demo-clean", ".ci/run", "scripts/lib/preflight.sh", "scripts/lib/demo_dir.sh"
+    ):
         target = destination / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.parent.chmod(0o755)
@@ -130,3 +126,65 @@ def test_the_demo_installs_docker_io_when_only_the_cli_is_there(tmp_path: Path) 
     assert "docker.io" in installed[1].split(), installed
     assert "installing from the distribution: docker.io" in result.stdout
     assert not demo_dir.exists()
+
+
+DEMO_DIR_LIB = ROOT / "scripts" / "lib" / "demo_dir.sh"
+DEMO_VARS = """IMAGE=127.0.0.1:5999/demo/flask-app
+CONTAINER={name}-app
+APP_URL=http://127.0.0.1:8080
+CI_URL=http://127.0.0.1:8000
+CI_DASHBOARD_URL=http://127.0.0.1:8001
+BG_CONTAINER={name}-bluegreen
+BG_URL=http://127.0.0.1:8081
+"""
+
+
+def demo_dir_problem(path: str) -> str:
+    result = subprocess.run(
+        ["/bin/bash", "-c", f'. "{DEMO_DIR_LIB}"; demo_dir_problem "$1"', "-", path],
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    return result.stdout.strip()
+
+
+@needs_root
+def test_demo_folder_paths(tmp_path: Path) -> None:
+    """Which PICICD_DEMO_DIR values root accepts (tmp_path is root's, 0700, under root's sticky folders)."""
+    (tmp_path / "real").mkdir(mode=0o755)
+    (tmp_path / "link").symlink_to("real")  # root's link, relative target: followed and checked there
+    (tmp_path / "file").touch()
+    assert demo_dir_problem(str(tmp_path / "demo")) == ""  # missing: root will make it
+    assert demo_dir_problem(f"{tmp_path}/missing/too/demo/") == ""
+    assert demo_dir_problem(str(tmp_path / "link" / "demo")) == ""
+    assert demo_dir_problem(f"{tmp_path}/real/../real/./demo") == ""
+    assert demo_dir_problem("demo") == "PICICD_DEMO_DIR=demo is not an absolute path"
+    assert demo_dir_problem("/") == "PICICD_DEMO_DIR=/ is the whole file system"
+    assert "has characters other than" in demo_dir_problem(f"{tmp_path}/a b")
+    assert demo_dir_problem(str(tmp_path / "link")) == f"{tmp_path}/link is a symbolic link (to real), not a folder"
+    assert demo_dir_problem(str(tmp_path / "file" / "demo")) == (
+        f"{tmp_path}/file is not a folder (it is a regular empty file)"
+    )
+
+
+@needs_root
+def test_demo_clean_reads_what_the_demo_wrote_and_removes_the_folder(tmp_path: Path) -> None:
+    """A folder as the demo leaves it (root's, 0700, demo.vars as it writes it): its process stops, it goes."""
+    demo_dir = tmp_path / "demo"
+    demo_dir.mkdir(mode=0o700)
+    (demo_dir / ".pi-cicd-demo").touch()
+    (demo_dir / "demo.vars").write_text(DEMO_VARS.format(name=f"picicd-absent-{os.getpid()}"))
+    (demo_dir / "pids").mkdir(mode=0o700)
+    sleeper = subprocess.Popen(["sh", "-c", "sleep 60; :", str(demo_dir)], start_new_session=True)
+    try:
+        (demo_dir / "pids" / "sleeper.pid").write_text(f"{sleeper.pid}\n")
+        result = subprocess.run(
+            [str(ROOT / "scripts" / "demo-clean")], env={**os.environ, "PICICD_DEMO_DIR": str(demo_dir)},
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert sleeper.wait(timeout=30) is not None
+        assert f"removed {demo_dir}" in result.stdout
+        assert not demo_dir.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
