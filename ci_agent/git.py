@@ -101,6 +101,13 @@ def _checked_ref(ref: str) -> str:
     return ref
 
 
+# The checkout is the build context, and Docker copies its files' modes into the image: under the
+# systemd unit's UMask=0027 (or a shell's 077) the files would be 0640/0600 and an app whose image
+# runs as a non-root USER could not read its own code. Git writes them 0644/0755 whatever the agent's
+# umask; the work folder's 0700 parents keep them private on the host.
+CHECKOUT_UMASK = 0o022
+
+
 class GitRunner:
     """Runs ``git`` with argument lists, a time limit, and no terminal prompts.
 
@@ -132,7 +139,7 @@ class GitRunner:
         try:
             return subprocess.run(
                 command, cwd=cwd, env=environment, capture_output=True, text=True, errors="replace",
-                timeout=self.timeout, check=False,
+                timeout=self.timeout, check=False, umask=CHECKOUT_UMASK,
             )
         except subprocess.TimeoutExpired as exc:
             raise StepFailed("checkout", f"{what} did not finish within {self.timeout:g}s") from exc

@@ -148,7 +148,7 @@ def test_demo_deploys_upgrades_rolls_back_and_cleans_up(demo_env: dict[str, str]
 
         # Everything the demo wrote (consoles, mail, git, registry, agents' logs and state) is root's alone.
         # The CI agent's checkout is the exception inside: its files' modes go into the image, so they are
-        # readable (umask 022), in a work folder that is 0700 itself.
+        # readable (git runs with umask 022 there), in a work folder that is 0700 itself.
         checkouts = demo_dir / "ci" / "state" / "work"
         assert (demo_dir.stat().st_uid, stat.S_IMODE(demo_dir.stat().st_mode)) == (0, 0o700)
         assert stat.S_IMODE(checkouts.stat().st_mode) == 0o700

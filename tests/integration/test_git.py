@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import pytest
 
 from ci_agent.errors import StepFailed
 from ci_agent.git import GitRunner, redact_url, strip_credentials
+from tests.support.docker_env import busybox_dockerfile, unique, write_busybox_context
 from tests.support.git_http import TOKEN_USER, GitHttpServer, git_argv_recorder
 from tests.support.git_repos import GitProject, git
 
@@ -220,3 +224,33 @@ def test_a_token_in_the_repository_url_never_reaches_gits_argv(
     with pytest.raises(StepFailed) as caught:
         GitRunner().remote_commit(git_http_server.url("origin.git"), "refs/heads/main")
     assert "exit" in caught.value.message  # no credentials: the server refuses (401)
+
+
+@pytest.mark.docker
+def test_a_checkout_under_a_strict_umask_still_builds_an_image_a_non_root_user_can_read(
+    git_project: GitProject, tmp_path: Path, docker_client, docker_janitor
+):
+    # systemd's UMask=0027 made the checkout 0640, Docker copied that into the image, and the app's
+    # non-root USER got "Permission denied" on its own files.
+    sha = git_project.commit({"code.txt": "hello from the app\n", "run.sh": "#!/bin/sh\n"}, "app")
+    git_project.push()
+    workdir = tmp_path / "private" / "work"
+    workdir.parent.mkdir(mode=0o700)
+    previous = os.umask(0o027)
+    try:
+        GitRunner().checkout(git_project.url, sha, workdir)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((workdir / "code.txt").stat().st_mode) == 0o644
+
+    context = write_busybox_context(
+        tmp_path / "context", busybox_dockerfile(cmd=["cat", "/app/code.txt"], extra="USER 65534")
+    )
+    shutil.copy2(workdir / "code.txt", context / "files" / "code.txt")  # keeps the checkout's mode
+    (context / "files" / "app").mkdir()
+    (context / "files" / "code.txt").rename(context / "files" / "app" / "code.txt")
+    tag = unique("picicd-umask")
+    docker_janitor.images.add(tag)
+    docker_client.images.build(path=str(context), tag=tag, rm=True)
+    output = docker_client.containers.run(tag, remove=True)
+    assert output.decode() == "hello from the app\n"
