@@ -262,11 +262,14 @@ class GitHubStatusApi:
             f"{self.api_url} did not answer within {self.deadline:g}s (connect, headers and body together)"
         )
 
-    def close(self) -> None:
-        """Cut a request in flight (the agent is stopping) and close the connections."""
+    def cancel(self) -> None:
+        """Cut the request in flight, if any, now (the agent is stopping)."""
         inflight = self._inflight
         if inflight is not None:
             inflight.expire()
+
+    def close(self) -> None:
+        self.cancel()
         self._client.close()
 
 
@@ -389,6 +392,9 @@ class CommitStatusReporter:
             self._stop.set()
             left = len(self._pending)
             self._cond.notify_all()
+        cancel = getattr(self.api, "cancel", None)
+        if callable(cancel):
+            cancel()  # a request still waiting for a slow server is not worth waiting for
         if self._thread is not None:
             self._thread.join(timeout)
         if left:
