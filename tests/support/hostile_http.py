@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from tests.support.silent_server import SilentServer
+
 Mode = Literal["huge", "trickle"]
 _CHUNK = 64 * 1024
 
@@ -34,17 +36,16 @@ class Served:
         return None if self.closed_at is None else self.closed_at - self.accepted_at
 
 
-class HostileHttpServer:
+class HostileHttpServer(SilentServer):
+    """``SilentServer``'s listener, answering each connection instead of holding it."""
+
     def __init__(self, mode: Mode, *, body_size: int, every: float = 0.0) -> None:
         self.mode = mode
         self.body_size = body_size
         self.every = every
         self.served: list[Served] = []
-        self._lock = threading.Lock()
         self._closing = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, name="hostile-http", daemon=True).start()
+        super().__init__()  # starts accepting: everything _hold uses is set above
 
     @classmethod
     def huge_body(cls, size: int) -> HostileHttpServer:
@@ -67,18 +68,10 @@ class HostileHttpServer:
     def closed(self) -> list[Served]:
         return [s for s in self.connections() if s.closed_at is not None]
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            served = Served(time.monotonic())
-            with self._lock:
-                self.served.append(served)
-            threading.Thread(target=self._answer, args=(connection, served), daemon=True).start()
-
-    def _answer(self, connection: socket.socket, served: Served) -> None:
+    def _hold(self, connection: socket.socket) -> None:
+        served = Served(time.monotonic())
+        with self._lock:
+            self.served.append(served)
         # A small send buffer, so what the kernel accepted is close to what the client read.
         connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _CHUNK)
         with connection:
@@ -136,10 +129,7 @@ class HostileHttpServer:
 
     def close(self) -> None:
         self._closing.set()
-        self.listener.close()
+        super().close()
 
     def __enter__(self) -> HostileHttpServer:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
