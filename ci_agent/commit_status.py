@@ -8,7 +8,11 @@ off the run's critical path, like ``shared.notify.Notifier`` sends email:
   state changed twice while GitHub was away sends only its latest state (GitHub shows the latest one
   per commit and context anyway), and the oldest commit is dropped when the map is full.
 * One daemon thread posts them with tenacity back-off (exponential with jitter), honouring
-  ``Retry-After`` and the rate-limit reset, for at most ``give_up_after`` seconds per status.
+  ``Retry-After`` and the rate-limit reset, at most ``max_attempts`` times within ``give_up_after``
+  seconds per status; a status that gives up says so in one line with the reason.
+* Whatever GitHub (or whatever answers at ``CI_GITHUB_API_URL``) does, one request ends within
+  ``deadline`` seconds (connect, headers and body together: a server trickling bytes is cut) and
+  reads at most ``BODY_LIMIT`` bytes of an answer's body.
 * A failure is logged once per streak (when it starts, and once more when GitHub takes statuses
   again), never per attempt, and never changes the run: GitHub is a display, not a step.
 
@@ -21,6 +25,8 @@ is not a failure, and a red cross on a commit nobody broke would send people loo
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +50,10 @@ CONTEXT = "pi-cicd"
 DESCRIPTION_LIMIT = 140  # GitHub refuses longer descriptions with a 422
 USER_AGENT = "pi-cicd-ci-agent"
 DEFAULT_WAIT: WaitBaseT = tenacity.wait_exponential_jitter(max=60)
+BODY_LIMIT = 64 * 1024  # an error body is one short JSON message; more is never read
+REQUEST_DEADLINE = 20.0  # seconds for one request: connect, headers and body together
+MAX_ATTEMPTS = 5  # per status
+GIVE_UP_AFTER = 300.0  # seconds per status, Retry-After waits included
 _SHA_LENGTH = 40
 _REMEMBERED = 4096  # commits whose newest run number is kept
 
@@ -129,22 +139,80 @@ def _retry_after(response: httpx.Response, now: Callable[[], float] = time.time)
     return None
 
 
+class _Deadline:
+    """Cuts one request at ``seconds``, whatever it is waiting for, by shutting its socket down.
+
+    httpx's timeouts bound each read, not the request: a server sending a byte every few seconds
+    never trips them. A timer shuts down the socket httpcore reports through the ``trace``
+    extension (or the one it connects next, when the time is up before the connection is made).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self.expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event != "connection.connect_tcp.complete":
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shutdown(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked reading it: it sees the end
+    except OSError:
+        pass  # closed already
+
+
 class GitHubStatusApi:
-    """``POST /repos/{owner}/{repo}/statuses/{sha}`` with a bearer token (never in a URL or a message)."""
+    """``POST /repos/{owner}/{repo}/statuses/{sha}`` with a bearer token (never in a URL or a message).
+
+    One request lasts at most ``deadline`` seconds and reads at most ``body_limit`` bytes of an answer.
+    """
 
     def __init__(
         self, api_url: str, repo: str, token: SecretStr, *, timeout: float = 10.0,
+        deadline: float = REQUEST_DEADLINE, body_limit: int = BODY_LIMIT,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.repo = repo
+        self.deadline = deadline
+        self.body_limit = body_limit
         self._token = token
+        self._inflight: _Deadline | None = None
         self._client = httpx.Client(
             timeout=timeout, transport=transport, follow_redirects=False,
+            # A connection per request, so the deadline always sees the socket it has to cut; a few
+            # statuses per run make keep-alive worth nothing.
+            limits=httpx.Limits(max_keepalive_connections=0),
             headers={
                 "Accept": "application/vnd.github+json",
                 "X-GitHub-Api-Version": "2022-11-28",
                 "User-Agent": USER_AGENT,
+                # The body limit counts bytes on the wire: a compressed body could inflate past it.
+                "Accept-Encoding": "identity",
             },
         )
 
@@ -154,15 +222,27 @@ class GitHubStatusApi:
     def post(self, status: CommitStatus) -> None:
         url = f"{self.api_url}/repos/{self.repo}/statuses/{status.sha}"
         token = self._token.get_secret_value()
+        deadline = _Deadline(self.deadline)
+        self._inflight = deadline
         try:
-            response = self._client.post(url, json=status.body(), headers={"Authorization": f"Bearer {token}"})
+            with deadline, self._client.stream(
+                "POST", url, json=status.body(), headers={"Authorization": f"Bearer {token}"},
+                extensions={"trace": deadline.trace},
+            ) as response:
+                if response.is_success:
+                    return
+                body = _read_capped(response, self.body_limit)
         except httpx.HTTPError as exc:
+            if deadline.expired:
+                raise self._too_slow() from None
             raise CommitStatusFailed(redact(f"cannot reach {self.api_url}: {type(exc).__name__}: {exc}", [token])) \
                 from None
-        if response.is_success:
-            return
+        finally:
+            self._inflight = None
+        if deadline.expired:  # a body without a length ends quietly when its socket is shut
+            raise self._too_slow()
         code = response.status_code
-        said = redact(_message(response), [token])
+        said = redact(_message(response, body), [token])
         wait = _retry_after(response)
         where = f"GitHub ({self.api_url}) answered {code} for {self.repo}@{status.sha[:12]}"
         if code == 401:
@@ -177,17 +257,47 @@ class GitHubStatusApi:
             raise CommitStatusFailed(f"{where}: {said}", permanent=True)
         raise CommitStatusFailed(f"{where}: {said}", retry_after=wait)
 
+    def _too_slow(self) -> CommitStatusFailed:
+        return CommitStatusFailed(
+            f"{self.api_url} did not answer within {self.deadline:g}s (connect, headers and body together)"
+        )
+
+    def cancel(self) -> None:
+        """Cut the request in flight, if any, now (the agent is stopping)."""
+        inflight = self._inflight
+        if inflight is not None:
+            inflight.expire()
+
     def close(self) -> None:
+        self.cancel()
         self._client.close()
 
 
-def _message(response: httpx.Response) -> str:
+def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    """At most ``limit`` bytes of the body (one more read of the socket at most); the rest is never read."""
+    body = bytearray()
+    for chunk in response.iter_raw():
+        body += chunk[: limit - len(body)]
+        if len(body) >= limit:
+            break
+    return bytes(body)
+
+
+def _message(response: httpx.Response, body: bytes) -> str:
+    """GitHub's ``message``, else the start of the body, else the reason phrase."""
+    if response.headers.get("content-encoding", "identity").lower() not in ("", "identity"):
+        return response.reason_phrase  # compressed although we asked for none: not inflated
     try:
-        data = response.json()
-    except ValueError:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: a hostile body nested thousands deep
         data = None
-    text = str(data.get("message")) if isinstance(data, dict) and data.get("message") else response.text
+    text = str(data.get("message")) if isinstance(data, dict) and data.get("message") else \
+        body.decode("utf-8", "replace")
     return _short(text or response.reason_phrase)
+
+
+class _Replaced(Exception):
+    """A newer state of the commit arrived while the older one waited for a retry (or it was dropped)."""
 
 
 class _StopWhen(tenacity.stop.stop_base):
@@ -210,12 +320,14 @@ class CommitStatusReporter:
         public_url: str | None = None,
         secrets: Iterable[str] = (),
         max_pending: int = 256,
-        give_up_after: float = 3600.0,
+        max_attempts: int = MAX_ATTEMPTS,
+        give_up_after: float = GIVE_UP_AFTER,
         wait: WaitBaseT = DEFAULT_WAIT,
     ) -> None:
         self.api = api
         self.public_url = public_url
         self.max_pending = max_pending
+        self.max_attempts = max_attempts
         self.give_up_after = give_up_after
         self._wait = wait
         self._secrets = tuple(s for s in secrets if s)
@@ -280,6 +392,9 @@ class CommitStatusReporter:
             self._stop.set()
             left = len(self._pending)
             self._cond.notify_all()
+        cancel = getattr(self.api, "cancel", None)
+        if callable(cancel):
+            cancel()  # a request still waiting for a slow server is not worth waiting for
         if self._thread is not None:
             self._thread.join(timeout)
         if left:
@@ -309,8 +424,16 @@ class CommitStatusReporter:
                     self._cond.notify_all()
 
     def _send(self, sha: str) -> None:
+        with self._cond:
+            status = self._pending.get(sha)
+        if status is None:
+            return
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_any(tenacity.stop_after_delay(self.give_up_after), _StopWhen(self._stop)),
+            stop=tenacity.stop_any(
+                tenacity.stop_after_attempt(self.max_attempts),
+                tenacity.stop_before_delay(self.give_up_after),  # counts the wait ahead (Retry-After too)
+                _StopWhen(self._stop),
+            ),
             wait=self._wait_before_retry,
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, CommitStatusFailed) and not e.permanent),
             sleep=self._sleep,
@@ -318,30 +441,47 @@ class CommitStatusReporter:
             reraise=True,
         )
         try:
-            retrying(self._post_latest, sha)
+            retrying(self._post, status)
+        except _Replaced:
+            return  # the loop sends the newer state next, with attempts of its own
         except CommitStatusFailed as exc:
             self._failed(sha, exc)
-            with self._cond:
-                self._pending.pop(sha, None)  # given up: a newer state of this commit is sent after the next run
-            self._log.debug("commit status of {} given up: {}", sha[:12], exc)
+            self._forget(status)  # a newer state of this commit is sent after the next run
+            if exc.permanent or self._stop.is_set():  # the streak's warning says why; nothing to add
+                self._log.debug("commit status of {} given up: {}", sha[:12], exc)
+            else:
+                self._log.warning("commit status of {} given up: {}; last answer: {}",
+                                  sha[:12], self._bound_reached(retrying, exc), exc)
         except Exception as exc:
-            with self._cond:
-                self._pending.pop(sha, None)
+            self._forget(status)
             self._log.opt(exception=exc).error("commit status of {} not sent: unexpected error", sha[:12])
 
-    def _post_latest(self, sha: str) -> None:
+    def _bound_reached(self, retrying: tenacity.Retrying, exc: CommitStatusFailed) -> str:
+        attempts = int(retrying.statistics.get("attempt_number", 1))
+        seconds = float(retrying.statistics.get("delay_since_first_attempt", 0.0))
+        tried = f"tried {attempts} time(s) in {seconds:.0f}s"
+        if attempts >= self.max_attempts:
+            return f"{tried}, the most a status gets"
+        if exc.retry_after is not None:
+            return f"{tried}; GitHub asks to wait {exc.retry_after:.0f}s more, past the {self.give_up_after:g}s " \
+                   "a status is tried for"
+        return f"{tried}; the next attempt would be past the {self.give_up_after:g}s a status is tried for"
+
+    def _forget(self, status: CommitStatus) -> None:
         with self._cond:
-            status = self._pending.get(sha)
-        if status is None:
-            return
+            if self._pending.get(status.sha) is status:
+                del self._pending[status.sha]  # else a newer state arrived meanwhile: the loop sends it next
+
+    def _post(self, status: CommitStatus) -> None:
+        with self._cond:
+            if self._pending.get(status.sha) is not status:
+                raise _Replaced
         if self._stop.is_set():  # close() cut the back-off short: no attempt after it
             raise CommitStatusFailed("the agent is stopping", permanent=True)
         assert self.api is not None  # noqa: S101 - report() queues nothing without an api
         self.api.post(status)
-        with self._cond:
-            if self._pending.get(sha) is status:
-                del self._pending[sha]  # else a newer state arrived meanwhile: the loop sends it next
-        self._log.debug("commit {} is {} on GitHub: {}", sha[:12], status.state, status.description)
+        self._forget(status)
+        self._log.debug("commit {} is {} on GitHub: {}", status.sha[:12], status.state, status.description)
         if self._failing:
             self._failing = False
             self._log.info("GitHub takes commit statuses again")
@@ -350,8 +490,9 @@ class CommitStatusReporter:
         if not self._failing:
             self._failing = True
             self._log.warning(
-                "commit status of {} not sent: {}; retrying with back-off, and saying so again only once "
-                "GitHub takes statuses again (a run's outcome never depends on it)", sha[:12], exc,
+                "commit status of {} not sent: {}; retrying with back-off (at most {} attempts in {:g}s per status), "
+                "and saying so again only once GitHub takes statuses again (a run's outcome never depends on it)",
+                sha[:12], exc, self.max_attempts, self.give_up_after,
             )
 
     def _sleep(self, seconds: float) -> None:
@@ -361,7 +502,8 @@ class CommitStatusReporter:
         exc = state.outcome.exception() if state.outcome else None
         backoff = float(self._wait(state))
         if isinstance(exc, CommitStatusFailed) and exc.retry_after is not None:
-            return max(backoff, min(exc.retry_after + 1.0, self.give_up_after))
+            # Past the bound, stop_before_delay gives the status up now instead of waiting for nothing.
+            return max(backoff, exc.retry_after + 1.0)
         return backoff
 
 

@@ -14,7 +14,9 @@ Rules:
   of that commit already: an already released head is then stopped by the release guard (it ends
   ``superseded``, releasing nothing) or, when this agent released it, by the queue itself.
 - **Later polls**: a branch head that differs from the one seen is queued; a release tag that is
-  new or points elsewhere is queued; a deleted tag is forgotten. Other tags are ignored.
+  new or points elsewhere is queued; a deleted tag is forgotten. Other tags are ignored. Of several
+  such tags in one poll only the highest version is queued, the others remembered (one log line):
+  a push of sixty tags is one release, not sixty (GitHub sends no webhook for it at all).
 - **Webhook and polling together**: a ref at a commit for which this agent already has a run (from
   a webhook delivery, whatever its status) is only remembered, so a commit seen by both runs once.
   When the poll comes first and the delivery later, the queue makes the delivery a duplicate of a
@@ -206,6 +208,22 @@ def parse_ls_remote(output: str) -> dict[str, RemoteRef]:
     return refs
 
 
+def _tag_version(name: str) -> tuple[int, ...]:
+    """``refs/tags/v1.10.0`` -> ``(1, 10, 0)``: release tags compare as versions, not as text."""
+    return tuple(int(part) for part in _short_tag(name).removeprefix("v").split("."))
+
+
+def _short_tag(name: str) -> str:
+    return name.removeprefix("refs/tags/")
+
+
+def _tag_range(names: list[str]) -> str:
+    """Sorted tag refs as the log shows them: all of a few, else the lowest and the highest."""
+    if len(names) <= 3:
+        return ", ".join(_short_tag(name) for name in names)
+    return f"{_short_tag(names[0])} … {_short_tag(names[-1])}"
+
+
 def repository_name(github_repo: str | None, repo_url: str) -> str:
     """The ``owner/name`` a polled run's event carries: ``CI_GITHUB_REPO``, else the URL's last two parts."""
     if github_repo:
@@ -303,23 +321,40 @@ class Poller:
         queued: list[int] = []
         relevant = {name: ref for name, ref in remote.items()
                     if name == self.branch_ref or _RELEASE_TAG.fullmatch(name)}
+        new_tags: dict[str, RemoteRef] = {}
         for name, ref in sorted(relevant.items(), key=lambda item: item[0] != self.branch_ref):
             if seen.get(name) == ref.sha:
                 continue
             is_tag = name != self.branch_ref
             if (first and is_tag) or self.runs.has_run(name, {ref.sha, ref.commit}):
                 seen[name] = ref.sha
-                continue
-            submission = self.submit(self._event(name, ref, seen.get(name)), None, source=SOURCE)
-            if not submission.duplicate:
-                queued.append(submission.run.number)
-                self._log.info("poll: {} is at {}; run {} queued", name, ref.commit[:12], submission.run.number)
-            seen[name] = ref.sha
+            elif is_tag:
+                new_tags[name] = ref
+            else:
+                self._queue(name, ref, seen, queued)
+        if new_tags:
+            # Many tags in one push would queue a release each (GitHub sends no webhook at all for a push
+            # of more than three tags): the highest stands for them all, the others are only remembered.
+            highest = max(new_tags, key=_tag_version)
+            skipped = sorted((name for name in new_tags if name != highest), key=_tag_version)
+            if skipped:
+                self._log.info("poll: {} new release tags at once; releasing only the highest, {}; {} skipped ({})",
+                               len(new_tags), _short_tag(highest), len(skipped), _tag_range(skipped))
+            for name in skipped:
+                seen[name] = new_tags[name].sha
+            self._queue(highest, new_tags[highest], seen, queued)
         for name in [name for name in seen if name.startswith("refs/tags/") and name not in relevant]:
             del seen[name]
         if first or seen != known:
             self.seen.save(seen)
         return queued
+
+    def _queue(self, name: str, ref: RemoteRef, seen: dict[str, str], queued: list[int]) -> None:
+        submission = self.submit(self._event(name, ref, seen.get(name)), None, source=SOURCE)
+        if not submission.duplicate:
+            queued.append(submission.run.number)
+            self._log.info("poll: {} is at {}; run {} queued", name, ref.commit[:12], submission.run.number)
+        seen[name] = ref.sha
 
     def _event(self, name: str, ref: RemoteRef, before: str | None) -> PushEvent:
         is_tag = name != self.branch_ref

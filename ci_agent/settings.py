@@ -10,13 +10,14 @@ import math
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from ci_agent.payload import SEMVER_CORE, check_ref_name
 from ci_agent.versioning import TagStyle
 from shared.registry import ImageRef, parse_image_ref
-from shared.settings import SharedSettings
+from shared.settings import SharedSettings, is_loopback_host
 
 TestRunner = Literal["docker", "host"]
 
@@ -154,6 +155,19 @@ class CiSettings(SharedSettings):
         value = value.strip().rstrip("/")
         if not re.fullmatch(r"https?://[^\s/@?#]+(/[^\s?#]*)?", value):
             raise ValueError("must be an http:// or https:// URL without credentials, e.g. https://api.github.com")
+        return value
+
+    @field_validator("ci_github_api_url")
+    @classmethod
+    def _token_not_in_clear(cls, value: str) -> str:
+        # The token goes in every request's Authorization header: over http:// anyone on the path reads it.
+        # Loopback is fine (tests, a local proxy that adds TLS): that traffic never leaves the machine.
+        url = urlsplit(value)
+        if url.scheme == "http" and not is_loopback_host(url.hostname or ""):
+            raise ValueError(
+                f"http:// would send CI_GITHUB_TOKEN unencrypted to {url.netloc}: use https:// "
+                "(http:// is accepted for a loopback host only: localhost, 127.0.0.1, [::1])"
+            )
         return value
 
     @field_validator("ci_image")

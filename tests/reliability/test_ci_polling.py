@@ -2,18 +2,21 @@
 
 The remote goes away (its bare repository renamed) and comes back; another remote accepts the
 connection and never answers. The agent must keep serving, say so once per streak, and recover.
+A push of many release tags at once must not queue a release each.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.ci_agent_server import CiAgentProcess, StartAgent
-from tests.support.git_repos import GitProject
+from tests.support.ci_agent_server import CiAgentProcess, StartAgent, registry_tags
+from tests.support.docker_env import DockerJanitor
+from tests.support.git_repos import GitProject, git
 from tests.support.silent_server import SilentServer
 from tests.support.smtp_server import SmtpServer
 
@@ -111,3 +114,44 @@ def test_hanging_remote_while_polling(
         assert "did not answer within 5s" in warning
         assert serving(agent)
         assert runs == []
+
+
+@pytest.mark.reliability(
+    "CI_POLL_INTERVAL=5; 60 tags v1.0.0 … v1.0.59 are pushed in one `git push --tags` (GitHub itself sends no "
+    "webhook for a push of more than three tags)",
+    "the poll that finds them queues one run, for the highest tag, released as 1.0.59; the other 59 are "
+    "remembered, never run, then or later (the next push is released as 1.0.60); one log line says 60 new "
+    "tags, v1.0.59 released, 59 skipped",
+)
+def test_many_tags_pushed_at_once_release_only_the_highest(
+    start_ci_agent: StartAgent, git_project: GitProject, tmp_path: Path, ci_image_name: str,
+    docker_janitor: DockerJanitor, observed: Callable[[str], None],
+) -> None:
+    docker_janitor.images.update({f"{ci_image_name}:1.0.59", f"{ci_image_name}:1.0.60"})
+    head = git_project.commit_sample("feat: first", test_script=PASSING)
+    agent = start_ci_agent(**POLLING)
+    agent.process.wait_until(lambda: any(run["commit"] == head and run["status"] == "succeeded"
+                                         for run in agent.runs()), timeout=120, what="the head released")
+    tags = [f"v1.0.{patch}" for patch in range(60)]
+    for tag in tags:
+        git("tag", tag, cwd=git_project.clone)
+    git("push", "--quiet", "origin", "--tags", cwd=git_project.clone)
+    state = tmp_path / "state" / "poll-refs.json"
+    agent.process.wait_until(lambda: all(f"refs/tags/{tag}" in json.loads(state.read_text())["refs"] for tag in tags),
+                             timeout=60, what="a poll that saw the 60 tags")
+    queued = [run["ref"] for run in agent.runs() if run["ref"].startswith("refs/tags/")]
+    assert queued == ["refs/tags/v1.0.59"], f"{len(queued)} tag runs queued: {queued[:5]}…"
+    agent.process.wait_until(lambda: any(run["ref"] == "refs/tags/v1.0.59" and run["finished_at"]
+                                         for run in agent.runs()), timeout=120, what="the v1.0.59 run finished")
+    # A later poll (it finds the next push) must not queue a skipped tag either.
+    after = git_project.commit({"www/index.html": "<p>two</p>\n"}, "fix: after the tags")
+    git_project.push()
+    agent.process.wait_until(lambda: any(run["commit"] == after and run["finished_at"] for run in agent.runs()),
+                             timeout=120, what="the next push run by a later poll")
+    tag_runs = [run for run in agent.runs() if run["ref"].startswith("refs/tags/")]
+    line = next((text for text in agent.process.output.splitlines() if "at once" in text), "")
+    observed(f"{len(tag_runs)} tag run(s): {[(r['ref'], r['status'], r['version']) for r in tag_runs]}; "
+             f"registry {registry_tags(ci_image_name)}; log: {line[line.find('poll:'):]!r}")
+    assert [(r["ref"], r["status"], r["version"]) for r in tag_runs] == [("refs/tags/v1.0.59", "succeeded", "1.0.59")]
+    assert "60 new release tags at once; releasing only the highest, v1.0.59; 59 skipped (v1.0.0 … v1.0.58)" in line
+    assert [run["version"] for run in agent.runs() if run["commit"] == after] == ["1.0.60"]

@@ -308,7 +308,7 @@ def test_the_queue_reports_new_branch_runs_only(tmp_path: Any) -> None:
 
 def test_closing_while_github_fails_does_not_wait_out_the_back_off() -> None:
     api = FakeApi(failures=1000)
-    reporter = CommitStatusReporter(api, wait=tenacity.wait_fixed(3600))
+    reporter = CommitStatusReporter(api, wait=tenacity.wait_fixed(3600), give_up_after=7200)
     reporter.report(run("queued"))
     wait_for(lambda: reporter._failing, what="the first failure")
     with capture_logs("WARNING") as logs:
@@ -348,3 +348,65 @@ def test_the_wait_github_asks_for(headers: dict[str, str], expected: float | Non
     from ci_agent.commit_status import _retry_after
 
     assert _retry_after(httpx.Response(403, headers=headers), now=lambda: 40.0) == expected
+
+
+# -- bounds ----------------------------------------------------------------------------------------
+
+
+def test_a_status_failing_forever_is_given_up_after_its_attempts(reporters: list[CommitStatusReporter]) -> None:
+    api = FakeApi(failures=1000)
+    reporter = CommitStatusReporter(api, wait=NO_WAIT, max_attempts=4)
+    reporters.append(reporter)
+    with capture_logs("WARNING") as logs:
+        reporter.report(run("queued"))
+        assert reporter.flush(10)
+    assert api.attempts == 4 and api.taken == []
+    given_up = [e.message for e in logs if "given up" in e.message]
+    assert len(given_up) == 1 and "tried 4 time(s)" in given_up[0] and "500" in given_up[0], logs
+
+
+def test_a_retry_after_past_the_bound_gives_up_at_once(reporters: list[CommitStatusReporter]) -> None:
+    api = FakeApi(failures=1000, error=CommitStatusFailed("GitHub answered 500", retry_after=3600))
+    reporter = CommitStatusReporter(api, wait=NO_WAIT, give_up_after=300)
+    reporters.append(reporter)
+    slept: list[float] = []
+    reporter._sleep = slept.append  # type: ignore[method-assign,assignment]
+    with capture_logs("WARNING") as logs:
+        reporter.report(run("queued"))
+        assert reporter.flush(10)
+    assert api.attempts == 1 and slept == []
+    assert any("asks to wait 3600s more, past the 300s" in e.message for e in logs), logs
+
+
+def test_a_newer_state_gets_attempts_of_its_own(reporters: list[CommitStatusReporter]) -> None:
+    api = FakeApi(failures=3)
+    reporter = CommitStatusReporter(api, wait=NO_WAIT, max_attempts=3)
+    reporters.append(reporter)
+    sleeping = threading.Event()
+    resume = threading.Event()
+
+    def sleep(seconds: float) -> None:
+        sleeping.set()
+        resume.wait(10)
+
+    reporter._sleep = sleep  # type: ignore[method-assign]
+    reporter.report(run("queued"))
+    assert sleeping.wait(10)
+    reporter.report(run("succeeded", version="1.0.0"))  # arrives during the first state's back-off
+    resume.set()
+    assert reporter.flush(10)
+    assert [s.state for s in api.taken] == ["success"]
+    assert api.attempts == 4  # 1 of the queued state (then replaced), 2 failed and 1 taken of the outcome
+
+
+@pytest.mark.parametrize("url", ["http://api.github.com", "http://ghe.example.org/api/v3", "http://10.0.0.7:8080"])
+def test_a_clear_text_api_url_off_loopback_is_refused(url: str) -> None:
+    with pytest.raises(SettingsError, match="CI_GITHUB_API_URL.*unencrypted.*use https://") as caught:
+        load_settings(CiSettings, {**BASE, "CI_GITHUB_TOKEN": TOKEN, "CI_GITHUB_REPO": REPO, "CI_GITHUB_API_URL": url})
+    assert TOKEN not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "http://[::1]:9000/api/v3", "http://localhost:3000"])
+def test_a_clear_text_api_url_on_loopback_is_accepted(url: str) -> None:
+    settings = load_settings(CiSettings, {**BASE, "CI_GITHUB_API_URL": url})
+    assert settings.ci_github_api_url == url

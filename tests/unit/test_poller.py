@@ -26,6 +26,7 @@ from shared.errors import SettingsError
 from shared.notify import Email, Notifier
 from shared.runstore import RunStore
 from shared.settings import load_settings
+from shared.testing import capture_logs
 
 MAIN = "refs/heads/main"
 A, B, C, T = ("a" * 40), ("b" * 40), ("c" * 40), ("d" * 40)
@@ -137,6 +138,40 @@ def test_a_moved_head_and_a_new_release_tag_are_queued_other_tags_are_not(
     assert event.release_version == "1.2.3" and event.branch is None
     head_run = queued[0]
     assert head_run is not None and PushEvent.from_details(head_run.details["event"]).before == A
+
+
+def test_many_new_tags_in_one_poll_queue_only_the_highest(
+    tmp_path: Path, remote: FakeRemote, queue: RunQueue, store: RunStore
+) -> None:
+    remote.set(MAIN, A)
+    poller = make_poller(tmp_path, remote, queue, store)
+    poller.poll_once()
+    for patch in range(12):  # v1.0.11 > v1.0.9 as a version, < as text
+        remote.set(f"refs/tags/v1.0.{patch}", f"{patch:040x}")
+    remote.set(MAIN, B)
+
+    with capture_logs("INFO") as logs:
+        queued = [store.get(number) for number in poller.poll_once()]
+
+    assert [(run.ref, run.commit) for run in queued if run] == [(MAIN, B), ("refs/tags/v1.0.11", f"{11:040x}")]
+    lines = [e.message for e in logs if "at once" in e.message]
+    assert lines == ["poll: 12 new release tags at once; releasing only the highest, v1.0.11; 11 skipped "
+                     "(v1.0.0 … v1.0.10)"]
+    saved = json.loads((tmp_path / "poll-refs.json").read_text())["refs"]
+    assert all(f"refs/tags/v1.0.{patch}" in saved for patch in range(12))
+    assert poller.poll_once() == []  # the skipped tags are remembered, not queued later
+
+
+def test_one_new_tag_is_queued_without_a_word_about_skipping(
+    tmp_path: Path, remote: FakeRemote, queue: RunQueue, store: RunStore
+) -> None:
+    remote.set(MAIN, A)
+    poller = make_poller(tmp_path, remote, queue, store)
+    poller.poll_once()
+    remote.set("refs/tags/v2.0.0", C)
+    with capture_logs("INFO") as logs:
+        assert len(poller.poll_once()) == 1
+    assert not any("at once" in e.message for e in logs)
 
 
 def test_a_restart_does_not_queue_again(tmp_path: Path, remote: FakeRemote, queue: RunQueue, store: RunStore) -> None:
