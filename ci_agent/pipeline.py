@@ -37,6 +37,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from ci_agent.builder import DockerGateway, has_stage, run_host_command
 from ci_agent.errors import Step, StepFailed
 from ci_agent.git import GitRunner, redact_url, strip_credentials
+from ci_agent.host_env import host_test_environment
 from ci_agent.payload import ZERO_SHA, PushEvent
 from ci_agent.release_guard import ReleaseGuard, RevisionCache, RunSkipped
 from ci_agent.settings import CiSettings
@@ -257,9 +258,8 @@ class Pipeline:
             raise StepFailed("test", f"the test command `{command}` exited with code {code}")
 
     def _host_env(self) -> dict[str, str]:
-        # The tests are the repository's code: they get the agent's environment without its secrets.
-        secrets = set(self.settings.secret_values())
-        return {key: value for key, value in os.environ.items() if value not in secrets}
+        # The tests are the repository's code: a few harmless variables of the agent's, no secret.
+        return host_test_environment(os.environ, self.settings.secret_values())
 
     def _decide_version(self, event: PushEvent, checkout: Path, log: loguru.Logger) -> tuple[str, list[str]]:
         existing = self.registry.list_tags()
