@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+
+import pytest
 
 from ci_agent.host_env import forget_secrets, host_test_environment
 
@@ -64,3 +67,44 @@ def test_shield_agent_wipes_the_start_environment():
                "PYTHONPATH": ":".join(sys.path)}
     result = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, check=True)
     assert result.stdout.split("\n")[:5] == ["True", "False False", "0", "main", "0"], result.stderr
+
+
+def system_python() -> str | None:
+    """An interpreter another user may run (this one may live under /root), of this Python's version."""
+    python = "/usr/bin/python3"
+    if not os.path.exists(python):
+        return None
+    version = subprocess.run([python, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
+                             text=True, check=False).stdout.strip()
+    return python if version == str(sys.version_info[:2]) else None
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or system_python() is None,
+                    reason="needs root and a system python3 of this version to run both processes as another user")
+def test_a_process_of_the_same_user_cannot_read_a_shielded_agent():
+    # The agent and the "tests" both as nobody, as a systemd service and its host tests are one user.
+    agent_code = (
+        "import sys, time\n"
+        "from ci_agent.host_env import shield_agent\n"
+        "if sys.argv[1] == 'shield':\n"
+        "    shield_agent(['whsec-unit-Hk3'])\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    results = {}
+    for mode in ("plain", "shield"):
+        agent = subprocess.Popen(
+            [str(system_python()), "-c", agent_code, mode], user=65534, group=65534, extra_groups=[],
+            env={"PATH": "/usr/bin:/bin", "CI_WEBHOOK_SECRET": "whsec-unit-Hk3", "PYTHONPATH": ":".join(sys.path)},
+            stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            assert agent.stdout is not None and agent.stdout.readline() == "ready\n"
+            reader = subprocess.run(["cat", f"/proc/{agent.pid}/environ"], user=65534, group=65534, extra_groups=[],
+                                    capture_output=True, check=False)
+            seen = reader.stdout
+            results[mode] = (reader.returncode, b"whsec-unit-Hk3" in seen, b"Permission denied" in reader.stderr)
+        finally:
+            agent.kill()
+            agent.communicate()
+    assert results == {"plain": (0, True, False), "shield": (1, False, True)}
