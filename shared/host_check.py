@@ -47,7 +47,12 @@ def own_names(*hosts_or_urls: str | None) -> frozenset[str]:
     for value in hosts_or_urls:
         if not value:
             continue
-        host = urlsplit(value).hostname if "://" in value else host_name(value)
+        if "://" in value:
+            host = urlsplit(value).hostname
+        elif value.count(":") > 1 and "[" not in value:
+            host = value  # a bare IPv6 address, as CI_DASHBOARD_HOST takes it (fd00::5)
+        else:
+            host = host_name(value)
         if host:
             names.add(host.strip("[]").rstrip(".").lower())
     return frozenset(names)

@@ -33,6 +33,8 @@ def test_host_name(header: str, name: str | None) -> None:
 def test_own_names_takes_hosts_and_urls() -> None:
     assert NAMES == {"pi.lan", "ci.example.org"}
     assert own_names(None, "", "[::1]:8001", "pi.lan.") == {"::1", "pi.lan"}
+    assert own_names("FD00::5", "http://[fd00::6]:8001/") == {"fd00::5", "fd00::6"}
+    assert allows_host("[fd00::5]:8001", own_names("fd00::5"))
 
 
 @pytest.mark.parametrize(
