@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from ci_agent.host_env import forget_secrets, host_test_environment
+from tests.support.other_user import NOBODY, needs_root
 
 SECRETS = ["whsec-unit-Hk3", "ghp-unit-token-Lp9"]
 AGENT = {
@@ -79,8 +80,8 @@ def system_python() -> str | None:
     return python if version == str(sys.version_info[:2]) else None
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or system_python() is None,
-                    reason="needs root and a system python3 of this version to run both processes as another user")
+@needs_root
+@pytest.mark.skipif(system_python() is None, reason="no /usr/bin/python3 of this version that another user may run")
 def test_a_process_of_the_same_user_cannot_read_a_shielded_agent():
     # The agent and the "tests" both as nobody, as a systemd service and its host tests are one user.
     agent_code = (
@@ -94,14 +95,13 @@ def test_a_process_of_the_same_user_cannot_read_a_shielded_agent():
     results = {}
     for mode in ("plain", "shield"):
         agent = subprocess.Popen(
-            [str(system_python()), "-c", agent_code, mode], user=65534, group=65534, extra_groups=[],
+            [*NOBODY, str(system_python()), "-c", agent_code, mode],
             env={"PATH": "/usr/bin:/bin", "CI_WEBHOOK_SECRET": "whsec-unit-Hk3", "PYTHONPATH": ":".join(sys.path)},
             stdout=subprocess.PIPE, text=True,
         )
         try:
             assert agent.stdout is not None and agent.stdout.readline() == "ready\n"
-            reader = subprocess.run(["cat", f"/proc/{agent.pid}/environ"], user=65534, group=65534, extra_groups=[],
-                                    capture_output=True, check=False)
+            reader = subprocess.run([*NOBODY, "cat", f"/proc/{agent.pid}/environ"], capture_output=True, check=False)
             seen = reader.stdout
             results[mode] = (reader.returncode, b"whsec-unit-Hk3" in seen, b"Permission denied" in reader.stderr)
         finally:
