@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from ci_agent.commit_status import CommitStatusReporter, reporter_from_settings
+from ci_agent.failed_tests import tests_key
 from ci_agent.payload import PushEvent
 from ci_agent.poller import Poller, poller_for
 from ci_agent.queue import KIND, RunQueue
@@ -110,7 +111,7 @@ def open_agent(settings: CiSettings) -> Iterator[CiAgent]:
         stack.callback(store.close)
         statuses = reporter_from_settings(settings)
         stack.callback(statuses.close)
-        queue = RunQueue(store, report=statuses.report)
+        queue = RunQueue(store, report=statuses.report, tests_key=tests_key(settings))
         stack.callback(queue.close)
         # Built now, not with the pipeline: a bad NOTIFY_URLS or SMTP setting must stop the start.
         notifier = notifier_from_settings(settings)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from ci_agent.host_env import shield_agent
 from ci_agent.queue import KIND
 from ci_agent.settings import CiSettings
 from shared.errors import PiCicdError
@@ -72,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(CiSettings, read_environment(args.env_file))
         configure_logging("ci", settings.secret_values(), level=settings.log_level)
+        if settings.ci_test_runner == "host":
+            # The tests run as this user: neither their environment nor this process's may give the secrets away.
+            shield_agent(settings.secret_values())
         if args.command == "serve":
             return serve(settings)
         return run_once(settings, args.ref)

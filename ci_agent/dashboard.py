@@ -11,14 +11,21 @@ settings beyond the repository, branch and image (the run logs are redacted by t
 
 ``GET /runs/{n}`` answers JSON to API clients and HTML to browsers: :func:`prefers_html` reads the
 ``Accept`` header (``*/*`` and ties go to JSON, so scripts and curl keep getting JSON); both answers
-say ``Vary: Accept`` so no cache hands one to a client that asked for the other.
+say ``Vary: Accept`` so no cache hands one to a client that asked for the other. Every answer of this
+app says ``Cache-Control: no-store`` unless it says otherwise (the badge): run data must not stay in
+a browser's or a proxy's cache.
+
+Without a token, this listener answers only to loopback names, ``CI_DASHBOARD_HOST`` and the host of
+``CI_PUBLIC_URL`` (shared/host_check.py): a web page that rebinds its own domain to 127.0.0.1 gets
+421, not the runs. With a token the token is the guard, under any name (it is also served on the
+public port then, whose name is the user's own).
 """
 
 from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +34,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from loguru import logger
 
 from ci_agent.access import dashboard_guard
 from ci_agent.answers import install_error_answers
@@ -34,6 +42,7 @@ from ci_agent.errors import RunNotFound
 from ci_agent.git import strip_credentials
 from ci_agent.queue import KIND
 from ci_agent.settings import CiSettings
+from shared.host_check import HostCheck, own_names
 from shared.runstore import Run, RunStore
 
 LIST_LIMIT = 100
@@ -112,6 +121,21 @@ def create_dashboard_app(settings: CiSettings, store: RunStore) -> FastAPI:
     app = FastAPI(title="pi-cicd ci-agent dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_answers(app, "dashboard")
     private = [Depends(dashboard_guard(settings.ci_dashboard_token))]
+
+    @app.middleware("http")
+    async def no_store(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    if settings.ci_dashboard_token is None:
+        # Added last, so it is the outermost layer: a refused request reaches nothing else.
+        app.add_middleware(
+            HostCheck, names=own_names(settings.ci_dashboard_host, settings.ci_public_url),
+            log=logger.bind(agent="ci", component="dashboard"),
+            reason="without CI_DASHBOARD_TOKEN the dashboard answers only to localhost, CI_DASHBOARD_HOST and "
+            "the host of CI_PUBLIC_URL",
+        )
 
     @app.get("/", response_class=HTMLResponse, dependencies=private)
     def runs_page() -> HTMLResponse:

@@ -5,6 +5,7 @@
         ├── WebhookRejected        a delivery the webhook refuses; carries the HTTP status to answer
         ├── RunNotFound            ``GET /runs/{n}`` or its log asked for something that does not exist (404)
         ├── StepFailed             a pipeline step (checkout, test, build, push) failed; the run ends ``failed``
+        │   └── TestsFailed        the test command ran and exited non-zero (remembered: ci_agent/failed_tests.py)
         └── CommitStatusFailed     GitHub did not take a commit status; never changes a run's outcome
 
 Errors carry how they are reported, like ``exit_code`` in shared/errors.py: ``status_code`` is the
@@ -59,6 +60,13 @@ class StepFailed(CiError):
 
     def __repr__(self) -> str:
         return f"StepFailed(step={self.step!r}, message={self.message!r})"
+
+
+class TestsFailed(StepFailed):
+    """The test command ran and failed: the outcome of the commit under these settings, not an accident."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("test", message)
 
 
 class CommitStatusFailed(CiError):

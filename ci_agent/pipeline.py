@@ -30,13 +30,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ci_agent.builder import DockerGateway, has_stage, run_host_command
-from ci_agent.errors import Step, StepFailed
+from ci_agent.errors import Step, StepFailed, TestsFailed
+from ci_agent.failed_tests import DETAIL as FAILED_TESTS_DETAIL
+from ci_agent.failed_tests import tests_key
 from ci_agent.git import GitRunner, redact_url, strip_credentials
+from ci_agent.host_env import host_test_environment
 from ci_agent.payload import ZERO_SHA, PushEvent
 from ci_agent.release_guard import ReleaseGuard, RevisionCache, RunSkipped
 from ci_agent.settings import CiSettings
@@ -138,9 +141,10 @@ class Pipeline:
         if skipped is not None:
             run = self._record_skipped(run.number, skipped)
         elif failure is not None:
+            remembered = self._remember_failed_tests(run.number, failure)
             run = self.store.update(
                 run.number, status="failed", failed_step=failure.step, error=failure.message,
-                finished_at=self.clock(),
+                finished_at=self.clock(), **remembered,
             )
             self._email_failure(run, event, failure, path)
         else:
@@ -159,6 +163,13 @@ class Pipeline:
         if verdict.superseded_by is not None:
             details["superseded_by"] = verdict.superseded_by
         return self.store.update(number, status="superseded", details=details, finished_at=self.clock())
+
+    def _remember_failed_tests(self, number: int, failure: StepFailed) -> dict[str, Any]:
+        """The details that keep a replay of this push from testing it again (ci_agent/failed_tests.py)."""
+        current = self.store.get(number)
+        if not isinstance(failure, TestsFailed) or current is None:
+            return {}
+        return {"details": {**current.details, FAILED_TESTS_DETAIL: tests_key(self.settings)}}
 
     def fail(self, run: Run, message: str) -> Run:
         """Mark ``run`` failed outside any step (the worker's last resort when ``execute`` itself broke)."""
@@ -254,12 +265,11 @@ class Pipeline:
                 name=f"pi-cicd-ci-test-{self._instance}-run-{run.number}",
             )
         if code != 0:
-            raise StepFailed("test", f"the test command `{command}` exited with code {code}")
+            raise TestsFailed(f"the test command `{command}` exited with code {code}")
 
     def _host_env(self) -> dict[str, str]:
-        # The tests are the repository's code: they get the agent's environment without its secrets.
-        secrets = set(self.settings.secret_values())
-        return {key: value for key, value in os.environ.items() if value not in secrets}
+        # The tests are the repository's code: a few harmless variables of the agent's, no secret.
+        return host_test_environment(os.environ, self.settings.secret_values())
 
     def _decide_version(self, event: PushEvent, checkout: Path, log: loguru.Logger) -> tuple[str, list[str]]:
         existing = self.registry.list_tags()

@@ -25,12 +25,17 @@ Rules:
   already, so this is fair between branches and tags) and marks it ``running``.
 - Delivery ids (``X-GitHub-Delivery``) de-duplicate. GitHub reuses the id when a person presses
   "Redeliver". A redelivery of a run that ended ``failed`` or ``interrupted`` queues a **new** run
-  (somebody pressed the button to retry it: that is how a flaky failure is re-run without a new
-  commit). A redelivery of a run that is ``queued``, ``running``, ``succeeded`` or ``superseded`` is a
-  duplicate and creates nothing (a superseded push is covered by the newer push of its branch).
+  (somebody pressed the button to retry it: that is how a failed checkout or push is re-run without
+  a new commit), unless its tests failed (below). A redelivery of a run that is ``queued``,
+  ``running``, ``succeeded`` or ``superseded`` is a duplicate and creates nothing (a superseded
+  push is covered by the newer push of its branch).
   The store keeps delivery ids unique, so the id moves to the retry (the old run keeps it in
   ``details["delivery_id"]`` and points at the retry with ``details["retried_by"]``): pressing the
   button again while the retry is queued or running is again a duplicate.
+- A push of a commit whose tests failed in a run of this agent, to the same ref and under the same
+  test settings, is a duplicate of that run (with a ``reason``), whatever its delivery id, a
+  redelivery included: a replay must not run the tests, email and set a status again
+  (``ci_agent/failed_tests.py``).
 - A branch push of a commit that a run of this agent already released (``succeeded`` with a
   version) is a duplicate of that run, whatever its delivery id: a replayed body costs one
   query. The pipeline's own check against the registry (``ci_agent/release_guard.py``) still
@@ -49,6 +54,7 @@ from typing import Any
 from loguru import logger
 
 from ci_agent.errors import WebhookRejected
+from ci_agent.failed_tests import earlier_failure, failure_reason
 from ci_agent.payload import PushEvent
 from shared.errors import StoreError
 from shared.runstore import DuplicateDelivery, Run, RunStore
@@ -64,10 +70,12 @@ def _utc_now() -> datetime:
 
 @dataclass(frozen=True)
 class Submission:
-    """What ``accept`` did: ``run`` is the new run, or the earlier one when ``duplicate``."""
+    """What ``accept`` did: ``run`` is the new run, or the earlier one when ``duplicate`` (``reason``: why, when
+    it is not the same delivery or release)."""
 
     run: Run
     duplicate: bool
+    reason: str | None = None
 
 
 @dataclass(eq=False)
@@ -87,9 +95,11 @@ class RunQueue:
 
     def __init__(
         self, store: RunStore, *, clock: Callable[[], datetime] = _utc_now,
-        report: Callable[[Run], None] = lambda _: None,
+        report: Callable[[Run], None] = lambda _: None, tests_key: str | None = None,
     ) -> None:
         self._store = store
+        # The test settings (ci_agent/failed_tests.py): a commit whose tests failed under them is not queued again.
+        self._tests_key = tests_key
         self._report = report  # the commit status of a queued run (ci_agent/commit_status.py)
         self._clock = clock
         self._condition = threading.Condition()
@@ -181,6 +191,10 @@ class RunQueue:
             self._log.info("{} at {} was released as {} by run {}; nothing queued", event.ref, event.after[:12],
                            released.version, released.number)
             return Submission(released, duplicate=True)
+        if self._tests_key is not None and (failed := earlier_failure(self._store, KIND, event, self._tests_key)):
+            reason = failure_reason(event, failed)
+            self._log.info("{} at {}: {}; nothing queued", event.ref, event.after[:12], reason)
+            return Submission(failed, duplicate=True, reason=reason)
         if earlier is not None:
             self._release_delivery(earlier)
         details: dict[str, Any] = {"event": event.to_details()}

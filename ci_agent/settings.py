@@ -10,7 +10,7 @@ import math
 import re
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
@@ -26,6 +26,7 @@ _GITHUB_REPO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,1
 
 DASHBOARD_TOKEN_MIN_LENGTH = 16
 POLL_MIN_INTERVAL = 5.0
+_MASKED_MIN_LENGTH = 8
 
 _BUILD_ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -83,6 +84,17 @@ class CiSettings(SharedSettings):
 
     log_dir: Path = Path("logs/ci")
     state_dir: Path = Path("state/ci")
+
+    def secret_values(self) -> list[str]:
+        """The shared secrets plus the password (token) in ``CI_REPO_URL``, as written and decoded.
+
+        Like the parts of ``NOTIFY_URLS``, only from 8 characters on: shorter ones would mask ordinary words.
+        """
+        values = super().secret_values()
+        password = urlsplit(self.ci_repo_url).password if "://" in self.ci_repo_url else None
+        if password and len(password) >= _MASKED_MIN_LENGTH:
+            values.extend(sorted({password, unquote(password)}))
+        return values
 
     @property
     def image(self) -> ImageRef:

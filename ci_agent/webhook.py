@@ -77,7 +77,10 @@ def create_app(settings: CiSettings, store: RunStore, queue: RunQueue) -> FastAP
         if submission is None:
             submission = await run_in_threadpool(queue.accept, event, delivery_id)
         if submission.duplicate:
-            return JSONResponse({"duplicate": True, "run": submission.run.number}, status_code=200)
+            answer: dict[str, object] = {"duplicate": True, "run": submission.run.number}
+            if submission.reason is not None:
+                answer["reason"] = submission.reason
+            return JSONResponse(answer, status_code=200)
         return JSONResponse({"run": submission.run.number}, status_code=202)
 
     # A plain Starlette route: FastAPI's parameter and dependency machinery has nothing to do for a

@@ -289,6 +289,23 @@ class RunStore:
                 (kind, commit),
             )
 
+    def find_failed(self, kind: str, ref: str, commit: str, *, step: str) -> builtins.list[Run]:
+        """The runs of ``kind`` for ``ref`` that failed at ``step`` on ``commit``, newest first.
+
+        For a tag, ``commit`` also matches the ``after`` of the push event kept in ``details["event"]``:
+        an annotated tag's push names the tag object, and its run records the commit it tags.
+        """
+        where = " WHERE commit_sha = ? AND kind = ? AND ref = ? AND status = 'failed' AND failed_step = ?"
+        params: tuple[Any, ...] = (commit, kind, ref, step)
+        if ref.startswith("refs/tags/"):
+            where = (
+                " WHERE kind = ? AND ref = ? AND status = 'failed' AND failed_step = ?"
+                " AND (commit_sha = ? OR json_extract(details, '$.event.after') = ?)"
+            )
+            params = (kind, ref, step, commit, commit)
+        with self._transaction(write=False) as conn:
+            return self._fetch(conn, where + " ORDER BY number DESC LIMIT 100", params)
+
     def mark_unfinished_interrupted(self, *, kind: str | None = None) -> builtins.list[Run]:
         """At start-up: every running run (of ``kind``) becomes ``interrupted``, finished now.
 

@@ -91,7 +91,8 @@ def runs(store, tmp_path) -> Runs:
 
 @pytest.fixture
 def client(settings, store) -> TestClient:
-    return TestClient(create_dashboard_app(settings, store))
+    # The dashboard answers only to loopback names without a token (TestClient says "testserver").
+    return TestClient(create_dashboard_app(settings, store), base_url="http://127.0.0.1")
 
 
 def page(client: TestClient, path: str, accept: str = BROWSER_ACCEPT) -> httpx.Response:

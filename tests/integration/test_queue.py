@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from ci_agent.failed_tests import DETAIL
 from ci_agent.payload import PushEvent, parse_push
 from ci_agent.queue import RunQueue
 from shared.runstore import RunStore
@@ -190,6 +191,55 @@ def test_redelivery_of_a_failed_run_queues_a_retry(queue, store, status):
     assert again.duplicate is True
     assert again.run.number == retry.run.number
     assert len(store.list()) == 2
+
+
+def failed_tests(store: RunStore, number: int, key: str, *, commit: str | None = None) -> None:
+    """What the pipeline records when the test command of run ``number`` fails under the settings ``key``."""
+    run = store.get(number)
+    assert run is not None
+    fields: dict[str, Any] = {"status": "failed", "failed_step": "test", "details": {**run.details,
+                                                                                    DETAIL: key}}
+    store.update(number, **fields, **({"commit": commit} if commit else {}))
+
+
+def test_a_commit_whose_tests_failed_is_not_queued_again(store):
+    queue = RunQueue(store, tests_key="settings-1")
+    delivery_id = delivery()
+    event = push()
+    failed = queue.submit(event, delivery_id)
+    failed_tests(store, failed.number, "settings-1")
+    redelivered = queue.accept(event, delivery_id)
+    replayed = queue.accept(event, delivery())
+    polled = queue.accept(event, source="poll")
+    for answer in (redelivered, replayed, polled):
+        assert answer.duplicate is True and answer.run.number == failed.number
+        assert answer.reason is not None and f"failed in run {failed.number}" in answer.reason
+        assert f"ci-agent run --ref {event.after}" in answer.reason
+    assert len(store.list()) == 1
+    # Another ref, another commit, or other test settings: tested.
+    assert queue.accept(dataclasses.replace(event, ref="refs/heads/other", branch="other")).duplicate is False
+    assert queue.accept(push()).duplicate is False
+    assert RunQueue(store, tests_key="settings-2").accept(event, delivery()).duplicate is False
+
+
+def test_other_failures_are_still_retried(store):
+    queue = RunQueue(store, tests_key="settings-1")
+    delivery_id = delivery()
+    event = push()
+    failed = queue.submit(event, delivery_id)
+    store.update(failed.number, status="failed", failed_step="test")  # a time-out: no key recorded
+    assert queue.accept(event, delivery_id).duplicate is False
+
+
+def test_an_annotated_tag_whose_tests_failed_is_not_queued_again(store):
+    queue = RunQueue(store, tests_key="settings-1")
+    event = push("refs/tags/v1.2.3")
+    failed = queue.submit(event, delivery())
+    # The pipeline peeled the tag object in `after` to the commit it tags, and records that commit.
+    failed_tests(store, failed.number, "settings-1", commit=secrets.token_hex(20))
+    again = queue.accept(event, delivery())
+    assert again.duplicate is True and again.run.number == failed.number
+    assert again.reason is not None and "ci-agent run --ref v1.2.3" in again.reason
 
 
 def test_run_without_delivery_id_is_never_a_duplicate(queue, store):

@@ -116,7 +116,11 @@ def store(tmp_path) -> Iterator[RunStore]:
 
 def make_api(settings: CiSettings, store: RunStore) -> Api:
     queue = RunQueue(store)
-    return Api(TestClient(create_app(settings, store, queue)), store, TestClient(create_dashboard_app(settings, store)))
+    return Api(
+        TestClient(create_app(settings, store, queue)), store,
+        # The dashboard answers only to loopback names without a token (TestClient says "testserver").
+        TestClient(create_dashboard_app(settings, store), base_url="http://127.0.0.1"),
+    )
 
 
 @pytest.fixture

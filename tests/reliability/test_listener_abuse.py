@@ -405,12 +405,8 @@ def test_run_numbers_beyond_sqlite(start_agent: Callable[..., Agent], observed: 
     observed(f"{len(statuses)} requests, all 404; no traceback")
 
 
-@pytest.mark.reliability(
-    "GET /runs/N by a browser (Accept: text/html) and by a script (Accept: */*)",
-    "HTML to one, JSON to the other, both with Vary: Accept so no cache swaps them",
-)
-def test_one_run_says_vary_accept(start_agent: Callable[..., Agent], observed: Callable[[str], None]):
-    agent = start_agent()
+def queue_a_run(agent: Agent) -> int:
+    """A signed push of a random commit; its run fails at checkout (there is no repository) and has a log."""
     push = json.loads((GITHUB_PAYLOADS / "push_with-new-branch.payload.json").read_text())
     push.update(ref="refs/heads/main", after=uuid.uuid4().hex + uuid.uuid4().hex[:8])
     raw = json.dumps(push).encode()
@@ -423,7 +419,17 @@ def test_one_run_says_vary_accept(start_agent: Callable[..., Agent], observed: C
     accepted = httpx.post(f"{agent.url}/webhook", content=raw, headers=headers, timeout=10)
     agent.answers.append(accepted.text)
     assert accepted.status_code == 202, accepted.text
-    number = accepted.json()["run"]
+    number: int = accepted.json()["run"]
+    return number
+
+
+@pytest.mark.reliability(
+    "GET /runs/N by a browser (Accept: text/html) and by a script (Accept: */*)",
+    "HTML to one, JSON to the other, both with Vary: Accept so no cache swaps them",
+)
+def test_one_run_says_vary_accept(start_agent: Callable[..., Agent], observed: Callable[[str], None]):
+    agent = start_agent()
+    number = queue_a_run(agent)
     html = agent.get(f"{agent.dashboard_url}/runs/{number}", headers={"Accept": "text/html,*/*;q=0.8"})
     data = agent.get(f"{agent.dashboard_url}/runs/{number}", headers={"Accept": "*/*"})
     assert html.headers["content-type"].startswith("text/html")
@@ -480,3 +486,90 @@ def test_the_dashboard_token(start_agent: Callable[..., Agent], observed: Callab
     assert DASHBOARD_TOKEN not in agent.console_text()
     assert all(DASHBOARD_TOKEN not in answer for answer in agent.answers)
     observed("both listeners: 401 + Basic challenge without / with a wrong token, 200 with Bearer and with Basic")
+
+
+# -- DNS rebinding and caches (issue 17) ------------------------------------------------------------
+
+LOOPBACK_NAMES = ("localhost", "app.localhost", "127.0.0.1", "127.0.0.2", "[::1]")
+
+
+def wait_for_log(agent: Agent, number: int, headers: dict[str, str] | None = None) -> None:
+    def logged() -> bool:
+        run = agent.get(f"{agent.dashboard_url}/runs/{number}", headers=headers or {}).json()
+        return run["status"] in ("failed", "succeeded") and run["log_path"] is not None
+
+    wait_for(logged, timeout=60, what=f"run {number} finished with a log")
+
+
+@pytest.mark.reliability(
+    "no CI_DASHBOARD_TOKEN, CI_PUBLIC_URL=https://ci.example.org; a web page whose domain rebinds to 127.0.0.1 "
+    "(or reaches an `ssh -L` tunnel) asks the dashboard listener for /, /runs, /runs/N, /runs/N/log with "
+    "Host: rebind.attacker.example:PORT",
+    "421 Misdirected Request with a short plain-text reason for each, no run data, one log line each; "
+    "localhost, *.localhost, 127.x.x.x and [::1] (with and without a port) and ci.example.org are answered; "
+    "with CI_DASHBOARD_TOKEN set, a foreign Host carrying the token is answered as before",
+)
+def test_dns_rebinding_cannot_read_the_dashboard(start_agent: Callable[..., Agent], observed: Callable[[str], None]):
+    agent = start_agent(CI_PUBLIC_URL="https://ci.example.org")
+    number = queue_a_run(agent)
+    wait_for_log(agent, number)
+    port = agent.dashboard_port
+    private = ("/", "/runs", f"/runs/{number}", f"/runs/{number}/log")
+    foreign = {"Host": f"rebind.attacker.example:{port}", "Accept": "text/html,*/*;q=0.8"}
+    refused = {path: agent.get(f"{agent.dashboard_url}{path}", headers=foreign) for path in private}
+    codes = {path: answer.status_code for path, answer in refused.items()}
+    assert set(codes.values()) == {421}, codes
+    for answer in refused.values():
+        assert answer.headers["content-type"].startswith("text/plain")
+        assert len(answer.text) < 300 and "CI_DASHBOARD_TOKEN" in answer.text
+        assert answer.text.startswith("421 Misdirected Request") and "refs/heads" not in answer.text
+    lines = [line for line in agent.console_text().splitlines() if "rebind.attacker.example" in line]
+    assert len(lines) == len(private), lines
+
+    answered = {}
+    for name in LOOPBACK_NAMES:
+        for host in (name, f"{name}:{port}"):
+            answered[host] = agent.get(f"{agent.dashboard_url}/runs", headers={"Host": host}).status_code
+    own = agent.get(f"{agent.dashboard_url}/runs", headers={"Host": "ci.example.org"})
+    answered["ci.example.org"] = own.status_code
+    assert set(answered.values()) == {200}, answered
+
+    locked = start_agent(CI_DASHBOARD_TOKEN=DASHBOARD_TOKEN)
+    with_token = {"Host": "rebind.attacker.example", "Authorization": f"Bearer {DASHBOARD_TOKEN}"}
+    token_codes = [agent.get(f"{base}/runs", headers=with_token).status_code
+                   for base in (locked.url, locked.dashboard_url)]
+    assert token_codes == [200, 200]
+    observed(
+        f"foreign Host: {sorted(set(codes.values()))} for {len(codes)} private paths, plain text "
+        f"{refused['/runs'].text.strip()[:60]!r}..., {len(lines)} log lines; {len(answered)} loopback/own names: "
+        f"{sorted(set(answered.values()))}; with a token, a foreign Host on both listeners: {token_codes}"
+    )
+
+
+@pytest.mark.reliability(
+    "private answers (/, /runs, /runs/N as HTML and as JSON, /runs/N/log and a 404) on the dashboard listener "
+    "without a token, and on both listeners with CI_DASHBOARD_TOKEN",
+    "each says Cache-Control: no-store, so no browser or proxy cache keeps run data (/runs/N keeps Vary: Accept); "
+    "the badge keeps Cache-Control: no-cache",
+)
+def test_private_answers_are_not_stored(start_agent: Callable[..., Agent], observed: Callable[[str], None]):
+    checked: dict[str, str | None] = {}
+    for token in (None, DASHBOARD_TOKEN):
+        agent = start_agent(**({"CI_DASHBOARD_TOKEN": token} if token else {}))
+        auth = {"Authorization": f"Bearer {token}"} if token else {}
+        number = queue_a_run(agent)
+        wait_for_log(agent, number, auth)
+        bases = (agent.dashboard_url, agent.url) if token else (agent.dashboard_url,)
+        for base in bases:
+            where = f"{'token' if token else 'no token'} {base.rsplit(':', 1)[1]}"
+            for path, accept in (("/", "text/html"), ("/runs", "*/*"), (f"/runs/{number}", "text/html"),
+                                 (f"/runs/{number}", "*/*"), (f"/runs/{number}/log", "*/*"), ("/runs/999", "*/*")):
+                answer = agent.get(f"{base}{path}", headers={"Accept": accept, **auth})
+                assert answer.status_code == (404 if path == "/runs/999" else 200), (where, path, answer.text)
+                checked[f"{where} {path} {accept}"] = answer.headers.get("cache-control")
+                if path == f"/runs/{number}":
+                    assert answer.headers.get("vary") == "Accept"
+            assert agent.get(f"{base}/badge.svg").headers.get("cache-control") == "no-cache"
+    missing = {key: value for key, value in checked.items() if value != "no-store"}
+    observed(f"{len(checked)} private answers, Cache-Control: {sorted({str(v) for v in checked.values()})}")
+    assert not missing, missing

@@ -20,6 +20,7 @@ import pytest
 
 from shared.registry import RegistryClient, parse_image_ref
 from tests.support.ci_agent_server import (
+    GITHUB_REPO,
     CiAgentProcess,
     StartAgent,
     gated_test_script,
@@ -28,6 +29,8 @@ from tests.support.ci_agent_server import (
 )
 from tests.support.git_http import TOKEN_USER, GitHttpServer, git_argv_recorder
 from tests.support.git_repos import GitProject, git
+from tests.support.github_api import GitHubApi
+from tests.support.smtp_server import SmtpServer
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -301,3 +304,74 @@ def test_a_token_in_the_repository_url_never_reaches_gits_argv(
     assert any("fetch" in line for line in commands) and any("ls-remote" in line for line in commands)
     assert token not in argv
     assert git_http_server.authorized > 0
+
+
+FAILING = "#!/bin/sh\necho one test failed\nexit 1\n"
+STATUS_TOKEN = "github_pat_replay-Wd4k-never-shown"
+
+
+@pytest.fixture
+def github(secret: Callable[[str], str]) -> Iterator[GitHubApi]:
+    server = GitHubApi(GITHUB_REPO, secret(STATUS_TOKEN)).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.reliability(
+    "a signed push of a commit whose tests fail, with email (a real SMTP server) and commit statuses (a local "
+    "GitHub statuses API); its captured body is replayed under a new X-GitHub-Delivery, under the same one "
+    "(GitHub's Redeliver), and again after the agent restarted",
+    "one run, one failure email and one failure status: each replay is answered 200 as a duplicate of the failed "
+    "run with a reason naming `ci-agent run` (no test, no email, no status); a new commit that fixes the tests "
+    "is tested and released",
+)
+def test_replayed_failing_push_tests_nothing_again(
+    start_ci_agent: StartAgent,
+    git_project: GitProject,
+    ci_image_name: str,
+    smtp_server: SmtpServer,
+    github: GitHubApi,
+    produced: Callable[[str, str | bytes], None],
+    observed: Callable[[str], None],
+) -> None:
+    settings = {
+        **HOST_RUNNER, "SMTP_HOST": smtp_server.host, "SMTP_PORT": str(smtp_server.port), "SMTP_SECURITY": "none",
+        "NOTIFY_FROM": "ci@example.invalid", "NOTIFY_TO": "dev@example.invalid",
+        "CI_GITHUB_TOKEN": STATUS_TOKEN, "CI_GITHUB_API_URL": github.url,
+    }
+    agent = start_ci_agent(**settings)
+    broken = git_project.commit_sample("broken", test_script=FAILING)
+    raw, signature = captured(agent, push_payload(git_project, broken, "fix: broken"))
+    delivery = str(uuid.uuid4())
+    first = agent.wait_finished(replay(agent, raw, signature, delivery).json()["run"])
+    assert (first["status"], first["failed_step"]) == ("failed", "test"), first
+    smtp_server.wait_for_messages(1, timeout=30)
+    agent.process.wait_until(lambda: [s for s, _ in github.states(broken)][-1:] == ["failure"],
+                             what="the failure status on GitHub")
+    states_before = [state for state, _ in github.states(broken)]
+
+    replays = [replay(agent, raw, signature, str(uuid.uuid4())), replay(agent, raw, signature, delivery)]
+    agent.process.stop()
+    agent = start_ci_agent(**settings)
+    replays.append(replay(agent, raw, signature, str(uuid.uuid4())))
+    runs_after_replays = len(agent.runs())
+    fixed = git_project.commit({"tests/run.sh": PASSING}, "fix: the tests pass again")
+    git_project.push()
+    released = delivered(agent, git_project, fixed, "fix: the tests pass again")
+    mails = smtp_server.messages
+    for mail in mails:
+        produced("failure email", mail.as_string())
+    states = [state for state, _ in github.states(broken)]
+    observed(
+        f"replays answered {[(r.status_code, r.json().get('run')) for r in replays]}, e.g. "
+        f"{replays[0].json().get('reason', '')[:90]!r}...; {runs_after_replays} run(s) for the failing commit; "
+        f"{len(mails)} email(s); statuses of the commit {states}; the fix: {describe(released)}"
+    )
+    for answer in replays:
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["duplicate"] is True and answer.json()["run"] == first["number"], answer.text
+        assert "ci-agent run" in answer.json()["reason"]
+    assert runs_after_replays == 1
+    assert len(mails) == 1
+    assert states == states_before and states[-1] == "failure" and states.count("failure") == 1
+    assert (released["status"], released["version"]) == ("succeeded", "0.1.0"), released

@@ -71,7 +71,8 @@ def make_app(tmp_path: Path) -> tuple[TestClient, RunStore]:
     app = create_app(ci_settings, store, RunQueue(store))
     # The run API lives on the dashboard listener; one client reaches both here.
     app.mount("/", create_dashboard_app(ci_settings, store))
-    client = TestClient(app, raise_server_exceptions=False)
+    # base_url: without a token the dashboard answers only to loopback names (TestClient says "testserver").
+    client = TestClient(app, raise_server_exceptions=False, base_url="http://127.0.0.1")
     return client, store
 
 

@@ -83,6 +83,16 @@ def test_secret_never_in_repr_or_str():
     assert SECRET in settings.secret_values()
 
 
+def test_the_token_in_the_repository_url_is_a_secret():
+    url = "https://x-access-token:ghp%2Fshort-url-token-7@github.com/octocat/hello-world.git"
+    values = load(CI_REPO_URL=url).secret_values()
+    assert "ghp%2Fshort-url-token-7" in values and "ghp/short-url-token-7" in values
+    assert "x-access-token" not in values
+    # A password too short to mask without masking ordinary words, and a URL without one.
+    assert load(CI_REPO_URL="https://u:abc@github.com/o/r.git").secret_values() == [SECRET]
+    assert load().secret_values() == [SECRET]
+
+
 @pytest.mark.parametrize("variable", ["CI_REPO_URL", "CI_IMAGE"])
 def test_required_variables(variable):
     assert variable in rejected(**{variable: "<unset>"})

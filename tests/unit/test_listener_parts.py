@@ -8,8 +8,8 @@ import pytest
 from pydantic import SecretStr
 
 from ci_agent.access import presented_token, token_matches
-from ci_agent.answers import REFUSALS_LOGGED_PER_WINDOW, _RefusalCounter
 from ci_agent.server import FD_RESERVE, MAX_CONNECTIONS, connection_cap
+from shared.refusals import REFUSALS_LOGGED_PER_WINDOW, RefusalCounter
 
 TOKEN = SecretStr("a-dashboard-token-of-some-length")
 
@@ -61,7 +61,7 @@ def test_connection_cap_leaves_descriptors_for_the_worker(file_limit: int, liste
 
 
 def test_refusals_are_logged_a_limited_number_of_times_per_window() -> None:
-    counter = _RefusalCounter()
+    counter = RefusalCounter()
     results = [counter.count() for _ in range(REFUSALS_LOGGED_PER_WINDOW + 5)]
     assert results[:REFUSALS_LOGGED_PER_WINDOW] == [0] * REFUSALS_LOGGED_PER_WINDOW
     assert results[REFUSALS_LOGGED_PER_WINDOW:] == [None] * 5

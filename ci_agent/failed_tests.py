@@ -1,0 +1,57 @@
+"""Replays of a failing push test nothing: commits whose tests failed are remembered, as releases are.
+
+Anyone who has seen one signed delivery can send it again under a new ``X-GitHub-Delivery`` id (the
+id is not signed), or press *Redeliver*: for a commit whose tests fail, every replay would run them
+again, with another failure email and commit status each time. So when a run's test command fails
+(exits non-zero), the run keeps ``details["tests_failed_with"]``: :func:`tests_key` of the settings
+the tests ran with. A later push of the same commit to the same ref, while the test settings are the
+same, queues nothing: the queue answers it as a duplicate of that run, with a reason, and there is
+no test, no email and no status (``ci_agent/queue.py``).
+
+What changes the outcome is a new commit or other test settings (``CI_TEST_COMMAND``,
+``CI_TEST_RUNNER``, ``CI_TEST_TIMEOUT``, ``CI_BUILD_ARGS``). To test the same commit again on
+purpose, ``ci-agent run --ref SHA`` on the agent's machine runs it (it does not go through the
+queue). Failures at any other step, a time-out, and interrupted runs are not remembered: those are
+worth a retry, and *Redeliver* still is one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ci_agent.payload import PushEvent
+    from ci_agent.settings import CiSettings
+    from shared.runstore import Run, RunStore
+
+DETAIL = "tests_failed_with"
+
+
+def tests_key(settings: CiSettings) -> str:
+    """What a commit's test outcome depends on besides the commit, as a short hash."""
+    parts = {
+        "command": settings.ci_test_command,
+        "runner": settings.ci_test_runner,
+        "timeout": settings.ci_test_timeout,
+        "build_args": settings.ci_build_args,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def earlier_failure(store: RunStore, kind: str, event: PushEvent, key: str) -> Run | None:
+    """The newest run of ``kind`` whose tests failed for ``event``'s ref and commit under the settings ``key``."""
+    for run in store.find_failed(kind, event.ref, event.after, step="test"):
+        if run.details.get(DETAIL) == key:
+            return run
+    return None
+
+
+def failure_reason(event: PushEvent, run: Run) -> str:
+    """Why a push of an already failed commit queues nothing, and what to do instead."""
+    again = event.tag if event.tag is not None else event.after
+    return (
+        f"the tests of {event.after[:12]} on {event.ref} failed in run {run.number} with the same test settings: "
+        f"not tested again (push a new commit, or run `ci-agent run --ref {again}` on the agent's machine)"
+    )
