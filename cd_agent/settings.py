@@ -6,6 +6,11 @@ message naming the variable and the bad part instead of failing at the first dep
 
     CD_PORTS="8080:80,127.0.0.1:8443:443/tcp,[::1]:5353:53/udp"
     CD_VOLUMES="data:/data,/srv/cfg:/cfg:ro"
+
+``CD_NETWORKS`` (``NetworkJoin``) names existing networks a container the agent creates joins, each with
+the aliases it answers to there::
+
+    CD_NETWORKS="shop_default:web:shop-web,monitoring"
 """
 
 from __future__ import annotations
@@ -73,6 +78,17 @@ class VolumeMount:
 
     def __str__(self) -> str:
         return f"{self.source}:{self.target}:{'ro' if self.read_only else 'rw'}"
+
+
+@dataclass(frozen=True)
+class NetworkJoin:
+    """An existing network the app's container joins (``CD_NETWORKS``), and its aliases there."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return ":".join((self.name, *self.aliases))
 
 
 def _port(text: str, part: str) -> int:
@@ -155,6 +171,38 @@ def parse_volumes(text: str) -> list[VolumeMount]:
     return mounts
 
 
+# Networks a container cannot join by name beside others (`host`, `none`), and the default bridge, which
+# has no aliases (the container is on it anyway unless CD_NETWORKS names another network).
+_NOT_JOINABLE = ("host", "none")
+_NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_ALIAS = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+
+def parse_network(part: str) -> NetworkJoin:
+    """``NAME[:ALIAS[:ALIAS...]]``; ValueError names the part."""
+    name, *aliases = part.split(":")
+    if not _NETWORK_NAME.match(name):
+        raise ValueError(f"{part!r}: {name!r} is not a network name (letters, digits, '_', '.', '-')")
+    if name in _NOT_JOINABLE:
+        raise ValueError(f"{part!r}: the {name!r} network mode is not a network to join beside others")
+    for alias in aliases:
+        if not _ALIAS.match(alias):
+            raise ValueError(f"{part!r}: {alias!r} is not an alias (letters, digits, '_', '.', '-')")
+    if name == "bridge" and aliases:
+        raise ValueError(f"{part!r}: the default bridge network has no aliases; use a network of your own")
+    return NetworkJoin(name, tuple(dict.fromkeys(aliases)))
+
+
+def parse_networks(text: str) -> list[NetworkJoin]:
+    """Comma-separated ``NAME[:ALIAS...]``; an empty text joins nothing."""
+    joins = [parse_network(part.strip()) for part in text.split(",") if part.strip()]
+    names = [join.name for join in joins]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"network {name!r} is named twice (give all its aliases in one entry)")
+    return joins
+
+
 def read_env_text(path: Path) -> str:
     """The text of ``CD_ENV_FILE``; ValueError saying where it is not UTF-8 (docker reads it as UTF-8 too)."""
     try:
@@ -178,6 +226,7 @@ class CdSettings(SharedSettings):
     cd_ports: str = ""
     cd_env_file: Path | None = None
     cd_volumes: str = ""
+    cd_networks: str = ""
     cd_restart_policy: RestartPolicy = "unless-stopped"
     cd_strategy: str = "swap"
     cd_poll_interval: float = 60.0
@@ -232,6 +281,11 @@ class CdSettings(SharedSettings):
                 proxied_ports(parse_ports(info.data["cd_ports"]))
             except ProxyError as exc:
                 raise ValueError(str(exc)) from exc
+        if value == "swarm" and info.data.get("cd_networks", "").strip():
+            raise ValueError(
+                "CD_NETWORKS joins containers the agent creates (swap, blue-green); a Swarm service's networks"
+                " are the service's own (docker service update --network-add)"
+            )
         return value
 
     @field_validator("cd_service")
@@ -258,6 +312,12 @@ class CdSettings(SharedSettings):
     @classmethod
     def _volumes(cls, value: str) -> str:
         parse_volumes(value)
+        return value
+
+    @field_validator("cd_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)
         return value
 
     @field_validator("cd_env_file")
@@ -323,6 +383,10 @@ class CdSettings(SharedSettings):
     @property
     def volumes(self) -> list[VolumeMount]:
         return parse_volumes(self.cd_volumes)
+
+    @property
+    def networks(self) -> list[NetworkJoin]:
+        return parse_networks(self.cd_networks)
 
     @property
     def state_path(self) -> Path:

@@ -26,7 +26,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cd_agent.container_spec import LABEL_DIGEST, LABEL_MANAGED, LABEL_VERSION, ContainerSpec, build_spec, read_env_file
+from cd_agent.container_spec import (
+    LABEL_DIGEST,
+    LABEL_MANAGED,
+    LABEL_VERSION,
+    ContainerSpec,
+    build_spec,
+    check_spec,
+    read_env_file,
+)
 from cd_agent.engine import ContainerInfo
 from cd_agent.errors import CdError, EngineError
 from cd_agent.health import HealthChecker, HealthVerdict
@@ -80,12 +88,14 @@ class Swap(StrategyBase):
         try:
             old = self._engine.container(self._name)
             old_version, old_digest = self._describe_old(log, old)
-            # Everything the new container needs is known before the first step: a bad CD_ENV_FILE
-            # fails here, with the old container untouched.
+            # Everything the new container needs is known before the first step: a bad CD_ENV_FILE, a
+            # network that is gone, fail here, with the old container untouched.
             spec = build_spec(
                 self._settings, image=f"{repository}:{version}", version=version, digest=digest,
                 env=read_env_file(self._settings.cd_env_file), old=old, run=run,
+                old_image=self._engine.image(old.image_id) if old is not None else None,
             )
+            check_spec(self._engine, spec)
         except CdError as exc:
             log.error("could not prepare the new container: {}", exc)
             return DeployReport(
