@@ -1,0 +1,103 @@
+"""An app and its database (issue 20, part 1) against the real engine: a stack made by hand with
+``docker run`` on a user network, then a newer release deployed by the agent. The new container keeps
+what the user set up (network, alias, static address, label, capability, memory limit, extra host,
+working directory, command override), takes the new image's ENV and HEALTHCHECK (which asks the
+database), and the database is never touched."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cd_agent.proxy import network_name
+from tests.support.cd_apps import AppReleases, CdWorld
+from tests.support.polling import wait_for
+from tests.support.stacks import COMMAND, DB_ANSWER, OPTIONS, Stack
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def releases(cd_world: CdWorld) -> AppReleases:
+    cd_world.releases.push("1.0.0", "stack")
+    cd_world.releases.push("1.1.0", "stack")
+    return cd_world.releases
+
+
+def endpoint(container: dict[str, Any], network: str) -> dict[str, Any]:
+    endpoint: dict[str, Any] = container["NetworkSettings"]["Networks"][network]
+    return endpoint
+
+
+def test_a_swap_keeps_what_docker_run_set_up_and_leaves_the_database_alone(
+    cd_world: CdWorld, stack: Stack, releases: AppReleases
+) -> None:
+    by_hand = stack.run_app(cd_world, "1.0.0")
+    db_before = stack.db_identity()
+
+    report = cd_world.deployer().deploy("1.1.0")
+
+    assert report.outcome == "deployed", report
+    app = cd_world.docker_client.api.inspect_container(cd_world.name)
+    assert app["Id"] != by_hand and app["State"]["Health"]["Status"] == "healthy"  # asks http://db:8080/
+    assert stack.fetch_in(cd_world.name, "http://db:8080/") == DB_ANSWER
+    assert stack.fetch_in(stack.db, "http://web:8080/") == "1.1.0"  # the stack reaches it by its alias
+    assert cd_world.served() == "1.1.0"  # published on the same port, the new image's ENV applies
+    on_stack = endpoint(app, stack.network)
+    assert "web" in on_stack["Aliases"] and on_stack["IPAMConfig"]["IPv4Address"] == stack.app_address
+    assert list(app["NetworkSettings"]["Networks"]) == [stack.network]
+    config, host = app["Config"], app["HostConfig"]
+    assert config["Labels"]["com.example.team"] == "shop"
+    assert [cap.removeprefix("CAP_") for cap in host["CapAdd"]] == [OPTIONS["cap_add"]]
+    assert (str(host["Memory"]), host["ExtraHosts"]) == (OPTIONS["memory"], [OPTIONS["extra_host"]])
+    assert (config["Cmd"], config["WorkingDir"]) == (list(COMMAND), OPTIONS["workdir"])
+    assert cd_world.read_in_app("/tmp/started-by").strip() == "by-hand"
+    assert stack.db_identity() == db_before
+
+
+def test_cd_networks_puts_an_app_defined_by_settings_alone_beside_its_database(
+    cd_world: CdWorld, stack: Stack, releases: AppReleases
+) -> None:
+    db_before = stack.db_identity()
+
+    report = cd_world.deployer(CD_NETWORKS=f"{stack.network}:web:shop-web").deploy("1.1.0")
+
+    assert report.outcome == "deployed", report
+    app = cd_world.docker_client.api.inspect_container(cd_world.name)
+    assert app["State"]["Health"]["Status"] == "healthy"
+    assert {"web", "shop-web"} <= set(endpoint(app, stack.network)["Aliases"])
+    assert stack.fetch_in(stack.db, "http://shop-web:8080/") == "1.1.0"
+    assert cd_world.served() == "1.1.0" and stack.db_identity() == db_before
+
+
+def test_blue_green_colours_join_the_stack_with_the_same_aliases_and_a_rollback_restores_them(
+    cd_world: CdWorld, stack: Stack, releases: AppReleases, caddy_image: str
+) -> None:
+    cd_world.overrides.update(CD_STRATEGY="blue-green", CD_PROXY_IMAGE=caddy_image, CD_PROXY_GRACE="1")
+    db_before = stack.db_identity()
+    assert cd_world.deployer(CD_NETWORKS=f"{stack.network}:web").deploy("1.0.0").outcome == "deployed"
+    assert stack.fetch_in(stack.db, "http://web:8080/") == "1.0.0"
+    # Limits given to the running colour by hand are kept too.
+    cd_world.docker_client.api.update_container(cd_world.name, cpu_quota=50000, cpu_period=100000)
+
+    # CD_NETWORKS no longer set: the running colour's networks are carried.
+    deployer = cd_world.deployer()
+    report = deployer.deploy("1.1.0")
+
+    assert report.outcome == "deployed", report
+    app = cd_world.docker_client.api.inspect_container(cd_world.name)
+    assert app["State"]["Health"]["Status"] == "healthy"
+    assert list(app["NetworkSettings"]["Networks"]) == sorted([network_name(cd_world.name), stack.network])
+    assert "web" in endpoint(app, stack.network)["Aliases"] and app["HostConfig"]["CpuQuota"] == 50000
+    # The old colour is stopped after the switch: only the new one answers to the alias.
+    wait_for(lambda: stack.fetch_in(stack.db, "http://web:8080/") == "1.1.0", timeout=10, what="web is 1.1.0")
+    wait_for(lambda: cd_world.served() == "1.1.0", timeout=10, what="1.1.0 behind the proxy")
+
+    assert deployer.rollback().outcome == "deployed"
+
+    wait_for(lambda: stack.fetch_in(stack.db, "http://web:8080/") == "1.0.0", timeout=10, what="web is 1.0.0")
+    assert cd_world.served() == "1.0.0"
+    back = cd_world.docker_client.api.inspect_container(cd_world.name)
+    assert "web" in endpoint(back, stack.network)["Aliases"]
+    assert stack.db_identity() == db_before
