@@ -18,20 +18,13 @@ from tests.support.stacks import COMMAND, DB_ANSWER, OPTIONS, Stack
 pytestmark = pytest.mark.docker
 
 
-@pytest.fixture
-def releases(cd_world: CdWorld) -> AppReleases:
-    cd_world.releases.push("1.0.0", "stack")
-    cd_world.releases.push("1.1.0", "stack")
-    return cd_world.releases
-
-
 def endpoint(container: dict[str, Any], network: str) -> dict[str, Any]:
     endpoint: dict[str, Any] = container["NetworkSettings"]["Networks"][network]
     return endpoint
 
 
 def test_a_swap_keeps_what_docker_run_set_up_and_leaves_the_database_alone(
-    cd_world: CdWorld, stack: Stack, releases: AppReleases
+    cd_world: CdWorld, stack: Stack, stack_releases: AppReleases
 ) -> None:
     by_hand = stack.run_app(cd_world, "1.0.0")
     db_before = stack.db_identity()
@@ -57,7 +50,7 @@ def test_a_swap_keeps_what_docker_run_set_up_and_leaves_the_database_alone(
 
 
 def test_cd_networks_puts_an_app_defined_by_settings_alone_beside_its_database(
-    cd_world: CdWorld, stack: Stack, releases: AppReleases
+    cd_world: CdWorld, stack: Stack, stack_releases: AppReleases
 ) -> None:
     db_before = stack.db_identity()
 
@@ -72,7 +65,7 @@ def test_cd_networks_puts_an_app_defined_by_settings_alone_beside_its_database(
 
 
 def test_blue_green_colours_join_the_stack_with_the_same_aliases_and_a_rollback_restores_them(
-    cd_world: CdWorld, stack: Stack, releases: AppReleases, caddy_image: str
+    cd_world: CdWorld, stack: Stack, stack_releases: AppReleases, caddy_image: str
 ) -> None:
     cd_world.overrides.update(CD_STRATEGY="blue-green", CD_PROXY_IMAGE=caddy_image, CD_PROXY_GRACE="1")
     db_before = stack.db_identity()

@@ -18,7 +18,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from tests.support.cd_apps import CdWorld
+from tests.support.cd_apps import AppReleases, CdWorld
 from tests.support.docker_env import DockerJanitor, build_context_tar, busybox_dockerfile, unique
 from tests.support.polling import wait_for
 
@@ -128,3 +128,12 @@ def stack(docker_client: Any, docker_janitor: DockerJanitor, cd_world: CdWorld, 
         ),
     ))
     return Stack(docker_client, docker_janitor, network, prefix, db)
+
+
+@pytest.fixture
+def stack_releases(cd_world: CdWorld) -> AppReleases:
+    """1.0.0 and 1.1.0 of the ``stack`` variant (healthy only beside their database), 1.2.0 ``broken``."""
+    cd_world.releases.push("1.0.0", "stack")
+    cd_world.releases.push("1.1.0", "stack")
+    cd_world.releases.push("1.2.0", "broken")
+    return cd_world.releases
