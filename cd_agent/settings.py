@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -164,15 +165,23 @@ def parse_volume(part: str) -> VolumeMount:
 def parse_volumes(text: str) -> list[VolumeMount]:
     """Comma-separated ``-v`` specs; an empty text mounts nothing."""
     mounts = [parse_volume(part.strip()) for part in text.split(",") if part.strip()]
-    targets = [mount.target for mount in mounts]
-    for target in targets:
-        if targets.count(target) > 1:
-            raise ValueError(f"container path {target!r} is mounted twice")
+    target = _repeated(mount.target for mount in mounts)
+    if target is not None:
+        raise ValueError(f"container path {target!r} is mounted twice")
     return mounts
 
 
-# Networks a container cannot join by name beside others (`host`, `none`), and the default bridge, which
-# has no aliases (the container is on it anyway unless CD_NETWORKS names another network).
+def _repeated(values: Iterable[str]) -> str | None:
+    """The first value given twice, if any."""
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return None
+
+
+# Network modes that are not networks to join beside others; the default bridge is one, without aliases.
 _NOT_JOINABLE = ("host", "none")
 _NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _ALIAS = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
@@ -196,10 +205,9 @@ def parse_network(part: str) -> NetworkJoin:
 def parse_networks(text: str) -> list[NetworkJoin]:
     """Comma-separated ``NAME[:ALIAS...]``; an empty text joins nothing."""
     joins = [parse_network(part.strip()) for part in text.split(",") if part.strip()]
-    names = [join.name for join in joins]
-    for name in names:
-        if names.count(name) > 1:
-            raise ValueError(f"network {name!r} is named twice (give all its aliases in one entry)")
+    name = _repeated(join.name for join in joins)
+    if name is not None:
+        raise ValueError(f"network {name!r} is named twice (give all its aliases in one entry)")
     return joins
 
 
