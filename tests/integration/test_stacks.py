@@ -6,6 +6,9 @@ database), and the database is never touched."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,3 +97,47 @@ def test_blue_green_colours_join_the_stack_with_the_same_aliases_and_a_rollback_
     back = cd_world.docker_client.api.inspect_container(cd_world.name)
     assert "web" in endpoint(back, stack.network)["Aliases"]
     assert stack.db_identity() == db_before
+
+
+def test_an_app_made_by_compose_is_upgraded_and_still_listed_by_compose(
+    cd_world: CdWorld, stack_releases: AppReleases, db_image: str, tmp_path: Path
+) -> None:
+    """Compose (Debian's docker-compose 1.29 here and in CI, else the v2 plugin) lists a service's
+    containers by their com.docker.compose.* labels: the new release keeps them."""
+    project = cd_world.name  # the containers' names start with it, the network is PROJECT_default
+    cd_world.janitor.networks.add(f"{project}_default")
+    compose_file = tmp_path / "compose.yml"
+    compose_file.write_text(
+        'version: "3.7"\n'
+        "services:\n"
+        f"  db:\n    image: {db_image}\n"
+        f"  web:\n    image: {cd_world.releases.repository}:1.0.0\n"
+        f'    ports: ["127.0.0.1:{cd_world.port}:8080"]\n'
+        "    depends_on: [db]\n"
+    )
+
+    def compose(*args: str) -> str:
+        program = ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
+        done = subprocess.run(
+            [*program, "-p", project, "-f", str(compose_file), *args],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    cd_world.docker_client.images.pull(cd_world.releases.repository, tag="1.0.0")
+    compose("up", "-d")
+    web, db = (
+        cd_world.docker_client.api.inspect_container(compose("ps", "-q", service).strip())["Name"].lstrip("/")
+        for service in ("web", "db")
+    )
+    wait_for(lambda: Stack.health_of(cd_world.docker_client, web) == "healthy", timeout=30, what=f"{web} healthy")
+    db_before = cd_world.docker_client.api.inspect_container(db)["State"]["StartedAt"]
+
+    report = cd_world.deployer(CD_CONTAINER_NAME=web, CD_VOLUMES="").deploy("1.1.0")
+
+    assert report.outcome == "deployed", report
+    app = cd_world.docker_client.api.inspect_container(web)
+    assert app["State"]["Health"]["Status"] == "healthy" and cd_world.served() == "1.1.0"
+    assert compose("ps", "-q", "web").split() == [app["Id"]]
+    assert cd_world.docker_client.api.inspect_container(db)["State"]["StartedAt"] == db_before

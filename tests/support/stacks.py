@@ -84,8 +84,13 @@ class Stack:
         return container
 
     def health(self, container: str) -> str | None:
-        state = self.client.api.inspect_container(container)["State"]
-        return (state.get("Health") or {}).get("Status")
+        return self.health_of(self.client, container)
+
+    @staticmethod
+    def health_of(client: Any, container: str) -> str | None:
+        state = client.api.inspect_container(container)["State"]
+        status: str | None = (state.get("Health") or {}).get("Status")
+        return status
 
     def fetch_in(self, container: str, url: str) -> str:
         """What ``url`` answers from inside ``container`` (its own DNS and networks)."""
