@@ -61,14 +61,19 @@ def test_a_network_mode_whose_container_is_gone_is_refused_before_touching(
 ) -> None:
     owner = f"{cd_world.name}-owner"
     client = cd_world.docker_client
-    first_owner = client.containers.run(db_image, ["sleep", "3600"], name=owner, detach=True).id
+    def run_owner() -> str:
+        # On the stack's network (the engine's default bridge is not needed by this test).
+        made = client.containers.run(db_image, ["sleep", "3600"], name=owner, network=stack.network, detach=True)
+        return str(made.id)
+
+    first_owner = run_owner()
     client.images.pull(cd_world.releases.repository, tag="1.0.0")
     client.containers.run(
         f"{cd_world.releases.repository}:1.0.0", name=cd_world.name, network_mode=f"container:{owner}", detach=True,
         labels={"com.example.team": "shop"},
     )
     client.containers.get(owner).remove(force=True)
-    client.containers.run(db_image, ["sleep", "3600"], name=owner, detach=True)  # recreated: a new id
+    run_owner()  # recreated: a new id
     before = identity(cd_world)
     deployer = cd_world.deployer(CD_PORTS="")
 
