@@ -36,6 +36,7 @@ from cd_agent.container_spec import (
     beside,
     build_spec,
     check_spec,
+    networks_text,
     read_env_file,
 )
 from cd_agent.engine import ContainerInfo
@@ -169,7 +170,8 @@ class BlueGreen(StrategyBase):
                 log.info("reusing the stopped {} container (kept from an earlier deploy)", attempt.version)
             else:
                 attempt.new_id = new_id = self._engine.create(spec)
-                log.info("created container {} ({}) beside the running one", spec.name, new_id[:12])
+                log.info("created container {} ({}) beside the running one on {}", spec.name, new_id[:12],
+                         networks_text(spec))
             self._journal(phase="bg_created", new_container_id=new_id)
             step = "start"
             self._engine.start(new_id)

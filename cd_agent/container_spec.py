@@ -221,6 +221,23 @@ def beside(spec: ContainerSpec, *, name: str, network: str, alias: str) -> Conta
     return replace(spec, name=name, ports=(), networks=(NetworkAttachment(network, (alias,)), *others))
 
 
+def networks_text(spec: ContainerSpec) -> str:
+    """Where ``spec`` is on the network, for the deploy log: ``shop as web at 10.1.0.5, monitoring``."""
+    if spec.network_mode is not None:
+        return f"network mode {_mode_text(spec.network_mode)}"
+    if not spec.networks:
+        return "the default bridge"
+    parts = []
+    for attachment in spec.networks:
+        text = attachment.network
+        if attachment.aliases:
+            text += " as " + "/".join(attachment.aliases)
+        if attachment.static_addresses:
+            text += " at " + "/".join(attachment.static_addresses)
+        parts.append(text)
+    return ", ".join(parts)
+
+
 def _mode_text(mode: str) -> str:
     """``container:<64 hex digits>`` as docker ps shows an id (12 digits)."""
     kind, _, target = mode.partition(":")

@@ -33,6 +33,7 @@ from cd_agent.container_spec import (
     ContainerSpec,
     build_spec,
     check_spec,
+    networks_text,
     read_env_file,
 )
 from cd_agent.engine import ContainerInfo
@@ -125,7 +126,8 @@ class Swap(StrategyBase):
             attempt.new_id = new_id = self._engine.create(spec)
             self._journal(phase="created", new_container_id=new_id)
             mounts = [m.target for m in spec.mounts]
-            log.info("created container {} ({}) with mounts {}", self._name, new_id[:12], mounts)
+            log.info("created container {} ({}) with mounts {} on {}", self._name, new_id[:12], mounts,
+                     networks_text(spec))
             # The outage: from here until the new container listens. Only the engine's two calls.
             step = "stop"
             attempt.stopped_at = stopped_at = self._monotonic()

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cd_agent.container_spec import ContainerSpec, check_spec
+from cd_agent.docker_gateway import DockerGateway
+from cd_agent.engine import NetworkAttachment
+from cd_agent.errors import DeployError
 from cd_agent.proxy import network_name
 from tests.support.cd_apps import AppReleases, CdWorld
 from tests.support.polling import wait_for
@@ -141,3 +146,36 @@ def test_an_app_made_by_compose_is_upgraded_and_still_listed_by_compose(
     assert app["State"]["Health"]["Status"] == "healthy" and cd_world.served() == "1.1.0"
     assert compose("ps", "-q", "web").split() == [app["Id"]]
     assert cd_world.docker_client.api.inspect_container(db)["State"]["StartedAt"] == db_before
+
+
+def test_the_gateway_creates_on_one_network_and_connects_the_others_and_a_missing_one_is_caught_first(
+    cd_world: CdWorld, stack: Stack, db_image: str
+) -> None:
+    """The API (1.41) creates a container on one network: the others are connected before it starts,
+    static addresses included. dockerd 20.10 connects a created container to a network that does not
+    exist without a word (the start fails): ``check_spec`` is what catches it, before anything is made."""
+    gateway = DockerGateway.from_env()
+    second = f"{cd_world.name}-second"
+    cd_world.docker_client.api.create_network(second, driver="bridge")
+    cd_world.janitor.networks.add(second)
+    spec = ContainerSpec(
+        f"{cd_world.name}-made", db_image, restart_policy="no",
+        networks=(NetworkAttachment(stack.network, ("web",), ipv4_address=stack.app_address),
+                  NetworkAttachment(second, ("api",))),
+    )
+    try:
+        made = gateway.create(spec)
+        gateway.start(made)
+        networks = cd_world.docker_client.api.inspect_container(made)["NetworkSettings"]["Networks"]
+        assert networks[stack.network]["IPAddress"] == stack.app_address
+        assert "web" in networks[stack.network]["Aliases"] and "api" in networks[second]["Aliases"]
+        gateway.remove(made)
+
+        missing = NetworkAttachment(f"{cd_world.name}-no-such-network")
+        with pytest.raises(DeployError, match=f"network {missing.network} does not exist"):
+            check_spec(gateway, replace(spec, networks=(*spec.networks, missing)))
+        # A prefix of a network's id is not that network.
+        assert gateway.network(stack.network) is not None
+        assert gateway.network(cd_world.docker_client.api.inspect_network(second)["Id"][:6]) is None
+    finally:
+        gateway.close()

@@ -19,6 +19,7 @@ from cd_agent.container_spec import (
     beside,
     build_spec,
     check_spec,
+    networks_text,
     read_env_file,
 )
 from cd_agent.engine import ContainerInfo, ImageInfo, MountInfo, NetworkAttachment, ProcessConfig
@@ -257,3 +258,15 @@ def test_image_digest_is_found_for_the_repository_it_was_pulled_from() -> None:
     assert image.digest_for("127.0.0.1:5000/o/app") == "sha256:2"
     assert image.digest_for("docker.io/o/hub") == "sha256:3"
     assert image.digest_for("127.0.0.1:5000/o/none") is None
+
+
+def test_the_deploy_log_says_where_the_new_container_is_on_the_network() -> None:
+    spec = ContainerSpec("app", "r:1", networks=(
+        NetworkAttachment("shop", ("web", "api"), ipv4_address="10.1.0.5"), NetworkAttachment("monitoring"),
+    ))
+
+    assert networks_text(spec) == "shop as web/api at 10.1.0.5, monitoring"
+    assert networks_text(ContainerSpec("app", "r:1")) == "the default bridge"
+    assert networks_text(ContainerSpec("app", "r:1", network_mode="container:" + "e" * 64)) == (
+        "network mode container:eeeeeeeeeeee"
+    )
