@@ -45,7 +45,8 @@ _UNREACHABLE = (docker.errors.DockerException, requests.RequestException, urllib
 # The HostConfig entries a new container takes over verbatim from the one it replaces: what `docker run`
 # or compose set and the settings do not cover. Not PortBindings, Mounts/Binds, RestartPolicy, Init and
 # NetworkMode (the settings' and the spec's), nor PidMode/IpcMode/VolumesFrom (they name other
-# containers by id). Only non-empty values are carried, so a container the agent made carries nothing.
+# containers by id). Only non-empty values are carried; the defaults the engine reports for every
+# container (log driver, shm size, runtime) come back as they were.
 CARRIED_HOST_CONFIG = (
     "CapAdd", "CapDrop", "Privileged", "SecurityOpt",
     "Devices", "DeviceCgroupRules", "DeviceRequests",
