@@ -12,7 +12,8 @@ user set up there and our settings cannot express (``carried``)::
     labels ............. its labels less ours (io.pi-cicd.*) and less its image's (compose's
                          com.docker.compose.* stay, so `docker compose ps` still lists the app)
     cmd, entrypoint,
-    user, working dir .. only where they differ from the OLD image's: an override given at
+    user, working dir,
+    health check ....... only where they differ from the OLD image's: an override given at
                          `docker run`; the image's own defaults come from the new image
     host options ....... capabilities, devices, resource limits, extra hosts, log config... as the
                          engine reported them (``ContainerInfo.host_options``)
@@ -171,6 +172,7 @@ def _carried(old: ContainerInfo, image: ImageInfo | None) -> _Carried:
         if not key.startswith(OUR_LABELS) and image.labels.get(key) != value
     }
     mine, theirs = old.process, image.process
+    image_check = theirs.healthcheck or {}
     entrypoint = mine.entrypoint if mine.entrypoint != theirs.entrypoint else None
     # An entrypoint given at `docker run` drops the image's CMD (docker's rule): its cmd goes with it.
     cmd = mine.cmd if entrypoint is not None or mine.cmd != theirs.cmd else None
@@ -179,6 +181,9 @@ def _carried(old: ContainerInfo, image: ImageInfo | None) -> _Carried:
         entrypoint=entrypoint,
         user=mine.user if mine.user != theirs.user else "",
         working_dir=mine.working_dir if mine.working_dir != theirs.working_dir else "",
+        # Field by field: `--health-retries 5` keeps the new image's test and interval.
+        healthcheck={key: value for key, value in (mine.healthcheck or {}).items() if image_check.get(key) != value}
+        or None,
     )
     mode = old.network_mode
     if mode in ("host", "none") or mode.startswith("container:"):

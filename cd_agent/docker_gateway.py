@@ -203,6 +203,7 @@ class DockerGateway:
                 entrypoint=list(process.entrypoint) if process.entrypoint is not None else None,
                 user=process.user or None,
                 working_dir=process.working_dir or None,
+                healthcheck=dict(process.healthcheck) if process.healthcheck else None,
             )
         container = str(created["Id"])
         try:
@@ -318,6 +319,7 @@ def _process(config: Mapping[str, Any]) -> ProcessConfig:
     return ProcessConfig(
         cmd=words(config.get("Cmd")), entrypoint=words(config.get("Entrypoint")),
         user=str(config.get("User") or ""), working_dir=str(config.get("WorkingDir") or ""),
+        healthcheck={key: value for key, value in (config.get("Healthcheck") or {}).items() if value} or None,
     )
 
 

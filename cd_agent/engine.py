@@ -33,6 +33,9 @@ class ProcessConfig:
     entrypoint: tuple[str, ...] | None = None
     user: str = ""
     working_dir: str = ""
+    healthcheck: Mapping[str, object] | None = None
+    """In the engine's terms (``Test``, ``Interval``, ``Retries``...); a container's fields left unset
+    are filled in from its image."""
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ def test_a_swap_keeps_what_docker_run_set_up_and_leaves_the_database_alone(
     assert [cap.removeprefix("CAP_") for cap in host["CapAdd"]] == [OPTIONS["cap_add"]]
     assert (str(host["Memory"]), host["ExtraHosts"]) == (OPTIONS["memory"], [OPTIONS["extra_host"]])
     assert (config["Cmd"], config["WorkingDir"]) == (list(COMMAND), OPTIONS["workdir"])
+    image = cd_world.docker_client.api.inspect_image(app["Image"])["Config"]["Healthcheck"]
+    assert config["Healthcheck"] == {**image, "Retries": int(OPTIONS["health_retries"])}  # the new image's test
     assert cd_world.read_in_app("/tmp/started-by").strip() == "by-hand"
     assert stack.db_identity() == db_before
 

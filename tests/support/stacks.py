@@ -1,6 +1,7 @@
 """A stack made by hand with ``docker run``: a user network, a ``db`` container answering on it, and the
 app container beside it with the options a user gives at ``docker run`` (an alias, a static address, a
-label, a capability, a memory limit, an extra host, a working directory and a command override).
+label, a capability, a memory limit, an extra host, a working directory, a health check option and a
+command override).
 
 The database is a busybox httpd answering ``db-ok`` on port 8080; the app releases of the ``stack``
 variant (``tests.support.cd_apps``) have a HEALTHCHECK that asks it at ``http://db:8080/``, so a release
@@ -31,6 +32,7 @@ OPTIONS: dict[str, str] = {
     "memory": str(64 * 2**20),
     "extra_host": "printer:127.0.0.2",  # a hosts-file entry only: nothing is ever sent there
     "workdir": "/tmp",
+    "health_retries": "5",
 }
 
 
@@ -71,6 +73,7 @@ class Stack:
             "docker", "run", "-d", "--name", world.name, "--network", self.network, "--network-alias", "web",
             "--ip", self.app_address, "--label", OPTIONS["label"], "--cap-add", OPTIONS["cap_add"],
             "--memory", OPTIONS["memory"], "--add-host", OPTIONS["extra_host"], "--workdir", OPTIONS["workdir"],
+            "--health-retries", OPTIONS["health_retries"],
             "-p", f"127.0.0.1:{world.port}:8080", "-v", f"{world.volume}:/data", "--restart", "unless-stopped",
             *extra, reference, *COMMAND,
         ]

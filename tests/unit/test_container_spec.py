@@ -29,9 +29,10 @@ from shared.settings import load_settings
 from tests.support.fake_engine import FakeEngine
 
 ANON = "a" * 64
+CHECK = {"Test": ["CMD", "wget", "-q", "http://127.0.0.1:8080/"], "Interval": 300_000_000, "Retries": 3}
 OLD_IMAGE = ImageInfo(
     id="sha256:old", labels={"org.opencontainers.image.version": "1.0.0", "maintainer": "me"},
-    process=ProcessConfig(cmd=("/app/start.sh",), user="app", working_dir="/app"),
+    process=ProcessConfig(cmd=("/app/start.sh",), user="app", working_dir="/app", healthcheck=CHECK),
 )
 
 
@@ -133,6 +134,9 @@ def test_labels_neither_ours_nor_the_images_are_carried_compose_ones_included() 
         (replace(OLD_IMAGE.process, entrypoint=("/bin/tini",)),
          ProcessConfig(cmd=("/app/start.sh",), entrypoint=("/bin/tini",))),
         (replace(OLD_IMAGE.process, user="1000", working_dir="/srv"), ProcessConfig(user="1000", working_dir="/srv")),
+        # a health check option given at `docker run`: that field only, the new image's test still applies
+        (replace(OLD_IMAGE.process, healthcheck={**CHECK, "Retries": 5}), ProcessConfig(healthcheck={"Retries": 5})),
+        (replace(OLD_IMAGE.process, healthcheck={"Test": ["NONE"]}), ProcessConfig(healthcheck={"Test": ["NONE"]})),
     ],
 )
 def test_cmd_entrypoint_user_and_workdir_are_carried_only_where_docker_run_overrode_the_image(
