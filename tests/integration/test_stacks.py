@@ -1,8 +1,9 @@
 """An app and its database (issue 20, part 1) against the real engine: a stack made by hand with
 ``docker run`` on a user network, then a newer release deployed by the agent. The new container keeps
-what the user set up (network, alias, static address, label, capability, memory limit, extra host,
-working directory, command override), takes the new image's ENV and HEALTHCHECK (which asks the
-database), and the database is never touched."""
+what the user set up (network, alias, static address, label, capabilities, memory/cpu/pids limits,
+device, extra host, log option, user, working directory, health check option, command override),
+takes the new image's ENV and HEALTHCHECK (which asks the database), and the database is never
+touched."""
 
 from __future__ import annotations
 
@@ -52,6 +53,11 @@ def test_a_swap_keeps_what_docker_run_set_up_and_leaves_the_database_alone(
     assert config["Labels"]["com.example.team"] == "shop"
     assert [cap.removeprefix("CAP_") for cap in host["CapAdd"]] == [OPTIONS["cap_add"]]
     assert (str(host["Memory"]), host["ExtraHosts"]) == (OPTIONS["memory"], [OPTIONS["extra_host"]])
+    assert [cap.removeprefix("CAP_") for cap in host["CapDrop"]] == [OPTIONS["cap_drop"]]
+    assert (host["NanoCpus"], str(host["PidsLimit"])) == (int(float(OPTIONS["cpus"]) * 1e9), OPTIONS["pids_limit"])
+    device = host["Devices"][0]
+    assert f"{device['PathOnHost']}:{device['PathInContainer']}" == OPTIONS["device"]
+    assert host["LogConfig"]["Config"] == dict([OPTIONS["log_opt"].split("=")]) and config["User"] == OPTIONS["user"]
     assert (config["Cmd"], config["WorkingDir"]) == (list(COMMAND), OPTIONS["workdir"])
     image = cd_world.docker_client.api.inspect_image(app["Image"])["Config"]["Healthcheck"]
     assert config["Healthcheck"] == {**image, "Retries": int(OPTIONS["health_retries"])}  # the new image's test

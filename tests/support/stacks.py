@@ -1,7 +1,7 @@
 """A stack made by hand with ``docker run``: a user network, a ``db`` container answering on it, and the
 app container beside it with the options a user gives at ``docker run`` (an alias, a static address, a
-label, a capability, a memory limit, an extra host, a working directory, a health check option and a
-command override).
+label, capabilities added and dropped, memory/cpu/pids limits, a device, an extra host, a log option, a
+user, a working directory, a health check option and a command override).
 
 The database is a busybox httpd answering ``db-ok`` on port 8080; the app releases of the ``stack``
 variant (``tests.support.cd_apps``) have a HEALTHCHECK that asks it at ``http://db:8080/``, so a release
@@ -33,6 +33,12 @@ OPTIONS: dict[str, str] = {
     "extra_host": "printer:127.0.0.2",  # a hosts-file entry only: nothing is ever sent there
     "workdir": "/tmp",
     "health_retries": "5",
+    "cap_drop": "MKNOD",
+    "cpus": "0.5",
+    "pids_limit": "200",
+    "device": "/dev/zero:/dev/stack-zero",
+    "log_opt": "max-size=1m",
+    "user": "0",
 }
 
 
@@ -74,6 +80,8 @@ class Stack:
             "--ip", self.app_address, "--label", OPTIONS["label"], "--cap-add", OPTIONS["cap_add"],
             "--memory", OPTIONS["memory"], "--add-host", OPTIONS["extra_host"], "--workdir", OPTIONS["workdir"],
             "--health-retries", OPTIONS["health_retries"],
+            "--cap-drop", OPTIONS["cap_drop"], "--cpus", OPTIONS["cpus"], "--pids-limit", OPTIONS["pids_limit"],
+            "--device", OPTIONS["device"], "--log-opt", OPTIONS["log_opt"], "--user", OPTIONS["user"],
             "-p", f"127.0.0.1:{world.port}:8080", "-v", f"{world.volume}:/data", "--restart", "unless-stopped",
             *extra, reference, *COMMAND,
         ]
