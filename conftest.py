@@ -12,4 +12,5 @@ pytest_plugins = [
     "tests.support.fault_proxy",
     "tests.support.proxy_world",
     "tests.support.swarm_env",
+    "tests.support.stacks",
 ]

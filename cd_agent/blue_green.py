@@ -33,7 +33,10 @@ from cd_agent.container_spec import (
     LABEL_RUN,
     LABEL_VERSION,
     ContainerSpec,
+    beside,
     build_spec,
+    check_spec,
+    networks_text,
     read_env_file,
 )
 from cd_agent.engine import ContainerInfo
@@ -110,15 +113,17 @@ class BlueGreen(StrategyBase):
             old = self._engine.container(self._name)
             colour = self._colour_beside(old)
             kept = self._engine.container(kept_name(self._name))
-            spec = replace(
+            spec = beside(
                 build_spec(
                     self._settings, image=f"{repository}:{version}", version=version, digest=digest,
                     env=read_env_file(self._settings.cd_env_file), old=old, run=run,
+                    old_image=self._engine.image(old.image_id) if old is not None else None,
                 ),
-                name=colour_name(self._name, colour), ports=(), network=network_name(self._name),
-                aliases=(colour_name(self._name, colour),),
+                name=colour_name(self._name, colour), network=network_name(self._name),
+                alias=colour_name(self._name, colour),
             )
             spec = replace(spec, labels={**spec.labels, LABEL_COLOUR: colour})
+            check_spec(self._engine, spec)
         except CdError as exc:
             log.error("could not prepare the new container: {}", exc)
             return DeployReport("failed", version, current, str(exc), failed_step="prepare")
@@ -165,7 +170,8 @@ class BlueGreen(StrategyBase):
                 log.info("reusing the stopped {} container (kept from an earlier deploy)", attempt.version)
             else:
                 attempt.new_id = new_id = self._engine.create(spec)
-                log.info("created container {} ({}) beside the running one", spec.name, new_id[:12])
+                log.info("created container {} ({}) beside the running one on {}", spec.name, new_id[:12],
+                         networks_text(spec))
             self._journal(phase="bg_created", new_container_id=new_id)
             step = "start"
             self._engine.start(new_id)

@@ -1,13 +1,27 @@
-"""The create-config of the app container, built from the settings and the NEW image.
+"""The create-config of the app container, built from the settings, the NEW image and what the user
+set up on the old container.
 
 Watchtower-style clones copy the old container's ``Config`` (Env, Cmd, Entrypoint...) into the new
-one, so a release that changes its ``ENV`` or ``CMD`` never takes effect. Here the config holds only
-what the user configured (``CD_*``, the env file) plus our labels; Docker fills in the rest from the
-image, exactly as ``docker run`` would.
+one, so a release that changes its ``ENV`` or ``CMD`` never takes effect. Here the config holds what
+the user configured (``CD_*``, the env file) plus our labels, and of the old container only what the
+user set up there and our settings cannot express (``carried``)::
 
-The one thing taken from the old container is its anonymous volumes (the image's ``VOLUME``
-directories that no ``CD_VOLUMES`` entry covers): like docker compose, the new container mounts the
-same volume at the same path, so data written there survives every swap and rollback.
+    networks ........... every network it was on (NetworkMode's first), its aliases and static
+                         addresses there; CD_NETWORKS adds networks, and its aliases win for the
+                         networks it names; host/none/container:ID network modes
+    labels ............. its labels less ours (io.pi-cicd.*) and less its image's (compose's
+                         com.docker.compose.* stay, so `docker compose ps` still lists the app)
+    cmd, entrypoint,
+    user, working dir,
+    health check ....... only where they differ from the OLD image's: an override given at
+                         `docker run`; the image's own defaults come from the new image
+    host options ....... capabilities, devices, resource limits, extra hosts, log config... as the
+                         engine reported them (``ContainerInfo.host_options``)
+    anonymous volumes .. the image's VOLUME directories that no CD_VOLUMES entry covers: like
+                         docker compose, the same volume at the same path, so data survives
+
+Environment variables are not carried: they come from ``CD_ENV_FILE`` and the new image, as before.
+What cannot be carried fails the deploy in ``check_spec``, before the old container is touched.
 """
 
 from __future__ import annotations
@@ -16,20 +30,25 @@ import io
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from dotenv import dotenv_values
 
-from cd_agent.engine import ContainerInfo
+from cd_agent.engine import ContainerInfo, Engine, ImageInfo, NetworkAttachment, ProcessConfig
 from cd_agent.errors import DeployError
-from cd_agent.settings import CdSettings, PortMapping, read_env_text
+from cd_agent.settings import CdSettings, NetworkJoin, PortMapping, read_env_text
 
 LABEL_MANAGED = "io.pi-cicd.managed"
 LABEL_VERSION = "io.pi-cicd.version"
 LABEL_DIGEST = "io.pi-cicd.digest"
 LABEL_RUN = "io.pi-cicd.run"
+OUR_LABELS = "io.pi-cicd."
+"""The prefix of every label the agent sets; an old container's labels under it are never carried."""
+
+# The network modes that are not a network's name (a name puts the container on that network).
+_DEFAULT_MODES = ("", "default", "bridge")
 
 # Docker names an anonymous volume with 64 hex digits; a named volume the user removed from
 # CD_VOLUMES is therefore not carried over by accident.
@@ -55,11 +74,21 @@ class ContainerSpec:
     mounts: tuple[MountSpec, ...] = ()
     restart_policy: str = "unless-stopped"
     labels: Mapping[str, str] = field(default_factory=dict)
-    network: str | None = None
-    """Blue-green: the private network the container joins (instead of the default bridge)..."""
-    aliases: tuple[str, ...] = ()
-    """...and the names the proxy reaches it by there."""
+    networks: tuple[NetworkAttachment, ...] = ()
+    """The networks it joins, the first when it is created, the others before it starts; none: the
+    engine's default bridge."""
+    network_mode: str | None = None
+    """``host``, ``none`` or ``container:ID`` (then ``networks`` is empty); None: ``networks``."""
     init: bool = False
+    process: ProcessConfig = field(default_factory=ProcessConfig)
+    """Overrides of the image's CMD/ENTRYPOINT/USER/WORKDIR (``None``/``""``: the image's)."""
+    host_options: Mapping[str, object] = field(default_factory=dict)
+    """Carried verbatim from the old container (``ContainerInfo.host_options``)."""
+
+    @property
+    def network(self) -> str | None:
+        """The network it is created on (None: the engine's default)."""
+        return self.networks[0].network if self.networks else None
 
 
 def build_spec(
@@ -70,9 +99,11 @@ def build_spec(
     digest: str | None,
     env: Mapping[str, str],
     old: ContainerInfo | None = None,
+    old_image: ImageInfo | None = None,
     run: int | None = None,
 ) -> ContainerSpec:
-    """The spec of the container that runs ``image`` (``repository:version``) under the configured name."""
+    """The spec of the container that runs ``image`` (``repository:version``) under the configured name;
+    ``old_image`` is the image ``old`` was created from (its defaults are not the user's)."""
     mounts = [
         MountSpec("volume" if volume.is_named else "bind", volume.source, volume.target, volume.read_only)
         for volume in settings.volumes
@@ -84,19 +115,162 @@ def build_spec(
                 if mount.destination not in configured:
                     mounts.append(MountSpec("volume", mount.name, mount.destination, not mount.rw))
                     configured.add(mount.destination)
-    labels = {LABEL_MANAGED: "true", LABEL_VERSION: version, LABEL_DIGEST: digest or ""}
+    carried = _carried(old, old_image) if old is not None else _Carried()
+    labels = {**carried.labels, LABEL_MANAGED: "true", LABEL_VERSION: version, LABEL_DIGEST: digest or ""}
     if run is not None:
         labels[LABEL_RUN] = str(run)
+    ports = tuple(settings.ports)
+    networks = _join(carried.networks, settings.networks)
+    if carried.network_mode is not None:
+        mode = _mode_text(carried.network_mode)
+        if ports:
+            raise DeployError(
+                f"the container {settings.cd_container_name} runs with network mode {mode!r},"
+                f" where ports cannot be published: empty CD_PORTS ({settings.cd_ports}), or recreate the"
+                " container by hand on a network of its own"
+            )
+        if settings.networks:
+            raise DeployError(
+                f"the container {settings.cd_container_name} runs with network mode {mode!r},"
+                f" where it cannot join other networks: empty CD_NETWORKS ({settings.cd_networks})"
+            )
     return ContainerSpec(
         name=settings.cd_container_name,
         image=image,
         env=tuple(f"{key}={value}" for key, value in env.items()),
-        ports=tuple(settings.ports),
+        ports=ports,
         mounts=tuple(mounts),
         restart_policy=settings.cd_restart_policy,
         labels=labels,
+        networks=networks,
+        network_mode=carried.network_mode,
         init=settings.cd_init,
+        process=carried.process,
+        host_options=carried.host_options,
     )
+
+
+@dataclass(frozen=True)
+class _Carried:
+    """What the user set up on the old container beyond its image and our settings."""
+
+    labels: Mapping[str, str] = field(default_factory=dict)
+    networks: tuple[NetworkAttachment, ...] = ()
+    network_mode: str | None = None
+    process: ProcessConfig = field(default_factory=ProcessConfig)
+    host_options: Mapping[str, object] = field(default_factory=dict)
+
+
+def _carried(old: ContainerInfo, image: ImageInfo | None) -> _Carried:
+    if image is None:
+        raise DeployError(
+            f"the image of container {old.name} ({old.image_id[:19]}) cannot be inspected, so the options given"
+            " at `docker run` cannot be told from the image's own: nothing was changed"
+        )
+    labels = {
+        key: value for key, value in old.labels.items()
+        if not key.startswith(OUR_LABELS) and image.labels.get(key) != value
+    }
+    mine, theirs = old.process, image.process
+    image_check = theirs.healthcheck or {}
+    entrypoint = mine.entrypoint if mine.entrypoint != theirs.entrypoint else None
+    # An entrypoint given at `docker run` drops the image's CMD (docker's rule): its cmd goes with it.
+    cmd = mine.cmd if entrypoint is not None or mine.cmd != theirs.cmd else None
+    process = ProcessConfig(
+        cmd=cmd,
+        entrypoint=entrypoint,
+        user=mine.user if mine.user != theirs.user else "",
+        working_dir=mine.working_dir if mine.working_dir != theirs.working_dir else "",
+        # Field by field: `--health-retries 5` keeps the new image's test and interval.
+        healthcheck={key: value for key, value in (mine.healthcheck or {}).items() if image_check.get(key) != value}
+        or None,
+    )
+    mode = old.network_mode
+    if mode in ("host", "none") or mode.startswith("container:"):
+        return _Carried(labels, (), mode, process, old.host_options)
+    primary = "bridge" if mode in _DEFAULT_MODES else mode
+    networks = sorted(old.networks, key=lambda attachment: attachment.network != primary)
+    if [attachment.network for attachment in networks] == ["bridge"]:
+        networks = []  # the engine's default: nothing to say
+    return _Carried(labels, tuple(networks), None, process, old.host_options)
+
+
+def _join(carried: tuple[NetworkAttachment, ...], configured: list[NetworkJoin]) -> tuple[NetworkAttachment, ...]:
+    """The old container's networks plus CD_NETWORKS'; for a network in both, CD_NETWORKS' aliases win
+    (the static address stays: CD_NETWORKS cannot give one)."""
+    networks = {attachment.network: attachment for attachment in carried}
+    for join in configured:
+        known = networks.get(join.name)
+        networks[join.name] = (
+            replace(known, aliases=join.aliases) if known else NetworkAttachment(join.name, join.aliases)
+        )
+    return tuple(networks.values())
+
+
+def beside(spec: ContainerSpec, *, name: str, network: str, alias: str) -> ContainerSpec:
+    """Blue-green: ``spec`` as a container that runs beside the old one, reached by ``alias`` on the
+    proxy's private ``network``, and on the app's other networks with the same aliases as the old one.
+    What two containers cannot share while both run is refused here, before anything is touched."""
+    if spec.network_mode is not None:
+        raise DeployError(
+            f"the app runs with network mode {_mode_text(spec.network_mode)!r}: the blue-green strategy needs the"
+            " proxy's network; use the swap strategy (CD_STRATEGY=swap) or recreate the container on a network"
+        )
+    others = tuple(attachment for attachment in spec.networks if attachment.network != network)
+    fixed = [f"{a.network} ({', '.join(a.static_addresses)})" for a in others if a.static_addresses]
+    if fixed:
+        raise DeployError(
+            f"static addresses cannot be held by two containers at once, and blue-green runs the new release"
+            f" beside the old one: {'; '.join(fixed)}; use the swap strategy or drop the static address"
+        )
+    return replace(spec, name=name, ports=(), networks=(NetworkAttachment(network, (alias,)), *others))
+
+
+def networks_text(spec: ContainerSpec) -> str:
+    """Where ``spec`` is on the network, for the deploy log: ``shop as web at 10.1.0.5, monitoring``."""
+    if spec.network_mode is not None:
+        return f"network mode {_mode_text(spec.network_mode)}"
+    if not spec.networks:
+        return "the default bridge"
+    parts = []
+    for attachment in spec.networks:
+        text = attachment.network
+        if attachment.aliases:
+            text += " as " + "/".join(attachment.aliases)
+        if attachment.static_addresses:
+            text += " at " + "/".join(attachment.static_addresses)
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def _mode_text(mode: str) -> str:
+    """``container:<64 hex digits>`` as docker ps shows an id (12 digits)."""
+    kind, _, target = mode.partition(":")
+    return f"{kind}:{target[:12]}" if kind == "container" else mode
+
+
+def check_spec(engine: Engine, spec: ContainerSpec) -> None:
+    """What ``spec`` refers to exists now: every network it joins, the container whose network it shares.
+    Raises ``DeployError`` naming what and why, before the deploy touches anything."""
+    missing = [attachment.network for attachment in spec.networks if engine.network(attachment.network) is None]
+    if missing:
+        raise DeployError(
+            f"network {', '.join(missing)} does not exist (CD_NETWORKS, or a network the old container was on"
+            " and that was removed since): create it (docker network create) or remove it from CD_NETWORKS"
+        )
+    if spec.network_mode is not None and spec.network_mode.startswith("container:"):
+        target = spec.network_mode.partition(":")[2]
+        shared = engine.container(target)
+        if shared is None:
+            raise DeployError(
+                f"the app shares the network of container {target[:12]} (network mode {_mode_text(spec.network_mode)}),"
+                " which is gone (recreated under a new id?): the new release cannot join it; recreate the app"
+                " container by hand with --network container:NAME, then deploy again"
+            )
+        if not shared.running:
+            raise DeployError(
+                f"the app shares the network of container {shared.name}, which is not running: start it first"
+            )
 
 
 def read_env_file(path: Path | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -31,7 +31,7 @@ import requests
 import urllib3
 
 from cd_agent import docker_lookup
-from cd_agent.engine import ContainerInfo, ImageInfo, MountInfo
+from cd_agent.engine import ContainerInfo, ImageInfo, MountInfo, NetworkAttachment, NetworkInfo, ProcessConfig
 from cd_agent.errors import DeployError, DockerUnavailable, EngineError
 from shared.platforms import Platform, engine_platform
 
@@ -41,6 +41,21 @@ if TYPE_CHECKING:
 # The SDK's own errors, requests' (connecting) and urllib3's (a stream cut short when dockerd stops
 # in the middle of a pull): all mean the engine went away, none may leave this module raw.
 _UNREACHABLE = (docker.errors.DockerException, requests.RequestException, urllib3.exceptions.HTTPError)
+
+# The HostConfig entries a new container takes over verbatim from the one it replaces: what `docker run`
+# or compose set and the settings do not cover. Not PortBindings, Mounts/Binds, RestartPolicy, Init and
+# NetworkMode (the settings' and the spec's), nor PidMode/IpcMode/VolumesFrom (they name other
+# containers by id). Only non-empty values are carried; the defaults the engine reports for every
+# container (log driver, shm size, runtime) come back as they were.
+CARRIED_HOST_CONFIG = (
+    "CapAdd", "CapDrop", "Privileged", "SecurityOpt",
+    "Devices", "DeviceCgroupRules", "DeviceRequests",
+    "Memory", "MemoryReservation", "MemorySwap", "MemorySwappiness", "NanoCpus", "CpuShares", "CpuPeriod",
+    "CpuQuota", "CpusetCpus", "CpusetMems", "PidsLimit", "Ulimits", "BlkioWeight", "OomKillDisable",
+    "OomScoreAdj", "ShmSize",
+    "ExtraHosts", "Dns", "DnsOptions", "DnsSearch",
+    "LogConfig", "GroupAdd", "Sysctls", "Tmpfs", "ReadonlyRootfs", "Runtime",
+)
 
 
 class DockerGateway:
@@ -150,7 +165,11 @@ class DockerGateway:
     # containers
 
     def create(self, spec: ContainerSpec) -> str:
-        """Create (not start) the container; its ports are bound only when it starts."""
+        """Create (not start) the container; its ports are bound, its static addresses taken, only when it starts.
+
+        The API (before 1.44) creates a container on one network: it is created on the first of
+        ``spec.networks`` and connected to the others before it starts; a connect that fails removes it."""
+        primary = spec.networks[0] if spec.networks else None
         host_config = self._api.create_host_config(
             port_bindings={
                 port.container_key: [{"HostIp": port.host_ip or "", "HostPort": str(port.host_port or "")}]
@@ -161,14 +180,15 @@ class DockerGateway:
                 for m in spec.mounts
             ],
             restart_policy={"Name": "" if spec.restart_policy == "no" else spec.restart_policy},
-            network_mode=spec.network,
+            network_mode=spec.network_mode or (primary.network if primary else None),
             # None, not False: without CD_INIT the daemon's default applies, as for `docker run`.
             init=True if spec.init else None,
         )
+        host_config.update(spec.host_options)
         networking = None
-        if spec.network is not None:
-            endpoint = self._api.create_endpoint_config(aliases=list(spec.aliases) or None)
-            networking = self._api.create_networking_config({spec.network: endpoint})
+        if primary is not None:
+            networking = self._api.create_networking_config({primary.network: self._endpoint(primary)})
+        process = spec.process
         with docker_errors(f"create container {spec.name} from {spec.image}"):
             created = self._api.create_container(
                 spec.image,
@@ -179,8 +199,40 @@ class DockerGateway:
                 host_config=host_config,
                 networking_config=networking,
                 detach=True,
+                command=list(process.cmd) if process.cmd is not None else None,
+                entrypoint=list(process.entrypoint) if process.entrypoint is not None else None,
+                user=process.user or None,
+                working_dir=process.working_dir or None,
+                healthcheck=dict(process.healthcheck) if process.healthcheck else None,
             )
-        return str(created["Id"])
+        container = str(created["Id"])
+        try:
+            for attachment in spec.networks[1:]:
+                with docker_errors(f"connect container {spec.name} to network {attachment.network}"):
+                    self._api.connect_container_to_network(
+                        container, attachment.network, aliases=list(attachment.aliases) or None,
+                        links=list(attachment.links) or None, ipv4_address=attachment.ipv4_address,
+                        ipv6_address=attachment.ipv6_address, driver_opt=dict(attachment.driver_opts) or None,
+                    )
+        except EngineError:
+            self.remove(container)
+            raise
+        return container
+
+    def _endpoint(self, attachment: NetworkAttachment) -> Any:
+        return self._api.create_endpoint_config(
+            aliases=list(attachment.aliases) or None, links=list(attachment.links) or None,
+            ipv4_address=attachment.ipv4_address, ipv6_address=attachment.ipv6_address,
+            driver_opt=dict(attachment.driver_opts) or None,
+        )
+
+    def network(self, name: str) -> NetworkInfo | None:
+        """The network called exactly ``name`` (``cd_agent.docker_lookup``: never one whose id starts so)."""
+        with docker_errors(f"inspect network {name}"):
+            data = docker_lookup.network(self._api, name)
+        if data is None:
+            return None
+        return NetworkInfo(id=data["Id"], name=data["Name"], driver=str(data.get("Driver") or ""))
 
     def container(self, name_or_id: str) -> ContainerInfo | None:
         """The container with exactly this name or full ID (never one whose ID merely starts with it)."""
@@ -255,13 +307,42 @@ def _image_info(data: Mapping[str, Any]) -> ImageInfo:
         repo_digests=tuple(data.get("RepoDigests") or ()),
         volumes=tuple(sorted(config.get("Volumes") or {})),
         has_healthcheck=bool(test) and test[0] != "NONE",
+        labels=dict(config.get("Labels") or {}),
+        process=_process(config),
     )
+
+
+def _process(config: Mapping[str, Any]) -> ProcessConfig:
+    def words(value: Any) -> tuple[str, ...] | None:
+        return tuple(str(word) for word in value) if value else None
+
+    return ProcessConfig(
+        cmd=words(config.get("Cmd")), entrypoint=words(config.get("Entrypoint")),
+        user=str(config.get("User") or ""), working_dir=str(config.get("WorkingDir") or ""),
+        healthcheck={key: value for key, value in (config.get("Healthcheck") or {}).items() if value} or None,
+    )
+
+
+def _attachments(container_id: str, networks: Mapping[str, Any]) -> tuple[NetworkAttachment, ...]:
+    attachments = []
+    for name, endpoint in networks.items():
+        endpoint = endpoint or {}
+        ipam = endpoint.get("IPAMConfig") or {}
+        # The engine (API < 1.44) adds the container's short id as an alias itself: a new container gets its own.
+        aliases = tuple(alias for alias in endpoint.get("Aliases") or () if alias != container_id[:12])
+        attachments.append(NetworkAttachment(
+            network=name, aliases=aliases,
+            ipv4_address=ipam.get("IPv4Address") or None, ipv6_address=ipam.get("IPv6Address") or None,
+            links=tuple(endpoint.get("Links") or ()), driver_opts=dict(endpoint.get("DriverOpts") or {}),
+        ))
+    return tuple(attachments)
 
 
 def _container_info(data: Mapping[str, Any]) -> ContainerInfo:
     state = data.get("State") or {}
     config = data.get("Config") or {}
     health = state.get("Health") or {}
+    host = data.get("HostConfig") or {}
     return ContainerInfo(
         id=data["Id"],
         name=str(data.get("Name", "")).lstrip("/"),
@@ -287,4 +368,8 @@ def _container_info(data: Mapping[str, Any]) -> ContainerInfo:
         health_output=tuple(str(entry.get("Output", "")).strip() for entry in health.get("Log") or ()),
         error=state.get("Error", "") or "",
         oom_killed=bool(state.get("OOMKilled")),
+        process=_process(config),
+        network_mode=str(host.get("NetworkMode") or ""),
+        networks=_attachments(data["Id"], (data.get("NetworkSettings") or {}).get("Networks") or {}),
+        host_options={key: host[key] for key in CARRIED_HOST_CONFIG if host.get(key)},
     )

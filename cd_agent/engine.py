@@ -9,8 +9,9 @@ Answers are plain frozen dataclasses, never SDK objects. Errors, by the engine's
     a pull the registry refused ......... DeployError
     inspecting something that is gone ... None (``image``, ``container``); ``remove`` of it is a no-op
 
-Network operations (a private network, a container's address on it) join this interface when a
-strategy uses them: blue-green needs them, the swap does not.
+A container's user-made setup (its networks, ``docker run`` options our settings do not cover) is
+inspected into ``NetworkAttachment``/``ProcessConfig``/``host_options`` so that a new container can keep
+it (``cd_agent.container_spec``); the blue-green proxy's own network operations live in ``cd_agent.proxy``.
 """
 
 from __future__ import annotations
@@ -24,12 +25,52 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class ProcessConfig:
+    """What a container runs, as whom and where: an image's defaults, or a container's (the image's
+    unless ``docker run`` overrode them). ``None``/``""`` when unset."""
+
+    cmd: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    user: str = ""
+    working_dir: str = ""
+    healthcheck: Mapping[str, object] | None = None
+    """In the engine's terms (``Test``, ``Interval``, ``Retries``...); a container's fields left unset
+    are filled in from its image."""
+
+
+@dataclass(frozen=True)
+class NetworkAttachment:
+    """A container on a network: the names it answers to there (besides its own) and its static
+    addresses, if the user gave any (``docker run --ip``); the engine's own short-id alias is left out."""
+
+    network: str
+    aliases: tuple[str, ...] = ()
+    ipv4_address: str | None = None
+    ipv6_address: str | None = None
+    links: tuple[str, ...] = ()
+    driver_opts: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def static_addresses(self) -> tuple[str, ...]:
+        return tuple(address for address in (self.ipv4_address, self.ipv6_address) if address)
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    id: str
+    name: str
+    driver: str = ""
+
+
+@dataclass(frozen=True)
 class ImageInfo:
     id: str
     tags: tuple[str, ...] = ()
     repo_digests: tuple[str, ...] = ()
     volumes: tuple[str, ...] = ()
     has_healthcheck: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
 
     def digest_for(self, repository: str) -> str | None:
         """The registry digest (``sha256:...``) this image has in ``repository``, if it was pulled from there."""
@@ -70,6 +111,14 @@ class ContainerInfo:
     health_output: tuple[str, ...] = ()
     error: str = ""
     oom_killed: bool = False
+    process: ProcessConfig = field(default_factory=ProcessConfig)
+    network_mode: str = ""
+    """``HostConfig.NetworkMode``: ``default``/``bridge``, a network's name, ``host``, ``none``, ``container:ID``."""
+    networks: tuple[NetworkAttachment, ...] = ()
+    host_options: Mapping[str, object] = field(default_factory=dict)
+    """The ``docker run`` options the agent's settings do not cover (capabilities, devices, resource
+    limits, extra hosts, log config...), set (not empty) on this container, in the engine's own terms:
+    the engine that reported them takes them back verbatim (``ContainerSpec.host_options``)."""
 
 
 class Engine(Protocol):
@@ -87,11 +136,15 @@ class Engine(Protocol):
         """Untag ``reference`` (deleting the image when that was its last tag); never forced."""
 
     def create(self, spec: ContainerSpec) -> str:
-        """Create (not start) the container; returns its id."""
+        """Create (not start) the container, attached to all of ``spec.networks``; returns its id.
+        Static addresses are taken only when it starts (the old container may hold them until then)."""
 
     def container(self, name_or_id: str) -> ContainerInfo | None:
         """The container with exactly this name or full ID; None for anything else, never a container
         whose ID merely starts with ``name_or_id`` (as Docker would answer)."""
+
+    def network(self, name: str) -> NetworkInfo | None:
+        """The network called exactly ``name``, if it exists."""
 
     def rename(self, container: str, new_name: str) -> None: ...
 

@@ -6,12 +6,18 @@ message naming the variable and the bad part instead of failing at the first dep
 
     CD_PORTS="8080:80,127.0.0.1:8443:443/tcp,[::1]:5353:53/udp"
     CD_VOLUMES="data:/data,/srv/cfg:/cfg:ro"
+
+``CD_NETWORKS`` (``NetworkJoin``) names existing networks a container the agent creates joins, each with
+the aliases it answers to there::
+
+    CD_NETWORKS="shop_default:web:shop-web,monitoring"
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -73,6 +79,17 @@ class VolumeMount:
 
     def __str__(self) -> str:
         return f"{self.source}:{self.target}:{'ro' if self.read_only else 'rw'}"
+
+
+@dataclass(frozen=True)
+class NetworkJoin:
+    """An existing network the app's container joins (``CD_NETWORKS``), and its aliases there."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return ":".join((self.name, *self.aliases))
 
 
 def _port(text: str, part: str) -> int:
@@ -148,11 +165,50 @@ def parse_volume(part: str) -> VolumeMount:
 def parse_volumes(text: str) -> list[VolumeMount]:
     """Comma-separated ``-v`` specs; an empty text mounts nothing."""
     mounts = [parse_volume(part.strip()) for part in text.split(",") if part.strip()]
-    targets = [mount.target for mount in mounts]
-    for target in targets:
-        if targets.count(target) > 1:
-            raise ValueError(f"container path {target!r} is mounted twice")
+    target = _repeated(mount.target for mount in mounts)
+    if target is not None:
+        raise ValueError(f"container path {target!r} is mounted twice")
     return mounts
+
+
+def _repeated(values: Iterable[str]) -> str | None:
+    """The first value given twice, if any."""
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return None
+
+
+# Network modes that are not networks to join beside others; the default bridge is one, without aliases.
+_NOT_JOINABLE = ("host", "none")
+_NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_ALIAS = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+
+def parse_network(part: str) -> NetworkJoin:
+    """``NAME[:ALIAS[:ALIAS...]]``; ValueError names the part."""
+    name, *aliases = part.split(":")
+    if not _NETWORK_NAME.match(name):
+        raise ValueError(f"{part!r}: {name!r} is not a network name (letters, digits, '_', '.', '-')")
+    if name in _NOT_JOINABLE:
+        raise ValueError(f"{part!r}: the {name!r} network mode is not a network to join beside others")
+    for alias in aliases:
+        if not _ALIAS.match(alias):
+            raise ValueError(f"{part!r}: {alias!r} is not an alias (letters, digits, '_', '.', '-')")
+    if name == "bridge" and aliases:
+        raise ValueError(f"{part!r}: the default bridge network has no aliases; use a network of your own")
+    return NetworkJoin(name, tuple(dict.fromkeys(aliases)))
+
+
+def parse_networks(text: str) -> list[NetworkJoin]:
+    """Comma-separated ``NAME[:ALIAS...]``; an empty text joins nothing."""
+    joins = [parse_network(part.strip()) for part in text.split(",") if part.strip()]
+    name = _repeated(join.name for join in joins)
+    if name is not None:
+        raise ValueError(f"network {name!r} is named twice (give all its aliases in one entry)")
+    return joins
 
 
 def read_env_text(path: Path) -> str:
@@ -178,6 +234,7 @@ class CdSettings(SharedSettings):
     cd_ports: str = ""
     cd_env_file: Path | None = None
     cd_volumes: str = ""
+    cd_networks: str = ""
     cd_restart_policy: RestartPolicy = "unless-stopped"
     cd_strategy: str = "swap"
     cd_poll_interval: float = 60.0
@@ -232,6 +289,11 @@ class CdSettings(SharedSettings):
                 proxied_ports(parse_ports(info.data["cd_ports"]))
             except ProxyError as exc:
                 raise ValueError(str(exc)) from exc
+        if value == "swarm" and info.data.get("cd_networks", "").strip():
+            raise ValueError(
+                "CD_NETWORKS joins containers the agent creates (swap, blue-green); a Swarm service's networks"
+                " are the service's own (docker service update --network-add)"
+            )
         return value
 
     @field_validator("cd_service")
@@ -258,6 +320,12 @@ class CdSettings(SharedSettings):
     @classmethod
     def _volumes(cls, value: str) -> str:
         parse_volumes(value)
+        return value
+
+    @field_validator("cd_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)
         return value
 
     @field_validator("cd_env_file")
@@ -323,6 +391,10 @@ class CdSettings(SharedSettings):
     @property
     def volumes(self) -> list[VolumeMount]:
         return parse_volumes(self.cd_volumes)
+
+    @property
+    def networks(self) -> list[NetworkJoin]:
+        return parse_networks(self.cd_networks)
 
     @property
     def state_path(self) -> Path:

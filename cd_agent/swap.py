@@ -26,7 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cd_agent.container_spec import LABEL_DIGEST, LABEL_MANAGED, LABEL_VERSION, ContainerSpec, build_spec, read_env_file
+from cd_agent.container_spec import (
+    LABEL_DIGEST,
+    LABEL_MANAGED,
+    LABEL_VERSION,
+    ContainerSpec,
+    build_spec,
+    check_spec,
+    networks_text,
+    read_env_file,
+)
 from cd_agent.engine import ContainerInfo
 from cd_agent.errors import CdError, EngineError
 from cd_agent.health import HealthChecker, HealthVerdict
@@ -80,12 +89,14 @@ class Swap(StrategyBase):
         try:
             old = self._engine.container(self._name)
             old_version, old_digest = self._describe_old(log, old)
-            # Everything the new container needs is known before the first step: a bad CD_ENV_FILE
-            # fails here, with the old container untouched.
+            # Everything the new container needs is known before the first step: a bad CD_ENV_FILE, a
+            # network that is gone, fail here, with the old container untouched.
             spec = build_spec(
                 self._settings, image=f"{repository}:{version}", version=version, digest=digest,
                 env=read_env_file(self._settings.cd_env_file), old=old, run=run,
+                old_image=self._engine.image(old.image_id) if old is not None else None,
             )
+            check_spec(self._engine, spec)
         except CdError as exc:
             log.error("could not prepare the new container: {}", exc)
             return DeployReport(
@@ -115,7 +126,8 @@ class Swap(StrategyBase):
             attempt.new_id = new_id = self._engine.create(spec)
             self._journal(phase="created", new_container_id=new_id)
             mounts = [m.target for m in spec.mounts]
-            log.info("created container {} ({}) with mounts {}", self._name, new_id[:12], mounts)
+            log.info("created container {} ({}) with mounts {} on {}", self._name, new_id[:12], mounts,
+                     networks_text(spec))
             # The outage: from here until the new container listens. Only the engine's two calls.
             step = "stop"
             attempt.stopped_at = stopped_at = self._monotonic()

@@ -3,8 +3,9 @@
 Every release serves ``/index.html`` (its version) and ``/greeting.txt`` (``$GREETING``) on port 8080,
 appends its version to ``/data/history`` (a named volume from CD_VOLUMES) and ``/cache/history`` (an
 anonymous volume the image declares with ``VOLUME``) when it starts, and stops at once on SIGTERM.
-Variants: ``healthcheck`` (an image HEALTHCHECK), ``broken`` (the process exits), ``silent`` (runs but
-never answers HTTP), and any ``env``/``start`` script to change ENV and CMD.
+Variants: ``healthcheck`` (an image HEALTHCHECK), ``stack`` (a HEALTHCHECK that also asks its database,
+``http://db:8080/``), ``broken`` (the process exits), ``silent`` (runs but never answers HTTP), and any
+``env``/``start`` script to change ENV and CMD.
 
 ``python -m tests.support.cd_apps hang-at PHASE VERSION`` deploys with the settings in its environment
 and blocks at PHASE (after touching ``$CD_TEST_MARKER``), so a test can SIGKILL a deploy half-way.
@@ -44,7 +45,7 @@ from tests.support.polling import wait_for
 from tests.support.ports import free_port
 from tests.support.registry_server import RegistryServer
 
-Variant = Literal["good", "healthcheck", "broken", "silent"]
+Variant = Literal["good", "healthcheck", "stack", "broken", "silent"]
 
 START = """#!/bin/sh
 echo "app $APP_VERSION starting"
@@ -130,13 +131,20 @@ class AppReleases:
         keep_local: bool = False,
     ) -> str:
         """Build and push ``repository:version``; the local tag is removed so the deployer must pull."""
-        script = start or {"good": START, "healthcheck": START, "broken": BROKEN, "silent": SILENT}[variant]
+        script = start or {
+            "good": START, "healthcheck": START, "stack": START, "broken": BROKEN, "silent": SILENT
+        }[variant]
         extra = ""
         if variant == "healthcheck":
             # Written here: docker 20.10 refuses the helper's --start-period=0s.
             extra = (
                 "HEALTHCHECK --interval=300ms --timeout=2s --retries=3"
                 ' CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]'
+            )
+        if variant == "stack":
+            extra = (
+                "HEALTHCHECK --interval=300ms --timeout=2s --retries=3 CMD"
+                ' ["sh", "-c", "wget -q -O /dev/null http://db:8080/ && wget -q -O /dev/null http://127.0.0.1:8080/"]'
             )
         dockerfile = busybox_dockerfile(
             cmd=["/app/start.sh"],

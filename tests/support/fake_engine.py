@@ -7,8 +7,11 @@ and is restarted by its restart policy (running again, ``ExitCode`` 0, as docker
 with the operation and its target before every call: raise from it to fail that call (or to "kill" the
 agent between two steps). Errors are the engine contract's (``EngineError``, ``DeployError``).
 
-``FakeProxy`` is the blue-green proxy over it: a container created on a network with aliases gets an
-address there while it runs, and the proxy "serves" the running container whose alias is its upstream.
+Networks exist when named in ``FakeEngine.networks`` (the proxy's is added by ``FakeProxy.ensure``); a
+container is created on the networks of its spec, and ``create`` fails as dockerd does for one that does
+not exist. ``FakeProxy`` is the blue-green proxy over it: a container created on a network with aliases
+gets an address there while it runs, and the proxy "serves" the running container whose alias is its
+upstream.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from cd_agent.container_spec import ContainerSpec
-from cd_agent.engine import ContainerInfo, ImageInfo, MountInfo
+from cd_agent.engine import ContainerInfo, ImageInfo, MountInfo, NetworkInfo
 from cd_agent.errors import DeployError, EngineError, ProxyError
 
 Behaviour = Literal["good", "exits", "never_healthy", "unhealthy", "refuses_start"]
@@ -33,8 +36,10 @@ class Box:
     restart_policy: str
     behaviour: Behaviour
     log: list[str] = field(default_factory=list)
-    network: str | None = None
-    aliases: tuple[str, ...] = ()
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return tuple(alias for attachment in self.info.networks for alias in attachment.aliases)
 
 
 class FakeEngine:
@@ -45,6 +50,7 @@ class FakeEngine:
         self.before: Callable[[str, str], None] = lambda operation, target: None
         self._ids = 0
         self.created: list[ContainerSpec] = []
+        self.networks: set[str] = {"bridge"}
 
     def push(self, repository: str, version: str, behaviour: Behaviour = "good", *, healthcheck: bool = False) -> str:
         """Put ``repository:version`` in the registry; returns its digest."""
@@ -55,10 +61,12 @@ class FakeEngine:
         self.registry[reference] = (image, behaviour)
         return digest
 
-    def run_foreign(self, name: str, image: str) -> str:
-        """A running container pi-cicd did not create."""
-        info = ContainerInfo(self._new_id(), name, image, "sha256:foreign", "running", True, False, 0, 0)
+    def run_foreign(self, name: str, image: str, **setup: Any) -> str:
+        """A running container pi-cicd did not create; ``setup``: ``ContainerInfo`` fields (labels, networks...)
+        as `docker run` options would have set them. Its image ``sha256:foreign`` has no labels nor CMD."""
+        info = ContainerInfo(self._new_id(), name, image, "sha256:foreign", "running", True, False, 0, 0, **setup)
         self.boxes[info.id] = Box(info, "unless-stopped", "good")
+        self.local.setdefault(f"foreign:{info.id}", (ImageInfo("sha256:foreign"), "good"))
         return info.id
 
     def names(self) -> list[str]:
@@ -76,7 +84,9 @@ class FakeEngine:
 
     def image(self, reference: str) -> ImageInfo | None:
         self.before("image", reference)
-        return self.local[reference][0] if reference in self.local else None
+        if reference in self.local:
+            return self.local[reference][0]
+        return next((image for image, _ in self.local.values() if image.id == reference), None)
 
     def images(self, repository: str) -> list[ImageInfo]:
         self.before("images", repository)
@@ -91,13 +101,20 @@ class FakeEngine:
         if spec.image not in self.local:
             raise EngineError(f"docker create container {spec.name}: No such image {spec.image} (HTTP 404)", status=404)
         self._free(spec.name)
+        for attachment in spec.networks:
+            if attachment.network not in self.networks:
+                raise EngineError(f"docker create container {spec.name}: network {attachment.network} not found"
+                                  " (HTTP 404)", status=404)
         image, behaviour = self.local[spec.image]
         mounts = tuple(MountInfo(m.type, m.target, name=m.source, rw=not m.read_only) for m in spec.mounts)
         if not any(m.destination == "/cache" for m in mounts):
             mounts += (MountInfo("volume", "/cache", name=hashlib.sha256(self._new_id().encode()).hexdigest()),)
-        info = ContainerInfo(self._new_id(), spec.name, spec.image, image.id, "created", False, False, 0, 0,
-                             dict(spec.labels), mounts)
-        self.boxes[info.id] = Box(info, spec.restart_policy, behaviour, network=spec.network, aliases=spec.aliases)
+        info = ContainerInfo(
+            self._new_id(), spec.name, spec.image, image.id, "created", False, False, 0, 0, dict(spec.labels), mounts,
+            process=spec.process, network_mode=spec.network_mode or spec.network or "default",
+            networks=spec.networks, host_options=dict(spec.host_options),
+        )
+        self.boxes[info.id] = Box(info, spec.restart_policy, behaviour)
         self.created.append(spec)
         return info.id
 
@@ -105,6 +122,10 @@ class FakeEngine:
         self.before("container", name_or_id)
         box = self._find(name_or_id)
         return None if box is None else box.info
+
+    def network(self, name: str) -> NetworkInfo | None:
+        self.before("network", name)
+        return NetworkInfo(f"net-{name}", name, "bridge") if name in self.networks else None
 
     def rename(self, container: str, new_name: str) -> None:
         box = self._box("rename", container)
@@ -177,8 +198,9 @@ class FakeProxy:
     """``cd_agent.blue_green.Proxy`` over a ``FakeEngine``; ``upstream_alias`` outlives a "killed" agent,
     as proxy.json does. Its operations go through the engine's ``before`` hook too."""
 
-    def __init__(self, engine: FakeEngine) -> None:
+    def __init__(self, engine: FakeEngine, network: str | None = None) -> None:
         self.engine = engine
+        self.network = network
         self.exists = False
         self.upstream_alias: str | None = None
         self.switches: list[str | None] = []
@@ -186,6 +208,8 @@ class FakeProxy:
     def ensure(self) -> None:
         self.engine.before("proxy_ensure", "proxy")
         self.exists = True
+        if self.network is not None:
+            self.engine.networks.add(self.network)
 
     def upstream(self) -> str | None:
         return self.upstream_alias
@@ -197,7 +221,7 @@ class FakeProxy:
 
     def address(self, container: str) -> str:
         box = self.engine._find(container)
-        if box is None or not box.info.running or box.network is None:
+        if box is None or not box.info.running or self.network not in {a.network for a in box.info.networks}:
             raise ProxyError(f"{container} has no address on the network (not attached, or not running)")
         return self.engine.address(box)
 

@@ -19,6 +19,7 @@ import pytest
 from cd_agent.blue_green import LABEL_COLOUR, kept_name
 from cd_agent.container_spec import LABEL_VERSION, ContainerSpec
 from cd_agent.deployer import Deployer
+from cd_agent.engine import NetworkAttachment
 from cd_agent.errors import DeployError, ProxyError
 from cd_agent.proxy import network_name
 from cd_agent.settings import CdSettings
@@ -34,7 +35,7 @@ GRACE = 3.0
 class BlueGreenWorld(World):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
-        self.proxy = FakeProxy(self.engine)
+        self.proxy = FakeProxy(self.engine, network_name(NAME))
         self.probed: list[str] = []
 
     def settings(self, **overrides: str) -> CdSettings:
@@ -117,7 +118,7 @@ def test_a_first_deploy_creates_the_proxy_and_runs_the_release_behind_it_publish
     assert (report.outcome, report.previous) == ("deployed", None)
     assert bg.proxy.exists and bg.users_see() == "1.0.0"
     spec = bg.engine.created[-1]
-    assert spec.ports == () and spec.network == network_name(NAME) and spec.aliases == (f"{NAME}-blue",)
+    assert spec.ports == () and spec.network == network_name(NAME) and spec.networks[0].aliases == (f"{NAME}-blue",)
     assert bg.proxy.upstream() == f"{NAME}-blue" and bg.engine.names() == [NAME]
     current = deployer.state.current
     info = bg.engine.container(NAME)
@@ -414,3 +415,35 @@ def test_a_release_that_exits_while_its_address_is_asked_is_judged_unhealthy_not
 
     assert (report.outcome, report.failed_step, report.quarantined) == ("rolled_back", "health", True)
     assert "exited" in (report.error or "") and bg.users_see() == "1.0.0"
+
+
+# stacks
+
+
+def test_each_colour_joins_the_apps_networks_with_the_same_aliases(bg: BlueGreenWorld) -> None:
+    bg.engine.networks.add("shop_default")
+    stack = NetworkAttachment("shop_default", ("web",))
+
+    deployed(bg, "1.0.0", CD_NETWORKS="shop_default:web")
+    deployed(bg, "1.0.1")  # CD_NETWORKS gone from the settings: the running colour's networks are kept
+
+    blue, green = bg.engine.created[-2:]
+    assert blue.networks == (NetworkAttachment(network_name(NAME), (f"{NAME}-blue",)), stack)
+    assert green.networks == (NetworkAttachment(network_name(NAME), (f"{NAME}-green",)), stack)
+    assert bg.users_see() == "1.0.1"
+
+
+def test_a_static_address_is_refused_before_the_running_colour_is_touched(bg: BlueGreenWorld) -> None:
+    deployer = deployed(bg, "1.0.0")
+    box = bg.engine._find(NAME)
+    assert box is not None
+    bg.engine.networks.add("shop_default")
+    fixed = NetworkAttachment("shop_default", ("web",), ipv4_address="10.1.0.5")
+    box.info = replace(box.info, networks=(*box.info.networks, fixed))  # `docker network connect --ip` by hand
+    bg.push("1.0.1")
+
+    report = deployer.deploy("1.0.1")
+
+    assert (report.outcome, report.failed_step) == ("failed", "prepare")
+    assert "shop_default (10.1.0.5)" in (report.error or "") and bg.users_see() == "1.0.0"
+    assert bg.engine.names() == [NAME]

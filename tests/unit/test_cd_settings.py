@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cd_agent.settings import CdSettings, PortMapping, VolumeMount
+from cd_agent.settings import CdSettings, NetworkJoin, PortMapping, VolumeMount
 from shared.errors import SettingsError
 from shared.settings import load_settings
 
@@ -108,6 +108,12 @@ def test_env_file_must_be_utf8(tmp_path):
         ("CD_VOLUMES", "data:relative", r"CD_VOLUMES=.*must be absolute"),
         ("CD_VOLUMES", "./cfg:/cfg", r"CD_VOLUMES=.*relative host paths are not accepted"),
         ("CD_VOLUMES", "aa:/x,bb:/x", r"CD_VOLUMES=.*'/x' is mounted twice"),
+        ("CD_NETWORKS", "shop_default:web,shop_default:api", r"CD_NETWORKS=.*'shop_default' is named twice"),
+        ("CD_NETWORKS", "shop default", r"CD_NETWORKS=.*'shop default' is not a network name"),
+        ("CD_NETWORKS", "shop:web:we b", r"CD_NETWORKS=.*'we b' is not an alias"),
+        ("CD_NETWORKS", "shop::web", r"CD_NETWORKS=.*'' is not an alias"),
+        ("CD_NETWORKS", "host", r"CD_NETWORKS=.*'host' network mode is not a network to join"),
+        ("CD_NETWORKS", "bridge:web", r"CD_NETWORKS=.*default bridge network has no aliases"),
         ("CD_IMAGE", "owner/app:1.0.0", r"CD_IMAGE=.*without a tag"),
         ("CD_IMAGE", "Owner/App", r"CD_IMAGE=.*lowercase"),
         ("CD_CONTAINER_NAME", "-app", r"CD_CONTAINER_NAME=.*container name"),
@@ -124,6 +130,18 @@ def test_env_file_must_be_utf8(tmp_path):
 def test_bad_values_name_the_variable_and_the_part(variable, value, message):
     with pytest.raises(SettingsError, match=message):
         load(**{variable: value})
+
+
+def test_networks_are_parsed_once_into_names_and_aliases():
+    settings = load(CD_NETWORKS="shop_default:web:shop-web, monitoring ,")
+
+    assert settings.networks == [NetworkJoin("shop_default", ("web", "shop-web")), NetworkJoin("monitoring")]
+    assert load().networks == []
+
+
+def test_networks_are_refused_for_a_swarm_service():
+    with pytest.raises(SettingsError, match=r"CD_STRATEGY=.*CD_NETWORKS joins containers the agent creates"):
+        load(CD_STRATEGY="swarm", CD_NETWORKS="shop_default")
 
 
 def test_every_bad_variable_is_reported_at_once():

@@ -8,13 +8,16 @@ against dockerd for the paths where the engine's behaviour matters.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cd_agent.container_spec import LABEL_MANAGED, LABEL_VERSION
 from cd_agent.deployer import Deployer
+from cd_agent.engine import NetworkAttachment, ProcessConfig
 from cd_agent.errors import DeployError, DockerUnavailable, EngineError, NothingToDeploy
 from cd_agent.settings import CdSettings
 from cd_agent.state import SWAP_PHASES, DeployState, Phase
@@ -618,3 +621,55 @@ def test_reconcile_without_a_journal_makes_the_state_agree(world: World) -> None
 
     world.engine.remove(NAME)
     assert deployer.reconcile() == f"no container named {NAME} although 1.0.0 was deployed; the next deploy starts one"
+
+
+# stacks: what the user set up on the container is kept, or the deploy stops before touching it
+
+
+def test_an_adopted_stack_container_keeps_its_networks_labels_and_run_options(world: World) -> None:
+    world.engine.networks.add("shop_default")
+    compose = {"com.docker.compose.project": "shop", "com.docker.compose.service": "web"}
+    setup: dict[str, Any] = {
+        "labels": compose,
+        "process": ProcessConfig(cmd=("sh", "-c", "serve --db db")),
+        "network_mode": "shop_default",
+        "networks": (NetworkAttachment("shop_default", ("web",)),),
+        "host_options": {"CapAdd": ["NET_ADMIN"], "Memory": 64 * 2**20},
+    }
+    world.engine.run_foreign(NAME, "example/app:0.9.0", **setup)
+
+    deployed(world, "1.0.0", "1.0.1")
+
+    info = world.engine.container(NAME)
+    assert info is not None and info.labels[LABEL_VERSION] == "1.0.1"
+    assert {key: info.labels[key] for key in compose} == compose
+    assert (info.process, info.networks, info.host_options) == (
+        setup["process"], setup["networks"], setup["host_options"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("setup", "overrides", "message"),
+    [
+        ({"network_mode": "container:" + "d" * 64}, {"CD_PORTS": ""},
+         "shares the network of container dddddddddddd .*which is gone"),
+        ({}, {"CD_NETWORKS": "shop_default:web"}, "network shop_default does not exist"),
+    ],
+)
+def test_what_cannot_be_carried_fails_the_deploy_before_the_old_container_is_touched(
+    world: World, setup: dict[str, str], overrides: dict[str, str], message: str
+) -> None:
+    foreign = world.engine.run_foreign(NAME, "example/app:0.9.0", **setup)
+    world.push("1.0.0")
+    deployer = world.deployer(None, lambda url, timeout: (False, "no URL here"), **overrides)
+    operations: list[str] = []
+    world.engine.before = lambda operation, target: operations.append(operation)
+
+    report = deployer.deploy("1.0.0")
+
+    assert (report.outcome, report.failed_step) == ("failed", "prepare")
+    assert re.search(message, report.error or ""), report.error
+    assert set(operations) <= {"pull", "image", "images", "container", "network"}  # looked, touched nothing
+    info = world.engine.container(NAME)
+    assert info is not None and info.id == foreign and info.running
+    assert "1.0.0" not in deployer.state.quarantined_versions
