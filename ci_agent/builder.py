@@ -25,6 +25,7 @@ from pydantic import SecretStr
 
 from ci_agent.errors import Step, StepFailed
 from ci_agent.label_line import with_labels
+from shared.platforms import Platform, engine_platform, platform
 
 OutputSink = Callable[[str], None]
 
@@ -193,8 +194,14 @@ class DockerGateway:
         buildargs: Mapping[str, str] | None = None,
         on_output: OutputSink = _discard,
         step: Step = "build",
+        platform: str | None = None,
+        cache_from: Sequence[str] = (),
     ) -> str:
-        """Build ``context_dir``'s Dockerfile, tag it with every ``name:tag`` in ``tags``; return the image id."""
+        """Build ``context_dir``'s Dockerfile, tag it with every ``name:tag`` in ``tags``; return the image id.
+
+        ``platform`` (``linux/arm64``) builds for another platform, under QEMU user emulation where it is foreign.
+        ``cache_from``: only layers of these images (and their parents) are taken from the cache.
+        """
         if not tags:
             raise ValueError("build needs at least one tag")
         image_id: str | None = None
@@ -211,6 +218,8 @@ class DockerGateway:
                 forcerm=True,
                 decode=True,
                 timeout=self.build_timeout,
+                platform=platform,
+                cache_from=list(cache_from) or None,
             )
             stages = _StageTracker()
 
@@ -283,8 +292,9 @@ class DockerGateway:
         timeout: float,
         on_output: OutputSink = _discard,
         name: str | None = None,
+        platform: str | None = None,
     ) -> int:
-        """Run ``sh -c COMMAND`` in a new container of ``image``; return its exit code.
+        """Run ``sh -c COMMAND`` in a new container of ``image`` (built for ``platform``); return its exit code.
 
         The container publishes no ports and is removed afterwards; at ``timeout`` seconds it is
         killed and ``StepFailed("test", ...)`` is raised.
@@ -296,7 +306,7 @@ class DockerGateway:
             try:
                 container = self.client.containers.create(
                     image, entrypoint=["sh", "-c"], command=[command], name=name, detach=True,
-                    labels={"pi-cicd.role": "ci-test"},
+                    labels={"pi-cicd.role": "ci-test"}, **({"platform": platform} if platform else {}),
                 )
                 container.start()
                 reader = threading.Thread(
@@ -335,8 +345,9 @@ class DockerGateway:
                 stream.close()
         lines.close()
 
-    def push(self, repository: str, tag: str, *, on_output: OutputSink = _discard) -> None:
-        """Push ``repository:tag``; a failure reported inside the stream is ``StepFailed("push", ...)``."""
+    def push(self, repository: str, tag: str, *, on_output: OutputSink = _discard) -> str | None:
+        """Push ``repository:tag``; returns the manifest digest the engine reported (None if it did not say).
+        A failure reported inside the stream is ``StepFailed("push", ...)``."""
         auth: dict[str, str] | None = None
         if self._username and self._password is not None:
             auth = {"username": self._username, "password": self._password.get_secret_value()}
@@ -345,14 +356,35 @@ class DockerGateway:
                 repository, tag=tag, stream=True, decode=True, auth_config=auth
             )
             error: str | None = None
+            digest: str | None = None
             for chunk in stream:
                 error = error or _stream_error(chunk)
+                aux = chunk.get("aux")
+                if isinstance(aux, Mapping) and isinstance(aux.get("Digest"), str):
+                    digest = str(aux["Digest"])
                 # Progress bars are noise in a log file; the per-layer states and the digest are not.
                 if "status" in chunk and not chunk.get("progressDetail"):
                     layer = f"{chunk['id']}: " if chunk.get("id") else ""
                     on_output(f"{layer}{chunk['status']}")
             if error is not None:
                 raise StepFailed("push", f"docker push {repository}:{tag} failed: {error.strip()}")
+            return digest
+
+    def platform(self) -> Platform:
+        """The platform this engine builds for by default (``docker version``'s Os/Arch; for 32-bit arm the
+        variant from ``docker info``), as the CD agent reads it."""
+        with self._errors("build", "docker version"):
+            version = self.client.api.version()
+            arch = str(version.get("Arch") or "")
+            machine = str(self.client.api.info().get("Architecture") or "") if arch == "arm" else ""
+            return engine_platform(str(version.get("Os") or "linux"), arch, machine)
+
+    def image_platform(self, reference: str) -> Platform:
+        """The platform an image says it is for (its config's Os, Architecture and Variant)."""
+        with self._errors("build", f"docker inspect {reference}"):
+            data = self.client.api.inspect_image(reference)
+            return platform(str(data.get("Os") or ""), str(data.get("Architecture") or ""),
+                            str(data.get("Variant") or ""))
 
     def image_id(self, reference: str) -> str | None:
         try:
