@@ -16,6 +16,7 @@ from ci_agent.builder import DockerGateway
 from shared.platforms import parse_platform
 from shared.registry import OCI_INDEX
 from shared.runstore import Run
+from tests.support.cd_apps import CdWorld, cd_agent
 from tests.support.docker_env import DockerJanitor, unique
 from tests.support.git_repos import make_git_project
 from tests.support.platform_apps import FAILS_ON_ARM64, PlatformAgent, commit_multi_sample, make_platform_agent
@@ -128,3 +129,23 @@ def test_one_platform_failing_its_tests_tags_nothing(
     finally:
         agent.close()
 
+
+
+def test_cd_agent_plays_the_pi_deploying_the_arm64_image_of_the_release(
+    two_platform_release: Release, cd_world: CdWorld, docker_client: Any
+):
+    """CD_PLATFORM=linux/arm64 on this amd64 machine: the release CI built here is chosen, its arm64 image
+    pulled and run under emulation, health-checked through CD_HEALTH_URL and served."""
+    world = cd_world
+    image = two_platform_release.agent.pipeline.image
+    world.janitor.images.add(image.with_tag("0.1.0"))
+    environ = world.environ(CD_IMAGE=image.name, CD_PLATFORM="linux/arm64", CD_HEALTH_URL=world.url,
+                            CD_HEALTH_TIMEOUT="30")
+    result = cd_agent("deploy", environ=environ, cwd=world.root)
+    assert result.returncode == 0, result.stderr
+    assert world.served() == "<p>hello</p>\n"
+    container = docker_client.api.inspect_container(world.name)
+    assert docker_client.api.inspect_image(container["Image"])["Architecture"] == "arm64"
+    assert container["Config"]["Labels"]["io.pi-cicd.version"] == "0.1.0"
+    code, output = docker_client.containers.get(world.name).exec_run(["uname", "-m"])
+    assert (code, output.decode().strip()) == (0, "aarch64")
