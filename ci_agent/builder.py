@@ -46,6 +46,21 @@ def _sdk_errors() -> tuple[type[BaseException], ...]:
 
     return (_docker().errors.DockerException, requests.exceptions.RequestException, urllib3.exceptions.HTTPError)
 
+def _connect_errors() -> tuple[type[BaseException], ...]:
+    """What connecting to an engine raises when it cannot be reached: the SDK's errors, and for ssh://
+    paramiko's (refused, unknown host key, no key accepted) and plain OSError (no route, no such host)."""
+    errors: tuple[type[BaseException], ...] = (*_sdk_errors(), OSError)
+    try:
+        import paramiko
+    except ImportError:
+        return errors
+    return (*errors, paramiko.SSHException)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).strip() or type(exc).__name__
+
+
 _STAGE = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*\S+\s+AS\s+(?P<name>\S+)\s*$", re.IGNORECASE | re.MULTILINE)
 
 
@@ -138,6 +153,11 @@ class DockerGateway:
     ``client`` defaults to ``docker.from_env(version="auto")``; ``username``/``password`` are the
     registry credentials (``REGISTRY_USERNAME``/``REGISTRY_PASSWORD``) sent with each push.
     ``build_timeout`` bounds how long a build may stay silent.
+
+    ``build_host`` (``CI_BUILD_DOCKER_HOST``: ``unix://``, ``tcp://`` with ``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH``
+    as for the docker CLI, ``ssh://user@host`` through paramiko and ``~/.ssh``) is the engine every run builds,
+    tests and pushes on, chosen again at each run's start; when it cannot be reached the run fails, or with
+    ``fallback_local`` (``CI_BUILD_FALLBACK_LOCAL``) that run uses the local engine. Unset: the local engine.
     """
 
     def __init__(
@@ -147,6 +167,8 @@ class DockerGateway:
         username: str | None = None,
         password: SecretStr | None = None,
         build_timeout: float = 1800.0,
+        build_host: str | None = None,
+        fallback_local: bool = False,
     ) -> None:
         # Connected on first use, not here: an agent started while dockerd is down (boot order, a
         # restart) still starts and answers webhooks; its runs fail at their first Docker call with
@@ -156,21 +178,64 @@ class DockerGateway:
         self._username = username
         self._password = password
         self.build_timeout = build_timeout
+        self._build_host = build_host
+        self._fallback_local = fallback_local
+        self._engine = "the local Docker engine"  # what this run builds on, for its log
 
     @property
     def client(self) -> Any:
         with self._connecting:
             if self._client is None:
-                docker = _docker()
-                try:
-                    self._client = docker.from_env(version="auto")
-                except docker.errors.DockerException as exc:
-                    raise StepFailed("build", f"cannot reach the Docker Engine: {exc}") from exc
+                self._client = self._connect()
             return self._client
+
+    def _connect(self) -> Any:
+        docker = _docker()
+        if self._build_host is not None:
+            settings = docker.utils.kwargs_from_env(environment={**os.environ, "DOCKER_HOST": self._build_host})
+            try:
+                if self._build_host.startswith("unix://") and not os.path.exists(self._build_host[7:]):
+                    # Looked at first: docker-py leaks the socket of a failed unix connect.
+                    raise FileNotFoundError(f"no socket at {self._build_host[7:]}")
+                # A version negotiation that fails leaks its socket (docker-py): ask with a throwaway
+                # client of a fixed version that is always closed, then let the real one negotiate.
+                probe = docker.APIClient(version="1.24", timeout=30, **settings)
+                try:
+                    probe.ping()
+                finally:
+                    probe.close()
+                client = docker.DockerClient(**settings, version="auto")
+            except _connect_errors() as exc:
+                reason = f"cannot reach the build engine {self._build_host} (CI_BUILD_DOCKER_HOST): {_reason(exc)}"
+                if not self._fallback_local:
+                    raise StepFailed("build", reason) from exc
+                logger.warning("{}; building on the local engine (CI_BUILD_FALLBACK_LOCAL=true)", reason)
+                self._engine = f"the local Docker engine ({reason}; CI_BUILD_FALLBACK_LOCAL=true)"
+            else:
+                self._engine = f"the build engine {self._build_host}"
+                return client
+        try:
+            return docker.from_env(version="auto")
+        except docker.errors.DockerException as exc:
+            raise StepFailed("build", f"cannot reach the Docker Engine: {exc}") from exc
+
+    def engine(self) -> str:
+        """``the build engine ssh://ci@buildbox (Docker 24.0.7, linux/amd64)``: connects if needed (raising
+        ``StepFailed`` when it cannot), for the run's log."""
+        with self._errors("build", "docker version"):
+            version = self.client.version()
+        return f"{self._engine} (Docker {version.get('Version', '?')}, {version.get('Os')}/{version.get('Arch')})"
 
     def prepare(self) -> None:
         """Import the SDK and connect in the background, for a run about to start (checkout and host
-        tests wait on git and subprocesses meanwhile); a failure is left for the first real call to report."""
+        tests wait on git and subprocesses meanwhile); a failure is left for the first real call to report.
+        With a build engine, each run connects anew: a run after one that fell back tries that engine again."""
+        if self._build_host is not None:
+            with self._connecting:
+                if self._client is not None:
+                    with contextlib.suppress(*_sdk_errors()):
+                        self._client.close()
+                    self._client = None
         if self._client is not None:
             return
 
@@ -411,16 +476,17 @@ class DockerGateway:
         return True
 
     def _errors(self, step: Step, what: str) -> _DockerErrors:
-        return _DockerErrors(step, what)
+        return _DockerErrors(step, what, self._build_host)
 
 
 
 class _DockerErrors:
     """Converts the SDK's errors into ``StepFailed(step, ...)`` at this one boundary."""
 
-    def __init__(self, step: Step, what: str) -> None:
+    def __init__(self, step: Step, what: str, engine: str | None = None) -> None:
         self.step = step
         self.what = what
+        self.at = f" at {engine}" if engine else ""
 
     def __enter__(self) -> None:
         return None
@@ -435,7 +501,9 @@ class _DockerErrors:
             reason = exc.explanation or str(exc)
             raise StepFailed(self.step, f"{self.what} failed: {reason}") from exc
         if isinstance(exc, requests.exceptions.ConnectionError | urllib3.exceptions.ProtocolError):
-            raise StepFailed(self.step, f"{self.what} failed: lost the connection to the Docker Engine: {exc}") from exc
+            raise StepFailed(
+                self.step, f"{self.what} failed: lost the connection to the Docker Engine{self.at}: {exc}"
+            ) from exc
         if isinstance(exc, _sdk_errors()):
             raise StepFailed(self.step, f"{self.what} failed: {exc}") from exc
 

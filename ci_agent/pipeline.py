@@ -200,6 +200,8 @@ class Pipeline:
             log.info("checked out {} into {}", commit, checkout)
             self.guard.check(run, event, commit, log, remote_commit=remote_commit)
         with self._step("test", log):
+            if self.settings.ci_build_docker_host is not None:
+                log.info("this run builds on {}", self.docker.engine())
             self._test(run, checkout, log)
         decided: list[str] = []
         try:
