@@ -142,7 +142,8 @@ class MultiPlatform:
         """CI_TEST_COMMAND in a container of each test platform, one after the other; the first failure stops."""
         engine = self.docker.platform()
         timings = []
-        for platform in self.test_platforms:
+        # The engine's own platform by default, built with the TARGET* arguments like every platform here.
+        for platform in self.test_platforms or (engine,):
             emulated = not can_run(engine, platform)
             output = _printer(log, f"test {platform}")
             reference = self.image.with_tag(TEST_PREFIX + slug(platform))

@@ -257,7 +257,7 @@ class Pipeline:
             if not dockerfile.is_file():
                 raise StepFailed("test", "the repository has no Dockerfile at its root")
             target = "test" if has_stage(dockerfile.read_text(errors="replace"), "test") else None
-            if self.platforms is not None and self.platforms.test_platforms:
+            if self.platforms is not None:
                 self.platforms.test(
                     checkout, command, target=target, timeout=timeout, buildargs=self.settings.build_args,
                     name=f"pi-cicd-ci-test-{self._instance}-run-{run.number}", log=log,

@@ -62,9 +62,9 @@ def _answers(host: str) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def second_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    root = tmp_path_factory.mktemp("engine2")
+def start_engine(root: Path) -> Engine:
+    """A second ``dockerd`` under ``root`` (socket, data root, exec root, pidfile); ``stop_engine`` ends it."""
+    root.mkdir(parents=True, exist_ok=True)
     with (root / "dockerd.log").open("ab") as log:
         process = subprocess.Popen(
             [
@@ -77,15 +77,29 @@ def second_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     engine = Engine(root, process)
     try:
         wait_for(lambda: _answers(engine.host), timeout=60, what="the second dockerd")
+    except BaseException:
+        stop_engine(engine)
+        raise
+    return engine
+
+
+def stop_engine(engine: Engine) -> None:
+    engine.process.terminate()
+    try:
+        engine.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        engine.process.kill()
+        engine.process.wait()
+    shutil.rmtree(engine.root / "data", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def second_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    engine = start_engine(tmp_path_factory.mktemp("engine2"))
+    try:
         yield engine
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(root / "data", ignore_errors=True)
+        stop_engine(engine)
 
 
 @dataclass
