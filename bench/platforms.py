@@ -15,10 +15,11 @@ a commit of its own (a new page), so every run builds its last layers. Variants:
 
 Numbers: wall seconds of the run; **machine CPU** (user + system of every process on the machine, from
 ``/proc/stat``: dockerd, containerd, QEMU and the build's own processes are where a build spends its CPU);
-**client CPU** (this process and the children it waited for: the agent's own share). The emulation factor
-of the test step is the run log's ``test for linux/arm64 took ... (emulated: N.Nx ...)``. Both engines
-run on this machine, so for the second engine only the client side is the "local machine's" share: the
-engine's work shows in the machine CPU whichever engine does it. The machine is shared: every row
+**engine CPU** (both dockerds' and containerds' own CPU, plus every container's from cgroup v1 ``cpuacct``
+of ``/docker``); **client CPU** (this process and the children it waited for: the agent's own share).
+The emulation factor of the test step is the run log's ``test for linux/arm64 took ... (emulated: N.Nx
+...)``. Both engines run on this machine, so for the second engine only the client side is the "local
+machine's" share: the engine's work shows in the machine CPU whichever engine does it. The machine is shared: every row
 carries the 1-minute load average, and machine CPU includes whatever else ran meanwhile.
 """
 
@@ -53,6 +54,27 @@ def machine_cpu() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu(pidfile: Path) -> float:
+    """User + system CPU seconds of the process named by ``pidfile`` (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pidfile.read_text().strip()}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def engine_cpu(pidfiles: list[Path]) -> float:
+    """CPU seconds of the Docker engines: each dockerd and its containerd (``pidfiles``), plus every
+    container's processes (cgroup v1 ``cpuacct`` of ``/docker``, which keeps the charges of removed
+    containers). Other sessions' containers on this machine are in it too."""
+    total = sum(process_cpu(pidfile) for pidfile in pidfiles)
+    try:
+        total += int(Path("/sys/fs/cgroup/cpuacct/docker/cpuacct.usage").read_text()) / 1e9
+    except OSError:
+        pass
+    return total
+
+
 def client_cpu() -> float:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
@@ -62,19 +84,20 @@ def client_cpu() -> float:
 class Sample:
     wall: float
     machine: float
+    engine: float
     client: float
     load: float
     steps: dict[str, float]
     factor: float | None
 
 
-def measure(release: Callable[[], str]) -> Sample:
-    machine, client, began = machine_cpu(), client_cpu(), time.monotonic()
+def measure(release: Callable[[], str], engines: list[Path]) -> Sample:
+    machine, engine, client, began = machine_cpu(), engine_cpu(engines), client_cpu(), time.monotonic()
     log = release()
     wall = time.monotonic() - began
     match = _FACTOR.search(log)
     return Sample(
-        wall, machine_cpu() - machine, client_cpu() - client, os.getloadavg()[0],
+        wall, machine_cpu() - machine, engine_cpu(engines) - engine, client_cpu() - client, os.getloadavg()[0],
         {step: float(seconds) for step, seconds in _STEP.findall(log)}, float(match[1]) if match else None,
     )
 
@@ -91,6 +114,7 @@ def summary(name: str, samples: list[Sample]) -> str:
     text = (
         f"{name:<16} wall {median([s.wall for s in samples]):6.1f}s"
         f"  machine CPU {median([s.machine for s in samples]):6.1f}s"
+        f"  engine CPU {median([s.engine for s in samples]):5.1f}s"
         f"  client CPU {median([s.client for s in samples]):5.2f}s"
         f"  ({steps}; load {median([s.load for s in samples]):.1f})"
     )
@@ -139,14 +163,18 @@ def main() -> None:
                             raise SystemExit(f"{agent.settings.ci_image}: run {run.number} {run.status}: {run.error}")
                         return agent.log(run)
 
-                    samples[name].append(measure(release))
+                    pidfiles = [Path("/var/run/docker.pid"), Path("/var/run/docker/containerd/containerd.pid"),
+                                engine.root / "docker.pid", engine.root / "exec" / "containerd" / "containerd.pid"]
+                    samples[name].append(measure(release, pidfiles))
                     print(f"round {round_number + 1} {name}: {samples[name][-1].wall:.1f}s", flush=True)
             print()
             for name in variants:
                 print(summary(name, samples[name]))
             local, remote = samples["local engine"], samples["second engine"]
-            share = statistics.median([s.client for s in remote]) / statistics.median([s.machine for s in local])
-            print(f"\nclient CPU of a build on the second engine / machine CPU of a local build: {share:.1%}")
+            remote_client = statistics.median([s.client for s in remote])
+            local_total = statistics.median([s.client + s.engine for s in local])
+            print(f"\nclient CPU of a build on the second engine / client + engine CPU of a local build: "
+                  f"{remote_client:.2f}s / {local_total:.2f}s = {remote_client / local_total:.1%}")
             for agent in agents.values():
                 for reference in agent.local_references():
                     agent.pipeline.docker.remove_image(reference)
