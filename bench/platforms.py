@@ -29,6 +29,7 @@ import argparse
 import os
 import re
 import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -182,6 +183,7 @@ def main() -> None:
                 agent.close()
         finally:
             stop_engine(engine)
+            shutil.rmtree(engine.root, ignore_errors=True)
             registry.stop()
 
 
