@@ -31,6 +31,11 @@ SLOW_BUILD = SAMPLE_DOCKERFILE.replace('CMD ["httpd"', 'RUN ["/bin/busybox", "sl
     "the run fails at step build saying the connection to that engine was lost (named), one email, nothing "
     "tagged; the next run builds on that engine again and releases, without restarting anything",
 )
+def _log_of(run: Run | None) -> str:
+    path = Path(run.log_path) if run is not None and run.log_path else None
+    return path.read_text() if path is not None and path.is_file() else ""
+
+
 # docker-py leaves the socket of a build stream the engine cut to the garbage collector (ResourceWarning).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_build_engine_lost_mid_build(
@@ -51,9 +56,7 @@ def test_build_engine_lost_mid_build(
     try:
         worker = threading.Thread(target=lambda: finished.append(agent.run(slow)), daemon=True)
         worker.start()
-        wait_for(lambda: agent.store.get(1) is not None and agent.store.get(1).log_path is not None  # type: ignore[union-attr]
-                 and "sleep" in Path(agent.store.get(1).log_path or "").read_text(), timeout=60,  # type: ignore[union-attr]
-                 what="the slow RUN step")
+        wait_for(lambda: "sleep" in _log_of(agent.store.get(1)), timeout=60, what="the slow RUN step")
         relay.down()
         worker.join(timeout=60)
         [broken] = finished
