@@ -13,4 +13,5 @@ pytest_plugins = [
     "tests.support.proxy_world",
     "tests.support.swarm_env",
     "tests.support.stacks",
+    "tests.support.build_hosts",
 ]

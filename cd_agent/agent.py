@@ -102,7 +102,7 @@ def open_agent(settings: CdSettings, *, docker_away_fails_the_run: bool = False)
         registry = stack.enter_context(
             RegistryClient(settings.image, username=settings.registry_username, password=settings.registry_password)
         )
-        docker = _docker_gateway(docker_away_fails_the_run)
+        docker = _docker_gateway(docker_away_fails_the_run, settings.cd_platform)
         stack.callback(docker.close)
         deployer = Deployer(settings, docker, state, runs, notifier, proxy=proxy_for(settings, docker))
         yield Agent(
@@ -110,9 +110,9 @@ def open_agent(settings: CdSettings, *, docker_away_fails_the_run: bool = False)
         )
 
 
-def _docker_gateway(unreachable_ok: bool) -> DockerGateway:
+def _docker_gateway(unreachable_ok: bool, platform: str | None) -> DockerGateway:
     try:
-        return DockerGateway.from_env()
+        return DockerGateway.from_env(platform=platform)
     except DockerUnavailable:
         if not unreachable_ok:
             raise
@@ -121,7 +121,7 @@ def _docker_gateway(unreachable_ok: bool) -> DockerGateway:
     # No version negotiation (it needs the engine): the SDK's default API version, for this one deploy.
     return DockerGateway(docker.DockerClient(
         **docker.utils.kwargs_from_env(), version=docker.constants.DEFAULT_DOCKER_API_VERSION, timeout=120
-    ))
+    ), platform=platform)
 
 
 def proxy_for(settings: CdSettings, docker: DockerGateway) -> ProxyController | None:

@@ -33,7 +33,7 @@ import urllib3
 from cd_agent import docker_lookup
 from cd_agent.engine import ContainerInfo, ImageInfo, MountInfo, NetworkAttachment, NetworkInfo, ProcessConfig
 from cd_agent.errors import DeployError, DockerUnavailable, EngineError
-from shared.platforms import Platform, engine_platform
+from shared.platforms import Platform, engine_platform, parse_platform
 
 if TYPE_CHECKING:
     from cd_agent.container_spec import ContainerSpec
@@ -61,9 +61,11 @@ CARRIED_HOST_CONFIG = (
 class DockerGateway:
     """Thin typed wrapper over ``docker.DockerClient``; construct with ``DockerGateway.from_env()``."""
 
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, *, platform: str | None = None) -> None:
         self._client = client
         self._api = client.api
+        # CD_PLATFORM: pulled from image indexes and given to new containers; None: the engine's own.
+        self._platform = platform
 
     @property
     def client(self) -> docker.DockerClient:
@@ -71,7 +73,7 @@ class DockerGateway:
         return self._client
 
     @classmethod
-    def from_env(cls, *, timeout: float = 120) -> DockerGateway:
+    def from_env(cls, *, timeout: float = 120, platform: str | None = None) -> DockerGateway:
         """Connect as the docker CLI would (``DOCKER_HOST`` or the local socket); negotiates the API version."""
         settings = docker.utils.kwargs_from_env()
         base_url = str(settings.get("base_url") or "unix:///var/run/docker.sock")
@@ -93,7 +95,7 @@ class DockerGateway:
             client = docker.from_env(version="auto", timeout=int(timeout))
         except _UNREACHABLE as exc:
             raise DockerUnavailable(f"cannot reach the Docker Engine (is dockerd running?): {exc}") from exc
-        return cls(client)
+        return cls(client, platform=platform)
 
     def close(self) -> None:
         self._client.close()
@@ -104,7 +106,10 @@ class DockerGateway:
 
     def platform(self) -> Platform:
         """The platform this engine pulls images for (``linux/amd64``, ``linux/arm64``, ``linux/arm/v7``):
-        ``Os``/``Arch`` from ``docker version``, the arm variant from ``docker info``'s ``Architecture``."""
+        ``Os``/``Arch`` from ``docker version``, the arm variant from ``docker info``'s ``Architecture``;
+        ``CD_PLATFORM`` when it is set."""
+        if self._platform is not None:
+            return parse_platform(self._platform)
         with docker_errors("version"):
             version = self._api.version()
         os, arch = str(version.get("Os") or ""), str(version.get("Arch") or "")
@@ -123,7 +128,8 @@ class DockerGateway:
         what = f"pull {repository}:{tag}"
         try:
             for line in self._api.pull(
-                repository, tag=tag, stream=True, decode=True, auth_config=dict(auth) if auth else None
+                repository, tag=tag, stream=True, decode=True, auth_config=dict(auth) if auth else None,
+                platform=self._platform,
             ):
                 if isinstance(line, dict) and line.get("error"):
                     raise DeployError(f"{what}: {line['error']}")
@@ -204,6 +210,7 @@ class DockerGateway:
                 user=process.user or None,
                 working_dir=process.working_dir or None,
                 healthcheck=dict(process.healthcheck) if process.healthcheck else None,
+                platform=self._platform,
             )
         container = str(created["Id"])
         try:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import ValidationInfo, field_validator
 
+from shared.platforms import parse_platform
 from shared.settings import SharedSettings
 
 if TYPE_CHECKING:
@@ -245,6 +246,9 @@ class CdSettings(SharedSettings):
     cd_proxy_image: str = "caddy:2"
     cd_proxy_grace: float = 30.0
     cd_init: bool = False
+    # "linux/arm64": the platform pulled from a release's image index and run (under QEMU user emulation
+    # when foreign); unset: the engine's own.
+    cd_platform: str | None = None
     cd_version_constraint: str | None = None
     cd_allow_prerelease: bool = False
     # CD_STRATEGY=swarm (cd_agent/swarm.py): the service, and the update config of a service the agent creates.
@@ -365,6 +369,13 @@ class CdSettings(SharedSettings):
         if value < 0:
             raise ValueError("must be a number of seconds, 0 or more")
         return value
+
+    @field_validator("cd_platform")
+    @classmethod
+    def _platform(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return str(parse_platform(value))  # its ValueError says the form
 
     @field_validator("cd_version_constraint")
     @classmethod

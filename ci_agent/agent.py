@@ -139,6 +139,8 @@ def _pipeline(
         username=settings.registry_username,
         password=settings.registry_password,
         build_timeout=settings.ci_build_timeout,
+        build_host=settings.ci_build_docker_host,
+        fallback_local=settings.ci_build_fallback_local,
     )
     closers.callback(docker.close)
     return Pipeline(settings, store, notifier, GitRunner(), docker, registry, report=statuses.report)

@@ -25,6 +25,7 @@ from pydantic import SecretStr
 
 from ci_agent.errors import Step, StepFailed
 from ci_agent.label_line import with_labels
+from shared.platforms import Platform, engine_platform, platform
 
 OutputSink = Callable[[str], None]
 
@@ -44,6 +45,21 @@ def _sdk_errors() -> tuple[type[BaseException], ...]:
     import urllib3
 
     return (_docker().errors.DockerException, requests.exceptions.RequestException, urllib3.exceptions.HTTPError)
+
+def _connect_errors() -> tuple[type[BaseException], ...]:
+    """What connecting to an engine raises when it cannot be reached: the SDK's errors, and for ssh://
+    paramiko's (refused, unknown host key, no key accepted) and plain OSError (no route, no such host)."""
+    errors: tuple[type[BaseException], ...] = (*_sdk_errors(), OSError)
+    try:
+        import paramiko
+    except ImportError:
+        return errors
+    return (*errors, paramiko.SSHException)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).strip() or type(exc).__name__
+
 
 _STAGE = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*\S+\s+AS\s+(?P<name>\S+)\s*$", re.IGNORECASE | re.MULTILINE)
 
@@ -137,6 +153,11 @@ class DockerGateway:
     ``client`` defaults to ``docker.from_env(version="auto")``; ``username``/``password`` are the
     registry credentials (``REGISTRY_USERNAME``/``REGISTRY_PASSWORD``) sent with each push.
     ``build_timeout`` bounds how long a build may stay silent.
+
+    ``build_host`` (``CI_BUILD_DOCKER_HOST``: ``unix://``, ``tcp://`` with ``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH``
+    as for the docker CLI, ``ssh://user@host`` through paramiko and ``~/.ssh``) is the engine every run builds,
+    tests and pushes on, chosen again at each run's start; when it cannot be reached the run fails, or with
+    ``fallback_local`` (``CI_BUILD_FALLBACK_LOCAL``) that run uses the local engine. Unset: the local engine.
     """
 
     def __init__(
@@ -146,6 +167,8 @@ class DockerGateway:
         username: str | None = None,
         password: SecretStr | None = None,
         build_timeout: float = 1800.0,
+        build_host: str | None = None,
+        fallback_local: bool = False,
     ) -> None:
         # Connected on first use, not here: an agent started while dockerd is down (boot order, a
         # restart) still starts and answers webhooks; its runs fail at their first Docker call with
@@ -155,21 +178,64 @@ class DockerGateway:
         self._username = username
         self._password = password
         self.build_timeout = build_timeout
+        self._build_host = build_host
+        self._fallback_local = fallback_local
+        self._engine = "the local Docker engine"  # what this run builds on, for its log
 
     @property
     def client(self) -> Any:
         with self._connecting:
             if self._client is None:
-                docker = _docker()
-                try:
-                    self._client = docker.from_env(version="auto")
-                except docker.errors.DockerException as exc:
-                    raise StepFailed("build", f"cannot reach the Docker Engine: {exc}") from exc
+                self._client = self._connect()
             return self._client
+
+    def _connect(self) -> Any:
+        docker = _docker()
+        if self._build_host is not None:
+            settings = docker.utils.kwargs_from_env(environment={**os.environ, "DOCKER_HOST": self._build_host})
+            try:
+                if self._build_host.startswith("unix://") and not os.path.exists(self._build_host[7:]):
+                    # Looked at first: docker-py leaks the socket of a failed unix connect.
+                    raise FileNotFoundError(f"no socket at {self._build_host[7:]}")
+                # A version negotiation that fails leaks its socket (docker-py): ask with a throwaway
+                # client of a fixed version that is always closed, then let the real one negotiate.
+                probe = docker.APIClient(version="1.24", timeout=30, **settings)
+                try:
+                    probe.ping()
+                finally:
+                    probe.close()
+                client = docker.DockerClient(**settings, version="auto")
+            except _connect_errors() as exc:
+                reason = f"cannot reach the build engine {self._build_host} (CI_BUILD_DOCKER_HOST): {_reason(exc)}"
+                if not self._fallback_local:
+                    raise StepFailed("build", reason) from exc
+                logger.warning("{}; building on the local engine (CI_BUILD_FALLBACK_LOCAL=true)", reason)
+                self._engine = f"the local Docker engine ({reason}; CI_BUILD_FALLBACK_LOCAL=true)"
+            else:
+                self._engine = f"the build engine {self._build_host}"
+                return client
+        try:
+            return docker.from_env(version="auto")
+        except docker.errors.DockerException as exc:
+            raise StepFailed("build", f"cannot reach the Docker Engine: {exc}") from exc
+
+    def engine(self) -> str:
+        """``the build engine ssh://ci@buildbox (Docker 24.0.7, linux/amd64)``: connects if needed (raising
+        ``StepFailed`` when it cannot), for the run's log."""
+        with self._errors("build", "docker version"):
+            version = self.client.version()
+        return f"{self._engine} (Docker {version.get('Version', '?')}, {version.get('Os')}/{version.get('Arch')})"
 
     def prepare(self) -> None:
         """Import the SDK and connect in the background, for a run about to start (checkout and host
-        tests wait on git and subprocesses meanwhile); a failure is left for the first real call to report."""
+        tests wait on git and subprocesses meanwhile); a failure is left for the first real call to report.
+        With a build engine, each run connects anew: a run after one that fell back tries that engine again."""
+        if self._build_host is not None:
+            with self._connecting:
+                if self._client is not None:
+                    with contextlib.suppress(*_sdk_errors()):
+                        self._client.close()
+                    self._client = None
         if self._client is not None:
             return
 
@@ -193,8 +259,14 @@ class DockerGateway:
         buildargs: Mapping[str, str] | None = None,
         on_output: OutputSink = _discard,
         step: Step = "build",
+        platform: str | None = None,
+        cache_from: Sequence[str] = (),
     ) -> str:
-        """Build ``context_dir``'s Dockerfile, tag it with every ``name:tag`` in ``tags``; return the image id."""
+        """Build ``context_dir``'s Dockerfile, tag it with every ``name:tag`` in ``tags``; return the image id.
+
+        ``platform`` (``linux/arm64``) builds for another platform, under QEMU user emulation where it is foreign.
+        ``cache_from``: only layers of these images (and their parents) are taken from the cache.
+        """
         if not tags:
             raise ValueError("build needs at least one tag")
         image_id: str | None = None
@@ -211,6 +283,8 @@ class DockerGateway:
                 forcerm=True,
                 decode=True,
                 timeout=self.build_timeout,
+                platform=platform,
+                cache_from=list(cache_from) or None,
             )
             stages = _StageTracker()
 
@@ -283,8 +357,9 @@ class DockerGateway:
         timeout: float,
         on_output: OutputSink = _discard,
         name: str | None = None,
+        platform: str | None = None,
     ) -> int:
-        """Run ``sh -c COMMAND`` in a new container of ``image``; return its exit code.
+        """Run ``sh -c COMMAND`` in a new container of ``image`` (built for ``platform``); return its exit code.
 
         The container publishes no ports and is removed afterwards; at ``timeout`` seconds it is
         killed and ``StepFailed("test", ...)`` is raised.
@@ -296,7 +371,7 @@ class DockerGateway:
             try:
                 container = self.client.containers.create(
                     image, entrypoint=["sh", "-c"], command=[command], name=name, detach=True,
-                    labels={"pi-cicd.role": "ci-test"},
+                    labels={"pi-cicd.role": "ci-test"}, **({"platform": platform} if platform else {}),
                 )
                 container.start()
                 reader = threading.Thread(
@@ -335,8 +410,9 @@ class DockerGateway:
                 stream.close()
         lines.close()
 
-    def push(self, repository: str, tag: str, *, on_output: OutputSink = _discard) -> None:
-        """Push ``repository:tag``; a failure reported inside the stream is ``StepFailed("push", ...)``."""
+    def push(self, repository: str, tag: str, *, on_output: OutputSink = _discard) -> str | None:
+        """Push ``repository:tag``; returns the manifest digest the engine reported (None if it did not say).
+        A failure reported inside the stream is ``StepFailed("push", ...)``."""
         auth: dict[str, str] | None = None
         if self._username and self._password is not None:
             auth = {"username": self._username, "password": self._password.get_secret_value()}
@@ -345,14 +421,35 @@ class DockerGateway:
                 repository, tag=tag, stream=True, decode=True, auth_config=auth
             )
             error: str | None = None
+            digest: str | None = None
             for chunk in stream:
                 error = error or _stream_error(chunk)
+                aux = chunk.get("aux")
+                if isinstance(aux, Mapping) and isinstance(aux.get("Digest"), str):
+                    digest = str(aux["Digest"])
                 # Progress bars are noise in a log file; the per-layer states and the digest are not.
                 if "status" in chunk and not chunk.get("progressDetail"):
                     layer = f"{chunk['id']}: " if chunk.get("id") else ""
                     on_output(f"{layer}{chunk['status']}")
             if error is not None:
                 raise StepFailed("push", f"docker push {repository}:{tag} failed: {error.strip()}")
+            return digest
+
+    def platform(self) -> Platform:
+        """The platform this engine builds for by default (``docker version``'s Os/Arch; for 32-bit arm the
+        variant from ``docker info``), as the CD agent reads it."""
+        with self._errors("build", "docker version"):
+            version = self.client.api.version()
+            arch = str(version.get("Arch") or "")
+            machine = str(self.client.api.info().get("Architecture") or "") if arch == "arm" else ""
+            return engine_platform(str(version.get("Os") or "linux"), arch, machine)
+
+    def image_platform(self, reference: str) -> Platform:
+        """The platform an image says it is for (its config's Os, Architecture and Variant)."""
+        with self._errors("build", f"docker inspect {reference}"):
+            data = self.client.api.inspect_image(reference)
+            return platform(str(data.get("Os") or ""), str(data.get("Architecture") or ""),
+                            str(data.get("Variant") or ""))
 
     def image_id(self, reference: str) -> str | None:
         try:
@@ -379,16 +476,17 @@ class DockerGateway:
         return True
 
     def _errors(self, step: Step, what: str) -> _DockerErrors:
-        return _DockerErrors(step, what)
+        return _DockerErrors(step, what, self._build_host)
 
 
 
 class _DockerErrors:
     """Converts the SDK's errors into ``StepFailed(step, ...)`` at this one boundary."""
 
-    def __init__(self, step: Step, what: str) -> None:
+    def __init__(self, step: Step, what: str, engine: str | None = None) -> None:
         self.step = step
         self.what = what
+        self.at = f" at {engine}" if engine else ""
 
     def __enter__(self) -> None:
         return None
@@ -403,7 +501,9 @@ class _DockerErrors:
             reason = exc.explanation or str(exc)
             raise StepFailed(self.step, f"{self.what} failed: {reason}") from exc
         if isinstance(exc, requests.exceptions.ConnectionError | urllib3.exceptions.ProtocolError):
-            raise StepFailed(self.step, f"{self.what} failed: lost the connection to the Docker Engine: {exc}") from exc
+            raise StepFailed(
+                self.step, f"{self.what} failed: lost the connection to the Docker Engine{self.at}: {exc}"
+            ) from exc
         if isinstance(exc, _sdk_errors()):
             raise StepFailed(self.step, f"{self.what} failed: {exc}") from exc
 

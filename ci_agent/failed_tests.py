@@ -37,6 +37,9 @@ def tests_key(settings: CiSettings) -> str:
         "timeout": settings.ci_test_timeout,
         "build_args": settings.ci_build_args,
     }
+    # Added only when set, so the key of a repository without platforms stays what it was.
+    if settings.ci_platforms or settings.ci_test_platforms:
+        parts["platforms"] = f"{settings.ci_platforms};{settings.ci_test_platforms}"
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -17,6 +17,8 @@ client, the store, the notifier, the clock), so the CLI and the webhook wire the
   registry's tags again just before the push, so an existing tag is never overwritten.
 * Local images: the test image stays tagged ``NAME:ci-test`` and the release ``NAME:latest``, so the
   next build finds its layer cache; the ``NAME:X.Y.Z`` tag and replaced images are removed.
+* ``CI_PLATFORMS`` / ``CI_TEST_PLATFORMS``: the test, build and push of those platforms are
+  ``ci_agent/multiplatform.py``'s; the steps, their order and what a failure stops stay these.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from ci_agent.failed_tests import DETAIL as FAILED_TESTS_DETAIL
 from ci_agent.failed_tests import tests_key
 from ci_agent.git import GitRunner, redact_url, strip_credentials
 from ci_agent.host_env import host_test_environment
+from ci_agent.multiplatform import MultiPlatform
 from ci_agent.payload import ZERO_SHA, PushEvent
 from ci_agent.release_guard import ReleaseGuard, RevisionCache, RunSkipped
 from ci_agent.settings import CiSettings
@@ -92,6 +95,9 @@ class Pipeline:
         self._looked_up: tuple[str, str] | None = None
         # Distinguishes this agent's test containers from another agent's on the same dockerd.
         self._instance = uuid.uuid4().hex[:8]
+        platforms, test_platforms = settings.platforms, settings.test_platforms
+        self.platforms = MultiPlatform(docker, registry, self.image, platforms, test_platforms) if (
+            platforms or test_platforms) else None
         self.guard = ReleaseGuard(
             repo_url=settings.ci_repo_url, git=git, registry=registry, store=store, workdir=self.checkout_dir,
             revisions=RevisionCache(settings.state_dir / "release-revisions.json"), on_superseded=report,
@@ -194,6 +200,8 @@ class Pipeline:
             log.info("checked out {} into {}", commit, checkout)
             self.guard.check(run, event, commit, log, remote_commit=remote_commit)
         with self._step("test", log):
+            if self.settings.ci_build_docker_host is not None:
+                log.info("this run builds on {}", self.docker.engine())
             self._test(run, checkout, log)
         decided: list[str] = []
         try:
@@ -249,6 +257,12 @@ class Pipeline:
             if not dockerfile.is_file():
                 raise StepFailed("test", "the repository has no Dockerfile at its root")
             target = "test" if has_stage(dockerfile.read_text(errors="replace"), "test") else None
+            if self.platforms is not None:
+                self.platforms.test(
+                    checkout, command, target=target, timeout=timeout, buildargs=self.settings.build_args,
+                    name=f"pi-cicd-ci-test-{self._instance}-run-{run.number}", log=log,
+                )
+                return
             test_image = self.image.with_tag(TEST_TAG)
             previous = self.docker.image_id(test_image)
             log.info("building the {} for the tests", "Dockerfile's `test` stage" if target else "image")
@@ -298,6 +312,9 @@ class Pipeline:
             VERSION_LABEL: version,
             CREATED_LABEL: self.clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
+        if self.platforms is not None and self.platforms.platforms:
+            self.platforms.build(checkout, labels, self.settings.build_args, log)
+            return
         tags = [self.image.with_tag(version)]
         previous_latest = None
         if move_latest:
@@ -315,19 +332,25 @@ class Pipeline:
         clash = taken_by(version, self.registry.list_tags())
         if clash is not None:
             raise StepFailed("push", f"tag {clash} appeared in the registry during this run; it is never overwritten")
-        tags = [version, "latest"] if move_latest else [version]
-        for tag in tags:
-            log.info("pushing {}", self.image.with_tag(tag))
-            for attempt in Retrying(
-                stop=stop_after_attempt(self.settings.ci_push_attempts),
-                wait=wait_exponential(multiplier=self.push_retry_wait, max=60),
-                retry=retry_if_exception_type(StepFailed),
-                reraise=True,
-            ):
-                with attempt:
-                    if attempt.retry_state.attempt_number > 1:
-                        log.warning("push of {} failed; attempt {}", tag, attempt.retry_state.attempt_number)
-                    self.docker.push(self.image.name, tag, on_output=_printer(log, "push"))
+        if self.platforms is not None and self.platforms.platforms:
+            self.platforms.push(version, move_latest, lambda tag: self._push_tag(tag, log), log)
+            return
+        for tag in [version, "latest"] if move_latest else [version]:
+            self._push_tag(tag, log)
+
+    def _push_tag(self, tag: str, log: loguru.Logger) -> str | None:
+        log.info("pushing {}", self.image.with_tag(tag))
+        for attempt in Retrying(
+            stop=stop_after_attempt(self.settings.ci_push_attempts),
+            wait=wait_exponential(multiplier=self.push_retry_wait, max=60),
+            retry=retry_if_exception_type(StepFailed),
+            reraise=True,
+        ):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    log.warning("push of {} failed; attempt {}", tag, attempt.retry_state.attempt_number)
+                return self.docker.push(self.image.name, tag, on_output=_printer(log, "push"))
+        return None  # not reached: the last attempt's error is raised
 
     def _email_failure(self, run: Run, event: PushEvent, failure: StepFailed, path: Path) -> None:
         short = event.after[:12]

@@ -6,6 +6,7 @@ or missing value raises ``SettingsError`` naming the variable, and the webhook s
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from ci_agent.payload import SEMVER_CORE, check_ref_name
 from ci_agent.versioning import TagStyle
+from shared.platforms import Platform, parse_platforms
 from shared.registry import ImageRef, parse_image_ref
 from shared.settings import SharedSettings, is_loopback_host
 
@@ -81,6 +83,14 @@ class CiSettings(SharedSettings):
     # Seconds between two `git ls-remote` of the repository (a Pi GitHub's webhooks cannot reach);
     # unset: no polling. See ci_agent/poller.py.
     ci_poll_interval: float | None = None
+    # Platforms (issue 22, ci_agent/multiplatform.py): "linux/arm64,linux/arm/v7" releases one OCI image index
+    # per version; unset, the build engine's own platform, one image. CI_TEST_PLATFORMS: where the tests run
+    # (unset: the engine's own platform only); foreign ones run under QEMU user emulation.
+    ci_platforms: str = ""
+    ci_test_platforms: str = ""
+    # The Docker engine the test and build steps run on (unix://, tcp://, ssh://user@host); unset: the local one.
+    ci_build_docker_host: str | None = None
+    ci_build_fallback_local: bool = False
 
     log_dir: Path = Path("logs/ci")
     state_dir: Path = Path("state/ci")
@@ -110,6 +120,46 @@ class CiSettings(SharedSettings):
     def build_args(self) -> dict[str, str]:
         """``CI_BUILD_ARGS`` as a dict; validated at start-up, so this cannot fail."""
         return parse_build_args(self.ci_build_args)
+
+    @property
+    def platforms(self) -> tuple[Platform, ...]:
+        """``CI_PLATFORMS`` parsed; validated at start-up, so this cannot fail."""
+        return parse_platforms(self.ci_platforms)
+
+    @property
+    def test_platforms(self) -> tuple[Platform, ...]:
+        """``CI_TEST_PLATFORMS`` parsed; validated at start-up, so this cannot fail."""
+        return parse_platforms(self.ci_test_platforms)
+
+    @field_validator("ci_platforms")
+    @classmethod
+    def _platforms(cls, value: str) -> str:
+        parse_platforms(value)  # its ValueError names the bad platform
+        return value
+
+    @field_validator("ci_test_platforms")
+    @classmethod
+    def _test_platforms(cls, value: str, info: ValidationInfo) -> str:
+        wanted = parse_platforms(value)
+        released = parse_platforms(info.data.get("ci_platforms") or "")
+        stray = [str(item) for item in wanted if released and item not in released]
+        if stray:
+            raise ValueError(f"names {', '.join(stray)}, which CI_PLATFORMS does not release")
+        if wanted and info.data.get("ci_test_runner") == "host":
+            raise ValueError("needs CI_TEST_RUNNER=docker (tests run for a platform inside a container of it)")
+        return value
+
+    @field_validator("ci_build_docker_host")
+    @classmethod
+    def _docker_host(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not re.fullmatch(r"(unix|tcp|ssh|npipe)://\S+", value):
+            raise ValueError("must be a Docker address: unix:///path, tcp://host:2376 or ssh://user@host")
+        if value.startswith("ssh://") and importlib.util.find_spec("paramiko") is None:
+            raise ValueError("ssh:// needs the paramiko package: pip install 'pi-cicd[ssh]'")
+        return value
 
     @field_validator("ci_build_args")
     @classmethod

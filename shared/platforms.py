@@ -71,6 +71,20 @@ def parse_platform(text: str) -> Platform:
     return platform(*parts)
 
 
+def parse_platforms(text: str) -> tuple[Platform, ...]:
+    """``"linux/arm64, linux/arm/v7"`` -> the platforms in that order; empty text -> ``()``. A repeated
+    platform (``linux/arm`` and ``linux/arm/v7`` are one) or a malformed one raises ValueError naming it."""
+    found: list[Platform] = []
+    for part in (piece.strip() for piece in text.split(",")):
+        if not part:
+            continue
+        item = parse_platform(part)
+        if item in found:
+            raise ValueError(f"platform {part!r} is named twice (as {item})")
+        found.append(item)
+    return tuple(found)
+
+
 def engine_platform(os: str, arch: str, machine: str) -> Platform:
     """The platform the Docker engine pulls for: ``Os``/``Arch`` of ``docker version`` (Go's names) and,
     for 32-bit arm, the variant from ``docker info``'s ``Architecture`` (the kernel's ``uname -m``).

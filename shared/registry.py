@@ -16,6 +16,10 @@ credentials go to those two and nowhere else: a ``Link`` to another origin is re
 host a redirect led to is not answered, and they never travel over plain http except to this machine.
 ``tags/list`` stops after ``MAX_TAG_PAGES`` pages or ``MAX_TAGS`` tags with a warning, so a registry
 cannot keep the agent paging forever.
+
+Its one write is ``put_index``, the CI agent's multi-platform release (``ci_agent/multiplatform.py``): the
+images are pushed by the build engine, the index naming them by digest is ``PUT`` here, with a token for
+``pull,push`` where the registry hands out tokens.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import ipaddress
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -260,6 +264,30 @@ class _Token:
     expires_at: float
 
 
+@dataclass(frozen=True)
+class IndexEntry:
+    """One image of a multi-platform release: its manifest (already in the repository) and its platform."""
+
+    digest: str
+    size: int
+    media_type: str
+    platform: Platform
+
+    def descriptor(self) -> dict[str, Any]:
+        fields = {"os": self.platform.os, "architecture": self.platform.architecture}
+        if self.platform.variant:
+            fields["variant"] = self.platform.variant
+        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size, "platform": fields}
+
+
+def index_manifest(entries: Sequence[IndexEntry]) -> bytes:
+    """The OCI image index of ``entries``, as the bytes that are ``PUT`` (their sha256 is its digest)."""
+    if not entries:
+        raise ValueError("an image index needs at least one image")
+    body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry.descriptor() for entry in entries]}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 class RegistryClient:
     """Reads tags, digests and labels of one repository; handles Bearer-token and Basic auth.
 
@@ -404,6 +432,32 @@ class RegistryClient:
                 offered.append(platform(os, architecture, variant if isinstance(variant, str) else ""))
         return offered
 
+    def entry(self, digest: str, platform: Platform) -> IndexEntry:
+        """The index entry of the image manifest ``digest`` (its size and media type, from a HEAD)."""
+        what = f"read the manifest {self.ref.name}@{digest}"
+        response = self._request(
+            "HEAD", f"/v2/{self.ref.repository}/manifests/{digest}", what=what, headers={"Accept": MANIFEST_ACCEPT}
+        )
+        media_type = response.headers.get("content-type", "").split(";")[0].strip()
+        length = response.headers.get("content-length", "")
+        if media_type not in IMAGE_MANIFEST_TYPES or not length.isdigit():
+            raise RegistryError(
+                f"cannot {what}: the registry answered {media_type or 'no media type'} and "
+                f"{length or 'no'} length, not an image manifest"
+            )
+        return IndexEntry(digest=digest, size=int(length), media_type=media_type, platform=platform)
+
+    def put_index(self, tag: str, entries: Sequence[IndexEntry]) -> str:
+        """Tag an OCI image index of ``entries`` (manifests already in this repository) as ``tag``; returns
+        the index's digest. Needs push rights; the registry refuses an index naming a manifest it lacks."""
+        body = index_manifest(entries)
+        what = f"tag the image index of {self.ref.with_tag(tag)}"
+        self._request(
+            "PUT", f"/v2/{self.ref.repository}/manifests/{tag}", what=what, headers={"Content-Type": OCI_INDEX},
+            content=body, push=True,
+        )
+        return "sha256:" + hashlib.sha256(body).hexdigest()
+
     def close(self) -> None:
         self._http.close()
 
@@ -439,22 +493,23 @@ class RegistryClient:
 
     # -- requests, auth and error mapping ---------------------------------------------------------
 
-    @property
-    def _scope(self) -> str:
-        return f"repository:{self.ref.repository}:pull"
+    def _scope(self, push: bool = False) -> str:
+        return f"repository:{self.ref.repository}:{'pull,push' if push else 'pull'}"
 
     def _request(
-        self, method: str, url: str, *, what: str, headers: Mapping[str, str] | None = None
+        self, method: str, url: str, *, what: str, headers: Mapping[str, str] | None = None,
+        content: bytes | None = None, push: bool = False,
     ) -> httpx.Response:
         """Send one request, answering at most one auth challenge, and map the outcome to our errors."""
-        response = self._send(method, url, headers, self._auth_header())
+        scope = self._scope(push)
+        response = self._send(method, url, headers, self._auth_header(scope), content)
         # Only the registry's own challenge is answered: a 401 from a host a redirect led to could name
         # any realm, and answering it would hand that host the credentials.
         if response.status_code == 401 and self._same_origin(str(response.url)):
             challenge = parse_challenge(response.headers.get("www-authenticate"))
-            authorization = self._answer_challenge(challenge, what)
+            authorization = self._answer_challenge(challenge, what, scope)
             if authorization is not None:
-                response = self._send(method, url, headers, authorization)
+                response = self._send(method, url, headers, authorization, content)
         if response.status_code == 401 and not self._same_origin(str(response.url)):
             raise RegistryAuthError(
                 f"cannot {what}: {method} {url} was redirected to {_origin_text(response.url)}, which asked for "
@@ -464,13 +519,14 @@ class RegistryClient:
         return response
 
     def _send(
-        self, method: str, url: str, headers: Mapping[str, str] | None, authorization: str | None
+        self, method: str, url: str, headers: Mapping[str, str] | None, authorization: str | None,
+        content: bytes | None = None,
     ) -> httpx.Response:
         all_headers = dict(headers or {})
         if authorization is not None and self._same_origin(url):
             all_headers["Authorization"] = authorization
         try:
-            response = self._http.request(method, url, headers=all_headers)
+            response = self._http.request(method, url, headers=all_headers, content=content)
         except httpx.TimeoutException as exc:
             raise RegistryUnavailable(
                 f"registry {self.ref.registry} did not answer {method} {url} in time: {exc}"
@@ -489,8 +545,8 @@ class RegistryClient:
         target = self._origin.join(url)
         return (target.scheme, target.host, target.port) == (self._origin.scheme, self._origin.host, self._origin.port)
 
-    def _auth_header(self) -> str | None:
-        token = self._tokens.get(self._scope)
+    def _auth_header(self, scope: str) -> str | None:
+        token = self._tokens.get(scope)
         if token is not None and token.expires_at > self._clock():
             return f"Bearer {token.value}"
         if self._use_basic and self._credentials is not None:
@@ -503,7 +559,7 @@ class RegistryClient:
             return self._username, self._password.get_secret_value()
         return None
 
-    def _answer_challenge(self, challenge: Challenge | None, what: str) -> str | None:
+    def _answer_challenge(self, challenge: Challenge | None, what: str, scope: str) -> str | None:
         if challenge is None:
             return None
         if challenge.scheme == "basic":
@@ -513,8 +569,8 @@ class RegistryClient:
             return _basic(*self._credentials)
         if challenge.scheme == "bearer":
             # A cached token the registry refused may have been revoked early: ask for a fresh one, once.
-            self._tokens.pop(self._scope, None)
-            return f"Bearer {self._fetch_token(challenge, self._scope, what)}"
+            self._tokens.pop(scope, None)
+            return f"Bearer {self._fetch_token(challenge, scope, what)}"
         return None
 
     def _fetch_token(self, challenge: Challenge, scope: str, what: str) -> str:

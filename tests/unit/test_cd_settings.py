@@ -217,3 +217,11 @@ def test_blue_green_has_its_proxy_settings_with_defaults():
 def test_blue_green_refuses_at_start_up_what_the_proxy_cannot_do(environ, message):
     with pytest.raises(SettingsError, match=message):
         load(CD_STRATEGY="blue-green", **environ)
+
+
+def test_cd_platform_is_normalised_and_checked():
+    assert load().cd_platform is None
+    assert load(CD_PLATFORM=" linux/aarch64 ").cd_platform == "linux/arm64"
+    assert load(CD_PLATFORM="linux/armhf").cd_platform == "linux/arm/v7"
+    with pytest.raises(SettingsError, match="CD_PLATFORM"):
+        load(CD_PLATFORM="arm64")

@@ -167,3 +167,30 @@ def test_build_args_are_parsed_into_a_dict():
     settings = load(CI_BUILD_ARGS="BASE_IMAGE=local/py:3.11, EMPTY=,X=a=b")
     assert settings.build_args == {"BASE_IMAGE": "local/py:3.11", "EMPTY": "", "X": "a=b"}
     assert load().build_args == {}
+
+
+def test_platforms_are_parsed_once_in_order():
+    settings = load(CI_PLATFORMS="linux/arm64, linux/arm/v7,linux/amd64", CI_TEST_PLATFORMS="linux/arm64")
+    assert [str(item) for item in settings.platforms] == ["linux/arm64", "linux/arm/v7", "linux/amd64"]
+    assert [str(item) for item in settings.test_platforms] == ["linux/arm64"]
+    assert load().platforms == () and load().test_platforms == ()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"CI_PLATFORMS": "arm64"}, "CI_PLATFORMS"),
+        ({"CI_PLATFORMS": "linux/arm64,linux/aarch64"}, "named twice"),
+        ({"CI_PLATFORMS": "linux/arm64", "CI_TEST_PLATFORMS": "linux/arm/v7"}, "linux/arm/v7, which CI_PLATFORMS"),
+        ({"CI_TEST_PLATFORMS": "linux/arm64", "CI_TEST_RUNNER": "host"}, "CI_TEST_RUNNER=docker"),
+        ({"CI_BUILD_DOCKER_HOST": "buildbox:2375"}, "CI_BUILD_DOCKER_HOST"),
+    ],
+)
+def test_bad_platform_and_build_host_settings_are_named(overrides: dict[str, str], expected: str):
+    assert expected in rejected(**overrides)
+
+
+def test_build_docker_host_takes_docker_addresses():
+    assert load(CI_BUILD_DOCKER_HOST="tcp://10.0.0.5:2376").ci_build_docker_host == "tcp://10.0.0.5:2376"
+    assert load(CI_BUILD_DOCKER_HOST="unix:///run/other.sock", CI_BUILD_FALLBACK_LOCAL="true").ci_build_fallback_local
+    assert load(CI_BUILD_DOCKER_HOST="").ci_build_docker_host is None

@@ -103,3 +103,14 @@ def test_describe_lists_platforms_without_attestation_entries() -> None:
 def test_parse_platform_rejects_what_is_not_os_arch_variant(text: str) -> None:
     with pytest.raises(ValueError, match="os/architecture"):
         parse_platform(text)
+
+
+def test_parse_platforms_keeps_order_and_refuses_repeats():
+    from shared.platforms import parse_platforms
+
+    assert [str(item) for item in parse_platforms(" linux/arm64,,linux/arm ")] == ["linux/arm64", "linux/arm/v7"]
+    assert parse_platforms("") == ()
+    with pytest.raises(ValueError, match="named twice"):
+        parse_platforms("linux/arm,linux/arm/v7")
+    with pytest.raises(ValueError, match="os/architecture"):
+        parse_platforms("linux/arm64,amd64")

@@ -24,7 +24,16 @@ from shared.errors import (
     RegistryNotFound,
     RegistryUnavailable,
 )
-from shared.registry import MANIFEST_ACCEPT, MAX_TAG_PAGES, MAX_TAGS, RateLimit, RegistryClient, parse_image_ref
+from shared.registry import (
+    DOCKER_MANIFEST,
+    MANIFEST_ACCEPT,
+    MAX_TAG_PAGES,
+    MAX_TAGS,
+    OCI_INDEX,
+    RateLimit,
+    RegistryClient,
+    parse_image_ref,
+)
 from shared.testing import capture_logs
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -634,3 +643,44 @@ def test_token_endpoint_rate_limit_is_rate_limited() -> None:
         with pytest.raises(RateLimited) as error:
             client.list_tags()
     assert error.value.retry_after == 12.0
+
+
+def test_put_index_asks_for_a_push_token_and_puts_the_oci_index_of_the_entries() -> None:
+    """The one write: an OCI index of manifests already in the repository, with a pull,push token."""
+    from shared.platforms import parse_platform
+    from shared.registry import IndexEntry
+
+    seen: dict[str, Any] = {}
+
+    def registry(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.docker.io":
+            seen["scope"] = request.url.params["scope"]
+            return httpx.Response(200, json={"token": "push-token"})
+        if request.headers.get("authorization") != "Bearer push-token":
+            challenge = HUB_CHALLENGE.replace(":pull", ":pull,push") if request.method == "PUT" else HUB_CHALLENGE
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        seen["type"], seen["body"] = request.headers["content-type"], json.loads(request.content)
+        return httpx.Response(201)
+
+    entries = [
+        IndexEntry("sha256:" + "a" * 64, 943, DOCKER_MANIFEST, parse_platform("linux/amd64")),
+        IndexEntry("sha256:" + "b" * 64, 943, DOCKER_MANIFEST, parse_platform("linux/arm/v7")),
+    ]
+    digest = client_for(registry, "docker.io/o/app", username="u", password=SecretStr("p")).put_index("1.2.0", entries)
+    assert seen["scope"] == "repository:o/app:pull,push"
+    assert seen["type"] == OCI_INDEX
+    assert seen["body"]["mediaType"] == OCI_INDEX
+    assert [entry["platform"] for entry in seen["body"]["manifests"]] == [
+        {"os": "linux", "architecture": "amd64"}, {"os": "linux", "architecture": "arm", "variant": "v7"},
+    ]
+    assert digest.startswith("sha256:") and len(digest) == 71
+
+
+def test_entry_refuses_what_is_not_an_image_manifest() -> None:
+    from shared.platforms import parse_platform
+
+    def registry(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Type": OCI_INDEX, "Content-Length": "300"})
+
+    with pytest.raises(RegistryError, match="not an image manifest"):
+        client_for(registry).entry("sha256:" + "c" * 64, parse_platform("linux/arm64"))
