@@ -1,10 +1,11 @@
 """A second Docker engine on this machine, and an sshd in front of it, for CI_BUILD_DOCKER_HOST.
 
 ``second_engine`` is a real ``dockerd`` with its own socket, data root, exec root and pidfile, started once per
-session under a temporary folder: no bridge and no iptables rules, so it leaves the machine's network and the
-shared dockerd alone. It reaches the test registry on 127.0.0.1 like any engine (127.0.0.0/8 is an insecure
-registry by default). ``ssh_engine`` is Debian's sshd on a loopback port with a host key and an authorized key
-made by the test; its sessions get ``DOCKER_HOST`` of the second engine (sshd's ``SetEnv``), so
+session under a temporary folder, on a bridge of its own and without iptables rules, so it leaves the machine's
+network and the shared dockerd alone. Not ``--bridge=none``: dockerd then *deletes* an existing ``docker0``
+(``removeDefaultBridgeInterface``), which cuts every container of the shared engine off its default network.
+It reaches the test registry on 127.0.0.1 like any engine (127.0.0.0/8 is an insecure registry by default).
+``ssh_engine`` is Debian's sshd on a loopback port with a host key and an authorized key made by the test; its sessions get ``DOCKER_HOST`` of the second engine (sshd's ``SetEnv``), so
 ``ssh://root@127.0.0.1:PORT`` reaches that engine as ``docker system dial-stdio`` would on a remote machine.
 The client side (paramiko, through the Docker SDK) reads ``$HOME/.ssh``: ``ssh_home`` is that folder.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ class Engine:
 
     root: Path
     process: subprocess.Popen[bytes]
+    bridge: str
 
     @property
     def socket(self) -> Path:
@@ -62,19 +65,40 @@ def _answers(host: str) -> bool:
     return True
 
 
+# The second engine's default network: outside dockerd's default pools (172.17-31.x, 192.168.x), so it can
+# never overlap a network the shared engine makes. Nothing is ever sent to it from outside the bridge.
+ENGINE_BRIDGE_ADDRESS = "10.199.254.1/24"
+
+
+def _add_bridge() -> str:
+    name = f"pcb{uuid.uuid4().hex[:8]}"  # IFNAMSIZ: at most 15 characters
+    for argv in (
+        ["ip", "link", "add", name, "type", "bridge"],
+        ["ip", "addr", "add", ENGINE_BRIDGE_ADDRESS, "dev", name],
+        ["ip", "link", "set", name, "up"],
+    ):
+        subprocess.run(argv, check=True, capture_output=True, timeout=30)
+    return name
+
+
+def _remove_bridge(name: str) -> None:
+    subprocess.run(["ip", "link", "del", name], check=False, capture_output=True, timeout=30)
+
+
 def start_engine(root: Path) -> Engine:
     """A second ``dockerd`` under ``root`` (socket, data root, exec root, pidfile); ``stop_engine`` ends it."""
     root.mkdir(parents=True, exist_ok=True)
+    bridge = _add_bridge()
     with (root / "dockerd.log").open("ab") as log:
         process = subprocess.Popen(
             [
                 shutil.which("dockerd") or "/usr/sbin/dockerd", "--host", f"unix://{root / 'docker.sock'}",
                 "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-                "--pidfile", str(root / "docker.pid"), "--bridge=none", "--iptables=false", "--ip-masq=false",
+                "--pidfile", str(root / "docker.pid"), f"--bridge={bridge}", "--iptables=false", "--ip-masq=false",
             ],
             stdout=log, stderr=log,
         )
-    engine = Engine(root, process)
+    engine = Engine(root, process, bridge)
     try:
         wait_for(lambda: _answers(engine.host), timeout=60, what="the second dockerd")
     except BaseException:
@@ -90,6 +114,7 @@ def stop_engine(engine: Engine) -> None:
     except subprocess.TimeoutExpired:
         engine.process.kill()
         engine.process.wait()
+    _remove_bridge(engine.bridge)
     shutil.rmtree(engine.root / "data", ignore_errors=True)
 
 
@@ -136,6 +161,9 @@ def ssh_engine(tmp_path_factory: pytest.TempPathFactory, second_engine: Engine) 
         f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
         f"SetEnv DOCKER_HOST={second_engine.host}\n"
+        # The Docker SDK opens an ssh session per HTTP connection of its pool over one ssh connection;
+        # sshd's default of 10 sessions per connection ran out during a build ("no more sessions").
+        "MaxSessions 64\n"
     )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation folder
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
