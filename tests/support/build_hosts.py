@@ -5,7 +5,8 @@ session under a temporary folder, on a bridge of its own and without iptables ru
 network and the shared dockerd alone. Not ``--bridge=none``: dockerd then *deletes* an existing ``docker0``
 (``removeDefaultBridgeInterface``), which cuts every container of the shared engine off its default network.
 It reaches the test registry on 127.0.0.1 like any engine (127.0.0.0/8 is an insecure registry by default).
-``ssh_engine`` is Debian's sshd on a loopback port with a host key and an authorized key made by the test; its sessions get ``DOCKER_HOST`` of the second engine (sshd's ``SetEnv``), so
+``ssh_engine`` is Debian's sshd on a loopback port with a host key and an authorized key made by the test;
+its sessions get ``DOCKER_HOST`` of the second engine (sshd's ``SetEnv``), so
 ``ssh://root@127.0.0.1:PORT`` reaches that engine as ``docker system dial-stdio`` would on a remote machine.
 The client side (paramiko, through the Docker SDK) reads ``$HOME/.ssh``: ``ssh_home`` is that folder.
 """
