@@ -10,27 +10,26 @@ from typing import TYPE_CHECKING
 
 from cd_agent.engine import Engine, ImageInfo
 from cd_agent.errors import CdError
-from cd_agent.settings import CdSettings
 from shared.versions import parse_version
 
 if TYPE_CHECKING:
     import loguru
 
+    from cd_agent.apps import AppTarget
+
 
 def fetch_image(
-    engine: Engine, settings: CdSettings, log: loguru.Logger, version: str, digest: str | None
+    engine: Engine, target: AppTarget, log: loguru.Logger, version: str, digest: str | None
 ) -> ImageInfo:
     """``CD_IMAGE:version``: the local image when it has ``digest`` already, else pulled; when the pull
     fails, the local image of that tag (a rollback must work while the registry is down)."""
-    repository = settings.image.name
+    repository = target.image.name
     reference = f"{repository}:{version}"
     local = engine.image(reference)
     if local is not None and digest is not None and local.digest_for(repository) == digest:
         log.info("{} is already here ({}); not pulling", reference, digest)
         return local
-    auth = None
-    if settings.registry_username and settings.registry_password:
-        auth = {"username": settings.registry_username, "password": settings.registry_password.get_secret_value()}
+    auth = target.registry_auth
     log.info("pulling {} while the current container keeps serving", reference)
     try:
         return engine.pull(repository, version, auth=auth)

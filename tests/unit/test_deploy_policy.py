@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from cd_agent.apps import single_target
 from cd_agent.container_spec import LABEL_MANAGED, LABEL_VERSION
 from cd_agent.deployer import Deployer
 from cd_agent.engine import NetworkAttachment, ProcessConfig
@@ -70,7 +71,8 @@ class World:
     ) -> Deployer:
         settings = self.settings(**overrides)
         deployer = Deployer(
-            settings, self.engine, DeployState(settings.state_path), RunStore(settings.runs_path),
+            single_target(settings), self.engine, DeployState(single_target(settings).paths.state),
+            RunStore(single_target(settings).paths.runs),
             Notifier(self.mailer, attempts=1), monotonic=self.time.monotonic, sleep=self.time.sleep,
             probe=probe, on_phase=on_phase,
         )
@@ -140,7 +142,7 @@ def test_a_first_deploy_runs_the_release_records_it_and_says_so(world: World) ->
     run = deployer.runs.get(1)
     assert run is not None and run.status == "succeeded" and run.failed_step is None
     email = world.emails(deployer)[-1]
-    assert email.subject == "deployed 1.0.0"
+    assert email.subject == "[app] deployed 1.0.0"
     assert f"{REPO}:1.0.0 is running as {NAME}." in email.body and "Previous version: none" in email.body
     assert f"Digest: {digest}" in email.body and "Health: still running after 1s" in email.body
 
@@ -219,7 +221,7 @@ def test_a_release_that_exits_is_rolled_back_quarantined_and_reported_truthfully
     run = deployer.runs.get(report.run or 0)
     assert run is not None and (run.status, run.failed_step) == ("failed", "health")
     email = world.emails(deployer)[-1]
-    assert email.subject == "deploy of 1.0.1 failed: rolled back to 1.0.0"
+    assert email.subject == "[app] deploy of 1.0.1 failed: rolled back to 1.0.0"
     assert "Failed at health: the container exited" in email.body
     assert "The version is quarantined" in email.body and "cannot open /etc/app.conf" in email.body
 
@@ -334,7 +336,7 @@ def test_a_version_missing_from_the_registry_fails_at_pull_without_touching_anyt
     assert report.error is not None and "9.9.9" in report.error
     assert world.engine.container(NAME) == before and not deployer.state.is_quarantined("9.9.9")
     email = world.emails(deployer)[-1]
-    assert email.subject == "deploy of 9.9.9 failed" and email.body.startswith(f"pull {REPO}:9.9.9")
+    assert email.subject == "[app] deploy of 9.9.9 failed" and email.body.startswith(f"pull {REPO}:9.9.9")
 
 
 def test_a_broken_first_deploy_leaves_nothing_behind_and_is_quarantined(world: World) -> None:
@@ -448,7 +450,7 @@ def test_a_manual_rollback_returns_to_the_previous_version_and_quarantines_the_o
     assert (report.outcome, report.version, report.previous) == ("deployed", "1.0.0", "1.1.0")
     assert world.serving() == "1.0.0"
     assert deployer.state.quarantined["1.1.0"].reason == "rolled back by hand to 1.0.0"
-    assert world.emails(deployer)[-1].subject == "rolled back to 1.0.0"
+    assert world.emails(deployer)[-1].subject == "[app] rolled back to 1.0.0"
 
 
 def test_rollback_without_a_previous_version_says_so(world: World) -> None:
