@@ -8,13 +8,13 @@ nor the Docker SDK, nor the web stack.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from loguru import logger
 
-from cd_agent.apps import AppTarget
+from cd_agent.apps import AppPaths, AppTarget
 from cd_agent.candidate import newest_release
 from cd_agent.deployer import Deployer
 from cd_agent.docker_gateway import DockerGateway
@@ -86,7 +86,8 @@ class Agent:
 
 @contextmanager
 def open_agent(
-    settings: CdAgentSettings, target: AppTarget, *, docker_away_fails_the_run: bool = False
+    settings: CdAgentSettings, target: AppTarget, *, siblings: Sequence[AppPaths] = (),
+    docker_away_fails_the_run: bool = False,
 ) -> Iterator[Agent]:
     """Build the agent for ``target`` (``settings``: the agent-wide ones, with the app's ``notify_to``); on exit
     wait for queued emails and close every connection.
@@ -107,7 +108,7 @@ def open_agent(
         stack.callback(docker.close)
         deployer = Deployer(
             target, docker, state, runs, notifier, proxy=proxy_for(target, docker),
-            log_retention=settings.log_retention_runs,
+            log_retention=settings.log_retention_runs, siblings=siblings,
         )
         yield Agent(
             settings=settings, target=target, state=state, registry=registry, deployer=deployer, docker=docker,

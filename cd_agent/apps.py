@@ -163,6 +163,10 @@ class Targets:
             "registry_password": app.registry_password,
         })
 
+    def siblings(self, app: AppTarget) -> tuple[AppPaths, ...]:
+        """The paths of the other apps of ``app``'s image: its image pruning keeps what they run."""
+        return tuple(other.paths for other in self.apps if other.name != app.name and other.image == app.image)
+
     def secret_values(self) -> list[str]:
         """Every secret of the agent and of its apps, for the log redactor."""
         values = self.settings.secret_values()

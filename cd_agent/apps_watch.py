@@ -92,7 +92,8 @@ class _AppThread:
         self._watch = watch
         self._after = after  # the thread this one replaces (a changed app): it finishes first
         self._deploys = _SlottedDeploys(
-            ChildDeploys(targets.settings_of(target), target, python=watch.python), watch.slots
+            ChildDeploys(targets.settings_of(target), target, siblings=targets.siblings(target), python=watch.python),
+            watch.slots,
         )
         self._thread = threading.Thread(target=self._run, name=f"watch-{target.name}", daemon=True)
 

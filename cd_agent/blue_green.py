@@ -246,7 +246,9 @@ class BlueGreen(StrategyBase):
         previous = Release(old_version, old_digest) if old_version else _other(self._state.current, version)
         self._state.record_deployed(Release(version, digest, new_id, self._clock()), previous)
         previous_version = previous.version if previous else None
-        prune_images(self._engine, self._target.image.name, log, version, previous_version)
+        prune_images(
+            self._engine, self._target.image.name, log, version, previous_version, keep=self._context.siblings_keep()
+        )
         return DeployReport("deployed", version, previous_version, downtime_s=0.0, digest=digest,
                             health="proven healthy before the proxy switched to it")
 

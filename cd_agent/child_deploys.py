@@ -20,7 +20,7 @@ import pickle
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from cd_agent.watcher import RolloutOutcome, app_logger
 from shared.errors import PiCicdError, RateLimited, RegistryUnavailable
 
 if TYPE_CHECKING:
-    from cd_agent.apps import AppTarget
+    from cd_agent.apps import AppPaths, AppTarget
 
 CHILD_MODULE = "cd_agent.deploy_child"
 
@@ -62,9 +62,13 @@ class ChildDeploys:
     (``CD_ENV_FILE``) is checked by the deploy, as before.
     """
 
-    def __init__(self, settings: CdAgentSettings, target: AppTarget, *, python: str = sys.executable) -> None:
+    def __init__(
+        self, settings: CdAgentSettings, target: AppTarget, *, siblings: Sequence[AppPaths] = (),
+        python: str = sys.executable,
+    ) -> None:
         self._settings = settings
         self.target = target
+        self._siblings = tuple(siblings)
         self._python = python
         self._log = app_logger(target.name)
 
@@ -101,7 +105,7 @@ class ChildDeploys:
         answer or raise its error."""
         payload = pickle.dumps({
             **request, "app": self.target.name, "target": self.target, "settings": self._settings,
-            "parent": os.getpid(),
+            "siblings": self._siblings, "parent": os.getpid(),
         })
         # stderr is ours: the child's console log lands where the watcher's does.
         process = subprocess.run(

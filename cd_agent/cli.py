@@ -122,7 +122,7 @@ def deploy(targets: Targets, args: argparse.Namespace) -> int:
     target = targets.app(args.app)
     if args.version is not None and parse_version(args.version) is None:
         build_parser().error(f"VERSION must be a release tag like 1.2.3, v1.2.3 or 1.2.3-rc.1, not {args.version!r}")
-    with open_agent(targets.settings_of(target), target) as agent:
+    with open_agent(targets.settings_of(target), target, siblings=targets.siblings(target)) as agent:
         report = agent.deploy(args.version, force=args.force)
     return _finish(report, "deploy", args.json)
 
@@ -131,7 +131,7 @@ def rollback(targets: Targets, args: argparse.Namespace) -> int:
     from cd_agent.agent import open_agent
 
     target = targets.app(args.app)
-    with open_agent(targets.settings_of(target), target) as agent:
+    with open_agent(targets.settings_of(target), target, siblings=targets.siblings(target)) as agent:
         report = agent.deployer.rollback()
     return _finish(report, "rollback", args.json)
 
@@ -141,8 +141,11 @@ def status(targets: Targets, args: argparse.Namespace) -> int:
     data = [app_status(app) for app in apps]
     if args.json:
         # One app answers as `status --json` always did; several are listed under "apps".
-        print(json.dumps(data[0] if len(data) == 1 else {"apps": [{"app": d.pop("app"), **d} for d in data]},
-                         indent=2))
+        if len(data) == 1:
+            answer = {key: value for key, value in data[0].items() if key not in ("app", "last_deploy")}
+        else:
+            answer = {"apps": data}
+        print(json.dumps(answer, indent=2))
         return 0
     now = datetime.now(UTC)
     blocks = []

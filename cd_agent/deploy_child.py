@@ -72,7 +72,10 @@ def _serve(settings: CdAgentSettings, target: AppTarget, request: dict[str, Any]
     stage = "open"
     try:
         # A deploy with Docker away fails inside its run, as it did under a watcher connected since its start.
-        with open_agent(settings, target, docker_away_fails_the_run=request["job"] == "roll_out") as agent:
+        with open_agent(
+            settings, target, siblings=request.get("siblings", ()),
+            docker_away_fails_the_run=request["job"] == "roll_out",
+        ) as agent:
             stage = "job"
             return JOBS[request["job"]](agent, request)
     except PiCicdError as exc:

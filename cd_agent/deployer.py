@@ -12,14 +12,14 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 
 from loguru import logger
 
-from cd_agent.apps import AppTarget
+from cd_agent.apps import AppPaths, AppTarget
 from cd_agent.blue_green import Proxy
 from cd_agent.container_spec import LABEL_VERSION
 from cd_agent.engine import Engine
@@ -63,6 +63,7 @@ class Deployer:
         swarm: SwarmServices | None = None,
         proxy: Proxy | None = None,
         log_retention: int = 200,
+        siblings: Sequence[AppPaths] = (),
     ) -> None:
         self.target = target
         self.docker = docker
@@ -74,7 +75,8 @@ class Deployer:
         self._sleep = sleep
         self._probe = probe
         self._log_retention = log_retention  # LOG_RETENTION_RUNS, counted in the app's own log folder
-        context = DeployContext(target, docker, state, clock, monotonic, sleep, on_phase)
+        self._siblings = tuple(siblings)
+        context = DeployContext(target, docker, state, clock, monotonic, sleep, on_phase, self._siblings_keep)
         if target.strategy == "swarm" and swarm is None:
             from cd_agent.swarm_services import DockerSwarm
 
@@ -180,6 +182,22 @@ class Deployer:
             sleep=self._sleep,
             probe=self._probe,
         )
+
+    def _siblings_keep(self) -> frozenset[str] | None:
+        """The current and previous versions of the other apps of this image (``siblings``: their paths);
+        None when one cannot be read."""
+        versions: set[str] = set()
+        for paths in self._siblings:
+            if not paths.state.exists():
+                continue
+            try:
+                with DeployState(paths.state) as state:
+                    versions.update(release.version for release in (state.current, state.previous) if release)
+            except CdError as exc:
+                # Unreadable: keep every older tag rather than guess (pruning is housekeeping).
+                logger.warning("not pruning images: cannot read {}: {}", paths.state, exc)
+                return None
+        return frozenset(versions)
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:

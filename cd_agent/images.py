@@ -6,6 +6,7 @@ container keeps serving, and after a healthy deploy the current and previous ima
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from cd_agent.engine import Engine, ImageInfo
@@ -40,12 +41,17 @@ def fetch_image(
         return local
 
 
-def prune_images(engine: Engine, repository: str, log: loguru.Logger, current: str, previous: str | None) -> None:
-    """Remove local tags of ``repository`` older than ``current``, except ``previous``; never fails a deploy."""
+def prune_images(
+    engine: Engine, repository: str, log: loguru.Logger, current: str, previous: str | None,
+    keep: Collection[str] | None = (),
+) -> None:
+    """Remove local tags of ``repository`` older than ``current``, except ``previous`` and ``keep`` (the
+    versions other apps of the same image run or roll back to; None: they are not known, prune nothing);
+    never fails a deploy."""
     floor = parse_version(current)
-    if floor is None:
+    if floor is None or keep is None:
         return
-    keep = {current, previous}
+    kept = {current, previous, *keep}
     try:
         images = engine.images(repository)
     except CdError as exc:
@@ -55,7 +61,7 @@ def prune_images(engine: Engine, repository: str, log: loguru.Logger, current: s
         for reference in image.tags:
             tag = reference.rpartition(":")[2]
             version = parse_version(tag)
-            if tag in keep or version is None or version >= floor:
+            if tag in kept or version is None or version >= floor:
                 continue
             try:
                 engine.remove_image(reference)

@@ -34,6 +34,8 @@ class DeployContext:
     monotonic: Callable[[], float]
     sleep: Callable[[float], None]
     on_phase: Callable[[Phase], None] | None = None
+    # The versions other apps of the same image run or roll back to: image pruning keeps them.
+    siblings_keep: Callable[[], frozenset[str] | None] = frozenset
 
 
 @dataclass

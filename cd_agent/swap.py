@@ -176,7 +176,10 @@ class Swap(StrategyBase):
         previous = self._previous_release(attempt)
         self._state.record_deployed(Release(attempt.version, attempt.digest, proven.new_id, self._clock()), previous)
         previous_version = previous.version if previous else None
-        prune_images(self._engine, self._target.image.name, log, attempt.version, previous_version)
+        prune_images(
+            self._engine, self._target.image.name, log, attempt.version, previous_version,
+            keep=self._context.siblings_keep(),
+        )
         return DeployReport(
             "deployed", attempt.version, previous_version, downtime_s=downtime, health=proven.verdict.reason,
             digest=attempt.digest,

@@ -49,12 +49,11 @@ class BlueGreenWorld(World):
         probe: Callable[[str, float], tuple[bool, str]] | None = None,
         **overrides: str,
     ) -> Deployer:
-        settings = self.settings(**overrides)
+        target = single_target(self.settings(**overrides))
         deployer = Deployer(
-            single_target(settings), self.engine, DeployState(single_target(settings).paths.state),
-            RunStore(single_target(settings).paths.runs),
+            target, self.engine, DeployState(target.paths.state), RunStore(target.paths.runs),
             Notifier(self.mailer, attempts=1), monotonic=self.time.monotonic, sleep=self.time.sleep,
-            probe=probe or self.probe, on_phase=on_phase, proxy=self.proxy,
+            probe=probe or self.probe, on_phase=on_phase, proxy=self.proxy, siblings=self.siblings,
         )
         self.opened.append(deployer)
         return deployer

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from cd_agent.apps import single_target
+from cd_agent.apps import AppPaths, single_target
 from cd_agent.container_spec import LABEL_MANAGED, LABEL_VERSION
 from cd_agent.deployer import Deployer
 from cd_agent.engine import NetworkAttachment, ProcessConfig
 from cd_agent.errors import DeployError, DockerUnavailable, EngineError, NothingToDeploy
 from cd_agent.settings import CdSettings
-from cd_agent.state import SWAP_PHASES, DeployState, Phase
+from cd_agent.state import SWAP_PHASES, DeployState, Phase, Release
 from shared.notify import Email, Notifier
 from shared.runstore import RunStore
 from shared.settings import load_settings
@@ -54,6 +54,7 @@ class World:
         self.mailer = RecordingMailer()
         self.time = FakeTime()
         self.opened: list[Deployer] = []
+        self.siblings: tuple[AppPaths, ...] = ()  # other apps of the same image
 
     def settings(self, **overrides: str) -> CdSettings:
         environ = {
@@ -69,12 +70,11 @@ class World:
         probe: Callable[[str, float], tuple[bool, str]] = lambda url, timeout: (False, "no URL here"),
         **overrides: str,
     ) -> Deployer:
-        settings = self.settings(**overrides)
+        target = single_target(self.settings(**overrides))
         deployer = Deployer(
-            single_target(settings), self.engine, DeployState(single_target(settings).paths.state),
-            RunStore(single_target(settings).paths.runs),
+            target, self.engine, DeployState(target.paths.state), RunStore(target.paths.runs),
             Notifier(self.mailer, attempts=1), monotonic=self.time.monotonic, sleep=self.time.sleep,
-            probe=probe, on_phase=on_phase,
+            probe=probe, on_phase=on_phase, siblings=self.siblings,
         )
         self.opened.append(deployer)
         return deployer
@@ -162,6 +162,20 @@ def test_an_upgrade_replaces_the_container_keeps_the_previous_image_and_prunes_o
     # the anonymous /cache volume moved from container to container
     caches = {m.name for box in world.engine.boxes.values() for m in box.info.mounts if m.destination == "/cache"}
     assert len(caches) == 1
+
+
+def test_pruning_keeps_the_image_another_app_of_the_same_image_runs(world: World) -> None:
+    sibling = AppPaths(world.root / "state" / "apps" / "stable", world.root / "logs" / "stable")
+    with DeployState(sibling.state) as state:
+        state.set_current(Release("1.0.0"))
+    world.siblings = (sibling,)
+    deployer = world.deployer()
+    for version in ("1.0.0", "1.1.0", "1.2.0"):
+        world.push(version)
+        assert deployer.deploy(version).outcome == "deployed"
+
+    # Alone, 1.0.0 would be pruned after 1.2.0 (see above): the other app runs it.
+    assert sorted(world.engine.local) == [f"{REPO}:{v}" for v in ("1.0.0", "1.1.0", "1.2.0")]
 
 
 def test_the_same_version_again_is_a_noop_unless_forced(world: World) -> None:
