@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from cd_agent.container_spec import read_env_file
+from cd_agent.container_spec import LABEL_MANAGED, read_env_file
 from cd_agent.errors import CdError
 from cd_agent.images import fetch_image
 from cd_agent.recovery import Recovery
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from cd_agent.apps import AppTarget
 
 ADOPTED = "adopted"
-LABEL_MANAGED = "pi-cicd.managed"
 # CD_RESTART_POLICY in Swarm's words: Swarm has no "unless-stopped" (a scaled-down service stays down).
 RESTART_CONDITIONS = {"unless-stopped": "any", "always": "any", "on-failure": "on-failure", "no": "none"}
 _POLL_S = 0.5

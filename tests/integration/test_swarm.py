@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cd_agent.swarm import LABEL_MANAGED
+from cd_agent.container_spec import LABEL_MANAGED
 from tests.support.cd_apps import SILENT, cd_agent, kill_deploy_at
 from tests.support.oci_index import S390X, Publisher, engine_of
 from tests.support.polling import wait_for
