@@ -111,8 +111,9 @@ def _dies_with(parent: int) -> bool:
 def _finish_on_signals() -> None:
     """SIGTERM and SIGINT (systemd and a terminal signal the whole group) do not cut a deploy short: the
     watcher, which logs the signal, waits for this process as it waited for the deploy under way before.
-    Ignored rather than logged: a handler that logs could land inside a log call of the deploy."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    Nor does SIGHUP (the watcher's reload; a closed terminal). Ignored rather than logged: a handler that
+    logs could land inside a log call of the deploy."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
 
 
