@@ -67,8 +67,7 @@ def test_a_broken_app_is_quarantined_alone_and_the_other_keeps_deploying(
     "`cd-agent watch` with two apps SIGKILLed while one app's deploy of a release that never answers is at its "
     "health check (swap: its old container already stopped), the other app idle",
     "the next start reconciles every app before polling: the interrupted app's old release serves again and "
-    "is current, its run ends interrupted; the other app is untouched; then the release fails its health "
-    "check, is rolled back and quarantined",
+    "is current, no journal is left, its run of the release ends interrupted; the other app is untouched",
 )
 def test_a_kill_mid_deploy_with_two_apps_is_reconciled_per_app_at_the_next_start(
     cd_world: CdWorld, new_world: Callable[[], CdWorld], apps_file: AppsFile, watches: list[WatchProcess],
@@ -87,6 +86,7 @@ def test_a_kill_mid_deploy_with_two_apps_is_reconciled_per_app_at_the_next_start
     deploying.releases.push("1.1.0", "silent")
     wait_for(lambda: (apps_file.state(deploying.name)["deploy_in_progress"] or {}).get("phase") == "new_started",
              timeout=90, what="the deploy of 1.1.0 at its health check")
+    idle_container = idle.docker_client.containers.get(idle.name).id
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(10)
     assert deploying.served() is None  # the kill landed with the app down
@@ -94,18 +94,18 @@ def test_a_kill_mid_deploy_with_two_apps_is_reconciled_per_app_at_the_next_start
     # Apps-file edits at the restart would be a reload's business: the same file, the same apps.
     second = WatchProcess(apps_file.environ(), apps_file.root)
     watches.append(second)
-    wait_for(lambda: second.lines("reconcile: undid the interrupted deploy of 1.1.0"), timeout=60,
-             what="the start-up reconcile of the interrupted app")
-    assert deploying.served() == "1.0.0"
+    undone = wait_for(lambda: second.lines("reconcile: undid the interrupted deploy of 1.1.0"), timeout=60,
+                      what="the start-up reconcile of the interrupted app")
+    assert f"1.0.0 is serving again as {deploying.name}" in undone[0]
+    assert current(apps_file, deploying) == "1.0.0"
     assert idle.served() == "1.0.0" and current(apps_file, idle) == "1.0.0"
+    assert idle.docker_client.containers.get(idle.name).id == idle_container  # not recreated
     with RunStore(apps_file.paths(deploying.name).runs) as runs:
         assert [(run.version, run.status) for run in runs.list(kind="deploy") if run.version == "1.1.0"][-1] == (
             "1.1.0", "interrupted"
         )
-    wait_for(lambda: quarantined(apps_file, deploying) == ["1.1.0"], timeout=240,
-             what="1.1.0 tried again, failed and quarantined")
-    assert deploying.served() == "1.0.0" and current(apps_file, deploying) == "1.0.0"
-    observed(second.lines("reconcile:")[0].split(" - ", 1)[-1])
+    # The watcher goes on to try 1.1.0 again (and fails its health check): not this scenario's business.
+    observed(undone[0].split(" - ", 1)[-1])
     assert second.stop() == 0
 
 
