@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+from loguru import logger
 
 from bench.idle_cpu import cpu_seconds, rss_mib
 from bench.poll_cost import NoDeploy, populate
@@ -128,6 +129,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="idle window once every app has polled")
     parser.add_argument("--interval", default="30", help="poll_interval of every app (default 30)")
     args = parser.parse_args()
+    logger.remove()  # the in-process watchers of the request count would log every poll
+    logger.add(sys.stderr, level="WARNING")
 
     with tempfile.TemporaryDirectory(prefix="many-apps-") as scratch:
         root = Path(scratch)
