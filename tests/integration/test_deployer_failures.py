@@ -42,7 +42,7 @@ def test_a_release_whose_process_exits_is_rolled_back_quarantined_and_reported(
     deployer.notifier.flush(10)
     messages = smtp_server.wait_for_messages(2, timeout=10)
     failure = messages[-1]
-    assert failure["Subject"] == "deploy of 1.0.1 failed: rolled back to 1.0.0"
+    assert failure["Subject"] == f"[{cd_world.name}] deploy of 1.0.1 failed: rolled back to 1.0.0"
     body = failure.get_content()
     assert "cannot open /etc/app.conf" in body and "quarantined" in body
 
