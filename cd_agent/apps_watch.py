@@ -194,6 +194,8 @@ class AppsWatch:
             return
         old = self.targets
         everything_changed = new.settings != old.settings
+        if new.settings.cd_max_parallel_deploys != old.settings.cd_max_parallel_deploys:
+            logger.warning("reload: CD_MAX_PARALLEL_DEPLOYS changes at the next start, not at a reload")
         new_names = {app.name for app in new.apps}
         for name in [name for name in self._apps if name not in new_names]:
             app = self._apps.pop(name)
