@@ -104,7 +104,7 @@ def open_agent(
         registry = stack.enter_context(
             RegistryClient(target.image, username=target.registry_username, password=target.registry_password)
         )
-        docker = _docker_gateway(docker_away_fails_the_run, settings.cd_platform)
+        docker = _docker_gateway(docker_away_fails_the_run, target.platform)
         stack.callback(docker.close)
         deployer = Deployer(
             target, docker, state, runs, notifier, proxy=proxy_for(target, docker),

@@ -109,6 +109,7 @@ class AppTarget:
     proxy_image: str
     proxy_grace: float
     init: bool
+    platform: str | None  # CD_PLATFORM ("linux/arm64"); None: the engine's own
     constraint: Constraint | None
     allow_prerelease: bool
     service: str
@@ -194,6 +195,7 @@ def app_target(settings: CdSettings, name: str, paths: AppPaths) -> AppTarget:
         proxy_image=settings.cd_proxy_image,
         proxy_grace=settings.cd_proxy_grace,
         init=settings.cd_init,
+        platform=settings.cd_platform,
         constraint=settings.constraint,
         allow_prerelease=settings.cd_allow_prerelease,
         service=settings.cd_service or settings.cd_container_name,
