@@ -14,4 +14,5 @@ pytest_plugins = [
     "tests.support.swarm_env",
     "tests.support.stacks",
     "tests.support.build_hosts",
+    "tests.support.many_apps",
 ]

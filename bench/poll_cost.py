@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 from loguru import logger
 
+from cd_agent.apps import single_target
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState, Release
 from cd_agent.watcher import Watcher
@@ -133,13 +134,13 @@ def main() -> int:
             )
             transport = CountingTransport()
             with RegistryClient(parse_image_ref(image), transport=transport) as client, \
-                    DeployState(settings.state_path) as state:
+                    DeployState(single_target(settings).paths.state) as state:
                 tags = client.list_tags()
                 newest = highest(tags)
                 if newest is None:
                     print(f"{image} has no release tags", file=sys.stderr)
                     return 1
-                watcher = Watcher(settings, client, NoDeploy(), state)
+                watcher = Watcher(single_target(settings), client, NoDeploy(), state)
                 print(f"{image}: {len(tags)} tags, newest {newest}, {args.polls} polls each")
                 state.set_current(Release(str(newest)))
                 idle = measure(watcher, transport, args.polls)

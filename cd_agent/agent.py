@@ -1,4 +1,4 @@
-"""Wiring: every object the CD agent needs, built from ``CdSettings`` in one place.
+"""Wiring: every object the CD agent needs for one app, built from its ``AppTarget`` in one place.
 
 The command line asks for what a command needs and no more: ``status`` opens only the state file;
 ``deploy`` and ``rollback`` also connect to Docker and the registry. ``watch`` builds an agent only in
@@ -8,12 +8,13 @@ nor the Docker SDK, nor the web stack.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from loguru import logger
 
+from cd_agent.apps import AppPaths, AppTarget
 from cd_agent.candidate import newest_release
 from cd_agent.deployer import Deployer
 from cd_agent.docker_gateway import DockerGateway
@@ -22,7 +23,7 @@ from cd_agent.fleet_platforms import FleetPlatformCheck
 from cd_agent.platform_check import PlatformCheck
 from cd_agent.proxy import DockerProxyEngine, ProxyController, ProxyStateFile
 from cd_agent.report import DeployReport
-from cd_agent.settings import CdSettings
+from cd_agent.settings import CdAgentSettings
 from cd_agent.state import DeployState
 from shared.notify import Notifier, notifier_from_settings
 from shared.registry import RegistryClient
@@ -35,9 +36,10 @@ EMAIL_FLUSH_SECONDS = 30.0
 
 @dataclass
 class Agent:
-    """The CD agent's objects, alive inside :func:`open_agent`."""
+    """The CD agent's objects for one app, alive inside :func:`open_agent`."""
 
-    settings: CdSettings
+    settings: CdAgentSettings
+    target: AppTarget
     state: DeployState
     registry: RegistryClient
     deployer: Deployer
@@ -53,10 +55,10 @@ class Agent:
         if version is None:
             quarantined = () if force else self.state.quarantined_versions
             version = newest_release(
-                self.registry.list_tags(), self.settings.constraint, quarantined, self.settings.cd_allow_prerelease
+                self.registry.list_tags(), self.target.constraint, quarantined, self.target.allow_prerelease
             )
             if version is None:
-                raise NothingToDeploy(f"{self.settings.image.name} has no release to deploy{self._within()}")
+                raise NothingToDeploy(f"{self.target.image.name} has no release to deploy{self._within()}")
         digest = self.registry.manifest_digest(version)
         if digest is None:
             # `deploy 1.3.0` when the release is tagged v1.3.0, and the reverse.
@@ -64,7 +66,7 @@ class Agent:
             if other is not None:
                 version, digest = other, self.registry.manifest_digest(other)
         if digest is None:
-            raise NothingToDeploy(f"{self.settings.image.with_tag(version)} does not exist in the registry")
+            raise NothingToDeploy(f"{self.target.image.with_tag(version)} does not exist in the registry")
         problem = None if force else self.platforms().problem(version, digest)
         if problem is not None:
             raise DeployError(f"{problem}: not deployed, nothing was pulled (--force tries anyway)", version=version)
@@ -72,41 +74,45 @@ class Agent:
 
     def platforms(self) -> PlatformCheck:
         """What checks a release's platforms against this engine's (every node's under Swarm)."""
-        swarm = getattr(self.deployer, "swarm", None)  # CD_STRATEGY=swarm: every node's platform counts
+        swarm = self.deployer.swarm  # CD_STRATEGY=swarm: every node's platform counts
         if swarm is not None:
             return FleetPlatformCheck(self.docker.platform, swarm.node_platforms, self.registry)
         return PlatformCheck(self.docker.platform, self.registry)
 
     def _within(self) -> str:
-        constraint = self.settings.constraint
+        constraint = self.target.constraint
         return f" within CD_VERSION_CONSTRAINT={constraint}" if constraint is not None else ""
 
 
-def open_state(settings: CdSettings) -> DeployState:
-    return DeployState(settings.state_path)
-
-
 @contextmanager
-def open_agent(settings: CdSettings, *, docker_away_fails_the_run: bool = False) -> Iterator[Agent]:
-    """Build the agent; on exit wait for queued emails and close every connection.
+def open_agent(
+    settings: CdAgentSettings, target: AppTarget, *, siblings: Sequence[AppPaths] = (),
+    docker_away_fails_the_run: bool = False,
+) -> Iterator[Agent]:
+    """Build the agent for ``target`` (``settings``: the agent-wide ones, with the app's ``notify_to``); on exit
+    wait for queued emails and close every connection.
 
     Docker out of reach raises ``DockerUnavailable``, unless ``docker_away_fails_the_run``: then the agent is
     built with a client that has not connected, and each Docker call fails inside the deploy's run (a failed
     run, its email, the watcher's backoff), as when Docker went away under a watcher connected since its start.
     """
     with ExitStack() as stack:
-        state = stack.enter_context(open_state(settings))
-        runs = stack.enter_context(RunStore(settings.runs_path))
+        state = stack.enter_context(DeployState(target.paths.state))
+        runs = stack.enter_context(RunStore(target.paths.runs))
         notifier = notifier_from_settings(settings)
         stack.callback(_close_notifier, notifier)
         registry = stack.enter_context(
-            RegistryClient(settings.image, username=settings.registry_username, password=settings.registry_password)
+            RegistryClient(target.image, username=target.registry_username, password=target.registry_password)
         )
-        docker = _docker_gateway(docker_away_fails_the_run, settings.cd_platform)
+        docker = _docker_gateway(docker_away_fails_the_run, target.platform)
         stack.callback(docker.close)
-        deployer = Deployer(settings, docker, state, runs, notifier, proxy=proxy_for(settings, docker))
+        deployer = Deployer(
+            target, docker, state, runs, notifier, proxy=proxy_for(target, docker),
+            log_retention=settings.log_retention_runs, siblings=siblings,
+        )
         yield Agent(
-            settings=settings, state=state, registry=registry, deployer=deployer, docker=docker, notifier=notifier
+            settings=settings, target=target, state=state, registry=registry, deployer=deployer, docker=docker,
+            notifier=notifier,
         )
 
 
@@ -124,17 +130,17 @@ def _docker_gateway(unreachable_ok: bool, platform: str | None) -> DockerGateway
     ), platform=platform)
 
 
-def proxy_for(settings: CdSettings, docker: DockerGateway) -> ProxyController | None:
-    """The blue-green proxy (its upstream kept in STATE_DIR/proxy.json); None for the swap."""
-    if settings.cd_strategy != "blue-green":
+def proxy_for(target: AppTarget, docker: DockerGateway) -> ProxyController | None:
+    """The blue-green proxy (its upstream kept in the app's ``proxy.json``); None for the other strategies."""
+    if target.strategy != "blue-green":
         return None
     return ProxyController(
         DockerProxyEngine(docker.client),
-        ProxyStateFile(settings.state_dir / "proxy.json"),
-        app=settings.cd_container_name,
-        image=settings.cd_proxy_image,
-        ports=settings.ports,
-        grace_period_s=settings.cd_proxy_grace,
+        ProxyStateFile(target.paths.proxy_state),
+        app=target.container_name,
+        image=target.proxy_image,
+        ports=list(target.ports),
+        grace_period_s=target.proxy_grace,
     )
 
 

@@ -43,7 +43,8 @@ from cd_agent.engine import ContainerInfo
 from cd_agent.errors import CdError, DeployError, EngineError, ProxyError
 from cd_agent.health import HealthChecker
 from cd_agent.images import fetch_image, prune_images
-from cd_agent.proxy import network_name, proxied_ports
+from cd_agent.proxy import network_name
+from cd_agent.proxy_ports import proxied_ports
 from cd_agent.report import DeployReport, Outcome
 from cd_agent.state import BLUE_GREEN_PHASES, Journal, Release
 from cd_agent.strategy import Attempt, DeployContext, StepFailure, StrategyBase, release_version
@@ -83,8 +84,8 @@ def alias_of(app: str, container: ContainerInfo) -> str | None:
 
 
 class BlueGreen(StrategyBase):
-    """Deploys a release of ``settings.cd_image`` behind ``proxy``, the serving container called
-    ``settings.cd_container_name``."""
+    """Deploys a release of ``target.image`` behind ``proxy``, the serving container called
+    ``target.container_name``."""
 
     def __init__(
         self, context: DeployContext, proxy: Proxy, *, health: Callable[[str | None], HealthChecker]
@@ -102,9 +103,9 @@ class BlueGreen(StrategyBase):
         except CdError as exc:
             log.error("could not set up the proxy: {}", exc)
             return DeployReport("failed", version, current, str(exc), failed_step="proxy")
-        repository = self._settings.image.name
+        repository = self._target.image.name
         try:
-            image = fetch_image(self._engine, self._settings, log, version, digest)
+            image = fetch_image(self._engine, self._target, log, version, digest)
         except CdError as exc:
             log.error("could not get the image: {}", exc)
             return DeployReport("failed", version, current, str(exc), failed_step="pull")
@@ -115,8 +116,8 @@ class BlueGreen(StrategyBase):
             kept = self._engine.container(kept_name(self._name))
             spec = beside(
                 build_spec(
-                    self._settings, image=f"{repository}:{version}", version=version, digest=digest,
-                    env=read_env_file(self._settings.cd_env_file), old=old, run=run,
+                    self._target, image=f"{repository}:{version}", version=version, digest=digest,
+                    env=read_env_file(self._target.env_file), old=old, run=run,
                     old_image=self._engine.image(old.image_id) if old is not None else None,
                 ),
                 name=colour_name(self._name, colour), network=network_name(self._name),
@@ -131,6 +132,7 @@ class BlueGreen(StrategyBase):
         old_digest = (old.labels.get(LABEL_DIGEST) or None) if old else None
         self._state.begin_journal(Journal(
             version=version, container_name=self._name, phase="bg_pulled", started_at=self._clock(), run=run,
+            strategy=self._target.strategy,
             digest=digest, old_container_id=old.id if old else None, old_version=old_version, old_digest=old_digest,
         ))
         self._phase("bg_pulled")
@@ -176,7 +178,7 @@ class BlueGreen(StrategyBase):
             step = "start"
             self._engine.start(new_id)
             self._journal(phase="bg_started")
-            log.info("started {}; health check (timeout {:g}s)", attempt.version, self._settings.cd_health_timeout)
+            log.info("started {}; health check (timeout {:g}s)", attempt.version, self._target.health_timeout)
             step = "health"
             verdict = self._health(self._direct_url(new_id)).wait(new_id)
         except CdError as exc:
@@ -190,16 +192,16 @@ class BlueGreen(StrategyBase):
 
     def _direct_url(self, container: str) -> str | None:
         """CD_HEALTH_URL's path at the container's own address (it publishes no port): users are not asked."""
-        url = self._settings.cd_health_url
+        url = self._target.health_url
         if url is None:
             return None
         info = self._engine.container(container)
         if info is None or not info.running:
             return None  # the checker sees it stopped and fails it at once
         parts = urlsplit(url)
-        published = {port.host_port: port.container_port for port in self._settings.ports if port.host_port}
+        published = {port.host_port: port.container_port for port in self._target.ports if port.host_port}
         port = published.get(parts.port) if parts.port else None
-        port = port or proxied_ports(self._settings.ports)[0]
+        port = port or proxied_ports(self._target.ports)[0]
         try:
             address = self._proxy.address(container)
         except ProxyError:
@@ -228,9 +230,9 @@ class BlueGreen(StrategyBase):
             old_now = self._engine.container(old.id)
             if old_now is not None:
                 if old_now.running:
-                    self._sleep(self._settings.cd_proxy_grace)
-                    self._engine.stop(old.id, timeout=self._settings.cd_stop_timeout)
-                    log.info("stopped {} after a {:g}s grace period", old_version, self._settings.cd_proxy_grace)
+                    self._sleep(self._target.proxy_grace)
+                    self._engine.stop(old.id, timeout=self._target.stop_timeout)
+                    log.info("stopped {} after a {:g}s grace period", old_version, self._target.proxy_grace)
                 if old_now.name != kept_name(self._name):
                     # The release kept until now stays until this one is proven: a failed deploy keeps
                     # the rollback target. Only one is kept.
@@ -244,7 +246,9 @@ class BlueGreen(StrategyBase):
         previous = Release(old_version, old_digest) if old_version else _other(self._state.current, version)
         self._state.record_deployed(Release(version, digest, new_id, self._clock()), previous)
         previous_version = previous.version if previous else None
-        prune_images(self._engine, self._settings.image.name, log, version, previous_version)
+        prune_images(
+            self._engine, self._target.image.name, log, version, previous_version, keep=self._context.siblings_keep()
+        )
         return DeployReport("deployed", version, previous_version, downtime_s=0.0, digest=digest,
                             health="proven healthy before the proxy switched to it")
 

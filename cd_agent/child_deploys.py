@@ -20,16 +20,17 @@ import pickle
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from loguru import logger
+from typing import TYPE_CHECKING, Any
 
 from cd_agent.errors import CdError
-from cd_agent.settings import CdSettings
-from cd_agent.watcher import RolloutOutcome
+from cd_agent.settings import CdAgentSettings
+from cd_agent.watcher import RolloutOutcome, app_logger
 from shared.errors import PiCicdError, RateLimited, RegistryUnavailable
+
+if TYPE_CHECKING:
+    from cd_agent.apps import AppPaths, AppTarget
 
 CHILD_MODULE = "cd_agent.deploy_child"
 
@@ -53,16 +54,23 @@ class ChildDeploy:
 
 
 class ChildDeploys:
-    """Runs the start-up reconcile and each deploy in ``python -m cd_agent.deploy_child``.
+    """Runs the start-up reconcile and each deploy of one app in ``python -m cd_agent.deploy_child``.
 
-    The child gets ``settings`` as they were read and validated at start-up (pickled on its stdin), not read
-    again: a ``.env`` edited since does not apply half-way, and what a deploy reads itself (``CD_ENV_FILE``)
-    is checked by the deploy, as before.
+    The child is handed the app's name, its ``target`` and the agent-wide ``settings`` as they were read
+    and validated at start-up or at the last reload (pickled on its stdin), and reads no settings itself:
+    a ``.env`` or apps file edited since does not apply half-way, and what a deploy reads itself
+    (``CD_ENV_FILE``) is checked by the deploy, as before.
     """
 
-    def __init__(self, settings: CdSettings, *, python: str = sys.executable) -> None:
+    def __init__(
+        self, settings: CdAgentSettings, target: AppTarget, *, siblings: Sequence[AppPaths] = (),
+        python: str = sys.executable,
+    ) -> None:
         self._settings = settings
+        self.target = target
+        self._siblings = tuple(siblings)
         self._python = python
+        self._log = app_logger(target.name)
 
     def reconcile(self) -> str:
         """Finish or undo an interrupted deploy; returns what was done. Raises ``ChildError``: the child's
@@ -76,7 +84,7 @@ class ChildDeploys:
         try:
             result = self._run({"job": "roll_out", "version": version, "digest": digest, "deployed": deployed})
         except _ChildDied as died:
-            logger.error("deploy of {} failed: {}; reconciling", version, died)
+            self._log.error("deploy of {} failed: {}; reconciling", version, died)
             self._reconcile_after_a_kill()
             return RolloutOutcome(ChildDeploy("failed", str(died)))
         deploy = result.get("deploy")
@@ -90,12 +98,15 @@ class ChildDeploys:
         try:
             self.reconcile()  # logs what it did ("reconcile: undid the interrupted deploy of ...")
         except PiCicdError as exc:
-            logger.error("reconcile after the failed deploy failed: {}; the next deploy reconciles again", exc)
+            self._log.error("reconcile after the failed deploy failed: {}; the next deploy reconciles again", exc)
 
     def _run(self, request: dict[str, Any]) -> dict[str, Any]:
         """Start the child with ``request`` on stdin, wait for it (a stop request lets it finish), return its
         answer or raise its error."""
-        payload = pickle.dumps({**request, "settings": self._settings, "parent": os.getpid()})
+        payload = pickle.dumps({
+            **request, "app": self.target.name, "target": self.target, "settings": self._settings,
+            "siblings": self._siblings, "parent": os.getpid(),
+        })
         # stderr is ours: the child's console log lands where the watcher's does.
         process = subprocess.run(
             [self._python, "-m", CHILD_MODULE], input=payload, stdout=subprocess.PIPE, check=False

@@ -2,13 +2,14 @@
 
 ::
 
-    cd-agent watch                       reconcile, then poll the registry and deploy new releases
-    cd-agent deploy [VERSION] [--force]  deploy VERSION (the newest release when omitted) now
-    cd-agent rollback                    go back to the previous version
-    cd-agent status [--json]             deployed, previous, quarantined, last and next poll
+    cd-agent watch                                   reconcile every app, then poll and deploy new releases
+    cd-agent deploy [--app NAME] [VERSION] [--force] deploy VERSION (the newest release when omitted) now
+    cd-agent rollback [--app NAME]                   go back to the previous version
+    cd-agent status [--app NAME] [--json]            deployed, previous, quarantined, last poll and deploy
 
-Settings are read once (environment over ``.env``); errors are turned into a message on stderr and an
-exit code in exactly one place, :func:`main`.
+Settings (and ``CD_APPS_FILE``'s apps) are read once (environment over ``.env``); ``--app`` may be left out
+when there is one app. Errors are turned into a message on stderr and an exit code in exactly one place,
+:func:`main`.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from cd_agent.errors import CdError, DeployError
-from cd_agent.settings import CdSettings
+from cd_agent.apps import AppTarget, Targets, load_targets
+from cd_agent.errors import DeployError
 from cd_agent.state import DeployState
 from shared.errors import PiCicdError
 from shared.logs import configure_logging
-from shared.settings import load_settings, read_environment
+from shared.runstore import RunStore
+from shared.settings import read_environment
 from shared.versions import parse_version
 
 if TYPE_CHECKING:
@@ -52,15 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="file with settings, under the environment (default: .env in the working directory)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    app = argparse.ArgumentParser(add_help=False)
+    app.add_argument("--app", metavar="NAME", help="the app (a [apps.NAME] of CD_APPS_FILE); optional with one app")
 
     commands.add_parser(
         "watch", help="poll the registry and deploy new releases (runs until SIGTERM/SIGINT)",
-        description="Finish or undo an interrupted deploy, then poll the registry every CD_POLL_INTERVAL "
-        "seconds and deploy each new release. Stops cleanly on SIGTERM or SIGINT.",
+        description="Finish or undo an interrupted deploy of every app, then poll the registry every "
+        "CD_POLL_INTERVAL seconds (each app its own) and deploy each new release. SIGHUP reloads "
+        "CD_APPS_FILE. Stops cleanly on SIGTERM or SIGINT.",
     )
 
     deploy = commands.add_parser(
-        "deploy", help="deploy a version now (the newest release when VERSION is omitted)",
+        "deploy", parents=[app], help="deploy a version now (the newest release when VERSION is omitted)",
         description="Deploy VERSION now, with the same swap, health check and rollback as the watcher. "
         "Without VERSION: the newest release within CD_VERSION_CONSTRAINT that is not quarantined.",
     )
@@ -69,16 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--json", action="store_true", help="print the deploy report as JSON")
 
     rollback = commands.add_parser(
-        "rollback", help="go back to the previous version",
+        "rollback", parents=[app], help="go back to the previous version",
         description="Deploy the previous version again; the version rolled back from is quarantined so the "
         "watcher does not bring it straight back.",
     )
     rollback.add_argument("--json", action="store_true", help="print the report as JSON")
 
     status = commands.add_parser(
-        "status", help="show the deployed and previous version, quarantine and polls",
-        description="Show what is deployed, what was before, which versions are quarantined, and when the "
-        "watcher last polled and polls next.",
+        "status", parents=[app], help="show the deployed and previous version, quarantine and polls of each app",
+        description="Show, for every app (or the one --app names), what is deployed, what was before, which "
+        "versions are quarantined, when the watcher last polled and polls next, and the last deploy.",
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     return parser
@@ -88,9 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; returns the exit code (0 ok, 1 failed, 2 bad settings or usage, see errors.py)."""
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(CdSettings, read_environment(args.env_file))
-        configure_logging("cd", settings.secret_values(), level=settings.log_level)
-        return COMMANDS[args.command](settings, args)
+        targets = load_targets(read_environment(args.env_file))
+        configure_logging("cd", targets.secret_values(), level=targets.settings.log_level)
+        return COMMANDS[args.command](targets, args)
     except PiCicdError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -99,66 +104,91 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def watch(settings: CdSettings, args: argparse.Namespace) -> int:
+def watch(targets: Targets, args: argparse.Namespace) -> int:
     # Only what an idle poll uses is imported here: the reconcile and each deploy run in a child process
     # (cd_agent.child_deploys), so Docker's SDK and the deployer never become resident in the watcher.
-    from cd_agent.child_deploys import ChildDeploys, ChildError
-    from cd_agent.tls_on_demand import TlsOnDemand
-    from cd_agent.watcher import Watcher
-    from shared.registry import RegistryClient
+    from cd_agent.apps_watch import AppsWatch
 
-    stop = threading.Event()
-    deploys = ChildDeploys(settings)
-    with (
-        _stopping_on_signals(stop),
-        DeployState(settings.state_path) as state,
-        RegistryClient(
-            settings.image, username=settings.registry_username, password=settings.registry_password,
-            transport=TlsOnDemand(),
-        ) as registry,
-    ):
-        try:
-            deploys.reconcile()
-        except ChildError as exc:
-            if exc.stage == "open":
-                raise  # Docker out of reach or the state unreadable: the agent cannot start
-            # The watcher's first deploy reconciles again; the app may well be serving.
-            logger.error("reconcile at start-up failed: {}; watching anyway", exc)
-        Watcher(settings, registry, None, state, rollout=deploys).run_forever(stop)
+    stop, wake, reload_requested = threading.Event(), threading.Event(), threading.Event()
+    watch = AppsWatch(targets, load=lambda: load_targets(read_environment(args.env_file)), python=sys.executable)
+    with _stopping_on_signals(stop, wake, reload_requested):
+        watch.run(stop, wake, reload_requested)
     return 0
 
 
-def deploy(settings: CdSettings, args: argparse.Namespace) -> int:
+def deploy(targets: Targets, args: argparse.Namespace) -> int:
     from cd_agent.agent import open_agent
 
+    target = targets.app(args.app)
     if args.version is not None and parse_version(args.version) is None:
         build_parser().error(f"VERSION must be a release tag like 1.2.3, v1.2.3 or 1.2.3-rc.1, not {args.version!r}")
-    with open_agent(settings) as agent:
+    with open_agent(targets.settings_of(target), target, siblings=targets.siblings(target)) as agent:
         report = agent.deploy(args.version, force=args.force)
     return _finish(report, "deploy", args.json)
 
 
-def rollback(settings: CdSettings, args: argparse.Namespace) -> int:
+def rollback(targets: Targets, args: argparse.Namespace) -> int:
     from cd_agent.agent import open_agent
 
-    with open_agent(settings) as agent:
+    target = targets.app(args.app)
+    with open_agent(targets.settings_of(target), target, siblings=targets.siblings(target)) as agent:
         report = agent.deployer.rollback()
     return _finish(report, "rollback", args.json)
 
 
-def status(settings: CdSettings, args: argparse.Namespace) -> int:
-    with DeployState(settings.state_path) as state:
-        data = {"image": settings.image.name, "container": settings.cd_container_name, **state.to_json()}
-    if settings.cd_strategy == "swarm":
-        data["service"] = _swarm_status(settings)
+def status(targets: Targets, args: argparse.Namespace) -> int:
+    apps = [targets.app(args.app)] if args.app is not None or len(targets.apps) == 1 else list(targets.apps)
+    data = [app_status(app) for app in apps]
     if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        print(format_status(data, now=datetime.now(UTC)), end="")
+        # One app answers as `status --json` always did; several are listed under "apps".
+        if len(data) == 1:
+            answer = {key: value for key, value in data[0].items() if key not in ("app", "last_deploy")}
+        else:
+            answer = {"apps": data}
+        print(json.dumps(answer, indent=2))
+        return 0
+    now = datetime.now(UTC)
+    blocks = []
+    for item in data:
+        last = item.pop("last_deploy")
+        text = format_status(item, now=now)
+        blocks.append(text + format_last_deploy(last, now, width=len(text.split("  ", 1)[0]) + 2))
+    print("\n".join(blocks), end="")
     return 0
 
 
-COMMANDS: dict[str, Callable[[CdSettings, argparse.Namespace], int]] = {
+def app_status(target: AppTarget) -> dict[str, Any]:
+    """What ``cd-agent status`` shows of one app; ``app`` and ``last_deploy`` only for the listing."""
+    with DeployState(target.paths.state) as state:
+        data: dict[str, Any] = {"image": target.image.name, "container": target.container_name, **state.to_json()}
+    from cd_agent.strategies import STRATEGIES
+
+    status_of = STRATEGIES[target.strategy].status
+    if status_of is not None:
+        data["service"] = status_of(target)
+    return {"app": target.name, **data, "last_deploy": _last_deploy(target)}
+
+
+def _last_deploy(target: AppTarget) -> dict[str, Any] | None:
+    if not target.paths.runs.exists():
+        return None
+    with RunStore(target.paths.runs) as runs:
+        last = runs.list(limit=1, kind="deploy")
+    if not last:
+        return None
+    run = last[0]
+    return {"run": run.number, "version": run.version, "status": run.status,
+            "at": (run.finished_at or run.started_at or run.created_at).isoformat()}
+
+
+def format_last_deploy(last: dict[str, Any] | None, now: datetime, *, width: int) -> str:
+    if last is None:
+        return f"{'last deploy'.ljust(width)}-\n"
+    return (f"{'last deploy'.ljust(width)}run {last['run']}: {last['version'] or '?'} {last['status']}, "
+            f"{_when(last['at'], now)}\n")
+
+
+COMMANDS: dict[str, Callable[[Targets, argparse.Namespace], int]] = {
     "watch": watch, "deploy": deploy, "rollback": rollback, "status": status,
 }
 
@@ -192,7 +222,8 @@ def _summary(report: DeployReport) -> str:
 
 def format_status(data: dict[str, Any], *, now: datetime) -> str:
     """The status as aligned ``label  value`` lines for a terminal."""
-    rows: list[tuple[str, str]] = [("image", data["image"]), ("container", data["container"])]
+    rows: list[tuple[str, str]] = [("app", data["app"])] if "app" in data else []
+    rows += [("image", data["image"]), ("container", data["container"])]
     rows.append(("deployed", _release(data["current"], now)))
     rows.append(("previous", _release(data["previous"], now)))
     quarantined = data["quarantined"]
@@ -211,21 +242,6 @@ def format_status(data: dict[str, Any], *, now: datetime) -> str:
     rows.extend(_service_rows(data.get("service")))
     width = max(len(label) for label, _ in rows) + 2
     return "".join(f"{label.ljust(width)}{value}\n" for label, value in rows)
-
-
-def _swarm_status(settings: CdSettings) -> dict[str, Any]:
-    from cd_agent.swarm import service_name, service_status
-    from cd_agent.swarm_services import DockerSwarm
-
-    name = service_name(settings)
-    try:
-        services = DockerSwarm.from_env()
-        try:
-            return service_status(services, name)
-        finally:
-            services.close()
-    except CdError as exc:
-        return {"name": name, "error": str(exc)}
 
 
 def _service_rows(service: dict[str, Any] | None) -> list[tuple[str, str]]:
@@ -274,14 +290,23 @@ def _duration(seconds: float) -> str:
 
 
 @contextmanager
-def _stopping_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGINT set ``stop``; a deploy under way finishes first, then the loop ends."""
+def _stopping_on_signals(
+    stop: threading.Event, wake: threading.Event, reload_requested: threading.Event
+) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``stop`` (deploys under way finish first, then the loop ends); SIGHUP sets
+    ``reload_requested`` (what ``systemctl reload`` sends). Either sets ``wake``."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        logger.info("{} received: stopping after the current step", signal.Signals(signum).name)
-        stop.set()
+        if signum == signal.SIGHUP:
+            logger.info("SIGHUP received: reloading the apps")
+            reload_requested.set()
+        else:
+            logger.info("{} received: stopping after the current step", signal.Signals(signum).name)
+            stop.set()
+        wake.set()
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
     finally:

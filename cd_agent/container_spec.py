@@ -32,13 +32,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from dotenv import dotenv_values
 
 from cd_agent.engine import ContainerInfo, Engine, ImageInfo, NetworkAttachment, ProcessConfig
 from cd_agent.errors import DeployError
-from cd_agent.settings import CdSettings, NetworkJoin, PortMapping, read_env_text
+from cd_agent.settings import NetworkJoin, PortMapping, read_env_text
+
+if TYPE_CHECKING:
+    from cd_agent.apps import AppTarget
 
 LABEL_MANAGED = "io.pi-cicd.managed"
 LABEL_VERSION = "io.pi-cicd.version"
@@ -92,7 +95,7 @@ class ContainerSpec:
 
 
 def build_spec(
-    settings: CdSettings,
+    target: AppTarget,
     *,
     image: str,
     version: str,
@@ -106,7 +109,7 @@ def build_spec(
     ``old_image`` is the image ``old`` was created from (its defaults are not the user's)."""
     mounts = [
         MountSpec("volume" if volume.is_named else "bind", volume.source, volume.target, volume.read_only)
-        for volume in settings.volumes
+        for volume in target.volumes
     ]
     configured = {mount.target for mount in mounts}
     if old is not None:
@@ -119,32 +122,33 @@ def build_spec(
     labels = {**carried.labels, LABEL_MANAGED: "true", LABEL_VERSION: version, LABEL_DIGEST: digest or ""}
     if run is not None:
         labels[LABEL_RUN] = str(run)
-    ports = tuple(settings.ports)
-    networks = _join(carried.networks, settings.networks)
+    ports = target.ports
+    networks = _join(carried.networks, target.networks)
     if carried.network_mode is not None:
         mode = _mode_text(carried.network_mode)
         if ports:
             raise DeployError(
-                f"the container {settings.cd_container_name} runs with network mode {mode!r},"
-                f" where ports cannot be published: empty CD_PORTS ({settings.cd_ports}), or recreate the"
+                f"the container {target.container_name} runs with network mode {mode!r},"
+                f" where ports cannot be published: empty CD_PORTS ({','.join(map(str, target.ports))}),"
+                " or recreate the"
                 " container by hand on a network of its own"
             )
-        if settings.networks:
+        if target.networks:
             raise DeployError(
-                f"the container {settings.cd_container_name} runs with network mode {mode!r},"
-                f" where it cannot join other networks: empty CD_NETWORKS ({settings.cd_networks})"
+                f"the container {target.container_name} runs with network mode {mode!r},"
+                f" where it cannot join other networks: empty CD_NETWORKS ({','.join(map(str, target.networks))})"
             )
     return ContainerSpec(
-        name=settings.cd_container_name,
+        name=target.container_name,
         image=image,
         env=tuple(f"{key}={value}" for key, value in env.items()),
         ports=ports,
         mounts=tuple(mounts),
-        restart_policy=settings.cd_restart_policy,
+        restart_policy=target.restart_policy,
         labels=labels,
         networks=networks,
         network_mode=carried.network_mode,
-        init=settings.cd_init,
+        init=target.init,
         process=carried.process,
         host_options=carried.host_options,
     )
@@ -195,7 +199,7 @@ def _carried(old: ContainerInfo, image: ImageInfo | None) -> _Carried:
     return _Carried(labels, tuple(networks), None, process, old.host_options)
 
 
-def _join(carried: tuple[NetworkAttachment, ...], configured: list[NetworkJoin]) -> tuple[NetworkAttachment, ...]:
+def _join(carried: tuple[NetworkAttachment, ...], configured: tuple[NetworkJoin, ...]) -> tuple[NetworkAttachment, ...]:
     """The old container's networks plus CD_NETWORKS'; for a network in both, CD_NETWORKS' aliases win
     (the static address stays: CD_NETWORKS cannot give one)."""
     networks = {attachment.network: attachment for attachment in carried}

@@ -1,9 +1,10 @@
 """``python -m cd_agent.deploy_child``: one reconcile or one deploy for ``cd-agent watch``, then exit.
 
 Started by ``cd_agent.child_deploys.ChildDeploys`` (see there for why). The request comes pickled on
-stdin from the watcher (the same user; nothing else writes there): its validated settings, its pid, and
-the job (``reconcile``, or ``roll_out`` with ``version``, ``digest`` and ``deployed``). The answer is one
-JSON line on stdout: ``{"done": ...}``, ``{"deploy": {"outcome", "error"} | null, "unrunnable": ...}`` or
+stdin from the watcher (the same user; nothing else writes there): the app's name and target, the
+agent-wide settings (validated by the watcher; nothing is read again here), its pid, and the job
+(``reconcile``, or ``roll_out`` with ``version``, ``digest`` and ``deployed``). The answer is one JSON
+line on stdout: ``{"done": ...}``, ``{"deploy": {"outcome", "error"} | null, "unrunnable": ...}`` or
 ``{"error": {"type", "message", "exit_code", "stage", "retry_after"}}``. Everything else the child says
 goes to stderr, the watcher's console log.
 """
@@ -22,7 +23,8 @@ from typing import Any, TextIO
 from loguru import logger
 
 from cd_agent.agent import Agent, open_agent
-from cd_agent.settings import CdSettings
+from cd_agent.apps import AppTarget
+from cd_agent.settings import CdAgentSettings
 from cd_agent.watcher import Rollout
 from shared.errors import PiCicdError, RegistryUnavailable
 from shared.logs import configure_logging
@@ -36,7 +38,7 @@ def _reconcile(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
 
 def _roll_out(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
     rollout = Rollout(
-        agent.settings, agent.deployer, agent.state, platforms=agent.platforms(), notifier=agent.notifier
+        agent.target, agent.deployer, agent.state, platforms=agent.platforms(), notifier=agent.notifier
     )
     outcome = rollout.roll_out(str(request["version"]), str(request["digest"]), request.get("deployed"))
     deploy = outcome.deploy
@@ -57,17 +59,23 @@ def main() -> int:
     request = pickle.load(sys.stdin.buffer)  # noqa: S301 - written by our parent, the watcher
     if not _dies_with(int(request["parent"])):
         return 1
-    settings: CdSettings = request["settings"]
+    settings: CdAgentSettings = request["settings"]
+    target: AppTarget = request["target"]
+    if target.name != request["app"]:
+        return 1
     configure_logging("cd", settings.secret_values(), level=settings.log_level)
-    _answer(answer_stream, _serve(settings, request))
+    _answer(answer_stream, _serve(settings, target, request))
     return 0
 
 
-def _serve(settings: CdSettings, request: dict[str, Any]) -> dict[str, Any]:
+def _serve(settings: CdAgentSettings, target: AppTarget, request: dict[str, Any]) -> dict[str, Any]:
     stage = "open"
     try:
         # A deploy with Docker away fails inside its run, as it did under a watcher connected since its start.
-        with open_agent(settings, docker_away_fails_the_run=request["job"] == "roll_out") as agent:
+        with open_agent(
+            settings, target, siblings=request.get("siblings", ()),
+            docker_away_fails_the_run=request["job"] == "roll_out",
+        ) as agent:
             stage = "job"
             return JOBS[request["job"]](agent, request)
     except PiCicdError as exc:
@@ -103,8 +111,9 @@ def _dies_with(parent: int) -> bool:
 def _finish_on_signals() -> None:
     """SIGTERM and SIGINT (systemd and a terminal signal the whole group) do not cut a deploy short: the
     watcher, which logs the signal, waits for this process as it waited for the deploy under way before.
-    Ignored rather than logged: a handler that logs could land inside a log call of the deploy."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    Nor does SIGHUP (the watcher's reload; a closed terminal). Ignored rather than logged: a handler that
+    logs could land inside a log call of the deploy."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
 
 

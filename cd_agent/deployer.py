@@ -12,57 +12,44 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
 
 from loguru import logger
 
-from cd_agent.blue_green import BlueGreen, Proxy
+from cd_agent.apps import AppPaths, AppTarget
+from cd_agent.blue_green import Proxy
 from cd_agent.container_spec import LABEL_VERSION
 from cd_agent.engine import Engine
 from cd_agent.errors import CdError, DeployError, NothingToDeploy
 from cd_agent.health import HealthChecker, probe_url
-from cd_agent.recovery import Recovery
 from cd_agent.report import Action, DeployReport, render_email
-from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState, Phase
+from cd_agent.strategies import STRATEGIES, Parts, Strategy
 from cd_agent.strategy import DeployContext, release_version
-from cd_agent.swap import Swap
-from cd_agent.swarm import SwarmDeploy, SwarmRecovery
-from cd_agent.swarm_services import DockerSwarm, SwarmServices
+from cd_agent.swarm_services import SwarmServices
 from shared.logs import prune_run_logs, run_log, run_log_path
 from shared.notify import Notifier
 from shared.private_files import open_private_append
 from shared.runstore import RunStore, utc_now
 
-if TYPE_CHECKING:
-    import loguru
-
 __all__ = ["DeployReport", "Deployer", "Strategy"]
 
 
-class Strategy(Protocol):
-    """How a release replaces the running one (``cd_agent.swap.Swap``, ``cd_agent.blue_green.BlueGreen``);
-    returns what happened."""
-
-    def deploy(self, log: loguru.Logger, version: str, digest: str | None, run: int) -> DeployReport: ...
-
-
 class Deployer:
-    """Deploys releases of ``settings.cd_image`` as the container ``settings.cd_container_name``.
+    """Deploys releases of ``target.image`` as the container ``target.container_name``.
 
-    One deploy at a time, across threads and processes (a lock file under ``STATE_DIR``), so
-    ``cd-agent deploy`` cannot run into the watcher's deploy. ``on_phase`` is called after each
+    One deploy of an app at a time, across threads and processes (a lock file in the app's state
+    folder), so ``cd-agent deploy`` cannot run into the watcher's deploy. ``on_phase`` is called after each
     journal entry is written (tests use it to kill the process at a chosen phase); ``monotonic``,
     ``sleep`` and ``probe`` drive the health checks (tests pass a fake clock).
     """
 
     def __init__(
         self,
-        settings: CdSettings,
+        target: AppTarget,
         docker: Engine,
         state: DeployState,
         runs: RunStore,
@@ -75,8 +62,10 @@ class Deployer:
         on_phase: Callable[[Phase], None] | None = None,
         swarm: SwarmServices | None = None,
         proxy: Proxy | None = None,
+        log_retention: int = 200,
+        siblings: Sequence[AppPaths] = (),
     ) -> None:
-        self.settings = settings
+        self.target = target
         self.docker = docker
         self.state = state
         self.runs = runs
@@ -85,26 +74,23 @@ class Deployer:
         self._monotonic = monotonic
         self._sleep = sleep
         self._probe = probe
-        # CD_STRATEGY (the settings refuse the strategies not built yet).
-        context = DeployContext(settings, docker, state, clock, monotonic, sleep, on_phase)
-        blue_green: BlueGreen | None = None
-        if settings.cd_strategy == "blue-green":
-            if proxy is None:
-                raise DeployError("CD_STRATEGY=blue-green needs the proxy controller")
-            blue_green = BlueGreen(context, proxy, health=self._health)
-        self._strategy: Strategy = blue_green or Swap(context, health=lambda: self._health())
-        self._recovery = Recovery(
-            docker, state, runs, name=settings.cd_container_name, clock=clock, strategy=blue_green
-        )
-        if settings.cd_strategy == "swarm":
-            self.swarm = swarm if swarm is not None else DockerSwarm.from_env()
-            self._strategy = SwarmDeploy(context, self.swarm)
-            self._recovery = SwarmRecovery(context, self.swarm, runs)
+        self._log_retention = log_retention  # LOG_RETENTION_RUNS, counted in the app's own log folder
+        self._siblings = tuple(siblings)
+        context = DeployContext(target, docker, state, clock, monotonic, sleep, on_phase, self._siblings_keep)
+        if target.strategy == "swarm" and swarm is None:
+            from cd_agent.swarm_services import DockerSwarm
+
+            swarm = DockerSwarm.from_env()
+        self.swarm = swarm
+        row = STRATEGIES[target.strategy]
+        parts = Parts(health=self._health, runs=runs, proxy=proxy, swarm=swarm)
+        self._strategy: Strategy = row.build(context, parts)
+        self._recovery = row.recovery(context, parts, self._strategy)
 
     # public API
 
     def deploy(self, version: str, *, digest: str | None = None, force: bool = False) -> DeployReport:
-        """Deploy ``version`` (a tag of CD_IMAGE). Quarantined versions only with ``force``.
+        """Deploy ``version`` (a tag of the app's image). Quarantined versions only with ``force``.
 
         Returns ``noop`` when that version already runs (unless forced). Raises ``NothingToDeploy``
         for a quarantined version without ``force``; Docker trouble outside the run raises
@@ -120,7 +106,7 @@ class Deployer:
                 )
             current = self.state.current
             if not force and current is not None and current.version == version:
-                running = self.docker.container(self.settings.cd_container_name)
+                running = self.docker.container(self.target.container_name)
                 if running is not None and running.running and running.labels.get(LABEL_VERSION) == version:
                     logger.info("{} is already deployed and running; nothing to do", version)
                     return DeployReport("noop", version, release_version(self.state.previous))
@@ -153,11 +139,12 @@ class Deployer:
         started = self._clock()
         begun = self._monotonic()
         run = self.runs.create(kind="deploy", status="running", details={"action": action, "version": version})
-        path = run_log_path(self.settings.log_dir, started, run.number)
+        target = self.target
+        path = run_log_path(target.paths.log_dir, started, run.number)
         self.runs.update(run.number, version=version, started_at=started, log_path=str(path))
-        with run_log(path, run.number) as log:
-            log.info("{} {} of {} as container {}", action, version, self.settings.image.name,
-                     self.settings.cd_container_name)
+        with run_log(path, run.number, scope=target.name) as log:
+            log.info("{} {} of {} as container {} (app {}, {})", action, version, target.image.name,
+                     target.container_name, target.name, target.strategy)
             try:
                 report = self._strategy.deploy(log, version, digest, run.number)
             except CdError as exc:
@@ -178,32 +165,50 @@ class Deployer:
             details={"action": action, "version": version, **report.to_json()},
         )
         self.notifier.notify(render_email(
-            report, action=action, image=self.settings.image.name, container=self.settings.cd_container_name,
+            report, action=action, app=target.name, image=target.image.name, container=target.container_name,
             log_path=path,
         ))
-        prune_run_logs(self.settings.log_dir, self.settings.log_retention_runs)
+        prune_run_logs(target.paths.log_dir, self._log_retention)
         return report
 
-    def _health(self, url: str | None = None) -> HealthChecker:
-        """The health checker; blue-green passes the URL at the new container's own address."""
+    def _health(self, url: str | None) -> HealthChecker:
+        """The health checker probing ``url`` (blue-green: CD_HEALTH_URL at the new container's own address)."""
         return HealthChecker(
             self.docker,
-            url=url if self.settings.cd_strategy == "blue-green" else self.settings.cd_health_url,
-            timeout=self.settings.cd_health_timeout,
-            grace=self.settings.cd_health_grace,
+            url=url,
+            timeout=self.target.health_timeout,
+            grace=self.target.health_grace,
             clock=self._monotonic,
             sleep=self._sleep,
             probe=self._probe,
         )
 
+    def _siblings_keep(self) -> frozenset[str] | None:
+        """The current and previous versions of the other apps of this image (``siblings``: their paths);
+        None when one cannot be read."""
+        versions: set[str] = set()
+        for paths in self._siblings:
+            if not paths.state.exists():
+                continue
+            try:
+                with DeployState(paths.state) as state:
+                    versions.update(release.version for release in (state.current, state.previous) if release)
+            except CdError as exc:
+                # Unreadable: keep every older tag rather than guess (pruning is housekeeping).
+                logger.warning("not pruning images: cannot read {}: {}", paths.state, exc)
+                return None
+        return frozenset(versions)
+
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
         # 0600: anyone who can open the lock file can hold it and block every deploy.
-        with os.fdopen(open_private_append(self.settings.state_dir / "deploy.lock"), "a") as handle:
+        with os.fdopen(open_private_append(self.target.paths.lock), "a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
-                raise DeployError("another deploy is in progress (the watcher or another cd-agent command)") from exc
+                raise DeployError(
+                    f"another deploy is in progress (app {self.target.name}: the watcher or another cd-agent command)"
+                ) from exc
             try:
                 yield
             finally:

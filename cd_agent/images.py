@@ -6,31 +6,31 @@ container keeps serving, and after a healthy deploy the current and previous ima
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from cd_agent.engine import Engine, ImageInfo
 from cd_agent.errors import CdError
-from cd_agent.settings import CdSettings
 from shared.versions import parse_version
 
 if TYPE_CHECKING:
     import loguru
 
+    from cd_agent.apps import AppTarget
+
 
 def fetch_image(
-    engine: Engine, settings: CdSettings, log: loguru.Logger, version: str, digest: str | None
+    engine: Engine, target: AppTarget, log: loguru.Logger, version: str, digest: str | None
 ) -> ImageInfo:
     """``CD_IMAGE:version``: the local image when it has ``digest`` already, else pulled; when the pull
     fails, the local image of that tag (a rollback must work while the registry is down)."""
-    repository = settings.image.name
+    repository = target.image.name
     reference = f"{repository}:{version}"
     local = engine.image(reference)
     if local is not None and digest is not None and local.digest_for(repository) == digest:
         log.info("{} is already here ({}); not pulling", reference, digest)
         return local
-    auth = None
-    if settings.registry_username and settings.registry_password:
-        auth = {"username": settings.registry_username, "password": settings.registry_password.get_secret_value()}
+    auth = target.registry_auth
     log.info("pulling {} while the current container keeps serving", reference)
     try:
         return engine.pull(repository, version, auth=auth)
@@ -41,12 +41,17 @@ def fetch_image(
         return local
 
 
-def prune_images(engine: Engine, repository: str, log: loguru.Logger, current: str, previous: str | None) -> None:
-    """Remove local tags of ``repository`` older than ``current``, except ``previous``; never fails a deploy."""
+def prune_images(
+    engine: Engine, repository: str, log: loguru.Logger, current: str, previous: str | None,
+    keep: Collection[str] | None = (),
+) -> None:
+    """Remove local tags of ``repository`` older than ``current``, except ``previous`` and ``keep`` (the
+    versions other apps of the same image run or roll back to; None: they are not known, prune nothing);
+    never fails a deploy."""
     floor = parse_version(current)
-    if floor is None:
+    if floor is None or keep is None:
         return
-    keep = {current, previous}
+    kept = {current, previous, *keep}
     try:
         images = engine.images(repository)
     except CdError as exc:
@@ -56,7 +61,7 @@ def prune_images(engine: Engine, repository: str, log: loguru.Logger, current: s
         for reference in image.tags:
             tag = reference.rpartition(":")[2]
             version = parse_version(tag)
-            if tag in keep or version is None or version >= floor:
+            if tag in kept or version is None or version >= floor:
                 continue
             try:
                 engine.remove_image(reference)

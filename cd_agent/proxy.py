@@ -57,6 +57,7 @@ from loguru import logger
 from cd_agent import docker_lookup
 from cd_agent.docker_gateway import docker_errors
 from cd_agent.errors import EngineError, ProxyError
+from cd_agent.proxy_ports import proxied_ports
 from cd_agent.settings import PortMapping
 
 LABEL_PROXY = "io.pi-cicd.proxy"
@@ -114,22 +115,6 @@ def network_name(app: str) -> str:
 def upstream_dial(alias: str, port: int) -> str:
     """What Caddy dials for the app container known as ``alias`` on the private network."""
     return f"{alias}:{port}"
-
-
-def proxied_ports(ports: Sequence[PortMapping]) -> tuple[int, ...]:
-    """The container ports the proxy listens on (and forwards to the same port of the app).
-
-    Caddy proxies HTTP over TCP only; a UDP or SCTP port is refused here, before anything is created.
-    """
-    if not ports:
-        raise ProxyError("CD_PORTS is empty: the blue-green strategy needs at least one published port")
-    wrong = [str(port) for port in ports if port.protocol != "tcp"]
-    if wrong:
-        raise ProxyError(
-            f"CD_PORTS {', '.join(wrong)}: the blue-green proxy forwards HTTP over TCP only; "
-            "use CD_STRATEGY=swap for apps that do not speak HTTP"
-        )
-    return tuple(sorted({port.container_port for port in ports}))
 
 
 def caddy_config(

@@ -101,9 +101,10 @@ class Recovery:
             message = self._strategy.recover(journal)
             self.agree()
         elif self._strategy is None and journal.phase not in SWAP_PHASES:
+            wrote = f" ({journal.strategy})" if journal.strategy else ""
             raise DeployError(
                 f"an interrupted deploy of {journal.version} (phase {journal.phase!r}) belongs to another"
-                " CD_STRATEGY: start the agent with the strategy it was deployed with to finish it"
+                f" CD_STRATEGY{wrote}: start the agent with the strategy it was deployed with to finish it"
             )
         else:
             message = self._recover_swap(journal)

@@ -58,8 +58,11 @@ class DeployReport:
         }
 
 
-def render_email(report: DeployReport, *, action: Action, image: str, container: str, log_path: Path) -> Email:
-    """The owner's email about ``report`` (a deploy or rollback of ``image`` as ``container``)."""
+def render_email(
+    report: DeployReport, *, action: Action, app: str, image: str, container: str, log_path: Path
+) -> Email:
+    """The owner's email about ``report`` (a deploy or rollback of ``image`` as ``container``); the subject
+    names the app first (``[web] deployed 1.4.0``), since one agent deploys many."""
     footer = f"\nRun {report.run}, {report.duration_s:.1f}s. Log: {log_path}\n"
     if report.outcome == "deployed":
         subject = f"deployed {report.version}" if action == "deploy" else f"rolled back to {report.version}"
@@ -68,12 +71,12 @@ def render_email(report: DeployReport, *, action: Action, image: str, container:
             f"Previous version: {report.previous or 'none'}\n"
             f"Digest: {report.digest or 'unknown'}\nHealth: {report.health}\n"
         )
-        return Email(subject=subject, body=body + footer, kind="success")
+        return Email(subject=f"[{app}] {subject}", body=body + footer, kind="success")
     if report.outcome == "rolled_back":
         subject = f"deploy of {report.version} failed: rolled back to {report.previous}"
     else:
         subject = f"{action} of {report.version} failed"
-    return Email(subject=subject, body=_failure_body(report) + footer, kind="failure")
+    return Email(subject=f"[{app}] {subject}", body=_failure_body(report) + footer, kind="failure")
 
 
 def _failure_body(report: DeployReport) -> str:

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 RestartPolicy = Literal["unless-stopped", "always", "on-failure", "no"]
 Strategy = Literal["swap", "blue-green", "swarm"]
-STRATEGIES: tuple[Strategy, ...] = ("swap", "blue-green", "swarm")
 Protocol = Literal["tcp", "udp", "sctp"]
 
 # docker's own rules (daemon/names.go); a name that breaks them fails only at `docker create`.
@@ -227,8 +226,30 @@ def read_env_text(path: Path) -> str:
         ) from None
 
 
-class CdSettings(SharedSettings):
-    """Everything ``cd-agent`` reads from the environment; see DESIGN.md for the variables."""
+# CdSettings fields that are the agent's, not an app's: an apps file cannot set them.
+AGENT_WIDE_CD_FIELDS = frozenset({"cd_apps_file", "cd_max_parallel_deploys"})
+
+
+class CdAgentSettings(SharedSettings):
+    """The agent-wide settings: the shared ones plus ``CD_APPS_FILE`` and ``CD_MAX_PARALLEL_DEPLOYS``."""
+
+    cd_apps_file: Path | None = None
+    cd_max_parallel_deploys: int = 1
+
+    log_dir: Path = Path("logs/cd")
+    state_dir: Path = Path("state/cd")
+
+    @field_validator("cd_max_parallel_deploys")
+    @classmethod
+    def _parallel(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be 1 or more")
+        return value
+
+
+class CdSettings(CdAgentSettings):
+    """One app's settings (``CD_*`` of the environment, or an ``[apps.NAME]`` table) over the agent's;
+    see DESIGN.md for the variables. ``cd_agent.apps.AppTarget`` holds them as parsed values."""
 
     cd_image: str
     cd_container_name: str
@@ -258,9 +279,6 @@ class CdSettings(SharedSettings):
     cd_update_order: Literal["start-first", "stop-first"] = "start-first"
     cd_update_failure_action: Literal["rollback", "pause", "continue"] = "rollback"
 
-    log_dir: Path = Path("logs/cd")
-    state_dir: Path = Path("state/cd")
-
     @field_validator("cd_image")
     @classmethod
     def _image(cls, value: str) -> str:
@@ -281,23 +299,12 @@ class CdSettings(SharedSettings):
     @field_validator("cd_strategy")
     @classmethod
     def _strategy(cls, value: str, info: ValidationInfo) -> str:
+        from cd_agent.strategies import STRATEGIES  # the table's columns load nothing until called
+
         value = value.strip().lower()
         if value not in STRATEGIES:
             raise ValueError(f"{value!r} is not a deploy strategy: use swap (the default), blue-green or swarm")
-        if value == "blue-green" and "cd_ports" in info.data:
-            # The proxy owns CD_PORTS: ports it cannot forward are refused now, not at the first deploy.
-            from cd_agent.errors import ProxyError
-            from cd_agent.proxy import proxied_ports
-
-            try:
-                proxied_ports(parse_ports(info.data["cd_ports"]))
-            except ProxyError as exc:
-                raise ValueError(str(exc)) from exc
-        if value == "swarm" and info.data.get("cd_networks", "").strip():
-            raise ValueError(
-                "CD_NETWORKS joins containers the agent creates (swap, blue-green); a Swarm service's networks"
-                " are the service's own (docker service update --network-add)"
-            )
+        STRATEGIES[value].check(info.data)
         return value
 
     @field_validator("cd_service")
@@ -395,27 +402,6 @@ class CdSettings(SharedSettings):
         """``CD_VERSION_CONSTRAINT`` parsed, or None when every version is allowed."""
         return None if self.cd_version_constraint is None else _constraint(self.cd_version_constraint)
 
-    @property
-    def ports(self) -> list[PortMapping]:
-        return parse_ports(self.cd_ports)
-
-    @property
-    def volumes(self) -> list[VolumeMount]:
-        return parse_volumes(self.cd_volumes)
-
-    @property
-    def networks(self) -> list[NetworkJoin]:
-        return parse_networks(self.cd_networks)
-
-    @property
-    def state_path(self) -> Path:
-        """The deploy state database."""
-        return self.state_dir / "cd.sqlite3"
-
-    @property
-    def runs_path(self) -> Path:
-        """The run history database (run numbers for deploy runs)."""
-        return self.state_dir / "runs.sqlite3"
 
 
 def _image_ref(text: str) -> ImageRef:

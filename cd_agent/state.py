@@ -72,9 +72,12 @@ CREATE TABLE IF NOT EXISTS journal (
     old_renamed_to TEXT,
     new_container_id TEXT,
     healthy INTEGER,
-    started_at TEXT NOT NULL
+    started_at TEXT NOT NULL,
+    strategy TEXT
 );
 """
+# Columns added since the first release, for state files an older agent created.
+_ADDED_COLUMNS = (("journal", "strategy", "TEXT"),)
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,8 @@ class Journal:
     old_renamed_to: str | None = None
     new_container_id: str | None = None
     healthy: bool | None = None
+    # CD_STRATEGY of the deploy that wrote it (None: written by an agent older than the column)
+    strategy: str | None = None
 
     @property
     def proven_healthy(self) -> bool:
@@ -140,6 +145,7 @@ class DeployState:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+            _add_columns(self._db)
         except (sqlite3.Error, OSError) as exc:
             raise StateError(f"cannot open the deploy state {path}: {exc}") from exc
 
@@ -340,15 +346,22 @@ def _write_journal(db: sqlite3.Connection, journal: Journal) -> None:
         raise StateError(f"unknown deploy phase {journal.phase!r}")
     db.execute(
         "INSERT INTO journal (id, run, version, digest, phase, container_name, old_container_id, old_version,"
-        " old_digest, old_renamed_to, new_container_id, healthy, started_at)"
-        " VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " old_digest, old_renamed_to, new_container_id, healthy, started_at, strategy)"
+        " VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             journal.run, journal.version, journal.digest, journal.phase, journal.container_name,
             journal.old_container_id, journal.old_version, journal.old_digest, journal.old_renamed_to,
             journal.new_container_id, None if journal.healthy is None else int(journal.healthy),
-            _iso(journal.started_at),
+            _iso(journal.started_at), journal.strategy,
         ),
     )
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, column, kind in _ADDED_COLUMNS:
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def _iso(value: datetime | None) -> str | None:

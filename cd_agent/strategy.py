@@ -11,27 +11,31 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cd_agent.engine import ContainerInfo, Engine
 from cd_agent.errors import CdError
 from cd_agent.report import LOG_TAIL_LINES
-from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState, Phase, Release
+
+if TYPE_CHECKING:
+    from cd_agent.apps import AppTarget
 
 
 @dataclass(frozen=True)
 class DeployContext:
-    """The settings, the engine, the state and the clocks of every deploy; ``on_phase`` is told after
-    each journal entry (tests kill the agent there)."""
+    """The app (its settings as values, its paths), the engine, the state and the clocks of every deploy;
+    ``on_phase`` is told after each journal entry (tests kill the agent there)."""
 
-    settings: CdSettings
+    target: AppTarget
     engine: Engine
     state: DeployState
     clock: Callable[[], datetime]
     monotonic: Callable[[], float]
     sleep: Callable[[float], None]
     on_phase: Callable[[Phase], None] | None = None
+    # The versions other apps of the same image run or roll back to: image pruning keeps them.
+    siblings_keep: Callable[[], frozenset[str] | None] = frozenset
 
 
 @dataclass
@@ -62,13 +66,13 @@ class StrategyBase:
 
     def __init__(self, context: DeployContext) -> None:
         self._context = context
-        self._settings = context.settings
+        self._target = context.target
         self._engine = context.engine
         self._state = context.state
         self._clock = context.clock
         self._monotonic = context.monotonic
         self._sleep = context.sleep
-        self._name = context.settings.cd_container_name
+        self._name = context.target.container_name
 
     def _journal(self, **changes: Any) -> None:
         """Write the journal first, then tell ``on_phase``: a kill there finds the entry on disk."""

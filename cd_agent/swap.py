@@ -72,16 +72,16 @@ class _Proven:
 
 
 class Swap(StrategyBase):
-    """Deploys a release of ``settings.cd_image`` as ``settings.cd_container_name`` by swapping containers."""
+    """Deploys a release of ``target.image`` as ``target.container_name`` by swapping containers."""
 
     def __init__(self, context: DeployContext, *, health: Callable[[], HealthChecker]) -> None:
         super().__init__(context)
         self._health = health
 
     def deploy(self, log: loguru.Logger, version: str, digest: str | None, run: int) -> DeployReport:
-        repository = self._settings.image.name
+        repository = self._target.image.name
         try:
-            image = fetch_image(self._engine, self._settings, log, version, digest)
+            image = fetch_image(self._engine, self._target, log, version, digest)
         except CdError as exc:
             log.error("could not get the image: {}", exc)
             return DeployReport("failed", version, release_version(self._state.current), str(exc), failed_step="pull")
@@ -92,8 +92,8 @@ class Swap(StrategyBase):
             # Everything the new container needs is known before the first step: a bad CD_ENV_FILE, a
             # network that is gone, fail here, with the old container untouched.
             spec = build_spec(
-                self._settings, image=f"{repository}:{version}", version=version, digest=digest,
-                env=read_env_file(self._settings.cd_env_file), old=old, run=run,
+                self._target, image=f"{repository}:{version}", version=version, digest=digest,
+                env=read_env_file(self._target.env_file), old=old, run=run,
                 old_image=self._engine.image(old.image_id) if old is not None else None,
             )
             check_spec(self._engine, spec)
@@ -104,6 +104,7 @@ class Swap(StrategyBase):
             )
         self._state.begin_journal(Journal(
             version=version, container_name=self._name, phase="pulled", started_at=self._clock(), run=run,
+            strategy=self._target.strategy,
             digest=digest, old_container_id=old.id if old else None, old_version=old_version, old_digest=old_digest,
         ))
         self._phase("pulled")
@@ -132,7 +133,7 @@ class Swap(StrategyBase):
             step = "stop"
             attempt.stopped_at = stopped_at = self._monotonic()
             if old is not None and old.running:
-                self._engine.stop(old.id, timeout=self._settings.cd_stop_timeout)
+                self._engine.stop(old.id, timeout=self._target.stop_timeout)
                 attempt.old_stopped = True
             stopped = self._monotonic()
             # Not journalled (a write here would lengthen the outage): the journal stays at "created",
@@ -144,12 +145,12 @@ class Swap(StrategyBase):
             started = self._monotonic()
             self._journal(phase="new_started")
             if attempt.old_stopped and old is not None:
-                timeout = self._settings.cd_stop_timeout
+                timeout = self._target.stop_timeout
                 log_stop(log, f"the old container ({attempt.old_version})",
                          stop_outcome(self._engine, old.id, stopped - stopped_at), timeout=timeout,
-                         init=self._settings.cd_init)
+                         init=self._target.init)
             log.info("started {} in {:.2f}s; health check (timeout {:g}s)", attempt.version, started - stopped,
-                     self._settings.cd_health_timeout)
+                     self._target.health_timeout)
             step = "health"
             verdict = self._health().wait(new_id)
         except CdError as exc:
@@ -175,7 +176,10 @@ class Swap(StrategyBase):
         previous = self._previous_release(attempt)
         self._state.record_deployed(Release(attempt.version, attempt.digest, proven.new_id, self._clock()), previous)
         previous_version = previous.version if previous else None
-        prune_images(self._engine, self._settings.image.name, log, attempt.version, previous_version)
+        prune_images(
+            self._engine, self._target.image.name, log, attempt.version, previous_version,
+            keep=self._context.siblings_keep(),
+        )
         return DeployReport(
             "deployed", attempt.version, previous_version, downtime_s=downtime, health=proven.verdict.reason,
             digest=attempt.digest,

@@ -1,6 +1,6 @@
 """The swarm strategy (``CD_STRATEGY=swarm``): the app is a Docker Swarm service and Swarm does the rollout::
 
-    get the image (pinned by digest) -> no service: create it from the CD settings, wait for its replicas
+    get the image (pinned by digest) -> no service: create it from the CD target, wait for its replicas
                                      -> a service:  service update to IMAGE:X.Y.Z@sha256:DIGEST (only the
                                                     image changes), follow its UpdateStatus
       -> completed:                                  "deployed"
@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from cd_agent.container_spec import read_env_file
+from cd_agent.container_spec import LABEL_MANAGED, read_env_file
 from cd_agent.errors import CdError
 from cd_agent.images import fetch_image
 from cd_agent.recovery import Recovery
 from cd_agent.report import LOG_TAIL_LINES, DeployReport, Outcome
-from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState, Journal, Release
 from cd_agent.strategy import DeployContext, StrategyBase, release_version
 from cd_agent.swarm_services import (
@@ -43,8 +42,9 @@ from shared.versions import parse_version
 if TYPE_CHECKING:
     import loguru
 
+    from cd_agent.apps import AppTarget
+
 ADOPTED = "adopted"
-LABEL_MANAGED = "pi-cicd.managed"
 # CD_RESTART_POLICY in Swarm's words: Swarm has no "unless-stopped" (a scaled-down service stays down).
 RESTART_CONDITIONS = {"unless-stopped": "any", "always": "any", "on-failure": "on-failure", "no": "none"}
 _POLL_S = 0.5
@@ -56,10 +56,6 @@ class Verdict:
     reason: str
     state: str | None = None
     failing: TaskInfo | None = None
-
-
-def service_name(settings: CdSettings) -> str:
-    return settings.cd_service or settings.cd_container_name
 
 
 def version_of(image: str) -> str | None:
@@ -77,18 +73,18 @@ def digest_of(image: str) -> str | None:
 
 
 class SwarmDeploy(StrategyBase):
-    """Deploys a release of ``settings.cd_image`` as the Swarm service ``CD_SERVICE``."""
+    """Deploys a release of ``target.cd_image`` as the Swarm service ``CD_SERVICE``."""
 
     def __init__(self, context: DeployContext, services: SwarmServices) -> None:
         super().__init__(context)
         self._services = services
-        self._name = service_name(context.settings)
+        self._name = context.target.service
 
     def deploy(self, log: loguru.Logger, version: str, digest: str | None, run: int) -> DeployReport:
-        repository = self._settings.image.name
+        repository = self._target.image.name
         current = release_version(self._state.current)
         try:
-            image_info = fetch_image(self._engine, self._settings, log, version, digest)
+            image_info = fetch_image(self._engine, self._target, log, version, digest)
         except CdError as exc:
             log.error("could not get the image: {}", exc)
             return DeployReport("failed", version, current, str(exc), failed_step="pull")
@@ -108,6 +104,7 @@ class SwarmDeploy(StrategyBase):
         old_digest = digest_of(service.image) if service else None
         self._state.begin_journal(Journal(
             version=version, container_name=self._name, phase="pulled", started_at=self._clock(), run=run,
+            strategy=self._target.strategy,
             digest=digest, old_container_id=service.id if service else None, old_version=old_version,
             old_digest=old_digest, old_renamed_to=service.update_started_at if service else None,
         ))
@@ -129,36 +126,33 @@ class SwarmDeploy(StrategyBase):
         journal = self._state.journal
         if journal is None:
             raise CdError("the deploy journal vanished during the rollout")
-        return finish(self._settings, self._services, self._state, journal, log, clock=self._clock,
+        return finish(self._target, self._services, self._state, journal, log, clock=self._clock,
                       monotonic=self._monotonic, sleep=self._sleep)
 
     def _spec(self, image: str) -> ServiceSpec:
-        settings = self._settings
-        env = [f"{key}={value}" for key, value in read_env_file(settings.cd_env_file).items()]
+        target = self._target
+        env = [f"{key}={value}" for key, value in read_env_file(target.env_file).items()]
         ports = []
-        for port in settings.ports:
+        for port in target.ports:
             if port.host_port is None:
                 raise CdError(
                     f"CD_PORTS: a Swarm service publishes fixed ports; give a host port for {port.container_port}"
                 )
             ports.append(ServicePort(port.container_port, port.host_port, port.protocol))
-        mounts = [ServiceMount(v.source, v.target, v.read_only, v.is_named) for v in settings.volumes]
+        mounts = [ServiceMount(v.source, v.target, v.read_only, v.is_named) for v in target.volumes]
         return ServiceSpec(
-            name=self._name, image=image, replicas=settings.cd_replicas, env=env, ports=ports, mounts=mounts,
-            restart_condition=RESTART_CONDITIONS[settings.cd_restart_policy], labels={LABEL_MANAGED: "true"},
-            update_parallelism=settings.cd_update_parallelism, update_order=settings.cd_update_order,
-            update_monitor_s=settings.cd_health_timeout, update_failure_action=settings.cd_update_failure_action,
+            name=self._name, image=image, replicas=target.replicas, env=env, ports=ports, mounts=mounts,
+            restart_condition=RESTART_CONDITIONS[target.restart_policy], labels={LABEL_MANAGED: "true"},
+            update_parallelism=target.update_parallelism, update_order=target.update_order,
+            update_monitor_s=target.health_timeout, update_failure_action=target.update_failure_action,
         )
 
     def _auth(self) -> dict[str, str] | None:
-        settings = self._settings
-        if settings.registry_username and settings.registry_password:
-            return {"username": settings.registry_username, "password": settings.registry_password.get_secret_value()}
-        return None
+        return self._target.registry_auth
 
 
 def finish(
-    settings: CdSettings,
+    target: AppTarget,
     services: SwarmServices,
     state: DeployState,
     journal: Journal,
@@ -170,10 +164,10 @@ def finish(
 ) -> DeployReport:
     """Wait for Swarm's verdict on the journalled deploy, then write it down (state, quarantine, journal)."""
     version = journal.version
-    image = f"{settings.image.name}:{version}@{journal.digest}"
+    image = f"{target.image.name}:{version}@{journal.digest}"
     first = journal.old_container_id is None
     # An update is the one started after the journal's note of the previous one (kept in old_renamed_to).
-    verdict = _wait(settings, services, image, first=first, before=journal.old_renamed_to,
+    verdict = _wait(target, services, image, first=first, before=journal.old_renamed_to,
                     monotonic=monotonic, sleep=sleep)
     previous_version = journal.old_version or release_version(state.current)
     if verdict.ok:
@@ -205,7 +199,7 @@ def finish(
 
 
 def _wait(
-    settings: CdSettings,
+    target: AppTarget,
     services: SwarmServices,
     image: str,
     *,
@@ -214,16 +208,16 @@ def _wait(
     monotonic: Callable[[], float],
     sleep: Callable[[float], None],
 ) -> Verdict:
-    replicas = settings.cd_replicas
-    window = settings.cd_health_timeout + settings.cd_health_grace
+    replicas = target.replicas
+    window = target.health_timeout + target.health_grace
     deadline = monotonic() + (replicas + 1) * 2 * window + 60
     # Swarm names the task that made it roll back only while rolling back ("update rolled back due to
     # failure or early termination of task ID"); once done its message is just "rollback completed".
     why = ""
     while True:
-        service = services.service(service_name(settings))
+        service = services.service(target.service)
         if service is None:
-            return Verdict(False, f"the service {service_name(settings)} disappeared during the rollout")
+            return Verdict(False, f"the service {target.service} disappeared during the rollout")
         tasks = services.tasks(service.name)
         if first or service.update_started_at is None or service.update_started_at == before:
             # A created service (or an update Swarm has not begun): its replicas are the verdict.
@@ -277,8 +271,8 @@ class SwarmRecovery(Recovery):
     """Crash safety for the swarm strategy: a journal left by a killed agent is finished from Swarm's word."""
 
     def __init__(self, context: DeployContext, services: SwarmServices, runs: RunStore) -> None:
-        super().__init__(context.engine, context.state, runs, name=service_name(context.settings), clock=context.clock)
-        self._settings = context.settings
+        super().__init__(context.engine, context.state, runs, name=context.target.service, clock=context.clock)
+        self._target = context.target
         self._services = services
         self._monotonic = context.monotonic
         self._sleep = context.sleep
@@ -294,7 +288,7 @@ class SwarmRecovery(Recovery):
 
     def recover(self, journal: Journal) -> str:
         service = self._services.service(journal.container_name)
-        image = f"{self._settings.image.name}:{journal.version}@{journal.digest}"
+        image = f"{self._target.image.name}:{journal.version}@{journal.digest}"
         if journal.phase == "pulled" and (service is None or (service.image != image and
                                                               service.update_started_at == journal.old_renamed_to)):
             # Killed before Swarm was told: nothing to finish.
@@ -305,7 +299,7 @@ class SwarmRecovery(Recovery):
         if service is not None and journal.new_container_id is None:
             self._state.update_journal(new_container_id=service.id)
             journal = self._state.journal or journal
-        report = finish(self._settings, self._services, self._state, journal, logger, clock=self._clock,
+        report = finish(self._target, self._services, self._state, journal, logger, clock=self._clock,
                         monotonic=self._monotonic, sleep=self._sleep)
         if report.outcome == "deployed":
             message = f"finished the interrupted deploy of {journal.version}: Swarm completed it"

@@ -29,13 +29,15 @@ from loguru import logger
 
 from cd_agent.candidate import choose_candidate
 from cd_agent.platform_check import PlatformCheck, pull_platform_problem
-from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState
 from shared.backoff import wait_retry_after
 from shared.errors import PiCicdError, RateLimited, RegistryUnavailable
 from shared.registry import RateLimit
 
 if TYPE_CHECKING:
+    import loguru
+
+    from cd_agent.apps import AppTarget
     from shared.notify import Notifier
 
 # Backoff never waits more than ten intervals (an hour at most) unless the registry asks for longer.
@@ -114,14 +116,15 @@ class Rollout:
 
     def __init__(
         self,
-        settings: CdSettings,
+        target: AppTarget,
         deployer: Deploys,
         state: DeployState,
         *,
         platforms: PlatformCheck | None = None,
         notifier: Notifier | None = None,
     ) -> None:
-        self._settings = settings
+        self._target = target
+        self._log = app_logger(target.name)
         self._deployer = deployer
         self._state = state
         self._platforms = platforms
@@ -132,10 +135,10 @@ class Rollout:
         if problem is not None:
             self._refuse(version, problem, deployed, email=True)
             return RolloutOutcome(None, problem)
-        logger.info("deploying {}", version)
+        self._log.info("deploying {}", version)
         result = self._deployer.deploy(version, digest=digest)
         if result.outcome == "deployed":
-            logger.info("deployed {}", version)
+            self._log.info("deployed {}", version)
         elif result.outcome != "noop":
             host = self._platforms.host() if self._platforms is not None else None
             problem = pull_platform_problem(version, result.error, host) if result.outcome == "failed" else None
@@ -143,25 +146,27 @@ class Rollout:
                 # The deployer has already sent its "deploy of X failed" email: no second one.
                 self._refuse(version, problem, deployed, email=False)
             else:
-                logger.warning("deploy of {} ended {}: {}", version, result.outcome, result.error)
+                self._log.warning("deploy of {} ended {}: {}", version, result.outcome, result.error)
         return RolloutOutcome(result, problem)
 
     def _refuse(self, version: str, problem: str, deployed: str | None, *, email: bool) -> None:
         """A release this machine cannot run: quarantined (skipped until a newer release appears), said once."""
         self._state.quarantine(version, f"platform: {problem}")
         keeps = f"{deployed} keeps running" if deployed else "nothing was running"
-        logger.error("{}: not deploying it ({}); it is not tried again until a newer release appears", problem, keeps)
+        self._log.error(
+            "{}: not deploying it ({}); it is not tried again until a newer release appears", problem, keeps
+        )
         if email and self._notifier is not None:
             from shared.notify import Email  # the watcher itself sends none: see cd_agent.child_deploys
 
             self._notifier.notify(Email(
-                subject=f"not deployed: {problem}",
+                subject=f"[{self._target.name}] not deployed: {problem}",
                 body=(
                     f"{problem}.\n\n"
-                    f"{self._settings.image.with_tag(version)} was not pulled and {keeps}.\n"
+                    f"{self._target.image.with_tag(version)} was not pulled and {keeps}.\n"
                     f"{version} is quarantined: it is not tried again until a newer release appears. Once an "
                     f"image for this machine is pushed under {version}, deploy it with "
-                    f"`cd-agent deploy {version} --force`.\n"
+                    f"`cd-agent deploy --app {self._target.name} {version} --force`.\n"
                 ),
                 kind="warning",
             ))
@@ -185,7 +190,7 @@ def poll_delay(interval: float, rate_limit: RateLimit | None, jitter: float) -> 
 
 
 class Watcher:
-    """Polls ``registry`` for new releases of ``settings.cd_image`` and has ``deployer`` roll them out.
+    """Polls ``registry`` for new releases of ``target.image`` and has ``deployer`` roll them out.
 
     ``clock``, ``sleep`` and ``jitter`` (0..1) are injected so tests run the loop without waiting; the default
     sleep waits on the stop event, so a stop request ends a wait at once. Without ``platforms`` no platform
@@ -196,7 +201,7 @@ class Watcher:
 
     def __init__(
         self,
-        settings: CdSettings,
+        target: AppTarget,
         registry: TagSource,
         deployer: Deploys | None,
         state: DeployState,
@@ -208,19 +213,20 @@ class Watcher:
         notifier: Notifier | None = None,
         rollout: RollsOut | None = None,
     ) -> None:
-        self._settings = settings
+        self.target = target
+        self._log = app_logger(target.name)
         self._registry = registry
         if rollout is None:
             if deployer is None:
                 raise ValueError("a Watcher needs a deployer or a rollout")
-            rollout = Rollout(settings, deployer, state, platforms=platforms, notifier=notifier)
+            rollout = Rollout(target, deployer, state, platforms=platforms, notifier=notifier)
         self._rollout = rollout
         self._state = state
         self._clock = clock
         self._sleep = sleep
         self._jitter = jitter
-        self._constraint = settings.constraint
-        self._interval = settings.cd_poll_interval
+        self._constraint = target.constraint
+        self._interval = target.poll_interval
         self._cap = max(self._interval, min(BACKOFF_INTERVALS * self._interval, MAX_WAIT))
         self._failing: str | None = None  # the kind of error of the current streak, None when healthy
         self._slowed = False
@@ -233,20 +239,20 @@ class Watcher:
         current = self._state.current
         deployed = current.version if current is not None else None
         candidate = choose_candidate(
-            tags, deployed, self._constraint, self._state.quarantined_versions, self._settings.cd_allow_prerelease
+            tags, deployed, self._constraint, self._state.quarantined_versions, self.target.allow_prerelease
         )
         self._state.set_last_poll_at(now)
         self._state.set_last_error(None)
         report = PollReport(at=now, tags=len(tags), deployed=deployed, candidate=candidate)
         if candidate is None:
-            logger.debug("poll: {} tags, nothing newer than {}", len(tags), deployed or "nothing")
+            self._log.debug("poll: {} tags, nothing newer than {}", len(tags), deployed or "nothing")
             return _with_rate_limit(report, self._registry.rate_limit)
         digest = self._registry.manifest_digest(candidate)
         if digest is None:
             # Listed but gone (deleted between the two calls, or a push still in flight): next poll.
-            logger.warning("tag {} is listed but has no manifest yet; trying again next poll", candidate)
+            self._log.warning("tag {} is listed but has no manifest yet; trying again next poll", candidate)
             return _with_rate_limit(report, self._registry.rate_limit)
-        logger.info("new release {} ({}) above {}", candidate, digest, deployed or "nothing")
+        self._log.info("new release {} ({}) above {}", candidate, digest, deployed or "nothing")
         outcome = self._rollout.roll_out(candidate, digest, deployed)
         return PollReport(
             at=now, tags=len(tags), deployed=deployed, candidate=candidate, digest=digest, deploy=outcome.deploy,
@@ -256,8 +262,8 @@ class Watcher:
     def run_forever(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set. Returns only then; no error ends the loop."""
         sleep = self._sleep if self._sleep is not None else _waiting_on(stop)
-        logger.info(
-            "watching {} every {:g}s{}", self._settings.image.name, self._interval,
+        self._log.info(
+            "watching {} every {:g}s{}", self.target.image.name, self._interval,
             f" (constraint {self._constraint})" if self._constraint else "",
         )
         while not stop.is_set():
@@ -266,7 +272,7 @@ class Watcher:
                 break
             self._record_next_poll(delay)
             sleep(delay)
-        logger.info("watcher stopped")
+        self._log.info("watcher stopped")
 
     def _cycle(self, stop: threading.Event, sleep: Callable[[float], None]) -> float:
         """One poll, retried through registry outages; returns the seconds to wait before the next."""
@@ -294,7 +300,7 @@ class Watcher:
                          exc, exc)
             return self._interval
         if self._failing is not None:
-            logger.info("registry reachable again: {} tags, polling every {:g}s", report.tags, self._interval)
+            self._log.info("registry reachable again: {} tags, polling every {:g}s", report.tags, self._interval)
             self._failing = None
         return max(self._next_delay(report.rate_limit), self._after_deploy(report))
 
@@ -311,7 +317,7 @@ class Watcher:
             return 0.0
         self._failed_deploys += 1
         delay = min(self._interval * 2.0 ** self._failed_deploys, self._cap)
-        logger.info("deploy of {} failed {} time(s) in a row; next try in {:g}s", report.candidate,
+        self._log.info("deploy of {} failed {} time(s) in a row; next try in {:g}s", report.candidate,
                     self._failed_deploys, delay)
         return delay
 
@@ -322,30 +328,30 @@ class Watcher:
         what = "registry rate limit" if isinstance(error, RateLimited) else "registry unreachable"
         if self._failing != "registry":
             self._failing = "registry"
-            logger.warning("{}: {}; backing off (next try in {:.1f}s)", what, error, wait)
+            self._log.warning("{}: {}; backing off (next try in {:.1f}s)", what, error, wait)
         else:
-            logger.debug("{} (attempt {}): {}; next try in {:.1f}s", what, retry_state.attempt_number, error, wait)
+            self._log.debug("{} (attempt {}): {}; next try in {:.1f}s", what, retry_state.attempt_number, error, wait)
         self._record_error(f"{what}: {error}")
         self._record_next_poll(wait)
 
     def _failed(self, kind: str, message: str, error: BaseException, traceback: BaseException | None) -> None:
         self._record_error(f"{type(error).__name__}: {error}")
         if self._failing == kind:
-            logger.debug(message, error, self._interval)
+            self._log.debug(message, error, self._interval)
             return
         self._failing = kind
-        logger.opt(exception=traceback).error(message, error, self._interval)
+        self._log.opt(exception=traceback).error(message, error, self._interval)
 
     def _next_delay(self, rate_limit: RateLimit | None) -> float:
         delay = poll_delay(self._interval, rate_limit, self._jitter())
         slowed = delay > self._interval * (1 + JITTER)
         if slowed and not self._slowed and rate_limit is not None:
-            logger.warning(
+            self._log.warning(
                 "registry rate limit: {} of {} pulls left; polling every {:.0f}s until it recovers",
                 rate_limit.remaining, rate_limit.limit, delay,
             )
         elif self._slowed and not slowed:
-            logger.info("registry rate limit recovered; polling every {:g}s again", self._interval)
+            self._log.info("registry rate limit recovered; polling every {:g}s again", self._interval)
         self._slowed = slowed
         return delay
 
@@ -355,13 +361,23 @@ class Watcher:
         try:
             self._state.set_next_poll_at(self._clock() + timedelta(seconds=delay))
         except PiCicdError as exc:
-            logger.warning("could not record the next poll in the deploy state: {}", exc)
+            self._log.warning("could not record the next poll in the deploy state: {}", exc)
 
     def _record_error(self, error: str) -> None:
         try:
             self._state.set_last_error(error)
         except PiCicdError as exc:
-            logger.warning("could not record the error in the deploy state: {}", exc)
+            self._log.warning("could not record the error in the deploy state: {}", exc)
+
+
+def app_logger(name: str) -> loguru.Logger:
+    """The logger of one app's watcher: its lines start ``[NAME]`` (one agent watches many apps)."""
+    prefix = f"[{name}] "
+
+    def named(record: loguru.Record) -> None:
+        record["message"] = prefix + record["message"]
+
+    return logger.bind(app=name).patch(named)
 
 
 def _waiting_on(stop: threading.Event) -> Callable[[float], None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cd_agent.apps import single_target
 from cd_agent.watcher import Watcher
 from shared.registry import RegistryClient
 from tests.support.cd_apps import CdWorld, cd_agent, status_json, version_of
@@ -19,7 +20,7 @@ def test_v_tags_are_deployed_by_their_own_name_and_platform_builds_never(cd_worl
     deployer = world.deployer(CD_ALLOW_PRERELEASE="true")
 
     with RegistryClient(settings.image) as registry:
-        report = Watcher(settings, registry, deployer, deployer.state).poll_once()
+        report = Watcher(single_target(settings), registry, deployer, deployer.state).poll_once()
 
     assert report.candidate == "v1.3.0"
     assert world.served() == "v1.3.0"
@@ -28,7 +29,7 @@ def test_v_tags_are_deployed_by_their_own_name_and_platform_builds_never(cd_worl
 
     # A poll from v1.3.0: nothing above it (the platform builds of 1.4.0 are not releases).
     with RegistryClient(settings.image) as registry:
-        again = Watcher(settings, registry, deployer, deployer.state).poll_once()
+        again = Watcher(single_target(settings), registry, deployer, deployer.state).poll_once()
     assert again.candidate is None
 
     # `cd-agent deploy 1.2.0`, then `deploy 1.3.0` finds the release tagged v1.3.0.

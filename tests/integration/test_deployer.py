@@ -36,7 +36,7 @@ def test_from_nothing_the_release_is_deployed_and_recorded(cd_world: CdWorld) ->
     assert run is not None and run.status == "succeeded" and run.kind == "deploy" and run.version == "1.0.0"
     assert run.log_path is not None and "pulling" in Path(run.log_path).read_text()
     deployer.notifier.flush(10)
-    assert [email.subject for email in cd_world.mailer.sent] == ["deployed 1.0.0"]
+    assert [email.subject for email in cd_world.mailer.sent] == [f"[{cd_world.name}] deployed 1.0.0"]
 
 
 def test_upgrade_serves_the_new_version_and_keeps_data_in_named_and_anonymous_volumes(cd_world: CdWorld) -> None:
@@ -82,7 +82,7 @@ def test_manual_rollback_returns_to_the_previous_version_with_its_data_and_stays
     with pytest.raises(NothingToDeploy, match="quarantined"):
         deployer.deploy("1.1.0")
     deployer.notifier.flush(10)
-    assert cd_world.mailer.sent[-1].subject == "rolled back to 1.0.0"
+    assert cd_world.mailer.sent[-1].subject == f"[{cd_world.name}] rolled back to 1.0.0"
 
 
 def test_a_new_image_env_and_cmd_take_effect(cd_world: CdWorld) -> None:

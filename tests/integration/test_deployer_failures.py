@@ -42,7 +42,7 @@ def test_a_release_whose_process_exits_is_rolled_back_quarantined_and_reported(
     deployer.notifier.flush(10)
     messages = smtp_server.wait_for_messages(2, timeout=10)
     failure = messages[-1]
-    assert failure["Subject"] == "deploy of 1.0.1 failed: rolled back to 1.0.0"
+    assert failure["Subject"] == f"[{cd_world.name}] deploy of 1.0.1 failed: rolled back to 1.0.0"
     body = failure.get_content()
     assert "cannot open /etc/app.conf" in body and "quarantined" in body
 
@@ -68,7 +68,7 @@ def test_a_release_whose_health_url_never_answers_is_rolled_back(cd_world: CdWor
     assert cd_world.read_in_app("/cache/history").split() == ["1.0.0", "1.0.0"]
     assert deployer.state.is_quarantined("1.1.0")
     deployer.notifier.flush(10)
-    assert cd_world.mailer.sent[-1].subject == "deploy of 1.1.0 failed: rolled back to 1.0.0"
+    assert cd_world.mailer.sent[-1].subject == f"[{cd_world.name}] deploy of 1.1.0 failed: rolled back to 1.0.0"
     assert "waiting for a database" in cd_world.mailer.sent[-1].body
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cd_agent.swarm import LABEL_MANAGED
+from cd_agent.container_spec import LABEL_MANAGED
 from tests.support.cd_apps import SILENT, cd_agent, kill_deploy_at
 from tests.support.oci_index import S390X, Publisher, engine_of
 from tests.support.polling import wait_for
@@ -59,7 +59,7 @@ def test_a_missing_service_is_created_from_the_settings(swarm_world: SwarmWorld)
     run = deployer.runs.get(report.run or 0)
     assert run is not None and run.status == "succeeded"
     deployer.notifier.flush(10)
-    assert [email.subject for email in swarm_world.world.mailer.sent] == ["deployed 1.0.0"]
+    assert [email.subject for email in swarm_world.world.mailer.sent] == [f"[{swarm_world.world.name}] deployed 1.0.0"]
 
 
 def test_an_upgrade_rolls_across_two_replicas_and_keeps_start_first(swarm_world: SwarmWorld) -> None:
@@ -170,7 +170,7 @@ def test_an_agent_killed_mid_update_finishes_its_bookkeeping_when_started_again(
     runs = restarted.runs.list(kind="deploy")
     assert [run.status for run in runs if run.version == "1.1.0"] == ["succeeded"]
     _pinned(swarm_world, "1.1.0")
-    assert Path(restarted.settings.state_path).exists()
+    assert Path(restarted.target.paths.state).exists()
 
 
 def test_a_release_lacking_a_nodes_platform_is_refused_naming_the_node(swarm_world: SwarmWorld) -> None:

@@ -72,11 +72,14 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     shutil.copytree(systemd_unit_dir(), root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
     (root / "opt/pi-cicd/bin").mkdir(parents=True)
+    (root / "bin").mkdir()
     for name, unit in UNITS.items():
         shutil.copy(unit, root / "etc/systemd/system" / unit.name)
         executable = root / "opt/pi-cicd/bin" / name
         executable.write_text("#!/bin/sh\n")
         executable.chmod(0o755)
+    # ExecReload=/bin/kill -HUP $MAINPID (cd-agent: `systemctl reload` re-reads the apps file)
+    shutil.copy(shutil.which("kill") or "/bin/kill", root / "bin" / "kill")
     result = subprocess.run(
         [analyze, "verify", f"--root={root}", "--man=no", *(unit.name for unit in UNITS.values())],
         capture_output=True,

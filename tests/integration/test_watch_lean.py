@@ -11,12 +11,14 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from tests.support.cd_apps import CdWorld, clean_environ, state_json, version_of
+from tests.support.many_apps import AppsFile
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.docker
@@ -29,12 +31,14 @@ _IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(?P<module>\S+)$")
 class TimedWatch:
     """``python -X importtime -m cd_agent watch`` with its stderr (log and import lines) in a file."""
 
-    def __init__(self, world: CdWorld, **environ: str) -> None:
+    def __init__(self, world: CdWorld, *, settings: dict[str, str] | None = None, **environ: str) -> None:
+        """``settings``: the agent's whole environment (an apps file's), instead of ``world``'s with ``environ``."""
         self.log_path = world.root / "watch-importtime.log"
+        env = clean_environ(world.environ(**environ) if settings is None else settings)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-X", "importtime", "-m", "cd_agent", "watch"],
-                env=clean_environ(world.environ(**environ)), cwd=world.root, stdout=log, stderr=subprocess.STDOUT,
+                env=env, cwd=world.root, stdout=log, stderr=subprocess.STDOUT,
             )
 
     def log(self) -> str:
@@ -82,6 +86,31 @@ def test_the_watcher_imports_no_deploy_code_while_idle_nor_after_a_deploy(
     assert watch.process.wait(30) == 0
     assert "watcher stopped" in watch.log()
     assert "Traceback" not in watch.log()
+
+
+def test_the_idle_watcher_of_a_blue_green_and_a_swarm_app_imports_no_docker(
+    swarm_mode: None, cd_world: CdWorld, new_world: Callable[[], CdWorld], apps_file: AppsFile,
+    timed_watches: list[TimedWatch],
+) -> None:
+    """Their settings check the proxy's ports and read the strategy table, but load neither the proxy nor Swarm."""
+    green, swarm = cd_world, new_world()
+    apps_file.add(green, CD_STRATEGY="blue-green", CD_HEALTH_URL=green.url, CD_POLL_INTERVAL="0.5")
+    apps_file.add(swarm, CD_STRATEGY="swarm", CD_PORTS="", CD_POLL_INTERVAL="0.5")
+    apps_file.write()
+    watch = TimedWatch(green, settings=apps_file.environ())
+    timed_watches.append(watch)
+
+    for world in (green, swarm):  # nothing pushed: the start-up reconciles, then idle polls
+        wait_for(partial(lambda name: apps_file.state(name).get("last_poll_at"), world.name), timeout=60,
+                 what=f"{world.name} polled")
+
+    imported = watch.imported()
+    assert "cd_agent.watcher" in imported and "cd_agent.apps_watch" in imported, watch.log()[-3000:]
+    assert "cd_agent.proxy_ports" in imported and "cd_agent.strategies" in imported
+    assert deploy_only(imported) == [], watch.log()[-3000:]
+    assert not {"cd_agent.proxy", "cd_agent.swarm", "cd_agent.swarm_services"} & imported
+    watch.process.send_signal(signal.SIGTERM)
+    assert watch.process.wait(30) == 0
 
 
 

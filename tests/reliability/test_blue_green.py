@@ -105,7 +105,7 @@ def test_killed_at_a_phase_then_restarted(
     assert world.containers() == sorted([world.name, kept_name(world.name), proxy_container_name(world.name)])
     kept = world.docker_client.containers.get(kept_name(world.name))
     assert kept.labels[LABEL_VERSION] == "1.0.0"
-    with RunStore(world.settings().runs_path) as runs:
+    with RunStore(world.target().paths.runs) as runs:
         history = [(r.version, r.status) for r in reversed(runs.list(limit=100)) if r.kind == "deploy"]
     assert not [entry for entry in history if entry[1] in ("running", "queued")], history
     assert ("1.1.0", "interrupted") in history, history

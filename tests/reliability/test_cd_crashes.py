@@ -105,7 +105,7 @@ def test_killed_at_a_step_then_restarted(
     assert [name.lstrip("/") for item in listed for name in item["Names"]] == [world.name]
     assert status["deploy_in_progress"] is None
     assert status["quarantined"] == []
-    with RunStore(world.settings().runs_path) as runs:
+    with RunStore(world.target().paths.runs) as runs:
         history = [(r.version, r.status) for r in reversed(runs.list(limit=100)) if r.kind == "deploy"]
     assert not [entry for entry in history if entry[1] in ("running", "queued")], history
     assert ("1.1.0", "interrupted") in history, history

@@ -62,7 +62,7 @@ def containers(world: CdWorld) -> list[str]:
 
 
 def deploy_runs(world: CdWorld) -> list[Run]:
-    with RunStore(world.settings().runs_path) as runs:
+    with RunStore(world.target().paths.runs) as runs:
         return [run for run in runs.list(limit=1000) if run.kind == "deploy"]
 
 
@@ -393,7 +393,7 @@ def test_a_lost_or_corrupt_state_database(
     world.releases.push("1.0.0")
     world.deploy_first("1.0.0")
     before = identity(world)
-    state_path = world.settings().state_path
+    state_path = world.target().paths.state
     for path in state_path.parent.glob(state_path.name + "*"):
         path.unlink()
     if damage == "garbage":

@@ -58,7 +58,7 @@ def test_a_killed_deploy_process_is_reconciled_by_the_watcher(
     reconciled = wait_for(lambda: process.lines("reconcile: undid the interrupted deploy of 1.1.0"), timeout=30,
                           what="the reconcile's line")
     assert world.containers() == [world.name]
-    with RunStore(world.settings().runs_path) as runs:
+    with RunStore(world.target().paths.runs) as runs:
         history = [(r.version, r.status) for r in reversed(runs.list(limit=100)) if r.kind == "deploy"]
     assert history == [("1.0.0", "succeeded"), ("1.1.0", "interrupted")], history
     assert "Traceback" not in process.log()
@@ -87,7 +87,7 @@ def test_sigterm_lets_the_deploy_process_finish_then_the_watcher_exits(
     assert [item["version"] for item in status["quarantined"]] == ["1.1.0"]
     assert world.served() == "1.0.0"
     assert world.containers() == [world.name]
-    with RunStore(world.settings().runs_path) as runs:
+    with RunStore(world.target().paths.runs) as runs:
         history = [(r.version, r.status) for r in reversed(runs.list(limit=100)) if r.kind == "deploy"]
     assert history == [("1.0.0", "succeeded"), ("1.1.0", "failed")], history
     log = process.log()

@@ -268,7 +268,7 @@ def test_a_release_without_this_platform_is_refused_once_and_a_newer_one_is_depl
     wait_for(lambda: "1.1.0" in {q["version"] for q in state_json(world)["quarantined"]}, timeout=60,
              what="1.1.0 quarantined")
     smtp_server.wait_for_messages(2)
-    assert subjects(smtp_server)[1] == f"not deployed: {problem}"
+    assert subjects(smtp_server)[1] == f"[{world.name}] not deployed: {problem}"
     assert "1.0.0 keeps running" in str(smtp_server.messages[1].get_content())
 
     # later polls leave 1.1.0 alone: no deploy, no pull, no second line or email
@@ -295,7 +295,7 @@ def test_a_release_without_this_platform_is_refused_once_and_a_newer_one_is_depl
     publisher.index("1.2.0", publisher.with_attestations(entries))
     wait_for(lambda: world.served() == "1.2.0", timeout=90, what="1.2.0 (multi-platform) served")
     smtp_server.wait_for_messages(3)
-    assert subjects(smtp_server)[2] == "deployed 1.2.0"
+    assert subjects(smtp_server)[2] == f"[{world.name}] deployed 1.2.0"
     assert len([line for line in watch.lines("1.1.0") if "| INFO " not in line]) == 1
     assert watch.stop() == 0
     assert "Traceback" not in watch.log()

@@ -31,6 +31,7 @@ import httpx
 import pytest
 
 from cd_agent.agent import proxy_for
+from cd_agent.apps import AppTarget, single_target
 from cd_agent.deployer import Deployer
 from cd_agent.docker_gateway import DockerGateway
 from cd_agent.proxy import network_name
@@ -338,6 +339,9 @@ class CdWorld:
     def settings(self, **overrides: str) -> CdSettings:
         return load_settings(CdSettings, self.environ(**overrides))
 
+    def target(self, **overrides: str) -> AppTarget:
+        return single_target(self.settings(**overrides))
+
     def deployer(self, **overrides: str) -> Deployer:
         settings = self.settings(**overrides)
         notifier = notifier_from_settings(settings) if settings.email_enabled else Notifier(self.mailer, attempts=1)
@@ -405,14 +409,16 @@ class CdWorld:
 
 
 def build_deployer(settings: CdSettings, notifier: Notifier, **kwargs: Any) -> Deployer:
+    target = single_target(settings)
     docker = DockerGateway.from_env()
     return Deployer(
-        settings,
+        target,
         docker,
-        DeployState(settings.state_path),
-        RunStore(settings.runs_path),
+        DeployState(target.paths.state),
+        RunStore(target.paths.runs),
         notifier,
-        proxy=proxy_for(settings, docker),
+        proxy=proxy_for(target, docker),
+        log_retention=settings.log_retention_runs,
         **kwargs,
     )
 
@@ -527,7 +533,7 @@ def watches() -> Iterator[list[WatchProcess]]:
 def state_json(world: CdWorld) -> dict[str, Any]:
     """What `cd-agent status --json` shows, read in-process: a `cd-agent status` process per look costs
     about a second of CPU while a test polls for a state."""
-    with DeployState(world.settings().state_path) as state:
+    with DeployState(world.target().paths.state) as state:
         return state.to_json()
 
 

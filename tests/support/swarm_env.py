@@ -64,7 +64,7 @@ class SwarmWorld:
 
     def deployer(self, **overrides: str) -> Deployer:
         deployer = self.world.deployer(**overrides)
-        self.services.add(deployer.settings.cd_service or deployer.settings.cd_container_name)
+        self.services.add(deployer.target.service)
         return deployer
 
     def service(self, name: str | None = None) -> Any:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from cd_agent.apps import single_target
 from cd_agent.blue_green import LABEL_COLOUR, kept_name
 from cd_agent.container_spec import LABEL_VERSION, ContainerSpec
 from cd_agent.deployer import Deployer
@@ -48,11 +49,11 @@ class BlueGreenWorld(World):
         probe: Callable[[str, float], tuple[bool, str]] | None = None,
         **overrides: str,
     ) -> Deployer:
-        settings = self.settings(**overrides)
+        target = single_target(self.settings(**overrides))
         deployer = Deployer(
-            settings, self.engine, DeployState(settings.state_path), RunStore(settings.runs_path),
+            target, self.engine, DeployState(target.paths.state), RunStore(target.paths.runs),
             Notifier(self.mailer, attempts=1), monotonic=self.time.monotonic, sleep=self.time.sleep,
-            probe=probe or self.probe, on_phase=on_phase, proxy=self.proxy,
+            probe=probe or self.probe, on_phase=on_phase, proxy=self.proxy, siblings=self.siblings,
         )
         self.opened.append(deployer)
         return deployer
@@ -124,7 +125,7 @@ def test_a_first_deploy_creates_the_proxy_and_runs_the_release_behind_it_publish
     info = bg.engine.container(NAME)
     assert current is not None and info is not None and (current.version, current.container_id) == ("1.0.0", info.id)
     assert deployer.state.journal is None
-    assert bg.emails(deployer)[-1].subject == "deployed 1.0.0"
+    assert bg.emails(deployer)[-1].subject == "[app] deployed 1.0.0"
 
 
 def test_an_upgrade_switches_only_a_proven_release_and_stops_the_old_one_after_the_grace_period(
@@ -386,8 +387,9 @@ def test_a_swap_journal_is_not_touched_by_blue_green_and_vice_versa(bg: BlueGree
     with pytest.raises(Killed):
         bg.deployer(on_phase=kill_at("bg_started")).deploy("1.0.0")
     settings = World.settings(bg)  # the same state, the agent started with CD_STRATEGY=swap
+    target = single_target(settings)
     swap = Deployer(
-        settings, bg.engine, DeployState(settings.state_path), RunStore(settings.runs_path),
+        target, bg.engine, DeployState(target.paths.state), RunStore(target.paths.runs),
         Notifier(bg.mailer, attempts=1),
     )
     bg.opened.append(swap)

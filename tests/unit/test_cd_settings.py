@@ -4,7 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from cd_agent.settings import CdSettings, NetworkJoin, PortMapping, VolumeMount
+from cd_agent.settings import (
+    CdSettings,
+    NetworkJoin,
+    PortMapping,
+    VolumeMount,
+    parse_networks,
+    parse_ports,
+    parse_volumes,
+)
 from shared.errors import SettingsError
 from shared.settings import load_settings
 
@@ -21,8 +29,8 @@ def test_defaults():
     assert settings.cd_restart_policy == "unless-stopped"
     assert settings.cd_health_timeout == 60
     assert settings.cd_allow_prerelease is False
-    assert settings.ports == []
-    assert settings.volumes == []
+    assert parse_ports(settings.cd_ports) == []
+    assert parse_volumes(settings.cd_volumes) == []
     assert settings.constraint is None
     assert settings.cd_env_file is None
     assert settings.log_dir == Path("logs/cd")
@@ -44,18 +52,18 @@ def test_required(missing):
 
 def test_ports():
     settings = load(CD_PORTS="8080:80, 127.0.0.1:8443:443/tcp,[::1]:5353:53/udp,9000")
-    assert settings.ports == [
+    assert parse_ports(settings.cd_ports) == [
         PortMapping(host_ip=None, host_port=8080, container_port=80, protocol="tcp"),
         PortMapping(host_ip="127.0.0.1", host_port=8443, container_port=443, protocol="tcp"),
         PortMapping(host_ip="::1", host_port=5353, container_port=53, protocol="udp"),
         PortMapping(host_ip=None, host_port=None, container_port=9000, protocol="tcp"),
     ]
-    assert settings.ports[2].container_key == "53/udp"
+    assert parse_ports(settings.cd_ports)[2].container_key == "53/udp"
 
 
 def test_volumes():
     settings = load(CD_VOLUMES="data:/data,/srv/cfg:/cfg:ro, logs:/var/log:rw")
-    assert settings.volumes == [
+    assert parse_volumes(settings.cd_volumes) == [
         VolumeMount(source="data", target="/data", read_only=False, is_named=True),
         VolumeMount(source="/srv/cfg", target="/cfg", read_only=True, is_named=False),
         VolumeMount(source="logs", target="/var/log", read_only=False, is_named=True),
@@ -64,8 +72,8 @@ def test_volumes():
 
 def test_empty_values_mean_unset():
     settings = load(CD_PORTS="", CD_VOLUMES="", CD_HEALTH_URL="", CD_VERSION_CONSTRAINT="", CD_ENV_FILE="")
-    assert settings.ports == []
-    assert settings.volumes == []
+    assert parse_ports(settings.cd_ports) == []
+    assert parse_volumes(settings.cd_volumes) == []
     assert settings.cd_health_url is None
     assert settings.constraint is None
     assert settings.cd_env_file is None
@@ -135,8 +143,9 @@ def test_bad_values_name_the_variable_and_the_part(variable, value, message):
 def test_networks_are_parsed_once_into_names_and_aliases():
     settings = load(CD_NETWORKS="shop_default:web:shop-web, monitoring ,")
 
-    assert settings.networks == [NetworkJoin("shop_default", ("web", "shop-web")), NetworkJoin("monitoring")]
-    assert load().networks == []
+    joined = parse_networks(settings.cd_networks)
+    assert joined == [NetworkJoin("shop_default", ("web", "shop-web")), NetworkJoin("monitoring")]
+    assert parse_networks(load().cd_networks) == []
 
 
 def test_networks_are_refused_for_a_swarm_service():

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from cd_agent.apps import AppTarget, single_target
 from cd_agent.container_spec import (
     LABEL_DIGEST,
     LABEL_MANAGED,
@@ -36,8 +37,10 @@ OLD_IMAGE = ImageInfo(
 )
 
 
-def settings(**env: str) -> CdSettings:
-    return load_settings(CdSettings, {"CD_IMAGE": "127.0.0.1:5000/o/app", "CD_CONTAINER_NAME": "app", **env})
+def settings(**env: str) -> AppTarget:
+    return single_target(
+        load_settings(CdSettings, {"CD_IMAGE": "127.0.0.1:5000/o/app", "CD_CONTAINER_NAME": "app", **env})
+    )
 
 
 def old_container(*mounts: MountInfo, **setup: Any) -> ContainerInfo:

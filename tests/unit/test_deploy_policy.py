@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
+from cd_agent.apps import AppPaths, single_target
 from cd_agent.container_spec import LABEL_MANAGED, LABEL_VERSION
 from cd_agent.deployer import Deployer
 from cd_agent.engine import NetworkAttachment, ProcessConfig
 from cd_agent.errors import DeployError, DockerUnavailable, EngineError, NothingToDeploy
 from cd_agent.settings import CdSettings
-from cd_agent.state import SWAP_PHASES, DeployState, Phase
+from cd_agent.state import SWAP_PHASES, DeployState, Phase, Release
 from shared.notify import Email, Notifier
 from shared.runstore import RunStore
 from shared.settings import load_settings
@@ -53,6 +54,7 @@ class World:
         self.mailer = RecordingMailer()
         self.time = FakeTime()
         self.opened: list[Deployer] = []
+        self.siblings: tuple[AppPaths, ...] = ()  # other apps of the same image
 
     def settings(self, **overrides: str) -> CdSettings:
         environ = {
@@ -68,11 +70,11 @@ class World:
         probe: Callable[[str, float], tuple[bool, str]] = lambda url, timeout: (False, "no URL here"),
         **overrides: str,
     ) -> Deployer:
-        settings = self.settings(**overrides)
+        target = single_target(self.settings(**overrides))
         deployer = Deployer(
-            settings, self.engine, DeployState(settings.state_path), RunStore(settings.runs_path),
+            target, self.engine, DeployState(target.paths.state), RunStore(target.paths.runs),
             Notifier(self.mailer, attempts=1), monotonic=self.time.monotonic, sleep=self.time.sleep,
-            probe=probe, on_phase=on_phase,
+            probe=probe, on_phase=on_phase, siblings=self.siblings,
         )
         self.opened.append(deployer)
         return deployer
@@ -140,7 +142,7 @@ def test_a_first_deploy_runs_the_release_records_it_and_says_so(world: World) ->
     run = deployer.runs.get(1)
     assert run is not None and run.status == "succeeded" and run.failed_step is None
     email = world.emails(deployer)[-1]
-    assert email.subject == "deployed 1.0.0"
+    assert email.subject == "[app] deployed 1.0.0"
     assert f"{REPO}:1.0.0 is running as {NAME}." in email.body and "Previous version: none" in email.body
     assert f"Digest: {digest}" in email.body and "Health: still running after 1s" in email.body
 
@@ -160,6 +162,20 @@ def test_an_upgrade_replaces_the_container_keeps_the_previous_image_and_prunes_o
     # the anonymous /cache volume moved from container to container
     caches = {m.name for box in world.engine.boxes.values() for m in box.info.mounts if m.destination == "/cache"}
     assert len(caches) == 1
+
+
+def test_pruning_keeps_the_image_another_app_of_the_same_image_runs(world: World) -> None:
+    sibling = AppPaths(world.root / "state" / "apps" / "stable", world.root / "logs" / "stable")
+    with DeployState(sibling.state) as state:
+        state.set_current(Release("1.0.0"))
+    world.siblings = (sibling,)
+    deployer = world.deployer()
+    for version in ("1.0.0", "1.1.0", "1.2.0"):
+        world.push(version)
+        assert deployer.deploy(version).outcome == "deployed"
+
+    # Alone, 1.0.0 would be pruned after 1.2.0 (see above): the other app runs it.
+    assert sorted(world.engine.local) == [f"{REPO}:{v}" for v in ("1.0.0", "1.1.0", "1.2.0")]
 
 
 def test_the_same_version_again_is_a_noop_unless_forced(world: World) -> None:
@@ -219,7 +235,7 @@ def test_a_release_that_exits_is_rolled_back_quarantined_and_reported_truthfully
     run = deployer.runs.get(report.run or 0)
     assert run is not None and (run.status, run.failed_step) == ("failed", "health")
     email = world.emails(deployer)[-1]
-    assert email.subject == "deploy of 1.0.1 failed: rolled back to 1.0.0"
+    assert email.subject == "[app] deploy of 1.0.1 failed: rolled back to 1.0.0"
     assert "Failed at health: the container exited" in email.body
     assert "The version is quarantined" in email.body and "cannot open /etc/app.conf" in email.body
 
@@ -334,7 +350,7 @@ def test_a_version_missing_from_the_registry_fails_at_pull_without_touching_anyt
     assert report.error is not None and "9.9.9" in report.error
     assert world.engine.container(NAME) == before and not deployer.state.is_quarantined("9.9.9")
     email = world.emails(deployer)[-1]
-    assert email.subject == "deploy of 9.9.9 failed" and email.body.startswith(f"pull {REPO}:9.9.9")
+    assert email.subject == "[app] deploy of 9.9.9 failed" and email.body.startswith(f"pull {REPO}:9.9.9")
 
 
 def test_a_broken_first_deploy_leaves_nothing_behind_and_is_quarantined(world: World) -> None:
@@ -448,7 +464,7 @@ def test_a_manual_rollback_returns_to_the_previous_version_and_quarantines_the_o
     assert (report.outcome, report.version, report.previous) == ("deployed", "1.0.0", "1.1.0")
     assert world.serving() == "1.0.0"
     assert deployer.state.quarantined["1.1.0"].reason == "rolled back by hand to 1.0.0"
-    assert world.emails(deployer)[-1].subject == "rolled back to 1.0.0"
+    assert world.emails(deployer)[-1].subject == "[app] rolled back to 1.0.0"
 
 
 def test_rollback_without_a_previous_version_says_so(world: World) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cd_agent.apps import single_target
 from cd_agent.errors import DockerUnavailable
 from cd_agent.platform_check import PlatformCheck, pull_platform_problem
 from cd_agent.settings import CdSettings
@@ -80,7 +81,7 @@ def make(state: DeployState, registry: Registry, deployer: Deployer, mailer: Rec
     settings = load_settings(CdSettings, {"CD_IMAGE": "127.0.0.1:5000/o/app", "CD_CONTAINER_NAME": "app"})
     notifier = Notifier(mailer, attempts=1)
     check = PlatformCheck(lambda: host, registry)
-    return Watcher(settings, registry, deployer, state, platforms=check, notifier=notifier), notifier
+    return Watcher(single_target(settings), registry, deployer, state, platforms=check, notifier=notifier), notifier
 
 
 def test_a_release_without_this_platform_is_quarantined_with_one_line_and_one_email(state: DeployState) -> None:
@@ -103,8 +104,8 @@ def test_a_release_without_this_platform_is_quarantined_with_one_line_and_one_em
     [line] = [entry for entry in logs]
     assert line.level == "ERROR" and problem in line.message and "1.1.0 keeps running" in line.message
     [email] = mailer.sent
-    assert email.subject == f"not deployed: {problem}"
-    assert "cd-agent deploy 1.2.0 --force" in email.body
+    assert email.subject == f"[app] not deployed: {problem}"
+    assert "cd-agent deploy --app app 1.2.0 --force" in email.body
 
 
 def test_a_newer_release_with_this_platform_is_deployed_after_one_without(state: DeployState) -> None:

@@ -22,9 +22,9 @@ from cd_agent.proxy import (
     ProxyStateFile,
     caddy_config,
     config_label,
-    proxied_ports,
     proxy_sysctls,
 )
+from cd_agent.proxy_ports import proxied_ports
 from cd_agent.settings import parse_ports
 
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 from loguru import logger
 
+from cd_agent.apps import single_target
 from cd_agent.container_spec import build_spec
 from cd_agent.engine import ContainerInfo
 from cd_agent.errors import DockerUnavailable
@@ -103,5 +104,6 @@ def _settings(**env: str) -> CdSettings:
 
 def test_cd_init_defaults_to_off_and_reaches_the_container_spec() -> None:
     assert _settings().cd_init is False
-    assert build_spec(_settings(), image="r:1", version="1", digest=None, env={}).init is False
-    assert build_spec(_settings(CD_INIT="true"), image="r:1", version="1", digest=None, env={}).init is True
+    assert build_spec(single_target(_settings()), image="r:1", version="1", digest=None, env={}).init is False
+    on = single_target(_settings(CD_INIT="true"))
+    assert build_spec(on, image="r:1", version="1", digest=None, env={}).init is True

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cd_agent.apps import AppTarget, single_target
 from cd_agent.child_deploys import ChildDeploy, ChildDeploys, ChildError
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState, Release
@@ -100,11 +101,18 @@ def settings(**environ: str) -> CdSettings:
     )
 
 
+def app() -> tuple[CdSettings, AppTarget]:
+    """The settings and the app they define, as ``cd-agent watch`` hands them to a deploy process."""
+    return settings(), single_target(settings())
+
+
 def watcher(state, registry, deployer, time: FakeTime | None = None, **environ: str) -> Watcher:
     if time is None:
-        return Watcher(settings(**environ), registry, deployer, state, clock=lambda: T0, jitter=lambda: 0.0)
-    return Watcher(settings(**environ), registry, deployer, state, clock=time.clock, sleep=time.sleep,
-                   jitter=lambda: 0.0)
+        return Watcher(
+            single_target(settings(**environ)), registry, deployer, state, clock=lambda: T0, jitter=lambda: 0.0
+        )
+    return Watcher(single_target(settings(**environ)), registry, deployer, state, clock=time.clock,
+                   sleep=time.sleep, jitter=lambda: 0.0)
 
 
 def test_a_candidate_is_deployed_with_its_digest(state):
@@ -295,7 +303,9 @@ def test_a_failed_deploy_is_not_retried_on_the_next_poll(state):
         time.sleep(seconds)
         tags.append(["1.1.0", "1.1.0", "1.2.0", "1.2.0"][len(time.waits) - 1])
 
-    Watcher(settings(), registry, deployer, state, clock=time.clock, sleep=sleep, jitter=lambda: 0.0).run_forever(stop)
+    Watcher(
+        single_target(settings()), registry, deployer, state, clock=time.clock, sleep=sleep, jitter=lambda: 0.0
+    ).run_forever(stop)
 
     assert [version for version, _ in deployer.deployed] == ["1.1.0", "1.2.0"]
     assert state.current is not None and state.current.version == "1.2.0"
@@ -314,7 +324,7 @@ def test_stop_while_backing_off_ends_the_loop(state):
 def test_the_default_sleep_wakes_up_when_stopped(state):
     stop = threading.Event()
     registry = FakeRegistry(list)
-    looping = Watcher(settings(CD_POLL_INTERVAL="3600"), registry, FakeDeployer(state), state)
+    looping = Watcher(single_target(settings(CD_POLL_INTERVAL="3600")), registry, FakeDeployer(state), state)
     thread = threading.Thread(target=looping.run_forever, args=(stop,))
     thread.start()
     try:
@@ -390,7 +400,7 @@ def stand_in(tmp_path: Path, body: str) -> str:
 
 def test_a_deploy_process_s_answer_becomes_the_rollout_outcome(tmp_path):
     answer = '{"deploy": {"outcome": "rolled_back", "error": "health check failed"}, "unrunnable": null}'
-    deploys = ChildDeploys(settings(), python=stand_in(tmp_path, f"echo 'log noise' >&2; echo '{answer}'"))
+    deploys = ChildDeploys(*app(), python=stand_in(tmp_path, f"echo 'log noise' >&2; echo '{answer}'"))
 
     outcome = deploys.roll_out("1.1.0", digest_of("1.1.0"), "1.0.0")
 
@@ -405,7 +415,7 @@ def test_a_deploy_process_s_answer_becomes_the_rollout_outcome(tmp_path):
 
 def test_a_registry_outage_in_the_deploy_process_is_retried_like_one_in_the_watcher(tmp_path):
     error = '{"error": {"type": "RateLimited", "message": "429 from the registry", "retry_after": 7.5}}'
-    deploys = ChildDeploys(settings(), python=stand_in(tmp_path, f"echo '{error}'"))
+    deploys = ChildDeploys(*app(), python=stand_in(tmp_path, f"echo '{error}'"))
 
     with pytest.raises(RateLimited, match="429 from the registry") as raised:
         deploys.roll_out("1.1.0", digest_of("1.1.0"), "1.0.0")
@@ -418,7 +428,7 @@ def test_any_other_error_keeps_its_message_and_exit_code(tmp_path):
         '{"error": {"type": "DockerUnavailable", "message": "cannot reach the Docker Engine", "exit_code": 3,'
         ' "stage": "open"}}'
     )
-    deploys = ChildDeploys(settings(), python=stand_in(tmp_path, f"echo '{error}'"))
+    deploys = ChildDeploys(*app(), python=stand_in(tmp_path, f"echo '{error}'"))
 
     with pytest.raises(ChildError, match="cannot reach the Docker Engine") as raised:
         deploys.reconcile()
@@ -434,7 +444,7 @@ def test_a_killed_deploy_process_is_a_failed_deploy_then_a_reconcile(tmp_path):
         f"if [ $(wc -l < {calls}) -eq 1 ]; then kill -KILL $$; fi\n"
         "echo '{\"done\": \"undid the interrupted deploy of 1.1.0\"}'"
     )
-    deploys = ChildDeploys(settings(), python=stand_in(tmp_path, body))
+    deploys = ChildDeploys(*app(), python=stand_in(tmp_path, body))
 
     with capture_logs("INFO") as logs:
         outcome = deploys.roll_out("1.1.0", digest_of("1.1.0"), "1.0.0")
@@ -443,12 +453,12 @@ def test_a_killed_deploy_process_is_a_failed_deploy_then_a_reconcile(tmp_path):
     assert outcome.deploy.error == "the deploy process was killed by SIGKILL before it finished"
     assert calls.read_text().count("started") == 2
     said = [(entry.level, entry.message) for entry in logs]
-    assert ("ERROR", "deploy of 1.1.0 failed: the deploy process was killed by SIGKILL before it finished; "
+    assert ("ERROR", "[app] deploy of 1.1.0 failed: the deploy process was killed by SIGKILL before it finished; "
             "reconciling") in said
 
 
 def test_a_deploy_process_that_says_nothing_is_a_failed_deploy(tmp_path):
-    deploys = ChildDeploys(settings(), python=stand_in(tmp_path, "echo 'not json'; exit 4"))
+    deploys = ChildDeploys(*app(), python=stand_in(tmp_path, "echo 'not json'; exit 4"))
 
     outcome = deploys.roll_out("1.1.0", digest_of("1.1.0"), None)
 

@@ -1,0 +1,229 @@
+"""``cd-agent watch`` for every app: one process, each app polled at its own interval, deploys bounded.
+
+Each app has its own ``cd_agent.watcher.Watcher`` (its poll, backoff and rate-limit pacing, as with one
+app) running in a thread of this process, so a slow registry or a failing app never holds up another
+app's polls. Deploys still happen in short-lived child processes (``cd_agent.child_deploys``), one at
+a time per app, and at most ``CD_MAX_PARALLEL_DEPLOYS`` apps deploy at once (a slot is held by the
+thread while its child runs; the other apps keep polling).
+
+Apps on the same registry share one connection pool (the transport); bearer tokens are scoped to one
+repository by the registry, so each app keeps its own.
+
+SIGHUP reloads the apps file (``reload``): an app added is watched from then on, an app removed is no
+longer watched (its container keeps running), an app changed is watched with its new settings once
+its current poll or deploy is over (a deploy in progress is never interrupted); a file that does not
+load leaves everything as it was, with one error line.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+
+import httpx
+from loguru import logger
+
+from cd_agent.apps import AppTarget, Targets
+from cd_agent.child_deploys import ChildDeploys, ChildError
+from cd_agent.state import DeployState
+from cd_agent.tls_on_demand import TlsOnDemand
+from cd_agent.watcher import RolloutOutcome, Watcher, app_logger
+from shared.errors import PiCicdError
+from shared.registry import RegistryClient
+
+# How often a thread waiting for a deploy slot looks at its stop request.
+_SLOT_WAIT_S = 1.0
+
+
+class _SharedTransport(httpx.BaseTransport):
+    """One registry's connection pool, lent to each app's client: closing a client leaves it open."""
+
+    def __init__(self, transport: httpx.BaseTransport) -> None:
+        self._transport = transport
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._transport.handle_request(request)
+
+    def close(self) -> None:
+        pass  # closed by AppsWatch, after the last app
+
+
+class _SlottedDeploys:
+    """An app's child deploys, each holding one of the agent's deploy slots while it runs."""
+
+    def __init__(self, deploys: ChildDeploys, slots: threading.Semaphore) -> None:
+        self._deploys = deploys
+        self._slots = slots
+
+    def roll_out(self, version: str, digest: str, deployed: str | None) -> RolloutOutcome:
+        self._take_slot(f"deploying {version}")
+        try:
+            return self._deploys.roll_out(version, digest, deployed)
+        finally:
+            self._slots.release()
+
+    def reconcile(self) -> str:
+        self._take_slot("reconciling")
+        try:
+            return self._deploys.reconcile()
+        finally:
+            self._slots.release()
+
+    def _take_slot(self, what: str) -> None:
+        if self._slots.acquire(blocking=False):
+            return
+        app_logger(self._deploys.target.name).info("{} waits for a deploy slot (CD_MAX_PARALLEL_DEPLOYS)", what)
+        # A stop request does not skip the deploy: a watcher stops between polls, never inside one.
+        while not self._slots.acquire(timeout=_SLOT_WAIT_S):
+            pass
+
+
+class _AppThread:
+    """One app's watcher in its own thread; ``stop`` ends it after its current poll or deploy."""
+
+    def __init__(
+        self, watch: AppsWatch, targets: Targets, target: AppTarget, *, reconcile_first: bool,
+        after: _AppThread | None = None,
+    ) -> None:
+        self.target = target
+        self._reconcile_first = reconcile_first
+        self.stop = threading.Event()
+        self._watch = watch
+        self._after = after  # the thread this one replaces (a changed app): it finishes first
+        self._deploys = _SlottedDeploys(
+            ChildDeploys(targets.settings_of(target), target, siblings=targets.siblings(target), python=watch.python),
+            watch.slots,
+        )
+        self._thread = threading.Thread(target=self._run, name=f"watch-{target.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread.ident is not None:  # never started: the start-up reconcile of another app failed
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def reconcile(self) -> None:
+        """Finish or undo an interrupted deploy of this app. ``ChildError`` when its deploy process could not
+        even open (Docker out of reach, the state unreadable)."""
+        try:
+            self._deploys.reconcile()
+        except ChildError as exc:
+            if exc.stage == "open":
+                raise
+            # The watcher's first deploy reconciles again; the app may well be serving.
+            app_logger(self.target.name).error("reconcile at start-up failed: {}; watching anyway", exc)
+
+    def _run(self) -> None:
+        log = app_logger(self.target.name)
+        if self._after is not None:
+            self._after.join()
+        if self.stop.is_set():
+            return
+        if self._reconcile_first:
+            try:
+                self.reconcile()
+            except ChildError as exc:
+                log.error("reconcile failed: {}; watching anyway", exc)
+        try:
+            with ExitStack() as stack:
+                state = stack.enter_context(DeployState(self.target.paths.state))
+                registry = stack.enter_context(RegistryClient(
+                    self.target.image, username=self.target.registry_username,
+                    password=self.target.registry_password, transport=self._watch.transport_for(self.target),
+                ))
+                Watcher(self.target, registry, None, state, rollout=self._deploys).run_forever(self.stop)
+        except PiCicdError as exc:
+            log.error("stopped watching: {}", exc)
+        except Exception as exc:  # a thread that dies silently would stop watching an app for good
+            log.opt(exception=exc).error("stopped watching after an unexpected error: {!r}", exc)
+
+
+class AppsWatch:
+    """Every app of ``targets`` watched in this process until ``stop``; ``load`` re-reads them at a reload."""
+
+    def __init__(self, targets: Targets, *, load: Callable[[], Targets], python: str) -> None:
+        self.targets = targets
+        self.python = python
+        self.slots = threading.BoundedSemaphore(targets.settings.cd_max_parallel_deploys)
+        self._load = load
+        self._apps: dict[str, _AppThread] = {}
+        self._retired: list[_AppThread] = []
+        self._transports: dict[str, TlsOnDemand] = {}
+        self._lock = threading.Lock()
+
+    def transport_for(self, target: AppTarget) -> httpx.BaseTransport:
+        """The connection pool of ``target``'s registry, shared by every app on it."""
+        with self._lock:
+            key = target.image.api_url
+            if key not in self._transports:
+                self._transports[key] = TlsOnDemand()
+            return _SharedTransport(self._transports[key])
+
+    def run(self, stop: threading.Event, wake: threading.Event, reload_requested: threading.Event) -> None:
+        """Reconcile every app, watch them until ``stop``; a set ``reload_requested`` (SIGHUP) reloads."""
+        names = ", ".join(app.describe() for app in self.targets.apps)
+        logger.info("watching {} app(s): {} (at most {} deploying at once)", len(self.targets.apps), names,
+                    self.targets.settings.cd_max_parallel_deploys)
+        try:
+            for target in self.targets.apps:
+                app = _AppThread(self, self.targets, target, reconcile_first=False)
+                app.reconcile()  # before any poll: a crash left any app half-deployed, at any phase
+                self._apps[target.name] = app
+            for app in self._apps.values():
+                app.start()
+            while not stop.is_set():
+                wake.wait()
+                wake.clear()
+                if reload_requested.is_set() and not stop.is_set():
+                    reload_requested.clear()
+                    self.reload()
+        finally:
+            self._stop_all()
+
+    def reload(self) -> None:
+        """Re-read the apps; keep the running configuration when they do not load."""
+        try:
+            new = self._load()
+        except PiCicdError as exc:
+            logger.error("reload refused, still watching {}: {}", self.targets.names(), exc)
+            return
+        old = self.targets
+        everything_changed = new.settings != old.settings
+        if new.settings.cd_max_parallel_deploys != old.settings.cd_max_parallel_deploys:
+            logger.warning("reload: CD_MAX_PARALLEL_DEPLOYS changes at the next start, not at a reload")
+        new_names = {app.name for app in new.apps}
+        for name in [name for name in self._apps if name not in new_names]:
+            app = self._apps.pop(name)
+            app.stop.set()
+            self._retired.append(app)
+            logger.info("reload: {} is no longer watched (its container keeps running)", name)
+        for target in new.apps:
+            current = self._apps.get(target.name)
+            if current is not None and current.target == target and not everything_changed:
+                continue
+            if current is not None:
+                current.stop.set()
+                self._retired.append(current)
+            app = _AppThread(self, new, target, reconcile_first=True, after=current)
+            self._apps[target.name] = app
+            app.start()
+            if current is None:
+                logger.info("reload: now watching {}", target.describe())
+            else:
+                logger.info("reload: {} changed; its new settings apply after its current poll or deploy", target.name)
+        self.targets = new
+
+    def _stop_all(self) -> None:
+        apps = list(self._apps.values()) + self._retired
+        for app in apps:
+            app.stop.set()
+        for app in apps:
+            app.join()  # a deploy under way finishes first
+        for transport in self._transports.values():
+            transport.close()
+        logger.info("watcher stopped")

@@ -1,0 +1,153 @@
+"""``CD_STRATEGY``: the one table that says, per strategy, how to build it, recover it, check it, show it.
+
+A new strategy is one module plus one row here. Every column imports its strategy's modules when it
+is called: the settings and the idle watcher read the table without loading Docker's SDK (the
+blue-green proxy and the Swarm modules need it), which only a deploy process does.
+
+- ``build``: the strategy that deploys, from the deploy context and the deployer's parts;
+- ``recovery``: what reconciles an interrupted deploy of that strategy (given the built strategy);
+- ``check``: settings the strategy cannot work with, refused at start-up (``ValueError``, no Docker); it
+  gets the app's fields validated so far (``cd_ports``, ``cd_networks``: text as the user wrote it);
+- ``status``: what ``cd-agent status`` adds for the strategy (the Swarm service), or None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from cd_agent.errors import CdError, DeployError
+
+if TYPE_CHECKING:
+    import loguru
+
+    from cd_agent.apps import AppTarget
+    from cd_agent.blue_green import Proxy
+    from cd_agent.health import HealthChecker
+    from cd_agent.report import DeployReport
+    from cd_agent.strategy import DeployContext
+    from cd_agent.swarm_services import SwarmServices
+    from shared.runstore import RunStore
+
+
+class Strategy(Protocol):
+    """How a release replaces the running one; returns what happened."""
+
+    def deploy(self, log: loguru.Logger, version: str, digest: str | None, run: int) -> DeployReport: ...
+
+
+class Reconciles(Protocol):
+    """What the deployer asks of a strategy's recovery (``cd_agent.recovery.Recovery`` and its kin)."""
+
+    def reconcile(self) -> str: ...
+
+    def before_deploy(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the deployer hands a strategy besides the context: the health checker (for a URL), the runs,
+    and the adapters only some strategies use (tests pass fakes)."""
+
+    health: Callable[[str | None], HealthChecker]
+    runs: RunStore
+    proxy: Proxy | None = None
+    swarm: SwarmServices | None = None
+
+
+@dataclass(frozen=True)
+class StrategyRow:
+    build: Callable[[DeployContext, Parts], Strategy]
+    recovery: Callable[[DeployContext, Parts, Strategy], Reconciles]
+    check: Callable[[Mapping[str, Any]], None]
+    status: Callable[[AppTarget], dict[str, Any]] | None = None
+
+
+def _build_swap(context: DeployContext, parts: Parts) -> Strategy:
+    from cd_agent.swap import Swap
+
+    url = context.target.health_url
+    return Swap(context, health=lambda: parts.health(url))
+
+
+def _recover_containers(context: DeployContext, parts: Parts, strategy: Strategy) -> Reconciles:
+    from cd_agent.blue_green import BlueGreen
+    from cd_agent.recovery import Recovery
+
+    return Recovery(
+        context.engine, context.state, parts.runs, name=context.target.container_name, clock=context.clock,
+        strategy=strategy if isinstance(strategy, BlueGreen) else None,
+    )
+
+
+def _build_blue_green(context: DeployContext, parts: Parts) -> Strategy:
+    from cd_agent.blue_green import BlueGreen
+
+    if parts.proxy is None:
+        raise DeployError("CD_STRATEGY=blue-green needs the proxy controller")
+    return BlueGreen(context, parts.proxy, health=parts.health)
+
+
+def _check_blue_green(fields: Mapping[str, Any]) -> None:
+    # The proxy owns the ports: ports it cannot forward are refused now, not at the first deploy.
+    from cd_agent.proxy_ports import proxied_ports
+    from cd_agent.settings import parse_ports
+
+    if "cd_ports" not in fields:
+        return  # refused on its own
+    try:
+        proxied_ports(parse_ports(fields["cd_ports"]))
+    except CdError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _build_swarm(context: DeployContext, parts: Parts) -> Strategy:
+    from cd_agent.swarm import SwarmDeploy
+
+    return SwarmDeploy(context, _services(parts))
+
+
+def _recover_swarm(context: DeployContext, parts: Parts, strategy: Strategy) -> Reconciles:
+    from cd_agent.swarm import SwarmRecovery
+
+    return SwarmRecovery(context, _services(parts), parts.runs)
+
+
+def _services(parts: Parts) -> SwarmServices:
+    if parts.swarm is None:
+        raise DeployError("CD_STRATEGY=swarm needs the Swarm services")
+    return parts.swarm
+
+
+def _swarm_status(target: AppTarget) -> dict[str, Any]:
+    from cd_agent.swarm import service_status
+    from cd_agent.swarm_services import DockerSwarm
+
+    try:
+        services = DockerSwarm.from_env()
+        try:
+            return service_status(services, target.service)
+        finally:
+            services.close()
+    except CdError as exc:
+        return {"name": target.service, "error": str(exc)}
+
+
+def _check_swarm(fields: Mapping[str, Any]) -> None:
+    if str(fields.get("cd_networks") or "").strip():
+        raise ValueError(
+            "CD_NETWORKS joins containers the agent creates (swap, blue-green); a Swarm service's networks"
+            " are the service's own (docker service update --network-add)"
+        )
+
+
+def _no_check(fields: Mapping[str, Any]) -> None:
+    return None
+
+
+STRATEGIES: dict[str, StrategyRow] = {
+    "swap": StrategyRow(build=_build_swap, recovery=_recover_containers, check=_no_check),
+    "blue-green": StrategyRow(build=_build_blue_green, recovery=_recover_containers, check=_check_blue_green),
+    "swarm": StrategyRow(build=_build_swarm, recovery=_recover_swarm, check=_check_swarm, status=_swarm_status),
+}
