@@ -71,8 +71,8 @@ class Stack:
             [*argv, *args], cwd=self.folder, capture_output=True, text=True, timeout=300, check=False,
         )
 
-    def up(self) -> None:
-        done = self.compose("up", "-d")
+    def up(self, *services: str) -> None:
+        done = self.compose("up", "-d", *services)
         assert done.returncode == 0, done.stderr
 
     def containers(self, service: str) -> list[dict[str, Any]]:
@@ -94,6 +94,7 @@ def build_db_image(docker_client: Any, tag: str) -> None:
     dockerfile = busybox_dockerfile(cmd=["httpd", "-f", "-p", "8080", "-h", "/www"])
     docker_client.images.build(
         fileobj=build_context_tar(dockerfile, {"www/index.html": "db ok"}), custom_context=True, tag=tag, rm=True,
+        nocache=True,  # no cache parents shared with other builds, which other tests remove
     )
 
 
