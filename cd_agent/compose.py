@@ -23,8 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from loguru import logger
-
 from cd_agent.compose_project import (
     LABEL_ONEOFF,
     LABEL_PROJECT,
@@ -37,21 +35,17 @@ from cd_agent.compose_project import (
 from cd_agent.engine import ContainerInfo, Engine
 from cd_agent.errors import CdError, DeployError
 from cd_agent.health import HealthChecker
-from cd_agent.images import fetch_image, prune_images
+from cd_agent.images import ADOPTED, digest_of, fetch_pinned, prune_images, version_of
 from cd_agent.recovery import Recovery
 from cd_agent.report import DeployReport, Outcome
 from cd_agent.state import Journal, Release
-from cd_agent.strategy import DeployContext, StepFailure, StrategyBase, release_version
+from cd_agent.strategy import DeployContext, StepFailure, StrategyBase, log_failure, release_version
 from shared.runstore import RunStore
-from shared.versions import parse_version
 
 if TYPE_CHECKING:
     import loguru
 
     from cd_agent.apps import AppTarget
-
-ADOPTED = "adopted"
-
 
 def project_of(target: AppTarget) -> ComposeProject:
     """The app's compose project, its pin file in the app's state folder."""
@@ -59,19 +53,6 @@ def project_of(target: AppTarget) -> ComposeProject:
         files=target.compose_files, service=target.compose_service, project=target.compose_project,
         pin=target.paths.state_dir / PIN_FILE,
     )
-
-
-def version_of(image: str) -> str | None:
-    """The version tag of ``repo:1.2.3@sha256:...`` (None without a tag; ``adopted`` for a non-version tag)."""
-    last = image.split("@", 1)[0].rpartition("/")[2]
-    if ":" not in last:
-        return None
-    tag = last.rpartition(":")[2]
-    return tag if parse_version(tag) is not None else ADOPTED
-
-
-def digest_of(image: str) -> str | None:
-    return image.split("@", 1)[1] if "@" in image else None
 
 
 def service_containers(engine: Engine, project: ComposeProject) -> list[ContainerInfo]:
@@ -110,15 +91,11 @@ class ComposeDeploy(StrategyBase):
         repository = self._target.image.name
         current = release_version(self._state.current)
         try:
-            image_info = fetch_image(self._engine, self._target, log, version, digest)
+            image_info, digest = fetch_pinned(self._engine, self._target, log, version, digest,
+                                              why="the compose pin needs one")
         except CdError as exc:
             log.error("could not get the image: {}", exc)
             return DeployReport("failed", version, current, str(exc), failed_step="pull")
-        digest = image_info.digest_for(repository) or digest
-        if digest is None:
-            message = f"{repository}:{version} has no registry digest: the compose pin needs one"
-            log.error(message)
-            return DeployReport("failed", version, current, message, failed_step="pull")
         pin = f"{repository}:{version}@{digest}"
         try:
             compose_version = self._project.config(self._runner).get("version")
@@ -191,11 +168,7 @@ class ComposeDeploy(StrategyBase):
         self, log: loguru.Logger, version: str, before: _Before, failure: StepFailure, compose_version: str | None,
         started: float,
     ) -> DeployReport:
-        log.error("{} failed at {}: {}", version, failure.step, failure.reason)
-        if failure.output:
-            log.error("health check output:\n{}", failure.output)
-        if failure.log_tail:
-            log.error("last lines of the new container's log:\n{}", failure.log_tail)
+        log_failure(log, version, failure)
         try:
             put_back(self._project, self._runner, before.pin, bool(before.containers), compose_version)
         except (CdError, OSError) as exc:
@@ -262,22 +235,14 @@ def _text(value: object) -> str | None:
 
 
 class ComposeRecovery(Recovery):
-    """Crash safety for the compose strategy: a journal left by a killed agent is finished or undone."""
+    """Crash safety for the compose strategy: a journal left by a killed agent is finished or undone
+    (``Recovery.reconcile`` calls this class's ``recover`` and ``agree``)."""
 
     def __init__(self, context: DeployContext, runner: ComposeRunner, runs: RunStore) -> None:
         super().__init__(context.engine, context.state, runs, name=context.target.compose_service,
                          clock=context.clock)
         self._project = project_of(context.target)
         self._runner = runner
-
-    def reconcile(self) -> str:
-        journal = self._state.journal
-        message = self.recover(journal) if journal is not None else self.agree()
-        stale = self.close_stale_runs()
-        if stale:
-            message += f"; {stale}"
-        logger.info("reconcile: {}", message)
-        return message
 
     def recover(self, journal: Journal) -> str:
         if journal.strategy not in (None, "compose"):

@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 from cd_agent.apps import single_target
-from cd_agent.compose import version_of
 from cd_agent.compose_project import (
     LABEL_ONEOFF,
     LABEL_PROJECT,
@@ -30,6 +29,7 @@ from cd_agent.compose_project import (
 )
 from cd_agent.container_spec import ContainerSpec
 from cd_agent.deployer import Deployer
+from cd_agent.images import version_of
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState, Phase
 from shared.notify import Notifier
