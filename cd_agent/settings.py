@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from shared.platforms import parse_platform
 from shared.settings import SharedSettings
@@ -336,7 +337,7 @@ class CdSettings(CdAgentSettings):
         if info.data.get("cd_strategy") != "compose":
             return value
         if value is None:
-            raise ValueError("required with CD_STRATEGY=compose: the compose file(s) of the app's project")
+            raise PydanticCustomError("missing", "required with CD_STRATEGY=compose")
         from cd_agent.compose_project import check_settings  # runs `compose config`: the compose strategy only
 
         if "cd_image" in info.data and "cd_container_name" in info.data and "cd_compose_service" in info.data \

@@ -8,6 +8,7 @@ against the real compose and dockerd.
 
 from __future__ import annotations
 
+import re
 import stat
 from collections.abc import Sequence
 from dataclasses import replace
@@ -32,6 +33,7 @@ from cd_agent.deployer import Deployer
 from cd_agent.images import version_of
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState, Phase
+from shared.errors import SettingsError
 from shared.notify import Notifier
 from shared.runstore import RunStore
 from shared.settings import load_settings
@@ -251,6 +253,19 @@ def test_the_services_image_may_name_the_repository_any_way(tmp_path: Path, imag
     project = ComposeProject((tmp_path / "compose.yml",), "web", "p", tmp_path / "pin.yml")
     check_service(project, REPO, ConfigOnly(f"services:\n  web: {{image: '{image}'}}\n"))
     check_service(project, "docker.io/library/app", ConfigOnly("services:\n  web: {image: 'app:1'}\n"))
+
+
+@pytest.mark.parametrize(("settings", "said"), [
+    ({}, "CD_COMPOSE_FILE is required but not set"),
+    ({"CD_COMPOSE_FILE": "/nonexistent/compose.yml"}, "CD_COMPOSE_FILE='/nonexistent/compose.yml': no such compose"),
+    ({"CD_COMPOSE_FILE": "a.yml,,b.yml"}, "CD_COMPOSE_FILE='a.yml,,b.yml': give one or more compose files"),
+    ({"CD_COMPOSE_PROJECT": "My Stack"}, "CD_COMPOSE_PROJECT='My Stack': a compose project name is lower-case"),
+    ({"CD_COMPOSE_SERVICE": "-web"}, "CD_COMPOSE_SERVICE='-web': a service name is"),
+])
+def test_compose_settings_are_refused_before_compose_runs(settings: dict[str, str], said: str) -> None:
+    environ = {"CD_IMAGE": REPO, "CD_CONTAINER_NAME": "web", "CD_STRATEGY": "compose", **settings}
+    with pytest.raises(SettingsError, match=re.escape(said)):
+        load_settings(CdSettings, environ)
 
 
 def test_version_of_a_pin() -> None:
