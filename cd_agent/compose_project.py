@@ -96,9 +96,18 @@ class SubprocessCompose:
 
 
 def default_project(first_file: Path) -> str:
-    """Compose's own project name when none is given: the first file's folder, lower case, only ``a-z0-9_-``."""
-    name = re.sub(r"[^a-z0-9_-]", "", first_file.resolve().parent.name.lower())
-    return name.lstrip("_-") or "default"
+    """Compose's own project name when none is given: ``COMPOSE_PROJECT_NAME`` of the project's ``.env`` (so the
+    user's own ``docker compose`` and the agent's name one project), else the first file's folder; lower
+    case, only ``a-z0-9_-``, as compose normalises it."""
+    folder = first_file.resolve().parent
+    name = folder.name
+    dotenv = folder / ".env"
+    if dotenv.is_file():
+        from dotenv import dotenv_values
+
+        name = dotenv_values(dotenv).get("COMPOSE_PROJECT_NAME") or name
+    normalised = re.sub(r"[^a-z0-9_-]", "", name.lower())
+    return normalised.lstrip("_-") or "default"
 
 
 def split_files(text: str) -> tuple[Path, ...]:

@@ -221,6 +221,8 @@ def test_split_files_and_the_default_project(tmp_path: Path) -> None:
     second.write_text("services: {}\n")
     assert split_files(f"{first}, {second}") == (first, second)
     assert default_project(first) == "mystack_1x"
+    (folder / ".env").write_text("TAG=1\nCOMPOSE_PROJECT_NAME=Shop\n")
+    assert default_project(first) == "shop"
     for bad, said in ((f"{first},", "comma-separated"), (" ", "comma-separated"), (str(folder / "c.yml"), "no such")):
         with pytest.raises(ValueError, match=said):
             split_files(bad)
