@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cd_agent.compose_project import (
     LABEL_ONEOFF,
@@ -53,6 +53,22 @@ def project_of(target: AppTarget) -> ComposeProject:
         files=target.compose_files, service=target.compose_service, project=target.compose_project,
         pin=target.paths.state_dir / PIN_FILE,
     )
+
+
+def service_status(engine: Engine, project: ComposeProject) -> dict[str, Any]:
+    """For ``cd-agent status``: the service's containers (replicas), the version each runs, in the swarm's shape."""
+    containers = service_containers(engine, project)
+    pin = project.pinned_image()
+    return {
+        "name": f"{project.service} (compose project {project.project})", "exists": bool(containers),
+        "replicas": len(containers), "version": version_of(pin) if pin else "the compose file's image",
+        "update_state": None, "pin": str(project.pin) if pin else None,
+        "tasks": [
+            {"slot": number, "version": version_of(c.image), "node": c.name, "error": None,
+             "state": c.status + (f" ({c.health_status})" if c.health_status else "")}
+            for number, c in enumerate(containers, 1)
+        ],
+    }
 
 
 def service_containers(engine: Engine, project: ComposeProject) -> list[ContainerInfo]:

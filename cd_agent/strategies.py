@@ -171,6 +171,20 @@ def _compose(parts: Parts) -> ComposeRunner:
     return parts.compose if parts.compose is not None else SubprocessCompose.detect()
 
 
+def _compose_status(target: AppTarget) -> dict[str, Any]:
+    from cd_agent.compose import project_of, service_status
+    from cd_agent.docker_gateway import DockerGateway
+
+    try:
+        engine = DockerGateway.from_env()
+        try:
+            return service_status(engine, project_of(target))
+        finally:
+            engine.close()
+    except CdError as exc:
+        return {"name": target.compose_service, "error": str(exc)}
+
+
 def _no_check(fields: Mapping[str, Any]) -> None:
     return None
 
@@ -180,5 +194,7 @@ STRATEGIES: dict[str, StrategyRow] = {
     "blue-green": StrategyRow(build=_build_blue_green, recovery=_recover_containers, check=_check_blue_green),
     "swarm": StrategyRow(build=_build_swarm, recovery=_recover_swarm, check=_check_swarm, status=_swarm_status),
     # The compose files themselves are checked by CdSettings (CD_COMPOSE_FILE runs `compose config`).
-    "compose": StrategyRow(build=_build_compose, recovery=_recover_compose, check=_check_compose),
+    "compose": StrategyRow(
+        build=_build_compose, recovery=_recover_compose, check=_check_compose, status=_compose_status
+    ),
 }

@@ -54,6 +54,9 @@ def test_a_release_is_pinned_and_deployed_and_a_broken_one_rolled_back_with_the_
     assert version_of(status["current"]) == "1.1.0" and version_of(status["previous"]) == "1.0.0"
     assert [q["version"] for q in status["quarantined"]] == ["1.2.0"]
     assert status["deploy_in_progress"] is None
+    (replica,) = status["service"]["tasks"]
+    assert status["service"]["version"] == "1.1.0" and replica["version"] == "1.1.0", status["service"]
+    assert replica["node"] == back["Name"].lstrip("/") and replica["state"] == "running (healthy)", replica
     assert "fatal: cannot open /etc/app.conf" in broken.stderr or any(
         "fatal: cannot open /etc/app.conf" in path.read_text() for path in (world.root / "logs").glob("*.log")
     )

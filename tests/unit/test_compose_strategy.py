@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from cd_agent.apps import single_target
+from cd_agent.compose import project_of, service_status
 from cd_agent.compose_project import (
     LABEL_ONEOFF,
     LABEL_PROJECT,
@@ -149,6 +150,9 @@ def test_a_release_is_pinned_and_every_replica_recreated_from_it(world: World) -
         "version": "3.8", "services": {"web": {"image": f"{REPO}:1.1.0@{digest}"}},
     }
     assert stat.S_IMODE(world.pin.stat().st_mode) == 0o600
+    status = service_status(world.engine, project_of(world.deployer().target))
+    assert status["replicas"] == 2 and status["version"] == "1.1.0", status
+    assert [task["version"] for task in status["tasks"]] == ["1.1.0", "1.1.0"]
     assert all(command[-1] == "web" for command in world.compose.commands if "up" in command)
     assert all("--no-deps" in command for command in world.compose.commands[1:] if "up" in command)
 
