@@ -117,6 +117,9 @@ class AppTarget:
     update_parallelism: int
     update_order: Literal["start-first", "stop-first"]
     update_failure_action: Literal["rollback", "pause", "continue"]
+    compose_files: tuple[Path, ...]
+    compose_service: str
+    compose_project: str
     registry_username: str | None
     registry_password: SecretStr | None
     notify_to: tuple[str, ...]
@@ -203,11 +206,24 @@ def app_target(settings: CdSettings, name: str, paths: AppPaths) -> AppTarget:
         update_parallelism=settings.cd_update_parallelism,
         update_order=settings.cd_update_order,
         update_failure_action=settings.cd_update_failure_action,
+        **_compose_values(settings),
         registry_username=settings.registry_username,
         registry_password=settings.registry_password,
         notify_to=settings.notify_to,
         paths=paths,
     )
+
+
+def _compose_values(settings: CdSettings) -> dict[str, Any]:
+    """CD_COMPOSE_*: the files, the service (default CD_CONTAINER_NAME), the project (default compose's own)."""
+    from cd_agent.compose_project import default_project, split_files
+
+    files = split_files(settings.cd_compose_file) if settings.cd_compose_file else ()
+    return {
+        "compose_files": files,
+        "compose_service": settings.cd_compose_service or settings.cd_container_name,
+        "compose_project": settings.cd_compose_project or (default_project(files[0]) if files else ""),
+    }
 
 
 def single_target(settings: CdSettings) -> AppTarget:

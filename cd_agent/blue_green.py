@@ -47,7 +47,7 @@ from cd_agent.proxy import network_name
 from cd_agent.proxy_ports import proxied_ports
 from cd_agent.report import DeployReport, Outcome
 from cd_agent.state import BLUE_GREEN_PHASES, Journal, Release
-from cd_agent.strategy import Attempt, DeployContext, StepFailure, StrategyBase, release_version
+from cd_agent.strategy import Attempt, DeployContext, StepFailure, StrategyBase, log_failure, release_version
 
 if TYPE_CHECKING:
     import loguru
@@ -254,11 +254,7 @@ class BlueGreen(StrategyBase):
 
     def _abandon(self, log: loguru.Logger, attempt: Attempt, failure: StepFailure) -> DeployReport:
         version = attempt.version
-        log.error("{} failed at {}: {}", version, failure.step, failure.reason)
-        if failure.output:
-            log.error("health check output:\n{}", failure.output)
-        if failure.log_tail:
-            log.error("last lines of the new container's log:\n{}", failure.log_tail)
+        log_failure(log, version, failure)
         try:
             if attempt.new_id is not None:
                 self._engine.remove(attempt.new_id)

@@ -21,6 +21,7 @@ from loguru import logger
 
 from cd_agent.apps import AppPaths, AppTarget
 from cd_agent.blue_green import Proxy
+from cd_agent.compose_project import ComposeRunner
 from cd_agent.container_spec import LABEL_VERSION
 from cd_agent.engine import Engine
 from cd_agent.errors import CdError, DeployError, NothingToDeploy
@@ -62,6 +63,7 @@ class Deployer:
         on_phase: Callable[[Phase], None] | None = None,
         swarm: SwarmServices | None = None,
         proxy: Proxy | None = None,
+        compose: ComposeRunner | None = None,
         log_retention: int = 200,
         siblings: Sequence[AppPaths] = (),
     ) -> None:
@@ -83,7 +85,7 @@ class Deployer:
             swarm = DockerSwarm.from_env()
         self.swarm = swarm
         row = STRATEGIES[target.strategy]
-        parts = Parts(health=self._health, runs=runs, proxy=proxy, swarm=swarm)
+        parts = Parts(health=self._health, runs=runs, proxy=proxy, swarm=swarm, compose=compose)
         self._strategy: Strategy = row.build(context, parts)
         self._recovery = row.recovery(context, parts, self._strategy)
 

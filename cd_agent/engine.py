@@ -146,6 +146,9 @@ class Engine(Protocol):
     def network(self, name: str) -> NetworkInfo | None:
         """The network called exactly ``name``, if it exists."""
 
+    def containers(self, *, label: str | None = None, name: str | None = None) -> list[ContainerInfo]:
+        """All containers (running or not) with ``label`` (``key`` or ``key=value``) / whose name contains ``name``."""
+
     def rename(self, container: str, new_name: str) -> None: ...
 
     def start(self, container: str) -> None: ...

@@ -1,4 +1,4 @@
-"""The release images of a deploy: get one (pulled, or the local copy), and prune the old ones.
+"""The release images of a deploy: get one (pulled, or the local copy), and prune the old ones; read a pin.
 
 Both are strategy-agnostic: whatever replaces the container, the image is fetched first while the old
 container keeps serving, and after a healthy deploy the current and previous images stay for a rollback.
@@ -39,6 +39,36 @@ def fetch_image(
             raise
         log.warning("pull failed ({}); using the local image {}", exc, reference)
         return local
+
+
+# A running image whose tag is not a version is still adopted, under this name.
+ADOPTED = "adopted"
+
+
+def fetch_pinned(
+    engine: Engine, target: AppTarget, log: loguru.Logger, version: str, digest: str | None, *, why: str
+) -> tuple[ImageInfo, str]:
+    """``fetch_image``, and the registry digest a pin (``IMAGE:X.Y.Z@sha256:...``) needs; ``CdError`` saying
+    ``why`` when the image has none."""
+    image = fetch_image(engine, target, log, version, digest)
+    digest = image.digest_for(target.image.name) or digest
+    if digest is None:
+        raise CdError(f"{target.image.name}:{version} has no registry digest: {why}")
+    return image, digest
+
+
+def version_of(image: str) -> str | None:
+    """The version tag of ``repo:1.2.3@sha256:...`` (None without a tag; ``adopted`` for a non-version tag)."""
+    last = image.split("@", 1)[0].rpartition("/")[2]
+    if ":" not in last:
+        return None
+    tag = last.rpartition(":")[2]
+    return tag if parse_version(tag) is not None else ADOPTED
+
+
+def digest_of(image: str) -> str | None:
+    """The digest of ``repo:tag@sha256:...``, or None."""
+    return image.split("@", 1)[1] if "@" in image else None
 
 
 def prune_images(

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from shared.platforms import parse_platform
 from shared.settings import SharedSettings
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from shared.versions import Constraint
 
 RestartPolicy = Literal["unless-stopped", "always", "on-failure", "no"]
-Strategy = Literal["swap", "blue-green", "swarm"]
+Strategy = Literal["swap", "blue-green", "swarm", "compose"]
 Protocol = Literal["tcp", "udp", "sctp"]
 
 # docker's own rules (daemon/names.go); a name that breaks them fails only at `docker create`.
@@ -278,6 +279,11 @@ class CdSettings(CdAgentSettings):
     cd_update_parallelism: int = 1
     cd_update_order: Literal["start-first", "stop-first"] = "start-first"
     cd_update_failure_action: Literal["rollback", "pause", "continue"] = "rollback"
+    # CD_STRATEGY=compose (cd_agent/compose.py): the service of the user's project. The files come last:
+    # their check (compose config) reads the service and the project validated before them.
+    cd_compose_service: str | None = None
+    cd_compose_project: str | None = None
+    cd_compose_file: str | None = Field(default=None, validate_default=True)
 
     @field_validator("cd_image")
     @classmethod
@@ -303,15 +309,41 @@ class CdSettings(CdAgentSettings):
 
         value = value.strip().lower()
         if value not in STRATEGIES:
-            raise ValueError(f"{value!r} is not a deploy strategy: use swap (the default), blue-green or swarm")
+            raise ValueError(
+                f"{value!r} is not a deploy strategy: use swap (the default), blue-green, swarm or compose"
+            )
         STRATEGIES[value].check(info.data)
         return value
 
-    @field_validator("cd_service")
+    @field_validator("cd_service", "cd_compose_service")
     @classmethod
     def _service(cls, value: str | None) -> str | None:
         if value is not None and not _CONTAINER_NAME.match(value):
             raise ValueError("a service name is letters, digits, '_', '.', '-', starting with a letter or digit")
+        return value
+
+    @field_validator("cd_compose_project")
+    @classmethod
+    def _compose_project(cls, value: str | None) -> str | None:
+        # compose's own rule for -p: lower-case letters, digits, '_' and '-', starting with a letter or digit
+        if value is not None and not re.match(r"^[a-z0-9][a-z0-9_-]*$", value):
+            raise ValueError("a compose project name is lower-case letters, digits, '_' and '-', starting with a"
+                             " letter or digit")
+        return value
+
+    @field_validator("cd_compose_file")
+    @classmethod
+    def _compose_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("cd_strategy") != "compose":
+            return value
+        if value is None:
+            raise PydanticCustomError("missing", "required with CD_STRATEGY=compose")
+        from cd_agent.compose_project import check_settings  # runs `compose config`: the compose strategy only
+
+        if "cd_image" in info.data and "cd_container_name" in info.data and "cd_compose_service" in info.data \
+                and "cd_compose_project" in info.data:
+            check_settings(value, info.data["cd_compose_service"] or info.data["cd_container_name"],
+                           info.data["cd_compose_project"], info.data["cd_image"])
         return value
 
     @field_validator("cd_replicas", "cd_update_parallelism")

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from cd_agent.apps import AppTarget
     from cd_agent.blue_green import Proxy
+    from cd_agent.compose_project import ComposeRunner
     from cd_agent.health import HealthChecker
     from cd_agent.report import DeployReport
     from cd_agent.strategy import DeployContext
@@ -54,6 +55,7 @@ class Parts:
     runs: RunStore
     proxy: Proxy | None = None
     swarm: SwarmServices | None = None
+    compose: ComposeRunner | None = None
 
 
 @dataclass(frozen=True)
@@ -134,12 +136,53 @@ def _swarm_status(target: AppTarget) -> dict[str, Any]:
         return {"name": target.service, "error": str(exc)}
 
 
-def _check_swarm(fields: Mapping[str, Any]) -> None:
-    if str(fields.get("cd_networks") or "").strip():
-        raise ValueError(
-            "CD_NETWORKS joins containers the agent creates (swap, blue-green); a Swarm service's networks"
-            " are the service's own (docker service update --network-add)"
-        )
+def _refuse_networks(whose: str) -> Callable[[Mapping[str, Any]], None]:
+    """The check of a strategy whose containers the agent does not create: CD_NETWORKS cannot apply."""
+
+    def check(fields: Mapping[str, Any]) -> None:
+        if str(fields.get("cd_networks") or "").strip():
+            raise ValueError(f"CD_NETWORKS joins containers the agent creates (swap, blue-green); {whose}")
+
+    return check
+
+
+_check_swarm = _refuse_networks(
+    "a Swarm service's networks are the service's own (docker service update --network-add)"
+)
+_check_compose = _refuse_networks("a compose service's networks are its compose file's")
+
+
+def _build_compose(context: DeployContext, parts: Parts) -> Strategy:
+    from cd_agent.compose import ComposeDeploy
+
+    url = context.target.health_url
+    return ComposeDeploy(context, _compose(parts), health=lambda: parts.health(url))
+
+
+def _recover_compose(context: DeployContext, parts: Parts, strategy: Strategy) -> Reconciles:
+    from cd_agent.compose import ComposeRecovery
+
+    return ComposeRecovery(context, _compose(parts), parts.runs)
+
+
+def _compose(parts: Parts) -> ComposeRunner:
+    from cd_agent.compose_project import SubprocessCompose
+
+    return parts.compose if parts.compose is not None else SubprocessCompose.detect()
+
+
+def _compose_status(target: AppTarget) -> dict[str, Any]:
+    from cd_agent.compose import project_of, service_status
+    from cd_agent.docker_gateway import DockerGateway
+
+    try:
+        engine = DockerGateway.from_env()
+        try:
+            return service_status(engine, project_of(target))
+        finally:
+            engine.close()
+    except CdError as exc:
+        return {"name": target.compose_service, "error": str(exc)}
 
 
 def _no_check(fields: Mapping[str, Any]) -> None:
@@ -150,4 +193,8 @@ STRATEGIES: dict[str, StrategyRow] = {
     "swap": StrategyRow(build=_build_swap, recovery=_recover_containers, check=_no_check),
     "blue-green": StrategyRow(build=_build_blue_green, recovery=_recover_containers, check=_check_blue_green),
     "swarm": StrategyRow(build=_build_swarm, recovery=_recover_swarm, check=_check_swarm, status=_swarm_status),
+    # The compose files themselves are checked by CdSettings (CD_COMPOSE_FILE runs `compose config`).
+    "compose": StrategyRow(
+        build=_build_compose, recovery=_recover_compose, check=_check_compose, status=_compose_status
+    ),
 }

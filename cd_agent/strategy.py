@@ -19,6 +19,8 @@ from cd_agent.report import LOG_TAIL_LINES
 from cd_agent.state import DeployState, Phase, Release
 
 if TYPE_CHECKING:
+    import loguru
+
     from cd_agent.apps import AppTarget
 
 
@@ -91,6 +93,15 @@ class StrategyBase:
             return self._engine.logs_tail(container, LOG_TAIL_LINES)
         except CdError as exc:
             return f"(could not read the container's log: {exc})"
+
+
+def log_failure(log: loguru.Logger, version: str, failure: StepFailure) -> None:
+    """The failed step into the run log, with what the health check saw and the new container's log tail."""
+    log.error("{} failed at {}: {}", version, failure.step, failure.reason)
+    if failure.output:
+        log.error("health check output:\n{}", failure.output)
+    if failure.log_tail:
+        log.error("last lines of the new container's log:\n{}", failure.log_tail)
 
 
 def release_version(release: Release | None) -> str | None:

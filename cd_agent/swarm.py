@@ -22,7 +22,7 @@ from loguru import logger
 
 from cd_agent.container_spec import LABEL_MANAGED, read_env_file
 from cd_agent.errors import CdError
-from cd_agent.images import fetch_image
+from cd_agent.images import ADOPTED, digest_of, fetch_pinned, version_of
 from cd_agent.recovery import Recovery
 from cd_agent.report import LOG_TAIL_LINES, DeployReport, Outcome
 from cd_agent.state import DeployState, Journal, Release
@@ -37,14 +37,12 @@ from cd_agent.swarm_services import (
     TaskInfo,
 )
 from shared.runstore import RunStore
-from shared.versions import parse_version
 
 if TYPE_CHECKING:
     import loguru
 
     from cd_agent.apps import AppTarget
 
-ADOPTED = "adopted"
 # CD_RESTART_POLICY in Swarm's words: Swarm has no "unless-stopped" (a scaled-down service stays down).
 RESTART_CONDITIONS = {"unless-stopped": "any", "always": "any", "on-failure": "on-failure", "no": "none"}
 _POLL_S = 0.5
@@ -56,20 +54,6 @@ class Verdict:
     reason: str
     state: str | None = None
     failing: TaskInfo | None = None
-
-
-def version_of(image: str) -> str | None:
-    """The version tag of ``repo:1.2.3@sha256:...`` (None without a tag); ``adopted`` for a non-version tag."""
-    name = image.split("@", 1)[0]
-    last = name.rpartition("/")[2]
-    if ":" not in last:
-        return None
-    tag = last.rpartition(":")[2]
-    return tag if parse_version(tag) is not None else ADOPTED
-
-
-def digest_of(image: str) -> str | None:
-    return image.split("@", 1)[1] if "@" in image else None
 
 
 class SwarmDeploy(StrategyBase):
@@ -84,15 +68,10 @@ class SwarmDeploy(StrategyBase):
         repository = self._target.image.name
         current = release_version(self._state.current)
         try:
-            image_info = fetch_image(self._engine, self._target, log, version, digest)
+            _, digest = fetch_pinned(self._engine, self._target, log, version, digest, why="Swarm needs a pinned image")
         except CdError as exc:
             log.error("could not get the image: {}", exc)
             return DeployReport("failed", version, current, str(exc), failed_step="pull")
-        digest = image_info.digest_for(repository) or digest
-        if digest is None:
-            message = f"{repository}:{version} has no registry digest: Swarm needs a pinned image"
-            log.error(message)
-            return DeployReport("failed", version, current, message, failed_step="pull")
         image = f"{repository}:{version}@{digest}"
         try:
             service = self._services.service(self._name)

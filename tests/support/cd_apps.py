@@ -130,8 +130,10 @@ class AppReleases:
         env: Mapping[str, str] | None = None,
         start: str | None = None,
         keep_local: bool = False,
+        health_url: str = "http://127.0.0.1:8080/",
     ) -> str:
-        """Build and push ``repository:version``; the local tag is removed so the deployer must pull."""
+        """Build and push ``repository:version``; the local tag is removed so the deployer must pull.
+        ``health_url``: what the ``healthcheck`` variant's HEALTHCHECK asks (a stack's ``http://db:8080/``)."""
         script = start or {
             "good": START, "healthcheck": START, "stack": START, "broken": BROKEN, "silent": SILENT
         }[variant]
@@ -140,7 +142,7 @@ class AppReleases:
             # Written here: docker 20.10 refuses the helper's --start-period=0s.
             extra = (
                 "HEALTHCHECK --interval=300ms --timeout=2s --retries=3"
-                ' CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]'
+                f' CMD ["wget", "-q", "-O", "/dev/null", "{health_url}"]'
             )
         if variant == "stack":
             extra = (

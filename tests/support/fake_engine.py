@@ -127,6 +127,15 @@ class FakeEngine:
         self.before("network", name)
         return NetworkInfo(f"net-{name}", name, "bridge") if name in self.networks else None
 
+    def containers(self, *, label: str | None = None, name: str | None = None) -> list[ContainerInfo]:
+        self.before("containers", label or name or "")
+        key, _, value = (label or "").partition("=")
+        return [
+            box.info for box in self.boxes.values()
+            if (not key or (key in box.info.labels and (not value or box.info.labels[key] == value)))
+            and (not name or name in box.info.name)
+        ]
+
     def rename(self, container: str, new_name: str) -> None:
         box = self._box("rename", container)
         self._free(new_name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cd_agent.fleet_platforms import FleetPlatformCheck, node_platform
-from cd_agent.swarm import digest_of, version_of
+from cd_agent.images import digest_of, version_of
 from shared.platforms import Platform, parse_platform
 
 AMD64 = parse_platform("linux/amd64")

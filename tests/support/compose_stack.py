@@ -1,0 +1,112 @@
+"""A compose stack made by the real ``docker-compose`` (or ``docker compose``) for the compose strategy's tests.
+
+``db`` is a busybox httpd built locally (``FROM scratch``) answering ``db ok`` on port 8080; ``web`` is the
+CD image (``CdWorld.releases``), published on a loopback port, whose releases' HEALTHCHECK asks
+``http://db:8080/``: healthy only when it reaches the database over the project's network. Each stack has a
+unique project name and is taken down with ``down -v`` afterwards.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cd_agent.compose_project import LABEL_PROJECT, LABEL_SERVICE, SubprocessCompose
+from tests.support.cd_apps import CdWorld
+from tests.support.docker_env import build_context_tar, busybox_dockerfile, unique
+
+DB_HEALTH_URL = "http://db:8080/"
+
+
+@dataclass
+class Stack:
+    """One compose project: its folder and file, and the world whose app is its ``web`` service."""
+
+    world: CdWorld
+    folder: Path
+    project: str = field(default_factory=lambda: unique("picicd-stack"))
+    db_image: str = ""
+
+    @property
+    def file(self) -> Path:
+        return self.folder / "compose.yml"
+
+    def write(self, web_version: str, *, web_extra: str = "") -> None:
+        """The user's compose file: ``web`` at ``web_version`` (by tag, as a user writes it) beside ``db``."""
+        self.file.write_text(
+            'version: "3.8"\n'
+            "services:\n"
+            "  db:\n"
+            f"    image: {self.db_image}\n"
+            "    stop_grace_period: 1s\n"
+            "  web:\n"
+            f"    image: {self.world.releases.repository}:{web_version}\n"
+            "    restart: unless-stopped\n"
+            "    stop_grace_period: 2s\n"
+            f'    ports: ["127.0.0.1:{self.world.port}:8080"]\n'
+            "    depends_on: [db]\n"
+            + web_extra
+        )
+
+    def settings(self) -> dict[str, str]:
+        """The CD settings of the compose strategy for this stack's ``web``."""
+        return {
+            "CD_STRATEGY": "compose",
+            "CD_COMPOSE_FILE": str(self.file),
+            "CD_COMPOSE_SERVICE": "web",
+            "CD_COMPOSE_PROJECT": self.project,
+        }
+
+    def compose(self, *args: str, files: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
+        """The user running compose by hand in the project's folder."""
+        argv = [*SubprocessCompose.detect().command, "-p", self.project, "-f", str(self.file)]
+        for extra in files:
+            argv += ["-f", str(extra)]
+        return subprocess.run(
+            [*argv, *args], cwd=self.folder, capture_output=True, text=True, timeout=300, check=False,
+        )
+
+    def up(self, *services: str) -> None:
+        done = self.compose("up", "-d", *services)
+        assert done.returncode == 0, done.stderr
+
+    def containers(self, service: str) -> list[dict[str, Any]]:
+        """The service's containers as ``docker inspect`` shows them, found by compose's labels."""
+        client = self.world.docker_client
+        listed = client.api.containers(
+            all=True, filters={"label": [f"{LABEL_PROJECT}={self.project}", f"{LABEL_SERVICE}={service}"]}
+        )
+        return [client.api.inspect_container(item["Id"]) for item in listed]
+
+    def db_identity(self) -> tuple[str, str]:
+        """The db container's id and start time: a deploy must change neither."""
+        (db,) = self.containers("db")
+        return db["Id"], db["State"]["StartedAt"]
+
+
+def build_db_image(docker_client: Any, tag: str) -> None:
+    """The stack's database stand-in: busybox httpd answering ``db ok``."""
+    dockerfile = busybox_dockerfile(cmd=["httpd", "-f", "-p", "8080", "-h", "/www"])
+    docker_client.images.build(
+        fileobj=build_context_tar(dockerfile, {"www/index.html": "db ok"}), custom_context=True, tag=tag, rm=True,
+        nocache=True,  # no cache parents shared with other builds, which other tests remove
+    )
+
+
+@pytest.fixture
+def stack(cd_world: CdWorld) -> Iterator[Stack]:
+    folder = cd_world.root / "stack"
+    folder.mkdir()
+    made = Stack(cd_world, folder)
+    made.db_image = f"{unique('picicd-db')}:1"
+    cd_world.janitor.images.add(made.db_image)
+    build_db_image(cd_world.docker_client, made.db_image)
+    cd_world.overrides.update(made.settings())
+    yield made
+    if made.file.exists():
+        made.compose("down", "-v", "-t", "1")
