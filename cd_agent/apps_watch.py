@@ -18,7 +18,7 @@ load leaves everything as it was, with one error line.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 
 import httpx
@@ -26,6 +26,7 @@ from loguru import logger
 
 from cd_agent.apps import AppTarget, Targets
 from cd_agent.child_deploys import ChildDeploys, ChildError
+from cd_agent.hints import EarlyPolls, HintCounts
 from cd_agent.state import DeployState
 from cd_agent.tls_on_demand import TlsOnDemand
 from cd_agent.watcher import RolloutOutcome, Watcher, app_logger
@@ -89,6 +90,8 @@ class _AppThread:
         self.target = target
         self._reconcile_first = reconcile_first
         self.stop = threading.Event()
+        # Its waits between polls: a registry's push notification ends one early (cd_agent/hints.py).
+        self.early = EarlyPolls(targets.settings.cd_hook_min_interval)
         self._watch = watch
         self._after = after  # the thread this one replaces (a changed app): it finishes first
         self._deploys = _SlottedDeploys(
@@ -99,6 +102,11 @@ class _AppThread:
 
     def start(self) -> None:
         self._thread.start()
+
+    def request_stop(self) -> None:
+        """Stop after the current poll or deploy; a wait between polls ends at once."""
+        self.stop.set()
+        self.early.wake()
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread.ident is not None:  # never started: the start-up reconcile of another app failed
@@ -136,7 +144,9 @@ class _AppThread:
                     self.target.image, username=self.target.registry_username,
                     password=self.target.registry_password, transport=self._watch.transport_for(self.target),
                 ))
-                Watcher(self.target, registry, None, state, rollout=self._deploys).run_forever(self.stop)
+                Watcher(
+                    self.target, registry, None, state, rollout=self._deploys, sleep=self.early.wait
+                ).run_forever(self.stop)
         except PiCicdError as exc:
             log.error("stopped watching: {}", exc)
         except Exception as exc:  # a thread that dies silently would stop watching an app for good
@@ -164,6 +174,20 @@ class AppsWatch:
                 self._transports[key] = TlsOnDemand()
             return _SharedTransport(self._transports[key])
 
+    def hint(self, repositories: Iterable[str]) -> list[str]:
+        """A registry says ``repositories`` were pushed to: each app watching one polls early. Its names."""
+        wanted = set(repositories)
+        with self._lock:
+            apps = [app for app in self._apps.values() if app.target.image.repository in wanted]
+        for app in apps:
+            app.early.hint()
+        return sorted(app.target.name for app in apps)
+
+    def hint_counts(self) -> dict[str, HintCounts]:
+        """Each watched app's hints received and early polls, for /metrics."""
+        with self._lock:
+            return {name: app.early.counts() for name, app in self._apps.items()}
+
     def run(self, stop: threading.Event, wake: threading.Event, reload_requested: threading.Event) -> None:
         """Reconcile every app, watch them until ``stop``; a set ``reload_requested`` (SIGHUP) reloads."""
         names = ", ".join(app.describe() for app in self.targets.apps)
@@ -173,7 +197,8 @@ class AppsWatch:
             for target in self.targets.apps:
                 app = _AppThread(self, self.targets, target, reconcile_first=False)
                 app.reconcile()  # before any poll: a crash left any app half-deployed, at any phase
-                self._apps[target.name] = app
+                with self._lock:  # the listener's threads read it (hint)
+                    self._apps[target.name] = app
             for app in self._apps.values():
                 app.start()
             while not stop.is_set():
@@ -198,8 +223,9 @@ class AppsWatch:
             logger.warning("reload: CD_MAX_PARALLEL_DEPLOYS changes at the next start, not at a reload")
         new_names = {app.name for app in new.apps}
         for name in [name for name in self._apps if name not in new_names]:
-            app = self._apps.pop(name)
-            app.stop.set()
+            with self._lock:
+                app = self._apps.pop(name)
+            app.request_stop()
             self._retired.append(app)
             logger.info("reload: {} is no longer watched (its container keeps running)", name)
         for target in new.apps:
@@ -207,10 +233,11 @@ class AppsWatch:
             if current is not None and current.target == target and not everything_changed:
                 continue
             if current is not None:
-                current.stop.set()
+                current.request_stop()
                 self._retired.append(current)
             app = _AppThread(self, new, target, reconcile_first=True, after=current)
-            self._apps[target.name] = app
+            with self._lock:
+                self._apps[target.name] = app
             app.start()
             if current is None:
                 logger.info("reload: now watching {}", target.describe())
@@ -221,7 +248,7 @@ class AppsWatch:
     def _stop_all(self) -> None:
         apps = list(self._apps.values()) + self._retired
         for app in apps:
-            app.stop.set()
+            app.request_stop()
         for app in apps:
             app.join()  # a deploy under way finishes first
         for transport in self._transports.values():
