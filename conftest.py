@@ -15,4 +15,5 @@ pytest_plugins = [
     "tests.support.stacks",
     "tests.support.build_hosts",
     "tests.support.many_apps",
+    "tests.support.registry_hints",
 ]
