@@ -109,6 +109,7 @@ def watch(targets: Targets, args: argparse.Namespace) -> int:
     # (cd_agent.child_deploys), so Docker's SDK and the deployer never become resident in the watcher.
     from cd_agent.apps_watch import AppsWatch
     from cd_agent.listener import Listener, ListenerConfig
+    from cd_agent.status_pages import StatusPages
 
     stop, wake, reload_requested = threading.Event(), threading.Event(), threading.Event()
     watch = AppsWatch(targets, load=lambda: load_targets(read_environment(args.env_file)), python=sys.executable)
@@ -118,7 +119,7 @@ def watch(targets: Targets, args: argparse.Namespace) -> int:
             settings.cd_dashboard_host, settings.cd_dashboard_port, settings.cd_dashboard_token, settings.cd_hook_token
         ),
         watch,
-        lambda request: None,
+        StatusPages(lambda: watch.targets),
     )
     listener.start()
     try:

@@ -42,7 +42,9 @@ from ci_agent.errors import RunNotFound
 from ci_agent.git import strip_credentials
 from ci_agent.queue import KIND
 from ci_agent.settings import CiSettings
+from shared.badges import svg_badge
 from shared.host_check import HostCheck, own_names
+from shared.media_types import prefers_html
 from shared.runstore import Run, RunStore
 
 LIST_LIMIT = 100
@@ -195,52 +197,6 @@ def _existing(store: RunStore, number: int) -> Run:
 
 def html_response(page: str, status_code: int = 200) -> HTMLResponse:
     return HTMLResponse(page, status_code=status_code, headers=_HEADERS)
-
-
-def prefers_html(accept: str | None) -> bool:
-    """Whether ``accept`` ranks ``text/html`` strictly above ``application/json`` (RFC 9110 q-values).
-
-    A browser's ``text/html,...,*/*;q=0.8`` does; ``*/*``, ``application/json``, no header and a
-    tie do not, so every API client keeps getting JSON.
-    """
-    if not accept:
-        return False
-    ranges = list(_media_ranges(accept))
-    return _quality(ranges, "text", "html") > _quality(ranges, "application", "json")
-
-
-def _media_ranges(accept: str) -> Iterable[tuple[str, str, float]]:
-    for item in accept.split(","):
-        media, *params = (part.strip() for part in item.split(";"))
-        kind, _, subtype = media.lower().partition("/")
-        if not kind or not subtype:
-            continue
-        quality = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    quality = min(max(float(value), 0.0), 1.0)
-                except ValueError:
-                    quality = 0.0
-        yield kind, subtype, quality
-
-
-def _quality(ranges: Sequence[tuple[str, str, float]], kind: str, subtype: str) -> float:
-    # The most specific matching range decides (type/subtype over type/* over */*).
-    best: tuple[int, float] = (-1, 0.0)
-    for range_kind, range_subtype, quality in ranges:
-        if (range_kind, range_subtype) == (kind, subtype):
-            specificity = 2
-        elif (range_kind, range_subtype) == (kind, "*"):
-            specificity = 1
-        elif (range_kind, range_subtype) == ("*", "*"):
-            specificity = 0
-        else:
-            continue
-        if specificity > best[0]:
-            best = (specificity, quality)
-    return best[1]
 
 
 # -- pages ------------------------------------------------------------------------------------------
@@ -422,32 +378,4 @@ def render_badge(badge: Badge) -> str:
     segments = [("ci", _LABEL_COLOUR), (badge.status, _BADGE_COLOURS[badge.status])]
     if badge.version is not None:
         segments.append((badge.version, _VERSION_COLOUR))
-    widths = [_text_width(text) + 12 for text, _ in segments]
-    total = sum(widths)
-    title = html.escape(" | ".join(text for text, _ in segments))
-    rects, texts = [], []
-    x = 0
-    for (text, colour), width in zip(segments, widths, strict=True):
-        escaped = html.escape(text)
-        middle = x + width / 2
-        rects.append(f'<rect x="{x}" width="{width}" height="20" fill="{colour}"/>')
-        texts.append(
-            f'<text x="{middle:g}" y="15" fill="#010101" fill-opacity=".3">{escaped}</text>'
-            f'<text x="{middle:g}" y="14">{escaped}</text>'
-        )
-        x += width
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="20" role="img" aria-label="{title}">'
-        f"<title>{title}</title>"
-        '<linearGradient id="s" x2="0" y2="100%"><stop offset="0" stop-color="#bbb" stop-opacity=".1"/>'
-        '<stop offset="1" stop-opacity=".1"/></linearGradient>'
-        f'<clipPath id="r"><rect width="{total}" height="20" rx="3" fill="#fff"/></clipPath>'
-        f'<g clip-path="url(#r)">{"".join(rects)}<rect width="{total}" height="20" fill="url(#s)"/></g>'
-        '<g fill="#fff" text-anchor="middle" font-family="Verdana,Geneva,DejaVu Sans,sans-serif" font-size="11">'
-        f'{"".join(texts)}</g></svg>'
-    )
-
-
-def _text_width(text: str) -> int:
-    # Verdana 11px averages about 7px a character; narrow dots and digits make this a safe upper bound.
-    return 7 * len(text)
+    return svg_badge(segments)
