@@ -18,6 +18,7 @@ load leaves everything as it was, with one error line.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 
@@ -27,11 +28,12 @@ from loguru import logger
 from cd_agent.apps import AppTarget, Targets
 from cd_agent.child_deploys import ChildDeploys, ChildError
 from cd_agent.hints import EarlyPolls, HintCounts
+from cd_agent.metrics import CdMetrics
 from cd_agent.state import DeployState
 from cd_agent.tls_on_demand import TlsOnDemand
 from cd_agent.watcher import RolloutOutcome, Watcher, app_logger
 from shared.errors import PiCicdError
-from shared.registry import RegistryClient
+from shared.registry import RateLimit, RegistryClient
 
 # How often a thread waiting for a deploy slot looks at its stop request.
 _SLOT_WAIT_S = 1.0
@@ -48,6 +50,47 @@ class _SharedTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         pass  # closed by AppsWatch, after the last app
+
+
+class _CountedTags:
+    """An app's registry client whose tags lists (one a poll) and failures are counted for /metrics."""
+
+    def __init__(self, registry: RegistryClient, app: str, metrics: CdMetrics) -> None:
+        self._registry = registry
+        self._polls = metrics.polls.labels(app)
+        self._errors = metrics.poll_errors.labels(app)
+
+    @property
+    def rate_limit(self) -> RateLimit | None:
+        return self._registry.rate_limit
+
+    def list_tags(self) -> list[str]:
+        self._polls.inc()
+        with self._errors.count_exceptions():
+            return self._registry.list_tags()
+
+    def manifest_digest(self, tag: str) -> str | None:
+        with self._errors.count_exceptions():
+            return self._registry.manifest_digest(tag)
+
+
+class _CountedDeploys:
+    """An app's deploys, each counted by outcome and timed for /metrics."""
+
+    def __init__(self, deploys: _SlottedDeploys, app: str, metrics: CdMetrics) -> None:
+        self._deploys = deploys
+        self._app = app
+        self._metrics = metrics
+
+    def roll_out(self, version: str, digest: str, deployed: str | None) -> RolloutOutcome:
+        started = time.monotonic()
+        outcome = "error"  # the deploy process could not even run
+        try:
+            result = self._deploys.roll_out(version, digest, deployed)
+            outcome = result.deploy.outcome if result.deploy is not None else "refused"
+            return result
+        finally:
+            self._metrics.deployed(self._app, outcome, time.monotonic() - started)
 
 
 class _SlottedDeploys:
@@ -144,8 +187,10 @@ class _AppThread:
                     self.target.image, username=self.target.registry_username,
                     password=self.target.registry_password, transport=self._watch.transport_for(self.target),
                 ))
+                metrics = self._watch.metrics
                 Watcher(
-                    self.target, registry, None, state, rollout=self._deploys, sleep=self.early.wait
+                    self.target, _CountedTags(registry, self.target.name, metrics), None, state,
+                    rollout=_CountedDeploys(self._deploys, self.target.name, metrics), sleep=self.early.wait,
                 ).run_forever(self.stop)
         except PiCicdError as exc:
             log.error("stopped watching: {}", exc)
@@ -165,6 +210,7 @@ class AppsWatch:
         self._retired: list[_AppThread] = []
         self._transports: dict[str, TlsOnDemand] = {}
         self._lock = threading.Lock()
+        self.metrics = CdMetrics(lambda: self.targets, self.hint_counts)
 
     def transport_for(self, target: AppTarget) -> httpx.BaseTransport:
         """The connection pool of ``target``'s registry, shared by every app on it."""

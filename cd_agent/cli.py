@@ -108,7 +108,7 @@ def watch(targets: Targets, args: argparse.Namespace) -> int:
     # Only what an idle poll uses is imported here: the reconcile and each deploy run in a child process
     # (cd_agent.child_deploys), so Docker's SDK and the deployer never become resident in the watcher.
     from cd_agent.apps_watch import AppsWatch
-    from cd_agent.listener import Listener, ListenerConfig
+    from cd_agent.listener import Listener, ListenerConfig, first_page
     from cd_agent.status_pages import StatusPages
 
     stop, wake, reload_requested = threading.Event(), threading.Event(), threading.Event()
@@ -119,7 +119,7 @@ def watch(targets: Targets, args: argparse.Namespace) -> int:
             settings.cd_dashboard_host, settings.cd_dashboard_port, settings.cd_dashboard_token, settings.cd_hook_token
         ),
         watch,
-        StatusPages(lambda: watch.targets),
+        first_page(watch.metrics.page, StatusPages(lambda: watch.targets)),
     )
     listener.start()
     try:

@@ -93,6 +93,19 @@ class Request:
 Pages = Callable[[Request], Answer | None]
 
 
+def first_page(*pages: Pages) -> Pages:
+    """The pages of each of ``pages`` in turn: the first answer wins."""
+
+    def answer(request: Request) -> Answer | None:
+        for page in pages:
+            found = page(request)
+            if found is not None:
+                return found
+        return None
+
+    return answer
+
+
 @dataclass(frozen=True)
 class ListenerConfig:
     host: str

@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.cd_apps import WatchProcess, state_json, version_of
 from tests.support.notify_server import NotifyServer
@@ -17,6 +18,16 @@ from tests.support.ports import free_port
 from tests.support.registry_hints import HookedWorld, docker_hub_body
 
 pytestmark = pytest.mark.docker
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a /metrics answer, keyed by name and sorted labels."""
+    answer = httpx.get(url)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(answer.text) for sample in family.samples
+    }
 
 
 def test_a_push_to_the_notifying_registry_is_served_within_seconds(
@@ -35,6 +46,21 @@ def test_a_push_to_the_notifying_registry_is_served_within_seconds(
 
     world.releases.push("1.0.1")
     wait_for(lambda: world.served() == "1.0.1", timeout=60, what="1.0.1 served after the next notification")
+    wait_for(lambda: version_of(state_json(world)["current"]) == "1.0.1", timeout=30, what="1.0.1 recorded")
+
+    # What the deploys, polls and hints left in /metrics, read with Prometheus' own text parser.
+    app, url = world.name, f"http://127.0.0.1:{hooked_world.listener_port}/metrics"
+    deployed = ("picicd_cd_deploys_total", (("app", app), ("outcome", "deployed")))
+    # counted when the deploy process has ended, a moment after it recorded the release
+    wait_for(lambda: scrape(url).get(deployed) == 2, timeout=30, what="two deploys counted")
+    samples = scrape(url)
+    assert samples[("picicd_cd_deploy_duration_seconds_count", (("app", app),))] == 2
+    assert samples[("picicd_cd_polls_total", (("app", app),))] >= 3  # the first poll and two early ones
+    assert samples[("picicd_cd_poll_errors_total", (("app", app),))] == 0
+    assert samples[("picicd_cd_hints_total", (("app", app),))] >= 2
+    assert samples[("picicd_cd_early_polls_total", (("app", app),))] >= 2
+    assert samples[("picicd_cd_deployed_info", (("app", app), ("version", "1.0.1")))] == 1
+    assert samples[("picicd_cd_last_successful_poll_timestamp_seconds", (("app", app),))] > time.time() - 120
     assert watch.stop() == 0
     assert "Traceback" not in watch.log()
 
