@@ -143,6 +143,12 @@ def create_dashboard_app(settings: CiSettings, store: RunStore) -> FastAPI:
     def runs_page() -> HTMLResponse:
         return html_response(render_runs_page(settings, store.list(limit=LIST_LIMIT)))
 
+    @app.get("/metrics", dependencies=private)
+    def metrics() -> Response:
+        from ci_agent.metrics import CONTENT_TYPE, metrics_text
+
+        return Response(metrics_text(store), media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+
     @app.get("/runs", dependencies=private)
     def runs(limit: int = Query(default=50, ge=1, le=1000)) -> list[dict[str, Any]]:
         return [run.to_json() for run in store.list(limit=limit)]
