@@ -30,22 +30,16 @@ from cd_agent.apps import AppTarget, Targets
 from cd_agent.listener import Answer, Request
 from cd_agent.state import DeployState
 from shared.badges import svg_badge
-from shared.media_types import prefers_html
+from shared.media_types import ANSI_ESCAPE, PAGE_HEADERS, prefers_html
 from shared.runstore import Run, RunStore
 
 DEPLOYS_SHOWN = 20
 LOG_TAIL_BYTES = 256 * 1024
 REFRESH_SECONDS = 10
-_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; "
-    "form-action 'none'; frame-ancestors 'none'",
-    "Referrer-Policy": "no-referrer",
-    "Vary": "Accept",
-}
+_HEADERS = {**PAGE_HEADERS, "Vary": "Accept"}
 _APP = re.compile(r"^/apps/([^/]+)$")
 _LOG = re.compile(r"^/apps/([^/]+)/runs/([0-9]{1,18})/log$")
 _BADGE = re.compile(r"^/badge/([^/]+)\.svg$")
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -223,7 +217,7 @@ def _log(target: AppTarget, number: int) -> Answer:
             data = log.read()
     except OSError:
         return Answer.text(404, f"not found: the log of deploy #{number} is gone (pruned?)")
-    return Answer(200, _ANSI.sub("", data.decode("utf-8", "replace")).encode(), headers=_HEADERS)
+    return Answer(200, ANSI_ESCAPE.sub("", data.decode("utf-8", "replace")).encode(), headers=_HEADERS)
 
 
 def _badge(target: AppTarget) -> Answer:

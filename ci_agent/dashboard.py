@@ -44,7 +44,7 @@ from ci_agent.queue import KIND
 from ci_agent.settings import CiSettings
 from shared.badges import svg_badge
 from shared.host_check import HostCheck, own_names
-from shared.media_types import prefers_html
+from shared.media_types import ANSI_ESCAPE, PAGE_HEADERS, prefers_html
 from shared.runstore import Run, RunStore
 
 LIST_LIMIT = 100
@@ -56,15 +56,8 @@ MAX_RUN_NUMBER = 2**63 - 1
 # The badge looks this far back for a finished run of the tracked branch.
 _BADGE_SCAN_LIMIT = 1000
 
-# The pages need nothing but their own inline style sheet; a stored value that slipped past
-# escaping could still not load or run anything.
-_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; "
-    "form-action 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_HEADERS = PAGE_HEADERS
+_ANSI = ANSI_ESCAPE
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
+# Both agents' pages need nothing but their own inline style sheet; a stored value that slipped past
+# escaping could still not load or run anything.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+# Colour codes in run logs: stripped before a log is shown.
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 def prefers_html(accept: str | None) -> bool:
     """Whether ``accept`` ranks ``text/html`` strictly above ``application/json`` (RFC 9110 q-values).
