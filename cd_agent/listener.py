@@ -18,7 +18,8 @@ Who may read what:
   It is the one route meant to be exposed (through a reverse proxy or a tunnel); it answers any Host.
 - The private pages: with ``CD_DASHBOARD_TOKEN`` every one needs it (``Authorization: Bearer``, or a
   Basic password for browsers). Without it they answer only requests from a loopback address whose
-  ``Host`` is a loopback name or ``CD_DASHBOARD_HOST`` (a DNS-rebinding page names its own domain), and
+  ``Host`` is a loopback name or ``CD_DASHBOARD_HOST`` (a DNS-rebinding page names its own domain; the
+  CI dashboard's rule, ``shared.host_check.allows_host``), and
   every answer says ``Cache-Control: no-store``.
 """
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -40,6 +40,7 @@ from pydantic import SecretStr
 from cd_agent.errors import CdError
 from cd_agent.hints import NotAHint, repositories_named
 from shared.access_tokens import token_matches
+from shared.host_check import allows_host, own_names
 from shared.settings import is_loopback_host
 
 MAX_HOOK_BODY = 256 * 1024
@@ -47,8 +48,6 @@ MAX_CONNECTIONS = 64
 SOCKET_TIMEOUT_S = 10.0
 HOOK_PREFIX = "/hooks/registry/"
 REALM = "pi-cicd cd-agent"
-# A host and an optional port: a bracketed IPv6 address, or a name or IPv4 address without colons.
-_HOST_HEADER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s/@]+)(?::[0-9]{1,5})?")
 
 
 class ListenerError(CdError):
@@ -114,26 +113,6 @@ class ListenerConfig:
     hook_token: SecretStr | None = None
 
 
-def host_name(header: str) -> str | None:
-    """The name a ``Host`` header asks for, lower case, without port, brackets or a final dot; None if malformed."""
-    match = _HOST_HEADER.fullmatch(header.strip())
-    if match is None:
-        return None
-    return match.group(1).strip("[]").rstrip(".").lower() or None
-
-
-def allows_host(header: str | None, names: Iterable[str]) -> bool:
-    """Whether a request with ``Host: header`` may be answered: a loopback name or one of ``names``.
-
-    The same rule as the CI dashboard's (the ``sec-ci`` branch's ``shared.host_check.allows_host``,
-    same signature): once that is on main, this function gives way to it.
-    """
-    if header is None:
-        return False
-    name = host_name(header)
-    return name is not None and (is_loopback_host(name) or name in names)
-
-
 class Listener:
     """The listener of ``config``, serving ``pages`` and, with a hook token, hints to ``hints``; in a thread."""
 
@@ -141,7 +120,7 @@ class Listener:
         self.config = config
         self._hints = hints
         self._pages = pages
-        self._own_names = frozenset({config.host.strip("[]").lower()})
+        self._own_names = own_names(config.host)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 

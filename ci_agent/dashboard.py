@@ -24,7 +24,6 @@ public port then, whose name is the user's own).
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
