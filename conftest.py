@@ -16,4 +16,5 @@ pytest_plugins = [
     "tests.support.build_hosts",
     "tests.support.many_apps",
     "tests.support.compose_stack",
+    "tests.support.registry_hints",
 ]

@@ -36,6 +36,11 @@ DEPENDENCIES = [
     # what `cd-agent watch` imports itself, and what its deploy process adds
     ("the watcher's modules", "import cd_agent.cli, cd_agent.child_deploys, cd_agent.tls_on_demand, shared.registry"),
     ("a deploy process's modules", "import cd_agent.deploy_child"),
+    # the CD listener (issue 21): the standard library's http.server, then prometheus_client for /metrics
+    ("the watcher + the listener", "import cd_agent.cli, cd_agent.child_deploys, cd_agent.tls_on_demand, "
+     "shared.registry, cd_agent.listener, cd_agent.status_pages"),
+    ("the watcher + listener + metrics", "import cd_agent.cli, cd_agent.child_deploys, "
+     "cd_agent.tls_on_demand, shared.registry, cd_agent.listener, cd_agent.status_pages, cd_agent.metrics"),
 ]
 
 

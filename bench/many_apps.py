@@ -38,6 +38,7 @@ from cd_agent.state import DeployState, Release
 from cd_agent.watcher import Watcher
 from shared.registry import RegistryClient
 from tests.support.polling import wait_for
+from tests.support.ports import free_port
 from tests.support.registry_server import RegistryServer, start_registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def agent_environ(root: Path, apps: Path) -> dict[str, str]:
         if not key.startswith(("CD_", "SMTP_", "NOTIFY_", "REGISTRY_", "LOG_", "STATE_DIR"))
     }
     environ.update(CD_APPS_FILE=str(apps), STATE_DIR=str(root / "state"), LOG_DIR=str(root / "logs"),
-                   PYTHONPATH=str(REPO))
+                   PYTHONPATH=str(REPO), CD_DASHBOARD_PORT=str(free_port()))
     return environ
 
 

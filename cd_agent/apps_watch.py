@@ -18,7 +18,8 @@ load leaves everything as it was, with one error line.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 
 import httpx
@@ -26,11 +27,13 @@ from loguru import logger
 
 from cd_agent.apps import AppTarget, Targets
 from cd_agent.child_deploys import ChildDeploys, ChildError
+from cd_agent.hints import EarlyPolls, HintCounts
+from cd_agent.metrics import CdMetrics
 from cd_agent.state import DeployState
 from cd_agent.tls_on_demand import TlsOnDemand
 from cd_agent.watcher import RolloutOutcome, Watcher, app_logger
 from shared.errors import PiCicdError
-from shared.registry import RegistryClient
+from shared.registry import RateLimit, RegistryClient
 
 # How often a thread waiting for a deploy slot looks at its stop request.
 _SLOT_WAIT_S = 1.0
@@ -47,6 +50,47 @@ class _SharedTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         pass  # closed by AppsWatch, after the last app
+
+
+class _CountedTags:
+    """An app's registry client whose tags lists (one a poll) and failures are counted for /metrics."""
+
+    def __init__(self, registry: RegistryClient, app: str, metrics: CdMetrics) -> None:
+        self._registry = registry
+        self._polls = metrics.polls.labels(app)
+        self._errors = metrics.poll_errors.labels(app)
+
+    @property
+    def rate_limit(self) -> RateLimit | None:
+        return self._registry.rate_limit
+
+    def list_tags(self) -> list[str]:
+        self._polls.inc()
+        with self._errors.count_exceptions():
+            return self._registry.list_tags()
+
+    def manifest_digest(self, tag: str) -> str | None:
+        with self._errors.count_exceptions():
+            return self._registry.manifest_digest(tag)
+
+
+class _CountedDeploys:
+    """An app's deploys, each counted by outcome and timed for /metrics."""
+
+    def __init__(self, deploys: _SlottedDeploys, app: str, metrics: CdMetrics) -> None:
+        self._deploys = deploys
+        self._app = app
+        self._metrics = metrics
+
+    def roll_out(self, version: str, digest: str, deployed: str | None) -> RolloutOutcome:
+        started = time.monotonic()
+        outcome = "error"  # the deploy process could not even run
+        try:
+            result = self._deploys.roll_out(version, digest, deployed)
+            outcome = result.deploy.outcome if result.deploy is not None else "refused"
+            return result
+        finally:
+            self._metrics.deployed(self._app, outcome, time.monotonic() - started)
 
 
 class _SlottedDeploys:
@@ -89,6 +133,8 @@ class _AppThread:
         self.target = target
         self._reconcile_first = reconcile_first
         self.stop = threading.Event()
+        # Its waits between polls: a registry's push notification ends one early (cd_agent/hints.py).
+        self.early = EarlyPolls(targets.settings.cd_hook_min_interval)
         self._watch = watch
         self._after = after  # the thread this one replaces (a changed app): it finishes first
         self._deploys = _SlottedDeploys(
@@ -99,6 +145,11 @@ class _AppThread:
 
     def start(self) -> None:
         self._thread.start()
+
+    def request_stop(self) -> None:
+        """Stop after the current poll or deploy; a wait between polls ends at once."""
+        self.stop.set()
+        self.early.wake()
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread.ident is not None:  # never started: the start-up reconcile of another app failed
@@ -136,7 +187,11 @@ class _AppThread:
                     self.target.image, username=self.target.registry_username,
                     password=self.target.registry_password, transport=self._watch.transport_for(self.target),
                 ))
-                Watcher(self.target, registry, None, state, rollout=self._deploys).run_forever(self.stop)
+                metrics = self._watch.metrics
+                Watcher(
+                    self.target, _CountedTags(registry, self.target.name, metrics), None, state,
+                    rollout=_CountedDeploys(self._deploys, self.target.name, metrics), sleep=self.early.wait,
+                ).run_forever(self.stop)
         except PiCicdError as exc:
             log.error("stopped watching: {}", exc)
         except Exception as exc:  # a thread that dies silently would stop watching an app for good
@@ -155,6 +210,7 @@ class AppsWatch:
         self._retired: list[_AppThread] = []
         self._transports: dict[str, TlsOnDemand] = {}
         self._lock = threading.Lock()
+        self.metrics = CdMetrics(lambda: self.targets, self.hint_counts)
 
     def transport_for(self, target: AppTarget) -> httpx.BaseTransport:
         """The connection pool of ``target``'s registry, shared by every app on it."""
@@ -163,6 +219,20 @@ class AppsWatch:
             if key not in self._transports:
                 self._transports[key] = TlsOnDemand()
             return _SharedTransport(self._transports[key])
+
+    def hint(self, repositories: Iterable[str]) -> list[str]:
+        """A registry says ``repositories`` were pushed to: each app watching one polls early. Its names."""
+        wanted = set(repositories)
+        with self._lock:
+            apps = [app for app in self._apps.values() if app.target.image.repository in wanted]
+        for app in apps:
+            app.early.hint()
+        return sorted(app.target.name for app in apps)
+
+    def hint_counts(self) -> dict[str, HintCounts]:
+        """Each watched app's hints received and early polls, for /metrics."""
+        with self._lock:
+            return {name: app.early.counts() for name, app in self._apps.items()}
 
     def run(self, stop: threading.Event, wake: threading.Event, reload_requested: threading.Event) -> None:
         """Reconcile every app, watch them until ``stop``; a set ``reload_requested`` (SIGHUP) reloads."""
@@ -173,7 +243,8 @@ class AppsWatch:
             for target in self.targets.apps:
                 app = _AppThread(self, self.targets, target, reconcile_first=False)
                 app.reconcile()  # before any poll: a crash left any app half-deployed, at any phase
-                self._apps[target.name] = app
+                with self._lock:  # the listener's threads read it (hint)
+                    self._apps[target.name] = app
             for app in self._apps.values():
                 app.start()
             while not stop.is_set():
@@ -198,8 +269,9 @@ class AppsWatch:
             logger.warning("reload: CD_MAX_PARALLEL_DEPLOYS changes at the next start, not at a reload")
         new_names = {app.name for app in new.apps}
         for name in [name for name in self._apps if name not in new_names]:
-            app = self._apps.pop(name)
-            app.stop.set()
+            with self._lock:
+                app = self._apps.pop(name)
+            app.request_stop()
             self._retired.append(app)
             logger.info("reload: {} is no longer watched (its container keeps running)", name)
         for target in new.apps:
@@ -207,10 +279,11 @@ class AppsWatch:
             if current is not None and current.target == target and not everything_changed:
                 continue
             if current is not None:
-                current.stop.set()
+                current.request_stop()
                 self._retired.append(current)
             app = _AppThread(self, new, target, reconcile_first=True, after=current)
-            self._apps[target.name] = app
+            with self._lock:
+                self._apps[target.name] = app
             app.start()
             if current is None:
                 logger.info("reload: now watching {}", target.describe())
@@ -221,7 +294,7 @@ class AppsWatch:
     def _stop_all(self) -> None:
         apps = list(self._apps.values()) + self._retired
         for app in apps:
-            app.stop.set()
+            app.request_stop()
         for app in apps:
             app.join()  # a deploy under way finishes first
         for transport in self._transports.values():

@@ -108,11 +108,25 @@ def watch(targets: Targets, args: argparse.Namespace) -> int:
     # Only what an idle poll uses is imported here: the reconcile and each deploy run in a child process
     # (cd_agent.child_deploys), so Docker's SDK and the deployer never become resident in the watcher.
     from cd_agent.apps_watch import AppsWatch
+    from cd_agent.listener import Listener, ListenerConfig, first_page
+    from cd_agent.status_pages import StatusPages
 
     stop, wake, reload_requested = threading.Event(), threading.Event(), threading.Event()
     watch = AppsWatch(targets, load=lambda: load_targets(read_environment(args.env_file)), python=sys.executable)
-    with _stopping_on_signals(stop, wake, reload_requested):
-        watch.run(stop, wake, reload_requested)
+    settings = targets.settings  # the listener's settings are the agent's: a reload does not move it
+    listener = Listener(
+        ListenerConfig(
+            settings.cd_dashboard_host, settings.cd_dashboard_port, settings.cd_dashboard_token, settings.cd_hook_token
+        ),
+        watch,
+        first_page(watch.metrics.page, StatusPages(lambda: watch.targets)),
+    )
+    listener.start()
+    try:
+        with _stopping_on_signals(stop, wake, reload_requested):
+            watch.run(stop, wake, reload_requested)
+    finally:
+        listener.stop()
     return 0
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from shared.platforms import parse_platform
@@ -228,14 +228,30 @@ def read_env_text(path: Path) -> str:
 
 
 # CdSettings fields that are the agent's, not an app's: an apps file cannot set them.
-AGENT_WIDE_CD_FIELDS = frozenset({"cd_apps_file", "cd_max_parallel_deploys"})
+AGENT_WIDE_CD_FIELDS = frozenset({
+    "cd_apps_file", "cd_max_parallel_deploys", "cd_dashboard_host", "cd_dashboard_port", "cd_dashboard_token",
+    "cd_hook_token", "cd_hook_min_interval",
+})
+# Tokens typed into a browser's prompt or a registry's webhook URL: long enough not to be guessed.
+TOKEN_MIN_LENGTH = 16
+# A hook token sits in a URL path: letters, digits and the URL-safe punctuation only.
+_HOOK_TOKEN = re.compile(r"^[A-Za-z0-9._~-]+$")
 
 
 class CdAgentSettings(SharedSettings):
-    """The agent-wide settings: the shared ones plus ``CD_APPS_FILE`` and ``CD_MAX_PARALLEL_DEPLOYS``."""
+    """The agent-wide settings: the shared ones plus ``CD_APPS_FILE``, ``CD_MAX_PARALLEL_DEPLOYS`` and the
+    listener's (``CD_DASHBOARD_*``, ``CD_HOOK_*``; cd_agent/listener.py)."""
 
     cd_apps_file: Path | None = None
     cd_max_parallel_deploys: int = 1
+    # The status page, /metrics and the registry hook: loopback by default, like the CI dashboard.
+    cd_dashboard_host: str = "127.0.0.1"
+    cd_dashboard_port: int = 8002
+    # Set: every page asks for it (Bearer, or a Basic password), and may be read beyond loopback.
+    cd_dashboard_token: SecretStr | None = None
+    # Set: POST /hooks/registry/<token> exists (a push notification is a hint to poll at once).
+    cd_hook_token: SecretStr | None = None
+    cd_hook_min_interval: float = 5.0
 
     log_dir: Path = Path("logs/cd")
     state_dir: Path = Path("state/cd")
@@ -245,6 +261,44 @@ class CdAgentSettings(SharedSettings):
     def _parallel(cls, value: int) -> int:
         if value < 1:
             raise ValueError("must be 1 or more")
+        return value
+
+    @field_validator("cd_dashboard_host")
+    @classmethod
+    def _dashboard_host(cls, value: str) -> str:
+        value = value.strip()
+        if not value or any(char.isspace() or char in "/@" for char in value):
+            raise ValueError("must be an address or host name to listen on, e.g. 127.0.0.1")
+        return value
+
+    @field_validator("cd_dashboard_port")
+    @classmethod
+    def _dashboard_port(cls, value: int) -> int:
+        if not 0 < value < 65536:
+            raise ValueError("must be a TCP port between 1 and 65535")
+        return value
+
+    @field_validator("cd_dashboard_token", "cd_hook_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is None:
+            return value
+        text = value.get_secret_value()
+        if len(text) < TOKEN_MIN_LENGTH:
+            raise ValueError(
+                f"must be at least {TOKEN_MIN_LENGTH} characters, e.g. the output of `openssl rand -hex 32`"
+            )
+        if info.field_name == "cd_hook_token" and not _HOOK_TOKEN.match(text):
+            raise ValueError("must be letters, digits, '.', '_', '~' or '-' (it is a part of a URL path)")
+        if info.field_name == "cd_dashboard_token" and (not text.isprintable() or text != text.strip()):
+            raise ValueError("must be printable text without spaces at either end (a browser's password prompt)")
+        return value
+
+    @field_validator("cd_hook_min_interval")
+    @classmethod
+    def _hook_interval(cls, value: float) -> float:
+        if not value >= 0 or value == float("inf"):
+            raise ValueError("must be a number of seconds, 0 or more")
         return value
 
 

@@ -8,15 +8,15 @@ every request comes from 127.0.0.1.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 from collections.abc import Callable
 
 from fastapi import Request
 from pydantic import SecretStr
 
 from ci_agent.errors import CiError
+from shared.access_tokens import presented_token, token_matches
+
+__all__ = ["CHALLENGE", "DashboardLocked", "dashboard_guard", "presented_token", "token_matches"]
 
 REALM = "pi-cicd ci-agent"
 CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8"'
@@ -28,32 +28,6 @@ class DashboardLocked(CiError):
     status_code = 401
     # A browser shows its password prompt on this challenge.
     headers = {"WWW-Authenticate": CHALLENGE}
-
-
-def presented_token(authorization: str | None) -> str | None:
-    """The token an ``Authorization`` header carries: a Bearer token, or a Basic password."""
-    if not authorization:
-        return None
-    scheme, _, value = authorization.strip().partition(" ")
-    scheme = scheme.lower()
-    if scheme == "bearer":
-        return value.strip() or None
-    if scheme == "basic":
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        _user, sep, password = decoded.partition(":")
-        return password if sep else None
-    return None
-
-
-def token_matches(token: SecretStr, authorization: str | None) -> bool:
-    """Whether ``authorization`` carries ``token``; compared in constant time."""
-    presented = presented_token(authorization)
-    if presented is None:
-        return False
-    return hmac.compare_digest(presented.encode("utf-8"), token.get_secret_value().encode("utf-8"))
 
 
 def dashboard_guard(token: SecretStr | None) -> Callable[[Request], None]:

@@ -24,7 +24,6 @@ public port then, whose name is the user's own).
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,7 +41,9 @@ from ci_agent.errors import RunNotFound
 from ci_agent.git import strip_credentials
 from ci_agent.queue import KIND
 from ci_agent.settings import CiSettings
+from shared.badges import svg_badge
 from shared.host_check import HostCheck, own_names
+from shared.media_types import ANSI_ESCAPE, PAGE_HEADERS, prefers_html
 from shared.runstore import Run, RunStore
 
 LIST_LIMIT = 100
@@ -54,15 +55,8 @@ MAX_RUN_NUMBER = 2**63 - 1
 # The badge looks this far back for a finished run of the tracked branch.
 _BADGE_SCAN_LIMIT = 1000
 
-# The pages need nothing but their own inline style sheet; a stored value that slipped past
-# escaping could still not load or run anything.
-_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; "
-    "form-action 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_HEADERS = PAGE_HEADERS
+_ANSI = ANSI_ESCAPE
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -141,6 +135,12 @@ def create_dashboard_app(settings: CiSettings, store: RunStore) -> FastAPI:
     def runs_page() -> HTMLResponse:
         return html_response(render_runs_page(settings, store.list(limit=LIST_LIMIT)))
 
+    @app.get("/metrics", dependencies=private)
+    def metrics() -> Response:
+        from ci_agent.metrics import CONTENT_TYPE, metrics_text
+
+        return Response(metrics_text(store), media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+
     @app.get("/runs", dependencies=private)
     def runs(limit: int = Query(default=50, ge=1, le=1000)) -> list[dict[str, Any]]:
         return [run.to_json() for run in store.list(limit=limit)]
@@ -195,52 +195,6 @@ def _existing(store: RunStore, number: int) -> Run:
 
 def html_response(page: str, status_code: int = 200) -> HTMLResponse:
     return HTMLResponse(page, status_code=status_code, headers=_HEADERS)
-
-
-def prefers_html(accept: str | None) -> bool:
-    """Whether ``accept`` ranks ``text/html`` strictly above ``application/json`` (RFC 9110 q-values).
-
-    A browser's ``text/html,...,*/*;q=0.8`` does; ``*/*``, ``application/json``, no header and a
-    tie do not, so every API client keeps getting JSON.
-    """
-    if not accept:
-        return False
-    ranges = list(_media_ranges(accept))
-    return _quality(ranges, "text", "html") > _quality(ranges, "application", "json")
-
-
-def _media_ranges(accept: str) -> Iterable[tuple[str, str, float]]:
-    for item in accept.split(","):
-        media, *params = (part.strip() for part in item.split(";"))
-        kind, _, subtype = media.lower().partition("/")
-        if not kind or not subtype:
-            continue
-        quality = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    quality = min(max(float(value), 0.0), 1.0)
-                except ValueError:
-                    quality = 0.0
-        yield kind, subtype, quality
-
-
-def _quality(ranges: Sequence[tuple[str, str, float]], kind: str, subtype: str) -> float:
-    # The most specific matching range decides (type/subtype over type/* over */*).
-    best: tuple[int, float] = (-1, 0.0)
-    for range_kind, range_subtype, quality in ranges:
-        if (range_kind, range_subtype) == (kind, subtype):
-            specificity = 2
-        elif (range_kind, range_subtype) == (kind, "*"):
-            specificity = 1
-        elif (range_kind, range_subtype) == ("*", "*"):
-            specificity = 0
-        else:
-            continue
-        if specificity > best[0]:
-            best = (specificity, quality)
-    return best[1]
 
 
 # -- pages ------------------------------------------------------------------------------------------
@@ -422,32 +376,4 @@ def render_badge(badge: Badge) -> str:
     segments = [("ci", _LABEL_COLOUR), (badge.status, _BADGE_COLOURS[badge.status])]
     if badge.version is not None:
         segments.append((badge.version, _VERSION_COLOUR))
-    widths = [_text_width(text) + 12 for text, _ in segments]
-    total = sum(widths)
-    title = html.escape(" | ".join(text for text, _ in segments))
-    rects, texts = [], []
-    x = 0
-    for (text, colour), width in zip(segments, widths, strict=True):
-        escaped = html.escape(text)
-        middle = x + width / 2
-        rects.append(f'<rect x="{x}" width="{width}" height="20" fill="{colour}"/>')
-        texts.append(
-            f'<text x="{middle:g}" y="15" fill="#010101" fill-opacity=".3">{escaped}</text>'
-            f'<text x="{middle:g}" y="14">{escaped}</text>'
-        )
-        x += width
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="20" role="img" aria-label="{title}">'
-        f"<title>{title}</title>"
-        '<linearGradient id="s" x2="0" y2="100%"><stop offset="0" stop-color="#bbb" stop-opacity=".1"/>'
-        '<stop offset="1" stop-opacity=".1"/></linearGradient>'
-        f'<clipPath id="r"><rect width="{total}" height="20" rx="3" fill="#fff"/></clipPath>'
-        f'<g clip-path="url(#r)">{"".join(rects)}<rect width="{total}" height="20" fill="url(#s)"/></g>'
-        '<g fill="#fff" text-anchor="middle" font-family="Verdana,Geneva,DejaVu Sans,sans-serif" font-size="11">'
-        f'{"".join(texts)}</g></svg>'
-    )
-
-
-def _text_width(text: str) -> int:
-    # Verdana 11px averages about 7px a character; narrow dots and digits make this a safe upper bound.
-    return 7 * len(text)
+    return svg_badge(segments)

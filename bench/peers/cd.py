@@ -124,6 +124,7 @@ def cd_environ(releases: Releases, container: str, port: int, root: Path, poll: 
         "CD_STOP_TIMEOUT": "10",
         "LOG_DIR": str(root / "logs"),
         "STATE_DIR": str(root / "state"),
+        "CD_DASHBOARD_PORT": str(free_port()),  # two agents may run side by side
         **extra,
     }
 

@@ -288,3 +288,38 @@ def test_headless_chromium_shows_the_runs(served, runs, tmp_path):
            "--hide-scrollbars")
     data = screenshot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+
+
+def test_metrics_parse_with_prometheus_own_parser(client, runs):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    runs.add("succeeded", version="0.1.0", minutes=0.5)
+    runs.add("failed", failed_step="test", minutes=3)
+    runs.add("running")
+    runs.add("queued")
+    runs.add("queued")
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert response.headers["cache-control"] == "no-store"
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text) for sample in family.samples
+    }
+    assert samples[("picicd_ci_runs_total", (("status", "succeeded"),))] == 1
+    assert samples[("picicd_ci_runs_total", (("status", "failed"),))] == 1
+    assert samples[("picicd_ci_runs_total", (("status", "interrupted"),))] == 0
+    assert samples[("picicd_ci_run_duration_seconds_count", ())] == 2
+    assert samples[("picicd_ci_run_duration_seconds_sum", ())] == 210
+    assert samples[("picicd_ci_run_duration_seconds_bucket", (("le", "10.0"),))] == 0
+    assert samples[("picicd_ci_run_duration_seconds_bucket", (("le", "30.0"),))] == 1
+    assert samples[("picicd_ci_run_duration_seconds_bucket", (("le", "60.0"),))] == 1
+    assert samples[("picicd_ci_run_duration_seconds_bucket", (("le", "300.0"),))] == 2
+    assert samples[("picicd_ci_queue_length", ())] == 2 and samples[("picicd_ci_running", ())] == 1
+
+
+def test_metrics_need_the_dashboard_token(tmp_path, store):
+    locked = make_settings(tmp_path, CI_DASHBOARD_TOKEN="a-dashboard-token-of-some-length")
+    with TestClient(create_dashboard_app(locked, store)) as locked_client:
+        assert locked_client.get("/metrics").status_code == 401
+        answer = locked_client.get("/metrics", headers={"Authorization": "Bearer a-dashboard-token-of-some-length"})
+        assert answer.status_code == 200

@@ -459,10 +459,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 def clean_environ(environ: Mapping[str, str]) -> dict[str, str]:
     """The test process's environment without any pi-cicd settings, plus ``environ``: what an agent
-    started for a test sees."""
+    started for a test sees. A watcher's status listener gets a free port unless ``environ`` names one
+    (several watchers run at once, and CD_DASHBOARD_PORT's default, 8002, may be taken)."""
     prefixes = ("CD_", "CI_", "SMTP_", "NOTIFY_", "REGISTRY_", "LOG_", "STATE_DIR")
     base = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
     base["PYTHONPATH"] = str(REPO)
+    base["CD_DASHBOARD_PORT"] = str(free_port())
     return {**base, **environ}
 
 

@@ -234,3 +234,35 @@ def test_cd_platform_is_normalised_and_checked():
     assert load(CD_PLATFORM="linux/armhf").cd_platform == "linux/arm/v7"
     with pytest.raises(SettingsError, match="CD_PLATFORM"):
         load(CD_PLATFORM="arm64")
+
+
+def test_the_listener_is_private_by_default_and_its_tokens_are_secrets():
+    settings = load()
+    assert (settings.cd_dashboard_host, settings.cd_dashboard_port) == ("127.0.0.1", 8002)
+    assert settings.cd_dashboard_token is None and settings.cd_hook_token is None
+    assert settings.cd_hook_min_interval == 5
+    settings = load(CD_DASHBOARD_TOKEN="d" * 16, CD_HOOK_TOKEN="h-" + "0" * 14)
+    assert "d" * 16 not in repr(settings) and "h-" + "0" * 14 not in repr(settings)
+    assert {"d" * 16, "h-" + "0" * 14} <= set(settings.secret_values())
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("CD_DASHBOARD_PORT", "0", "between 1 and 65535"),
+        ("CD_DASHBOARD_PORT", "x", "CD_DASHBOARD_PORT"),
+        ("CD_DASHBOARD_HOST", "http://pi/", "an address or host name"),
+        ("CD_DASHBOARD_TOKEN", "short", "at least 16 characters"),
+        ("CD_DASHBOARD_TOKEN", " " + "a" * 20, "without spaces at either end"),
+        ("CD_HOOK_TOKEN", "short", "at least 16 characters"),
+        ("CD_HOOK_TOKEN", "a/b?c" + "0" * 16, "part of a URL path"),
+        ("CD_HOOK_MIN_INTERVAL", "-1", "0 or more"),
+        ("CD_HOOK_MIN_INTERVAL", "nan", "0 or more"),
+    ],
+)
+def test_bad_listener_settings_are_refused_at_start_up(name, value, message):
+    with pytest.raises(SettingsError, match=name) as caught:
+        load(**{name: value})
+    assert message in str(caught.value)
+    if "TOKEN" in name:
+        assert value not in str(caught.value)

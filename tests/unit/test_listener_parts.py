@@ -7,8 +7,8 @@ import base64
 import pytest
 from pydantic import SecretStr
 
-from ci_agent.access import presented_token, token_matches
 from ci_agent.server import FD_RESERVE, MAX_CONNECTIONS, connection_cap
+from shared.access_tokens import presented_token, token_matches
 from shared.refusals import REFUSALS_LOGGED_PER_WINDOW, RefusalCounter
 
 TOKEN = SecretStr("a-dashboard-token-of-some-length")
