@@ -11,7 +11,8 @@ a body may cost more memory than a few hundred KiB until its signature has been 
 - the whole body must arrive within :data:`BODY_TIMEOUT_SECONDS` (408), so a slow sender cannot
   hold a slot for long;
 - the HMAC is updated chunk by chunk and compared at the end, so a body with a wrong signature is
-  never read back from disk.
+  never read back from disk. With several repositories there is one HMAC per distinct secret, all
+  updated with each chunk as it arrives; the body is still read once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import asyncio
 import hashlib
 import hmac
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -61,9 +62,15 @@ class BodyIntake:
     def __post_init__(self) -> None:
         self._semaphore = asyncio.Semaphore(self.slots)
 
-    async def read(self, chunks: AsyncIterator[bytes], declared: int | None, secret: SecretStr | None) -> SignedBody:
-        """The body, and its ``sha256=`` HMAC under ``secret`` (``None`` without a secret)."""
-        mac = hmac.new(secret.get_secret_value().encode(), digestmod=hashlib.sha256) if secret is not None else None
+    async def read(
+        self, chunks: AsyncIterator[bytes], declared: int | None, secrets: Sequence[SecretStr] | SecretStr | None
+    ) -> SignedBody:
+        """The body, and its ``sha256=`` HMAC under each of ``secrets`` (none without a secret)."""
+        if secrets is None:
+            secrets = ()
+        elif isinstance(secrets, SecretStr):
+            secrets = (secrets,)
+        mac = _Macs([hmac.new(secret.get_secret_value().encode(), digestmod=hashlib.sha256) for secret in secrets])
         try:
             async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
                 if declared is not None and declared <= SMALL_BODY_BYTES:
@@ -88,7 +95,7 @@ class BodyIntake:
             return False
         return True
 
-    async def _spool(self, chunks: AsyncIterator[bytes], mac: hmac.HMAC | None) -> SignedBody:
+    async def _spool(self, chunks: AsyncIterator[bytes], mac: _Macs) -> SignedBody:
         # 0700: a body is unverified input, but it may be a private repository's push; nobody else reads it.
         self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES, dir=str(self.spool_dir))
@@ -97,8 +104,7 @@ class BodyIntake:
             async for chunk in chunks:
                 size += len(chunk)
                 _check_size(size)
-                if mac is not None:
-                    mac.update(chunk)
+                mac.update(chunk)
                 if size > SPOOL_MEMORY_BYTES:
                     # On disk by now: a write may wait for the SD card, so not on the event loop.
                     await to_thread.run_sync(spool.write, chunk)
@@ -116,13 +122,29 @@ class SignedBody:
 
     _data: bytes | None
     _spool: IO[bytes] | None
-    signature: str | None
+    signatures: tuple[str, ...]
+
+    @property
+    def signature(self) -> str | None:
+        """The signature under the first secret (the only one, with one repository)."""
+        return self.signatures[0] if self.signatures else None
+
+    def matching(self, header: str) -> int | None:
+        """The index of the secret whose signature ``header`` is, or ``None``.
+
+        Every signature is compared, each in constant time, whichever matches: how long the answer
+        takes says nothing about which secret (or how much of one) a forger got right.
+        """
+        given = header.strip().lower().encode("ascii", "replace")
+        found: int | None = None
+        for index, signature in enumerate(self.signatures):
+            if hmac.compare_digest(signature.encode(), given) and found is None:
+                found = index
+        return found
 
     def matches(self, header: str) -> bool:
-        """Whether ``header`` is the body's ``X-Hub-Signature-256`` (compared in constant time)."""
-        if self.signature is None:
-            return False
-        return hmac.compare_digest(self.signature.encode(), header.strip().lower().encode("ascii", "replace"))
+        """Whether ``header`` is the body's ``X-Hub-Signature-256`` under one of the secrets."""
+        return self.matching(header) is not None
 
     async def content(self) -> bytes:
         if self._data is None and self._spool is not None:
@@ -138,13 +160,12 @@ class SignedBody:
             self._spool = None
 
 
-async def _read_small(chunks: AsyncIterator[bytes], mac: hmac.HMAC | None) -> bytes:
+async def _read_small(chunks: AsyncIterator[bytes], mac: _Macs) -> bytes:
     data = bytearray()
     async for chunk in chunks:
         data += chunk
         _check_size(len(data))
-        if mac is not None:
-            mac.update(chunk)
+        mac.update(chunk)
     return bytes(data)
 
 
@@ -154,5 +175,16 @@ def _check_size(size: int) -> None:
         raise WebhookRejected(413, f"body over {MAX_BODY_BYTES // (1024 * 1024)} MiB")
 
 
-def _digest(mac: hmac.HMAC | None) -> str | None:
-    return PREFIX + mac.hexdigest() if mac is not None else None
+@dataclass
+class _Macs:
+    """One running HMAC per secret, fed the same chunks."""
+
+    macs: list[hmac.HMAC]
+
+    def update(self, chunk: bytes) -> None:
+        for mac in self.macs:
+            mac.update(chunk)
+
+
+def _digest(mac: _Macs) -> tuple[str, ...]:
+    return tuple(PREFIX + one.hexdigest() for one in mac.macs)

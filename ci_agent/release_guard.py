@@ -112,9 +112,11 @@ class ReleaseGuard:
 
     def __init__(
         self, *, repo_url: str, git: GitRunner, registry: RegistryClient, store: RunStore, workdir: Path,
-        revisions: RevisionCache, on_superseded: Callable[[Run], None] = lambda _: None,
+        revisions: RevisionCache, on_superseded: Callable[[Run], None] = lambda _: None, scope: str | None = None,
     ) -> None:
         self.on_superseded = on_superseded
+        # The repository whose queued runs this guard coalesces (another repository's main is not ours).
+        self.scope = scope
         self.repo_url = repo_url
         self.git = git
         self.registry = registry
@@ -216,7 +218,8 @@ class ReleaseGuard:
         beside it (a merged side branch) keeps its run.
         """
         queued = [
-            other for other in self.store.list(limit=_QUEUED_SCAN_LIMIT, status="queued", kind=run.kind)
+            other for other in self.store.list(limit=_QUEUED_SCAN_LIMIT, status="queued", kind=run.kind,
+                                               scope=self.scope)
             if other.ref == event.ref and other.number != run.number and other.commit and is_sha(other.commit)
         ]
         # A commit the branch's head does not contain is not fetched: its own run will find it unreachable.
