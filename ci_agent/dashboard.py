@@ -198,7 +198,9 @@ def add_badge_route(app: FastAPI, store: RunStore, targets: LiveTargets) -> None
     them through GitHub's proxy)."""
 
     def answer(target: RepoTarget) -> Response:
-        runs = store.list(limit=_BADGE_SCAN_LIMIT, kind=KIND, scope=target.name)
+        # The environment's one repository owns every run of the store (as it always did).
+        scope = target.name if target.from_file else None
+        runs = store.list(limit=_BADGE_SCAN_LIMIT, kind=KIND, scope=scope)
         svg = render_badge(badge_for(runs, target.branch))
         # no-cache: GitHub's image proxy (camo) and browsers must ask again, or the badge goes stale.
         return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-cache", **_HEADERS})
