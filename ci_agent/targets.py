@@ -190,8 +190,11 @@ def load_targets(settings: CiSettings, environ: Mapping[str, str]) -> RepoTarget
         settings.ci_repos_file, setting=SETTING, section=SECTION, keys=REPO_KEYS, secret_keys=SECRET_KEYS
     )
     base = _agent_wide_values(environ)
-    targets = tuple(_table_target(settings, base, table) for table in tables)
-    _check_together(targets)
+    try:
+        targets = tuple(_table_target(settings, base, table) for table in tables)
+        _check_together(targets)
+    except SettingsError as exc:
+        raise SettingsError(f"{SETTING}={str(settings.ci_repos_file)!r}: {exc}") from None
     return RepoTargets(targets, from_file=True)
 
 
@@ -261,7 +264,7 @@ def _table_target(settings: CiSettings, base: Mapping[str, Any], table: TargetTa
 
 
 def _check_together(targets: tuple[RepoTarget, ...]) -> None:
-    where = f"{SETTING}: "
+    where = ""
     if len(targets) > 1:
         unnamed = [f"[{SECTION}.{t.name}]" for t in targets if t.github_repo is None]
         if unnamed:
