@@ -1,7 +1,10 @@
 """One CI run: checkout → test → build → push, logged into the run's own file.
 
-The pipeline holds the policy; every effect is a constructor argument (git, Docker, the registry
-client, the store, the notifier, the clock), so the CLI and the webhook wire the same object.
+The pipeline holds the policy; every effect is a constructor argument behind a small interface
+(``ci_agent/effects.py``: git, the image builder, the registry, the host test runner; plus the
+store, the notifier and the clock), so the agent wires the real ones and the unit tests
+(``tests/unit/test_pipeline_policy.py``) in-memory fakes. The run's bookkeeping (open, log file,
+finish, email, log pruning) is ``shared.run_lifecycle``.
 
 * Each step is timed and logged (``step test started`` … ``step test finished in 3.2s``); the first
   failure stops the run: nothing after a failed step happens (no image is pushed after a failed test).
@@ -36,11 +39,12 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from ci_agent.builder import DockerGateway, has_stage, run_host_command
+from ci_agent.builder import has_stage, run_host_command
+from ci_agent.effects import HostRunner, ImageBuilder, ReleaseRegistry, Source
 from ci_agent.errors import Step, StepFailed, TestsFailed
 from ci_agent.failed_tests import DETAIL as FAILED_TESTS_DETAIL
 from ci_agent.failed_tests import tests_key
-from ci_agent.git import GitRunner, redact_url, strip_credentials
+from ci_agent.git import redact_url, strip_credentials
 from ci_agent.host_env import host_test_environment
 from ci_agent.multiplatform import MultiPlatform
 from ci_agent.payload import ZERO_SHA, PushEvent
@@ -50,7 +54,7 @@ from ci_agent.versioning import VersionTaken, next_version, should_move_latest, 
 from shared.errors import PiCicdError
 from shared.logs import tail
 from shared.notify import Email, Notifier
-from shared.registry import ImageRef, RegistryClient
+from shared.registry import ImageRef
 from shared.run_lifecycle import RunLifecycle, RunScope
 from shared.runstore import Run, RunStore, utc_now
 from shared.versions import Commit, highest_tag
@@ -75,11 +79,12 @@ class Pipeline:
         target: RepoTarget,
         store: RunStore,
         notifier: Notifier,
-        git: GitRunner,
-        docker: DockerGateway,
-        registry: RegistryClient,
+        git: Source,
+        docker: ImageBuilder,
+        registry: ReleaseRegistry,
         clock: Callable[[], datetime] = utc_now,
         *,
+        host_runner: HostRunner = run_host_command,
         push_retry_wait: float = 2.0,
         report: Callable[[Run], None] = lambda _: None,
         keep_logs: int = DEFAULT_KEEP_LOGS,
@@ -92,6 +97,7 @@ class Pipeline:
         self.git = git
         self.docker = docker
         self.registry = registry
+        self.host_runner = host_runner
         self.clock = clock
         self.image: ImageRef = target.image
         self.push_retry_wait = push_retry_wait
@@ -251,7 +257,7 @@ class Pipeline:
             except ValueError as exc:
                 raise StepFailed("test", f"CI_TEST_COMMAND cannot be split into arguments: {exc}") from exc
             log.info("running {} in {} (time limit {:g}s)", argv, checkout, timeout)
-            code = run_host_command(argv, cwd=checkout, timeout=timeout, on_output=output, env=self._host_env())
+            code = self.host_runner(argv, cwd=checkout, timeout=timeout, on_output=output, env=self._host_env())
         else:
             dockerfile = checkout / "Dockerfile"
             if not dockerfile.is_file():

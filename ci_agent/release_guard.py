@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from ci_agent.effects import ReleaseRegistry, Source
 from ci_agent.errors import StepFailed
-from ci_agent.git import GitRunner, is_sha
+from ci_agent.git import is_sha
 from ci_agent.payload import PushEvent
 from shared.errors import RegistryError, RegistryNotFound
-from shared.registry import RegistryClient
 from shared.runstore import Run, RunStore
 from shared.versions import parse_version
 
@@ -111,7 +111,7 @@ class ReleaseGuard:
     """Decides, with the checkout in ``workdir``, whether a run may go on to test, build and push."""
 
     def __init__(
-        self, *, repo_url: str, git: GitRunner, registry: RegistryClient, store: RunStore, workdir: Path,
+        self, *, repo_url: str, git: Source, registry: ReleaseRegistry, store: RunStore, workdir: Path,
         revisions: RevisionCache, on_superseded: Callable[[Run], None] = lambda _: None, scope: str | None = None,
     ) -> None:
         self.on_superseded = on_superseded

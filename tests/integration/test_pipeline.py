@@ -86,7 +86,7 @@ def make_agent(
         registry_client = RegistryClient(parse_image_ref(image))
         pipeline = Pipeline(
             env_target(settings), store, notifier, GitRunner(timeout=60), DockerGateway(docker_client), registry_client,
-            push_retry_wait=0.1,
+            push_retry_wait=0.1, keep_logs=settings.log_retention_runs,
         )
         docker_janitor.images.update(f"{image}:{tag}" for tag in ("latest", "ci-test", "0.1.0", "1.0.0"))
         # Exact names: a prefix scan would race with other tests removing their containers.
