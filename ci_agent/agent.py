@@ -121,6 +121,9 @@ def open_agent(
         # Rows of a store from before repositories had names belong to the first (the only) one.
         store = RunStore(settings.state_dir / "runs.sqlite3", sync=STORE_SYNC, default_scope=targets.first.name)
         stack.callback(store.close)
+        if not targets.from_file:
+            # One repository: its name follows CI_GITHUB_REPO / CI_IMAGE, and all of the history is its own.
+            store.adopt_all(targets.first.name)
         live = LiveTargets(targets)
         statuses = StatusRouter(live, lambda target: reporter_from_settings(settings, target))
         stack.callback(statuses.close)

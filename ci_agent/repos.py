@@ -57,7 +57,8 @@ class LiveTargets:
     def for_run(self, run: Run) -> RepoTarget | None:
         """The repository of ``run``; a run recorded without one (a store from before) is the only repository's."""
         targets = self._targets
-        if run.scope is None and len(targets) == 1:
+        if not targets.from_file or (run.scope is None and len(targets) == 1):
+            # Without a repos file there is one repository, whatever name an earlier start gave it.
             return targets.first
         return targets.get(run.scope)
 

@@ -249,6 +249,16 @@ class RunStore:
                 _rollback(conn)
                 raise
 
+    def adopt_all(self, scope: str) -> int:
+        """Every run becomes ``scope``'s (an agent with one repository or app owns its whole history,
+        whatever an earlier start named it); the number of runs renamed. Writes only when one differs."""
+        with self._transaction(write=False) as conn:
+            other = self._fetch_one(conn, " WHERE scope IS NOT ? LIMIT 1", (scope,))
+        if other is None:
+            return 0
+        with self._transaction() as conn:
+            return conn.execute("UPDATE runs SET scope = ? WHERE scope IS NOT ?", (scope, scope)).rowcount
+
     def __enter__(self) -> RunStore:
         return self
 

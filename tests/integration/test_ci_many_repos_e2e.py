@@ -55,7 +55,7 @@ def test_three_repositories_release_their_own_images_with_their_own_logs_badges_
                 assert f"run {other} " not in log
 
     # The filter and the badges.
-    assert [run["repo"] for run in agent.runs("api")] == ["api"]
+    assert [run["repo"] for run in agent.runs_of("api")] == ["api"]
     assert {run["repo"] for run in agent.runs()} == {"web", "api", "docs"}
     badge = agent.get("/badge/docs.svg")
     assert badge.status_code == 200 and "passing" in badge.text and "0.1.0" in badge.text
@@ -80,7 +80,7 @@ def test_a_delivery_signed_with_the_organisation_secret_naming_web_is_refused(
     web, api, _docs = three_repos
     agent = start_many(three_repos)
     sha = web.project.head()
-    forged = agent.deliver(web, web.payload(sha, "forged"), secret=ORG_SECRET)
+    forged = agent.deliver_for(web, web.payload(sha, "forged"), secret=ORG_SECRET)
     assert forged.status_code == 403, forged.text
     assert agent.runs() == []
     agent.process.wait_until(lambda: "refused a delivery for repository 'me/web'" in agent.process.output,
@@ -101,7 +101,7 @@ def test_a_burst_to_one_repository_holds_another_back_by_one_run_at_most(
     for n in range(5):
         sha = web.project.commit({"www/n.html": f"{n}\n"}, f"release {n}")
         web.project.tag(f"v1.0.{n}")
-        answer = agent.deliver(web, {**web.payload(sha, f"release {n}"), "ref": f"refs/tags/v1.0.{n}"})
+        answer = agent.deliver_for(web, {**web.payload(sha, f"release {n}"), "ref": f"refs/tags/v1.0.{n}"})
         assert answer.status_code == 202, answer.text
         burst.append(answer.json()["run"])
     other = agent.push(api, "fix: api")

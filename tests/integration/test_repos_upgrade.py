@@ -67,3 +67,23 @@ def test_a_state_folder_of_before_keeps_its_runs_numbers_paths_and_badge(tmp_pat
     # The migration happened once, in place; opening again changes nothing.
     with RunStore(state / "runs.sqlite3") as store:
         assert {run.scope for run in store.list()} == {"hello-world"}
+
+
+def test_the_environment_repository_keeps_its_history_when_its_name_changes(tmp_path):
+    env = {
+        "CI_REPO_URL": "https://github.com/Codertocat/Hello-World.git",
+        "CI_IMAGE": "127.0.0.1:5000/codertocat/hello-world",
+        "CI_ALLOW_UNSIGNED": "true",
+        "LOG_DIR": str(tmp_path / "logs"),
+        "STATE_DIR": str(tmp_path / "state"),
+    }
+    settings = load_settings(CiSettings, env)
+    with open_agent(settings, load_targets(settings, env), env) as agent:
+        queued = agent.store.create(kind=KIND, commit="e" * 40, ref="refs/heads/main", scope="hello-world")
+    renamed = {**env, "CI_GITHUB_REPO": "Codertocat/Renamed"}
+    settings = load_settings(CiSettings, renamed)
+    targets = load_targets(settings, renamed)
+    with open_agent(settings, targets, renamed) as agent:
+        run = agent.store.get(queued.number)
+        assert run is not None and run.scope == "renamed"
+        assert agent.targets.for_run(run) is targets.first

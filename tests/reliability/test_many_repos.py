@@ -118,7 +118,7 @@ def test_a_bad_repos_file_at_reload(
     refusals = [line for line in agent.process.output.splitlines() if "reload refused" in line]
     assert len(refusals) == 1 and "[repos.broken]" in refusals[0], refusals
     # Still the old configuration: docs is unknown, web and api work.
-    assert agent.deliver(docs, docs.payload(docs.project.head())).status_code == 403
+    assert agent.deliver_for(docs, docs.payload(docs.project.head())).status_code == 403
     gate.write_text("open")
     finished = [agent.wait_finished(n) for n in (running, queued)]
     assert [run["status"] for run in finished] == ["succeeded", "succeeded"], finished
@@ -146,8 +146,8 @@ def test_cross_repository_forgery(
 ) -> None:
     web, api, _docs = three_repos
     agent = start_many(three_repos)
-    as_org = agent.deliver(web, web.payload(web.project.head(), "forged"), secret=ORG_SECRET)
-    as_web = agent.deliver(api, api.payload(api.project.head(), "forged"), secret=OWN_SECRET)
+    as_org = agent.deliver_for(web, web.payload(web.project.head(), "forged"), secret=ORG_SECRET)
+    as_web = agent.deliver_for(api, api.payload(api.project.head(), "forged"), secret=OWN_SECRET)
     observed(f"answers {as_org.status_code} and {as_web.status_code}; runs queued: {len(agent.runs())}")
     assert (as_org.status_code, as_web.status_code) == (403, 403)
     assert agent.runs() == []

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from ci_agent.signature import sign
 from tests.support.agent_process import AgentProcess
-from tests.support.ci_agent_server import FINISHED, push_payload
+from tests.support.ci_agent_server import CiAgentProcess, push_payload
 from tests.support.docker_env import DockerJanitor, unique
 from tests.support.git_repos import GitProject, make_git_project
 from tests.support.ports import free_port
@@ -78,24 +78,18 @@ def write_repos_file(path: Path, repos: list[Repo], extra: str = "") -> Path:
     return path
 
 
-class ManyReposAgent:
-    """A running ``ci-agent serve`` with a repos file, and what a test needs to talk to it."""
+class ManyReposAgent(CiAgentProcess):
+    """A running ``ci-agent serve`` with a repos file: ``CiAgentProcess`` signing with each repository's secret."""
 
-    def __init__(self, process: AgentProcess, port: int, dashboard_port: int, repos_file: Path) -> None:
-        self.process = process
-        self.url = f"http://127.0.0.1:{port}"
-        self.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+    def __init__(self, process: AgentProcess, port: int, dashboard_port: int, log_dir: Path, repos_file: Path) -> None:
+        super().__init__(process, port, log_dir, dashboard_port)
         self.repos_file = repos_file
-        self.answers: list[str] = []
 
-    def deliver(self, repo: Repo, body: dict[str, Any], *, secret: str | None = None) -> httpx.Response:
+    def deliver_for(self, repo: Repo, body: dict[str, Any], *, secret: str | None = None) -> httpx.Response:
+        """``body`` as a push delivery signed with ``secret`` (default: ``repo``'s own)."""
         raw = json.dumps(body).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "X-GitHub-Event": "push",
-            "X-GitHub-Delivery": str(uuid.uuid4()),
-            "X-Hub-Signature-256": sign(SecretStr(secret or repo.secret), raw),
-        }
+        signature = sign(SecretStr(secret or repo.secret), raw)
+        headers = {**self.headers(raw, signed=False), "X-Hub-Signature-256": signature}
         response = httpx.post(f"{self.url}/webhook", content=raw, headers=headers, timeout=10)
         self.answers.append(response.text)
         return response
@@ -105,7 +99,7 @@ class ManyReposAgent:
         files = {"tests/run.sh": test_script, "www/index.html": f"<p>hello {uuid.uuid4().hex[:6]}</p>\n"}
         sha = repo.project.commit(files, message, executable=("tests/run.sh",))
         repo.project.push()
-        answer = self.deliver(repo, repo.payload(sha, message))
+        answer = self.deliver_for(repo, repo.payload(sha, message))
         assert answer.status_code == 202, answer.text
         number: int = answer.json()["run"]
         return number
@@ -115,31 +109,9 @@ class ManyReposAgent:
         self.answers.append(response.text)
         return response
 
-    def run(self, number: int) -> dict[str, Any]:
-        response = self.get(f"/runs/{number}")
-        assert response.status_code == 200, response.text
-        data: dict[str, Any] = response.json()
+    def runs_of(self, repo: str) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = self.get("/runs", limit=1000, repo=repo).json()
         return data
-
-    def runs(self, repo: str | None = None) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"limit": 1000}
-        if repo is not None:
-            params["repo"] = repo
-        data: list[dict[str, Any]] = self.get("/runs", **params).json()
-        return data
-
-    def wait_status(self, number: int, status: str, timeout: float = 60) -> None:
-        self.process.wait_until(lambda: self.run(number)["status"] == status, timeout=timeout,
-                                what=f"run {number} {status}")
-
-    def wait_finished(self, number: int, timeout: float = 120) -> dict[str, Any]:
-        self.process.wait_until(lambda: self.run(number)["status"] in FINISHED, timeout=timeout,
-                                what=f"run {number} to finish")
-        return self.run(number)
-
-    def log_of(self, number: int) -> str:
-        path = self.run(number).get("log_path")
-        return Path(path).read_text(errors="replace") if path and Path(path).exists() else ""
 
     def reload(self) -> None:
         assert self.process.process is not None
@@ -195,7 +167,7 @@ def start_many(tmp_path: Path, produced: Callable[[str, str | bytes], None]) -> 
             **env,
         }
         process = AgentProcess("ci_agent", ["serve"], environ, tmp_path).start()
-        agent = ManyReposAgent(process, port, dashboard_port, repos_file)
+        agent = ManyReposAgent(process, port, dashboard_port, tmp_path / "logs", repos_file)
         process.wait_until(lambda: httpx.get(f"{agent.url}/healthz").status_code == 200, what="ci-agent ready")
         agents.append(agent)
         return agent

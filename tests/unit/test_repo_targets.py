@@ -198,3 +198,12 @@ def test_the_command_line_says_what_is_wrong_and_exits_2(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert err.startswith("ci-agent: error: CI_REPOS_FILE=")
     assert "[repos.web] unknown key(s) 'nope'" in err
+
+
+def test_run_with_an_unknown_repository_names_the_configured_ones_and_exits_2(tmp_path, monkeypatch, capsys):
+    path = repos_file(tmp_path, THREE)
+    for name, value in environ(tmp_path, CI_REPOS_FILE=str(path)).items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["--env-file", str(tmp_path / "none.env"), "run", "--repo", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no repository named 'nope'; configured: web, api, docs" in err
