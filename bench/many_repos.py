@@ -9,10 +9,12 @@ HMAC per configured secret for every delivery), alternating the sizes so load ch
 
 - **idle RSS**: after the agent answers ``/healthz``, it idles ``--idle`` seconds (nothing delivered
   yet), then VmRSS is read from ``/proc``;
-- **ack**: ``WARM_UP`` then ``-n`` signed pushes for the file's first repository over one keep-alive
-  connection (``bench.ack_latency.measure_ack``: the same payload, signature and timing); every
+- **ack**: ``WARM_UP`` then ``-n`` signed pushes for the file's *last* repository (its secret is
+  the last one tried in file order) over one keep-alive connection (``bench.ack_latency.measure_ack``:
+  the same payload, signature and timing), each with the ``X-GitHub-Hook-ID`` GitHub sends; every
   delivery queues a run (202); the worker's first run waits on a remote that never answers, as in
-  ``bench/ack_latency.py``.
+  ``bench/ack_latency.py``. ``--no-hook-id`` leaves the header out (every delivery then tries the
+  secrets in file order: the worst case, 10 HMACs for 10 repositories).
 
 Medians over the rounds are printed with the ratio of each size to the first (the issue's goal:
 10 repositories within 1.1 x one). Every line carries the 1-minute load average.
@@ -43,7 +45,8 @@ from bench.ack_latency import (
     silent_remote,
 )
 
-FIRST_REPOSITORY = "Codertocat/Hello-World"  # the payload's repository.full_name
+DELIVERED_REPOSITORY = "Codertocat/Hello-World"  # the payload's repository.full_name
+HOOK_ID = {"X-GitHub-Hook-ID": "424242"}
 
 
 def secret_of(index: int) -> str:
@@ -53,7 +56,7 @@ def secret_of(index: int) -> str:
 def repos_file(path: Path, count: int, repo_url: str) -> Path:
     tables = []
     for index in range(count):
-        github_repo = FIRST_REPOSITORY if index == 0 else f"bench/repo-{index}"
+        github_repo = DELIVERED_REPOSITORY if index == count - 1 else f"bench/repo-{index}"
         tables.append(
             f'[repos.r{index}]\nrepo_url = "{repo_url}"\ngithub_repo = "{github_repo}"\nbranch = "master"\n'
             f'image = "127.0.0.1:9/bench/many-{index}"\nwebhook_secret = "{secret_of(index)}"\n'
@@ -92,14 +95,15 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def round_of(count: int, n: int, idle: float, payload: bytes) -> tuple[float, float, float]:
+def round_of(count: int, n: int, idle: float, payload: bytes, hook_id: bool = True) -> tuple[float, float, float]:
     """(idle RSS MiB, ack p50 s, ack p99 s) of one fresh agent with ``count`` repositories."""
+    headers = HOOK_ID if hook_id else {}
     with tempfile.TemporaryDirectory(prefix=f"many-repos-{count}-") as scratch:
         with agent_serving(Path(scratch), count) as (url, pid):
             time.sleep(idle)  # idle means idle: no delivery, no run, nothing to wait for
             rss = rss_mib(pid)
-            measure_ack(url, secret_of(0), payload, WARM_UP)
-            latencies = measure_ack(url, secret_of(0), payload, n)
+            measure_ack(url, secret_of(count - 1), payload, WARM_UP, extra_headers=headers)
+            latencies = measure_ack(url, secret_of(count - 1), payload, n, extra_headers=headers)
     return rss, percentile(latencies, 0.5), percentile(latencies, 0.99)
 
 
@@ -109,13 +113,15 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=200, help="timed deliveries per round and size")
     parser.add_argument("--idle", type=float, default=5.0, help="seconds idle before RSS is read")
     parser.add_argument("--repos", type=int, nargs="+", default=[1, 10], help="repository counts to compare")
+    parser.add_argument("--no-hook-id", action="store_true", help="deliveries without X-GitHub-Hook-ID")
     args = parser.parse_args()
     payload = PAYLOAD.read_bytes()
     results: dict[int, list[tuple[float, float, float, float]]] = {count: [] for count in args.repos}
-    print(f"{args.rounds} rounds; repositories {args.repos}; {args.n} deliveries of {PAYLOAD.name} each")
+    print(f"{args.rounds} rounds; repositories {args.repos}; {args.n} deliveries of {PAYLOAD.name} each, "
+          f"{'without' if args.no_hook_id else 'with'} X-GitHub-Hook-ID")
     for number in range(1, args.rounds + 1):
         for count in args.repos:
-            rss, p50, p99 = round_of(count, args.n, args.idle, payload)
+            rss, p50, p99 = round_of(count, args.n, args.idle, payload, not args.no_hook_id)
             load = load_average()
             results[count].append((rss, p50, p99, load))
             print(f"  round {number} {count:3} repos  idle RSS {rss:6.1f} MiB  ack p50 {1000 * p50:6.2f} ms  "

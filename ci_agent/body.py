@@ -13,6 +13,11 @@ a body may cost more memory than a few hundred KiB until its signature has been 
 - the HMAC is updated chunk by chunk and compared at the end, so a body with a wrong signature is
   never read back from disk. With several repositories there is one HMAC per distinct secret, all
   updated with each chunk as it arrives; the body is still read once.
+- a small body (in memory) is signed under each secret only when it is compared, in the order the
+  caller asks (``SignedBody.matching(header, first=...)``), stopping at the secret that matches:
+  with ten secrets a delivery costs one HMAC when the caller guesses right, and a forgery that
+  matches none costs all ten. How long that takes tells a sender only which secret matched, and
+  only a sender who holds that secret can make one match.
 """
 
 from __future__ import annotations
@@ -70,12 +75,13 @@ class BodyIntake:
             secrets = ()
         elif isinstance(secrets, SecretStr):
             secrets = (secrets,)
-        mac = _Macs([hmac.new(secret.get_secret_value().encode(), digestmod=hashlib.sha256) for secret in secrets])
+        keys = tuple(secret.get_secret_value().encode() for secret in secrets)
         try:
             async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
                 if declared is not None and declared <= SMALL_BODY_BYTES:
-                    data = await _read_small(chunks, mac)
-                    return SignedBody(data, None, _digest(mac))
+                    data = await _read_small(chunks)
+                    return SignedBody(data, None, [None] * len(keys), keys)
+                mac = _Macs([hmac.new(key, digestmod=hashlib.sha256) for key in keys])
                 if not await self._acquire():
                     raise BodiesBusy()
                 try:
@@ -113,7 +119,7 @@ class BodyIntake:
         except BaseException:
             spool.close()
             raise
-        return SignedBody(None, spool, _digest(mac))
+        return SignedBody(None, spool, list(_digest(mac)), ())
 
 
 @dataclass
@@ -122,25 +128,37 @@ class SignedBody:
 
     _data: bytes | None
     _spool: IO[bytes] | None
-    signatures: tuple[str, ...]
+    # One per secret: computed while a spooled body streamed in, else when first compared.
+    _signatures: list[str | None]
+    _keys: tuple[bytes, ...] = field(default=(), repr=False)
 
     @property
     def signature(self) -> str | None:
         """The signature under the first secret (the only one, with one repository)."""
-        return self.signatures[0] if self.signatures else None
+        return self.signature_at(0) if self._signatures else None
 
-    def matching(self, header: str) -> int | None:
+    def signature_at(self, index: int) -> str:
+        signature = self._signatures[index]
+        if signature is None:
+            signature = PREFIX + hmac.new(self._keys[index], self._data or b"", hashlib.sha256).hexdigest()
+            self._signatures[index] = signature
+        return signature
+
+    def matching(self, header: str, first: int | None = None) -> int | None:
         """The index of the secret whose signature ``header`` is, or ``None``.
 
-        Every signature is compared, each in constant time, whichever matches: how long the answer
-        takes says nothing about which secret (or how much of one) a forger got right.
+        Secrets are tried from ``first`` (a guess, e.g. the secret this webhook used last time), then
+        in order, each compared in constant time; a header that matches none is compared with all.
         """
         given = header.strip().lower().encode("ascii", "replace")
-        found: int | None = None
-        for index, signature in enumerate(self.signatures):
-            if hmac.compare_digest(signature.encode(), given) and found is None:
-                found = index
-        return found
+        order = list(range(len(self._signatures)))
+        if first is not None and 0 <= first < len(order):
+            order.remove(first)
+            order.insert(0, first)
+        for index in order:
+            if hmac.compare_digest(self.signature_at(index).encode(), given):
+                return index
+        return None
 
     def matches(self, header: str) -> bool:
         """Whether ``header`` is the body's ``X-Hub-Signature-256`` under one of the secrets."""
@@ -160,12 +178,11 @@ class SignedBody:
             self._spool = None
 
 
-async def _read_small(chunks: AsyncIterator[bytes], mac: _Macs) -> bytes:
+async def _read_small(chunks: AsyncIterator[bytes]) -> bytes:
     data = bytearray()
     async for chunk in chunks:
         data += chunk
         _check_size(len(data))
-        mac.update(chunk)
     return bytes(data)
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from urllib.parse import parse_qs
 
@@ -54,6 +54,7 @@ __all__ = ["MAX_BODY_BYTES", "create_app"]
 _DELIVERY_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 _FORM = "application/x-www-form-urlencoded"
 _log = logger.bind(agent="ci", component="webhook")
+_HINTS = 1024
 
 
 def create_app(
@@ -76,7 +77,11 @@ def create_app(
         signature = _signature_header(keys, request)
         received = await intake.read(request.stream(), declared, keys.secrets if signature is not None else ())
         try:
-            candidates = keys.signed_by(received.matching(signature) if signature is not None else None)
+            hook = request.headers.get("X-GitHub-Hook-ID")
+            matched = received.matching(signature, keys.hints.get(hook or "")) if signature is not None else None
+            if matched is not None and hook:
+                keys.remember(hook, matched)
+            candidates = keys.signed_by(matched)
             if signature is not None and candidates is None:
                 raise WebhookRejected(
                     401, f"{SIGNATURE_HEADER} does not match the body and {keys.which}"
@@ -145,6 +150,14 @@ class _SecretKeys:
     secrets: tuple[SecretStr, ...]
     holders: tuple[tuple[RepoTarget, ...], ...]
     unsigned: tuple[RepoTarget, ...]
+    # X-GitHub-Hook-ID -> the secret that hook signed with last time: tried first next time (one HMAC
+    # instead of one per secret). The header is not signed; a wrong guess only costs the other HMACs.
+    hints: dict[str, int] = field(default_factory=dict)
+
+    def remember(self, hook: str, index: int) -> None:
+        if len(self.hints) >= _HINTS and hook not in self.hints:
+            self.hints.clear()  # strangers can send any ids; a bounded map costs nothing to refill
+        self.hints[hook] = index
 
     @classmethod
     def of(cls, targets: RepoTargets) -> _SecretKeys:

@@ -306,3 +306,32 @@ def test_the_one_repository_of_the_environment_is_not_reloaded(tmp_path):
     with open_agent(settings, targets, env) as agent:
         assert agent.reload() is False
         assert agent.targets.current is targets
+
+
+def test_a_small_body_is_signed_only_until_a_secret_matches(tmp_path):
+    import asyncio
+
+    from ci_agent.body import BodyIntake
+
+    raw = json.dumps(push("me/web")).encode()
+    keys = [SecretStr(f"secret-number-{index}") for index in range(10)]
+
+    async def chunks() -> Any:
+        yield raw
+
+    body = asyncio.run(BodyIntake(tmp_path / "spool").read(chunks(), len(raw), keys))
+    assert body.matching(sign(keys[7], raw), first=7) == 7
+    assert sum(signature is not None for signature in body._signatures) == 1  # one HMAC, not ten
+    assert body.matching(sign(keys[3], raw)) == 3
+    assert body.matching(sign(SecretStr("nobody's"), raw)) is None
+    assert all(signature is not None for signature in body._signatures)  # a forgery is compared with all
+
+
+def test_the_hook_id_hint_is_only_a_hint(api):
+    body = push("org/api")
+    raw = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Hook-ID": "77"}
+    for secret, expected in ((ORG_SECRET, 202), (WEB_SECRET, 403), ("wrong", 401), (ORG_SECRET, 202)):
+        signature = sign(SecretStr(secret), raw)
+        signed = {**headers, "X-GitHub-Delivery": str(uuid.uuid4()), "X-Hub-Signature-256": signature}
+        assert api.checked(api.app.post("/webhook", content=raw, headers=signed)).status_code == expected
