@@ -335,3 +335,21 @@ def test_the_hook_id_hint_is_only_a_hint(api):
         signature = sign(SecretStr(secret), raw)
         signed = {**headers, "X-GitHub-Delivery": str(uuid.uuid4()), "X-Hub-Signature-256": signature}
         assert api.checked(api.app.post("/webhook", content=raw, headers=signed)).status_code == expected
+
+
+def test_each_repository_with_a_poll_interval_gets_its_poller_and_reloads_follow(tmp_path):
+    env = environment(tmp_path)
+    text = REPOS.replace("https://github.com/org/api.git", (tmp_path / "no-such-api.git").as_uri())
+    text = text.replace('webhook_secret = "' + ORG_SECRET + '"\n\n[repos.docs]',
+                        'webhook_secret = "' + ORG_SECRET + '"\npoll_interval = 60\n\n[repos.docs]')
+    write_repos(Path(env["CI_REPOS_FILE"]), text)
+    settings = load_settings(CiSettings, env)
+    with open_agent(settings, load_targets(settings, env), env) as agent:
+        agent.start_pollers()
+        assert sorted(agent.pollers._running) == ["api"]
+        poller = agent.pollers._running["api"][1]
+        assert poller.name == "api"
+        assert poller.seen.path == tmp_path / "state" / "repos" / "api" / "poll-refs.json"
+        write_repos(Path(env["CI_REPOS_FILE"]), REPOS)
+        assert agent.reload() is True
+        assert agent.pollers._running == {}
