@@ -366,6 +366,12 @@ def test_ci_agent_unit_under_systemd(
     journal = host.sh("journalctl -u ci-agent --no-pager")
     assert "serving on" in journal and WEBHOOK_SECRET not in journal + log
 
+    # `systemctl reload` is ExecReload's SIGHUP: the same process goes on (without CI_REPOS_FILE it only says so).
+    host.sh("systemctl reload ci-agent")
+    wait_for(lambda: "reload: nothing to read again" in host.sh("journalctl -u ci-agent --no-pager"), timeout=30,
+             what="the reload logged")
+    assert wait_active(host, "ci-agent") == pid
+
     kill_and_wait_restart(host, "ci-agent", pid)
     wait_for(
         lambda: httpx.get(f"{dashboard}/runs/{number}", timeout=2).status_code == 200, timeout=60, what="ci-agent back"
