@@ -125,9 +125,10 @@ def test_ci_agent_run_does_not_load_the_web_stack(tmp_path: Path) -> None:
         "import sys\n"
         "from ci_agent.cli import open_pipeline\n"
         "from ci_agent.settings import CiSettings\n"
+        "from ci_agent.targets import load_targets\n"
         "from shared.settings import load_settings, read_environment\n"
         "settings = load_settings(CiSettings, read_environment(None))\n"
-        "with open_pipeline(settings):\n"
+        "with open_pipeline(settings, load_targets(settings, {})):\n"
         "    pass\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'starlette', 'uvicorn', 'click'}))\n"
     )
