@@ -76,6 +76,8 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     for name, unit in UNITS.items():
         shutil.copy(unit, root / "etc/systemd/system" / unit.name)
         executable = root / "opt/pi-cicd/bin" / name
+    # ci-agent's ExecReload=/bin/sh -c "kill -HUP ${MAINPID}"
+    shutil.copy(shutil.which("sh") or "/bin/sh", root / "bin" / "sh")
         executable.write_text("#!/bin/sh\n")
         executable.chmod(0o755)
     # ExecReload=/bin/kill -HUP $MAINPID (cd-agent: `systemctl reload` re-reads the apps file)
