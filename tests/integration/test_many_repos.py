@@ -117,7 +117,7 @@ def api(tmp_path) -> Iterator[Api]:
         queue = RunQueue(store)
         yield Api(
             TestClient(create_app(settings, store, queue, live)),
-            TestClient(create_dashboard_app(settings, store, live)),
+            TestClient(create_dashboard_app(settings, store, live), base_url="http://127.0.0.1"),
             store,
             live,
         )

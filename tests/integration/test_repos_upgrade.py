@@ -55,7 +55,7 @@ def test_a_state_folder_of_before_keeps_its_runs_numbers_paths_and_badge(tmp_pat
         new = agent.store.create(kind=KIND, commit="d" * 40, ref="refs/heads/main", scope=target.name)
         assert new.number == 4
 
-        dashboard = TestClient(agent.dashboard())
+        dashboard = TestClient(agent.dashboard(), base_url="http://127.0.0.1")  # a loopback name (host check)
         assert [run["number"] for run in dashboard.get("/runs").json()] == [4, 3, 2, 1]
         assert dashboard.get("/runs/1").json()["repo"] == "hello-world"
         assert dashboard.get("/runs", params={"repo": "hello-world"}).status_code == 200
