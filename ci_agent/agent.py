@@ -102,10 +102,14 @@ class CiAgent:
         except PiCicdError as exc:
             _log.error("reload refused, the repositories stay as they were: {}", exc)
             return False
+        secrets = [*self.settings.secret_values(), *targets.secret_values()]
         # New secrets are masked from the first line that could carry them.
-        configure_logging(
-            "ci", [*self.settings.secret_values(), *targets.secret_values()], level=self.settings.log_level
-        )
+        configure_logging("ci", secrets, level=self.settings.log_level)
+        if any(target.test_runner == "host" for target in targets):
+            # A repository's tests may now run on the host: as at start, nothing of the agent's gives them away.
+            from ci_agent.host_env import shield_agent
+
+            shield_agent(secrets)
         self.targets.replace(targets)
         _log.info("reloaded {}: {} repositories ({})", self.settings.ci_repos_file, len(targets),
                   ", ".join(targets.names))
