@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from ci_agent.errors import Step
+from ci_agent.multiplatform import IndexRegistry, PlatformEngine
 from shared.versions import Commit
 
 OutputSink = Callable[[str], None]
@@ -44,36 +44,22 @@ class Source(Protocol):
     def is_ancestor(self, workdir: Path, ancestor: str, descendant: str) -> bool: ...
 
 
-class ImageBuilder(Protocol):
-    """Builds, tests in a container, tags and pushes images (the Docker Engine)."""
+class ImageBuilder(PlatformEngine, Protocol):
+    """Builds, tests in a container, tags and pushes images (the Docker Engine); what
+    ``ci_agent/multiplatform.py`` needs of it (``PlatformEngine``: platforms, builds, tests), plus:"""
 
     def prepare(self) -> None: ...
 
-    def build(
-        self,
-        context_dir: Path,
-        tags: Sequence[str],
-        *,
-        labels: Mapping[str, str] | None = None,
-        target: str | None = None,
-        buildargs: Mapping[str, str] | None = None,
-        on_output: OutputSink = ...,
-        step: Step = "build",
-    ) -> str: ...
+    def engine(self) -> str: ...
 
-    def run_tests(
-        self, image: str, command: str, *, timeout: float, on_output: OutputSink = ..., name: str | None = None
-    ) -> int: ...
+    def push(self, repository: str, tag: str, *, on_output: OutputSink = ...) -> str | None: ...
 
-    def push(self, repository: str, tag: str, *, on_output: OutputSink = ...) -> None: ...
-
-    def image_id(self, reference: str) -> str | None: ...
-
-    def remove_image(self, reference: str) -> bool: ...
+    def close(self) -> None: ...
 
 
-class ReleaseRegistry(Protocol):
-    """The image's repository in the registry: its tags and what each release was built from."""
+class ReleaseRegistry(IndexRegistry, Protocol):
+    """The image's repository in the registry: its tags and what each release was built from (and, for
+    ``ci_agent/multiplatform.py``, ``IndexRegistry``: digests and image indexes)."""
 
     def list_tags(self) -> list[str]: ...
 

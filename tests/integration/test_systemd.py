@@ -76,12 +76,12 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     for name, unit in UNITS.items():
         shutil.copy(unit, root / "etc/systemd/system" / unit.name)
         executable = root / "opt/pi-cicd/bin" / name
-    # ci-agent's ExecReload=/bin/sh -c "kill -HUP ${MAINPID}"
-    shutil.copy(shutil.which("sh") or "/bin/sh", root / "bin" / "sh")
         executable.write_text("#!/bin/sh\n")
         executable.chmod(0o755)
     # ExecReload=/bin/kill -HUP $MAINPID (cd-agent: `systemctl reload` re-reads the apps file)
     shutil.copy(shutil.which("kill") or "/bin/kill", root / "bin" / "kill")
+    # ci-agent's ExecReload=/bin/sh -c "kill -HUP ${MAINPID}"
+    shutil.copy(shutil.which("sh") or "/bin/sh", root / "bin" / "sh")
     result = subprocess.run(
         [analyze, "verify", f"--root={root}", "--man=no", *(unit.name for unit in UNITS.values())],
         capture_output=True,

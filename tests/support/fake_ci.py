@@ -17,6 +17,8 @@ from pathlib import Path
 from ci_agent.effects import OutputSink
 from ci_agent.errors import Step, StepFailed
 from shared.errors import RegistryNotFound
+from shared.platforms import Platform, parse_platforms
+from shared.registry import IndexEntry
 from shared.versions import Commit
 
 SAMPLE_DOCKERFILE = "FROM scratch AS base\nCOPY www/ /www/\n\nFROM base AS test\nCOPY tests/ /tests/\n\nFROM base\n"
@@ -119,10 +121,19 @@ class FakeSource:
 
 
 class FakeRegistry:
-    """One image repository: tag -> the labels of its image."""
+    """One image repository: tag -> the labels of its image (single-platform releases only)."""
 
     def __init__(self) -> None:
         self.tags: dict[str, dict[str, str]] = {}
+
+    def manifest_digest(self, tag: str) -> str | None:
+        return None if tag not in self.tags else "sha256:" + hashlib.sha256(tag.encode()).hexdigest()
+
+    def entry(self, digest: str, platform: Platform) -> IndexEntry:
+        raise NotImplementedError("the fake registry holds single-platform releases only")
+
+    def put_index(self, tag: str, entries: Sequence[IndexEntry]) -> str:
+        raise NotImplementedError("the fake registry holds single-platform releases only")
 
     def list_tags(self) -> list[str]:
         return list(self.tags)
@@ -151,6 +162,18 @@ class FakeBuilder:
     def prepare(self) -> None:
         return None
 
+    def engine(self) -> str:
+        return "the fake engine (linux/amd64)"
+
+    def platform(self) -> Platform:
+        return parse_platforms("linux/amd64")[0]
+
+    def image_platform(self, reference: str) -> Platform:
+        return self.platform()
+
+    def close(self) -> None:
+        return None
+
     def build(
         self,
         context_dir: Path,
@@ -161,6 +184,8 @@ class FakeBuilder:
         buildargs: Mapping[str, str] | None = None,
         on_output: OutputSink = _discard,
         step: Step = "build",
+        platform: str | None = None,
+        cache_from: Sequence[str] = (),
     ) -> str:
         if self.build_error is not None and self.build_error_step in (None, step):
             raise StepFailed(step, self.build_error)
@@ -173,19 +198,21 @@ class FakeBuilder:
         return image_id
 
     def run_tests(
-        self, image: str, command: str, *, timeout: float, on_output: OutputSink = _discard, name: str | None = None
+        self, image: str, command: str, *, timeout: float, on_output: OutputSink = _discard, name: str | None = None,
+        platform: str | None = None,
     ) -> int:
         self.tests.append(command)
         on_output(f"tests exit {self.test_exit}")
         return self.test_exit
 
-    def push(self, repository: str, tag: str, *, on_output: OutputSink = _discard) -> None:
+    def push(self, repository: str, tag: str, *, on_output: OutputSink = _discard) -> str | None:
         if self.push_failures > 0:
             self.push_failures -= 1
             raise StepFailed("push", "registry unreachable")
         image_id = self.images[f"{repository}:{tag}"]
         self.registry.tags[tag] = dict(self.labels[image_id])
         self.pushes.append(tag)
+        return None
 
     def image_id(self, reference: str) -> str | None:
         return self.images.get(reference)
