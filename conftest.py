@@ -9,6 +9,7 @@ pytest_plugins = [
     "tests.support.git_repos",
     "tests.support.reliability",
     "tests.support.ci_agent_server",
+    "tests.support.many_repos",
     "tests.support.fault_proxy",
     "tests.support.proxy_world",
     "tests.support.swarm_env",

@@ -62,7 +62,8 @@ def signature(secret: str, body: bytes) -> str:
 
 
 def measure_ack(
-    url: str, secret: str, payload: bytes, n: int, *, event: str = "push", expect: int | None = None
+    url: str, secret: str, payload: bytes, n: int, *, event: str = "push", expect: int | None = None,
+    extra_headers: dict[str, str] | None = None,
 ) -> list[float]:
     """Send ``n`` signed deliveries of ``payload`` to ``url`` over one keep-alive connection; seconds each.
 
@@ -77,6 +78,7 @@ def measure_ack(
         "X-GitHub-Event": event,
         "X-Hub-Signature-256": signature(secret, payload),
         "User-Agent": "GitHub-Hookshot/bench",
+        **(extra_headers or {}),
     }
     connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=30)
     connection.connect()

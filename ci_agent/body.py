@@ -11,7 +11,13 @@ a body may cost more memory than a few hundred KiB until its signature has been 
 - the whole body must arrive within :data:`BODY_TIMEOUT_SECONDS` (408), so a slow sender cannot
   hold a slot for long;
 - the HMAC is updated chunk by chunk and compared at the end, so a body with a wrong signature is
-  never read back from disk.
+  never read back from disk. With several repositories there is one HMAC per distinct secret, all
+  updated with each chunk as it arrives; the body is still read once.
+- a small body (in memory) is signed under each secret only when it is compared, in the order the
+  caller asks (``SignedBody.matching(header, first=...)``), stopping at the secret that matches:
+  with ten secrets a delivery costs one HMAC when the caller guesses right, and a forgery that
+  matches none costs all ten. How long that takes tells a sender only which secret matched, and
+  only a sender who holds that secret can make one match.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import asyncio
 import hashlib
 import hmac
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -61,14 +67,21 @@ class BodyIntake:
     def __post_init__(self) -> None:
         self._semaphore = asyncio.Semaphore(self.slots)
 
-    async def read(self, chunks: AsyncIterator[bytes], declared: int | None, secret: SecretStr | None) -> SignedBody:
-        """The body, and its ``sha256=`` HMAC under ``secret`` (``None`` without a secret)."""
-        mac = hmac.new(secret.get_secret_value().encode(), digestmod=hashlib.sha256) if secret is not None else None
+    async def read(
+        self, chunks: AsyncIterator[bytes], declared: int | None, secrets: Sequence[SecretStr] | SecretStr | None
+    ) -> SignedBody:
+        """The body, and its ``sha256=`` HMAC under each of ``secrets`` (none without a secret)."""
+        if secrets is None:
+            secrets = ()
+        elif isinstance(secrets, SecretStr):
+            secrets = (secrets,)
+        keys = tuple(secret.get_secret_value().encode() for secret in secrets)
         try:
             async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
                 if declared is not None and declared <= SMALL_BODY_BYTES:
-                    data = await _read_small(chunks, mac)
-                    return SignedBody(data, None, _digest(mac))
+                    data = await _read_small(chunks)
+                    return SignedBody(data, None, [None] * len(keys), keys)
+                mac = _Macs([hmac.new(key, digestmod=hashlib.sha256) for key in keys])
                 if not await self._acquire():
                     raise BodiesBusy()
                 try:
@@ -88,7 +101,7 @@ class BodyIntake:
             return False
         return True
 
-    async def _spool(self, chunks: AsyncIterator[bytes], mac: hmac.HMAC | None) -> SignedBody:
+    async def _spool(self, chunks: AsyncIterator[bytes], mac: _Macs) -> SignedBody:
         # 0700: a body is unverified input, but it may be a private repository's push; nobody else reads it.
         self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES, dir=str(self.spool_dir))
@@ -97,8 +110,7 @@ class BodyIntake:
             async for chunk in chunks:
                 size += len(chunk)
                 _check_size(size)
-                if mac is not None:
-                    mac.update(chunk)
+                mac.update(chunk)
                 if size > SPOOL_MEMORY_BYTES:
                     # On disk by now: a write may wait for the SD card, so not on the event loop.
                     await to_thread.run_sync(spool.write, chunk)
@@ -107,7 +119,7 @@ class BodyIntake:
         except BaseException:
             spool.close()
             raise
-        return SignedBody(None, spool, _digest(mac))
+        return SignedBody(None, spool, list(_digest(mac)), ())
 
 
 @dataclass
@@ -116,13 +128,41 @@ class SignedBody:
 
     _data: bytes | None
     _spool: IO[bytes] | None
-    signature: str | None
+    # One per secret: computed while a spooled body streamed in, else when first compared.
+    _signatures: list[str | None]
+    _keys: tuple[bytes, ...] = field(default=(), repr=False)
+
+    @property
+    def signature(self) -> str | None:
+        """The signature under the first secret (the only one, with one repository)."""
+        return self.signature_at(0) if self._signatures else None
+
+    def signature_at(self, index: int) -> str:
+        signature = self._signatures[index]
+        if signature is None:
+            signature = PREFIX + hmac.new(self._keys[index], self._data or b"", hashlib.sha256).hexdigest()
+            self._signatures[index] = signature
+        return signature
+
+    def matching(self, header: str, first: int | None = None) -> int | None:
+        """The index of the secret whose signature ``header`` is, or ``None``.
+
+        Secrets are tried from ``first`` (a guess, e.g. the secret this webhook used last time), then
+        in order, each compared in constant time; a header that matches none is compared with all.
+        """
+        given = header.strip().lower().encode("ascii", "replace")
+        order = list(range(len(self._signatures)))
+        if first is not None and 0 <= first < len(order):
+            order.remove(first)
+            order.insert(0, first)
+        for index in order:
+            if hmac.compare_digest(self.signature_at(index).encode(), given):
+                return index
+        return None
 
     def matches(self, header: str) -> bool:
-        """Whether ``header`` is the body's ``X-Hub-Signature-256`` (compared in constant time)."""
-        if self.signature is None:
-            return False
-        return hmac.compare_digest(self.signature.encode(), header.strip().lower().encode("ascii", "replace"))
+        """Whether ``header`` is the body's ``X-Hub-Signature-256`` under one of the secrets."""
+        return self.matching(header) is not None
 
     async def content(self) -> bytes:
         if self._data is None and self._spool is not None:
@@ -138,13 +178,11 @@ class SignedBody:
             self._spool = None
 
 
-async def _read_small(chunks: AsyncIterator[bytes], mac: hmac.HMAC | None) -> bytes:
+async def _read_small(chunks: AsyncIterator[bytes]) -> bytes:
     data = bytearray()
     async for chunk in chunks:
         data += chunk
         _check_size(len(data))
-        if mac is not None:
-            mac.update(chunk)
     return bytes(data)
 
 
@@ -154,5 +192,16 @@ def _check_size(size: int) -> None:
         raise WebhookRejected(413, f"body over {MAX_BODY_BYTES // (1024 * 1024)} MiB")
 
 
-def _digest(mac: hmac.HMAC | None) -> str | None:
-    return PREFIX + mac.hexdigest() if mac is not None else None
+@dataclass
+class _Macs:
+    """One running HMAC per secret, fed the same chunks."""
+
+    macs: list[hmac.HMAC]
+
+    def update(self, chunk: bytes) -> None:
+        for mac in self.macs:
+            mac.update(chunk)
+
+
+def _digest(mac: _Macs) -> tuple[str, ...]:
+    return tuple(PREFIX + one.hexdigest() for one in mac.macs)

@@ -2,11 +2,12 @@
 
 ::
 
-    ci-agent serve            receive GitHub webhooks and run the pipeline for each push
-    ci-agent run [--ref REF]  run one pipeline now (default: the tracked branch); exit 1 when it fails
+    ci-agent serve                        receive GitHub webhooks and run the pipeline for each push
+    ci-agent run [--repo NAME] [--ref REF]  run one pipeline now (default: the tracked branch); exit 1 when it fails
 
-Settings are read once (environment over ``.env``); errors become a message on stderr and an exit
-code in exactly one place, :func:`main`.
+Settings are read once (environment over ``.env``, plus ``CI_REPOS_FILE`` when it is set; SIGHUP
+reads that file again); errors become a message on stderr and an exit code in exactly one place,
+:func:`main`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ from loguru import logger
 from ci_agent.host_env import shield_agent
 from ci_agent.queue import KIND
 from ci_agent.settings import CiSettings
+from ci_agent.targets import RepoTargets, load_targets
 from shared.errors import PiCicdError
 from shared.logs import configure_logging
 from shared.settings import load_settings, read_environment
@@ -54,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the webhook and run queued pipelines (until SIGTERM/SIGINT)",
         description="Listen on CI_HOST:CI_PORT for GitHub webhooks (POST /webhook; also GET /healthz and "
         "GET /badge.svg) and serve the dashboard and the run history (GET /, GET /runs) on "
-        "CI_DASHBOARD_HOST:CI_DASHBOARD_PORT (127.0.0.1:8001 by default). Runs are executed one at a time; "
-        "a run a crash left unfinished is marked interrupted. With CI_POLL_INTERVAL set, the repository is also "
-        "polled for the branch head and vX.Y.Z tags (for a Pi GitHub cannot reach).",
+        "CI_DASHBOARD_HOST:CI_DASHBOARD_PORT (127.0.0.1:8001 by default). Runs are executed one at a time "
+        "(CI_MAX_PARALLEL_RUNS); a run a crash left unfinished is marked interrupted. With CI_POLL_INTERVAL set, "
+        "the repository is also polled for the branch head and vX.Y.Z tags (for a Pi GitHub cannot reach). "
+        "With CI_REPOS_FILE, every [repos.NAME] table of that TOML file is one repository; SIGHUP reads it again.",
     )
     run = commands.add_parser(
         "run",
@@ -65,20 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
         "now, in the foreground. Exits 0 when the run succeeded, 1 when it failed.",
     )
     run.add_argument("--ref", metavar="REF", help="branch, tag or commit to run (default: CI_BRANCH)")
+    run.add_argument("--repo", metavar="NAME", help="the [repos.NAME] table to run (default: the file's first)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(CiSettings, read_environment(args.env_file))
-        configure_logging("ci", settings.secret_values(), level=settings.log_level)
-        if settings.ci_test_runner == "host":
+        environ = read_environment(args.env_file)
+        settings = load_settings(CiSettings, environ)
+        targets = load_targets(settings, environ)
+        configure_logging("ci", [*settings.secret_values(), *targets.secret_values()], level=settings.log_level)
+        if any(target.test_runner == "host" for target in targets):
             # The tests run as this user: neither their environment nor this process's may give the secrets away.
-            shield_agent(settings.secret_values())
+            shield_agent([*settings.secret_values(), *targets.secret_values()])
         if args.command == "serve":
-            return serve(settings)
-        return run_once(settings, args.ref)
+            return serve(settings, targets, environ)
+        return run_once(settings, targets, args.ref, args.repo)
     except PiCicdError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -92,32 +98,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         gc.freeze()
 
 
-def serve(settings: CiSettings) -> int:
+def serve(settings: CiSettings, targets: RepoTargets, environ: Mapping[str, str] | None = None) -> int:
     # Imported here, not at the top: `ci-agent run` has no use for the web server (FastAPI alone is
     # a third of a second of imports on a Pi-class CPU; python -m bench.pipeline_overhead).
     from ci_agent.agent import open_agent
-    from ci_agent.dashboard import create_dashboard_app
     from ci_agent.server import Listener
     from ci_agent.server import serve as serve_listeners
 
-    with open_agent(settings) as agent:
+    with open_agent(settings, targets, environ) as agent:
         agent.recover()
         worker = agent.worker()
         worker.start()
-        poller = agent.poller()
-        if poller is not None:
-            poller.start()
+        agent.start_pollers()
         try:
             logger.bind(agent="ci").info(
-                "ci-agent serving on {}:{} (webhook) and {}:{} (dashboard{}) for {} branch {} -> {}",
+                "ci-agent serving on {}:{} (webhook) and {}:{} (dashboard{}), {} run(s) at a time, for {}",
                 settings.ci_host,
                 settings.ci_port,
                 settings.ci_dashboard_host,
                 settings.ci_dashboard_port,
                 "; token required, also on the webhook port" if settings.ci_dashboard_token else "",
-                settings.ci_github_repo or "any repository",
-                settings.ci_branch,
-                settings.ci_image,
+                settings.ci_max_parallel_runs,
+                "; ".join(
+                    f"{'[' + t.name + '] ' if targets.from_file else ''}{t.github_repo or 'any repository'} "
+                    f"branch {t.branch} -> {t.image.name}"
+                    for t in targets
+                ),
             )
             serve_listeners(
                 [
@@ -126,25 +132,28 @@ def serve(settings: CiSettings) -> int:
                         "dashboard",
                         settings.ci_dashboard_host,
                         settings.ci_dashboard_port,
-                        create_dashboard_app(settings, agent.store),
+                        agent.dashboard(),
                     ),
-                ]
+                ],
+                on_reload=agent.reload,
             )
         finally:
-            if poller is not None:
-                poller.stop(timeout=5)
+            agent.pollers.stop(timeout=5)
             agent.queue.close()
             worker.stop(timeout=5)
     return 0
 
 
-def run_once(settings: CiSettings, ref: str | None) -> int:
-    with open_pipeline(settings) as (store, pipeline):
+def run_once(settings: CiSettings, targets: RepoTargets, ref: str | None, repo: str | None = None) -> int:
+    with open_pipeline(settings, targets, repo) as (store, pipeline):
         event = pipeline.event_for_ref(ref)
-        run = store.create(kind=KIND, commit=event.after, ref=event.ref, details={"event": event.to_details()})
+        run = store.create(
+            kind=KIND, commit=event.after, ref=event.ref, details={"event": event.to_details()},
+            scope=pipeline.target.name,
+        )
         run = pipeline.execute(run, event)
         if run.status == "succeeded":
-            print(f"run {run.number} succeeded: pushed {settings.image.with_tag(run.version or '?')}")
+            print(f"run {run.number} succeeded: pushed {pipeline.image.with_tag(run.version or '?')}")
             return 0
         if run.status == "superseded":
             print(f"run {run.number} released nothing: {run.details.get('reason')}")
@@ -155,7 +164,9 @@ def run_once(settings: CiSettings, ref: str | None) -> int:
 
 
 @contextmanager
-def open_pipeline(settings: CiSettings) -> Iterator[tuple[RunStore, Pipeline]]:
+def open_pipeline(
+    settings: CiSettings, targets: RepoTargets, repo: str | None = None
+) -> Iterator[tuple[RunStore, Pipeline]]:
     """The agent's own wiring for a one-off run: no listener, worker or poller is started.
 
     ``ci_agent.agent`` imports no web stack (FastAPI comes with ``CiAgent.app``), so this costs a
@@ -165,6 +176,7 @@ def open_pipeline(settings: CiSettings) -> Iterator[tuple[RunStore, Pipeline]]:
     """
     from ci_agent.agent import open_agent
 
-    with open_agent(settings) as agent:
+    with open_agent(settings, targets) as agent:
+        pipeline = agent.pipeline_for(repo)  # an unknown name stops here, before anything is marked
         agent.recover()
-        yield agent.store, agent.pipeline
+        yield agent.store, pipeline

@@ -42,6 +42,7 @@ from tenacity.wait import WaitBaseT
 
 from ci_agent.errors import CommitStatusFailed
 from ci_agent.settings import CiSettings
+from ci_agent.targets import RepoTarget
 from shared.logs import redact
 from shared.runstore import Run
 
@@ -507,15 +508,19 @@ class CommitStatusReporter:
         return backoff
 
 
-def reporter_from_settings(settings: CiSettings) -> CommitStatusReporter:
-    """A reporter over GitHub's API when ``CI_GITHUB_TOKEN`` is set, else a no-op one (logged once)."""
-    token = settings.ci_github_token
-    if token is None or settings.ci_github_repo is None:
-        logger.bind(agent="ci").info("commit statuses are off: CI_GITHUB_TOKEN is not set")
+def reporter_from_settings(settings: CiSettings, target: RepoTarget) -> CommitStatusReporter:
+    """A reporter for ``target`` over GitHub's API when it has a ``github_token``, else a no-op one (logged once)."""
+    token = target.github_token
+    where = f"[repos.{target.name}] " if target.from_file else ""
+    if token is None or target.github_repo is None:
+        logger.bind(agent="ci").info("{}commit statuses are off: {} is not set", where,
+                                     "github_token" if target.from_file else "CI_GITHUB_TOKEN")
         return CommitStatusReporter(None)
-    api = GitHubStatusApi(settings.ci_github_api_url, settings.ci_github_repo, token)
+    api = GitHubStatusApi(settings.ci_github_api_url, target.github_repo, token)
     logger.bind(agent="ci").info(
-        "commit statuses on: {} via {} (context {}){}", settings.ci_github_repo, api.api_url, CONTEXT,
+        "{}commit statuses on: {} via {} (context {}){}", where, target.github_repo, api.api_url, CONTEXT,
         f", linking {settings.ci_public_url}/runs/N" if settings.ci_public_url else "",
     )
-    return CommitStatusReporter(api, public_url=settings.ci_public_url, secrets=settings.secret_values())
+    return CommitStatusReporter(
+        api, public_url=settings.ci_public_url, secrets=[*settings.secret_values(), *target.secret_values()]
+    )

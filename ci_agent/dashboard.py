@@ -1,4 +1,10 @@
-"""What a person sees of the CI agent: ``GET /`` (the runs), ``GET /runs/{n}`` as a page, ``GET /badge.svg``.
+"""What a person sees of the CI agent: ``GET /`` (the runs), ``GET /runs/{n}`` as a page, the badges.
+
+With several repositories (``CI_REPOS_FILE``) ``GET /`` lists the runs of all of them with links
+that filter by one (``/?repo=NAME``), ``GET /runs?repo=NAME`` filters the run API the same way, a
+run's JSON carries ``repo``, and each repository has its badge at ``/badge/NAME.svg``.
+``/badge.svg`` is the badge of the one repository of an agent without a repos file (and of a file
+with one table).
 
 :func:`create_dashboard_app` is the private listener's app (``CI_DASHBOARD_HOST:CI_DASHBOARD_PORT``,
 loopback by default): these pages and the run API (``GET /runs``, ``/runs/{n}``, ``/runs/{n}/log``),
@@ -40,7 +46,9 @@ from ci_agent.answers import install_error_answers
 from ci_agent.errors import RunNotFound
 from ci_agent.git import strip_credentials
 from ci_agent.queue import KIND
+from ci_agent.repos import LiveTargets
 from ci_agent.settings import CiSettings
+from ci_agent.targets import RepoTarget, RepoTargets, load_targets
 from shared.badges import svg_badge
 from shared.host_check import HostCheck, own_names
 from shared.media_types import ANSI_ESCAPE, PAGE_HEADERS, prefers_html
@@ -90,7 +98,7 @@ $refresh<title>$title</title>
 <body>
 <header>
 <h1><a href="/">pi-cicd</a> · $title</h1>
-<p>repository <code>$repository</code> · branch <code>$branch</code> · image <code>$image</code></p>
+<p>$about</p>
 </header>
 <main>
 $body
@@ -100,18 +108,20 @@ $body
 """)
 
 _LIST_HEAD = (
-    "<table>\n<thead><tr><th>#</th><th>status</th><th>commit</th><th>ref</th><th>version</th>"
+    "<table>\n<thead><tr><th>#</th><th>repo</th><th>status</th><th>commit</th><th>ref</th><th>version</th>"
     "<th>started</th><th>duration</th><th>failed step</th></tr></thead>\n<tbody>\n"
 )
 _LIST_ROW = Template(
-    '<tr class="run"><td><a href="/runs/$number">#$number</a></td><td>$status</td>'
+    '<tr class="run"><td><a href="/runs/$number">#$number</a></td><td><a href="/?repo=$repo">$repo</a></td>'
+    "<td>$status</td>"
     "<td><code>$commit</code>$message</td><td><code>$ref</code></td><td>$version</td>"
     "<td>$started</td><td>$duration</td><td>$failed_step</td></tr>\n"
 )
 
 
-def create_dashboard_app(settings: CiSettings, store: RunStore) -> FastAPI:
+def create_dashboard_app(settings: CiSettings, store: RunStore, targets: LiveTargets | None = None) -> FastAPI:
     """The dashboard and the run API; ``ci-agent serve`` serves it on the private listener."""
+    live = targets if targets is not None else LiveTargets(load_targets(settings, {}))
     app = FastAPI(title="pi-cicd ci-agent dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_answers(app, "dashboard")
     private = [Depends(dashboard_guard(settings.ci_dashboard_token))]
@@ -132,8 +142,9 @@ def create_dashboard_app(settings: CiSettings, store: RunStore) -> FastAPI:
         )
 
     @app.get("/", response_class=HTMLResponse, dependencies=private)
-    def runs_page() -> HTMLResponse:
-        return html_response(render_runs_page(settings, store.list(limit=LIST_LIMIT)))
+    def runs_page(repo: str | None = Query(default=None, max_length=63)) -> HTMLResponse:
+        runs = store.list(limit=LIST_LIMIT, scope=repo)
+        return html_response(render_runs_page(live.current, runs, repo))
 
     @app.get("/metrics", dependencies=private)
     def metrics() -> Response:
@@ -142,17 +153,19 @@ def create_dashboard_app(settings: CiSettings, store: RunStore) -> FastAPI:
         return Response(metrics_text(store), media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
     @app.get("/runs", dependencies=private)
-    def runs(limit: int = Query(default=50, ge=1, le=1000)) -> list[dict[str, Any]]:
-        return [run.to_json() for run in store.list(limit=limit)]
+    def runs(
+        limit: int = Query(default=50, ge=1, le=1000), repo: str | None = Query(default=None, max_length=63)
+    ) -> list[dict[str, Any]]:
+        return [run_json(run) for run in store.list(limit=limit, scope=repo)]
 
     @app.get("/runs/{number}", response_model=None, dependencies=private)
     def one_run(number: int, request: Request) -> Response:
         run = _existing(store, number)
         # JSON unless a browser asks for HTML (prefers_html): API clients see no change.
         if prefers_html(request.headers.get("Accept")):
-            response: Response = html_response(render_run_page(settings, run, read_log(run)))
+            response: Response = html_response(render_run_page(live.current, run, read_log(run)))
         else:
-            response = JSONResponse(run.to_json())
+            response = JSONResponse(run_json(run))
         response.headers["Vary"] = "Accept"
         return response
 
@@ -171,19 +184,43 @@ def create_dashboard_app(settings: CiSettings, store: RunStore) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    add_badge_route(app, settings, store)
+    add_badge_route(app, store, live)
     return app
 
 
-def add_badge_route(app: FastAPI, settings: CiSettings, store: RunStore) -> None:
-    """``GET /badge.svg``: public on every listener (a README on GitHub shows it through GitHub's proxy)."""
+def run_json(run: Run) -> dict[str, Any]:
+    """A run as the API answers it: the store's fields plus ``repo``."""
+    return run.to_json(scope_key="repo")
+
+
+def add_badge_route(app: FastAPI, store: RunStore, targets: LiveTargets) -> None:
+    """``GET /badge/NAME.svg`` and ``GET /badge.svg``: public on every listener (a README on GitHub shows
+    them through GitHub's proxy)."""
+
+    def answer(target: RepoTarget) -> Response:
+        # The environment's one repository owns every run of the store (as it always did).
+        scope = target.name if target.from_file else None
+        runs = store.list(limit=_BADGE_SCAN_LIMIT, kind=KIND, scope=scope)
+        svg = render_badge(badge_for(runs, target.branch))
+        # no-cache: GitHub's image proxy (camo) and browsers must ask again, or the badge goes stale.
+        return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-cache", **_HEADERS})
 
     @app.get("/badge.svg")
     def badge() -> Response:
-        runs = store.list(limit=_BADGE_SCAN_LIMIT, kind=KIND)
-        svg = render_badge(badge_for(runs, settings.ci_branch))
-        # no-cache: GitHub's image proxy (camo) and browsers must ask again, or the badge goes stale.
-        return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-cache", **_HEADERS})
+        current = targets.current
+        if len(current) != 1:
+            raise RunNotFound(
+                f"this agent builds {len(current)} repositories: each has its badge at /badge/NAME.svg "
+                f"({', '.join(current.names)})"
+            )
+        return answer(current.first)
+
+    @app.get("/badge/{name}.svg")
+    def repo_badge(name: str) -> Response:
+        target = targets.current.get(name)
+        if target is None:
+            raise RunNotFound("no repository of that name")
+        return answer(target)
 
 
 def _existing(store: RunStore, number: int) -> Run:
@@ -200,8 +237,8 @@ def html_response(page: str, status_code: int = 200) -> HTMLResponse:
 # -- pages ------------------------------------------------------------------------------------------
 
 
-def render_runs_page(settings: CiSettings, runs: Sequence[Run]) -> str:
-    """The run list, newest first as given; reloads itself every few seconds."""
+def render_runs_page(targets: RepoTargets, runs: Sequence[Run], repo: str | None = None) -> str:
+    """The run list, newest first as given (only ``repo``'s when set); reloads itself every few seconds."""
     if runs:
         rows = "".join(_run_row(run) for run in runs)
         body = f"{_LIST_HEAD}{rows}</tbody>\n</table>"
@@ -211,13 +248,22 @@ def render_runs_page(settings: CiSettings, runs: Sequence[Run]) -> str:
             "or <code>ci-agent run</code> starts one.</p>"
         )
     refresh = f'<meta http-equiv="refresh" content="{LIST_REFRESH_SECONDS}">\n'
-    return _page(settings, title="runs", body=body, refresh=refresh)
+    if len(targets) > 1 or repo is not None:
+        links = " · ".join(_repo_link(name, chosen=name == repo) for name in targets.names)
+        body = f'<p class="repos">repositories: <a href="/">all</a> · {links}</p>\n{body}'
+    return _page(targets, title="runs" if repo is None else f"runs of {repo}", body=body, refresh=refresh)
 
 
-def render_run_page(settings: CiSettings, run: Run, log: str | None) -> str:
+def _repo_link(name: str, *, chosen: bool) -> str:
+    text = f"<b>{html.escape(name)}</b>" if chosen else html.escape(name)
+    return f'<a href="/?repo={html.escape(name)}">{text}</a>'
+
+
+def render_run_page(targets: RepoTargets, run: Run, log: str | None) -> str:
     """One run's fields and its log (``None``: no log, or it was pruned); reloads while unfinished."""
     fields = [
         ("status", _status(run.status)),
+        ("repo", _text(run.scope)),
         ("kind", _text(run.kind)),
         ("commit", f"<code>{_text(run.commit)}</code>"),
         ("message", _text(_head_message(run) or "")),
@@ -240,7 +286,7 @@ def render_run_page(settings: CiSettings, run: Run, log: str | None) -> str:
         f"<dl>\n{items}</dl>\n<h2>Log</h2>\n{log_html}"
     )
     refresh = "" if run.finished else f'<meta http-equiv="refresh" content="{RUN_REFRESH_SECONDS}">\n'
-    return _page(settings, title=f"run #{run.number}", body=body, refresh=refresh)
+    return _page(targets, title=f"run #{run.number}", body=body, refresh=refresh)
 
 
 def read_log(run: Run, limit: int = LOG_PAGE_BYTES) -> str | None:
@@ -261,22 +307,24 @@ def read_log(run: Run, limit: int = LOG_PAGE_BYTES) -> str | None:
     return text
 
 
-def _page(settings: CiSettings, *, title: str, body: str, refresh: str) -> str:
-    return _PAGE.substitute(
-        title=html.escape(title),
-        refresh=refresh,
-        style=_STYLE,
-        repository=html.escape(settings.ci_github_repo or strip_credentials(settings.ci_repo_url)),
-        branch=html.escape(settings.ci_branch),
-        image=html.escape(settings.image.name),
-        body=body,
-    )
+def _page(targets: RepoTargets, *, title: str, body: str, refresh: str) -> str:
+    if len(targets) == 1:
+        target = targets.first
+        repository = html.escape(target.github_repo or strip_credentials(target.repo_url))
+        about = (
+            f"repository <code>{repository}</code> · branch <code>{html.escape(target.branch)}</code> · "
+            f"image <code>{html.escape(target.image.name)}</code>"
+        )
+    else:
+        about = f"{len(targets)} repositories"
+    return _PAGE.substitute(title=html.escape(title), refresh=refresh, style=_STYLE, about=about, body=body)
 
 
 def _run_row(run: Run) -> str:
     message = _head_message(run)
     return _LIST_ROW.substitute(
         number=run.number,
+        repo=_text(run.scope),
         status=_status(run.status),
         commit=_text(run.commit[:12] if run.commit else None),
         message=f'<br><span class="message">{_text(_first_line(message))}</span>' if message else "",

@@ -9,10 +9,10 @@ same, queues nothing: the queue answers it as a duplicate of that run, with a re
 no test, no email and no status (``ci_agent/queue.py``).
 
 What changes the outcome is a new commit or other test settings (``CI_TEST_COMMAND``,
-``CI_TEST_RUNNER``, ``CI_TEST_TIMEOUT``, ``CI_BUILD_ARGS``). To test the same commit again on
-purpose, ``ci-agent run --ref SHA`` on the agent's machine runs it (it does not go through the
-queue). Failures at any other step, a time-out, and interrupted runs are not remembered: those are
-worth a retry, and *Redeliver* still is one.
+``CI_TEST_RUNNER``, ``CI_TEST_TIMEOUT``, ``CI_BUILD_ARGS``; in a repos file, the repository's own).
+To test the same commit again on purpose, ``ci-agent run --ref SHA`` on the agent's machine runs it
+(it does not go through the queue). Failures at any other step, a time-out, and interrupted runs are
+not remembered: those are worth a retry, and *Redeliver* still is one.
 """
 
 from __future__ import annotations
@@ -23,29 +23,30 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ci_agent.payload import PushEvent
-    from ci_agent.settings import CiSettings
+    from ci_agent.targets import RepoTarget
     from shared.runstore import Run, RunStore
 
 DETAIL = "tests_failed_with"
 
 
-def tests_key(settings: CiSettings) -> str:
+def tests_key(target: RepoTarget) -> str:
     """What a commit's test outcome depends on besides the commit, as a short hash."""
     parts = {
-        "command": settings.ci_test_command,
-        "runner": settings.ci_test_runner,
-        "timeout": settings.ci_test_timeout,
-        "build_args": settings.ci_build_args,
+        "command": target.test_command,
+        "runner": target.test_runner,
+        "timeout": target.test_timeout,
+        "build_args": ",".join(f"{name}={value}" for name, value in target.build_args.items()),
     }
     # Added only when set, so the key of a repository without platforms stays what it was.
-    if settings.ci_platforms or settings.ci_test_platforms:
-        parts["platforms"] = f"{settings.ci_platforms};{settings.ci_test_platforms}"
+    if target.platforms or target.test_platforms:
+        parts["platforms"] = f"{','.join(map(str, target.platforms))};{','.join(map(str, target.test_platforms))}"
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def earlier_failure(store: RunStore, kind: str, event: PushEvent, key: str) -> Run | None:
-    """The newest run of ``kind`` whose tests failed for ``event``'s ref and commit under the settings ``key``."""
-    for run in store.find_failed(kind, event.ref, event.after, step="test"):
+def earlier_failure(store: RunStore, kind: str, event: PushEvent, key: str, scope: str | None = None) -> Run | None:
+    """The newest run of ``kind`` (and repository ``scope``) whose tests failed for ``event``'s ref and commit
+    under the settings ``key``."""
+    for run in store.find_failed(kind, event.ref, event.after, step="test", scope=scope):
         if run.details.get(DETAIL) == key:
             return run
     return None

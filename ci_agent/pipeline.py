@@ -1,7 +1,10 @@
 """One CI run: checkout → test → build → push, logged into the run's own file.
 
-The pipeline holds the policy; every effect is a constructor argument (git, Docker, the registry
-client, the store, the notifier, the clock), so the CLI and the webhook wire the same object.
+The pipeline holds the policy; every effect is a constructor argument behind a small interface
+(``ci_agent/effects.py``: git, the image builder, the registry, the host test runner; plus the
+store, the notifier and the clock), so the agent wires the real ones and the unit tests
+(``tests/unit/test_pipeline_policy.py``) in-memory fakes. The run's bookkeeping (open, log file,
+finish, email, log pruning) is ``shared.run_lifecycle``.
 
 * Each step is timed and logged (``step test started`` … ``step test finished in 3.2s``); the first
   failure stops the run: nothing after a failed step happens (no image is pushed after a failed test).
@@ -28,7 +31,7 @@ import os
 import shlex
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,21 +39,23 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from ci_agent.builder import DockerGateway, has_stage, run_host_command
+from ci_agent.builder import has_stage, run_host_command
+from ci_agent.effects import HostRunner, ImageBuilder, ReleaseRegistry, Source
 from ci_agent.errors import Step, StepFailed, TestsFailed
 from ci_agent.failed_tests import DETAIL as FAILED_TESTS_DETAIL
 from ci_agent.failed_tests import tests_key
-from ci_agent.git import GitRunner, redact_url, strip_credentials
+from ci_agent.git import redact_url, strip_credentials
 from ci_agent.host_env import host_test_environment
 from ci_agent.multiplatform import MultiPlatform
 from ci_agent.payload import ZERO_SHA, PushEvent
 from ci_agent.release_guard import ReleaseGuard, RevisionCache, RunSkipped
-from ci_agent.settings import CiSettings
+from ci_agent.targets import RepoTarget
 from ci_agent.versioning import VersionTaken, next_version, should_move_latest, taken_by
 from shared.errors import PiCicdError
-from shared.logs import prune_run_logs, run_log, run_log_path, tail
+from shared.logs import tail
 from shared.notify import Email, Notifier
-from shared.registry import ImageRef, RegistryClient, parse_image_ref
+from shared.registry import ImageRef
+from shared.run_lifecycle import RunLifecycle, RunScope
 from shared.runstore import Run, RunStore, utc_now
 from shared.versions import Commit, highest_tag
 
@@ -63,6 +68,7 @@ VERSION_LABEL = "org.opencontainers.image.version"
 CREATED_LABEL = "org.opencontainers.image.created"
 TEST_TAG = "ci-test"
 LOG_TAIL_LINES = 60
+DEFAULT_KEEP_LOGS = 200  # LOG_RETENTION_RUNS' default
 
 
 class Pipeline:
@@ -70,69 +76,72 @@ class Pipeline:
 
     def __init__(
         self,
-        settings: CiSettings,
+        target: RepoTarget,
         store: RunStore,
         notifier: Notifier,
-        git: GitRunner,
-        docker: DockerGateway,
-        registry: RegistryClient,
+        git: Source,
+        docker: ImageBuilder,
+        registry: ReleaseRegistry,
         clock: Callable[[], datetime] = utc_now,
         *,
+        host_runner: HostRunner = run_host_command,
         push_retry_wait: float = 2.0,
         report: Callable[[Run], None] = lambda _: None,
+        keep_logs: int = DEFAULT_KEEP_LOGS,
+        hidden: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self.report = report  # a finished run's commit status (ci_agent/commit_status.py); never raises
-        self.settings = settings
+        self.target = target
         self.store = store
         self.notifier = notifier
         self.git = git
         self.docker = docker
         self.registry = registry
+        self.host_runner = host_runner
         self.clock = clock
-        self.image: ImageRef = parse_image_ref(settings.ci_image)
+        self.image: ImageRef = target.image
         self.push_retry_wait = push_retry_wait
+        self.scope = RunScope(target.name, target.paths.log_dir, keep_logs)
+        self.lifecycle = RunLifecycle(store, notifier, clock)
+        # The values a host-run test must not see in its environment: every secret of the agent.
+        self._hidden = hidden if hidden is not None else target.secret_values
         # (ref, commit) that event_for_ref read from the remote, for the run of that event (see _steps).
         self._looked_up: tuple[str, str] | None = None
         # Distinguishes this agent's test containers from another agent's on the same dockerd.
         self._instance = uuid.uuid4().hex[:8]
-        platforms, test_platforms = settings.platforms, settings.test_platforms
+        platforms, test_platforms = target.platforms, target.test_platforms
         self.platforms = MultiPlatform(docker, registry, self.image, platforms, test_platforms) if (
             platforms or test_platforms) else None
         self.guard = ReleaseGuard(
-            repo_url=settings.ci_repo_url, git=git, registry=registry, store=store, workdir=self.checkout_dir,
-            revisions=RevisionCache(settings.state_dir / "release-revisions.json"), on_superseded=report,
+            repo_url=target.repo_url, git=git, registry=registry, store=store, workdir=self.checkout_dir,
+            revisions=RevisionCache(target.paths.revisions_file), on_superseded=report, scope=target.name,
         )
 
     @property
     def checkout_dir(self) -> Path:
-        return self.settings.work_dir / "checkout"
+        return self.target.paths.checkout_dir
 
     def event_for_ref(self, ref: str | None = None) -> PushEvent:
         """A push event for ``ci-agent run --ref REF`` (default: the tracked branch's head)."""
-        name, sha = self.git.lookup(self.settings.ci_repo_url, ref or self.settings.ci_branch)
+        name, sha = self.git.lookup(self.target.repo_url, ref or self.target.branch)
         branch = name.removeprefix("refs/heads/") if name and name.startswith("refs/heads/") else None
         tag = name.removeprefix("refs/tags/") if name and name.startswith("refs/tags/") else None
         self._looked_up = (name, sha) if name else None
         return PushEvent(
             ref=name or sha, branch=branch, tag=tag, after=sha, before=ZERO_SHA, deleted=False,
-            repository=self.settings.ci_github_repo or "", pusher="ci-agent run",
+            repository=self.target.github_repo or "", pusher="ci-agent run",
         )
 
     def execute(self, run: Run, event: PushEvent) -> Run:
         """Run every step for ``event`` and record the outcome in the store; returns the finished run."""
-        started = self.clock()
-        path = run_log_path(self.settings.log_dir, started, run.number)
-        run = self.store.update(
-            run.number, status="running", started_at=started, log_path=str(path), commit=event.after,
-            ref=event.ref,
-        )
         failure: StepFailed | None = None
         skipped: RunSkipped | None = None
         version: str | None = None
-        with run_log(path, run.number) as log:
+        with self.lifecycle.open(run, self.scope, commit=event.after, ref=event.ref) as opened:
+            run, log, path = opened.run, opened.log, opened.log_path
             log.info(
                 "run {} started: commit {} ({}) of {}", run.number, event.after, event.ref,
-                redact_url(self.settings.ci_repo_url),
+                redact_url(self.target.repo_url),
             )
             try:
                 version = self._steps(run, event, log)
@@ -145,41 +154,38 @@ class Pipeline:
             else:
                 log.info("run {} succeeded: pushed {}", run.number, self.image.with_tag(version))
         if skipped is not None:
-            run = self._record_skipped(run.number, skipped)
+            run = self.lifecycle.finish(run, self.scope, status="superseded", details=self._skipped(run, skipped))
         elif failure is not None:
-            remembered = self._remember_failed_tests(run.number, failure)
-            run = self.store.update(
-                run.number, status="failed", failed_step=failure.step, error=failure.message,
-                finished_at=self.clock(), **remembered,
+            run = self.lifecycle.finish(
+                run, self.scope, status="failed", failed_step=failure.step, error=failure.message,
+                email=self._failure_email(run, event, failure, path), **self._remember_failed_tests(run, failure),
             )
-            self._email_failure(run, event, failure, path)
         else:
-            run = self.store.update(run.number, status="succeeded", version=version, finished_at=self.clock())
+            run = self.lifecycle.finish(run, self.scope, status="succeeded", version=version)
         self.report(run)
-        prune_run_logs(self.settings.log_dir, self.settings.log_retention_runs)
         return run
 
-    def _record_skipped(self, number: int, skipped: RunSkipped) -> Run:
+    def _skipped(self, run: Run, skipped: RunSkipped) -> dict[str, Any]:
         verdict = skipped.verdict
-        current = self.store.get(number)
+        current = self.store.get(run.number)
         details = dict(current.details if current is not None else {})
         details["reason"] = verdict.reason
         if verdict.already_released is not None:
             details["already_released"] = verdict.already_released
         if verdict.superseded_by is not None:
             details["superseded_by"] = verdict.superseded_by
-        return self.store.update(number, status="superseded", details=details, finished_at=self.clock())
+        return details
 
-    def _remember_failed_tests(self, number: int, failure: StepFailed) -> dict[str, Any]:
+    def _remember_failed_tests(self, run: Run, failure: StepFailed) -> dict[str, Any]:
         """The details that keep a replay of this push from testing it again (ci_agent/failed_tests.py)."""
-        current = self.store.get(number)
+        current = self.store.get(run.number)
         if not isinstance(failure, TestsFailed) or current is None:
             return {}
-        return {"details": {**current.details, FAILED_TESTS_DETAIL: tests_key(self.settings)}}
+        return {"details": {**current.details, FAILED_TESTS_DETAIL: tests_key(self.target)}}
 
     def fail(self, run: Run, message: str) -> Run:
         """Mark ``run`` failed outside any step (the worker's last resort when ``execute`` itself broke)."""
-        run = self.store.update(run.number, status="failed", error=message, finished_at=self.clock())
+        run = self.lifecycle.finish(run, self.scope, status="failed", error=message)
         self.report(run)
         return run
 
@@ -192,7 +198,7 @@ class Pipeline:
         remote_commit = looked_up[1] if looked_up == (event.ref, event.after) else None
         self.docker.prepare()  # the Docker SDK loads and connects while git works
         with self._step("checkout", log):
-            commit = self.git.checkout(self.settings.ci_repo_url, event.after, checkout)
+            commit = self.git.checkout(self.target.repo_url, event.after, checkout)
             if commit != event.after:
                 log.info("{} is an annotated tag object; it tags commit {}", event.after, commit)
                 event = dataclasses.replace(event, after=commit)
@@ -200,7 +206,7 @@ class Pipeline:
             log.info("checked out {} into {}", commit, checkout)
             self.guard.check(run, event, commit, log, remote_commit=remote_commit)
         with self._step("test", log):
-            if self.settings.ci_build_docker_host is not None:
+            if self.target.build_host is not None:
                 log.info("this run builds on {}", self.docker.engine())
             self._test(run, checkout, log)
         decided: list[str] = []
@@ -242,16 +248,16 @@ class Pipeline:
         log.info("step {} finished in {:.1f}s", step, time.monotonic() - began)
 
     def _test(self, run: Run, checkout: Path, log: loguru.Logger) -> None:
-        command = self.settings.ci_test_command
-        timeout = self.settings.ci_test_timeout
+        command = self.target.test_command
+        timeout = self.target.test_timeout
         output = _printer(log, "test")
-        if self.settings.ci_test_runner == "host":
+        if self.target.test_runner == "host":
             try:
                 argv = shlex.split(command)
             except ValueError as exc:
                 raise StepFailed("test", f"CI_TEST_COMMAND cannot be split into arguments: {exc}") from exc
             log.info("running {} in {} (time limit {:g}s)", argv, checkout, timeout)
-            code = run_host_command(argv, cwd=checkout, timeout=timeout, on_output=output, env=self._host_env())
+            code = self.host_runner(argv, cwd=checkout, timeout=timeout, on_output=output, env=self._host_env())
         else:
             dockerfile = checkout / "Dockerfile"
             if not dockerfile.is_file():
@@ -259,7 +265,7 @@ class Pipeline:
             target = "test" if has_stage(dockerfile.read_text(errors="replace"), "test") else None
             if self.platforms is not None:
                 self.platforms.test(
-                    checkout, command, target=target, timeout=timeout, buildargs=self.settings.build_args,
+                    checkout, command, target=target, timeout=timeout, buildargs=dict(self.target.build_args),
                     name=f"pi-cicd-ci-test-{self._instance}-run-{run.number}", log=log,
                 )
                 return
@@ -267,7 +273,7 @@ class Pipeline:
             previous = self.docker.image_id(test_image)
             log.info("building the {} for the tests", "Dockerfile's `test` stage" if target else "image")
             image_id = self.docker.build(
-                checkout, [test_image], target=target, buildargs=self.settings.build_args, on_output=output,
+                checkout, [test_image], target=target, buildargs=dict(self.target.build_args), on_output=output,
                 step="test",
             )
             if previous is not None and previous != image_id:
@@ -283,7 +289,7 @@ class Pipeline:
 
     def _host_env(self) -> dict[str, str]:
         # The tests are the repository's code: a few harmless variables of the agent's, no secret.
-        return host_test_environment(os.environ, self.settings.secret_values())
+        return host_test_environment(os.environ, self._hidden())
 
     def _decide_version(self, event: PushEvent, checkout: Path, log: loguru.Logger) -> tuple[str, list[str]]:
         existing = self.registry.list_tags()
@@ -297,8 +303,8 @@ class Pipeline:
                      len(messages))
         try:
             version = next_version(
-                existing, messages, initial=self.settings.ci_initial_version, git_tag_version=event.release_version,
-                tag_style=self.settings.ci_tag_style,
+                existing, messages, initial=self.target.initial_version, git_tag_version=event.release_version,
+                tag_style=self.target.tag_style,
             )
         except VersionTaken as exc:
             raise StepFailed("build", str(exc)) from exc
@@ -308,12 +314,12 @@ class Pipeline:
     def _build(self, event: PushEvent, checkout: Path, version: str, move_latest: bool, log: loguru.Logger) -> None:
         labels = {
             REVISION_LABEL: event.after,
-            SOURCE_LABEL: strip_credentials(self.settings.ci_repo_url),
+            SOURCE_LABEL: strip_credentials(self.target.repo_url),
             VERSION_LABEL: version,
             CREATED_LABEL: self.clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         if self.platforms is not None and self.platforms.platforms:
-            self.platforms.build(checkout, labels, self.settings.build_args, log)
+            self.platforms.build(checkout, labels, dict(self.target.build_args), log)
             return
         tags = [self.image.with_tag(version)]
         previous_latest = None
@@ -321,7 +327,7 @@ class Pipeline:
             tags.append(self.image.with_tag("latest"))
             previous_latest = self.docker.image_id(self.image.with_tag("latest"))
         image_id = self.docker.build(
-            checkout, tags, labels=labels, buildargs=self.settings.build_args, on_output=_printer(log, "build")
+            checkout, tags, labels=labels, buildargs=dict(self.target.build_args), on_output=_printer(log, "build")
         )
         log.info("built {} as {}", image_id, ", ".join(tags))
         if previous_latest is not None and previous_latest != image_id:
@@ -341,7 +347,7 @@ class Pipeline:
     def _push_tag(self, tag: str, log: loguru.Logger) -> str | None:
         log.info("pushing {}", self.image.with_tag(tag))
         for attempt in Retrying(
-            stop=stop_after_attempt(self.settings.ci_push_attempts),
+            stop=stop_after_attempt(self.target.push_attempts),
             wait=wait_exponential(multiplier=self.push_retry_wait, max=60),
             retry=retry_if_exception_type(StepFailed),
             reraise=True,
@@ -352,15 +358,17 @@ class Pipeline:
                 return self.docker.push(self.image.name, tag, on_output=_printer(log, "push"))
         return None  # not reached: the last attempt's error is raised
 
-    def _email_failure(self, run: Run, event: PushEvent, failure: StepFailed, path: Path) -> None:
+    def _failure_email(self, run: Run, event: PushEvent, failure: StepFailed, path: Path) -> Email:
         short = event.after[:12]
+        # A repos file names each repository; the one repository of the environment keeps its subject.
+        what = f"[{self.target.name}] run {run.number}" if self.target.from_file else f"CI run #{run.number}"
         body = "\n".join(
             [
-                f"CI run #{run.number} failed at step {failure.step}.",
+                f"{what} failed at step {failure.step}.",
                 "",
                 f"Step:       {failure.step}",
                 f"Error:      {failure.message}",
-                f"Repository: {redact_url(self.settings.ci_repo_url)}",
+                f"Repository: {redact_url(self.target.repo_url)}",
                 f"Ref:        {event.ref}",
                 f"Commit:     {event.after}",
                 f"Log file:   {path}",
@@ -370,8 +378,8 @@ class Pipeline:
                 tail(path, LOG_TAIL_LINES),
             ]
         )
-        subject = f"CI run #{run.number} failed at {failure.step}: {self.image.name} @ {short}"
-        self.notifier.notify(Email(subject=subject, body=body, kind="failure"))
+        subject = f"{what} failed at {failure.step}: {self.image.name} @ {short}"
+        return Email(subject=subject, body=body, kind="failure")
 
 
 def _printer(log: loguru.Logger, step: Step) -> Callable[[str], None]:

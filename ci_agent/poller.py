@@ -33,6 +33,7 @@ unit-tested with fakes; ``GitRefSource`` is the real ``git ls-remote``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -52,7 +53,8 @@ from ci_agent.errors import CiError
 from ci_agent.git import SAFE_OPTIONS, SHA, redact_url, remote_access
 from ci_agent.payload import ZERO_SHA, PushEvent
 from ci_agent.queue import KIND, RunQueue, Submission
-from ci_agent.settings import POLL_MIN_INTERVAL, CiSettings
+from ci_agent.settings import POLL_MIN_INTERVAL
+from ci_agent.targets import RepoTarget
 from shared.errors import PiCicdError
 from shared.notify import Email, Notifier
 from shared.runstore import RunStore
@@ -117,11 +119,13 @@ class StopClock:
 class StoreRuns:
     """``RunLookup`` over the run store: the most recent CI runs are enough (a ref moves forward)."""
 
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: RunStore, scope: str | None = None) -> None:
         self.store = store
+        self.scope = scope  # the repository polled: another repository's runs of the same commit don't count
 
     def has_run(self, ref: str, shas: set[str]) -> bool:
-        return any(run.ref == ref and run.commit in shas for run in self.store.list(limit=_RECENT_RUNS, kind=KIND))
+        runs = self.store.list(limit=_RECENT_RUNS, kind=KIND, scope=self.scope)
+        return any(run.ref == ref and run.commit in shas for run in runs)
 
 
 class GitRefSource:
@@ -296,8 +300,11 @@ class Poller:
         clock: Clock | None = None,
         notifier: Notifier | None = None,
         backoff: Callable[[int], float] | None = None,
+        name: str | None = None,
     ) -> None:
         self.source = source
+        # The repository's name in a repos file: its emails and log lines say which one is failing.
+        self.name = name
         self.submit = submit
         self.runs = runs
         self.seen = seen
@@ -310,7 +317,7 @@ class Poller:
         self.backoff = backoff if backoff is not None else backoff_wait(interval)
         self.failures = 0
         self._thread: threading.Thread | None = None
-        self._log = logger.bind(agent="ci", component="poller")
+        self._log = logger.bind(agent="ci", component="poller", **({"scope": name} if name else {}))
 
     def poll_once(self) -> list[int]:
         """One poll: the numbers of the runs it queued. ``PollFailed`` when the remote did not answer."""
@@ -391,7 +398,7 @@ class Poller:
         if self.notifier is None or not self.notifier.enabled:
             return
         self.notifier.notify(Email(
-            subject="[pi-cicd] polling the repository is failing",
+            subject=f"[{self.name or 'pi-cicd'}] polling the repository is failing",
             body=f"{message}\n\nThe CI agent keeps trying with backoff and logs when it works again.\n",
         ))
 
@@ -403,7 +410,7 @@ class Poller:
                 return
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="ci-poller", daemon=True)
+        self._thread = threading.Thread(target=self.run, name=f"ci-poller-{self.name or ''}".rstrip("-"), daemon=True)
         self._thread.start()
         self._log.info("polling {} and release tags every {:g}s", self.branch_ref, self.interval)
 
@@ -418,18 +425,19 @@ class Poller:
 
 
 
-def poller_for(settings: CiSettings, store: RunStore, queue: RunQueue, notifier: Notifier | None) -> Poller:
-    """The poller ``ci-agent serve`` runs when ``CI_POLL_INTERVAL`` is set."""
-    interval = settings.ci_poll_interval or POLL_MIN_INTERVAL
+def poller_for(target: RepoTarget, store: RunStore, queue: RunQueue, notifier: Notifier | None) -> Poller:
+    """The poller ``ci-agent serve`` runs for a repository with a ``poll_interval`` (``CI_POLL_INTERVAL``)."""
+    interval = target.poll_interval or POLL_MIN_INTERVAL
     # A poll that takes longer than the interval is a hanging remote: give up and back off.
     timeout = max(POLL_MIN_INTERVAL, min(interval, 60.0))
     return Poller(
-        GitRefSource(settings.ci_repo_url, settings.ci_branch, timeout=timeout),
-        queue.accept,
-        StoreRuns(store),
-        SeenRefs(settings.state_dir / STATE_FILE),
-        branch=settings.ci_branch,
-        repository=repository_name(settings.ci_github_repo, settings.ci_repo_url),
+        GitRefSource(target.repo_url, target.branch, timeout=timeout),
+        functools.partial(queue.accept, scope=target.name),
+        StoreRuns(store, target.name),
+        SeenRefs(target.paths.poll_refs_file),
+        branch=target.branch,
+        repository=repository_name(target.github_repo, target.repo_url),
         interval=interval,
         notifier=notifier,
+        name=target.name if target.from_file else None,
     )

@@ -21,8 +21,14 @@ Rules:
   covers them, shown as ``superseded_by`` in the run's JSON); a running run is never touched. Tag
   pushes (releases ``vX.Y.Z``) never supersede each other: each one is a release somebody asked
   for explicitly.
-- ``take`` claims the oldest queued run (older queued runs of the same branch were superseded
-  already, so this is fair between branches and tags) and marks it ``running``.
+- ``take`` claims a queued run and marks it ``running``: among the repositories (run scopes) with
+  queued runs and none running, the one served least recently, and its oldest queued run (older
+  queued runs of the same branch were superseded already, so this is fair between branches and
+  tags). So a burst of pushes to one repository delays another repository's next run by at most
+  the run in progress, whatever ``CI_MAX_PARALLEL_RUNS`` is; one repository never has two runs at
+  once (they share a checkout folder and decide versions from the same registry tags).
+- Everything above is per repository: coalescing and "already released" only look at runs of the
+  delivery's own repository (``scope``).
 - Delivery ids (``X-GitHub-Delivery``) de-duplicate. GitHub reuses the id when a person presses
   "Redeliver". A redelivery of a run that ended ``failed`` or ``interrupted`` queues a **new** run
   (somebody pressed the button to retry it: that is how a failed checkout or push is re-run without
@@ -85,6 +91,7 @@ class _Ticket:
     event: PushEvent
     delivery_id: str | None
     source: str | None = None
+    scope: str | None = None
     done: bool = False
     result: Submission | None = None
     error: Exception | None = None
@@ -96,32 +103,40 @@ class RunQueue:
     def __init__(
         self, store: RunStore, *, clock: Callable[[], datetime] = _utc_now,
         report: Callable[[Run], None] = lambda _: None, tests_key: str | None = None,
+        tests_keys: Callable[[str | None], str | None] | None = None,
     ) -> None:
         self._store = store
-        # The test settings (ci_agent/failed_tests.py): a commit whose tests failed under them is not queued again.
-        self._tests_key = tests_key
+        # The test settings (ci_agent/failed_tests.py): a commit whose tests failed under them is not queued
+        # again. ``tests_keys(scope)``: each repository's own; ``tests_key``: one for every run.
+        self._tests_keys = tests_keys if tests_keys is not None else (lambda _scope: tests_key)
         self._report = report  # the commit status of a queued run (ci_agent/commit_status.py)
         self._clock = clock
         self._condition = threading.Condition()
         self._closed = False
         self._pending: list[_Ticket] = []
         self._pending_lock = threading.Lock()
+        # scope -> when it was last served (a counter): who is next among the repositories.
+        self._served: dict[str | None, int] = {}
+        self._claims = 0
         self._log = logger.bind(agent="ci", component="queue")
 
-    def submit(self, event: PushEvent, delivery_id: str | None = None) -> Run:
+    def submit(self, event: PushEvent, delivery_id: str | None = None, *, scope: str | None = None) -> Run:
         """Queue ``event``; for a duplicate delivery return the earlier run instead."""
-        return self.accept(event, delivery_id).run
+        return self.accept(event, delivery_id, scope=scope).run
 
-    def accept(self, event: PushEvent, delivery_id: str | None = None, *, source: str | None = None) -> Submission:
+    def accept(
+        self, event: PushEvent, delivery_id: str | None = None, *, source: str | None = None, scope: str | None = None
+    ) -> Submission:
         """Queue ``event`` unless ``delivery_id`` was seen already (see the module docstring).
 
-        ``source`` (e.g. ``"poll"``) is kept in the new run's ``details["source"]``.
+        ``source`` (e.g. ``"poll"``) is kept in the new run's ``details["source"]``; ``scope`` is the
+        repository the run is for (``RepoTarget.name``).
 
         Group commit: deliveries that arrive while another one is being written wait for the lock,
         and whoever gets it next writes every waiting delivery in one store transaction. A burst of
         a hundred deliveries then costs a few disk syncs instead of two hundred.
         """
-        ticket = _Ticket(event, delivery_id, source)
+        ticket = _Ticket(event, delivery_id, source, scope)
         with self._pending_lock:
             self._pending.append(ticket)
         with self._condition:
@@ -133,7 +148,7 @@ class RunQueue:
         return ticket.result
 
     def accept_nowait(
-        self, event: PushEvent, delivery_id: str | None = None, *, source: str | None = None
+        self, event: PushEvent, delivery_id: str | None = None, *, source: str | None = None, scope: str | None = None
     ) -> Submission | None:
         """``accept`` on the calling thread, or ``None`` at once if another thread is using the queue or
         the store right now (the caller then calls ``accept`` from a thread of its own).
@@ -147,7 +162,7 @@ class RunQueue:
             with self._store.batch_if_free() as free:
                 if not free:
                     return None
-                submission = self._accept_one(event, delivery_id, source)
+                submission = self._accept_one(event, delivery_id, source, scope)
             self._condition.notify_all()  # the worker waits in `take` for a new run
         finally:
             self._condition.release()
@@ -166,7 +181,7 @@ class RunQueue:
             with self._store.batch():
                 for ticket in batch:
                     try:
-                        ticket.result = self._accept_one(ticket.event, ticket.delivery_id, ticket.source)
+                        ticket.result = self._accept_one(ticket.event, ticket.delivery_id, ticket.source, ticket.scope)
                     except Exception as exc:
                         ticket.error = exc
         except Exception as exc:
@@ -182,16 +197,20 @@ class RunQueue:
                 ticket.done = True
             self._condition.notify_all()
 
-    def _accept_one(self, event: PushEvent, delivery_id: str | None, source: str | None = None) -> Submission:
+    def _accept_one(
+        self, event: PushEvent, delivery_id: str | None, source: str | None = None, scope: str | None = None
+    ) -> Submission:
         earlier = None if delivery_id is None else self._store.find_by_delivery(delivery_id)
         if earlier is not None and earlier.status not in RETRYABLE:
             self._log.info("delivery {} repeats run {}; nothing queued", delivery_id, earlier.number)
             return Submission(earlier, duplicate=True)
-        if event.branch is not None and (released := self._store.find_released(KIND, event.after)) is not None:
+        released = self._store.find_released(KIND, event.after, scope=scope) if event.branch is not None else None
+        if released is not None:
             self._log.info("{} at {} was released as {} by run {}; nothing queued", event.ref, event.after[:12],
                            released.version, released.number)
             return Submission(released, duplicate=True)
-        if self._tests_key is not None and (failed := earlier_failure(self._store, KIND, event, self._tests_key)):
+        key = self._tests_keys(scope)
+        if key is not None and (failed := earlier_failure(self._store, KIND, event, key, scope)):
             reason = failure_reason(event, failed)
             self._log.info("{} at {}: {}; nothing queued", event.ref, event.after[:12], reason)
             return Submission(failed, duplicate=True, reason=reason)
@@ -204,7 +223,7 @@ class RunQueue:
             details["source"] = source
         try:
             run = self._store.create(
-                kind=KIND, commit=event.after, ref=event.ref, delivery_id=delivery_id, details=details
+                kind=KIND, commit=event.after, ref=event.ref, delivery_id=delivery_id, details=details, scope=scope
             )
         except DuplicateDelivery as exc:
             # Another process sharing the store won the race for this delivery.
@@ -219,13 +238,14 @@ class RunQueue:
             self._log.info("delivery {} redelivered after run {} {}: run {} retries it",
                            delivery_id, earlier.number, earlier.status, run.number)
         if event.branch is not None:
-            for old in self._store.supersede_queued(KIND, event.ref, run.number, commit=event.after):
+            for old in self._store.supersede_queued(KIND, event.ref, run.number, commit=event.after, scope=scope):
                 self._log.info("run {} superseded by run {}", old.number, run.number)
         self._log.info("run {} queued for {} at {}", run.number, event.ref, event.after[:12])
         return Submission(run, duplicate=False)
 
     def take(self, timeout: float | None = None) -> tuple[Run, PushEvent] | None:
-        """Claim the oldest queued run and mark it running; ``None`` after ``timeout`` s or once closed."""
+        """Claim the next queued run (see the module docstring) and mark it running; ``None`` after
+        ``timeout`` s or once closed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._condition:
             while not self._closed:
@@ -242,6 +262,11 @@ class RunQueue:
         """Queued CI runs, oldest first."""
         return list(reversed(self._store.list(limit=_QUEUED_SCAN_LIMIT, status="queued", kind=KIND)))
 
+    def done(self) -> None:
+        """A run ended: a ``take`` waiting because its repository was busy may go on."""
+        with self._condition:
+            self._condition.notify_all()
+
     def close(self) -> None:
         """Wake every ``take`` and make it return ``None`` from now on (shutdown)."""
         with self._condition:
@@ -251,8 +276,20 @@ class RunQueue:
     def _release_delivery(self, earlier: Run) -> None:
         self._store.update(earlier.number, delivery_id=None)
 
+    def _claim_next(self) -> Run | None:
+        busy = self._store.running_scopes(KIND)
+        heads = [run for run in self._store.oldest_queued_per_scope(KIND) if run.scope not in busy]
+        heads.sort(key=lambda run: (self._served.get(run.scope, -1), run.number))
+        for head in heads:
+            run = self._store.claim_queued(head.number)
+            if run is not None:
+                self._claims += 1
+                self._served[run.scope] = self._claims
+                return run
+        return None
+
     def _claim_oldest(self) -> tuple[Run, PushEvent] | None:
-        while (run := self._store.claim_next_queued(KIND)) is not None:
+        while (run := self._claim_next()) is not None:
             try:
                 event = PushEvent.from_details(dict(run.details.get("event") or {}))
             except (WebhookRejected, KeyError, TypeError, ValueError) as exc:

@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from ci_agent.effects import ReleaseRegistry, Source
 from ci_agent.errors import StepFailed
-from ci_agent.git import GitRunner, is_sha
+from ci_agent.git import is_sha
 from ci_agent.payload import PushEvent
 from shared.errors import RegistryError, RegistryNotFound
-from shared.registry import RegistryClient
 from shared.runstore import Run, RunStore
 from shared.versions import parse_version
 
@@ -111,10 +111,12 @@ class ReleaseGuard:
     """Decides, with the checkout in ``workdir``, whether a run may go on to test, build and push."""
 
     def __init__(
-        self, *, repo_url: str, git: GitRunner, registry: RegistryClient, store: RunStore, workdir: Path,
-        revisions: RevisionCache, on_superseded: Callable[[Run], None] = lambda _: None,
+        self, *, repo_url: str, git: Source, registry: ReleaseRegistry, store: RunStore, workdir: Path,
+        revisions: RevisionCache, on_superseded: Callable[[Run], None] = lambda _: None, scope: str | None = None,
     ) -> None:
         self.on_superseded = on_superseded
+        # The repository whose queued runs this guard coalesces (another repository's main is not ours).
+        self.scope = scope
         self.repo_url = repo_url
         self.git = git
         self.registry = registry
@@ -216,7 +218,8 @@ class ReleaseGuard:
         beside it (a merged side branch) keeps its run.
         """
         queued = [
-            other for other in self.store.list(limit=_QUEUED_SCAN_LIMIT, status="queued", kind=run.kind)
+            other for other in self.store.list(limit=_QUEUED_SCAN_LIMIT, status="queued", kind=run.kind,
+                                               scope=self.scope)
             if other.ref == event.ref and other.number != run.number and other.commit and is_sha(other.commit)
         ]
         # A commit the branch's head does not contain is not fetched: its own run will find it unreachable.

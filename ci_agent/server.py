@@ -30,7 +30,7 @@ import resource
 import signal
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any, ClassVar
@@ -220,8 +220,11 @@ def connection_cap(file_limit: int, listeners: int) -> int:
     return max(16, min(MAX_CONNECTIONS, share))
 
 
-def serve(listeners: list[Listener]) -> None:
-    """Serve every listener until SIGTERM or SIGINT; a listener that cannot open raises ``ListenerError``."""
+def serve(listeners: list[Listener], on_reload: Callable[[], object] | None = None) -> None:
+    """Serve every listener until SIGTERM or SIGINT; a listener that cannot open raises ``ListenerError``.
+
+    ``on_reload`` is called on a thread of its own for each SIGHUP (the listeners keep serving meanwhile).
+    """
     file_limit = raise_file_limit()
     limits = ConnectionLimits(connection_cap(file_limit, len(listeners)))
     with _bound(listeners) as sockets:
@@ -231,7 +234,7 @@ def serve(listeners: list[Listener]) -> None:
             limits.max_connections,
             limits.header_timeout,
         )
-        asyncio.run(_serve_all(listeners, sockets, limits))
+        asyncio.run(_serve_all(listeners, sockets, limits, on_reload))
 
 
 @contextlib.contextmanager
@@ -301,7 +304,10 @@ class _Server(uvicorn.Server):
         self.server_state.default_headers = date + self.config.encoded_headers
 
 
-async def _serve_all(listeners: list[Listener], sockets: list[socket.socket], limits: ConnectionLimits) -> None:
+async def _serve_all(
+    listeners: list[Listener], sockets: list[socket.socket], limits: ConnectionLimits,
+    on_reload: Callable[[], object] | None = None,
+) -> None:
     loop = asyncio.get_running_loop()
     _quiet_accept_errors(loop)
     _limit_uvicorn_records()
@@ -333,12 +339,22 @@ async def _serve_all(listeners: list[Listener], sockets: list[socket.socket], li
             server.should_exit = True
             server.wake()
 
+    handled = [signal.SIGTERM, signal.SIGINT]
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig)
+    if on_reload is not None:
+        reload = on_reload
+
+        def reload_soon() -> None:
+            # Off the event loop: reading and checking a file may wait for the disk.
+            loop.run_in_executor(None, reload)
+
+        loop.add_signal_handler(signal.SIGHUP, reload_soon)
+        handled.append(signal.SIGHUP)
     try:
         await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in zip(servers, sockets, strict=True)))
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in handled:
             loop.remove_signal_handler(sig)
 
 

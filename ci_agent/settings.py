@@ -14,11 +14,12 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from ci_agent.payload import SEMVER_CORE, check_ref_name
 from ci_agent.versioning import TagStyle
 from shared.platforms import Platform, parse_platforms
-from shared.registry import ImageRef, parse_image_ref
+from shared.registry import parse_image_ref
 from shared.settings import SharedSettings, is_loopback_host
 
 TestRunner = Literal["docker", "host"]
@@ -31,6 +32,15 @@ POLL_MIN_INTERVAL = 5.0
 _MASKED_MIN_LENGTH = 8
 
 _BUILD_ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def url_password(url: str | None) -> list[str]:
+    """The password (token) in a repository URL, as written and decoded; [] for one shorter than 8 characters
+    (like the parts of ``NOTIFY_URLS``: shorter ones would mask ordinary words)."""
+    password = urlsplit(url).password if url and "://" in url else None
+    if password and len(password) >= _MASKED_MIN_LENGTH:
+        return sorted({password, unquote(password)})
+    return []
 
 
 def parse_build_args(text: str) -> dict[str, str]:
@@ -47,9 +57,17 @@ def parse_build_args(text: str) -> dict[str, str]:
 
 
 class CiSettings(SharedSettings):
-    """Everything ``ci-agent`` reads; the environment variable of each field is its name upper-cased."""
+    """Everything ``ci-agent`` reads; the environment variable of each field is its name upper-cased.
 
-    ci_repo_url: str
+    The per-repository fields (:data:`ci_agent.targets.REPO_KEYS`) describe the one repository of an
+    agent without ``CI_REPOS_FILE``; with it, each ``[repos.NAME]`` table is validated by this same
+    model (``ci_agent/targets.py``), so a key means in a table what its variable means here.
+    """
+
+    # Declared first: the validators of the per-repository fields below read it.
+    ci_repos_file: Path | None = None
+    ci_max_parallel_runs: int = 1
+    ci_repo_url: str | None = Field(default=None, validate_default=True)
     ci_branch: str = "main"
     ci_github_repo: str | None = None
     # Set: every run reports on its commit through GitHub's statuses API (ci_agent/commit_status.py).
@@ -60,7 +78,7 @@ class CiSettings(SharedSettings):
     # Declared before the secret: the secret's validator reads it.
     ci_allow_unsigned: bool = False
     ci_webhook_secret: SecretStr | None = Field(default=None, validate_default=True)
-    ci_image: str
+    ci_image: str | None = Field(default=None, validate_default=True)
     ci_test_command: str = "pytest -q"
     ci_test_runner: TestRunner = "docker"
     ci_test_timeout: float = 1800.0
@@ -100,16 +118,7 @@ class CiSettings(SharedSettings):
 
         Like the parts of ``NOTIFY_URLS``, only from 8 characters on: shorter ones would mask ordinary words.
         """
-        values = super().secret_values()
-        password = urlsplit(self.ci_repo_url).password if "://" in self.ci_repo_url else None
-        if password and len(password) >= _MASKED_MIN_LENGTH:
-            values.extend(sorted({password, unquote(password)}))
-        return values
-
-    @property
-    def image(self) -> ImageRef:
-        """``CI_IMAGE`` parsed (registry, repository); validated at start-up, so this cannot fail."""
-        return parse_image_ref(self.ci_image)
+        return [*super().secret_values(), *url_password(self.ci_repo_url)]
 
     @property
     def work_dir(self) -> Path:
@@ -170,16 +179,26 @@ class CiSettings(SharedSettings):
     @field_validator("ci_webhook_secret")
     @classmethod
     def _secret_required(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        if value is None and info.data.get("ci_allow_unsigned") is False:
+        if value is None and info.data.get("ci_allow_unsigned") is False and info.data.get("ci_repos_file") is None:
             raise ValueError(
                 "CI_WEBHOOK_SECRET is required (the webhook verifies every delivery with it); "
                 "set CI_ALLOW_UNSIGNED=true to accept unsigned deliveries instead"
             )
         return value
 
+    @field_validator("ci_repo_url", "ci_image")
+    @classmethod
+    def _required_without_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # With CI_REPOS_FILE each table names its own; the table's validation comes back here without one.
+        if value is None and info.data.get("ci_repos_file") is None and "ci_repos_file" in info.data:
+            raise PydanticCustomError("missing", "Field required")  # reads "... is required but not set"
+        return value
+
     @field_validator("ci_repo_url", "ci_test_command", "ci_host", "ci_dashboard_host")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
@@ -234,7 +253,9 @@ class CiSettings(SharedSettings):
 
     @field_validator("ci_image")
     @classmethod
-    def _image_reference(cls, value: str) -> str:
+    def _image_reference(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         ref = parse_image_ref(value)  # its ValueError names what is wrong with the reference
         if ref.tag is not None or ref.digest is not None:
             raise ValueError("must be an image name without a tag or digest, e.g. docker.io/owner/app")
@@ -291,7 +312,7 @@ class CiSettings(SharedSettings):
             )
         return value
 
-    @field_validator("ci_push_attempts")
+    @field_validator("ci_push_attempts", "ci_max_parallel_runs")
     @classmethod
     def _at_least_one(cls, value: int) -> int:
         if value < 1:

@@ -1,6 +1,7 @@
-"""The run worker: one daemon thread taking queued runs and executing them one at a time.
+"""The run worker: ``CI_MAX_PARALLEL_RUNS`` daemon threads (1 by default) taking queued runs.
 
-Runs are serialised here, which is also what keeps two runs from deciding the same version. An
+Each thread executes one run at a time; the queue never hands out two runs of one repository at
+once (``ci_agent/queue.py``), which is what keeps two runs from deciding the same version. An
 unexpected error in a run marks that run failed and the thread goes on with the next one.
 
 Idle, the thread sleeps in ``take`` until a delivery is queued or the queue is closed (``stop``
@@ -10,6 +11,7 @@ closes it): no timer wakes it, so an idle agent costs no CPU.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Protocol
 
 from loguru import logger
@@ -25,6 +27,9 @@ class RunSource(Protocol):
 
     def take(self, timeout: float | None = None) -> tuple[Run, PushEvent] | None: ...
 
+    def done(self) -> None:
+        """A run ended (another thread may now take a run of its repository)."""
+
     def close(self) -> None:
         """Wake every ``take`` and make it return ``None`` from now on."""
 
@@ -38,11 +43,11 @@ class RunExecutor(Protocol):
 
 
 class Worker:
-    """Takes runs from ``queue`` and hands them to ``pipeline``, one at a time, on one thread."""
+    """Takes runs from ``queue`` and hands them to ``pipeline``, one at a time on each of ``threads`` threads."""
 
     def __init__(
         self, queue: RunSource, pipeline: RunExecutor, *, poll_interval: float | None = None,
-        retry_after: float = RETRY_AFTER_SECONDS,
+        retry_after: float = RETRY_AFTER_SECONDS, threads: int = 1,
     ) -> None:
         self.queue = queue
         self.pipeline = pipeline
@@ -50,20 +55,25 @@ class Worker:
         # seconds (only worth it when something else writes the store).
         self.poll_interval = poll_interval
         self.retry_after = retry_after
+        self.threads = max(1, threads)
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._log = logger.bind(agent="ci", component="worker")
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return any(thread.is_alive() for thread in self._threads)
 
     def start(self) -> None:
         if self.running:
             return
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._loop, name="ci-worker", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, name="ci-worker" if n == 0 else f"ci-worker-{n + 1}", daemon=True)
+            for n in range(self.threads)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop after the run in progress (if any) ends; False if the thread is still busy at ``timeout``.
@@ -72,11 +82,10 @@ class Worker:
         """
         self._stopping.set()
         self.queue.close()
-        thread = self._thread
-        if thread is None:
-            return True
-        thread.join(timeout)
-        return not thread.is_alive()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not self.running
 
     def _loop(self) -> None:
         self._log.info("worker started")
@@ -88,7 +97,10 @@ class Worker:
                 self._stopping.wait(self.retry_after)
                 continue
             if item is not None:
-                self.run_one(*item)
+                try:
+                    self.run_one(*item)
+                finally:
+                    self.queue.done()
         self._log.info("worker stopped")
 
     def run_one(self, run: Run, event: PushEvent) -> None:

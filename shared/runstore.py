@@ -3,6 +3,10 @@
 Run numbers come from ``INTEGER PRIMARY KEY AUTOINCREMENT``, so a number is never handed out twice,
 not even after rows are deleted or the agent restarts. All times are timezone-aware UTC.
 
+Each run records its ``scope``: whose run it is (the repository of a CI run, the app of a deploy).
+A store made before scopes existed gains the column when it is opened, and its rows get
+``default_scope`` (the name of the one repository or app that made them).
+
 Timestamps the store sets by itself (everything else is the caller's job, through :meth:`RunStore.update`):
 ``created_at`` in :meth:`~RunStore.create`; ``started_at`` in :meth:`~RunStore.claim_next_queued`;
 ``finished_at`` in :meth:`~RunStore.mark_unfinished_interrupted` and :meth:`~RunStore.supersede_queued`.
@@ -31,10 +35,12 @@ RunStatus = Literal["queued", "running", "succeeded", "failed", "superseded", "i
 RUN_STATUSES: frozenset[str] = frozenset(get_args(RunStatus))
 FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "superseded", "interrupted"})
 
-_TEXT_FIELDS = ("kind", "commit", "ref", "version", "failed_step", "delivery_id", "log_path", "error")
+_TEXT_FIELDS = ("kind", "scope", "commit", "ref", "version", "failed_step", "delivery_id", "log_path", "error")
 _TIME_FIELDS = ("started_at", "finished_at")
 UPDATABLE_FIELDS: frozenset[str] = frozenset({"status", "details", *_TEXT_FIELDS, *_TIME_FIELDS})
 _NULLABLE = frozenset(UPDATABLE_FIELDS - {"status", "kind", "details"})
+# Added after the first release: _migrate gives older files these columns.
+_ADDED_COLUMNS = {"scope": "TEXT"}
 
 # "commit" is an SQL keyword, hence "commit_sha" in the table.
 _SCHEMA = """
@@ -52,16 +58,18 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at  TEXT,
     log_path     TEXT,
     error        TEXT,
-    details      TEXT NOT NULL DEFAULT '{}'
+    details      TEXT NOT NULL DEFAULT '{}',
+    scope        TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS runs_delivery ON runs (delivery_id) WHERE delivery_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status, kind);
 CREATE INDEX IF NOT EXISTS runs_commit ON runs (commit_sha);
 """
+_SCOPE_INDEX = "CREATE INDEX IF NOT EXISTS runs_scope ON runs (scope, status)"
 _COLUMNS = {name: name for name in UPDATABLE_FIELDS} | {"commit": "commit_sha"}
 _SELECT = (
     "SELECT number, status, kind, commit_sha, ref, version, failed_step, delivery_id, created_at,"
-    " started_at, finished_at, log_path, error, details FROM runs"
+    " started_at, finished_at, log_path, error, details, scope FROM runs"
 )
 
 
@@ -85,6 +93,7 @@ class Run:
     log_path: str | None
     error: str | None
     details: dict[str, Any] = field(default_factory=dict)
+    scope: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -96,10 +105,16 @@ class Run:
             return None
         return (self.finished_at - self.started_at).total_seconds()
 
-    def to_json(self) -> dict[str, Any]:
-        """The run as JSON-ready values: ISO-8601 UTC times, plus ``duration_seconds`` (null until finished)."""
+    def to_json(self, *, scope_key: str | None = None) -> dict[str, Any]:
+        """The run as JSON-ready values: ISO-8601 UTC times, plus ``duration_seconds`` (null until finished).
+
+        ``scope_key`` names the scope for the agent's readers (``"repo"``, ``"app"``); without it the
+        scope is left out, as before scopes existed.
+        """
+        scope = {scope_key: self.scope} if scope_key is not None else {}
         return {
             "number": self.number,
+            **scope,
             "status": self.status,
             "kind": self.kind,
             "commit": self.commit,
@@ -143,6 +158,7 @@ class Run:
             log_path=data.get("log_path"),
             error=data.get("error"),
             details=dict(data.get("details") or {}),
+            scope=data.get("scope", data.get("repo", data.get("app"))),
         )
 
 
@@ -175,7 +191,10 @@ class RunStore:
     disk or an SD card.
     """
 
-    def __init__(self, path: Path, *, clock: Callable[[], datetime] = utc_now, sync: StoreSync = "full") -> None:
+    def __init__(
+        self, path: Path, *, clock: Callable[[], datetime] = utc_now, sync: StoreSync = "full",
+        default_scope: str | None = None,
+    ) -> None:
         if sync not in get_args(StoreSync):
             raise ValueError(f"unknown sync mode {sync!r}; expected one of {list(get_args(StoreSync))}")
         self.path = Path(path)
@@ -200,9 +219,45 @@ class RunStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(f"PRAGMA synchronous={sync.upper()}")
             self._conn.executescript(_SCHEMA)
+            self._migrate(default_scope)
         except sqlite3.Error as exc:
             self._conn.close()
             raise self._error("cannot set up", exc) from exc
+
+    def _migrate(self, default_scope: str | None) -> None:
+        """Columns added since the file was made; rows without a scope get ``default_scope``."""
+        conn = self._conn
+        with self._lock:
+            # Read first: a store that needs nothing takes no write lock (another process may hold it).
+            have = {row["name"] for row in conn.execute("PRAGMA table_info(runs)")}
+            missing = {name: kind for name, kind in _ADDED_COLUMNS.items() if name not in have}
+            indexed = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs_scope'").fetchone() is not None
+            unscoped_rows = "SELECT 1 FROM runs" if missing else "SELECT 1 FROM runs WHERE scope IS NULL"
+            unscoped_rows += " LIMIT 1"
+            unscoped = default_scope is not None and conn.execute(unscoped_rows).fetchone() is not None
+            if not missing and indexed and not unscoped:
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for name, kind in missing.items():
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+                conn.execute(_SCOPE_INDEX)
+                if default_scope is not None:
+                    conn.execute("UPDATE runs SET scope = ? WHERE scope IS NULL", (default_scope,))
+                conn.commit()
+            except BaseException:
+                _rollback(conn)
+                raise
+
+    def adopt_all(self, scope: str) -> int:
+        """Every run becomes ``scope``'s (an agent with one repository or app owns its whole history,
+        whatever an earlier start named it); the number of runs renamed. Writes only when one differs."""
+        with self._transaction(write=False) as conn:
+            other = self._fetch_one(conn, " WHERE scope IS NOT ? LIMIT 1", (scope,))
+        if other is None:
+            return 0
+        with self._transaction() as conn:
+            return conn.execute("UPDATE runs SET scope = ? WHERE scope IS NOT ?", (scope, scope)).rowcount
 
     def __enter__(self) -> RunStore:
         return self
@@ -225,21 +280,24 @@ class RunStore:
         ref: str | None = None,
         delivery_id: str | None = None,
         details: Mapping[str, Any] | None = None,
+        scope: str | None = None,
     ) -> Run:
         """Record a new run; raises :class:`DuplicateDelivery` when ``delivery_id`` was seen before."""
         _check_status(status)
-        _assignments({"kind": kind, "commit": commit, "ref": ref, "delivery_id": delivery_id})
+        _assignments({"kind": kind, "commit": commit, "ref": ref, "delivery_id": delivery_id, "scope": scope})
         if not kind:
             raise ValueError("a run needs a kind, e.g. 'ci' or 'deploy'")
-        values = (status, kind, commit, ref, delivery_id, _store_time(self._clock()), _dump(dict(details or {})))
+        values = (
+            status, kind, commit, ref, delivery_id, _store_time(self._clock()), _dump(dict(details or {})), scope
+        )
         with self._transaction() as conn:
             if delivery_id is not None:
                 existing = self._fetch_one(conn, " WHERE delivery_id = ?", (delivery_id,))
                 if existing is not None:
                     raise DuplicateDelivery(existing)
             cursor = conn.execute(
-                "INSERT INTO runs (status, kind, commit_sha, ref, delivery_id, created_at, details)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (status, kind, commit_sha, ref, delivery_id, created_at, details, scope)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
             run = self._fetch_one(conn, " WHERE number = ?", (cursor.lastrowid,))
@@ -267,11 +325,13 @@ class RunStore:
         with self._transaction(write=False) as conn:
             return self._fetch_one(conn, " WHERE number = ?", (number,))
 
-    def list(self, *, limit: int = 100, status: str | None = None, kind: str | None = None) -> builtins.list[Run]:
-        """Runs newest first, at most ``limit`` of them, optionally only those with ``status``/``kind``."""
+    def list(
+        self, *, limit: int = 100, status: str | None = None, kind: str | None = None, scope: str | None = None
+    ) -> builtins.list[Run]:
+        """Runs newest first, at most ``limit`` of them, optionally only those with ``status``/``kind``/``scope``."""
         if status is not None:
             _check_status(status)
-        where, params = _filters(status=status, kind=kind)
+        where, params = _filters(status=status, kind=kind, scope=scope)
         with self._transaction(write=False) as conn:
             return self._fetch(conn, f"{where} ORDER BY number DESC LIMIT ?", (*params, max(limit, 0)))
 
@@ -279,18 +339,20 @@ class RunStore:
         with self._transaction(write=False) as conn:
             return self._fetch_one(conn, " WHERE delivery_id = ?", (delivery_id,))
 
-    def find_released(self, kind: str, commit: str) -> Run | None:
-        """The newest ``succeeded`` run of ``kind`` that released ``commit`` (has a version), if any."""
+    def find_released(self, kind: str, commit: str, *, scope: str | None = None) -> Run | None:
+        """The newest ``succeeded`` run of ``kind`` (and ``scope``) that released ``commit`` (has a version)."""
+        where = " WHERE kind = ? AND commit_sha = ? AND status = 'succeeded' AND version IS NOT NULL"
+        params: tuple[Any, ...] = (kind, commit)
+        if scope is not None:
+            where += " AND scope = ?"
+            params = (*params, scope)
         with self._transaction(write=False) as conn:
-            return self._fetch_one(
-                conn,
-                " WHERE kind = ? AND commit_sha = ? AND status = 'succeeded' AND version IS NOT NULL"
-                " ORDER BY number DESC LIMIT 1",
-                (kind, commit),
-            )
+            return self._fetch_one(conn, where + " ORDER BY number DESC LIMIT 1", params)
 
-    def find_failed(self, kind: str, ref: str, commit: str, *, step: str) -> builtins.list[Run]:
-        """The runs of ``kind`` for ``ref`` that failed at ``step`` on ``commit``, newest first.
+    def find_failed(
+        self, kind: str, ref: str, commit: str, *, step: str, scope: str | None = None
+    ) -> builtins.list[Run]:
+        """The runs of ``kind`` (and ``scope``) for ``ref`` that failed at ``step`` on ``commit``, newest first.
 
         For a tag, ``commit`` also matches the ``after`` of the push event kept in ``details["event"]``:
         an annotated tag's push names the tag object, and its run records the commit it tags.
@@ -303,6 +365,9 @@ class RunStore:
                 " AND (commit_sha = ? OR json_extract(details, '$.event.after') = ?)"
             )
             params = (kind, ref, step, commit, commit)
+        if scope is not None:
+            where += " AND scope = ?"
+            params = (*params, scope)
         with self._transaction(write=False) as conn:
             return self._fetch(conn, where + " ORDER BY number DESC LIMIT 100", params)
 
@@ -321,22 +386,50 @@ class RunStore:
             oldest = self._fetch_one(conn, f"{where} ORDER BY number ASC LIMIT 1", params)
             if oldest is None:
                 return None
-            conn.execute(
-                "UPDATE runs SET status = 'running', started_at = ? WHERE number = ?",
-                (_store_time(self._clock()), oldest.number),
+            return self._claim(conn, oldest.number)
+
+    def claim_queued(self, number: int) -> Run | None:
+        """Atomically turn run ``number`` into a running one, started now, if it is still queued; else None."""
+        with self._transaction() as conn:
+            if self._fetch_one(conn, " WHERE number = ? AND status = 'queued'", (number,)) is None:
+                return None
+            return self._claim(conn, number)
+
+    def _claim(self, conn: sqlite3.Connection, number: int) -> Run | None:
+        conn.execute(
+            "UPDATE runs SET status = 'running', started_at = ? WHERE number = ?", (_store_time(self._clock()), number)
+        )
+        return self._fetch_one(conn, " WHERE number = ?", (number,))
+
+    def oldest_queued_per_scope(self, kind: str) -> builtins.list[Run]:
+        """For each scope with queued runs of ``kind``, its oldest queued run; oldest first."""
+        with self._transaction(write=False) as conn:
+            return self._fetch(
+                conn,
+                " WHERE number IN (SELECT MIN(number) FROM runs WHERE status = 'queued' AND kind = ? GROUP BY scope)"
+                " ORDER BY number ASC",
+                (kind,),
             )
-            return self._fetch_one(conn, " WHERE number = ?", (oldest.number,))
+
+    def running_scopes(self, kind: str) -> set[str | None]:
+        """The scopes that have a run of ``kind`` running now."""
+        with self._transaction(write=False) as conn:
+            return {run.scope for run in self._fetch(conn, " WHERE status = 'running' AND kind = ?", (kind,))}
 
     def supersede_queued(
-        self, kind: str, ref: str | None, except_number: int, *, commit: str | None = None
+        self, kind: str, ref: str | None, except_number: int, *, commit: str | None = None, scope: str | None = None
     ) -> builtins.list[Run]:
         """Queued runs of ``kind`` for ``ref`` OLDER than ``except_number`` become ``superseded``, finished now.
 
         Only older ones: if two pushes race, the later one must never be superseded by the earlier.
-        With ``commit``, only the runs for that commit. Each one records ``details["superseded_by"]``.
+        With ``commit``, only the runs for that commit; with ``scope``, only that scope's. Each one
+        records ``details["superseded_by"]``.
         """
         where = " WHERE status = 'queued' AND kind = ? AND ref IS ? AND number < ?"
         params: tuple[Any, ...] = (kind, ref, except_number)
+        if scope is not None:
+            where += " AND scope = ?"
+            params = (*params, scope)
         if commit is not None:
             where += " AND commit_sha = ?"
             params = (*params, commit)
@@ -484,7 +577,7 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.rollback()
 
 
-def _filters(*, status: str | None, kind: str | None) -> tuple[str, tuple[Any, ...]]:
+def _filters(*, status: str | None, kind: str | None, scope: str | None = None) -> tuple[str, tuple[Any, ...]]:
     clauses = []
     params: list[Any] = []
     if status is not None:
@@ -493,6 +586,9 @@ def _filters(*, status: str | None, kind: str | None) -> tuple[str, tuple[Any, .
     if kind is not None:
         clauses.append("kind = ?")
         params.append(kind)
+    if scope is not None:
+        clauses.append("scope = ?")
+        params.append(scope)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
 
 
@@ -570,4 +666,5 @@ def _row_to_run(row: sqlite3.Row) -> Run:
         log_path=row["log_path"],
         error=row["error"],
         details=json.loads(row["details"]),
+        scope=row["scope"],
     )

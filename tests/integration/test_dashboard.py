@@ -199,7 +199,7 @@ def test_run_json_stays_the_default_and_html_is_for_browsers(client, runs, accep
         assert f"run #{run.number}" in response.text
     else:
         assert response.headers["content-type"] == "application/json"
-        assert response.json() == run.to_json()
+        assert response.json() == run.to_json(scope_key="repo")
 
 
 def test_unknown_run_is_404_for_browsers_too(client):

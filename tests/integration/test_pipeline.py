@@ -17,6 +17,7 @@ from ci_agent.payload import ZERO_SHA, PushEvent
 from ci_agent.pipeline import Pipeline
 from ci_agent.queue import RunQueue
 from ci_agent.settings import CiSettings
+from ci_agent.targets import env_target
 from ci_agent.worker import Worker
 from shared.notify import Notifier
 from shared.registry import RegistryClient, parse_image_ref
@@ -84,8 +85,8 @@ def make_agent(
         notifier = Notifier(mailer, attempts=1)
         registry_client = RegistryClient(parse_image_ref(image))
         pipeline = Pipeline(
-            settings, store, notifier, GitRunner(timeout=60), DockerGateway(docker_client), registry_client,
-            push_retry_wait=0.1,
+            env_target(settings), store, notifier, GitRunner(timeout=60), DockerGateway(docker_client), registry_client,
+            push_retry_wait=0.1, keep_logs=settings.log_retention_runs,
         )
         docker_janitor.images.update(f"{image}:{tag}" for tag in ("latest", "ci-test", "0.1.0", "1.0.0"))
         # Exact names: a prefix scan would race with other tests removing their containers.

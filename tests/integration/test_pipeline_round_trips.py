@@ -20,6 +20,7 @@ from ci_agent.git import GitRunner
 from ci_agent.payload import ZERO_SHA, PushEvent
 from ci_agent.pipeline import Pipeline
 from ci_agent.settings import CiSettings
+from ci_agent.targets import env_target
 from shared.notify import Notifier
 from shared.registry import RegistryClient, parse_image_ref
 from shared.runstore import Run, RunStore
@@ -61,7 +62,8 @@ def pipeline(
     registry_client = RegistryClient(parse_image_ref(image))
     git = CountingGit()
     docker_janitor.images.update(f"{image}:{tag}" for tag in ("latest", "0.1.0", "0.1.1", "1.0.0"))
-    yield Pipeline(settings, store, notifier, git, DockerGateway(docker_client), registry_client), git, store
+    pipeline = Pipeline(env_target(settings), store, notifier, git, DockerGateway(docker_client), registry_client)
+    yield pipeline, git, store
     notifier.close(timeout=5)
     registry_client.close()
     store.close()
@@ -123,9 +125,10 @@ def test_ci_agent_run_does_not_load_the_web_stack(tmp_path: Path) -> None:
         "import sys\n"
         "from ci_agent.cli import open_pipeline\n"
         "from ci_agent.settings import CiSettings\n"
+        "from ci_agent.targets import load_targets\n"
         "from shared.settings import load_settings, read_environment\n"
         "settings = load_settings(CiSettings, read_environment(None))\n"
-        "with open_pipeline(settings):\n"
+        "with open_pipeline(settings, load_targets(settings, {})):\n"
         "    pass\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'starlette', 'uvicorn', 'click'}))\n"
     )

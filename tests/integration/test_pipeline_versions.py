@@ -17,6 +17,7 @@ from ci_agent.git import GitRunner
 from ci_agent.payload import ZERO_SHA, PushEvent
 from ci_agent.pipeline import Pipeline
 from ci_agent.settings import CiSettings
+from ci_agent.targets import env_target
 from ci_agent.versioning import TagStyle
 from shared.notify import Notifier
 from shared.registry import RegistryClient, parse_image_ref
@@ -48,7 +49,7 @@ def release(
             state_dir=tmp_path / "state",
         )
         pipeline = Pipeline(
-            settings, store, notifier, GitRunner(timeout=60), DockerGateway(docker_client), client,
+            env_target(settings), store, notifier, GitRunner(timeout=60), DockerGateway(docker_client), client,
             push_retry_wait=0.1,
         )
         docker_janitor.containers.add(f"pi-cicd-ci-test-{pipeline._instance}-run-{len(store.list()) + 1}")

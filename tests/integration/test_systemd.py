@@ -80,6 +80,8 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         executable.chmod(0o755)
     # ExecReload=/bin/kill -HUP $MAINPID (cd-agent: `systemctl reload` re-reads the apps file)
     shutil.copy(shutil.which("kill") or "/bin/kill", root / "bin" / "kill")
+    # ci-agent's ExecReload=/bin/sh -c "kill -HUP ${MAINPID}"
+    shutil.copy(shutil.which("sh") or "/bin/sh", root / "bin" / "sh")
     result = subprocess.run(
         [analyze, "verify", f"--root={root}", "--man=no", *(unit.name for unit in UNITS.values())],
         capture_output=True,
@@ -365,6 +367,12 @@ def test_ci_agent_unit_under_systemd(
     # The env file is the only place the secret may be: not the journal, not the run log.
     journal = host.sh("journalctl -u ci-agent --no-pager")
     assert "serving on" in journal and WEBHOOK_SECRET not in journal + log
+
+    # `systemctl reload` is ExecReload's SIGHUP: the same process goes on (without CI_REPOS_FILE it only says so).
+    host.sh("systemctl reload ci-agent")
+    wait_for(lambda: "reload: nothing to read again" in host.sh("journalctl -u ci-agent --no-pager"), timeout=30,
+             what="the reload logged")
+    assert wait_active(host, "ci-agent") == pid
 
     kill_and_wait_restart(host, "ci-agent", pid)
     wait_for(

@@ -19,6 +19,7 @@ from ci_agent.git import GitRunner
 from ci_agent.payload import ZERO_SHA, PushEvent
 from ci_agent.pipeline import Pipeline
 from ci_agent.settings import CiSettings
+from ci_agent.targets import env_target
 from shared.notify import Notifier
 from shared.registry import RegistryClient, parse_image_ref
 from shared.runstore import Run, RunStore
@@ -139,5 +140,7 @@ def make_platform_agent(
     mailer = RecordingMailer()
     notifier = Notifier(mailer, attempts=1)
     registry = RegistryClient(parse_image_ref(image))
-    pipeline = Pipeline(settings, store, notifier, GitRunner(timeout=60), docker, registry, push_retry_wait=0.1)
+    pipeline = Pipeline(
+        env_target(settings), store, notifier, GitRunner(timeout=60), docker, registry, push_retry_wait=0.1
+    )
     return PlatformAgent(pipeline, store, mailer, notifier, registry, settings)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ci_agent.settings import CiSettings
+from ci_agent.targets import env_target
 from shared.errors import SettingsError
 from shared.settings import load_settings
 
@@ -157,10 +158,10 @@ def test_secret_not_echoed_when_another_value_is_bad():
 
 
 def test_image_is_parsed_for_the_registry():
-    image = load(CI_IMAGE="127.0.0.1:5000/octocat/app").image
+    image = env_target(load(CI_IMAGE="127.0.0.1:5000/octocat/app")).image
     assert image.registry == "127.0.0.1:5000"
     assert image.repository == "octocat/app"
-    assert load(CI_IMAGE="octocat/app").image.registry == "docker.io"
+    assert env_target(load(CI_IMAGE="octocat/app")).image.registry == "docker.io"
 
 
 def test_build_args_are_parsed_into_a_dict():
