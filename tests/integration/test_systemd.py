@@ -78,9 +78,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         executable = root / "opt/pi-cicd/bin" / name
         executable.write_text("#!/bin/sh\n")
         executable.chmod(0o755)
-    # ExecReload=/bin/kill -HUP $MAINPID (cd-agent: `systemctl reload` re-reads the apps file)
-    shutil.copy(shutil.which("kill") or "/bin/kill", root / "bin" / "kill")
-    # ci-agent's ExecReload=/bin/sh -c "kill -HUP ${MAINPID}"
+    # Both units' ExecReload=/bin/sh -c "kill -HUP ${MAINPID}" (`systemctl reload` re-reads the apps / repos file)
     shutil.copy(shutil.which("sh") or "/bin/sh", root / "bin" / "sh")
     result = subprocess.run(
         [analyze, "verify", f"--root={root}", "--man=no", *(unit.name for unit in UNITS.values())],
