@@ -31,9 +31,9 @@ from cd_agent.state import DeployState, Phase
 from cd_agent.strategies import STRATEGIES, Parts, Strategy
 from cd_agent.strategy import DeployContext, release_version
 from cd_agent.swarm_services import SwarmServices
-from shared.logs import prune_run_logs, run_log, run_log_path
 from shared.notify import Notifier
 from shared.private_files import open_private_append
+from shared.run_lifecycle import RunLifecycle, RunScope
 from shared.runstore import RunStore, utc_now
 
 __all__ = ["DeployReport", "Deployer", "Strategy"]
@@ -73,6 +73,7 @@ class Deployer:
         self.runs = runs
         self.notifier = notifier
         self._clock = clock
+        self._lifecycle = RunLifecycle(runs, notifier, clock=clock)
         self._monotonic = monotonic
         self._sleep = sleep
         self._probe = probe
@@ -138,13 +139,14 @@ class Deployer:
     # one run
 
     def _run(self, version: str, digest: str | None, *, action: Action) -> DeployReport:
-        started = self._clock()
         begun = self._monotonic()
-        run = self.runs.create(kind="deploy", status="running", details={"action": action, "version": version})
         target = self.target
-        path = run_log_path(target.paths.log_dir, started, run.number)
-        self.runs.update(run.number, version=version, started_at=started, log_path=str(path))
-        with run_log(path, run.number, scope=target.name) as log:
+        scope = RunScope(target.name, target.paths.log_dir, self._log_retention)
+        run = self.runs.create(
+            kind="deploy", status="running", scope=target.name, details={"action": action, "version": version}
+        )
+        with self._lifecycle.open(run, scope, version=version) as opened:
+            log = opened.log
             log.info("{} {} of {} as container {} (app {}, {})", action, version, target.image.name,
                      target.container_name, target.name, target.strategy)
             try:
@@ -158,19 +160,18 @@ class Deployer:
                 )
             report = replace(report, run=run.number, duration_s=round(self._monotonic() - begun, 3))
             log.info("run {} finished: {}", run.number, report.outcome)
-        self.runs.update(
-            run.number,
+        self._lifecycle.finish(
+            run,
+            scope,
             status="succeeded" if report.succeeded else "failed",
-            finished_at=self._clock(),
             failed_step=report.failed_step,
             error=report.error,
             details={"action": action, "version": version, **report.to_json()},
+            email=render_email(
+                report, action=action, app=target.name, image=target.image.name,
+                container=target.container_name, log_path=opened.log_path,
+            ),
         )
-        self.notifier.notify(render_email(
-            report, action=action, app=target.name, image=target.image.name, container=target.container_name,
-            log_path=path,
-        ))
-        prune_run_logs(target.paths.log_dir, self._log_retention)
         return report
 
     def _health(self, url: str | None) -> HealthChecker:
