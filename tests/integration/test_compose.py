@@ -13,24 +13,26 @@ from tests.support.polling import wait_for
 pytestmark = pytest.mark.docker
 
 
-def test_a_release_is_pinned_and_deployed_and_a_broken_one_rolled_back_with_the_db_untouched(stack: Stack) -> None:
-    world = stack.world
+def test_a_release_is_pinned_and_deployed_and_a_broken_one_rolled_back_with_the_db_untouched(
+    compose_stack: Stack,
+) -> None:
+    world = compose_stack.world
     for version in ("1.0.0", "1.1.0"):
         world.releases.push(version, "healthcheck", health_url=DB_HEALTH_URL)
     world.releases.push("1.2.0", "broken")
-    stack.write("1.0.0")
-    stack.up()
+    compose_stack.write("1.0.0")
+    compose_stack.up()
     wait_for(lambda: world.served() == "1.0.0", timeout=60, what="the stack's web serving 1.0.0")
-    db_before = stack.db_identity()
+    db_before = compose_stack.db_identity()
 
     deployed = cd_agent("deploy", "1.1.0", environ=world.environ(), cwd=world.root)
     assert deployed.returncode == 0, deployed.stderr
     assert "deployed 1.1.0 (was 1.0.0)" in deployed.stdout
     assert world.served() == "1.1.0"
-    (web,) = stack.containers("web")
+    (web,) = compose_stack.containers("web")
     assert web["State"]["Health"]["Status"] == "healthy"  # its HEALTHCHECK reached http://db:8080/
-    assert stack.db_identity() == db_before
-    listed = stack.compose("ps", "-q", "web")  # compose still counts it as its own
+    assert compose_stack.db_identity() == db_before
+    listed = compose_stack.compose("ps", "-q", "web")  # compose still counts it as its own
     assert listed.returncode == 0 and listed.stdout.split() == [web["Id"]], listed
     pin = world.target().paths.state_dir / "compose-pin.yml"
     assert stat.S_IMODE(pin.stat().st_mode) == 0o600
@@ -38,18 +40,18 @@ def test_a_release_is_pinned_and_deployed_and_a_broken_one_rolled_back_with_the_
     assert digest in pin.read_text()
     assert web["Config"]["Image"].startswith(digest)
     # The user's own `up` with the pin (the README's COMPOSE_FILE) changes nothing.
-    again = stack.compose("up", "-d", files=(pin,))
+    again = compose_stack.compose("up", "-d", files=(pin,))
     assert again.returncode == 0, again.stderr
-    assert [c["Id"] for c in stack.containers("web")] == [web["Id"]]
+    assert [c["Id"] for c in compose_stack.containers("web")] == [web["Id"]]
 
     broken = cd_agent("deploy", "1.2.0", environ=world.environ(), cwd=world.root)
     assert broken.returncode == 1, broken.stdout
     assert "deploy of 1.2.0 rolled back" in broken.stderr
     assert digest in pin.read_text() and ":1.2.0" not in pin.read_text()
     assert world.served() == "1.1.0"
-    (back,) = stack.containers("web")
+    (back,) = compose_stack.containers("web")
     assert back["Config"]["Image"].startswith(digest)
-    assert stack.db_identity() == db_before
+    assert compose_stack.db_identity() == db_before
     status = status_json(world)
     assert version_of(status["current"]) == "1.1.0" and version_of(status["previous"]) == "1.0.0"
     assert [q["version"] for q in status["quarantined"]] == ["1.2.0"]

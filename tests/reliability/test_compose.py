@@ -29,16 +29,16 @@ def _pin(stack: Stack) -> Path:
     "rolled back",
 )
 def test_a_broken_release_inside_a_stack_is_rolled_back_and_the_db_untouched(
-    stack: Stack, smtp_server: SmtpServer, watches: list[WatchProcess], observed: Observed
+    compose_stack: Stack, smtp_server: SmtpServer, watches: list[WatchProcess], observed: Observed
 ) -> None:
-    world = stack.world
+    world = compose_stack.world
     world.use_smtp(smtp_server.host, smtp_server.port)
     world.releases.push("1.0.0", "healthcheck", health_url=DB_HEALTH_URL)
     world.releases.push("1.1.0", "broken")
-    stack.write("1.0.0")
-    stack.up()
+    compose_stack.write("1.0.0")
+    compose_stack.up()
     wait_for(lambda: world.served() == "1.0.0", timeout=60, what="the stack's web serving 1.0.0")
-    db_before = stack.db_identity()
+    db_before = compose_stack.db_identity()
 
     watch = WatchProcess(world.environ(CD_POLL_INTERVAL="1"), world.root)
     watches.append(watch)
@@ -53,9 +53,9 @@ def test_a_broken_release_inside_a_stack_is_rolled_back_and_the_db_untouched(
 
     assert message["Subject"].endswith("deploy of 1.1.0 failed: rolled back to 1.0.0"), message["Subject"]
     assert world.served() == "1.0.0"
-    assert stack.db_identity() == db_before
-    assert not _pin(stack).exists()
-    (web,) = stack.containers("web")
+    assert compose_stack.db_identity() == db_before
+    assert not _pin(compose_stack).exists()
+    (web,) = compose_stack.containers("web")
     assert web["Config"]["Image"] == f"{world.releases.repository}:1.0.0"
     status = state_json(world)
     assert version_of(status["current"]) == "1.0.0" and status["deploy_in_progress"] is None
@@ -71,15 +71,15 @@ def test_a_broken_release_inside_a_stack_is_rolled_back_and_the_db_untouched(
 )
 @pytest.mark.parametrize("phase", ["created", "verdict"])
 def test_a_compose_deploy_killed_half_way_is_reconciled_at_the_next_start(
-    stack: Stack, phase: str, watches: list[WatchProcess], observed: Observed
+    compose_stack: Stack, phase: str, watches: list[WatchProcess], observed: Observed
 ) -> None:
-    world = stack.world
+    world = compose_stack.world
     for version in ("1.0.0", "1.1.0"):
         world.releases.push(version, "healthcheck", health_url=DB_HEALTH_URL)
-    stack.write("1.0.0")
-    stack.up()
+    compose_stack.write("1.0.0")
+    compose_stack.up()
     wait_for(lambda: world.served() == "1.0.0", timeout=60, what="the stack's web serving 1.0.0")
-    db_before = stack.db_identity()
+    db_before = compose_stack.db_identity()
 
     kill_deploy_at(world, phase, "1.1.0")
     assert state_json(world)["deploy_in_progress"] is not None
@@ -97,8 +97,8 @@ def test_a_compose_deploy_killed_half_way_is_reconciled_at_the_next_start(
     assert watch.stop() == 0
 
     assert ("proven healthy, so it stays" in said) == (phase == "verdict"), said
-    assert stack.db_identity() == db_before
-    assert ":1.1.0@sha256:" in _pin(stack).read_text()
+    assert compose_stack.db_identity() == db_before
+    assert ":1.1.0@sha256:" in _pin(compose_stack).read_text()
     with RunStore(world.target().paths.runs) as runs:
         history = [(r.version, r.status) for r in reversed(runs.list(limit=100)) if r.kind == "deploy"]
     assert not [entry for entry in history if entry[1] in ("running", "queued")], history
@@ -120,20 +120,20 @@ BAD_INPUT = {
     "touched, no pin file, no state written",
 )
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
-def test_bad_compose_input_is_refused_at_start_up(stack: Stack, case: str, observed: Observed) -> None:
-    world = stack.world
+def test_bad_compose_input_is_refused_at_start_up(compose_stack: Stack, case: str, observed: Observed) -> None:
+    world = compose_stack.world
     world.releases.push("1.0.0", "healthcheck", health_url=DB_HEALTH_URL)
-    stack.write("1.0.0", web_extra="  worker:\n    build: ./worker\n")
-    (stack.folder / "worker").mkdir()  # compose 1.29 wants a build folder that exists, even unbuilt
-    stack.up("db", "web")
-    before = sorted((c["Id"], c["State"]["StartedAt"]) for s in ("db", "web") for c in stack.containers(s))
+    compose_stack.write("1.0.0", web_extra="  worker:\n    build: ./worker\n")
+    (compose_stack.folder / "worker").mkdir()  # compose 1.29 wants a build folder that exists, even unbuilt
+    compose_stack.up("db", "web")
+    before = sorted((c["Id"], c["State"]["StartedAt"]) for s in ("db", "web") for c in compose_stack.containers(s))
     settings, expected = BAD_INPUT[case]
 
     result = cd_agent("watch", environ=world.environ(**settings), cwd=world.root, timeout=60)
 
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "CD_COMPOSE_" in result.stderr and expected in result.stderr, result.stderr
-    after = sorted((c["Id"], c["State"]["StartedAt"]) for s in ("db", "web") for c in stack.containers(s))
+    after = sorted((c["Id"], c["State"]["StartedAt"]) for s in ("db", "web") for c in compose_stack.containers(s))
     assert after == before
     assert not (world.root / "state").exists()
     observed(f"exit 2: {result.stderr.strip().splitlines()[-1][:220]}")

@@ -99,7 +99,8 @@ def build_db_image(docker_client: Any, tag: str) -> None:
 
 
 @pytest.fixture
-def stack(cd_world: CdWorld) -> Iterator[Stack]:
+def compose_stack(cd_world: CdWorld) -> Iterator[Stack]:
+    """(Not ``stack``: that is the ``docker run`` stack of ``tests/support/stacks.py``.)"""
     folder = cd_world.root / "stack"
     folder.mkdir()
     made = Stack(cd_world, folder)
