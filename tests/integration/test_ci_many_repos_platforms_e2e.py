@@ -3,12 +3,15 @@
 
 ``pi`` names ``platforms = ["linux/amd64", "linux/arm64"]`` (and runs its tests on ``linux/arm64``);
 ``web`` names none. ``pi``'s release is one OCI image index with a manifest per platform, ``web``'s a
-single image of the build engine's platform: the keys are each repository's, not the agent's.
+single image of the build engine's platform: the keys are each repository's, not the agent's. Likewise
+``build_docker_host`` / ``build_fallback_local``: an unreachable engine fails only the repository that names it,
+unless its own table allows the fallback.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -85,3 +88,28 @@ def test_only_the_repository_with_platforms_releases_an_index_of_both(
     assert "manifests" not in single.json()
     web_log = agent.log_of(runs["web"]["number"])
     assert "linux/arm64" not in web_log and "emulation" not in web_log, web_log[-3000:]
+
+
+def test_each_repository_builds_on_its_own_engine_and_falls_back_only_when_its_table_says(
+    make_repo: Callable[..., Repo], start_many: StartMany, tmp_path: Path
+) -> None:
+    nowhere = f"unix://{tmp_path / 'no-such-engine.sock'}"
+    far = make_repo("far", "me/far", OWN_SECRET, build_docker_host=nowhere)
+    near = make_repo("near", "org/near", ORG_SECRET, build_docker_host=nowhere, build_fallback_local=True)
+    local = make_repo("local", "org/local", ORG_SECRET)
+    agent = start_many([far, near, local])
+
+    numbers = {repo.name: agent.push(repo, f"fix: first release of {repo.name}") for repo in (far, near, local)}
+    runs = {name: agent.wait_finished(number, timeout=180) for name, number in numbers.items()}
+    logs = {name: agent.log_of(run["number"]) for name, run in runs.items()}
+
+    # far: its engine is unreachable and its table has no fallback: the run fails, naming its key.
+    assert runs["far"]["status"] == "failed", runs["far"]
+    assert f"cannot reach the build engine {nowhere} ([repos.far] build_docker_host)" in runs["far"]["error"]
+    assert registry_tags(far.image) == []
+    # near: the same engine, but build_fallback_local = true in its table: built on the local engine.
+    assert (runs["near"]["status"], runs["near"]["version"]) == ("succeeded", "0.1.0"), (runs["near"], logs["near"])
+    assert "[repos.near] build_fallback_local = true" in logs["near"]
+    # local: no key, the local engine as without a repos file; nothing of the others' engine.
+    assert (runs["local"]["status"], runs["local"]["version"]) == ("succeeded", "0.1.0"), runs["local"]
+    assert nowhere not in logs["local"]
