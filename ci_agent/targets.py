@@ -12,7 +12,9 @@ With it, each ``[repos.NAME]`` table of the TOML file is one repository::
 
 Every per-repository ``CI_X`` variable is the key ``x`` (:data:`REPO_KEYS`), validated by the very
 ``CiSettings`` model the environment goes through, so meaning, default and error text are the same;
-``registry_username`` / ``registry_password`` default to the environment's ``REGISTRY_*``. Each
+``registry_username`` / ``registry_password`` default to the environment's ``REGISTRY_*``. ``platforms``,
+``test_platforms``, ``build_docker_host`` and ``build_fallback_local`` are per repository too: the agent
+gives each repository's pipeline a ``DockerGateway`` of its own build engine (``ci_agent/agent.py``). Each
 repository of a file has its own paths: ``LOG_DIR/NAME/``, ``STATE_DIR/repos/NAME/`` (release guard
 and poll state) and ``WORK_DIR/NAME/`` (its checkout).
 
