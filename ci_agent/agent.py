@@ -170,8 +170,9 @@ def _pipeline(
         username=target.registry_username,
         password=target.registry_password,
         build_timeout=target.build_timeout,
-        build_host=settings.ci_build_docker_host,
-        fallback_local=settings.ci_build_fallback_local,
+        build_host=target.build_host,
+        fallback_local=target.fallback_local,
+        table=f"[repos.{target.name}]" if target.from_file else None,
     )
     closers.callback(docker.close)
     return Pipeline(

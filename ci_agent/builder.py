@@ -158,6 +158,8 @@ class DockerGateway:
     as for the docker CLI, ``ssh://user@host`` through paramiko and ``~/.ssh``) is the engine every run builds,
     tests and pushes on, chosen again at each run's start; when it cannot be reached the run fails, or with
     ``fallback_local`` (``CI_BUILD_FALLBACK_LOCAL``) that run uses the local engine. Unset: the local engine.
+    ``table`` is the repository's ``[repos.NAME]`` when those are its keys ``build_docker_host`` /
+    ``build_fallback_local`` (a repos file), so the messages name what the user wrote.
     """
 
     def __init__(
@@ -169,6 +171,7 @@ class DockerGateway:
         build_timeout: float = 1800.0,
         build_host: str | None = None,
         fallback_local: bool = False,
+        table: str | None = None,
     ) -> None:
         # Connected on first use, not here: an agent started while dockerd is down (boot order, a
         # restart) still starts and answers webhooks; its runs fail at their first Docker call with
@@ -180,6 +183,10 @@ class DockerGateway:
         self.build_timeout = build_timeout
         self._build_host = build_host
         self._fallback_local = fallback_local
+        self._host_setting, self._fallback_setting = (
+            (f"{table} build_docker_host", f"{table} build_fallback_local = true") if table is not None
+            else ("CI_BUILD_DOCKER_HOST", "CI_BUILD_FALLBACK_LOCAL=true")
+        )
         self._engine = "the local Docker engine"  # what this run builds on, for its log
 
     @property
@@ -206,11 +213,11 @@ class DockerGateway:
                     probe.close()
                 client = docker.DockerClient(**settings, version="auto")
             except _connect_errors() as exc:
-                reason = f"cannot reach the build engine {self._build_host} (CI_BUILD_DOCKER_HOST): {_reason(exc)}"
+                reason = f"cannot reach the build engine {self._build_host} ({self._host_setting}): {_reason(exc)}"
                 if not self._fallback_local:
                     raise StepFailed("build", reason) from exc
-                logger.warning("{}; building on the local engine (CI_BUILD_FALLBACK_LOCAL=true)", reason)
-                self._engine = f"the local Docker engine ({reason}; CI_BUILD_FALLBACK_LOCAL=true)"
+                logger.warning("{}; building on the local engine ({})", reason, self._fallback_setting)
+                self._engine = f"the local Docker engine ({reason}; {self._fallback_setting})"
             else:
                 self._engine = f"the build engine {self._build_host}"
                 return client

@@ -9,7 +9,8 @@ same, queues nothing: the queue answers it as a duplicate of that run, with a re
 no test, no email and no status (``ci_agent/queue.py``).
 
 What changes the outcome is a new commit or other test settings (``CI_TEST_COMMAND``,
-``CI_TEST_RUNNER``, ``CI_TEST_TIMEOUT``, ``CI_BUILD_ARGS``; in a repos file, the repository's own).
+``CI_TEST_RUNNER``, ``CI_TEST_TIMEOUT``, ``CI_BUILD_ARGS``, ``CI_PLATFORMS``/``CI_TEST_PLATFORMS``; in a
+repos file, the repository's own keys, read from its ``RepoTarget``).
 To test the same commit again on purpose, ``ci-agent run --ref SHA`` on the agent's machine runs it
 (it does not go through the queue). Failures at any other step, a time-out, and interrupted runs are
 not remembered: those are worth a retry, and *Redeliver* still is one.

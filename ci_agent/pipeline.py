@@ -20,8 +20,9 @@ finish, email, log pruning) is ``shared.run_lifecycle``.
   registry's tags again just before the push, so an existing tag is never overwritten.
 * Local images: the test image stays tagged ``NAME:ci-test`` and the release ``NAME:latest``, so the
   next build finds its layer cache; the ``NAME:X.Y.Z`` tag and replaced images are removed.
-* ``CI_PLATFORMS`` / ``CI_TEST_PLATFORMS``: the test, build and push of those platforms are
-  ``ci_agent/multiplatform.py``'s; the steps, their order and what a failure stops stay these.
+* ``CI_PLATFORMS`` / ``CI_TEST_PLATFORMS`` (a repos file's ``platforms`` / ``test_platforms``, taken from
+  the run's ``RepoTarget``): the test, build and push of those platforms are ``ci_agent/multiplatform.py``'s;
+  the steps, their order and what a failure stops stay these.
 """
 
 from __future__ import annotations

@@ -153,9 +153,14 @@ class CiSettings(SharedSettings):
         released = parse_platforms(info.data.get("ci_platforms") or "")
         stray = [str(item) for item in wanted if released and item not in released]
         if stray:
-            raise ValueError(f"names {', '.join(stray)}, which CI_PLATFORMS does not release")
+            raise ValueError(
+                f"names {', '.join(stray)}, which CI_PLATFORMS (a repos file's platforms) does not release"
+            )
         if wanted and info.data.get("ci_test_runner") == "host":
-            raise ValueError("needs CI_TEST_RUNNER=docker (tests run for a platform inside a container of it)")
+            raise ValueError(
+                "needs CI_TEST_RUNNER=docker (a repos file's test_runner): "
+                "tests run for a platform inside a container of it"
+            )
         return value
 
     @field_validator("ci_build_docker_host")

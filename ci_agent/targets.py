@@ -12,7 +12,9 @@ With it, each ``[repos.NAME]`` table of the TOML file is one repository::
 
 Every per-repository ``CI_X`` variable is the key ``x`` (:data:`REPO_KEYS`), validated by the very
 ``CiSettings`` model the environment goes through, so meaning, default and error text are the same;
-``registry_username`` / ``registry_password`` default to the environment's ``REGISTRY_*``. Each
+``registry_username`` / ``registry_password`` default to the environment's ``REGISTRY_*``. ``platforms``,
+``test_platforms``, ``build_docker_host`` and ``build_fallback_local`` are per repository too: the agent
+gives each repository's pipeline a ``DockerGateway`` of its own build engine (``ci_agent/agent.py``). Each
 repository of a file has its own paths: ``LOG_DIR/NAME/``, ``STATE_DIR/repos/NAME/`` (release guard
 and poll state) and ``WORK_DIR/NAME/`` (its checkout).
 
@@ -45,6 +47,8 @@ REPO_KEYS = (
     "repo_url", "branch", "github_repo", "github_token", "webhook_secret", "image", "test_command", "test_runner",
     "test_timeout", "build_timeout", "build_args", "initial_version", "tag_style", "poll_interval",
     "push_attempts", "registry_username", "registry_password",
+    # Issue 22's settings: one repository releases for the Pi while another does not, or builds elsewhere.
+    "platforms", "test_platforms", "build_docker_host", "build_fallback_local",
 )
 # Agent-wide fields a table may override under their own name (the environment's REGISTRY_*).
 UNPREFIXED = frozenset({"registry_username", "registry_password"})
@@ -103,10 +107,12 @@ class RepoTarget:
     paths: RepoPaths
     # A [repos.NAME] table (emails name it first) rather than the environment's one repository.
     from_file: bool = False
-    # Agent-wide for now (CI_PLATFORMS, CI_TEST_PLATFORMS, CI_BUILD_DOCKER_HOST): every repository's.
+    # CI_PLATFORMS, CI_TEST_PLATFORMS, CI_BUILD_DOCKER_HOST, CI_BUILD_FALLBACK_LOCAL: in a repos file, the
+    # table's keys platforms, test_platforms, build_docker_host, build_fallback_local.
     platforms: tuple[Platform, ...] = ()
     test_platforms: tuple[Platform, ...] = ()
     build_host: str | None = None
+    fallback_local: bool = False
 
     def names_repository(self, full_name: str) -> bool:
         """Whether a delivery naming ``full_name`` (GitHub's ``owner/name``) is for this repository."""
@@ -226,6 +232,7 @@ def target_from_settings(settings: CiSettings, name: str, paths: RepoPaths, *, f
         platforms=settings.platforms,
         test_platforms=settings.test_platforms,
         build_host=settings.ci_build_docker_host,
+        fallback_local=settings.ci_build_fallback_local,
     )
 
 

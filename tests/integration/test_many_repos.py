@@ -298,6 +298,33 @@ def test_a_bad_file_at_reload_keeps_the_running_configuration(tmp_path):
         assert agent.targets.current.names == ["web", "api"]
 
 
+def test_each_repository_pipeline_gets_its_own_platforms_and_build_engine_and_a_reload_rebuilds_it(tmp_path):
+    env = environment(tmp_path)
+    with_keys = REPOS.replace('branch = "trunk"\n', 'branch = "trunk"\nplatforms = ["linux/amd64", "linux/arm64"]\n'
+                              'build_docker_host = "unix:///run/buildbox.sock"\nbuild_fallback_local = true\n')
+    write_repos(Path(env["CI_REPOS_FILE"]), with_keys)
+    settings = load_settings(CiSettings, env)
+    with open_agent(settings, load_targets(settings, env), env) as agent:
+        web, docs = agent.targets.current.get("web"), agent.targets.current.get("docs")
+        assert web is not None and docs is not None
+        docs_pipeline, web_pipeline = agent.runs.get(docs), agent.runs.get(web)
+        # docs releases for both platforms and builds on its own engine; web as without the keys.
+        assert docs_pipeline.platforms is not None
+        assert [str(p) for p in docs_pipeline.platforms.platforms] == ["linux/amd64", "linux/arm64"]
+        gateway = docs_pipeline.docker
+        assert (gateway._build_host, gateway._fallback_local) == ("unix:///run/buildbox.sock", True)  # type: ignore[attr-defined]
+        assert gateway._host_setting == "[repos.docs] build_docker_host"  # type: ignore[attr-defined]
+        assert web_pipeline.platforms is None
+        assert (web_pipeline.docker._build_host, web_pipeline.docker._fallback_local) == (None, False)  # type: ignore[attr-defined]
+        # A reload that drops the keys gives docs's next run a pipeline without them.
+        write_repos(Path(env["CI_REPOS_FILE"]), REPOS)
+        assert agent.reload() is True
+        reloaded = agent.targets.current.get("docs")
+        assert reloaded is not None and reloaded.platforms == () and reloaded.build_host is None
+        assert agent.runs.get(reloaded).platforms is None
+        assert agent.runs.get(web) is web_pipeline  # an unchanged repository keeps its pipeline
+
+
 def test_the_one_repository_of_the_environment_is_not_reloaded(tmp_path):
     env = {"CI_REPO_URL": "https://github.com/me/web.git", "CI_IMAGE": "me/web", "CI_ALLOW_UNSIGNED": "true",
            "LOG_DIR": str(tmp_path / "logs"), "STATE_DIR": str(tmp_path / "state")}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from ci_agent import cli
+from ci_agent.failed_tests import tests_key as failed_tests_key
 from ci_agent.settings import CiSettings
 from ci_agent.targets import REPO_KEYS, RepoPaths, RepoTargets, env_repo_name, load_targets
 from shared.errors import SettingsError
@@ -207,3 +209,78 @@ def test_run_with_an_unknown_repository_names_the_configured_ones_and_exits_2(tm
     assert cli.main(["--env-file", str(tmp_path / "none.env"), "run", "--repo", "nope"]) == 2
     err = capsys.readouterr().err
     assert "no repository named 'nope'; configured: web, api, docs" in err
+
+
+TWO_PLATFORMS = """
+[repos.pi]
+repo_url = "https://github.com/me/pi.git"
+github_repo = "me/pi"
+image = "127.0.0.1:5000/me/pi"
+webhook_secret = "s"
+platforms = ["linux/amd64", "linux/arm64"]
+test_platforms = "linux/arm64"
+build_docker_host = "tcp://10.0.0.5:2376"
+build_fallback_local = true
+
+[repos.plain]
+repo_url = "https://github.com/me/plain.git"
+github_repo = "me/plain"
+image = "127.0.0.1:5000/me/plain"
+webhook_secret = "s"
+"""
+
+
+def test_platforms_and_the_build_engine_are_keys_of_each_repository(tmp_path):
+    path = repos_file(tmp_path, TWO_PLATFORMS)
+    pi, plain = load(environ(tmp_path, CI_REPOS_FILE=str(path)))
+    assert [str(item) for item in pi.platforms] == ["linux/amd64", "linux/arm64"]
+    assert [str(item) for item in pi.test_platforms] == ["linux/arm64"]
+    assert (pi.build_host, pi.fallback_local) == ("tcp://10.0.0.5:2376", True)
+    # The other repository keeps the defaults: its engine's own platform, the local engine.
+    assert (plain.platforms, plain.test_platforms, plain.build_host, plain.fallback_local) == ((), (), None, False)
+
+
+def test_without_a_file_the_platform_variables_make_the_one_repository(tmp_path):
+    (target,) = load(environ(tmp_path, CI_REPO_URL="https://x/web.git", CI_IMAGE="me/web", CI_WEBHOOK_SECRET="s",
+                             CI_PLATFORMS="linux/arm64,linux/amd64", CI_BUILD_DOCKER_HOST="unix:///run/b.sock",
+                             CI_BUILD_FALLBACK_LOCAL="true"))
+    assert [str(item) for item in target.platforms] == ["linux/arm64", "linux/amd64"]
+    assert (target.build_host, target.fallback_local) == ("unix:///run/b.sock", True)
+
+
+def test_the_remembered_failed_tests_key_is_each_repositorys_own(tmp_path):
+    path = repos_file(tmp_path, TWO_PLATFORMS)
+    pi, plain = load(environ(tmp_path, CI_REPOS_FILE=str(path)))
+    # Same test settings otherwise: only pi's own platforms make its key differ.
+    assert failed_tests_key(pi) != failed_tests_key(plain)
+    # A repository without platforms keeps the key it had before the keys existed.
+    assert failed_tests_key(plain) == failed_tests_key(replace(pi, platforms=(), test_platforms=()))
+
+
+_TABLE = '[repos.web]\nrepo_url = "https://x/web.git"\nimage = "me/web"\nwebhook_secret = "s"\n'
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ('platforms = "arm64"\n', "[repos.web] platforms='arm64':"),
+        ('platforms = ["linux/arm64", "linux/aarch64"]\n', "[repos.web] platforms='linux/arm64,linux/aarch64':"),
+        ('platforms = ["linux/arm64"]\ntest_platforms = ["linux/arm/v7"]\n',
+         "[repos.web] test_platforms='linux/arm/v7': names linux/arm/v7, which CI_PLATFORMS (a repos file's "
+         "platforms) does not release"),
+        ('test_platforms = ["linux/arm64"]\ntest_runner = "host"\n', "[repos.web] test_platforms='linux/arm64': needs"),
+        ('build_docker_host = "buildbox:2375"\n', "[repos.web] build_docker_host='buildbox:2375': must be a Docker"),
+        ('build_fallback_local = "perhaps"\n', "[repos.web] build_fallback_local='perhaps':"),
+        ('platforms = 5\n', "[repos.web] platforms=5:"),
+    ],
+)
+def test_bad_platform_and_build_engine_keys_are_named(tmp_path, keys, expected):
+    path = repos_file(tmp_path, _TABLE + keys)
+    assert expected in refused(environ(tmp_path, CI_REPOS_FILE=str(path)))
+
+
+def test_platform_variables_beside_a_file_are_refused(tmp_path):
+    path = repos_file(tmp_path, TWO_PLATFORMS)
+    message = refused(environ(tmp_path, CI_REPOS_FILE=str(path), CI_PLATFORMS="linux/arm64",
+                              CI_BUILD_DOCKER_HOST="unix:///run/b.sock"))
+    assert "CI_PLATFORMS, CI_BUILD_DOCKER_HOST set in the environment" in message
