@@ -230,7 +230,7 @@ def read_env_text(path: Path) -> str:
 # CdSettings fields that are the agent's, not an app's: an apps file cannot set them.
 AGENT_WIDE_CD_FIELDS = frozenset({
     "cd_apps_file", "cd_max_parallel_deploys", "cd_dashboard_host", "cd_dashboard_port", "cd_dashboard_token",
-    "cd_hook_token", "cd_hook_min_interval",
+    "cd_hook_token", "cd_hook_min_interval", "cd_state_flush_interval",
 })
 # Tokens typed into a browser's prompt or a registry's webhook URL: long enough not to be guessed.
 TOKEN_MIN_LENGTH = 16
@@ -252,6 +252,9 @@ class CdAgentSettings(SharedSettings):
     # Set: POST /hooks/registry/<token> exists (a push notification is a hint to poll at once).
     cd_hook_token: SecretStr | None = None
     cd_hook_min_interval: float = 5.0
+    # Seconds between writes of the watcher's poll bookkeeping (last/next poll, last error): an idle poll
+    # writes nothing to the SD card; 0 writes it at every poll (cd_agent/state.py).
+    cd_state_flush_interval: float = 900.0
 
     log_dir: Path = Path("logs/cd")
     state_dir: Path = Path("state/cd")
@@ -299,6 +302,13 @@ class CdAgentSettings(SharedSettings):
     def _hook_interval(cls, value: float) -> float:
         if not value >= 0 or value == float("inf"):
             raise ValueError("must be a number of seconds, 0 or more")
+        return value
+
+    @field_validator("cd_state_flush_interval")
+    @classmethod
+    def _flush_interval(cls, value: float) -> float:
+        if not value >= 0 or value == float("inf"):
+            raise ValueError("must be a number of seconds, 0 or more (0 writes the poll bookkeeping at every poll)")
         return value
 
 
