@@ -8,7 +8,6 @@ nor the Docker SDK, nor the web stack.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -19,14 +18,14 @@ from cd_agent.apps import AppPaths, AppTarget
 from cd_agent.candidate import newest_release
 from cd_agent.deployer import Deployer
 from cd_agent.docker_gateway import DockerGateway
-from cd_agent.errors import CdError, DeployError, DockerUnavailable, NothingToDeploy
+from cd_agent.errors import DeployError, DockerUnavailable, NothingToDeploy
 from cd_agent.fleet_platforms import FleetPlatformCheck
 from cd_agent.platform_check import PlatformCheck
 from cd_agent.proxy import DockerProxyEngine, ProxyController, ProxyStateFile
 from cd_agent.report import DeployReport
 from cd_agent.settings import CdAgentSettings
 from cd_agent.state import DeployState
-from shared.disk import DiskFloor, DiskReading, FreeSpace, statvfs_free_space
+from shared.disk import DiskFloor, engine_free_space
 from shared.notify import Notifier, notifier_from_settings
 from shared.registry import RegistryClient
 from shared.runstore import RunStore
@@ -111,25 +110,12 @@ def open_agent(
         deployer = Deployer(
             target, docker, state, runs, notifier, proxy=proxy_for(target, docker),
             log_retention=settings.log_retention_runs, siblings=siblings,
-            disk=DiskFloor(settings.disk_min_free, engine_free_space(docker)),
+            disk=DiskFloor(settings.disk_min_free, engine_free_space(docker.data_root)),
         )
         yield Agent(
             settings=settings, target=target, state=state, registry=registry, deployer=deployer, docker=docker,
             notifier=notifier,
         )
-
-
-def engine_free_space(docker: DockerGateway) -> FreeSpace:
-    """The free space where this engine keeps its data, read when a deploy starts (``DISK_MIN_FREE``)."""
-
-    def read() -> DiskReading | str:
-        try:
-            root = docker.data_root()
-        except CdError as exc:
-            return f"docker info failed: {exc}"
-        return statvfs_free_space(root, os.environ.get("DOCKER_HOST"))()
-
-    return read
 
 
 def _docker_gateway(unreachable_ok: bool, platform: str | None) -> DockerGateway:

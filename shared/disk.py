@@ -76,6 +76,21 @@ def statvfs_free_space(docker_root: str | None, docker_host: str | None) -> Free
     return read
 
 
+def engine_free_space(data_root: Callable[[], str | None]) -> FreeSpace:
+    """The free space where the engine keeps its data: ``data_root`` asks it (``docker info``) at each reading,
+    raising ``PiCicdError`` when it cannot be asked (then nothing is checked: the run's Docker step says why)."""
+    from shared.errors import PiCicdError
+
+    def read() -> DiskReading | str:
+        try:
+            root = data_root()
+        except PiCicdError as exc:
+            return f"docker info failed: {exc}"
+        return statvfs_free_space(root, os.environ.get("DOCKER_HOST"))()
+
+    return read
+
+
 class DiskFloor:
     """``DISK_MIN_FREE`` over a ``FreeSpace`` reading: ``problem(step)`` is the failure message or None."""
 

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from cd_agent.agent import engine_free_space
 from cd_agent.docker_gateway import DockerGateway
-from shared.disk import DiskFloor, DiskReading
+from shared.disk import DiskFloor, DiskReading, engine_free_space
 from shared.notify import Notifier
 from tests.support.cd_apps import CdWorld, build_deployer
 
@@ -25,7 +24,7 @@ NEARLY_FULL = DiskReading("/var/lib/docker", 1_200_000_000)
 def test_the_real_reading_is_the_engine_data_root_on_this_machine() -> None:
     docker = DockerGateway.from_env()
     try:
-        reading = engine_free_space(docker)()
+        reading = engine_free_space(docker.data_root)()
     finally:
         docker.close()
     assert isinstance(reading, DiskReading), reading
