@@ -337,6 +337,9 @@ class CdSettings(CdAgentSettings):
     cd_platform: str | None = None
     cd_version_constraint: str | None = None
     cd_allow_prerelease: bool = False
+    # Local images of the app's healthy releases kept for a rollback (the current one included); older
+    # ones of that app are pruned after each healthy deploy (cd_agent/images.py).
+    cd_keep_images: int = 3
     # CD_STRATEGY=swarm (cd_agent/swarm.py): the service, and the update config of a service the agent creates.
     cd_service: str | None = None
     cd_replicas: int = 1
@@ -449,6 +452,13 @@ class CdSettings(CdAgentSettings):
     def _health_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("cd_keep_images")
+    @classmethod
+    def _keep_images(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError("must be 2 or more (the current release and the one a rollback goes back to)")
         return value
 
     @field_validator("cd_poll_interval", "cd_health_timeout")
