@@ -5,20 +5,21 @@
 
 Both agents are real processes with throw-away settings and nothing to do: the watcher's app already
 runs the newest tag of its repository (tags pushed straight through the registry API, the state seeded
-with that release), and the CI agent polls (``CI_POLL_INTERVAL``) a local repository where nothing
-moves. After a settling time, ``write_bytes`` of ``/proc/PID/io`` is read at the start and the end of the
-window: it counts what the process (all its threads, and the children it has reaped: ``git ls-remote``,
-the watcher's deploy processes) sent to the storage layer, including pages of memory-mapped files it
-dirtied (SQLite's ``-shm``). The polls in the window are counted from the agents' DEBUG lines, so the
-printed bytes per poll and per idle hour are per *poll actually made*, scaled to the agents' default
-intervals (CD 60 s, CI the ``--ci-poll`` given). Linux only; needs no dockerd for the idle window (the
-watcher's start-up reconcile process finds nothing to do).
+with that release), and the CI agent polls (``CI_POLL_INTERVAL``) a local repository where nothing moves
+(its seen refs seeded with the head, so no first run). After a settling time, ``write_bytes`` of
+``/proc/PID/io`` is read at the start and the end of the window: it counts what the process (all its
+threads, and the children it has reaped: ``git ls-remote``, the watcher's deploy processes) sent to the
+storage layer, including pages of memory-mapped files it dirtied (SQLite's ``-shm``). The polls in the
+window are counted from the agents' DEBUG lines, so the printed bytes per poll and per idle hour are per
+*poll actually made*, scaled to the agents' default intervals (CD 60 s, CI the ``--ci-poll`` given).
+Linux only; the watcher's start-up reconcile connects to dockerd (it finds nothing to do). Keep the
+scratch folder on the real disk (``TMPDIR``): tmpfs writes are not counted.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import subprocess
 import sys
 import tempfile
@@ -26,12 +27,12 @@ import threading
 import time
 from pathlib import Path
 
+from bench.idle_cpu import _environ as idle_environ
 from bench.poll_cost import populate
 from tests.support.git_repos import make_git_project
 from tests.support.ports import free_port
 from tests.support.registry_server import start_registry
 
-REPO = Path(__file__).resolve().parents[1]
 CD_DEFAULT_INTERVAL = 60.0
 
 
@@ -44,9 +45,8 @@ def write_bytes(pid: int) -> int:
 
 
 def _environ(**settings: str) -> dict[str, str]:
-    prefixes = ("CI_", "CD_", "SMTP_", "NOTIFY_", "REGISTRY_", "LOG_", "STATE_DIR", "DISK_")
-    environ = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
-    return {**environ, "PYTHONPATH": str(REPO), "LOG_LEVEL": "DEBUG", **settings}
+    # bench.idle_cpu's throw-away environment, with the DEBUG lines that count the polls
+    return idle_environ(LOG_LEVEL="DEBUG", **settings)
 
 
 def seed_cd_state(state_dir: Path, version: str) -> None:
@@ -72,7 +72,10 @@ def main() -> int:
         seed_cd_state(root / "cd-state", "1.0.2")
         (root / "git").mkdir()
         project = make_git_project(root / "git")
-        project.commit_sample()
+        head = project.commit_sample()
+        # The CI agent has seen the head already: its polls find nothing (no first run in the window).
+        (root / "ci-state").mkdir(mode=0o700)
+        (root / "ci-state" / "poll-refs.json").write_text(json.dumps({"refs": {"refs/heads/main": head}}))
         agents = {
             "cd-agent watch": (["cd_agent", "watch"], _environ(
                 CD_IMAGE=f"{registry.host}/bench/idle", CD_CONTAINER_NAME="picicd-bench-idle-writes",

@@ -17,19 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from bench.idle_writes import write_bytes
 from tests.support.cd_apps import CdWorld, clean_environ, state_json, version_of
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.docker
 
 IDLE_POLLS = 8
-
-
-def write_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("write_bytes:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no write_bytes in /proc/{pid}/io")
 
 
 class PipedWatch:
