@@ -41,6 +41,12 @@ def docker_root() -> str:
     return root
 
 
+@pytest.mark.reliability(
+    "A new release while the disk where Docker keeps its data is nearly full (1.2 GB free, DISK_MIN_FREE=2GB; "
+    "the reading set through its seam: no second dockerd here)",
+    "the deploy fails at once at step `disk` with the free space, the floor and what to prune, and the usual "
+    "email; nothing is pulled or tagged, the old release keeps serving and stays the current one",
+)
 def test_a_deploy_on_a_nearly_full_disk_pulls_nothing_and_says_what_to_prune(
     cd_world: CdWorld, docker_client: Any
 ) -> None:
