@@ -85,6 +85,8 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 """
 _POLL_COLUMNS = ("last_poll_at", "next_poll_at", "last_error")
+# State file -> the poll bookkeeping a watcher of this process keeps in memory (CD_STATE_FLUSH_INTERVAL).
+_UNWRITTEN_POLLS: dict[Path, dict[str, str | None]] = {}
 # Columns added since the first release, for state files an older agent created.
 _ADDED_COLUMNS = (("journal", "strategy", "TEXT"),)
 
@@ -174,6 +176,8 @@ class DeployState:
             self.flush_polls()
         except StateError:
             pass
+        if self._polls is not None and _UNWRITTEN_POLLS.get(self.path) is self._polls:
+            del _UNWRITTEN_POLLS[self.path]
         with self._lock:
             self._db.close()
 
@@ -279,8 +283,11 @@ class DeployState:
         return self._poll_value("last_error")
 
     def _poll_value(self, column: str) -> str | None:
-        if self._polls is not None:
-            return self._polls[column]
+        # The watcher's bookkeeping not yet written: this instance's, or (the status page of the watcher's
+        # process opens its own) that of the instance of the same file in this process.
+        polls = self._polls if self._polls is not None else _UNWRITTEN_POLLS.get(self.path)
+        if polls is not None:
+            return polls[column]
         rows = self._query(f"SELECT {column} FROM polls WHERE id = 1")  # noqa: S608  # column is one of ours
         return rows[0][0] if rows else None
 
@@ -301,6 +308,7 @@ class DeployState:
             return
         if self._polls is None:
             self._polls = {name: self._poll_value(name) for name in _POLL_COLUMNS}
+            _UNWRITTEN_POLLS[self.path] = self._polls
         if self._polls[column] == value:
             return
         self._polls[column] = value
