@@ -175,7 +175,8 @@ def _pipeline(
         fallback_local=settings.ci_build_fallback_local,
     )
     closers.callback(docker.close)
-    disk = DiskFloor(settings.disk_min_free, engine_free_space(docker.data_root))
+    # A build engine elsewhere (CI_BUILD_DOCKER_HOST) is not this machine's disk: then nothing is checked.
+    disk = DiskFloor(settings.disk_min_free, engine_free_space(docker.data_root, settings.ci_build_docker_host))
     return Pipeline(
         target, store, notifier, GitRunner(), docker, registry, report=statuses.report,
         keep_logs=settings.log_retention_runs,

@@ -76,9 +76,10 @@ def statvfs_free_space(docker_root: str | None, docker_host: str | None) -> Free
     return read
 
 
-def engine_free_space(data_root: Callable[[], str | None]) -> FreeSpace:
+def engine_free_space(data_root: Callable[[], str | None], docker_host: str | None = None) -> FreeSpace:
     """The free space where the engine keeps its data: ``data_root`` asks it (``docker info``) at each reading,
-    raising ``PiCicdError`` when it cannot be asked (then nothing is checked: the run's Docker step says why)."""
+    raising ``PiCicdError`` when it cannot be asked (then nothing is checked: the run's Docker step says why).
+    ``docker_host``: where that engine is (default ``DOCKER_HOST``; the CI agent's ``CI_BUILD_DOCKER_HOST``)."""
     from shared.errors import PiCicdError
 
     def read() -> DiskReading | str:
@@ -86,7 +87,7 @@ def engine_free_space(data_root: Callable[[], str | None]) -> FreeSpace:
             root = data_root()
         except PiCicdError as exc:
             return f"docker info failed: {exc}"
-        return statvfs_free_space(root, os.environ.get("DOCKER_HOST"))()
+        return statvfs_free_space(root, docker_host or os.environ.get("DOCKER_HOST"))()
 
     return read
 

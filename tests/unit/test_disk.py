@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.disk import DiskFloor, DiskReading, format_size, parse_size, statvfs_free_space
+from shared.disk import DiskFloor, DiskReading, engine_free_space, format_size, parse_size, statvfs_free_space
 from shared.errors import SettingsError
 from shared.settings import SharedSettings, load_settings
 
@@ -58,3 +58,9 @@ def test_nothing_is_checked_when_the_engine_is_elsewhere_or_its_folder_is_not_vi
 def test_sizes_are_shown_short() -> None:
     assert format_size(1_234_567_890) == "1.2 GB"
     assert format_size(512) == "512 B"
+
+
+def test_a_build_engine_elsewhere_is_not_read_from_this_machine(tmp_path: Path) -> None:
+    floor = DiskFloor(10**9, engine_free_space(lambda: str(tmp_path), "tcp://builder.lan:2376"))
+    assert floor.problem("checkout") is None
+    assert floor.unchecked == "the engine is not on this machine (DOCKER_HOST=tcp://builder.lan:2376)"
