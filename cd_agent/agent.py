@@ -25,6 +25,7 @@ from cd_agent.proxy import DockerProxyEngine, ProxyController, ProxyStateFile
 from cd_agent.report import DeployReport
 from cd_agent.settings import CdAgentSettings
 from cd_agent.state import DeployState
+from shared.disk import DiskFloor, engine_free_space
 from shared.notify import Notifier, notifier_from_settings
 from shared.registry import RegistryClient
 from shared.runstore import RunStore
@@ -109,6 +110,7 @@ def open_agent(
         deployer = Deployer(
             target, docker, state, runs, notifier, proxy=proxy_for(target, docker),
             log_retention=settings.log_retention_runs, siblings=siblings,
+            disk=DiskFloor(settings.disk_min_free, engine_free_space(docker.data_root)),
         )
         yield Agent(
             settings=settings, target=target, state=state, registry=registry, deployer=deployer, docker=docker,

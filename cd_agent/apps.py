@@ -112,6 +112,7 @@ class AppTarget:
     platform: str | None  # CD_PLATFORM ("linux/arm64"); None: the engine's own
     constraint: Constraint | None
     allow_prerelease: bool
+    keep_images: int  # CD_KEEP_IMAGES: the app's healthy releases kept on disk for a rollback
     service: str
     replicas: int
     update_parallelism: int
@@ -201,6 +202,7 @@ def app_target(settings: CdSettings, name: str, paths: AppPaths) -> AppTarget:
         platform=settings.cd_platform,
         constraint=settings.constraint,
         allow_prerelease=settings.cd_allow_prerelease,
+        keep_images=settings.cd_keep_images,
         service=settings.cd_service or settings.cd_container_name,
         replicas=settings.cd_replicas,
         update_parallelism=settings.cd_update_parallelism,

@@ -137,6 +137,7 @@ class _AppThread:
         self.early = EarlyPolls(targets.settings.cd_hook_min_interval)
         self._watch = watch
         self._after = after  # the thread this one replaces (a changed app): it finishes first
+        self._flush_interval = targets.settings.cd_state_flush_interval
         self._deploys = _SlottedDeploys(
             ChildDeploys(targets.settings_of(target), target, siblings=targets.siblings(target), python=watch.python),
             watch.slots,
@@ -182,7 +183,11 @@ class _AppThread:
                 log.error("reconcile failed: {}; watching anyway", exc)
         try:
             with ExitStack() as stack:
-                state = stack.enter_context(DeployState(self.target.paths.state))
+                # Poll bookkeeping in memory, written every CD_STATE_FLUSH_INTERVAL and at the stop:
+                # an idle poll writes nothing.
+                state = stack.enter_context(DeployState(
+                    self.target.paths.state, poll_flush_interval=self._flush_interval,
+                ))
                 registry = stack.enter_context(RegistryClient(
                     self.target.image, username=self.target.registry_username,
                     password=self.target.registry_password, transport=self._watch.transport_for(self.target),

@@ -247,7 +247,8 @@ class BlueGreen(StrategyBase):
         self._state.record_deployed(Release(version, digest, new_id, self._clock()), previous)
         previous_version = previous.version if previous else None
         prune_images(
-            self._engine, self._target.image.name, log, version, previous_version, keep=self._context.siblings_keep()
+            self._engine, self._target.image.name, log, version, previous_version, keep=self._context.siblings_keep(),
+            keep_images=self._target.keep_images, quarantined=self._state.quarantined_versions,
         )
         return DeployReport("deployed", version, previous_version, downtime_s=0.0, digest=digest,
                             health="proven healthy before the proxy switched to it")

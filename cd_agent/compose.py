@@ -145,7 +145,9 @@ class ComposeDeploy(StrategyBase):
         previous = self._previous(before, version)
         self._state.record_deployed(Release(version, digest, None, self._clock()), previous)
         previous_version = release_version(previous)
-        prune_images(self._engine, repository, log, version, previous_version, keep=self._context.siblings_keep())
+        prune_images(self._engine, repository, log, version, previous_version, keep=self._context.siblings_keep(),
+            keep_images=self._target.keep_images, quarantined=self._state.quarantined_versions,
+        )
         return DeployReport(
             "deployed", version, previous_version, downtime_s=round(self._monotonic() - started, 3),
             health=reasons, digest=digest,

@@ -31,6 +31,7 @@ from cd_agent.state import DeployState, Phase
 from cd_agent.strategies import STRATEGIES, Parts, Strategy
 from cd_agent.strategy import DeployContext, release_version
 from cd_agent.swarm_services import SwarmServices
+from shared.disk import DiskFloor
 from shared.notify import Notifier
 from shared.private_files import open_private_append
 from shared.run_lifecycle import RunLifecycle, RunScope
@@ -66,6 +67,7 @@ class Deployer:
         compose: ComposeRunner | None = None,
         log_retention: int = 200,
         siblings: Sequence[AppPaths] = (),
+        disk: DiskFloor | None = None,
     ) -> None:
         self.target = target
         self.docker = docker
@@ -79,6 +81,7 @@ class Deployer:
         self._probe = probe
         self._log_retention = log_retention  # LOG_RETENTION_RUNS, counted in the app's own log folder
         self._siblings = tuple(siblings)
+        self._disk = disk  # DISK_MIN_FREE: no deploy starts (nothing is pulled) on a nearly full disk
         context = DeployContext(target, docker, state, clock, monotonic, sleep, on_phase, self._siblings_keep)
         if target.strategy == "swarm" and swarm is None:
             from cd_agent.swarm_services import DockerSwarm
@@ -150,7 +153,16 @@ class Deployer:
             log.info("{} {} of {} as container {} (app {}, {})", action, version, target.image.name,
                      target.container_name, target.name, target.strategy)
             try:
-                report = self._strategy.deploy(log, version, digest, run.number)
+                low = self._disk.problem("pull") if self._disk is not None else None
+                if low is not None:
+                    log.error("{} of {} not started: {}", action, version, low)
+                    report = DeployReport(
+                        "failed", version, release_version(self.state.current), low, failed_step="disk"
+                    )
+                else:
+                    if self._disk is not None and self._disk.unchecked:
+                        log.info("free space not checked (DISK_MIN_FREE): {}", self._disk.unchecked)
+                    report = self._strategy.deploy(log, version, digest, run.number)
             except CdError as exc:
                 # Past the steps a strategy reports on (the state unwritable after the verdict, say): the
                 # run still ends, and a journal left behind is reconciled before the next deploy.

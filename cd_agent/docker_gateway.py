@@ -104,6 +104,12 @@ class DockerGateway:
         with docker_errors("ping"):
             self._api.ping()
 
+    def data_root(self) -> str | None:
+        """Where the engine keeps its data (``docker info`` ``DockerRootDir``), for ``DISK_MIN_FREE``."""
+        with docker_errors("info"):
+            root = self._api.info().get("DockerRootDir")
+        return str(root) if root else None
+
     def platform(self) -> Platform:
         """The platform this engine pulls images for (``linux/amd64``, ``linux/arm64``, ``linux/arm/v7``):
         ``Os``/``Arch`` from ``docker version``, the arm variant from ``docker info``'s ``Architecture``;

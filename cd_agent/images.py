@@ -73,20 +73,29 @@ def digest_of(image: str) -> str | None:
 
 def prune_images(
     engine: Engine, repository: str, log: loguru.Logger, current: str, previous: str | None,
-    keep: Collection[str] | None = (),
+    keep: Collection[str] | None = (), *, keep_images: int = 2, quarantined: Collection[str] = (),
 ) -> None:
-    """Remove local tags of ``repository`` older than ``current``, except ``previous`` and ``keep`` (the
-    versions other apps of the same image run or roll back to; None: they are not known, prune nothing);
-    never fails a deploy."""
+    """Remove local tags of ``repository`` older than ``current``, except ``previous``, ``keep`` (the
+    versions other apps of the same image run or roll back to; None: they are not known, prune nothing)
+    and the newest older releases that make ``keep_images`` (``CD_KEEP_IMAGES``) with current and previous;
+    a ``quarantined`` release (it failed, or was rolled back from) is not one to keep. Docker refuses to
+    remove an image a container uses; never fails a deploy."""
     floor = parse_version(current)
     if floor is None or keep is None:
         return
-    kept = {current, previous, *keep}
     try:
         images = engine.images(repository)
     except CdError as exc:
         log.warning("could not list images to prune: {}", exc)
         return
+    older = sorted(
+        {(version, tag) for image in images for tag in (ref.rpartition(":")[2] for ref in image.tags)
+         if (version := parse_version(tag)) is not None and version < floor},
+        reverse=True,
+    )
+    own = [version for version in (current, previous) if version is not None]
+    history = [tag for _, tag in older if tag not in own and tag not in quarantined]
+    kept = {*own, *keep, *history[:max(0, keep_images - len(set(own)))]}
     for image in images:
         for reference in image.tags:
             tag = reference.rpartition(":")[2]

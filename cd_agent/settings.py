@@ -230,7 +230,7 @@ def read_env_text(path: Path) -> str:
 # CdSettings fields that are the agent's, not an app's: an apps file cannot set them.
 AGENT_WIDE_CD_FIELDS = frozenset({
     "cd_apps_file", "cd_max_parallel_deploys", "cd_dashboard_host", "cd_dashboard_port", "cd_dashboard_token",
-    "cd_hook_token", "cd_hook_min_interval",
+    "cd_hook_token", "cd_hook_min_interval", "cd_state_flush_interval",
 })
 # Tokens typed into a browser's prompt or a registry's webhook URL: long enough not to be guessed.
 TOKEN_MIN_LENGTH = 16
@@ -252,6 +252,9 @@ class CdAgentSettings(SharedSettings):
     # Set: POST /hooks/registry/<token> exists (a push notification is a hint to poll at once).
     cd_hook_token: SecretStr | None = None
     cd_hook_min_interval: float = 5.0
+    # Seconds between writes of the watcher's poll bookkeeping (last/next poll, last error): an idle poll
+    # writes nothing to the SD card; 0 writes it at every poll (cd_agent/state.py).
+    cd_state_flush_interval: float = 900.0
 
     log_dir: Path = Path("logs/cd")
     state_dir: Path = Path("state/cd")
@@ -301,6 +304,13 @@ class CdAgentSettings(SharedSettings):
             raise ValueError("must be a number of seconds, 0 or more")
         return value
 
+    @field_validator("cd_state_flush_interval")
+    @classmethod
+    def _flush_interval(cls, value: float) -> float:
+        if not value >= 0 or value == float("inf"):
+            raise ValueError("must be a number of seconds, 0 or more (0 writes the poll bookkeeping at every poll)")
+        return value
+
 
 class CdSettings(CdAgentSettings):
     """One app's settings (``CD_*`` of the environment, or an ``[apps.NAME]`` table) over the agent's;
@@ -327,6 +337,9 @@ class CdSettings(CdAgentSettings):
     cd_platform: str | None = None
     cd_version_constraint: str | None = None
     cd_allow_prerelease: bool = False
+    # Local images of the app's healthy releases kept for a rollback (the current one included); older
+    # ones of that app are pruned after each healthy deploy (cd_agent/images.py).
+    cd_keep_images: int = 3
     # CD_STRATEGY=swarm (cd_agent/swarm.py): the service, and the update config of a service the agent creates.
     cd_service: str | None = None
     cd_replicas: int = 1
@@ -439,6 +452,13 @@ class CdSettings(CdAgentSettings):
     def _health_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("cd_keep_images")
+    @classmethod
+    def _keep_images(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError("must be 2 or more (the current release and the one a rollback goes back to)")
         return value
 
     @field_validator("cd_poll_interval", "cd_health_timeout")

@@ -14,13 +14,21 @@ still read and undone like the other steps before the verdict.
 
 All sqlite3 errors become ``StateError``. One connection guarded by a lock: the watcher thread and
 the command line may share an instance.
+
+Poll bookkeeping (last poll, next poll, last error) is what an idle watcher would write on every poll,
+wearing an SD card for nothing. With ``poll_flush_interval`` (``CD_STATE_FLUSH_INTERVAL``, what
+``cd-agent watch`` passes) it is kept in memory, read back from there by this process, and written at
+most once per interval (the first poll at once, so ``cd-agent status`` soon shows one) and at ``close``;
+``0`` writes it at every change, as before. Everything else (releases, quarantine, journal) is written
+and committed at once, always.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
@@ -76,6 +84,9 @@ CREATE TABLE IF NOT EXISTS journal (
     strategy TEXT
 );
 """
+_POLL_COLUMNS = ("last_poll_at", "next_poll_at", "last_error")
+# State file -> the poll bookkeeping a watcher of this process keeps in memory (CD_STATE_FLUSH_INTERVAL).
+_UNWRITTEN_POLLS: dict[Path, dict[str, str | None]] = {}
 # Columns added since the first release, for state files an older agent created.
 _ADDED_COLUMNS = (("journal", "strategy", "TEXT"),)
 
@@ -135,11 +146,21 @@ class Journal:
 
 
 class DeployState:
-    """The deploy state database at ``path`` (created with its parent directories)."""
+    """The deploy state database at ``path`` (created with its parent directories).
 
-    def __init__(self, path: Path) -> None:
+    ``poll_flush_interval``: seconds between writes of the poll bookkeeping (see the module); ``monotonic``
+    is injected so a test can move time."""
+
+    def __init__(
+        self, path: Path, *, poll_flush_interval: float = 0.0, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._flush_interval = poll_flush_interval
+        self._monotonic = monotonic
+        self._polls: dict[str, str | None] | None = None  # the bookkeeping as this process knows it
+        self._polls_dirty = False
+        self._polls_flushed_at: float | None = None
         try:
             prepare_private_database(path)  # 0600 in a 0700 folder, whatever the umask
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
@@ -150,6 +171,13 @@ class DeployState:
             raise StateError(f"cannot open the deploy state {path}: {exc}") from exc
 
     def close(self) -> None:
+        """Write the poll bookkeeping still in memory, then close (a failed write is not worth a crash)."""
+        try:
+            self.flush_polls()
+        except StateError:
+            pass
+        if self._polls is not None and _UNWRITTEN_POLLS.get(self.path) is self._polls:
+            del _UNWRITTEN_POLLS[self.path]
         with self._lock:
             self._db.close()
 
@@ -255,6 +283,11 @@ class DeployState:
         return self._poll_value("last_error")
 
     def _poll_value(self, column: str) -> str | None:
+        # The watcher's bookkeeping not yet written: this instance's, or (the status page of the watcher's
+        # process opens its own) that of the instance of the same file in this process.
+        polls = self._polls if self._polls is not None else _UNWRITTEN_POLLS.get(self.path)
+        if polls is not None:
+            return polls[column]
         rows = self._query(f"SELECT {column} FROM polls WHERE id = 1")  # noqa: S608  # column is one of ours
         return rows[0][0] if rows else None
 
@@ -268,9 +301,35 @@ class DeployState:
         self._set_poll("last_error", error)
 
     def _set_poll(self, column: str, value: str | None) -> None:
+        if self._flush_interval <= 0:
+            with self._transaction() as db:
+                db.execute("INSERT OR IGNORE INTO polls (id) VALUES (1)")
+                db.execute(f"UPDATE polls SET {column} = ? WHERE id = 1", (value,))  # noqa: S608  # column is ours
+            return
+        if self._polls is None:
+            self._polls = {name: self._poll_value(name) for name in _POLL_COLUMNS}
+            _UNWRITTEN_POLLS[self.path] = self._polls
+        if self._polls[column] == value:
+            return
+        self._polls[column] = value
+        self._polls_dirty = True
+        flushed = self._polls_flushed_at
+        if flushed is None or self._monotonic() - flushed >= self._flush_interval:
+            self.flush_polls()
+
+    def flush_polls(self) -> None:
+        """Write the poll bookkeeping kept in memory, if it changed since it was last written."""
+        if self._polls is None or not self._polls_dirty:
+            return
+        values = self._polls
         with self._transaction() as db:
             db.execute("INSERT OR IGNORE INTO polls (id) VALUES (1)")
-            db.execute(f"UPDATE polls SET {column} = ? WHERE id = 1", (value,))  # noqa: S608  # column is ours
+            db.execute(
+                "UPDATE polls SET last_poll_at = ?, next_poll_at = ?, last_error = ? WHERE id = 1",
+                (values["last_poll_at"], values["next_poll_at"], values["last_error"]),
+            )
+        self._polls_dirty = False
+        self._polls_flushed_at = self._monotonic()
 
     # journal of the deploy in progress
 

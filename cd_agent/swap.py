@@ -179,6 +179,7 @@ class Swap(StrategyBase):
         prune_images(
             self._engine, self._target.image.name, log, attempt.version, previous_version,
             keep=self._context.siblings_keep(),
+            keep_images=self._target.keep_images, quarantined=self._state.quarantined_versions,
         )
         return DeployReport(
             "deployed", attempt.version, previous_version, downtime_s=downtime, health=proven.verdict.reason,

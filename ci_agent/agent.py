@@ -162,6 +162,7 @@ def _pipeline(
     from ci_agent.builder import DockerGateway
     from ci_agent.git import GitRunner
     from ci_agent.pipeline import Pipeline
+    from shared.disk import DiskFloor, engine_free_space
     from shared.registry import RegistryClient
 
     registry = RegistryClient(target.image, username=target.registry_username, password=target.registry_password)
@@ -175,9 +176,12 @@ def _pipeline(
         table=f"[repos.{target.name}]" if target.from_file else None,
     )
     closers.callback(docker.close)
+    # A build engine elsewhere (CI_BUILD_DOCKER_HOST) is not this machine's disk: then nothing is checked.
+    disk = DiskFloor(settings.disk_min_free, engine_free_space(docker.data_root, settings.ci_build_docker_host))
     return Pipeline(
         target, store, notifier, GitRunner(), docker, registry, report=statuses.report,
         keep_logs=settings.log_retention_runs,
         # A host-run test sees none of the agent's secrets: its own repository's nor any other's.
         hidden=lambda: [*settings.secret_values(), *live.current.secret_values()],
+        disk=disk,
     )

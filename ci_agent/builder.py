@@ -256,6 +256,16 @@ class DockerGateway:
         if self._client is not None:
             self._client.close()
 
+    def data_root(self) -> str | None:
+        """Where the engine keeps its data (``docker info`` ``DockerRootDir``), for ``DISK_MIN_FREE``."""
+        try:
+            root = self.client.info().get("DockerRootDir")
+        except StepFailed:
+            raise
+        except Exception as exc:  # the SDK's errors and requests' connection errors alike: one boundary
+            raise StepFailed("disk", f"docker info: {exc}") from exc
+        return str(root) if root else None
+
     def build(
         self,
         context_dir: Path,

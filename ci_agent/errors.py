@@ -20,7 +20,7 @@ from typing import Literal
 
 from shared.errors import PiCicdError
 
-Step = Literal["checkout", "test", "build", "push"]
+Step = Literal["disk", "checkout", "test", "build", "push"]
 
 
 class CiError(PiCicdError):

@@ -6,6 +6,8 @@ store, the notifier and the clock), so the agent wires the real ones and the uni
 (``tests/unit/test_pipeline_policy.py``) in-memory fakes. The run's bookkeeping (open, log file,
 finish, email, log pruning) is ``shared.run_lifecycle``.
 
+* A run on a nearly full disk (less than ``DISK_MIN_FREE`` free where Docker keeps its data) fails at
+  once at step ``disk``, before the checkout: nothing is built or tagged (``shared/disk.py``).
 * Each step is timed and logged (``step test started`` … ``step test finished in 3.2s``); the first
   failure stops the run: nothing after a failed step happens (no image is pushed after a failed test).
 * Any error inside a step becomes ``StepFailed(step, ...)``: the run ends ``failed`` with
@@ -52,6 +54,7 @@ from ci_agent.payload import ZERO_SHA, PushEvent
 from ci_agent.release_guard import ReleaseGuard, RevisionCache, RunSkipped
 from ci_agent.targets import RepoTarget
 from ci_agent.versioning import VersionTaken, next_version, should_move_latest, taken_by
+from shared.disk import DiskFloor
 from shared.errors import PiCicdError
 from shared.logs import tail
 from shared.notify import Email, Notifier
@@ -90,9 +93,12 @@ class Pipeline:
         report: Callable[[Run], None] = lambda _: None,
         keep_logs: int = DEFAULT_KEEP_LOGS,
         hidden: Callable[[], Iterable[str]] | None = None,
+        disk: DiskFloor | None = None,
     ) -> None:
         self.report = report  # a finished run's commit status (ci_agent/commit_status.py); never raises
         self.target = target
+        # DISK_MIN_FREE: a run does not start (nothing checked out, built or tagged) on a nearly full disk
+        self.disk = disk
         self.store = store
         self.notifier = notifier
         self.git = git
@@ -198,6 +204,13 @@ class Pipeline:
         looked_up, self._looked_up = self._looked_up, None
         remote_commit = looked_up[1] if looked_up == (event.ref, event.after) else None
         self.docker.prepare()  # the Docker SDK loads and connects while git works
+        if self.disk is not None:
+            low = self.disk.problem("checkout")
+            if low is not None:
+                log.error("step disk failed: {}", low)
+                raise StepFailed("disk", low)
+            if self.disk.unchecked:
+                log.info("free space not checked (DISK_MIN_FREE): {}", self.disk.unchecked)
         with self._step("checkout", log):
             commit = self.git.checkout(self.target.repo_url, event.after, checkout)
             if commit != event.after:

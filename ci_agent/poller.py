@@ -8,7 +8,8 @@ A run queued here has ``details["source"] == "poll"``.
 Rules:
 
 - **Seen refs** live in ``STATE_DIR/poll-refs.json`` (``{"refs": {"refs/heads/main": sha, ...}}``),
-  written after each poll that changed them, so a restart does not queue again what was seen.
+  written after each poll that changed them, so a restart does not queue again what was seen; a poll
+  that finds nothing new writes nothing (and logs only at DEBUG).
 - **First poll** (no state file): the tags that exist are remembered, not run (a repository with
   fifty releases does not queue fifty runs). The branch head is queued unless this agent has a run
   of that commit already: an already released head is then stopped by the release guard (it ends
@@ -354,6 +355,9 @@ class Poller:
             del seen[name]
         if first or seen != known:
             self.seen.save(seen)
+        elif not queued:
+            # Nothing written when nothing moved: an idle poll costs an SD card nothing (bench.idle_writes).
+            self._log.debug("poll: nothing moved")
         return queued
 
     def _queue(self, name: str, ref: RemoteRef, seen: dict[str, str], queued: list[int]) -> None:

@@ -47,6 +47,9 @@ class SharedSettings(BaseModel):
     state_dir: Path = Path("state")
     log_retention_runs: int = 200
     log_level: str = "INFO"
+    # DISK_MIN_FREE (shared/disk.py): a run or deploy does not start with less free where Docker keeps
+    # its data; bytes, written as 2GB, 500MB, 1.5GiB; 0 turns the check off.
+    disk_min_free: int = 2 * 10**9
 
     @field_validator("notify_to", mode="before")
     @classmethod
@@ -63,6 +66,15 @@ class SharedSettings(BaseModel):
         if isinstance(value, str) and not value.strip() and info.field_name is not None:
             if cls.model_fields[info.field_name].default is None:
                 return None
+        return value
+
+    @field_validator("disk_min_free", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        if isinstance(value, str):
+            from shared.disk import parse_size
+
+            return parse_size(value)
         return value
 
     @field_validator("smtp_port")

@@ -3,7 +3,8 @@
 
 - ci-agent: ``GET http://127.0.0.1:$CI_PORT/healthz`` answers 200.
 - cd-agent: ``cd-agent status --json`` works and the next poll is not overdue by more than
-  ``PICICD_HEALTH_OVERDUE`` seconds (default 900: a deploy with its health wait delays the next poll).
+  ``PICICD_HEALTH_OVERDUE`` seconds (default 900: a deploy with its health wait delays the next poll)
+  plus ``CD_STATE_FLUSH_INTERVAL`` (default 900: the watcher writes its poll bookkeeping that seldom).
 
 Exit 0 healthy, 1 unhealthy (Docker's convention); the reason goes to stdout, which ``docker inspect`` shows.
 """
@@ -51,7 +52,10 @@ def check_cd() -> str | None:
     if not next_poll:
         return None  # no poll scheduled yet: the start period covers the first one
     overdue = (datetime.now(UTC) - datetime.fromisoformat(next_poll)).total_seconds()
-    limit = float(os.environ.get("PICICD_HEALTH_OVERDUE", "900"))
+    # The state file's next poll may be one CD_STATE_FLUSH_INTERVAL old: idle polls are not written.
+    limit = float(os.environ.get("PICICD_HEALTH_OVERDUE", "900")) + float(
+        os.environ.get("CD_STATE_FLUSH_INTERVAL") or "900"
+    )
     return f"the poll due at {next_poll} is {overdue:.0f}s overdue" if overdue > limit else None
 
 

@@ -19,6 +19,7 @@ from ci_agent.queue import RunQueue
 from ci_agent.settings import CiSettings
 from ci_agent.targets import env_target
 from ci_agent.worker import Worker
+from shared.disk import DiskFloor, DiskReading, engine_free_space
 from shared.notify import Notifier
 from shared.registry import RegistryClient, parse_image_ref
 from shared.runstore import Run, RunStore
@@ -355,3 +356,29 @@ def test_a_run_by_sha_releases_a_side_commit_but_never_an_old_one(make_agent: An
     assert (released.status, released.version) == ("succeeded", "0.1.1"), released
     assert agent.tags() == ["0.1.0", "0.1.1", "latest"]
     assert agent.emails() == []
+
+
+def test_a_run_on_a_nearly_full_disk_fails_at_step_disk_before_anything_is_checked_out_or_tagged(
+    make_agent, git_project: GitProject, docker_client
+):
+    """DISK_MIN_FREE, with the free-space reading set through its seam (a nearly full data root cannot be
+    made without a second dockerd); git, the engine and the registry are real."""
+    agent = make_agent()
+    agent.pipeline.disk = DiskFloor(2_000_000_000, lambda: DiskReading("/var/lib/docker", 900_000_000))
+    sha = git_project.commit_sample()
+
+    run = agent.run(sha)
+
+    assert (run.status, run.failed_step, run.version) == ("failed", "disk", None)
+    assert "only 900.0 MB free where Docker keeps its data (/var/lib/docker)" in (run.error or "")
+    assert "DISK_MIN_FREE=2.0 GB" in (run.error or "") and "docker builder prune" in (run.error or "")
+    assert agent.tags() == []
+    assert not docker_client.images.list(name=agent.pipeline.image.name)
+    assert not agent.pipeline.checkout_dir.exists()
+    emails = agent.emails()
+    assert len(emails) == 1 and "failed at disk" in emails[0].subject
+    assert "only 900.0 MB free" in emails[0].body
+
+    # room again (pruned): the next run goes ahead, with the real reading of the engine's data root
+    agent.pipeline.disk = DiskFloor(1, engine_free_space(agent.pipeline.docker.data_root))
+    assert agent.run(sha).status == "succeeded"

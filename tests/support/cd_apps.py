@@ -331,6 +331,9 @@ class CdWorld:
             "CD_HEALTH_TIMEOUT": "8",
             "CD_HEALTH_GRACE": "1",
             "CD_STOP_TIMEOUT": "2",
+            # Every poll in the state file at once: tests follow the watcher's polls through `cd-agent status`
+            # (the default keeps them in memory for 15 min; tests/integration/test_idle_writes.py uses it).
+            "CD_STATE_FLUSH_INTERVAL": "0",
             "LOG_DIR": str(self.root / "logs"),
             "STATE_DIR": str(self.root / "state"),
         }

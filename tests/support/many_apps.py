@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from cd_agent.apps import AppPaths
+from cd_agent.settings import AGENT_WIDE_CD_FIELDS
 from cd_agent.state import DeployState
 from tests.support.cd_apps import AppReleases, CdWorld, cd_agent
 from tests.support.docker_env import DockerJanitor
@@ -26,11 +27,12 @@ AGENT_WIDE = ("LOG_DIR", "STATE_DIR")
 
 
 def table(world: CdWorld, **overrides: str) -> dict[str, str]:
-    """The world's per-app settings as the keys of its ``[apps.NAME]`` table."""
+    """The world's per-app settings as the keys of its ``[apps.NAME]`` table (agent-wide ones stay out: an
+    apps file refuses them)."""
     return {
         key.removeprefix("CD_").lower(): value
         for key, value in world.environ(**overrides).items()
-        if key.startswith("CD_") and value != ""
+        if key.startswith("CD_") and value != "" and key.lower() not in AGENT_WIDE_CD_FIELDS
     }
 
 
@@ -70,6 +72,8 @@ class AppsFile:
     def environ(self, **extra: str) -> dict[str, str]:
         return {
             "CD_APPS_FILE": str(self.path), "LOG_DIR": str(self.root / "logs"), "STATE_DIR": str(self.root / "state"),
+            # every poll in the state files at once, as CdWorld's (tests follow the polls through them)
+            "CD_STATE_FLUSH_INTERVAL": "0",
             **extra,
         }
 

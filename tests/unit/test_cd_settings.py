@@ -26,6 +26,8 @@ def load(**overrides: str) -> CdSettings:
 def test_defaults():
     settings = load()
     assert settings.cd_poll_interval == 60
+    assert settings.cd_state_flush_interval == 900
+    assert settings.cd_keep_images == 3
     assert settings.cd_restart_policy == "unless-stopped"
     assert settings.cd_health_timeout == 60
     assert settings.cd_allow_prerelease is False
@@ -130,6 +132,9 @@ def test_env_file_must_be_utf8(tmp_path):
         ("CD_POLL_INTERVAL", "0", r"CD_POLL_INTERVAL=.*above 0"),
         ("CD_POLL_INTERVAL", "soon", r"CD_POLL_INTERVAL='soon'"),
         ("CD_STOP_TIMEOUT", "-1", r"CD_STOP_TIMEOUT=.*0 or more"),
+        ("CD_KEEP_IMAGES", "1", r"CD_KEEP_IMAGES=.*2 or more"),
+        ("CD_STATE_FLUSH_INTERVAL", "-5", r"CD_STATE_FLUSH_INTERVAL=.*0 or more"),
+        ("CD_STATE_FLUSH_INTERVAL", "inf", r"CD_STATE_FLUSH_INTERVAL=.*0 or more"),
         ("CD_HEALTH_URL", "localhost:8080/health", r"CD_HEALTH_URL=.*http:// or https://"),
         ("CD_VERSION_CONSTRAINT", "<two", r"CD_VERSION_CONSTRAINT=.*bad version"),
         ("CD_ALLOW_PRERELEASE", "maybe", r"CD_ALLOW_PRERELEASE='maybe'"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -101,3 +102,82 @@ def test_an_unusable_path_is_a_state_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(StateError, match="cannot open the deploy state"):
         DeployState(tmp_path / "file" / "cd.sqlite3")
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _persisted(path: Path) -> tuple[object, object, object]:
+    """What `cd-agent status`, a process of its own, reads: the file itself."""
+    db = sqlite3.connect(path)
+    try:
+        row = db.execute("SELECT last_poll_at, next_poll_at, last_error FROM polls WHERE id = 1").fetchone()
+    finally:
+        db.close()
+    if row is None:
+        return None, None, None
+    return (None if row[0] is None else datetime.fromisoformat(row[0]),
+            None if row[1] is None else datetime.fromisoformat(row[1]), row[2])
+
+
+def test_poll_bookkeeping_is_written_at_most_once_per_flush_interval(tmp_path: Path) -> None:
+    path = tmp_path / "cd.sqlite3"
+    clock = FakeMonotonic()
+    state = DeployState(path, poll_flush_interval=900, monotonic=clock)
+    try:
+        state.set_last_poll_at(T0)  # the first poll is written at once: status soon shows one
+        assert _persisted(path) == (T0, None, None)
+        for minute in range(1, 15):
+            clock.now += 60
+            state.set_last_poll_at(T0.replace(minute=minute))
+            state.set_last_error(None)
+        # this process sees every poll; the file still holds the first
+        assert state.last_poll_at == T0.replace(minute=14)
+        assert _persisted(path) == (T0, None, None)
+        clock.now += 60  # 15 min since the last write
+        state.set_last_poll_at(T0.replace(minute=15))
+        assert _persisted(path) == (T0.replace(minute=15), None, None)
+        state.set_last_error("registry unreachable")  # in memory until the next flush or the close
+        assert _persisted(path)[2] is None
+    finally:
+        state.close()
+    assert _persisted(path) == (T0.replace(minute=15), None, "registry unreachable")
+
+
+def test_state_that_matters_is_written_at_once_whatever_the_flush_interval(tmp_path: Path) -> None:
+    path = tmp_path / "cd.sqlite3"
+    with DeployState(path, poll_flush_interval=900, monotonic=FakeMonotonic()) as state:
+        state.set_last_poll_at(T0)
+        state.set_last_poll_at(T0.replace(minute=1))
+        state.record_deployed(Release("1.1.0", "sha256:b"), None)
+        state.quarantine("1.2.0", "unhealthy", since=T0)
+        with DeployState(path) as other:
+            assert other.current == Release("1.1.0", "sha256:b")
+            assert other.is_quarantined("1.2.0")
+        assert _persisted(path)[0] == T0
+
+
+def test_a_zero_flush_interval_writes_every_poll(tmp_path: Path) -> None:
+    path = tmp_path / "cd.sqlite3"
+    with DeployState(path, poll_flush_interval=0) as state:
+        state.set_last_poll_at(T0)
+        state.set_last_poll_at(T0.replace(minute=1))
+        assert _persisted(path) == (T0.replace(minute=1), None, None)
+
+
+def test_the_watchers_process_sees_its_unwritten_polls_from_another_instance(tmp_path: Path) -> None:
+    """The status page runs in the watcher's process and opens the state itself: it shows the last poll."""
+    path = tmp_path / "cd.sqlite3"
+    clock = FakeMonotonic()
+    with DeployState(path, poll_flush_interval=900, monotonic=clock) as watcher:
+        watcher.set_last_poll_at(T0)
+        watcher.set_last_poll_at(T0.replace(minute=1))  # in memory only
+        with DeployState(path) as page:
+            assert page.last_poll_at == T0.replace(minute=1)
+    with DeployState(path) as after:  # written at the close; nothing left in memory
+        assert after.last_poll_at == T0.replace(minute=1)

@@ -30,6 +30,7 @@ from tests.support.fake_engine import Behaviour, FakeEngine
 
 REPO = "127.0.0.1:5000/o/app"
 NAME = "app"
+OTHER = "127.0.0.1:5000/o/other"
 
 
 class Killed(BaseException):
@@ -148,7 +149,7 @@ def test_a_first_deploy_runs_the_release_records_it_and_says_so(world: World) ->
 
 
 def test_an_upgrade_replaces_the_container_keeps_the_previous_image_and_prunes_older_ones(world: World) -> None:
-    deployer = deployed(world, "1.0.0", "1.1.0")
+    deployer = deployed(world, "0.9.0", "1.0.0", "1.1.0")
     world.push("1.2.0")
 
     report = deployer.deploy("1.2.0")
@@ -158,7 +159,8 @@ def test_an_upgrade_replaces_the_container_keeps_the_previous_image_and_prunes_o
     assert world.serving() == "1.2.0" and world.engine.names() == [NAME]
     previous = deployer.state.previous
     assert previous is not None and previous.version == "1.1.0"
-    assert sorted(world.engine.local) == [f"{REPO}:1.1.0", f"{REPO}:1.2.0"]
+    # CD_KEEP_IMAGES=3 (the default): the current release, the previous one and one more for a rollback
+    assert sorted(world.engine.local) == [f"{REPO}:1.0.0", f"{REPO}:1.1.0", f"{REPO}:1.2.0"]
     # the anonymous /cache volume moved from container to container
     caches = {m.name for box in world.engine.boxes.values() for m in box.info.mounts if m.destination == "/cache"}
     assert len(caches) == 1
@@ -169,13 +171,30 @@ def test_pruning_keeps_the_image_another_app_of_the_same_image_runs(world: World
     with DeployState(sibling.state) as state:
         state.set_current(Release("1.0.0"))
     world.siblings = (sibling,)
-    deployer = world.deployer()
+    deployer = world.deployer(CD_KEEP_IMAGES="2")
     for version in ("1.0.0", "1.1.0", "1.2.0"):
         world.push(version)
         assert deployer.deploy(version).outcome == "deployed"
 
-    # Alone, 1.0.0 would be pruned after 1.2.0 (see above): the other app runs it.
+    # Alone, 1.0.0 would be pruned after 1.2.0 (CD_KEEP_IMAGES=2): the other app runs it.
     assert sorted(world.engine.local) == [f"{REPO}:{v}" for v in ("1.0.0", "1.1.0", "1.2.0")]
+
+
+def test_cd_keep_images_keeps_the_newest_healthy_releases_and_prunes_a_quarantined_one(world: World) -> None:
+    deployer = deployed(world, "1.0.0", "1.1.0", "1.2.0")
+    deployer.state.quarantine("1.1.0", "rolled back by hand to 1.0.0")
+    world.push("1.3.0")
+    world.push("2.0.0")
+    world.engine.local[f"{OTHER}:1.0.0"] = world.engine.registry[f"{REPO}:1.0.0"]  # another app's image
+
+    assert deployer.deploy("1.3.0").outcome == "deployed"
+    assert deployer.deploy("2.0.0").outcome == "deployed"
+
+    # kept: 2.0.0 (current), 1.3.0 (previous), 1.2.0 (the newest healthy one before); 1.1.0 failed, 1.0.0 older
+    assert sorted(ref for ref in world.engine.local if ref.startswith(REPO + ":")) == [
+        f"{REPO}:1.2.0", f"{REPO}:1.3.0", f"{REPO}:2.0.0",
+    ]
+    assert f"{OTHER}:1.0.0" in world.engine.local  # never another app's image
 
 
 def test_the_same_version_again_is_a_noop_unless_forced(world: World) -> None:

@@ -114,8 +114,12 @@ def test_nothing_moved_queues_nothing(tmp_path: Path, remote: FakeRemote, queue:
     poller = make_poller(tmp_path, remote, queue, store)
     poller.poll_once()
 
+    written = (tmp_path / "poll-refs.json").stat()
     assert poller.poll_once() == []
     assert len(store.list(kind=KIND)) == 1
+    # an SD card is not worn by polls that find nothing: the seen refs are not written again
+    after = (tmp_path / "poll-refs.json").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
 
 
 def test_a_moved_head_and_a_new_release_tag_are_queued_other_tags_are_not(

@@ -1,0 +1,108 @@
+"""An idle ``cd-agent watch`` writes nothing to storage; a deploy is still recorded at once (issue 23).
+
+The watcher runs as a real process (1 s polls, the default ``CD_STATE_FLUSH_INTERVAL`` of 15 min) with
+its console in a pipe this test reads, so its own log lines cost it no writes. ``write_bytes`` of
+``/proc/PID/io`` counts what it (its threads, and the deploy processes it reaped) sent to storage,
+pages of memory-mapped files (SQLite's ``-shm``) included; the state files' sizes and times are
+compared as well.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.idle_writes import write_bytes
+from tests.support.cd_apps import CdWorld, clean_environ, state_json, version_of
+from tests.support.polling import wait_for
+
+pytestmark = pytest.mark.docker
+
+IDLE_POLLS = 8
+
+
+class PipedWatch:
+    """``cd-agent watch`` at DEBUG, its console read into ``lines`` (a pipe: no file written by the agent)."""
+
+    def __init__(self, environ: dict[str, str], cwd: Path) -> None:
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cd_agent", "watch"], env=clean_environ(environ), cwd=cwd,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.decode(errors="replace"))
+
+    def idle_polls(self) -> int:
+        return sum(1 for line in list(self.lines) if " poll: " in line and "nothing newer" in line)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        code = self.process.wait(timeout=30)
+        self._reader.join(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return code
+
+
+@pytest.fixture
+def piped_watches() -> Iterator[list[PipedWatch]]:
+    started: list[PipedWatch] = []
+    yield started
+    for watch in started:
+        if watch.process.poll() is None:
+            watch.process.kill()
+        watch.stop()
+
+
+def state_files(world: CdWorld) -> dict[str, tuple[int, int]]:
+    folder = world.target().paths.state.parent
+    return {path.name: (path.stat().st_size, path.stat().st_mtime_ns) for path in sorted(folder.iterdir())}
+
+
+def test_idle_polls_write_nothing_and_a_deploy_is_recorded_at_once(
+    cd_world: CdWorld, piped_watches: list[PipedWatch]
+) -> None:
+    world = cd_world
+    world.releases.push("1.0.0")
+    environ = world.environ(CD_POLL_INTERVAL="1", LOG_LEVEL="DEBUG")
+    del environ["CD_STATE_FLUSH_INTERVAL"]  # the default: 15 min
+    watch = PipedWatch(environ, world.root)
+    piped_watches.append(watch)
+
+    wait_for(lambda: world.served() == "1.0.0", timeout=90, what="1.0.0 served")
+    wait_for(lambda: version_of(state_json(world)["current"]) == "1.0.0", timeout=30, what="1.0.0 recorded")
+    wait_for(lambda: watch.idle_polls() >= 1, timeout=30, what="a first idle poll")
+    first_recorded = state_json(world)["last_poll_at"]
+
+    # the idle window: IDLE_POLLS polls that find nothing new
+    polls, lines = watch.idle_polls(), len(watch.lines)
+    files, written = state_files(world), write_bytes(watch.process.pid)
+    wait_for(lambda: watch.idle_polls() >= polls + IDLE_POLLS, timeout=60, what=f"{IDLE_POLLS} idle polls")
+    assert write_bytes(watch.process.pid) - written == 0
+    assert state_files(world) == files
+    idle_lines = watch.lines[lines:]
+    assert idle_lines and all("| DEBUG " in line for line in idle_lines), "".join(idle_lines)
+    assert state_json(world)["last_poll_at"] == first_recorded  # still the one written 15 min ago (or less)
+
+    # a deploy is recorded by the time it is served, whatever the flush interval
+    world.releases.push("1.0.1")
+    wait_for(lambda: version_of(state_json(world)["current"]) == "1.0.1", timeout=90, what="1.0.1 recorded")
+    assert world.served() == "1.0.1"
+
+    # at the stop, the last poll is written: `cd-agent status` shows it after the agent has gone
+    polled_before_stop = watch.idle_polls()
+    wait_for(lambda: watch.idle_polls() > polled_before_stop, timeout=30, what="an idle poll after the deploy")
+    assert watch.stop() == 0
+    assert state_json(world)["last_poll_at"] > first_recorded

@@ -1,0 +1,96 @@
+"""DISK_MIN_FREE: a deploy or CI run that would start on a nearly full disk ends at once with a "disk" failure.
+
+A nearly full Docker data root cannot be made here without a second dockerd (the engine's data root is
+fixed at its start), so the free-space reading is set through its seam (``shared.disk.FreeSpace``); the
+deployer, the engine, the registry and the pipeline are real. ``engine_free_space`` is read for real too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cd_agent.docker_gateway import DockerGateway
+from shared.disk import DiskFloor, DiskReading, engine_free_space
+from shared.notify import Notifier
+from tests.support.cd_apps import CdWorld, build_deployer
+
+pytestmark = pytest.mark.docker
+
+NEARLY_FULL = DiskReading("/var/lib/docker", 1_200_000_000)
+
+
+def test_the_real_reading_is_the_engine_data_root_on_this_machine() -> None:
+    docker = DockerGateway.from_env()
+    try:
+        reading = engine_free_space(docker.data_root)()
+    finally:
+        docker.close()
+    assert isinstance(reading, DiskReading), reading
+    assert reading.path == docker_root() and reading.free > 0
+
+
+def docker_root() -> str:
+    docker = DockerGateway.from_env()
+    try:
+        root = docker.data_root()
+    finally:
+        docker.close()
+    assert root
+    return root
+
+
+@pytest.mark.reliability(
+    "A new release while the disk where Docker keeps its data is nearly full (1.2 GB free, DISK_MIN_FREE=2GB; "
+    "the reading set through its seam: no second dockerd here)",
+    "the deploy fails at once at step `disk` with the free space, the floor and what to prune, and the usual "
+    "email; nothing is pulled or tagged, the old release keeps serving and stays the current one",
+)
+def test_a_deploy_on_a_nearly_full_disk_pulls_nothing_and_says_what_to_prune(
+    cd_world: CdWorld, docker_client: Any
+) -> None:
+    world = cd_world
+    world.releases.push("1.0.0")
+    world.deploy_first("1.0.0")
+    world.releases.push("1.1.0")
+
+    deployer = build_deployer(
+        world.settings(), Notifier(world.mailer, attempts=1),
+        disk=DiskFloor(2_000_000_000, lambda: NEARLY_FULL),
+    )
+    try:
+        report = deployer.deploy("1.1.0")
+        deployer.notifier.close(5)
+        assert report.outcome == "failed" and report.failed_step == "disk"
+        assert report.error is not None
+        assert "only 1.2 GB free where Docker keeps its data (/var/lib/docker)" in report.error
+        assert "DISK_MIN_FREE=2.0 GB" in report.error and "docker builder prune" in report.error
+        # nothing pulled, nothing swapped: the old release serves and is still the current one
+        assert world.served() == "1.0.0"
+        assert deployer.state.current is not None and deployer.state.current.version == "1.0.0"
+        assert not docker_client.images.list(name=f"{world.releases.repository}:1.1.0")
+        run = deployer.runs.get(report.run or 0)
+        assert run is not None and run.status == "failed" and run.failed_step == "disk"
+        # the usual failure email
+        assert world.mailer.sent and "1.1.0" in world.mailer.sent[-1].subject
+        assert "only 1.2 GB free" in world.mailer.sent[-1].body
+    finally:
+        deployer.state.close()
+        deployer.runs.close()
+
+
+def test_with_room_on_the_disk_the_deploy_goes_ahead(cd_world: CdWorld) -> None:
+    world = cd_world
+    world.releases.push("1.0.0")
+    deployer = build_deployer(
+        world.settings(), Notifier(world.mailer, attempts=1),
+        disk=DiskFloor(2_000_000_000, lambda: DiskReading("/var/lib/docker", 50_000_000_000)),
+    )
+    try:
+        assert deployer.deploy("1.0.0").outcome == "deployed"
+        assert world.served() == "1.0.0"
+    finally:
+        deployer.notifier.close(5)
+        deployer.state.close()
+        deployer.runs.close()
