@@ -21,7 +21,6 @@ from cd_agent.docker_gateway import DockerGateway
 from cd_agent.errors import DeployError, DockerUnavailable, NothingToDeploy
 from cd_agent.fleet_platforms import FleetPlatformCheck
 from cd_agent.platform_check import PlatformCheck
-from cd_agent.proxy import DockerProxyEngine, ProxyController, ProxyStateFile
 from cd_agent.report import DeployReport
 from cd_agent.settings import CdAgentSettings
 from cd_agent.state import DeployState
@@ -108,8 +107,7 @@ def open_agent(
         docker = _docker_gateway(docker_away_fails_the_run, target.platform)
         stack.callback(docker.close)
         deployer = Deployer(
-            target, docker, state, runs, notifier, proxy=proxy_for(target, docker),
-            log_retention=settings.log_retention_runs, siblings=siblings,
+            target, docker, state, runs, notifier, log_retention=settings.log_retention_runs, siblings=siblings,
             disk=DiskFloor(settings.disk_min_free, engine_free_space(docker.data_root)),
         )
         yield Agent(
@@ -130,20 +128,6 @@ def _docker_gateway(unreachable_ok: bool, platform: str | None) -> DockerGateway
     return DockerGateway(docker.DockerClient(
         **docker.utils.kwargs_from_env(), version=docker.constants.DEFAULT_DOCKER_API_VERSION, timeout=120
     ), platform=platform)
-
-
-def proxy_for(target: AppTarget, docker: DockerGateway) -> ProxyController | None:
-    """The blue-green proxy (its upstream kept in the app's ``proxy.json``); None for the other strategies."""
-    if target.strategy != "blue-green":
-        return None
-    return ProxyController(
-        DockerProxyEngine(docker.client),
-        ProxyStateFile(target.paths.proxy_state),
-        app=target.container_name,
-        image=target.proxy_image,
-        ports=list(target.ports),
-        grace_period_s=target.proxy_grace,
-    )
 
 
 def _close_notifier(notifier: Notifier) -> None:

@@ -83,12 +83,11 @@ class Deployer:
         self._siblings = tuple(siblings)
         self._disk = disk  # DISK_MIN_FREE: no deploy starts (nothing is pulled) on a nearly full disk
         context = DeployContext(target, docker, state, clock, monotonic, sleep, on_phase, self._siblings_keep)
-        if target.strategy == "swarm" and swarm is None:
-            from cd_agent.swarm_services import DockerSwarm
-
-            swarm = DockerSwarm.from_env()
-        self.swarm = swarm
         row = STRATEGIES[target.strategy]
+        if proxy is None and swarm is None:  # no fakes handed in: the strategy's real adapters, if any
+            made = row.adapters(target, docker)
+            proxy, swarm = made.proxy, made.swarm
+        self.swarm = swarm
         parts = Parts(health=self._health, runs=runs, proxy=proxy, swarm=swarm, compose=compose)
         self._strategy: Strategy = row.build(context, parts)
         self._recovery = row.recovery(context, parts, self._strategy)

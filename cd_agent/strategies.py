@@ -8,7 +8,9 @@ blue-green proxy and the Swarm modules need it), which only a deploy process doe
 - ``recovery``: what reconciles an interrupted deploy of that strategy (given the built strategy);
 - ``check``: settings the strategy cannot work with, refused at start-up (``ValueError``, no Docker); it
   gets the app's fields validated so far (``cd_ports``, ``cd_networks``: text as the user wrote it);
-- ``status``: what ``cd-agent status`` adds for the strategy (the Swarm service), or None.
+- ``status``: what ``cd-agent status`` adds for the strategy (the Swarm service), or None;
+- ``adapters``: the strategy's real adapters (the blue-green proxy controller, the Swarm services), made
+  from the app and the engine when the deployer was handed none (tests hand it fakes).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from cd_agent.apps import AppTarget
     from cd_agent.blue_green import Proxy
     from cd_agent.compose_project import ComposeRunner
+    from cd_agent.engine import Engine
     from cd_agent.health import HealthChecker
     from cd_agent.report import DeployReport
     from cd_agent.strategy import DeployContext
@@ -59,11 +62,24 @@ class Parts:
 
 
 @dataclass(frozen=True)
+class Adapters:
+    """The adapters a strategy talks to besides the engine; None where the strategy needs none."""
+
+    proxy: Proxy | None = None
+    swarm: SwarmServices | None = None
+
+
+def _no_adapters(target: AppTarget, engine: Engine) -> Adapters:
+    return Adapters()
+
+
+@dataclass(frozen=True)
 class StrategyRow:
     build: Callable[[DeployContext, Parts], Strategy]
     recovery: Callable[[DeployContext, Parts, Strategy], Reconciles]
     check: Callable[[Mapping[str, Any]], None]
     status: Callable[[AppTarget], dict[str, Any]] | None = None
+    adapters: Callable[[AppTarget, Engine], Adapters] = _no_adapters
 
 
 def _build_swap(context: DeployContext, parts: Parts) -> Strategy:
@@ -89,6 +105,23 @@ def _build_blue_green(context: DeployContext, parts: Parts) -> Strategy:
     if parts.proxy is None:
         raise DeployError("CD_STRATEGY=blue-green needs the proxy controller")
     return BlueGreen(context, parts.proxy, health=parts.health)
+
+
+def _blue_green_adapters(target: AppTarget, engine: Engine) -> Adapters:
+    """The proxy controller over the engine's own Docker client; its upstream kept in the app's ``proxy.json``."""
+    from cd_agent.docker_gateway import DockerGateway
+    from cd_agent.proxy import DockerProxyEngine, ProxyController, ProxyStateFile
+
+    if not isinstance(engine, DockerGateway):
+        raise DeployError("CD_STRATEGY=blue-green needs the proxy controller (none was given with this engine)")
+    return Adapters(proxy=ProxyController(
+        DockerProxyEngine(engine.client),
+        ProxyStateFile(target.paths.proxy_state),
+        app=target.container_name,
+        image=target.proxy_image,
+        ports=list(target.ports),
+        grace_period_s=target.proxy_grace,
+    ))
 
 
 def _check_blue_green(fields: Mapping[str, Any]) -> None:
@@ -120,6 +153,12 @@ def _services(parts: Parts) -> SwarmServices:
     if parts.swarm is None:
         raise DeployError("CD_STRATEGY=swarm needs the Swarm services")
     return parts.swarm
+
+
+def _swarm_adapters(target: AppTarget, engine: Engine) -> Adapters:
+    from cd_agent.swarm_services import DockerSwarm
+
+    return Adapters(swarm=DockerSwarm.from_env())
 
 
 def _swarm_status(target: AppTarget) -> dict[str, Any]:
@@ -191,8 +230,13 @@ def _no_check(fields: Mapping[str, Any]) -> None:
 
 STRATEGIES: dict[str, StrategyRow] = {
     "swap": StrategyRow(build=_build_swap, recovery=_recover_containers, check=_no_check),
-    "blue-green": StrategyRow(build=_build_blue_green, recovery=_recover_containers, check=_check_blue_green),
-    "swarm": StrategyRow(build=_build_swarm, recovery=_recover_swarm, check=_check_swarm, status=_swarm_status),
+    "blue-green": StrategyRow(
+        build=_build_blue_green, recovery=_recover_containers, check=_check_blue_green, adapters=_blue_green_adapters
+    ),
+    "swarm": StrategyRow(
+        build=_build_swarm, recovery=_recover_swarm, check=_check_swarm, status=_swarm_status,
+        adapters=_swarm_adapters,
+    ),
     # The compose files themselves are checked by CdSettings (CD_COMPOSE_FILE runs `compose config`).
     "compose": StrategyRow(
         build=_build_compose, recovery=_recover_compose, check=_check_compose, status=_compose_status

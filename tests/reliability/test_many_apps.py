@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 
 import pytest
 
 from shared.runstore import RunStore
 from tests.support.cd_apps import CdWorld, WatchProcess, cd_agent, version_of
+from tests.support.fault_proxy import Fault, FaultProxy
 from tests.support.many_apps import AppsFile
 from tests.support.polling import wait_for
+from tests.support.registry_server import RegistryServer
 
 pytestmark = pytest.mark.docker
 
@@ -176,5 +178,108 @@ def test_a_reload_keeps_the_running_apps_on_a_bad_file_and_takes_a_good_one(
     wait_for(lambda: added.served() == "1.1.0", timeout=60, what="the remaining app deployed 1.1.0")
     assert first.served() == "1.1.0"  # not watched any more, and left running
     observed(refused[0].split(" - ", 1)[-1])
+    assert watch.stop() == 0
+    assert "Traceback" not in watch.log()
+
+
+@pytest.fixture
+def fault_proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
+    server = FaultProxy(registry.url)
+    yield server
+    server.close()
+
+
+def line_index(watch: WatchProcess, text: str) -> int:
+    """Where the first log line containing ``text`` is in the watcher's log (-1: not there)."""
+    return next((i for i, line in enumerate(watch.log().splitlines()) if text in line), -1)
+
+
+@pytest.mark.reliability(
+    "Two apps under one `cd-agent watch`; one app's registry stalls (every `tags/list` request accepted and "
+    "never answered) while the other app gets a new release",
+    "the other app's release is found and deployed while the stalled app's polls are still hanging: the "
+    "stalled app never holds up another app's polls (each app polls on its own thread)",
+)
+def test_a_stalled_registry_of_one_app_never_delays_another_apps_deploy(
+    cd_world: CdWorld, new_world: Callable[[], CdWorld], apps_file: AppsFile, watches: list[WatchProcess],
+    fault_proxy: FaultProxy, registry: RegistryServer, observed: Observed,
+) -> None:
+    stalled, other = cd_world, new_world()
+    for world in (stalled, other):
+        world.releases.push("1.0.0")
+    # The stalled app reaches the registry (and dockerd pulls its image) only through the proxy.
+    apps_file.add(stalled, CD_POLL_INTERVAL="1",
+                  CD_IMAGE=stalled.releases.repository.replace(registry.host, fault_proxy.host, 1))
+    apps_file.add(other, CD_POLL_INTERVAL="1")
+    apps_file.write()
+    watch = WatchProcess(apps_file.environ(LOG_LEVEL="DEBUG"), apps_file.root)
+    watches.append(watch)
+    for world in (stalled, other):
+        wait_for(partial(at_version, apps_file, world, "1.0.0"), timeout=120, what=f"1.0.0 deployed to {world.name}")
+
+    fault_proxy.script(r"/tags/list", forever=Fault.hang(600))
+    wait_for(lambda: "hang" in fault_proxy.outcomes(r"/tags/list"), timeout=30, what="the stalled app's poll hanging")
+    stall_seen = len(fault_proxy.outcomes(r"/tags/list"))
+    stalled_polls_before = len(watch.lines(f"[{stalled.name}] poll:"))
+    other.releases.push("1.1.0")
+
+    wait_for(lambda: at_version(apps_file, other, "1.1.0"), timeout=90, what="the other app at 1.1.0")
+    assert other.served() == "1.1.0"
+    # While the other app found and deployed its release, the stalled app never finished a poll: every
+    # tags/list it sent since the stall began is hanging or was dropped by its client's timeout.
+    assert set(fault_proxy.outcomes(r"/tags/list")[stall_seen - 1:]) == {"hang"}
+    assert len(watch.lines(f"[{stalled.name}] poll:")) == stalled_polls_before
+    found = line_index(watch, f"[{other.name}] new release 1.1.0")
+    assert 0 <= found < line_index(watch, f"[{other.name}] deployed 1.1.0")
+    assert stalled.served() == "1.0.0" and current(apps_file, stalled) == "1.0.0"
+    hung = len(fault_proxy.outcomes(r"/tags/list")) - stall_seen + 1
+    observed(f"{other.name}: 1.1.0 found and deployed while {stalled.name}'s registry stalled "
+             f"({hung} tags/list request(s) of {stalled.name} hanging or timed out meanwhile, none answered)")
+    fault_proxy.clear()
+    assert watch.stop() == 0
+    assert "Traceback" not in watch.log()
+
+
+@pytest.mark.reliability(
+    "Two apps under one `cd-agent watch` with `CD_MAX_PARALLEL_DEPLOYS=2`; one app deploys a release that "
+    "never answers its health check while the other app gets a new release",
+    "the other app's release is deployed while the first app's deploy still waits at its health check; the "
+    "first app then rolls back and quarantines its release (with the default of 1, the other app waits for "
+    "the deploy slot by design)",
+)
+def test_with_two_deploy_slots_a_stuck_deploy_never_delays_another_apps_deploy(
+    cd_world: CdWorld, new_world: Callable[[], CdWorld], apps_file: AppsFile, watches: list[WatchProcess],
+    observed: Observed,
+) -> None:
+    stuck, other = cd_world, new_world()
+    for world in (stuck, other):
+        world.releases.push("1.0.0")
+    # A health URL: without one a running container is healthy, and the silent release would pass.
+    apps_file.add(stuck, CD_POLL_INTERVAL="1", CD_HEALTH_TIMEOUT="30", CD_HEALTH_URL=stuck.url)
+    apps_file.add(other, CD_POLL_INTERVAL="1")
+    apps_file.write()
+    watch = WatchProcess(apps_file.environ(CD_MAX_PARALLEL_DEPLOYS="2"), apps_file.root)
+    watches.append(watch)
+    for world in (stuck, other):
+        wait_for(partial(at_version, apps_file, world, "1.0.0"), timeout=120, what=f"1.0.0 deployed to {world.name}")
+
+    def stuck_phase() -> str | None:
+        return (apps_file.state(stuck.name)["deploy_in_progress"] or {}).get("phase")
+
+    stuck.releases.push("1.1.0", "silent")
+    wait_for(lambda: stuck_phase() == "new_started", timeout=90, what="the stuck app's deploy at its health check")
+    other.releases.push("1.1.0")
+
+    wait_for(lambda: at_version(apps_file, other, "1.1.0"), timeout=90, what="the other app at 1.1.0")
+    # The stuck app's deploy was still at its health check when the other app's deploy was recorded.
+    assert stuck_phase() == "new_started"
+    assert other.served() == "1.1.0"
+    assert watch.lines("waits for a deploy slot") == []
+    wait_for(lambda: quarantined(apps_file, stuck) == ["1.1.0"], timeout=90, what="the stuck 1.1.0 quarantined")
+    assert stuck.served() == "1.0.0" and current(apps_file, stuck) == "1.0.0"
+    log = watch.log()
+    assert 0 <= log.find(f"[{other.name}] deployed 1.1.0") < log.find(f"[{stuck.name}] deploy of 1.1.0")
+    observed(f"{other.name}: 1.1.0 deployed while {stuck.name}'s 1.1.0 waited at its health check; "
+             f"{stuck.name}: 1.1.0 then rolled back and quarantined")
     assert watch.stop() == 0
     assert "Traceback" not in watch.log()

@@ -30,7 +30,6 @@ from typing import Any, Literal
 import httpx
 import pytest
 
-from cd_agent.agent import proxy_for
 from cd_agent.apps import AppTarget, single_target
 from cd_agent.deployer import Deployer
 from cd_agent.docker_gateway import DockerGateway
@@ -422,7 +421,6 @@ def build_deployer(settings: CdSettings, notifier: Notifier, **kwargs: Any) -> D
         DeployState(target.paths.state),
         RunStore(target.paths.runs),
         notifier,
-        proxy=proxy_for(target, docker),
         log_retention=settings.log_retention_runs,
         **kwargs,
     )
