@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 PRIVATE_DIR_MODE = 0o700
@@ -75,27 +76,37 @@ def prepare_private_database(path: Path) -> None:
     Run before ``sqlite3.connect``: SQLite creates a new database with mode 0644 & ~umask, and gives
     its ``-wal``/``-shm``/``-journal`` files the database's mode. Companions left from an earlier,
     wider-open start are narrowed too.
+
+    An existing file is narrowed by path, never opened: closing any descriptor of a file drops every
+    POSIX lock this *process* holds on it, so opening and closing a database (or its ``-shm``) that
+    another connection of the process has open pulled SQLite's locks from under it ("disk I/O error"
+    in the CD status page's reads while the watcher wrote).
     """
     make_private_dirs(path.parent)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    except FileExistsError:
+        _narrow_path(path)
     except OSError as exc:
-        # Someone else's database, or a read-only file system: SQLite may still open it for reading,
-        # and says what is wrong if it cannot. A database that could not be created is an error.
+        # Someone else's folder, or a read-only file system: SQLite may still open an existing database
+        # for reading, and says what is wrong if it cannot. A database that could not be created is an error.
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and path.is_file():
             return
         raise
-    try:
-        narrow_to_private(fd)
-    finally:
-        os.close(fd)
-    for suffix in SQLITE_SIDECARS:
-        sidecar = path.with_name(path.name + suffix)
-        try:
-            fd = os.open(sidecar, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError:
-            continue  # absent (the usual case), or not ours to open: SQLite reports what matters
+    else:
         try:
             narrow_to_private(fd)
         finally:
-            os.close(fd)
+            os.close(fd)  # a new file: no lock of this process on it yet
+    for suffix in SQLITE_SIDECARS:
+        _narrow_path(path.with_name(path.name + suffix))
+
+
+def _narrow_path(path: Path) -> None:
+    """``chmod 600`` a regular file that exists and is wider; anything else (absent, a link, not ours) is left."""
+    try:
+        info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) != PRIVATE_FILE_MODE:
+            os.chmod(path, PRIVATE_FILE_MODE)
+    except OSError:
+        pass  # a fix-up, never a reason to fail: SQLite reports what matters

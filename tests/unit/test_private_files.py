@@ -7,6 +7,7 @@ the modes back from the file system.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import stat
@@ -154,3 +155,30 @@ def test_a_database_this_user_may_only_read_is_left_for_sqlite_to_open() -> None
         assert mode(path) == 0o644  # not ours to change
     finally:
         shutil.rmtree(folder)
+
+
+def test_preparing_an_open_database_again_keeps_this_processs_locks_on_it(tmp_path):
+    # Closing any descriptor of a file drops every POSIX lock the process holds on it: preparing the
+    # database again (the CD status page opens the state the watcher has open) must not open it, or
+    # SQLite's locks vanish from under the other connection ("disk I/O error").
+    database = tmp_path / "cd.sqlite3"
+    prepare_private_database(database)
+    shm = tmp_path / "cd.sqlite3-shm"
+    shm.write_bytes(b"\0" * 64)
+    shm.chmod(0o644)
+    handles = [open(path, "r+b") for path in (database, shm)]  # held for the whole test
+    try:
+        for handle in handles:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        prepare_private_database(database)
+        probe = (
+            "import fcntl, sys\n"
+            "with open(sys.argv[1], 'r+b') as f:\n    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)"
+        )
+        for path in (database, shm):
+            other = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, check=False)
+            assert other.returncode != 0, f"{path.name}: another process locked it: this process's lock was dropped"
+        assert stat.S_IMODE(shm.stat().st_mode) == 0o600  # still narrowed, by path
+    finally:
+        for handle in handles:
+            handle.close()
