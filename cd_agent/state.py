@@ -18,7 +18,7 @@ the command line may share an instance.
 Poll bookkeeping (last poll, next poll, last error) is what an idle watcher would write on every poll,
 wearing an SD card for nothing. With ``poll_flush_interval`` (``CD_STATE_FLUSH_INTERVAL``, what
 ``cd-agent watch`` passes) it is kept in memory, read back from there by this process, and written at
-most once per interval (the first poll at once, so ``cd-agent status`` soon shows one) and at ``close``;
+most once per interval (the first poll at once, whole, so ``cd-agent status`` soon shows it) and at ``close``;
 ``0`` writes it at every change, as before. Everything else (releases, quarantine, journal) is written
 and committed at once, always.
 """
@@ -161,6 +161,9 @@ class DeployState:
         self._polls: dict[str, str | None] | None = None  # the bookkeeping as this process knows it
         self._polls_dirty = False
         self._polls_flushed_at: float | None = None
+        # The first poll is written whole (last poll or error, and the next poll), so `cd-agent status`
+        # shows it at once; after that, at most once per interval.
+        self._first_poll_written = False
         try:
             prepare_private_database(path)  # 0600 in a 0700 folder, whatever the umask
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
@@ -314,7 +317,7 @@ class DeployState:
         self._polls[column] = value
         self._polls_dirty = True
         flushed = self._polls_flushed_at
-        if flushed is None or self._monotonic() - flushed >= self._flush_interval:
+        if not self._first_poll_written or flushed is None or self._monotonic() - flushed >= self._flush_interval:
             self.flush_polls()
 
     def flush_polls(self) -> None:
@@ -330,6 +333,7 @@ class DeployState:
             )
         self._polls_dirty = False
         self._polls_flushed_at = self._monotonic()
+        self._first_poll_written = self._first_poll_written or values["next_poll_at"] is not None
 
     # journal of the deploy in progress
 

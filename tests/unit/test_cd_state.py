@@ -125,34 +125,53 @@ def _persisted(path: Path) -> tuple[object, object, object]:
             None if row[1] is None else datetime.fromisoformat(row[1]), row[2])
 
 
+def _poll(state: DeployState, minute: int, error: str | None = None) -> None:
+    """What the watcher records of one poll, in its order."""
+    if error is None:
+        state.set_last_poll_at(T0.replace(minute=minute))
+    state.set_last_error(error)
+    state.set_next_poll_at(T0.replace(minute=minute + 1))
+
+
 def test_poll_bookkeeping_is_written_at_most_once_per_flush_interval(tmp_path: Path) -> None:
     path = tmp_path / "cd.sqlite3"
     clock = FakeMonotonic()
     state = DeployState(path, poll_flush_interval=900, monotonic=clock)
     try:
-        state.set_last_poll_at(T0)  # the first poll is written at once: status soon shows one
-        assert _persisted(path) == (T0, None, None)
+        _poll(state, 0)  # the first poll is written at once, whole: status shows it and the next poll
+        assert _persisted(path) == (T0, T0.replace(minute=1), None)
         for minute in range(1, 15):
             clock.now += 60
-            state.set_last_poll_at(T0.replace(minute=minute))
-            state.set_last_error(None)
+            _poll(state, minute)
         # this process sees every poll; the file still holds the first
         assert state.last_poll_at == T0.replace(minute=14)
-        assert _persisted(path) == (T0, None, None)
+        assert _persisted(path) == (T0, T0.replace(minute=1), None)
         clock.now += 60  # 15 min since the last write
         state.set_last_poll_at(T0.replace(minute=15))
-        assert _persisted(path) == (T0.replace(minute=15), None, None)
+        assert _persisted(path)[0] == T0.replace(minute=15)
         state.set_last_error("registry unreachable")  # in memory until the next flush or the close
         assert _persisted(path)[2] is None
     finally:
         state.close()
-    assert _persisted(path) == (T0.replace(minute=15), None, "registry unreachable")
+    assert _persisted(path)[::2] == (T0.replace(minute=15), "registry unreachable")
+
+
+def test_a_first_poll_that_failed_is_written_whole_too(tmp_path: Path) -> None:
+    # The registry unreachable from the start: status still shows the error and when the next poll comes.
+    path = tmp_path / "cd.sqlite3"
+    clock = FakeMonotonic()
+    with DeployState(path, poll_flush_interval=900, monotonic=clock) as state:
+        _poll(state, 0, error="registry unreachable")
+        assert _persisted(path) == (None, T0.replace(minute=1), "registry unreachable")
+        clock.now += 60
+        _poll(state, 1, error="registry unreachable")
+        assert _persisted(path) == (None, T0.replace(minute=1), "registry unreachable")
 
 
 def test_state_that_matters_is_written_at_once_whatever_the_flush_interval(tmp_path: Path) -> None:
     path = tmp_path / "cd.sqlite3"
     with DeployState(path, poll_flush_interval=900, monotonic=FakeMonotonic()) as state:
-        state.set_last_poll_at(T0)
+        _poll(state, 0)
         state.set_last_poll_at(T0.replace(minute=1))
         state.record_deployed(Release("1.1.0", "sha256:b"), None)
         state.quarantine("1.2.0", "unhealthy", since=T0)
