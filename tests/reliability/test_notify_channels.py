@@ -122,7 +122,8 @@ def test_a_deploy_is_announced_and_a_failing_channel_does_not_fail_it(
              f"{len(failing.requests)} attempts at the 500 server, {len(failures)} log line")
     assert result.returncode == 0, result.stderr
     assert cd_world.served() == "1.0.0"
-    assert (payload["topic"], payload["title"]) == ("pi-deploys", "deployed 1.0.0")
+    # the app's name first: one agent may deploy many apps (its one app is named by CD_CONTAINER_NAME)
+    assert (payload["topic"], payload["title"]) == ("pi-deploys", f"[{cd_world.name}] deployed 1.0.0")
     assert "is running as" in payload["message"]
     assert len(failing.requests) == 3
     assert len(failures) == 1
@@ -164,7 +165,7 @@ def test_a_rollback_is_announced_with_the_container_log(
     observed(f"exit {result.returncode}, serving {cd_world.served()}; posted {first.form()['title']!r}, then "
              f"{form['title']!r} ({form['type']})")
     assert cd_world.served() == "1.0.0"
-    assert first.form()["title"] == "deployed 1.0.0"
-    assert form["title"] == "deploy of 1.0.1 failed: rolled back to 1.0.0"
+    assert first.form()["title"] == f"[{cd_world.name}] deployed 1.0.0"
+    assert form["title"] == f"[{cd_world.name}] deploy of 1.0.1 failed: rolled back to 1.0.0"
     assert form["type"] == "failure"
     assert "cannot open /etc/app.conf" in form["message"]
