@@ -220,7 +220,6 @@ def test_a_stalled_registry_of_one_app_never_delays_another_apps_deploy(
     fault_proxy.script(r"/tags/list", forever=Fault.hang(600))
     wait_for(lambda: "hang" in fault_proxy.outcomes(r"/tags/list"), timeout=30, what="the stalled app's poll hanging")
     stall_seen = len(fault_proxy.outcomes(r"/tags/list"))
-    stalled_polls_before = len(watch.lines(f"[{stalled.name}] poll:"))
     other.releases.push("1.1.0")
 
     wait_for(lambda: at_version(apps_file, other, "1.1.0"), timeout=90, what="the other app at 1.1.0")
@@ -228,9 +227,14 @@ def test_a_stalled_registry_of_one_app_never_delays_another_apps_deploy(
     # While the other app found and deployed its release, the stalled app never finished a poll: every
     # tags/list it sent since the stall began is hanging or was dropped by its client's timeout.
     assert set(fault_proxy.outcomes(r"/tags/list")[stall_seen - 1:]) == {"hang"}
-    assert len(watch.lines(f"[{stalled.name}] poll:")) == stalled_polls_before
+    # The state says 1.1.0 a moment before its log line has come through the watcher's pipe.
+    wait_for(lambda: line_index(watch, f"[{other.name}] deployed 1.1.0") >= 0, timeout=30, what="the deployed line")
     found = line_index(watch, f"[{other.name}] new release 1.1.0")
     assert 0 <= found < line_index(watch, f"[{other.name}] deployed 1.1.0")
+    # Judged by the log's order, not by counting lines at a moment: the watcher's output reaches the
+    # test through a pipe, so a poll line written before the stall may be read a moment later.
+    finished = [line for line in watch.log().splitlines()[found:] if f"[{stalled.name}] poll:" in line]
+    assert not finished, finished
     assert stalled.served() == "1.0.0" and current(apps_file, stalled) == "1.0.0"
     hung = len(fault_proxy.outcomes(r"/tags/list")) - stall_seen + 1
     observed(f"{other.name}: 1.1.0 found and deployed while {stalled.name}'s registry stalled "
@@ -277,6 +281,8 @@ def test_with_two_deploy_slots_a_stuck_deploy_never_delays_another_apps_deploy(
     assert watch.lines("waits for a deploy slot") == []
     wait_for(lambda: quarantined(apps_file, stuck) == ["1.1.0"], timeout=90, what="the stuck 1.1.0 quarantined")
     assert stuck.served() == "1.0.0" and current(apps_file, stuck) == "1.0.0"
+    # The state is recorded a moment before the log line has come through the watcher's pipe.
+    wait_for(lambda: f"[{stuck.name}] deploy of 1.1.0" in watch.log(), timeout=30, what="the stuck deploy's end line")
     log = watch.log()
     assert 0 <= log.find(f"[{other.name}] deployed 1.1.0") < log.find(f"[{stuck.name}] deploy of 1.1.0")
     observed(f"{other.name}: 1.1.0 deployed while {stuck.name}'s 1.1.0 waited at its health check; "
