@@ -403,8 +403,14 @@ def test_cd_agent_unit_under_systemd(cd_world: CdWorld, systemd_host: SystemdHos
     # The README's way to run `cd-agent status` next to the service (as picicd, with its settings).
     alias = re.search(r"^alias cd-agent=.*$", readme_section(), re.M)
     assert alias, "the README's systemd section lost its cd-agent alias"
-    status = json.loads(host.sh(f"{alias.group(0)}\ncd-agent status --json"))
-    assert status["current"]["version"] == "1.0.0", status
+    status_command = f"{alias.group(0)}\ncd-agent status --json"
+
+    # Served comes before kept: the release is recorded as current once its health check passed.
+    def current() -> str:
+        status = json.loads(host.sh(status_command))
+        return str((status["current"] or {}).get("version", ""))
+
+    wait_for(lambda: current() == "1.0.0", timeout=60, interval=0.3, what="cd-agent status naming 1.0.0 as current")
     assert host.sh("find /var/lib/pi-cicd/cd ! -user picicd") == "", "files not owned by picicd in the state"
 
     kill_and_wait_restart(host, "cd-agent", pid)
