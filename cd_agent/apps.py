@@ -133,6 +133,15 @@ class AppTarget:
             return {"username": self.registry_username, "password": self.registry_password.get_secret_value()}
         return None
 
+    @property
+    def runs_as(self) -> str:
+        """What the deploy replaces, as its log names it: each strategy's runtime object."""
+        if self.strategy == "swarm":
+            return f"swarm service {self.service}"
+        if self.strategy == "compose":
+            return f"compose service {self.compose_service} of project {self.compose_project}"
+        return f"container {self.container_name}"
+
     def describe(self) -> str:
         """``web (registry/me/web, blue-green)``: how the watcher's log names the app."""
         return f"{self.name} ({self.image.name}, {self.strategy})"

@@ -149,8 +149,8 @@ class Deployer:
         )
         with self._lifecycle.open(run, scope, version=version) as opened:
             log = opened.log
-            log.info("{} {} of {} as container {} (app {}, {})", action, version, target.image.name,
-                     target.container_name, target.name, target.strategy)
+            log.info("{} {} of {} as {} (app {}, {})", action, version, target.image.name,
+                     target.runs_as, target.name, target.strategy)
             try:
                 low = self._disk.problem("pull") if self._disk is not None else None
                 if low is not None:

@@ -164,3 +164,11 @@ def test_emails_name_the_app_first(tmp_path):
     assert render_email(deployed, action="deploy", app="web", **common).subject == "[web] deployed 1.4.0"
     assert (render_email(rolled_back, action="deploy", app="bot", **common).subject
             == "[bot] deploy of 2.0.1 failed: rolled back to 2.0.0")
+
+
+def test_the_deploy_log_names_what_each_strategy_replaces(tmp_path):
+    text = APPS + '\n[apps.fleet]\nimage = "127.0.0.1:5000/me/fleet"\nstrategy = "swarm"\nservice = "fleet-svc"\n'
+    web, bot, fleet = load_targets(environ(tmp_path, CD_APPS_FILE=str(write(tmp_path, text)))).apps
+
+    assert (web.runs_as, bot.runs_as) == ("container web", "container bot")
+    assert fleet.runs_as == "swarm service fleet-svc"
