@@ -82,39 +82,39 @@ class SharedSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    registry_username: str | None = Field(None, description="registry user (Docker Hub user name)")
+    registry_username: str | None = Field(default=None, description="registry user (Docker Hub user name)")
     registry_password: SecretStr | None = Field(
-        None, description="registry password or Docker Hub access token (secret)"
+        default=None, description="registry password or Docker Hub access token (secret)"
     )
 
-    smtp_host: str | None = Field(None, description="SMTP server; unset = email off (said once at start-up)")
-    smtp_port: int = Field(587, description="SMTP port")
-    smtp_username: str | None = Field(None, description="SMTP login user (no login when unset)")
-    smtp_password: SecretStr | None = Field(None, description="SMTP password (secret)")
+    smtp_host: str | None = Field(default=None, description="SMTP server; unset = email off (said once at start-up)")
+    smtp_port: int = Field(default=587, description="SMTP port")
+    smtp_username: str | None = Field(default=None, description="SMTP login user (no login when unset)")
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP password (secret)")
     smtp_security: SmtpSecurity = Field(
-        "starttls",
+        default="starttls",
         description="`starttls`, `ssl` (implicit TLS, usually port 465) or `none` (a login is then sent in clear: "
         "warned about at start-up unless `SMTP_HOST` is loopback)",
     )
-    smtp_timeout: float = Field(10.0, description="seconds per SMTP connection")
-    notify_from: str | None = Field(None, description="sender address")
-    notify_to: tuple[str, ...] = Field((), description="recipients, comma-separated")
+    smtp_timeout: float = Field(default=10.0, description="seconds per SMTP connection")
+    notify_from: str | None = Field(default=None, description="sender address")
+    notify_to: tuple[str, ...] = Field(default=(), description="recipients, comma-separated")
     # Apprise URLs (Telegram, ntfy, ...); split by Apprise itself, since a URL may hold commas.
     notify_urls: SecretStr | None = Field(
-        None,
+        default=None,
         description="Apprise URLs for chat and push notifications (Telegram, ntfy, Gotify, Discord, Slack, Matrix, "
         "...), separated by commas or spaces (secret); needs `pip install 'pi-cicd[apprise]'`; every URL is checked "
         "at start-up (see \"Notifications on a phone\")",
     )
 
-    log_dir: Path = Field(Path("logs"), description="folder of the per-run log files")
-    state_dir: Path = Field(Path("state"), description="run history and state (SQLite)")
-    log_retention_runs: int = Field(200, description="run logs kept per agent; older ones are deleted")
-    log_level: str = Field("INFO", description="console log level")
+    log_dir: Path = Field(default=Path("logs"), description="folder of the per-run log files")
+    state_dir: Path = Field(default=Path("state"), description="run history and state (SQLite)")
+    log_retention_runs: int = Field(default=200, description="run logs kept per agent; older ones are deleted")
+    log_level: str = Field(default="INFO", description="console log level")
     # DISK_MIN_FREE (shared/disk.py): a run or deploy does not start with less free where Docker keeps
     # its data; bytes, written as 2GB, 500MB, 1.5GiB; 0 turns the check off.
     disk_min_free: int = Field(
-        2 * 10**9,
+        default=2 * 10**9,
         description="a run or deploy does not start with less free space where Docker keeps its data (`2GB`, "
         "`500MB`, `1.5GiB`; `0` = no check); it fails at step `disk` (see \"Run on a Pi: SD cards\")",
         json_schema_extra=shown("`2GB`", value="size: bytes, or `2GB`, `500MB`, `1.5GiB`"),
