@@ -353,7 +353,7 @@ class CdSettings(CdAgentSettings):
         default="",
         description="published ports, comma-separated `[HOST_IP:]HOST:CONTAINER[/udp]`, e.g. "
         "`8080:80,127.0.0.1:8443:443`",
-        json_schema_extra=shown("none"),
+        json_schema_extra=shown("none", value="comma-separated list"),
     )
     cd_env_file: Path | None = Field(
         default=None,
@@ -363,14 +363,14 @@ class CdSettings(CdAgentSettings):
     cd_volumes: str = Field(
         default="",
         description="comma-separated `NAME:/path` (named volume) or `/host/path:/path[:ro]` (bind mount)",
-        json_schema_extra=shown("none"),
+        json_schema_extra=shown("none", value="comma-separated list"),
     )
     cd_networks: str = Field(
         default="",
         description="existing networks a container the agent creates joins, comma-separated "
         "`name[:alias[:alias...]]`, e.g. `shop:web,monitoring`; added to the networks the old container was on "
         "(see \"An app and its database\"); not with `swarm`",
-        json_schema_extra=shown("none"),
+        json_schema_extra=shown("none", value="comma-separated list"),
     )
     cd_restart_policy: RestartPolicy = Field(
         default="unless-stopped", description="`unless-stopped`, `always`, `on-failure` or `no`"
@@ -382,7 +382,6 @@ class CdSettings(CdAgentSettings):
         "proxy, switch when healthy, see \"Deploy strategies\"), `swarm` (a Swarm service update, see \"From one "
         "Pi to a fleet\") or `compose` (a service of your compose project, see \"An app and its database, with "
         "compose\")",
-        json_schema_extra=shown(value="`swap`, `blue-green`, `swarm` or `compose`"),
     )
     cd_poll_interval: float = Field(default=60.0, description="seconds between polls (a little jitter is added)")
     cd_health_url: str | None = Field(
@@ -470,7 +469,7 @@ class CdSettings(CdAgentSettings):
         validate_default=True,
         description="`compose`: the project's compose file(s), comma-separated, merged in that order as "
         "`-f a.yml -f b.yml`; checked with `compose config` at start-up",
-        json_schema_extra=shown("required with `compose`"),
+        json_schema_extra=shown("required with `compose`", value="comma-separated list of paths"),
     )
 
     @field_validator("cd_image")

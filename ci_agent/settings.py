@@ -163,7 +163,7 @@ class CiSettings(SharedSettings):
         default="",
         description="build arguments for the test and release builds, `NAME=value,NAME2=value2` (e.g. "
         "`BASE_IMAGE=...`)",
-        json_schema_extra=shown("none"),
+        json_schema_extra=shown("none", value="comma-separated list"),
     )
     # Seconds between two `git ls-remote` of the repository (a Pi GitHub's webhooks cannot reach);
     # unset: no polling. See ci_agent/poller.py.
@@ -180,14 +180,14 @@ class CiSettings(SharedSettings):
         default="",
         description="e.g. `linux/arm64,linux/arm/v7,linux/amd64`: each release is one OCI image index with an "
         "image per platform; see \"Releasing for the Pi from another machine\"",
-        json_schema_extra=shown("unset (the build engine's own platform, one image)"),
+        json_schema_extra=shown("unset (the build engine's own platform, one image)", value="comma-separated list"),
     )
     ci_test_platforms: str = Field(
         default="",
         description="the platforms the tests run on, each in a container of that platform (foreign ones under "
         "QEMU), each with `CI_TEST_TIMEOUT`; must be among `CI_PLATFORMS` when that is set; needs "
         "`CI_TEST_RUNNER=docker`",
-        json_schema_extra=shown("unset (the build engine's own platform)"),
+        json_schema_extra=shown("unset (the build engine's own platform)", value="comma-separated list"),
     )
     # The Docker engine the test and build steps run on (unix://, tcp://, ssh://user@host); unset: the local one.
     ci_build_docker_host: str | None = Field(

@@ -54,14 +54,15 @@ def undocumented(cls: type[BaseModel]) -> list[str]:
     return [f"{cls.__name__}.{name}" for name in cls.model_fields if not field_description(cls, name)]
 
 
-def setting(cls: type[BaseModel], name: str, key: str | None = None) -> Setting:
+def setting(cls: type[BaseModel], name: str, key: str | None = None, *, value: str | None = None) -> Setting:
+    """The row of field ``name``; ``value`` says what it takes where its type cannot (a table's keys)."""
     description = field_description(cls, name)
     if not description:
         raise ValueError(
             f"setting {name.upper()} ({cls.__name__}.{name}) has no description: give the field "
             "Field(description=...), the one line the reference, --help and its errors show"
         )
-    return Setting(name.upper(), key, default_text(cls, name), value_text(cls, name), description)
+    return Setting(name.upper(), key, default_text(cls, name), value or value_text(cls, name), description)
 
 
 def default_text(cls: type[BaseModel], name: str) -> str:
@@ -210,8 +211,14 @@ def cd_settings_page() -> str:
     from cd_agent.apps import APPS_FILE, SECRET_KEYS, SECTION, UNPREFIXED_KEYS
     from cd_agent.apps import FIELD_KEYS as key_of
     from cd_agent.settings import CdAgentSettings, CdSettings
+    from cd_agent.strategies import STRATEGIES
 
-    per_app = [setting(CdSettings, name, key_of[name]) for name in CdSettings.model_fields if name in key_of]
+    # CD_STRATEGY is checked against the table of strategies, not a type: its values are that table's rows.
+    values = {"cd_strategy": _one_of([f"`{name}`" for name in STRATEGIES])}
+    per_app = [
+        setting(CdSettings, name, key_of[name], value=values.get(name))
+        for name in CdSettings.model_fields if name in key_of
+    ]
     agent_wide = [setting(CdAgentSettings, name) for name in CdAgentSettings.model_fields if name not in key_of]
     return (
         header("CD agent settings", ["cd_agent/settings.py", "shared/settings.py", "cd_agent/apps.py"])
