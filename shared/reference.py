@@ -102,8 +102,8 @@ def value_text(cls: type[BaseModel], name: str) -> str:
     return names.get(annotation, str(annotation))
 
 
-def _one_of(items: Sequence[str]) -> str:
-    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+def _one_of(items: Sequence[str], conjunction: str = "or") -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
 
 
 def _cell(text: str) -> str:
@@ -159,84 +159,95 @@ def header(title: str, sources: Iterable[str]) -> str:
     )
 
 
-def _targets_file_text(
-    *, setting_name: str, section: str, agent: str, prefix: str, secret_keys: Iterable[str]
+@dataclass(frozen=True)
+class TargetsFile:
+    """How an agent's apps or repos file maps onto its settings (``cd_agent/apps.py``, ``ci_agent/targets.py``)."""
+
+    program: str  # ci-agent
+    target: str  # repository
+    setting: str  # CI_REPOS_FILE
+    section: str  # repos
+    prefix: str  # CI_
+    unprefixed: Sequence[str]  # shared settings a table may set under their own name
+    secret_keys: Sequence[str]
+    one_target: str  # what the variables describe without the file
+
+
+def settings_page(
+    title: str, sources: Iterable[str], per_target: list[Setting], agent_wide: list[Setting], file: TargetsFile
 ) -> str:
+    """A settings page: the per-target settings with their file keys, the agent-wide ones, the file's rules."""
     from shared.targets_file import NAME_PATTERN
 
-    secrets = ", ".join(f"`{key}`" for key in secret_keys)
     return (
-        f"`{setting_name}` names a TOML file with one `[{section}.NAME]` table per {agent}. The rule is "
-        f"mechanical: a per-{agent} variable `{prefix}X` is the key `x` (`{prefix}IMAGE` is `image`), a shared "
-        "one keeps its name in lower case (`REGISTRY_PASSWORD` is `registry_password`); the key has the same "
-        "meaning, default and validation as the variable. A list may be a TOML list or the environment's "
-        "comma-separated text. "
-        f"An error names the table and the key (`[{section}.web] image is required but not set`).\n\n"
-        f"- `NAME` matches `{NAME_PATTERN.pattern}`: it names the {agent}'s state and log folders and its emails.\n"
+        header(title, sources)
+        + f"`{file.program}` reads its settings once, at start-up: the environment over the file `--env-file` "
+        "names (`.env` by default). A setting's variable is its name in upper case. A bad or missing value stops "
+        "the agent with one message naming every bad variable and what it expects; a secret is never echoed.\n\n"
+        f"## Per {file.target}\n\n"
+        f"Without `{file.setting}` these variables describe {file.one_target}. With it, each is the key of the "
+        f"second column in every `[{file.section}.NAME]` table, and the `{file.prefix}*` ones must not be set in "
+        f"the environment ({_names(file.unprefixed, 'and')} fall back to the environment's).\n\n"
+        + settings_table(per_target, key_header=f"{file.section[:-1]}s-file key")
+        + f"\n## Agent-wide\n\nThe environment (or `.env`) only; one value for every {file.target}.\n\n"
+        + settings_table(agent_wide)
+        + f"\n## The {file.section} file (`{file.setting}`)\n\n"
+        f"`{file.setting}` names a TOML file with one `[{file.section}.NAME]` table per {file.target}. The rule "
+        f"is mechanical: a per-{file.target} variable `{file.prefix}X` is the key `x` (`{file.prefix}IMAGE` is "
+        "`image`), a shared one keeps its name in lower case (`REGISTRY_PASSWORD` is `registry_password`); the "
+        "key has the same meaning, default and validation as the variable. A list may be a TOML list or the "
+        "environment's comma-separated text. An error names the table and the key "
+        f"(`[{file.section}.web] image is required but not set`).\n\n"
+        f"- `NAME` matches `{NAME_PATTERN.pattern}`: it names the {file.target}'s state and log folders and its "
+        "emails.\n"
         "- An unknown key, a top-level key other than the tables, or a value that is not a string, number, "
         "boolean or list is refused at start-up; nothing is ignored silently.\n"
-        f"- A file holding a secret ({secrets}) must be readable by its owner only (`chmod 600`) and belong to "
-        "the agent's user (or root), the way ssh treats a private key.\n"
+        f"- A file holding a secret ({_names(file.secret_keys, 'or')}) must be readable by its owner only "
+        "(`chmod 600`) and belong to the agent's user (or root), the way ssh treats a private key.\n"
         "- The agent reads the file again on SIGHUP (`systemctl reload`).\n"
     )
 
 
+def _names(keys: Iterable[str], conjunction: str) -> str:
+    return _one_of([f"`{key}`" for key in keys], conjunction)
+
+
 def ci_settings_page() -> str:
     from ci_agent.settings import CiSettings
-    from ci_agent.targets import FIELD_KEYS as key_of
-    from ci_agent.targets import SECRET_KEYS, SECTION, SETTING
+    from ci_agent.targets import FIELD_KEYS, SECRET_KEYS, SECTION, SETTING, UNPREFIXED
 
-    per_repo = [setting(CiSettings, name, key_of[name]) for name in CiSettings.model_fields if name in key_of]
-    agent_wide = [setting(CiSettings, name) for name in CiSettings.model_fields if name not in key_of]
-    return (
-        header("CI agent settings", ["ci_agent/settings.py", "shared/settings.py", "ci_agent/targets.py"])
-        + "`ci-agent` reads its settings once, at start-up: the environment over the file `--env-file` names "
-        "(`.env` by default). A setting's variable is its name in upper case. A bad or missing value stops the "
-        "agent with one message naming every bad variable and what it expects; a secret is never echoed.\n\n"
-        "## Per repository\n\n"
-        f"Without `{SETTING}` these variables describe the agent's one repository. With it, each is the key of "
-        f"the second column in every `[{SECTION}.NAME]` table, and the variable must not be set in the "
-        "environment (`registry_username` and `registry_password` fall back to the environment's).\n\n"
-        + settings_table(per_repo, key_header="repos-file key")
-        + "\n## Agent-wide\n\nThe environment (or `.env`) only; one value for every repository.\n\n"
-        + settings_table(agent_wide)
-        + f"\n## The repos file (`{SETTING}`)\n\n"
-        + _targets_file_text(
-            setting_name=SETTING, section=SECTION, agent="repository", prefix="CI_", secret_keys=SECRET_KEYS
-        )
+    fields = CiSettings.model_fields
+    return settings_page(
+        "CI agent settings",
+        ["ci_agent/settings.py", "shared/settings.py", "ci_agent/targets.py"],
+        [setting(CiSettings, name, FIELD_KEYS[name]) for name in fields if name in FIELD_KEYS],
+        [setting(CiSettings, name) for name in fields if name not in FIELD_KEYS],
+        TargetsFile(
+            "ci-agent", "repository", SETTING, SECTION, "CI_", sorted(UNPREFIXED), SECRET_KEYS,
+            "the agent's one repository",
+        ),
     )
 
 
 def cd_settings_page() -> str:
-    from cd_agent.apps import APPS_FILE, SECRET_KEYS, SECTION, UNPREFIXED_KEYS
-    from cd_agent.apps import FIELD_KEYS as key_of
+    from cd_agent.apps import APPS_FILE, FIELD_KEYS, SECRET_KEYS, SECTION, UNPREFIXED_KEYS
     from cd_agent.settings import CdAgentSettings, CdSettings
     from cd_agent.strategies import STRATEGIES
 
     # CD_STRATEGY is checked against the table of strategies, not a type: its values are that table's rows.
     values = {"cd_strategy": _one_of([f"`{name}`" for name in STRATEGIES])}
-    per_app = [
-        setting(CdSettings, name, key_of[name], value=values.get(name))
-        for name in CdSettings.model_fields if name in key_of
-    ]
-    agent_wide = [setting(CdAgentSettings, name) for name in CdAgentSettings.model_fields if name not in key_of]
-    return (
-        header("CD agent settings", ["cd_agent/settings.py", "shared/settings.py", "cd_agent/apps.py"])
-        + "`cd-agent` reads its settings once, at start-up: the environment over the file `--env-file` names "
-        "(`.env` by default). A setting's variable is its name in upper case. A bad or missing value stops the "
-        "agent with one message naming every bad variable and what it expects; a secret is never echoed.\n\n"
-        "## Per app\n\n"
-        f"Without `{APPS_FILE}` these variables describe the agent's one app, named after `CD_CONTAINER_NAME`. "
-        f"With it, each is the key of the second column in every `[{SECTION}.NAME]` table (whose container "
-        "name defaults to `NAME`), and the `CD_*` ones must not be set in the environment "
-        f"({', '.join(f'`{key}`' for key in UNPREFIXED_KEYS)} fall back to the environment's).\n\n"
-        + settings_table(per_app, key_header="apps-file key")
-        + "\n## Agent-wide\n\nThe environment (or `.env`) only; one value for every app.\n\n"
-        + settings_table(agent_wide)
-        + f"\n## The apps file (`{APPS_FILE}`)\n\n"
-        + _targets_file_text(
-            setting_name=APPS_FILE, section=SECTION, agent="app", prefix="CD_", secret_keys=SECRET_KEYS
-        )
+    return settings_page(
+        "CD agent settings",
+        ["cd_agent/settings.py", "shared/settings.py", "cd_agent/apps.py"],
+        [
+            setting(CdSettings, name, FIELD_KEYS[name], value=values.get(name))
+            for name in CdSettings.model_fields if name in FIELD_KEYS
+        ],
+        [setting(CdAgentSettings, name) for name in CdAgentSettings.model_fields if name not in FIELD_KEYS],
+        TargetsFile(
+            "cd-agent", "app", APPS_FILE, SECTION, "CD_", UNPREFIXED_KEYS, SECRET_KEYS,
+            "the agent's one app, named after `CD_CONTAINER_NAME` (with the file: `NAME`)",
+        ),
     )
 
 

@@ -147,3 +147,16 @@ def test_check_says_which_page_differs_and_how_to_regenerate(tmp_path, capsys):
     assert f"docs/reference/cli.md differs from what the code generates: run {reference.COMMAND}" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("name", sorted(reference.pages()))
+def test_every_table_row_has_as_many_cells_as_its_header(name):
+    header_cells = 0
+    for line in reference.pages()[name]().splitlines():
+        if not line.startswith("|"):
+            header_cells = 0
+            continue
+        cells = len(line.replace("\\|", "").split("|")) - 2
+        if header_cells == 0:
+            header_cells = cells
+        assert cells == header_cells, f"{name}: {line}"
