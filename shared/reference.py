@@ -6,14 +6,15 @@
     python -m shared.reference --check  exit 1 (and say which) when a committed page differs
 
 The settings pages are the settings models' fields: the variable (the field's name upper-cased), the
-key of an apps or repos file table (the agents' own key lists, :data:`cd_agent.apps.APP_KEYS` and
-:data:`ci_agent.targets.REPO_KEYS`), the default, the values taken (from the type) and the one-line
+key of an apps or repos file table (the agents' own maps, ``cd_agent.apps.FIELD_KEYS`` and
+``ci_agent.targets.FIELD_KEYS``), the default, the values taken (from the type) and the one-line
 description the field carries, the same text ``--help`` lists and a settings error quotes. The CLI page
-is the ``argparse`` parsers of both agents. ``tests/unit/test_reference_pages.py`` regenerates the pages in
-memory and fails when the committed ones differ, or when a setting has no description.
+is the ``argparse`` parsers of both agents and the exit codes their error classes declare.
+``tests/unit/test_reference_pages.py`` regenerates the pages in memory and fails when the committed ones
+differ, or when a setting has no description.
 
-This is the one module of ``shared`` that reads both agents (inside :func:`pages` only): the reference
-covers the two of them, and nothing an agent runs imports it except :func:`settings_help`.
+This is the one module of ``shared`` that reads both agents, inside the page functions only: the reference
+covers the two of them. What an agent itself uses of it is :func:`settings_help` and :class:`HelpFormatter`.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def undocumented(cls: type[BaseModel]) -> list[str]:
 
 
 def setting(cls: type[BaseModel], name: str, key: str | None = None, *, value: str | None = None) -> Setting:
-    """The row of field ``name``; ``value`` says what it takes where its type cannot (a table's keys)."""
+    """The row of field ``name``; ``value`` says what it takes where its type cannot (``CD_STRATEGY``)."""
     description = field_description(cls, name)
     if not description:
         raise ValueError(
