@@ -52,6 +52,8 @@ APP_KEYS: tuple[str, ...] = tuple(sorted(
      if name.startswith("cd_") and name not in AGENT_WIDE_CD_FIELDS] + list(UNPREFIXED_KEYS)
 ))
 _PER_APP_FIELDS = frozenset(f"cd_{key}" for key in APP_KEYS if key not in UNPREFIXED_KEYS)
+# Each CdSettings field an app table sets and its key: the reference pages and --help show them side by side.
+FIELD_KEYS = {(key if key in UNPREFIXED_KEYS else f"cd_{key}"): key for key in APP_KEYS}
 
 
 @dataclass(frozen=True)

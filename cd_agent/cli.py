@@ -28,11 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from cd_agent.apps import AppTarget, Targets, load_targets
+from cd_agent.apps import FIELD_KEYS, AppTarget, Targets, load_targets
 from cd_agent.errors import DeployError
+from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState
 from shared.errors import PiCicdError
 from shared.logs import configure_logging
+from shared.reference import HelpFormatter, settings_help
 from shared.runstore import RunStore
 from shared.settings import read_environment
 from shared.versions import parse_version
@@ -46,6 +48,8 @@ PROG = "cd-agent"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
+        formatter_class=HelpFormatter,
+        epilog=settings_help(CdSettings, FIELD_KEYS, file="apps file"),
         description="Watch a container registry and deploy new releases of an app container, with health "
         "checks and rollback. Settings come from CD_* variables (environment, then .env).",
     )

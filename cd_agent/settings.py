@@ -26,7 +26,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from shared.platforms import parse_platform
-from shared.settings import SharedSettings
+from shared.settings import SharedSettings, shown
 
 if TYPE_CHECKING:
     from shared.registry import ImageRef
@@ -242,19 +242,48 @@ class CdAgentSettings(SharedSettings):
     """The agent-wide settings: the shared ones plus ``CD_APPS_FILE``, ``CD_MAX_PARALLEL_DEPLOYS`` and the
     listener's (``CD_DASHBOARD_*``, ``CD_HOOK_*``; cd_agent/listener.py)."""
 
-    cd_apps_file: Path | None = None
-    cd_max_parallel_deploys: int = 1
+    cd_apps_file: Path | None = Field(
+        default=None,
+        description="a TOML file with one `[apps.NAME]` table per app (see \"Many apps from one agent\"); unset: "
+        "the per-app `CD_*` variables are the one app",
+    )
+    cd_max_parallel_deploys: int = Field(
+        default=1,
+        description="how many apps may deploy at the same time (the others keep polling and wait for a slot)",
+    )
     # The status page, /metrics and the registry hook: loopback by default, like the CI dashboard.
-    cd_dashboard_host: str = "127.0.0.1"
-    cd_dashboard_port: int = 8002
+    cd_dashboard_host: str = Field(
+        default="127.0.0.1",
+        description="where the CD listener (status page, `/metrics`, the registry hook) listens; see \"The CD "
+        "listener\"",
+    )
+    cd_dashboard_port: int = Field(default=8002, description="the CD listener's port")
     # Set: every page asks for it (Bearer, or a Basic password), and may be read beyond loopback.
-    cd_dashboard_token: SecretStr | None = None
+    cd_dashboard_token: SecretStr | None = Field(
+        default=None,
+        description="secret, 16 characters or more: every page then needs it (Bearer, or a Basic password) and "
+        "may be read beyond loopback; unset: the pages answer only this machine, to loopback host names and "
+        "`CD_DASHBOARD_HOST`",
+    )
     # Set: POST /hooks/registry/<token> exists (a push notification is a hint to poll at once).
-    cd_hook_token: SecretStr | None = None
-    cd_hook_min_interval: float = 5.0
+    cd_hook_token: SecretStr | None = Field(
+        default=None,
+        description="secret, 16 characters or more (letters, digits, `.`, `_`, `~`, `-`): "
+        "`POST /hooks/registry/<CD_HOOK_TOKEN>` takes registry push notifications as a hint to poll now; unset: "
+        "the route does not exist",
+    )
+    cd_hook_min_interval: float = Field(
+        default=5.0,
+        description="seconds: at most one early poll per app in that time, whatever the number of notifications",
+    )
     # Seconds between writes of the watcher's poll bookkeeping (last/next poll, last error): an idle poll
     # writes nothing to the SD card; 0 writes it at every poll (cd_agent/state.py).
-    cd_state_flush_interval: float = 900.0
+    cd_state_flush_interval: float = Field(
+        default=900.0,
+        description="seconds between writes of the watcher's poll bookkeeping (last/next poll, last error) to "
+        "`STATE_DIR`; an idle poll writes nothing; `0` writes every poll; deploys and quarantines are written at "
+        "once whatever it says",
+    )
 
     log_dir: Path = Path("logs/cd")
     state_dir: Path = Path("state/cd")
@@ -316,41 +345,132 @@ class CdSettings(CdAgentSettings):
     """One app's settings (``CD_*`` of the environment, or an ``[apps.NAME]`` table) over the agent's;
     see DESIGN.md for the variables. ``cd_agent.apps.AppTarget`` holds them as parsed values."""
 
-    cd_image: str
-    cd_container_name: str
-    cd_ports: str = ""
-    cd_env_file: Path | None = None
-    cd_volumes: str = ""
-    cd_networks: str = ""
-    cd_restart_policy: RestartPolicy = "unless-stopped"
-    cd_strategy: str = "swap"
-    cd_poll_interval: float = 60.0
-    cd_health_url: str | None = None
-    cd_health_timeout: float = 60.0
-    cd_health_grace: float = 5.0
-    cd_stop_timeout: float = 10.0
-    cd_proxy_image: str = "caddy:2"
-    cd_proxy_grace: float = 30.0
-    cd_init: bool = False
+    cd_image: str = Field(description="the image to watch, without a tag, e.g. `docker.io/owner/app`")
+    cd_container_name: str = Field(
+        description="the app container's name", json_schema_extra=shown("required (in an apps file: `NAME`)")
+    )
+    cd_ports: str = Field(
+        default="",
+        description="published ports, comma-separated `[HOST_IP:]HOST:CONTAINER[/udp]`, e.g. "
+        "`8080:80,127.0.0.1:8443:443`",
+        json_schema_extra=shown("none", value="comma-separated list"),
+    )
+    cd_env_file: Path | None = Field(
+        default=None,
+        description="an env file (`KEY=value` lines, UTF-8) for the app container; checked at start-up and again "
+        "before each deploy",
+    )
+    cd_volumes: str = Field(
+        default="",
+        description="comma-separated `NAME:/path` (named volume) or `/host/path:/path[:ro]` (bind mount)",
+        json_schema_extra=shown("none", value="comma-separated list"),
+    )
+    cd_networks: str = Field(
+        default="",
+        description="existing networks a container the agent creates joins, comma-separated "
+        "`name[:alias[:alias...]]`, e.g. `shop:web,monitoring`; added to the networks the old container was on "
+        "(see \"An app and its database\"); not with `swarm`",
+        json_schema_extra=shown("none", value="comma-separated list"),
+    )
+    cd_restart_policy: RestartPolicy = Field(
+        default="unless-stopped", description="`unless-stopped`, `always`, `on-failure` or `no`"
+    )
+    cd_strategy: str = Field(
+        default="swap",
+        description="how a release replaces the running one: `swap` (stop the old container, start the new one, "
+        "see \"What a deploy does\"), `blue-green` (HTTP apps: start the new one beside the old one behind a "
+        "proxy, switch when healthy, see \"Deploy strategies\"), `swarm` (a Swarm service update, see \"From one "
+        "Pi to a fleet\") or `compose` (a service of your compose project, see \"An app and its database, with "
+        "compose\")",
+    )
+    cd_poll_interval: float = Field(default=60.0, description="seconds between polls (a little jitter is added)")
+    cd_health_url: str | None = Field(
+        default=None,
+        description="a URL that must answer 2xx when the image has no `HEALTHCHECK` (blue-green asks its path of "
+        "the new container itself, before any user reaches it)",
+    )
+    cd_health_timeout: float = Field(default=60.0, description="seconds a new container has to become healthy")
+    cd_health_grace: float = Field(
+        default=5.0, description="seconds a container without any health check must keep running"
+    )
+    cd_stop_timeout: float = Field(
+        default=10.0, description="seconds the old container gets to stop before it is killed"
+    )
+    cd_proxy_image: str = Field(
+        default="caddy:2",
+        description="blue-green: the proxy's image (Caddy); `scripts/proxy-image` builds one without Docker Hub",
+    )
+    cd_proxy_grace: float = Field(
+        default=30.0,
+        description="blue-green: seconds requests in flight get to finish on the old container after the switch, "
+        "before it is stopped",
+    )
+    cd_init: bool = Field(
+        default=False,
+        description="`true` runs the app under Docker's init (`docker run --init`, compose's `init: true`), so an "
+        "app that does not handle SIGTERM stops at once instead of after `CD_STOP_TIMEOUT`; `false` leaves it to "
+        "the daemon's default, as `docker run` does",
+    )
     # "linux/arm64": the platform pulled from a release's image index and run (under QEMU user emulation
     # when foreign); unset: the engine's own.
-    cd_platform: str | None = None
-    cd_version_constraint: str | None = None
-    cd_allow_prerelease: bool = False
+    cd_platform: str | None = Field(
+        default=None,
+        description="the platform pulled from a release's image index and run, e.g. `linux/arm64`; a foreign one "
+        "runs under QEMU user emulation (tests, or an amd64 box standing in for a Pi)",
+        json_schema_extra=shown("unset (the engine's own)"),
+    )
+    cd_version_constraint: str | None = Field(
+        default=None, description="e.g. `<2.0.0` or `>=1.2.0,<1.3.0` (also `^1.2`, `~1.2.3`)"
+    )
+    cd_allow_prerelease: bool = Field(
+        default=False,
+        description="deploy pre-releases like `1.3.0-rc.1` too (never platform builds like `1.3.0-arm64`)",
+    )
     # Local images of the app's healthy releases kept for a rollback (the current one included); older
     # ones of that app are pruned after each healthy deploy (cd_agent/images.py).
-    cd_keep_images: int = 3
+    cd_keep_images: int = Field(
+        default=3,
+        description="the app's healthy releases kept as local images for a rollback (current and previous "
+        "included; at least 2); older ones of that app are pruned after each healthy deploy",
+    )
     # CD_STRATEGY=swarm (cd_agent/swarm.py): the service, and the update config of a service the agent creates.
-    cd_service: str | None = None
-    cd_replicas: int = 1
-    cd_update_parallelism: int = 1
-    cd_update_order: Literal["start-first", "stop-first"] = "start-first"
-    cd_update_failure_action: Literal["rollback", "pause", "continue"] = "rollback"
+    cd_service: str | None = Field(
+        default=None,
+        description="`swarm`: the Swarm service to adopt, or to create when there is none",
+        json_schema_extra=shown("`CD_CONTAINER_NAME`"),
+    )
+    cd_replicas: int = Field(
+        default=1, description="`swarm`: replicas of a service the agent creates (an adopted service keeps its own)"
+    )
+    cd_update_parallelism: int = Field(default=1, description="`swarm`: tasks updated at once in a created service")
+    cd_update_order: Literal["start-first", "stop-first"] = Field(
+        default="start-first", description="`swarm`: update order of a created service, `start-first` or `stop-first`"
+    )
+    cd_update_failure_action: Literal["rollback", "pause", "continue"] = Field(
+        default="rollback",
+        description="`swarm`: what Swarm does when an updated task fails in a created service: `rollback`, "
+        "`pause` or `continue`",
+    )
     # CD_STRATEGY=compose (cd_agent/compose.py): the service of the user's project. The files come last:
     # their check (compose config) reads the service and the project validated before them.
-    cd_compose_service: str | None = None
-    cd_compose_project: str | None = None
-    cd_compose_file: str | None = Field(default=None, validate_default=True)
+    cd_compose_service: str | None = Field(
+        default=None,
+        description="`compose`: the service that is the app (it needs an `image:` of `CD_IMAGE`)",
+        json_schema_extra=shown("`CD_CONTAINER_NAME`"),
+    )
+    cd_compose_project: str | None = Field(
+        default=None,
+        description="`compose`: the project name (`-p`); by default `COMPOSE_PROJECT_NAME` of the `.env` beside "
+        "the first file, else that file's folder name, in lower case, only `a-z0-9_-`",
+        json_schema_extra=shown("compose's own"),
+    )
+    cd_compose_file: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="`compose`: the project's compose file(s), comma-separated, merged in that order as "
+        "`-f a.yml -f b.yml`; checked with `compose config` at start-up",
+        json_schema_extra=shown("required with `compose`", value="comma-separated list of paths"),
+    )
 
     @field_validator("cd_image")
     @classmethod

@@ -25,9 +25,10 @@ from loguru import logger
 from ci_agent.host_env import shield_agent
 from ci_agent.queue import KIND
 from ci_agent.settings import CiSettings
-from ci_agent.targets import RepoTargets, load_targets
+from ci_agent.targets import FIELD_KEYS, RepoTargets, load_targets
 from shared.errors import PiCicdError
 from shared.logs import configure_logging
+from shared.reference import HelpFormatter, settings_help
 from shared.settings import load_settings, read_environment
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ PROG = "ci-agent"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
+        formatter_class=HelpFormatter,
+        epilog=settings_help(CiSettings, FIELD_KEYS, file="repos file"),
         description="Receive GitHub push webhooks; check out the pushed commit, test it, build the Docker "
         "image and push it with the next semver tag. Settings come from CI_* variables (environment, then .env).",
     )

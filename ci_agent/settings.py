@@ -20,7 +20,7 @@ from ci_agent.payload import SEMVER_CORE, check_ref_name
 from ci_agent.versioning import TagStyle
 from shared.platforms import Platform, parse_platforms
 from shared.registry import parse_image_ref
-from shared.settings import SharedSettings, is_loopback_host
+from shared.settings import SharedSettings, is_loopback_host, shown
 
 TestRunner = Literal["docker", "host"]
 
@@ -65,50 +65,143 @@ class CiSettings(SharedSettings):
     """
 
     # Declared first: the validators of the per-repository fields below read it.
-    ci_repos_file: Path | None = None
-    ci_max_parallel_runs: int = 1
-    ci_repo_url: str | None = Field(default=None, validate_default=True)
-    ci_branch: str = "main"
-    ci_github_repo: str | None = None
+    ci_repos_file: Path | None = Field(
+        default=None,
+        description="a TOML file of `[repos.NAME]` tables, one per repository; each per-repository `CI_X` is the "
+        "key `x` of a table, and those variables must then not be set; SIGHUP reads it again (see \"Many "
+        "repositories from one agent\")",
+    )
+    ci_max_parallel_runs: int = Field(
+        default=1,
+        description="runs that build at the same time (never two of one repository); the queue takes turns "
+        "between repositories",
+    )
+    ci_repo_url: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="the git URL to fetch from (https with a token, or ssh)",
+        json_schema_extra=shown("required"),
+    )
+    ci_branch: str = Field(default="main", description="the tracked branch")
+    ci_github_repo: str | None = Field(
+        default=None,
+        description="`owner/name`; deliveries for any other repository are refused; required with "
+        "`CI_GITHUB_TOKEN`",
+    )
     # Set: every run reports on its commit through GitHub's statuses API (ci_agent/commit_status.py).
-    ci_github_token: SecretStr | None = None
-    ci_github_api_url: str = "https://api.github.com"
+    ci_github_token: SecretStr | None = Field(
+        default=None,
+        description="set: every run reports a commit status on GitHub (a fine-grained token with *Commit "
+        "statuses: write*; secret)",
+    )
+    ci_github_api_url: str = Field(
+        default="https://api.github.com",
+        description="GitHub's REST API; `https://HOST/api/v3` for GitHub Enterprise Server; `http://` only for a "
+        "loopback host",
+    )
     # Where people reach the dashboard (its /runs/N pages); statuses link there when it is set.
-    ci_public_url: str | None = None
+    ci_public_url: str | None = Field(
+        default=None,
+        description="where you reach the dashboard; commit statuses link to `CI_PUBLIC_URL/runs/N`",
+    )
     # Declared before the secret: the secret's validator reads it.
-    ci_allow_unsigned: bool = False
-    ci_webhook_secret: SecretStr | None = Field(default=None, validate_default=True)
-    ci_image: str | None = Field(default=None, validate_default=True)
-    ci_test_command: str = "pytest -q"
-    ci_test_runner: TestRunner = "docker"
-    ci_test_timeout: float = 1800.0
-    ci_build_timeout: float = 1800.0
-    ci_push_attempts: int = 3
-    ci_host: str = "0.0.0.0"  # noqa: S104 - GitHub has to reach the webhook; the signature guards it
-    ci_port: int = 8000
+    ci_allow_unsigned: bool = Field(
+        default=False, description="accept unsigned deliveries when no secret is set (only behind a trusted proxy)"
+    )
+    ci_webhook_secret: SecretStr | None = Field(
+        default=None,
+        validate_default=True,
+        description="the GitHub webhook secret (secret)",
+        json_schema_extra=shown("required (unless `CI_ALLOW_UNSIGNED=true`)"),
+    )
+    ci_image: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="the image to push, e.g. `docker.io/owner/app` or `127.0.0.1:5000/owner/app`",
+        json_schema_extra=shown("required"),
+    )
+    ci_test_command: str = Field(default="pytest -q", description="the test command")
+    ci_test_runner: TestRunner = Field(
+        default="docker", description="`docker` (inside the image or its `test` stage) or `host` (in the checkout)"
+    )
+    ci_test_timeout: float = Field(
+        default=1800.0, description="seconds before the test command is killed and the run fails"
+    )
+    ci_build_timeout: float = Field(default=1800.0, description="seconds for the image build")
+    ci_push_attempts: int = Field(default=3, description="tries for a push when the registry is unreachable")
+    ci_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - GitHub has to reach the webhook; the signature guards it
+        description="listen address of the webhook (public) listener",
+    )
+    ci_port: int = Field(default=8000, description="listen port of the webhook listener")
     # The dashboard and the run API have their own listener, loopback by default: run logs and commit
     # messages are private, and the webhook port faces the internet.
-    ci_dashboard_host: str = "127.0.0.1"
-    ci_dashboard_port: int = 8001
+    ci_dashboard_host: str = Field(
+        default="127.0.0.1", description="listen address of the dashboard and run API (private) listener"
+    )
+    ci_dashboard_port: int = Field(
+        default=8001, description="listen port of the dashboard listener; must differ from `CI_PORT`"
+    )
     # Set: the dashboard asks for it on every listener, and is served on CI_HOST:CI_PORT too.
-    ci_dashboard_token: SecretStr | None = None
-    ci_initial_version: str = "0.1.0"
-    ci_tag_style: TagStyle = "auto"
-    ci_work_dir: Path | None = None
+    ci_dashboard_token: SecretStr | None = Field(
+        default=None,
+        description="set: the dashboard and run API need it (Bearer, or Basic password) on both listeners, and "
+        "are served on the webhook port too; at least 16 characters (secret)",
+    )
+    ci_initial_version: str = Field(default="0.1.0", description="the first release's version")
+    ci_tag_style: TagStyle = Field(
+        default="auto",
+        description="how release tags are spelled: `auto` (like the highest existing release, `X.Y.Z` when there "
+        "is none), `plain` (`X.Y.Z`) or `v` (`vX.Y.Z`)",
+    )
+    ci_work_dir: Path | None = Field(
+        default=None, description="where the repository is checked out", json_schema_extra=shown("`STATE_DIR/work`")
+    )
     # "KEY=value,KEY2=value2": build arguments for both the test-stage and the release build,
     # e.g. BASE_IMAGE for a Dockerfile that takes its base image as an ARG.
-    ci_build_args: str = ""
+    ci_build_args: str = Field(
+        default="",
+        description="build arguments for the test and release builds, `NAME=value,NAME2=value2` (e.g. "
+        "`BASE_IMAGE=...`)",
+        json_schema_extra=shown("none", value="comma-separated list"),
+    )
     # Seconds between two `git ls-remote` of the repository (a Pi GitHub's webhooks cannot reach);
     # unset: no polling. See ci_agent/poller.py.
-    ci_poll_interval: float | None = None
+    ci_poll_interval: float | None = Field(
+        default=None,
+        description="seconds between two `git ls-remote` of `CI_REPO_URL` for the branch head and `vX.Y.Z` tags "
+        "(at least 5; of several new tags in one poll only the highest is run); see \"A Pi behind NAT\"",
+        json_schema_extra=shown("unset (off)"),
+    )
     # Platforms (issue 22, ci_agent/multiplatform.py): "linux/arm64,linux/arm/v7" releases one OCI image index
     # per version; unset, the build engine's own platform, one image. CI_TEST_PLATFORMS: where the tests run
     # (unset: the engine's own platform only); foreign ones run under QEMU user emulation.
-    ci_platforms: str = ""
-    ci_test_platforms: str = ""
+    ci_platforms: str = Field(
+        default="",
+        description="e.g. `linux/arm64,linux/arm/v7,linux/amd64`: each release is one OCI image index with an "
+        "image per platform; see \"Releasing for the Pi from another machine\"",
+        json_schema_extra=shown("unset (the build engine's own platform, one image)", value="comma-separated list"),
+    )
+    ci_test_platforms: str = Field(
+        default="",
+        description="the platforms the tests run on, each in a container of that platform (foreign ones under "
+        "QEMU), each with `CI_TEST_TIMEOUT`; must be among `CI_PLATFORMS` when that is set; needs "
+        "`CI_TEST_RUNNER=docker`",
+        json_schema_extra=shown("unset (the build engine's own platform)", value="comma-separated list"),
+    )
     # The Docker engine the test and build steps run on (unix://, tcp://, ssh://user@host); unset: the local one.
-    ci_build_docker_host: str | None = None
-    ci_build_fallback_local: bool = False
+    ci_build_docker_host: str | None = Field(
+        default=None,
+        description="the Docker engine the test, build and push steps run on: `unix:///...`, `tcp://host:2376` "
+        "(TLS from `DOCKER_TLS_VERIFY`/`DOCKER_CERT_PATH`, as for the docker CLI), `ssh://user@host` (needs "
+        "`pip install 'pi-cicd[ssh]'`); see \"Building on another machine\"",
+        json_schema_extra=shown("unset (the local engine)"),
+    )
+    ci_build_fallback_local: bool = Field(
+        default=False,
+        description="`true`: a run that cannot reach `CI_BUILD_DOCKER_HOST` builds on the local engine instead "
+        "of failing",
+    )
 
     log_dir: Path = Path("logs/ci")
     state_dir: Path = Path("state/ci")

@@ -61,6 +61,10 @@ def field_of(key: str) -> str:
     return key if key in UNPREFIXED else f"{PREFIX}{key}"
 
 
+# Each per-repository CiSettings field and its table key: the reference pages and --help show them side by side.
+FIELD_KEYS = {field_of(key): key for key in REPO_KEYS}
+
+
 @dataclass(frozen=True)
 class RepoPaths:
     """Where one repository's files live: its run logs, its state (release guard, poll) and its checkout."""

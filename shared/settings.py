@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from shared.errors import SettingsError
 from shared.notify_urls import url_secret_parts
@@ -24,32 +33,92 @@ from shared.notify_urls import url_secret_parts
 SmtpSecurity = Literal["starttls", "ssl", "none"]
 
 
+# Keys of a field's ``json_schema_extra`` that the reference pages (shared/reference.py) read.
+SHOWN_DEFAULT = "shown_default"
+SHOWN_VALUE = "shown_value"
+
+
+def shown(default: str | None = None, *, value: str | None = None) -> dict[str, JsonValue]:
+    """A field's ``json_schema_extra``: how its default and the values it takes read in the reference, where
+    the model's own default or type would say less (``None`` that means ``STATE_DIR/work``, bytes as ``2GB``)."""
+    extra: dict[str, JsonValue] = {}
+    if default is not None:
+        extra[SHOWN_DEFAULT] = default
+    if value is not None:
+        extra[SHOWN_VALUE] = value
+    return extra
+
+
+def field_description(cls: type[BaseModel], name: str) -> str | None:
+    """The one-line description of setting ``name``: the model's field, else the one it redefines.
+
+    An agent redefines a shared field to change its default (``LOG_DIR``); the meaning stays the base's.
+    """
+    for base in cls.__mro__:
+        fields = getattr(base, "model_fields", None)
+        if isinstance(fields, dict) and name in fields and fields[name].description:
+            return str(fields[name].description)
+    return None
+
+
+def field_extra(cls: type[BaseModel], name: str, key: str) -> str | None:
+    """``key`` of field ``name``'s ``json_schema_extra`` (see :func:`shown`), looked up like the description."""
+    for base in cls.__mro__:
+        fields = getattr(base, "model_fields", None)
+        if isinstance(fields, dict) and name in fields:
+            extra = fields[name].json_schema_extra
+            if isinstance(extra, dict) and key in extra:
+                return str(extra[key])
+    return None
+
+
+def plain(text: str) -> str:
+    """A description as a terminal shows it: without the Markdown backticks the reference pages render."""
+    return text.replace("`", "")
+
+
 class SharedSettings(BaseModel):
     """Settings both agents read. Agents subclass this and override the directory defaults."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    registry_username: str | None = None
-    registry_password: SecretStr | None = None
+    registry_username: str | None = Field(default=None, description="registry user (Docker Hub user name)")
+    registry_password: SecretStr | None = Field(
+        default=None, description="registry password or Docker Hub access token (secret)"
+    )
 
-    smtp_host: str | None = None
-    smtp_port: int = 587
-    smtp_username: str | None = None
-    smtp_password: SecretStr | None = None
-    smtp_security: SmtpSecurity = "starttls"
-    smtp_timeout: float = 10.0
-    notify_from: str | None = None
-    notify_to: tuple[str, ...] = ()
+    smtp_host: str | None = Field(default=None, description="SMTP server; unset = email off (said once at start-up)")
+    smtp_port: int = Field(default=587, description="SMTP port")
+    smtp_username: str | None = Field(default=None, description="SMTP login user (no login when unset)")
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP password (secret)")
+    smtp_security: SmtpSecurity = Field(
+        default="starttls",
+        description="`starttls`, `ssl` (implicit TLS, usually port 465) or `none` (a login is then sent in clear: "
+        "warned about at start-up unless `SMTP_HOST` is loopback)",
+    )
+    smtp_timeout: float = Field(default=10.0, description="seconds per SMTP connection")
+    notify_from: str | None = Field(default=None, description="sender address")
+    notify_to: tuple[str, ...] = Field(default=(), description="recipients, comma-separated")
     # Apprise URLs (Telegram, ntfy, ...); split by Apprise itself, since a URL may hold commas.
-    notify_urls: SecretStr | None = None
+    notify_urls: SecretStr | None = Field(
+        default=None,
+        description="Apprise URLs for chat and push notifications (Telegram, ntfy, Gotify, Discord, Slack, Matrix, "
+        "...), separated by commas or spaces (secret); needs `pip install 'pi-cicd[apprise]'`; every URL is checked "
+        "at start-up (see \"Notifications on a phone\")",
+    )
 
-    log_dir: Path = Path("logs")
-    state_dir: Path = Path("state")
-    log_retention_runs: int = 200
-    log_level: str = "INFO"
+    log_dir: Path = Field(default=Path("logs"), description="folder of the per-run log files")
+    state_dir: Path = Field(default=Path("state"), description="run history and state (SQLite)")
+    log_retention_runs: int = Field(default=200, description="run logs kept per agent; older ones are deleted")
+    log_level: str = Field(default="INFO", description="console log level")
     # DISK_MIN_FREE (shared/disk.py): a run or deploy does not start with less free where Docker keeps
     # its data; bytes, written as 2GB, 500MB, 1.5GiB; 0 turns the check off.
-    disk_min_free: int = 2 * 10**9
+    disk_min_free: int = Field(
+        default=2 * 10**9,
+        description="a run or deploy does not start with less free space where Docker keeps its data (`2GB`, "
+        "`500MB`, `1.5GiB`; `0` = no check); it fails at step `disk` (see \"Run on a Pi: SD cards\")",
+        json_schema_extra=shown("`2GB`", value="size: bytes, or `2GB`, `500MB`, `1.5GiB`"),
+    )
 
     @field_validator("notify_to", mode="before")
     @classmethod
@@ -181,12 +250,16 @@ def _describe(cls: type[BaseModel], exc: ValidationError, name_of: Callable[[str
         field = str(error["loc"][0]) if error["loc"] else "?"
         key = name_of(field)
         message = error["msg"].removeprefix("Value error, ")
+        # pydantic's own messages ("Input should be a valid integer") do not say what the setting is; the
+        # project's validators do. The setting's description, the reference's words, says it for the former.
+        description = field_description(cls, field) if field in cls.model_fields else None
+        expected = f" (expected: {plain(description)})" if description and error["type"] != "value_error" else ""
         if error["type"] == "missing":
-            lines.append(f"{key} is required but not set")
+            lines.append(f"{key} is required but not set" + (f" ({plain(description)})" if description else ""))
             continue
         annotation = str(cls.model_fields[field].annotation) if field in cls.model_fields else ""
         if "SecretStr" in annotation:
-            lines.append(f"{key}: {message}")
+            lines.append(f"{key}: {message}{expected}")
         else:
-            lines.append(f"{key}={error['input']!r}: {message}")
+            lines.append(f"{key}={error['input']!r}: {message}{expected}")
     return "invalid settings: " + "; ".join(lines)
