@@ -458,6 +458,42 @@ class RegistryClient:
         )
         return "sha256:" + hashlib.sha256(body).hexdigest()
 
+    def server_date(self) -> datetime | None:
+        """The registry's clock: the ``Date`` header of its ``/v2/`` answer (401 included), None without one.
+
+        For ``doctor``'s clock check; no credentials are sent (none are needed to read a header).
+        """
+        response = self._send("GET", "/v2/", None, None)
+        value = response.headers.get("date")
+        if not value:
+            return None
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+    def check_push(self) -> bool:
+        """Whether these credentials may push to the repository, without pushing anything: a blob upload
+        session is started (``POST /v2/NAME/blobs/uploads/``, push scope) and cancelled (``DELETE`` of its
+        ``Location``). No blob, manifest or tag is written; an upload never finished holds nothing.
+
+        Raises ``RegistryAuthError`` when refused; returns False when the session could not be cancelled
+        (the registry drops unfinished uploads itself, after a while).
+        """
+        what = f"start an upload to {self.ref.name} (a push check; nothing is pushed)"
+        response = self._request("POST", f"/v2/{self.ref.repository}/blobs/uploads/", what=what, push=True)
+        location = response.headers.get("location")
+        if not location:
+            raise RegistryError(f"registry {self.ref.registry} started an upload to {self.ref.name} without a Location")
+        if not self._same_origin(location):
+            return False  # an upload on another host (a storage redirect): it expires there on its own
+        try:
+            self._request("DELETE", location, what=f"cancel the upload just started on {self.ref.name}", push=True)
+        except RegistryError:
+            return False
+        return True
+
     def close(self) -> None:
         self._http.close()
 
