@@ -133,14 +133,16 @@ class GitHubApi:
     def answer_get(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
         """``GET .../commits/{ref}/statuses``: the statuses created for ``ref`` (a sha here), newest first."""
         route, _, _query = path.partition("?")
+        extra: dict[str, str] = {}
+        body: Any
         if headers.get("authorization") != f"Bearer {self.token}":
-            code, extra, body = 401, {}, {"message": "Bad credentials", "documentation_url": DOCS, "status": "401"}
+            code, body = 401, {"message": "Bad credentials", "documentation_url": DOCS, "status": "401"}
         elif not route.startswith(self.prefix) or not (
             match := re.fullmatch(r"/repos/([^/]+)/([^/]+)/commits/([^/]+)/statuses", route[len(self.prefix):])
         ) or f"{match[1]}/{match[2]}" != self.repo:
-            code, extra, body = 404, {}, {"message": "Not Found", "documentation_url": DOCS, "status": "404"}
+            code, body = 404, {"message": "Not Found", "documentation_url": DOCS, "status": "404"}
         else:
-            code, extra = 200, {}
+            code = 200
             body = [r.body for r in reversed(self.created()) if r.sha == match[3]]
             if self.scopes is not None:
                 extra = {"X-OAuth-Scopes": self.scopes, "X-Accepted-OAuth-Scopes": "repo, repo:status"}
