@@ -212,7 +212,7 @@ def registry_fix(ref: ImageRef, *, login: str, push: bool) -> Callable[[PiCicdEr
             return f"check the image name {ref.name} (registry host, owner and repository)"
         if isinstance(exc, RegistryUnavailable):
             return f"check that {ref.registry} is reachable from this machine (DNS, firewall, proxy) and try again"
-        return "see docs/operations/doctor.md#registry"
+        return "see docs/operations/doctor.md (registry)"
 
     return fix
 
