@@ -124,6 +124,7 @@ def proxy_image_finding(app: AppTarget, gateway: DockerGateway | None, *, labell
     """A blue-green app's proxy is created from ``CD_PROXY_IMAGE``, which is never pulled for it."""
     check = _label("proxy image", app, labelled)
     pull = f"docker pull {app.proxy_image}"
+    setting = f"proxy_image of [apps.{app.name}]" if labelled else "CD_PROXY_IMAGE"
     if gateway is None:
         return fail(check, f"{app.proxy_image} not looked for: the Docker Engine is unreachable",
                     f"fix the Docker check above, then `{pull}` if it is missing")
@@ -132,7 +133,7 @@ def proxy_image_finding(app: AppTarget, gateway: DockerGateway | None, *, labell
         image = gateway.image(app.proxy_image)
         if image is None:
             return fail(check, f"{app.proxy_image} is not on the engine: the first blue-green deploy cannot create "
-                        "its proxy", f"`{pull}` (or set CD_PROXY_IMAGE to an image the engine has)")
+                        "its proxy", f"`{pull}` (or set {setting} to an image the engine has)")
         return ok(check, f"{app.proxy_image} is on the engine ({image.id[:19]})")
 
     return checked(check, run, lambda exc: "see the Docker check above")

@@ -368,3 +368,56 @@ def test_cd_doctor_bad_settings_exit_2(tmp_path: Path) -> None:
     assert found["settings"].startswith("FAIL invalid settings: CD_PORTS='8080:80:90'"), found
     assert found["docker"].startswith("ok "), found
     assert_no_secret(result, WRONG_PASSWORD)
+
+
+def test_ci_doctor_a_build_engine_with_the_local_fallback(tmp_path: Path, registry: RegistryServer) -> None:
+    closed = f"tcp://127.0.0.1:{free_port()}"
+    environ = ci_environ(tmp_path, f"{registry.host}/{unique('doctor')}/app", CI_BUILD_DOCKER_HOST=closed)
+    result = ci_agent("doctor", environ=environ, cwd=tmp_path)
+    found = lines(result)
+    assert result.returncode == 1, result.stdout
+    assert found[f"docker [{closed}]"].startswith(f"FAIL cannot reach the build engine {closed} (CI_BUILD_DOCKER_HOST)")
+    assert "-> start dockerd" in found[f"docker [{closed}]"]
+
+    result = ci_agent("doctor", environ={**environ, "CI_BUILD_FALLBACK_LOCAL": "true"}, cwd=tmp_path)
+    found = lines(result)
+    assert result.returncode == 0, result.stdout
+    assert found[f"docker [{closed}]"].startswith("warn cannot reach the build engine"), found
+    assert "until then its runs build on the local engine" in found[f"docker [{closed}]"]
+    assert found["docker"].startswith("ok the local Docker engine"), found
+    assert found["disk"].startswith("ok "), found
+
+
+def test_doctor_against_a_token_registry(
+    tmp_path: Path, token_registry: AuthRegistry, docker_client: Any, docker_janitor: DockerJanitor
+) -> None:
+    repository = f"{token_registry.host}/{unique('doctor')}/app"
+    environ = ci_environ(tmp_path, repository, REGISTRY_USERNAME=token_registry.username,
+                         REGISTRY_PASSWORD=token_registry.password)
+    result = ci_agent("doctor", environ=environ, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert lines(result)["registry"].startswith(f"ok user 'cd-user' may push to {repository}"), result.stdout
+    assert f"repository:{repository.split('/', 1)[1]}:pull,push" in [r["scope"] for r in token_registry.token_requests]
+    assert tags_of(repository, token_registry) == []
+    assert_no_secret(result, token_registry.password)
+
+    push_image(docker_client, docker_janitor, repository, ["2.0.0"], auth_config=token_registry.auth_config)
+    anonymous = cd_environ(tmp_path, repository)
+    result = cd_agent("doctor", environ=anonymous, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert lines(result)["registry"].startswith(f"FAIL registry {token_registry.host} refused anonymous access"), \
+        result.stdout
+    signed_in = {**anonymous, "REGISTRY_USERNAME": token_registry.username,
+                 "REGISTRY_PASSWORD": token_registry.password}
+    result = cd_agent("doctor", environ=signed_in, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert lines(result)["registry"].startswith(f"ok user 'cd-user' may pull {repository}: 1 tag(s), newest release "
+                                                "2.0.0"), result.stdout
+    assert_no_secret(result, token_registry.password)
+
+
+@pytest.mark.parametrize("run", [ci_agent, cd_agent])
+def test_doctor_help(tmp_path: Path, run: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    result = run("doctor", "--help", environ={}, cwd=tmp_path)
+    assert result.returncode == 0
+    assert "--json" in result.stdout and "Exits 0 when ready" in " ".join(result.stdout.split())
