@@ -124,14 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def doctor(env_file: Path, *, as_json: bool = False) -> int:
     """``cd-agent doctor``: its own settings finding, so a bad setting is one line among the others."""
     from cd_agent.doctor import diagnose
-    from shared.doctor import environment_secrets
+    from shared.doctor import run_doctor
 
-    environ = read_environment(env_file)
-    # The findings say what went wrong; the effects' own log lines would only repeat it.
-    configure_logging("cd", environment_secrets(environ), level="ERROR")
-    report = diagnose(environ)
-    print(report.json() if as_json else report.text(), end="")
-    return report.exit_code
+    return run_doctor("cd", read_environment(env_file), diagnose, as_json=as_json)
 
 
 def watch(targets: Targets, args: argparse.Namespace) -> int:

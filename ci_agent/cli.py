@@ -117,14 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def doctor(env_file: Path, *, as_json: bool = False) -> int:
     """``ci-agent doctor``: its own settings finding, so a bad setting is one line among the others."""
     from ci_agent.doctor import diagnose
-    from shared.doctor import environment_secrets
+    from shared.doctor import run_doctor
 
-    environ = read_environment(env_file)
-    # The findings say what went wrong; the effects' own log lines would only repeat it.
-    configure_logging("ci", environment_secrets(environ), level="ERROR")
-    report = diagnose(environ)
-    print(report.json() if as_json else report.text(), end="")
-    return report.exit_code
+    return run_doctor("ci", read_environment(env_file), diagnose, as_json=as_json)
 
 
 def serve(settings: CiSettings, targets: RepoTargets, environ: Mapping[str, str] | None = None) -> int:

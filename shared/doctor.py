@@ -15,12 +15,11 @@ No secret is printed: every line goes through the log redactor with every secret
 
 from __future__ import annotations
 
-import email.utils
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 from shared.disk import PRUNE_HINT, DiskReading, FreeSpace, format_size
@@ -115,6 +114,20 @@ class Report:
         return redact(json.dumps(data, indent=2), self.secrets) + "\n"
 
 
+def run_doctor(
+    agent: str, environ: Mapping[str, str], diagnose: Callable[[Mapping[str, str]], Report], *, as_json: bool
+) -> int:
+    """``AGENT doctor``: the findings on stdout (lines or JSON), the exit code returned. ``environ`` is what
+    ``read_environment`` gave; a bad setting is one finding among the others, not an early exit."""
+    from shared.logs import configure_logging
+
+    # The findings say what went wrong; the effects' own log lines would only repeat it.
+    configure_logging(agent, environment_secrets(environ), level="ERROR")
+    report = diagnose(environ)
+    print(report.json() if as_json else report.text(), end="")
+    return report.exit_code
+
+
 def environment_secrets(environ: Mapping[str, str]) -> list[str]:
     """Values of secret-looking variables: what is masked when the settings (and their secret list) failed."""
     return [value for key, value in environ.items() if key.upper().endswith(_SECRET_SUFFIXES) and len(value) >= 4]
@@ -187,17 +200,6 @@ def clock_finding(
     if finding.level == "FAIL":  # no answer to compare with: the registry's own check says why
         return warn(check, f"not compared: {finding.detail}", "see the registry check above")
     return finding
-
-
-def http_date(value: str | None) -> datetime | None:
-    """An HTTP ``Date`` header as an aware datetime, or None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def registry_fix(ref: ImageRef, *, login: str, push: bool) -> Callable[[PiCicdError], str]:

@@ -226,13 +226,21 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         return max(0.0, float(value))
     except ValueError:
         pass
+    when = parse_http_date(value)
+    if when is None:
+        return None
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def parse_http_date(value: str | None) -> datetime | None:
+    """An HTTP-date (``Date``, ``Retry-After``) as an aware datetime; None when absent or unreadable."""
+    if not value:
+        return None
     try:
-        when = email.utils.parsedate_to_datetime(value)
+        when = email.utils.parsedate_to_datetime(value.strip())
     except (TypeError, ValueError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -463,15 +471,7 @@ class RegistryClient:
 
         For ``doctor``'s clock check; no credentials are sent (none are needed to read a header).
         """
-        response = self._send("GET", "/v2/", None, None)
-        value = response.headers.get("date")
-        if not value:
-            return None
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+        return parse_http_date(self._send("GET", "/v2/", None, None).headers.get("date"))
 
     def check_push(self) -> bool:
         """Whether these credentials may push to the repository, without pushing anything: a blob upload

@@ -88,19 +88,14 @@ class GitHubApi:
                 return
 
             def do_GET(self) -> None:
-                code, headers, body = api.answer_get(self.path, {k.lower(): v for k, v in self.headers.items()})
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                for name, value in {**headers, "Content-Type": "application/json; charset=utf-8"}.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.reply(*api.answer_get(self.path, {k.lower(): v for k, v in self.headers.items()}))
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                code, headers, body = api.answer(self.path, dict(self.headers.items()), raw)
+                self.reply(*api.answer(self.path, dict(self.headers.items()), raw))
+
+            def reply(self, code: int, headers: dict[str, str], body: Any) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(code)
                 for name, value in {**headers, "Content-Type": "application/json; charset=utf-8"}.items():

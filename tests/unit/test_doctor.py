@@ -19,12 +19,11 @@ from shared.doctor import (
     disk_finding,
     environment_secrets,
     fail,
-    http_date,
     ok,
     warn,
 )
 from shared.errors import RegistryAuthError, RegistryUnavailable
-from shared.registry import RegistryClient, parse_image_ref
+from shared.registry import RegistryClient, parse_http_date, parse_image_ref
 
 NOW = datetime(2026, 12, 7, 21, 0, 0, tzinfo=UTC).timestamp()
 
@@ -110,10 +109,10 @@ def test_environment_secrets_are_what_looks_secret() -> None:
     assert sorted(environment_secrets(environ)) == ["ghp_x1234", "pw-123456", "tgram://bot/chat", "whs-99"]
 
 
-def test_http_date() -> None:
-    assert http_date("Mon, 07 Dec 2026 21:00:00 GMT") == datetime(2026, 12, 7, 21, 0, tzinfo=UTC)
-    assert http_date("yesterday") is None
-    assert http_date(None) is None
+def test_parse_http_date() -> None:
+    assert parse_http_date("Mon, 07 Dec 2026 21:00:00 GMT") == datetime(2026, 12, 7, 21, 0, tzinfo=UTC)
+    assert parse_http_date("yesterday") is None
+    assert parse_http_date(None) is None
 
 
 # -- RegistryClient.check_push / server_date ---------------------------------------------------------------
