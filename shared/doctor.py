@@ -25,7 +25,7 @@ from typing import Literal
 from shared.disk import PRUNE_HINT, DiskReading, FreeSpace, format_size
 from shared.errors import PiCicdError, RegistryAuthError, RegistryNotFound, RegistryUnavailable
 from shared.logs import redact
-from shared.registry import ImageRef, RegistryClient
+from shared.registry import DOCKER_HUB, ImageRef, RegistryClient
 
 Level = Literal["ok", "warn", "FAIL"]
 EXIT_READY, EXIT_FAILED, EXIT_SETTINGS = 0, 1, 2
@@ -208,8 +208,10 @@ def registry_fix(ref: ImageRef, *, login: str, push: bool) -> Callable[[PiCicdEr
     def fix(exc: PiCicdError) -> str:
         if isinstance(exc, RegistryAuthError):
             right = "push to" if push else "pull from"
+            hub = (" Docker Hub answers the same for a repository that does not exist: check the name too."
+                   if ref.registry == DOCKER_HUB else "")
             return (f"check {login} (a token that may {right} {ref.repository}; `docker login {ref.registry}` "
-                    "with the same values tells the same)")
+                    f"with the same values tells the same).{hub}")
         if isinstance(exc, RegistryNotFound):
             return f"check the image name {ref.name} (registry host, owner and repository)"
         if isinstance(exc, RegistryUnavailable):
