@@ -4,8 +4,9 @@ Checked, in order: the settings as ``cd-agent watch`` reads them (environment ov
 table of ``CD_APPS_FILE``); the Docker Engine (``DOCKER_HOST`` or the local socket) and its version; the
 free space where it keeps its data (``DISK_MIN_FREE``); then for each app: that its registry login may
 pull the image's repository (its tags listed, the newest release's manifest read with a HEAD: nothing
-is pulled) and, for a blue-green app, that the proxy image (``CD_PROXY_IMAGE``) is on the engine; last,
-this machine's clock against each registry's. Nothing is deployed, pulled or written.
+is pulled) and, for a blue-green app, that the proxy image (``CD_PROXY_IMAGE``) is on the engine; then
+this machine's clock against each registry's, and the mail server's login when ``SMTP_HOST`` is set.
+Nothing is deployed, pulled, mailed or written.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from shared.doctor import (
     clock_finding,
     disk_finding,
     docker_finding,
+    email_finding,
     environment_secrets,
     fail,
     ok,
@@ -69,6 +71,8 @@ def diagnose(environ: Mapping[str, str]) -> Report:
         for registry, app in registries.items():
             with open_client(app.image, None, None) as client:
                 report.add(clock_finding(registry, client.server_date))
+        # An app of the file may have its own NOTIFY_TO: the first app's settings are what its deploys mail with.
+        report.add(email_finding(targets.settings_of(targets.apps[0])))
     finally:
         _close(gateways)
     return report

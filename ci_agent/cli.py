@@ -4,7 +4,7 @@
 
     ci-agent serve                        receive GitHub webhooks and run the pipeline for each push
     ci-agent run [--repo NAME] [--ref REF]  run one pipeline now (default: the tracked branch); exit 1 when it fails
-    ci-agent doctor [--json]              check the set-up: settings, Docker, registry push, GitHub token, disk, clock
+    ci-agent doctor [--json]              check settings, Docker, registry push, GitHub token, disk, clock, email
 
 Settings are read once (environment over ``.env``, plus ``CI_REPOS_FILE`` when it is set; SIGHUP
 reads that file again); errors become a message on stderr and an exit code in exactly one place,
@@ -78,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="check that this machine is ready: one line per check, with what to do about each problem",
         description="Check the settings (and every table of CI_REPOS_FILE), each Docker engine and its free space "
         "(DISK_MIN_FREE), that the registry login may push each image (an upload is started and cancelled: "
-        "nothing is pushed), the GitHub token's right to write commit statuses, the webhook secret, and the "
-        "clock against the registry's. Exits 0 when ready (warnings allowed), 1 when a check failed, 2 when "
-        "the settings are invalid. No secret is printed.",
+        "nothing is pushed), the GitHub token's right to write commit statuses, the webhook secret, the "
+        "clock against the registry's and the SMTP login (nothing is sent). Exits 0 when ready (warnings "
+        "allowed), 1 when a check failed, 2 when the settings are invalid. No secret is printed.",
     )
     doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
     return parser

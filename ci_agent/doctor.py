@@ -5,8 +5,9 @@ table of ``CI_REPOS_FILE``); each Docker engine a repository builds on (``DOCKER
 ``CI_BUILD_DOCKER_HOST``) and its version, and the free space where it keeps its data (``DISK_MIN_FREE``);
 then for each repository: that its registry login may push to the image's repository (an upload session
 is started and cancelled: no tag, manifest or blob is ever pushed), that its GitHub token may report
-commit statuses (when one is set), and how the webhook is guarded; last, this machine's clock against
-each registry's. Nothing here runs a pipeline, writes state or contacts GitHub beyond one read.
+commit statuses (when one is set), and how the webhook is guarded; then this machine's clock against
+each registry's, and the mail server's login when ``SMTP_HOST`` is set. Nothing here runs a pipeline,
+writes state, sends mail or contacts GitHub beyond one read.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from shared.doctor import (
     dedupe,
     disk_finding,
     docker_finding,
+    email_finding,
     environment_secrets,
     fail,
     ok,
@@ -98,6 +100,7 @@ def diagnose(environ: Mapping[str, str]) -> Report:
     for registry, target in registries.items():
         with open_client(target.image, None, None) as client:
             report.add(clock_finding(registry, client.server_date))
+    report.add(email_finding(settings))
     return report
 
 

@@ -23,9 +23,10 @@ from datetime import datetime
 from typing import Literal
 
 from shared.disk import PRUNE_HINT, DiskReading, FreeSpace, format_size
-from shared.errors import PiCicdError, RegistryAuthError, RegistryNotFound, RegistryUnavailable
+from shared.errors import PiCicdError, RegistryAuthError, RegistryNotFound, RegistryUnavailable, SettingsError
 from shared.logs import redact
 from shared.registry import DOCKER_HUB, ImageRef, RegistryClient
+from shared.settings import SharedSettings
 
 Level = Literal["ok", "warn", "FAIL"]
 EXIT_READY, EXIT_FAILED, EXIT_SETTINGS = 0, 1, 2
@@ -173,6 +174,33 @@ def disk_finding(minimum: int, free_space: FreeSpace, check: str = "disk") -> Fi
         return ok(check, f"{text}, DISK_MIN_FREE={format_size(minimum)}")
 
     return checked(check, run, lambda exc: "see the Docker check above")
+
+
+def email_finding(settings: SharedSettings) -> Finding:
+    """With ``SMTP_HOST`` set, the mail server takes the connection, TLS and login a failure email needs
+    (``NOOP`` then ``QUIT``: nothing is sent)."""
+    from shared.notify import smtp_mailer
+
+    check = "email"
+    if settings.smtp_host is None:
+        return ok(check, "email is off (SMTP_HOST is not set)")
+
+    def run() -> Finding:
+        mailer = smtp_mailer(settings)
+        if mailer is None:  # pragma: no cover - smtp_host is set
+            return ok(check, "email is off")
+        mailer.check_login()
+        who = f"the login of {mailer.username!r}" if mailer.username else "mail without a login"
+        return ok(check, f"{mailer.host}:{mailer.port} ({mailer.security}) takes {who}; failures are mailed to "
+                  f"{', '.join(mailer.recipients)}")
+
+    def fix(exc: PiCicdError) -> str:
+        if isinstance(exc, SettingsError):
+            return "set NOTIFY_FROM and NOTIFY_TO, or unset SMTP_HOST to turn email off"
+        return ("check SMTP_HOST, SMTP_PORT and SMTP_SECURITY (587 starttls, 465 ssl), SMTP_USERNAME and "
+                "SMTP_PASSWORD (many providers want an app password)")
+
+    return checked(check, run, fix)
 
 
 def clock_finding(

@@ -421,3 +421,44 @@ def test_doctor_help(tmp_path: Path, run: Callable[..., subprocess.CompletedProc
     result = run("doctor", "--help", environ={}, cwd=tmp_path)
     assert result.returncode == 0
     assert "--json" in result.stdout and "Exits 0 when ready" in " ".join(result.stdout.split())
+
+
+# -- email (both agents read the same SMTP_* settings) -------------------------------------------------------
+
+SMTP_USER, SMTP_PASSWORD = "pi-alerts", "doctor-smtp-secret-Rt6"
+
+
+@pytest.mark.parametrize("run", [ci_agent, cd_agent])
+def test_doctor_logs_in_to_the_mail_server_without_sending(
+    tmp_path: Path, registry: RegistryServer, start_smtp_server: Callable[..., Any], secret: Callable[[str], str],
+    run: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    server = start_smtp_server(auth=(SMTP_USER, secret(SMTP_PASSWORD)))
+    image = f"{registry.host}/{unique('doctor')}/app"
+    base = ci_environ(tmp_path, image) if run is ci_agent else cd_environ(tmp_path, image)
+    smtp = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(server.port), "SMTP_SECURITY": "none",
+            "SMTP_USERNAME": SMTP_USER, "SMTP_PASSWORD": SMTP_PASSWORD, "NOTIFY_FROM": "pi@example.org",
+            "NOTIFY_TO": "me@example.org"}
+
+    result = run("doctor", environ={**base, **smtp}, cwd=tmp_path)
+    assert lines(result)["email"] == (
+        f"ok 127.0.0.1:{server.port} (none) takes the login of 'pi-alerts'; failures are mailed to me@example.org"
+    ), result.stdout
+    assert server.messages == []
+
+    wrong = secret("doctor-smtp-wrong-Yb2")
+    result = run("doctor", environ={**base, **smtp, "SMTP_PASSWORD": wrong}, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout
+    found = lines(result)["email"]
+    assert found.startswith(f"FAIL cannot log in to 127.0.0.1:{server.port}: login as 'pi-alerts' refused (535 "), found
+    assert "app password" in found
+    assert_no_secret(result, wrong, SMTP_PASSWORD)
+
+    server.stop()
+    result = run("doctor", environ={**base, **smtp}, cwd=tmp_path)
+    assert lines(result)["email"].startswith(f"FAIL cannot log in to 127.0.0.1:{server.port}: "), result.stdout
+    assert server.messages == []
+    assert_no_secret(result, SMTP_PASSWORD)
+
+    result = run("doctor", environ=base, cwd=tmp_path)
+    assert lines(result)["email"] == "ok email is off (SMTP_HOST is not set)"
