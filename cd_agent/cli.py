@@ -6,6 +6,7 @@
     cd-agent deploy [--app NAME] [VERSION] [--force] deploy VERSION (the newest release when omitted) now
     cd-agent rollback [--app NAME]                   go back to the previous version
     cd-agent status [--app NAME] [--json]            deployed, previous, quarantined, last poll and deploy
+    cd-agent doctor [--json]                         check settings, Docker, registry pull, disk, clock, email
 
 Settings (and ``CD_APPS_FILE``'s apps) are read once (environment over ``.env``); ``--app`` may be left out
 when there is one app. Errors are turned into a message on stderr and an exit code in exactly one place,
@@ -90,12 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
         "versions are quarantined, when the watcher last polled and polls next, and the last deploy.",
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    doctor = commands.add_parser(
+        "doctor", help="check that this machine is ready: one line per check, with what to do about each problem",
+        description="Check the settings (and every app of CD_APPS_FILE), the Docker Engine and its free space "
+        "(DISK_MIN_FREE), that the registry login may pull each app's image (its tags and newest release's "
+        "manifest are read: nothing is pulled), for blue-green apps the proxy image, the clock against the "
+        "registry's and the SMTP login (nothing is sent). Exits 0 when ready (warnings allowed), 1 when a check "
+        "failed, 2 when the settings are invalid. No secret is printed.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; returns the exit code (0 ok, 1 failed, 2 bad settings or usage, see errors.py)."""
     args = build_parser().parse_args(argv)
+    if args.command == "doctor":
+        return doctor(args.env_file, as_json=args.json)
     try:
         targets = load_targets(read_environment(args.env_file))
         configure_logging("cd", targets.secret_values(), level=targets.settings.log_level)
@@ -106,6 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+def doctor(env_file: Path, *, as_json: bool = False) -> int:
+    """``cd-agent doctor``: its own settings finding, so a bad setting is one line among the others."""
+    from cd_agent.doctor import diagnose
+    from shared.doctor import run_doctor
+
+    return run_doctor("cd", read_environment(env_file), diagnose, as_json=as_json)
 
 
 def watch(targets: Targets, args: argparse.Namespace) -> int:

@@ -104,6 +104,12 @@ class DockerGateway:
         with docker_errors("ping"):
             self._api.ping()
 
+    def describe(self) -> str:
+        """``Docker 27.5.1, linux/amd64``: what ``doctor`` says of the engine it reached."""
+        with docker_errors("version"):
+            version = self._api.version()
+        return f"Docker {version.get('Version', '?')}, {version.get('Os', '?')}/{version.get('Arch', '?')}"
+
     def data_root(self) -> str | None:
         """Where the engine keeps its data (``docker info`` ``DockerRootDir``), for ``DISK_MIN_FREE``."""
         with docker_errors("info"):

@@ -4,6 +4,7 @@
 
     ci-agent serve                        receive GitHub webhooks and run the pipeline for each push
     ci-agent run [--repo NAME] [--ref REF]  run one pipeline now (default: the tracked branch); exit 1 when it fails
+    ci-agent doctor [--json]              check settings, Docker, registry push, GitHub token, disk, clock, email
 
 Settings are read once (environment over ``.env``, plus ``CI_REPOS_FILE`` when it is set; SIGHUP
 reads that file again); errors become a message on stderr and an exit code in exactly one place,
@@ -72,11 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--ref", metavar="REF", help="branch, tag or commit to run (default: CI_BRANCH)")
     run.add_argument("--repo", metavar="NAME", help="the [repos.NAME] table to run (default: the file's first)")
+    doctor = commands.add_parser(
+        "doctor",
+        help="check that this machine is ready: one line per check, with what to do about each problem",
+        description="Check the settings (and every table of CI_REPOS_FILE), each Docker engine and its free space "
+        "(DISK_MIN_FREE), that the registry login may push each image (an upload is started and cancelled: "
+        "nothing is pushed), the GitHub token's right to write commit statuses, the webhook secret, the "
+        "clock against the registry's and the SMTP login (nothing is sent). Exits 0 when ready (warnings "
+        "allowed), 1 when a check failed, 2 when the settings are invalid. No secret is printed.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "doctor":
+        return doctor(args.env_file, as_json=args.json)
     try:
         environ = read_environment(args.env_file)
         settings = load_settings(CiSettings, environ)
@@ -99,6 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Everything is finished and closed here; atexit handlers still run and objects freed by
         # reference counting are still finalized: only the cycle search over them is skipped.
         gc.freeze()
+
+
+def doctor(env_file: Path, *, as_json: bool = False) -> int:
+    """``ci-agent doctor``: its own settings finding, so a bad setting is one line among the others."""
+    from ci_agent.doctor import diagnose
+    from shared.doctor import run_doctor
+
+    return run_doctor("ci", read_environment(env_file), diagnose, as_json=as_json)
 
 
 def serve(settings: CiSettings, targets: RepoTargets, environ: Mapping[str, str] | None = None) -> int:

@@ -258,6 +258,33 @@ class GitHubStatusApi:
             raise CommitStatusFailed(f"{where}: {said}", permanent=True)
         raise CommitStatusFailed(f"{where}: {said}", retry_after=wait)
 
+    def token_scopes(self, ref: str) -> str | None:
+        """Read the statuses of ``ref`` with the token (``doctor``): the classic token's scopes (GitHub's
+        ``X-OAuth-Scopes``, ``""`` for none), or None for a fine-grained or app token, which has permissions
+        instead and no header naming them. A refusal raises ``CommitStatusFailed`` saying what to change."""
+        url = f"{self.api_url}/repos/{self.repo}/commits/{ref}/statuses"
+        token = self._token.get_secret_value()
+        try:
+            response = self._client.get(
+                url, params={"per_page": "1"}, headers={"Authorization": f"Bearer {token}"}, timeout=self.deadline,
+            )
+        except httpx.HTTPError as exc:
+            raise CommitStatusFailed(redact(f"cannot reach {self.api_url}: {type(exc).__name__}: {exc}", [token])) \
+                from None
+        if response.is_success:
+            scopes = response.headers.get("x-oauth-scopes")
+            return None if scopes is None else scopes.strip()
+        said = redact(_message(response, response.content[: self.body_limit]), [token])
+        where = f"GitHub ({self.api_url}) answered {response.status_code} for the statuses of {self.repo}@{ref}"
+        if response.status_code == 401:
+            raise CommitStatusFailed(f"{where}: {said}: CI_GITHUB_TOKEN is refused", permanent=True)
+        if response.status_code in (403, 404):
+            raise CommitStatusFailed(
+                f"{where}: {said}: the token cannot read {self.repo} (or the repository or branch does not exist)",
+                permanent=True,
+            )
+        raise CommitStatusFailed(f"{where}: {said}")
+
     def _too_slow(self) -> CommitStatusFailed:
         return CommitStatusFailed(
             f"{self.api_url} did not answer within {self.deadline:g}s (connect, headers and body together)"

@@ -14,7 +14,8 @@ import queue
 import smtplib
 import ssl
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -129,17 +130,31 @@ class SmtpMailer:
         except (ValueError, TypeError) as exc:
             raise NotifyError(f"cannot build the email for {where}: {exc}") from exc
         try:
-            with self._connect() as smtp:
-                if self.security == "starttls":
-                    smtp.starttls(context=self._context())
-                if self.username:
-                    password = self._password.get_secret_value() if self._password else ""
-                    smtp.login(self.username, password)
+            with self._session() as smtp:
                 refused = smtp.send_message(message, from_addr=self.sender, to_addrs=list(self.recipients))
         except (smtplib.SMTPException, OSError) as exc:
             raise NotifyError(f"sending email via {where} failed: {self._reason(exc)}") from exc
         if refused:
             logger.warning("mail server {} refused some recipients: {}", where, ", ".join(sorted(refused)))
+
+    def check_login(self) -> None:
+        """Connect, secure and log in as a send does, then leave without sending (``doctor``); ``NotifyError``
+        says what failed."""
+        try:
+            with self._session() as smtp:
+                smtp.noop()
+        except (smtplib.SMTPException, OSError) as exc:
+            raise NotifyError(f"cannot log in to {self.host}:{self.port}: {self._reason(exc)}") from exc
+
+    @contextmanager
+    def _session(self) -> Iterator[smtplib.SMTP]:
+        with self._connect() as smtp:
+            if self.security == "starttls":
+                smtp.starttls(context=self._context())
+            if self.username:
+                password = self._password.get_secret_value() if self._password else ""
+                smtp.login(self.username, password)
+            yield smtp
 
     def _context(self) -> ssl.SSLContext:
         return self._ssl_context or ssl.create_default_context()

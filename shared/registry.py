@@ -226,13 +226,21 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         return max(0.0, float(value))
     except ValueError:
         pass
+    when = parse_http_date(value)
+    if when is None:
+        return None
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def parse_http_date(value: str | None) -> datetime | None:
+    """An HTTP-date (``Date``, ``Retry-After``) as an aware datetime; None when absent or unreadable."""
+    if not value:
+        return None
     try:
-        when = email.utils.parsedate_to_datetime(value)
+        when = email.utils.parsedate_to_datetime(value.strip())
     except (TypeError, ValueError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -457,6 +465,34 @@ class RegistryClient:
             content=body, push=True,
         )
         return "sha256:" + hashlib.sha256(body).hexdigest()
+
+    def server_date(self) -> datetime | None:
+        """The registry's clock: the ``Date`` header of its ``/v2/`` answer (401 included), None without one.
+
+        For ``doctor``'s clock check; no credentials are sent (none are needed to read a header).
+        """
+        return parse_http_date(self._send("GET", "/v2/", None, None).headers.get("date"))
+
+    def check_push(self) -> bool:
+        """Whether these credentials may push to the repository, without pushing anything: a blob upload
+        session is started (``POST /v2/NAME/blobs/uploads/``, push scope) and cancelled (``DELETE`` of its
+        ``Location``). No blob, manifest or tag is written; an upload never finished holds nothing.
+
+        Raises ``RegistryAuthError`` when refused; returns False when the session could not be cancelled
+        (the registry drops unfinished uploads itself, after a while).
+        """
+        what = f"start an upload to {self.ref.name} (a push check; nothing is pushed)"
+        response = self._request("POST", f"/v2/{self.ref.repository}/blobs/uploads/", what=what, push=True)
+        location = response.headers.get("location")
+        if not location:
+            raise RegistryError(f"registry {self.ref.registry} started an upload to {self.ref.name} without a Location")
+        if not self._same_origin(location):
+            return False  # an upload on another host (a storage redirect): it expires there on its own
+        try:
+            self._request("DELETE", location, what=f"cancel the upload just started on {self.ref.name}", push=True)
+        except RegistryError:
+            return False
+        return True
 
     def close(self) -> None:
         self._http.close()

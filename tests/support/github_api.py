@@ -10,6 +10,11 @@ https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api:
 * A bad state, a description over 140 characters, a sha that is no commit: ``422 Validation Failed``.
 * Out of quota: ``403`` with ``x-ratelimit-remaining: 0`` and ``x-ratelimit-reset`` (epoch seconds).
 
+* ``GET /repos/{owner}/{repo}/commits/{ref}/statuses`` answers ``200`` with the statuses of ``ref``; for a
+  classic token (``scopes`` given) with ``X-OAuth-Scopes`` (its scopes, comma-separated) and
+  ``X-Accepted-OAuth-Scopes``, as https://docs.github.com/en/apps/oauth-apps/building-oauth-apps/scopes-for-oauth-apps
+  describes; a fine-grained token (``scopes=None``) gets neither header.
+
 ``fail_next(n, kind)`` makes the next ``n`` requests fail as ``"500"``, ``"ratelimit"`` or ``"401"``;
 ``stop()`` closes the port (connection refused) and ``start()`` opens the same port again.
 """
@@ -45,8 +50,9 @@ class Received:
 
 
 class GitHubApi:
-    def __init__(self, repo: str, token: str, *, prefix: str = "") -> None:
+    def __init__(self, repo: str, token: str, *, prefix: str = "", scopes: str | None = None) -> None:
         self.repo = repo
+        self.scopes = scopes
         self.token = token
         self.prefix = prefix  # "/api/v3" for a GitHub Enterprise Server shape
         self.port = free_port()
@@ -81,10 +87,15 @@ class GitHubApi:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
+            def do_GET(self) -> None:
+                self.reply(*api.answer_get(self.path, {k.lower(): v for k, v in self.headers.items()}))
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                code, headers, body = api.answer(self.path, dict(self.headers.items()), raw)
+                self.reply(*api.answer(self.path, dict(self.headers.items()), raw))
+
+            def reply(self, code: int, headers: dict[str, str], body: Any) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(code)
                 for name, value in {**headers, "Content-Type": "application/json; charset=utf-8"}.items():
@@ -113,6 +124,26 @@ class GitHubApi:
         with self._lock:
             self.requests.append(Received("POST", path, headers, body if isinstance(body, dict) else None, code))
         return code, extra, answer
+
+    def answer_get(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+        """``GET .../commits/{ref}/statuses``: the statuses created for ``ref`` (a sha here), newest first."""
+        route, _, _query = path.partition("?")
+        extra: dict[str, str] = {}
+        body: Any
+        if headers.get("authorization") != f"Bearer {self.token}":
+            code, body = 401, {"message": "Bad credentials", "documentation_url": DOCS, "status": "401"}
+        elif not route.startswith(self.prefix) or not (
+            match := re.fullmatch(r"/repos/([^/]+)/([^/]+)/commits/([^/]+)/statuses", route[len(self.prefix):])
+        ) or f"{match[1]}/{match[2]}" != self.repo:
+            code, body = 404, {"message": "Not Found", "documentation_url": DOCS, "status": "404"}
+        else:
+            code = 200
+            body = [r.body for r in reversed(self.created()) if r.sha == match[3]]
+            if self.scopes is not None:
+                extra = {"X-OAuth-Scopes": self.scopes, "X-Accepted-OAuth-Scopes": "repo, repo:status"}
+        with self._lock:
+            self.requests.append(Received("GET", path, headers, None, code))
+        return code, extra, body
 
     def _decide(
         self, path: str, headers: dict[str, str], body: object
