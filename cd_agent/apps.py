@@ -137,12 +137,10 @@ class AppTarget:
 
     @property
     def runs_as(self) -> str:
-        """What the deploy replaces, as its log names it: each strategy's runtime object."""
-        if self.strategy == "swarm":
-            return f"swarm service {self.service}"
-        if self.strategy == "compose":
-            return f"compose service {self.compose_service} of project {self.compose_project}"
-        return f"container {self.container_name}"
+        """What the deploy replaces, as its log names it: the strategy's runtime object."""
+        from cd_agent.strategies import STRATEGIES
+
+        return STRATEGIES[self.strategy].runs_as(self)
 
     def describe(self) -> str:
         """``web (registry/me/web, blue-green)``: how the watcher's log names the app."""

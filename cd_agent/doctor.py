@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from cd_agent.apps import AppTarget, Targets, load_targets
 from cd_agent.candidate import newest_release
+from cd_agent.strategies import STRATEGIES
 from shared.disk import engine_free_space
 from shared.doctor import (
     Finding,
@@ -65,7 +66,7 @@ def diagnose(environ: Mapping[str, str]) -> Report:
         registries: dict[str, AppTarget] = {}
         for app in targets.apps:
             report.add(pull_finding(app, labelled=targets.apps_file is not None))
-            if app.strategy == "blue-green":
+            if STRATEGIES[app.strategy].proxy:
                 report.add(proxy_image_finding(app, gateway, labelled=targets.apps_file is not None))
             registries.setdefault(app.image.registry, app)
         for registry, app in registries.items():

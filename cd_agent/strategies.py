@@ -10,7 +10,9 @@ blue-green proxy and the Swarm modules need it), which only a deploy process doe
   gets the app's fields validated so far (``cd_ports``, ``cd_networks``: text as the user wrote it);
 - ``status``: what ``cd-agent status`` adds for the strategy (the Swarm service), or None;
 - ``adapters``: the strategy's real adapters (the blue-green proxy controller, the Swarm services), made
-  from the app and the engine when the deployer was handed none (tests hand it fakes).
+  from the app and the engine when the deployer was handed none (tests hand it fakes);
+- ``runs_as``: what a deploy replaces, as the deploy log names it (a container, a service);
+- ``proxy``: whether the strategy runs the proxy image (``CD_PROXY_IMAGE``), which ``doctor`` looks for.
 """
 
 from __future__ import annotations
@@ -73,6 +75,10 @@ def _no_adapters(target: AppTarget, engine: Engine) -> Adapters:
     return Adapters()
 
 
+def _a_container(target: AppTarget) -> str:
+    return f"container {target.container_name}"
+
+
 @dataclass(frozen=True)
 class StrategyRow:
     build: Callable[[DeployContext, Parts], Strategy]
@@ -80,6 +86,8 @@ class StrategyRow:
     check: Callable[[Mapping[str, Any]], None]
     status: Callable[[AppTarget], dict[str, Any]] | None = None
     adapters: Callable[[AppTarget, Engine], Adapters] = _no_adapters
+    runs_as: Callable[[AppTarget], str] = _a_container
+    proxy: bool = False
 
 
 def _build_swap(context: DeployContext, parts: Parts) -> Strategy:
@@ -231,14 +239,16 @@ def _no_check(fields: Mapping[str, Any]) -> None:
 STRATEGIES: dict[str, StrategyRow] = {
     "swap": StrategyRow(build=_build_swap, recovery=_recover_containers, check=_no_check),
     "blue-green": StrategyRow(
-        build=_build_blue_green, recovery=_recover_containers, check=_check_blue_green, adapters=_blue_green_adapters
+        build=_build_blue_green, recovery=_recover_containers, check=_check_blue_green, adapters=_blue_green_adapters,
+        proxy=True,
     ),
     "swarm": StrategyRow(
         build=_build_swarm, recovery=_recover_swarm, check=_check_swarm, status=_swarm_status,
-        adapters=_swarm_adapters,
+        adapters=_swarm_adapters, runs_as=lambda target: f"swarm service {target.service}",
     ),
     # The compose files themselves are checked by CdSettings (CD_COMPOSE_FILE runs `compose config`).
     "compose": StrategyRow(
-        build=_build_compose, recovery=_recover_compose, check=_check_compose, status=_compose_status
+        build=_build_compose, recovery=_recover_compose, check=_check_compose, status=_compose_status,
+        runs_as=lambda target: f"compose service {target.compose_service} of project {target.compose_project}",
     ),
 }
