@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ci_agent.errors import StepFailed
 from shared.disk import format_size
 from shared.errors import PiCicdError
 
@@ -217,7 +218,8 @@ class DiskBudget:
             try:
                 state = engine.disk_state()
             except PiCicdError as exc:
-                log.warning("disk budget: cannot read what CI holds on the engine, nothing pruned: {}", exc)
+                reason = exc.message if isinstance(exc, StepFailed) else str(exc)
+                log.warning("disk budget: cannot read what CI holds on the engine, nothing pruned: {}", reason)
                 return None
             chosen = plan(state, self._repositories(), self.budget, busy)
             limit = f"CI_DISK_BUDGET={format_size(self.budget)}"
