@@ -23,7 +23,14 @@ from typing import Any
 from loguru import logger
 from pydantic import SecretStr
 
-from ci_agent.disk_budget import OWNER_LABEL, EngineContainer, EngineDiskState, EngineImage
+from ci_agent.disk_budget import (
+    OWNER_LABEL,
+    TEST_CONTAINER_PREFIX,
+    TEST_CONTAINER_ROLE,
+    EngineContainer,
+    EngineDiskState,
+    EngineImage,
+)
 from ci_agent.errors import Step, StepFailed
 from ci_agent.label_line import with_labels
 from shared.platforms import Platform, engine_platform, platform
@@ -116,6 +123,7 @@ class _LineSplitter:
             self.pending = ""
 
 
+_IMAGE_ID = re.compile(r"(sha256:)?[0-9a-f]{12,64}")
 _STEP_FROM = re.compile(r"^Step \d+/\d+ : FROM ", re.IGNORECASE)
 _STEP_RESULT = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 
@@ -391,7 +399,7 @@ class DockerGateway:
             try:
                 container = self.client.containers.create(
                     image, entrypoint=["sh", "-c"], command=[command], name=name, detach=True,
-                    labels={"pi-cicd.role": "ci-test", OWNER_LABEL: image.rpartition(":")[0]},
+                    labels={TEST_CONTAINER_ROLE[0]: TEST_CONTAINER_ROLE[1]},
                     **({"platform": platform} if platform else {}),
                 )
                 container.start()
@@ -487,9 +495,16 @@ class DockerGateway:
             return dict(config.get("Labels") or {})
 
     def remove_image(self, reference: str) -> bool:
-        """Untag/remove ``reference``; ``False`` when it is gone already or still in use (never raises)."""
+        """Untag/remove ``reference``; ``False`` when it is gone already or still in use (never raises).
+
+        An image id is removed only when the image has no tag left: the engine would delete an image
+        by id together with its one remaining tag, and a tag CI did not remove is someone else's (the
+        CD agent's ``NAME:1.2.0`` of the very image CI built, on a Pi that runs both)."""
         ignored: tuple[type[BaseException], ...] = (StepFailed, *_sdk_errors())
         try:
+            if _IMAGE_ID.fullmatch(reference) and self.client.api.inspect_image(reference).get("RepoTags"):
+                logger.debug("image {} not removed: it has a tag CI did not remove", reference)
+                return False
             self.client.api.remove_image(reference)
         except ignored as exc:
             logger.debug("image {} not removed: {}", reference, exc)
@@ -525,7 +540,11 @@ class DockerGateway:
                     owner=str((item.get("Labels") or {}).get(OWNER_LABEL, "")),
                     running=item.get("State") in ("running", "restarting", "paused"), size=int(item.get("SizeRw") or 0),
                 )
-                for item in self.client.api.containers(all=True, size=True, filters={"label": OWNER_LABEL})
+                # A container inherits its image's labels: CD's app containers of CI's images carry OWNER_LABEL too.
+                for item in self.client.api.containers(
+                    all=True, size=True, filters={"label": "=".join(TEST_CONTAINER_ROLE), "name": TEST_CONTAINER_PREFIX}
+                )
+                if str((item.get("Names") or [""])[0]).lstrip("/").startswith(TEST_CONTAINER_PREFIX)
             ]
         return EngineDiskState(tuple(images), tuple(containers), frozenset(others))
 

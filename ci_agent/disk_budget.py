@@ -10,7 +10,9 @@ none (a release whose ``latest`` moved on while a container still used it, a run
 image with any other tag is someone else's too (the CD agent's ``NAME:1.2.0`` pulled on the same engine,
 a ``docker tag`` by hand): never touched. Images without the label (base images, anything a person
 built or pulled) are never looked at. Stopped test containers the agent left behind (a crash during
-the test step) are removed whatever the budget: CI removes its test containers itself otherwise.
+the test step; labelled ``pi-cicd.role=ci-test`` and named ``pi-cicd-ci-test-...``) are removed whatever
+the budget: CI removes its test containers itself otherwise. Containers of CI's images that are not its
+test containers (the CD agent's app) are never touched, and Docker refuses to remove an image one uses.
 
 What is always kept: ``NAME:latest`` and ``NAME:ci-staging-<platform>`` (the last successful release of
 each repository, as one image or one per platform), and every image of a repository with a run in
@@ -42,6 +44,10 @@ if TYPE_CHECKING:
     from ci_agent.effects import EngineDisk
 
 OWNER_LABEL = "pi-cicd.ci.image"
+# CI's test containers: set at their creation (a label of the image is inherited by every container of it,
+# the CD agent's app containers of CI's images included) and in their name (ci_agent/pipeline.py).
+TEST_CONTAINER_ROLE = ("pi-cicd.role", "ci-test")
+TEST_CONTAINER_PREFIX = "pi-cicd-ci-test-"
 DEFAULT_BUDGET = 4 * 10**9  # CI_DISK_BUDGET's default: see the README's "Run on a Pi: SD cards"
 _KEPT_TAGS = ("latest",)
 _KEPT_PREFIXES = ("ci-staging-",)
@@ -66,7 +72,8 @@ class EngineImage:
 
 @dataclass(frozen=True)
 class EngineContainer:
-    """A container with ``OWNER_LABEL`` (a test container)."""
+    """A test container of CI's (``TEST_CONTAINER_ROLE``, named ``TEST_CONTAINER_PREFIX``...); ``owner``: its
+    image's ``OWNER_LABEL``."""
 
     id: str
     name: str
@@ -77,7 +84,7 @@ class EngineContainer:
 
 @dataclass(frozen=True)
 class EngineDiskState:
-    """One reading of the engine: the labelled images and containers, and the ids of every other image."""
+    """One reading of the engine: the labelled images, CI's test containers, and the ids of every other image."""
 
     images: tuple[EngineImage, ...] = ()
     containers: tuple[EngineContainer, ...] = ()
@@ -162,7 +169,9 @@ def plan(
     busy_names = {_normal(name) for name in busy}
     ours = owned(state, names)
     ours_ids = {image.id for image in ours}
-    foreign = state.others | {image.id for image in state.images if image.id not in ours_ids}
+    # Someone else's images and their layers free nothing when CI's go (base images are known by their id only).
+    theirs = [image for image in state.images if image.id not in ours_ids]
+    foreign = state.others | {image.id for image in theirs} | {layer for image in theirs for layer, _ in image.layers}
     stopped = [c for c in state.containers if not c.running and _normal(c.owner) in names]
     removals = [Removal("container", (c.id,), c.size, f"test container {c.name}") for c in stopped]
 

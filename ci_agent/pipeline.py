@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ci_agent.builder import has_stage, run_host_command
-from ci_agent.disk_budget import DiskBudget
+from ci_agent.disk_budget import TEST_CONTAINER_PREFIX, DiskBudget
 from ci_agent.effects import HostRunner, ImageBuilder, ReleaseRegistry, Source
 from ci_agent.errors import Step, StepFailed, TestsFailed
 from ci_agent.failed_tests import DETAIL as FAILED_TESTS_DETAIL
@@ -294,7 +294,7 @@ class Pipeline:
             if self.platforms is not None:
                 self.platforms.test(
                     checkout, command, target=target, timeout=timeout, buildargs=dict(self.target.build_args),
-                    name=f"pi-cicd-ci-test-{self._instance}-run-{run.number}", log=log,
+                    name=f"{TEST_CONTAINER_PREFIX}{self._instance}-run-{run.number}", log=log,
                 )
                 return
             test_image = self.image.with_tag(TEST_TAG)
@@ -310,7 +310,7 @@ class Pipeline:
                      test_image, timeout)
             code = self.docker.run_tests(
                 test_image, command, timeout=timeout, on_output=output,
-                name=f"pi-cicd-ci-test-{self._instance}-run-{run.number}",
+                name=f"{TEST_CONTAINER_PREFIX}{self._instance}-run-{run.number}",
             )
         if code != 0:
             raise TestsFailed(f"the test command `{command}` exited with code {code}")

@@ -209,3 +209,10 @@ def test_with_a_repos_file_the_budget_stays_agent_wide_and_is_no_table_key(tmp_p
     with pytest.raises(SettingsError, match=r"disk_budget"):
         load_targets(settings, environ)
 
+
+
+def test_layers_of_an_image_someone_else_tagged_free_nothing() -> None:
+    test_image = image("t", ["ci-test"], 1, [("sha256:t", 1 * MB), ("sha256:common", 100 * MB)])
+    theirs = image("r", ["latest", "by-hand"], 2, [("sha256:r", 1 * MB), ("sha256:common", 100 * MB)])
+    chosen = plan(state(test_image, theirs), [APP], budget=0)
+    assert chosen.before == MB and [removal.freed for removal in chosen.removals] == [MB]
