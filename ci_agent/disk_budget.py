@@ -15,8 +15,8 @@ the budget: CI removes its test containers itself otherwise. Containers of CI's 
 test containers (the CD agent's app) are never touched, and Docker refuses to remove an image one uses.
 
 What is always kept: ``NAME:latest`` and ``NAME:ci-staging-<platform>`` (the last successful release of
-each repository, as one image or one per platform), and every image of a repository with a run in
-progress (its test image is about to be used).
+each repository, as one image or one per platform). Nothing is pruned while another run is in progress
+(``CI_MAX_PARALLEL_RUNS`` above 1): its build may be using a cached layer of an image that would go.
 
 What it weighs: the layers CI built, counted once however many of its images share them (the engine's
 history of each owned image: an entry it knows by id is a layer built here; a pulled base image's
@@ -220,10 +220,17 @@ class DiskBudget:
 
     def enforce(self, engine: EngineDisk, log: loguru.Logger, *, finished: str | None = None) -> Plan | None:
         """Prune ``engine`` down to the budget, saying what went in ``log``; never raises (a run's outcome is
-        decided already). ``finished``: the repository whose run just ended, which is not busy any more."""
+        decided already). ``finished``: the repository whose run just ended, which is not busy any more.
+        Nothing is pruned while a run of another repository is in progress (None)."""
         with self._pruning:
             with self._lock:
-                busy = {name for name in self._busy if name != finished}
+                busy = sorted(name for name in self._busy if name != finished)
+            if busy:
+                # The classic builder fails a build whose cache parent is removed under it, and repositories
+                # built from the same base share those parents: the last run to end prunes.
+                log.info("disk budget: not checked now, a run of {} is in progress (the last run to end checks it)",
+                         ", ".join(busy))
+                return None
             try:
                 state = engine.disk_state()
             except PiCicdError as exc:

@@ -153,24 +153,31 @@ def lines() -> Any:
     logger.remove(handler)
 
 
-def test_enforce_prunes_logs_what_and_keeps_the_finished_repository_prunable(lines: list[str]) -> None:
+def test_enforce_prunes_and_logs_what_and_the_finished_repository_is_not_busy(lines: list[str]) -> None:
     engine = FakeEngine(state(
         image("t", ["ci-test"], 1, [("sha256:t", 50 * MB)]),
         image("u", ["ci-test-linux-arm64"], 2, [("sha256:u", 50 * MB)]),
-        image("w", ["ci-test"], 0, [("sha256:w", 50 * MB)], owner=WEB),
+        image("w", ["ci-test"], 3, [("sha256:w", 50 * MB)], owner=WEB),
     ), refuse=frozenset({f"{APP}:ci-test-linux-arm64"}))
-    budget = DiskBudget(10 * MB, lambda: [APP, WEB])
-    with budget.running(APP), budget.running(WEB):
-        chosen = budget.enforce(engine, logger, finished=APP)  # WEB is still running
+    budget = DiskBudget(60 * MB, lambda: [APP, WEB])
+    with budget.running(APP):
+        chosen = budget.enforce(engine, logger, finished=APP)
     assert chosen is not None and engine.removed == [f"{APP}:ci-test"]
     assert any("disk budget: pruned 127.0.0.1:5000/me/app:ci-test (50.0 MB)" in line for line in lines)
     assert any(line.startswith("WARNING") and "could not prune" in line and "ci-test-linux-arm64" in line
                for line in lines)
-    assert any("CI held 150.0 MB on the engine (CI_DISK_BUDGET=10.0 MB)" in line for line in lines)
-    # once no run is in progress, WEB's images are CI's to prune again
-    engine.removed.clear()
-    budget.enforce(engine, logger)
-    assert f"{WEB}:ci-test" in engine.removed
+    assert any("CI held 150.0 MB on the engine (CI_DISK_BUDGET=60.0 MB)" in line for line in lines)
+
+
+def test_nothing_is_pruned_while_another_repository_has_a_run_in_progress(lines: list[str]) -> None:
+    engine = FakeEngine(state(image("t", ["ci-test"], 1, [("sha256:t", 50 * MB)])))
+    budget = DiskBudget(0, lambda: [APP, WEB])
+    with budget.running(WEB), budget.running(APP):
+        assert budget.enforce(engine, logger, finished=APP) is None
+    assert engine.removed == []
+    assert any("not checked now, a run of 127.0.0.1:5000/me/web is in progress" in line for line in lines)
+    budget.enforce(engine, logger)  # the last run to end
+    assert engine.removed == [f"{APP}:ci-test"]
 
 
 def test_an_engine_that_cannot_be_read_prunes_nothing_and_says_why(lines: list[str]) -> None:
