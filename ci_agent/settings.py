@@ -21,7 +21,7 @@ from ci_agent.payload import SEMVER_CORE, check_ref_name
 from ci_agent.versioning import TagStyle
 from shared.platforms import Platform, parse_platforms
 from shared.registry import parse_image_ref
-from shared.settings import SharedSettings, is_loopback_host, shown
+from shared.settings import SharedSettings, is_loopback_host, shown, size_setting
 
 TestRunner = Literal["docker", "host"]
 
@@ -247,18 +247,7 @@ class CiSettings(SharedSettings):
     @field_validator("ci_disk_budget", mode="before")
     @classmethod
     def _disk_budget(cls, value: object) -> object:
-        if isinstance(value, str):
-            from shared.disk import parse_size
-
-            return parse_size(value)  # its ValueError says what a size looks like
-        return value
-
-    @field_validator("ci_disk_budget")
-    @classmethod
-    def _not_negative(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError("must be a size of 0 or more, such as 4GB")
-        return value
+        return size_setting(value)
 
     @field_validator("ci_platforms")
     @classmethod
