@@ -1,5 +1,5 @@
 """CI_DISK_BUDGET's policy (ci_agent/disk_budget.py) over an in-memory engine; the real engine is
-tests/integration/test_disk_budget.py."""
+tests/reliability/test_disk_budget.py."""
 
 from __future__ import annotations
 
