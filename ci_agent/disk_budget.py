@@ -6,7 +6,8 @@ What CI owns: every image its builder makes carries the label ``pi-cicd.ci.image
 it was built for: test images, release images, a multi-platform release's per-platform images). An image
 is this agent's when NAME is one of its repositories' images and every tag it has is one CI makes
 (``NAME:ci-test``, ``NAME:ci-test-<platform>``, ``NAME:ci-staging-<platform>``, ``NAME:latest``), or it has
-none (a release whose ``latest`` moved on while a container still used it, a run killed half-way). An
+none (a release whose ``latest`` moved on while a container still used it). What a failed build leaves
+(untagged intermediate layers, built before the label's step) carries no label and is not found. An
 image with any other tag is someone else's too (the CD agent's ``NAME:1.2.0`` pulled on the same engine,
 a ``docker tag`` by hand): never touched. Images without the label (base images, anything a person
 built or pulled) are never looked at. Stopped test containers the agent left behind (a crash during
