@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from cd_agent.deployer import Deployer
 from cd_agent.docker_gateway import DockerGateway
 from shared.disk import DiskFloor, DiskReading, engine_free_space, statvfs_free_space
 from shared.notify import Notifier
@@ -91,13 +92,18 @@ def test_a_deploy_on_a_nearly_full_disk_pulls_nothing_and_says_what_to_prune(
 def test_with_room_on_the_disk_the_deploy_goes_ahead(cd_world: CdWorld) -> None:
     world = cd_world
     world.releases.push("1.0.0")
-    deployer = build_deployer(
-        world.settings(), Notifier(world.mailer, attempts=1),
-        disk=DiskFloor(2_000_000_000, lambda: DiskReading("/var/lib/docker", 50_000_000_000)),
-    )
-    try:
+    roomy = DiskFloor(2_000_000_000, lambda: DiskReading("/var/lib/docker", 50_000_000_000))
+    with deployer_with(world, roomy) as deployer:
         assert deployer.deploy("1.0.0").outcome == "deployed"
         assert world.served() == "1.0.0"
+
+
+@contextmanager
+def deployer_with(world: CdWorld, floor: DiskFloor) -> Iterator[Deployer]:
+    """A real deployer of ``world`` with this free-space floor, closed afterwards."""
+    deployer = build_deployer(world.settings(), Notifier(world.mailer, attempts=1), disk=floor)
+    try:
+        yield deployer
     finally:
         deployer.notifier.close(5)
         deployer.state.close()
@@ -134,8 +140,7 @@ def test_a_nearly_full_real_filesystem_stops_the_deploy_until_space_is_freed(
     world.releases.push("1.0.0")
     with nearly_full_tmpfs(tmp_path / "docker-root", 16 * 2**20, 2**20) as root:
         floor = DiskFloor(4 * 10**6, statvfs_free_space(str(root), None))
-        deployer = build_deployer(world.settings(), Notifier(world.mailer, attempts=1), disk=floor)
-        try:
+        with deployer_with(world, floor) as deployer:
             report = deployer.deploy("1.0.0")
             assert report.outcome == "failed" and report.failed_step == "disk"
             assert report.error is not None and f"where Docker keeps its data ({root})" in report.error
@@ -146,7 +151,3 @@ def test_a_nearly_full_real_filesystem_stops_the_deploy_until_space_is_freed(
             (root / "fill").unlink()
             assert deployer.deploy("1.0.0").outcome == "deployed"
             assert world.served() == "1.0.0"
-        finally:
-            deployer.notifier.close(5)
-            deployer.state.close()
-            deployer.runs.close()
