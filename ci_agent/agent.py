@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from ci_agent.commit_status import reporter_from_settings
+from ci_agent.disk_budget import DiskBudget
 from ci_agent.failed_tests import tests_key
 from ci_agent.poller import poller_for
 from ci_agent.queue import KIND, RunQueue
@@ -138,8 +139,11 @@ def open_agent(
         notifier = notifier_from_settings(settings)
         stack.callback(notifier.close)
 
+        # CI_DISK_BUDGET: one for the agent, over every repository it serves now (a reload changes them).
+        budget = DiskBudget(settings.ci_disk_budget, lambda: [target.image.name for target in live.current])
+
         def build(target: RepoTarget, closers: ExitStack) -> Pipeline:
-            return _pipeline(settings, target, store, notifier, statuses, closers, live)
+            return _pipeline(settings, target, store, notifier, statuses, closers, live, budget)
 
         runs = RepoPipelines(live, store, build)
         stack.callback(runs.close)
@@ -157,7 +161,7 @@ def _tests_key(live: LiveTargets, scope: str | None) -> str | None:
 
 def _pipeline(
     settings: CiSettings, target: RepoTarget, store: RunStore, notifier: Notifier, statuses: StatusRouter,
-    closers: ExitStack, live: LiveTargets,
+    closers: ExitStack, live: LiveTargets, budget: DiskBudget,
 ) -> Pipeline:
     from ci_agent.builder import DockerGateway
     from ci_agent.git import GitRunner
@@ -184,4 +188,5 @@ def _pipeline(
         # A host-run test sees none of the agent's secrets: its own repository's nor any other's.
         hidden=lambda: [*settings.secret_values(), *live.current.secret_values()],
         disk=disk,
+        budget=budget,
     )

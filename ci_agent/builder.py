@@ -23,6 +23,14 @@ from typing import Any
 from loguru import logger
 from pydantic import SecretStr
 
+from ci_agent.disk_budget import (
+    OWNER_LABEL,
+    TEST_CONTAINER_PREFIX,
+    TEST_CONTAINER_ROLE,
+    EngineContainer,
+    EngineDiskState,
+    EngineImage,
+)
 from ci_agent.errors import Step, StepFailed
 from ci_agent.label_line import with_labels
 from shared.platforms import Platform, engine_platform, platform
@@ -115,6 +123,7 @@ class _LineSplitter:
             self.pending = ""
 
 
+_IMAGE_ID = re.compile(r"(sha256:)?[0-9a-f]{12,64}")
 _STEP_FROM = re.compile(r"^Step \d+/\d+ : FROM ", re.IGNORECASE)
 _STEP_RESULT = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 
@@ -287,6 +296,8 @@ class DockerGateway:
         if not tags:
             raise ValueError("build needs at least one tag")
         image_id: str | None = None
+        # Every image CI builds says so, and for which repository: CI_DISK_BUDGET prunes only those.
+        labels = {**(labels or {}), OWNER_LABEL: split_tag(tags[0])[0]}
         labels, dockerfile = self._labels_in_dockerfile(context_dir, labels, target)
         with self._errors(step, "docker build"), dockerfile:
             stream: Iterator[dict[str, Any]] = self.client.api.build(
@@ -388,7 +399,8 @@ class DockerGateway:
             try:
                 container = self.client.containers.create(
                     image, entrypoint=["sh", "-c"], command=[command], name=name, detach=True,
-                    labels={"pi-cicd.role": "ci-test"}, **({"platform": platform} if platform else {}),
+                    labels={TEST_CONTAINER_ROLE[0]: TEST_CONTAINER_ROLE[1]},
+                    **({"platform": platform} if platform else {}),
                 )
                 container.start()
                 reader = threading.Thread(
@@ -483,18 +495,94 @@ class DockerGateway:
             return dict(config.get("Labels") or {})
 
     def remove_image(self, reference: str) -> bool:
-        """Untag/remove ``reference``; ``False`` when it is gone already or still in use (never raises)."""
+        """Untag/remove ``reference``; ``False`` when it is gone already or still in use (never raises).
+
+        An image id is removed only when the image has no tag left: the engine would delete an image
+        by id together with its one remaining tag, and a tag CI did not remove is someone else's (the
+        CD agent's ``NAME:1.2.0`` of the very image CI built, on a Pi that runs both)."""
         ignored: tuple[type[BaseException], ...] = (StepFailed, *_sdk_errors())
         try:
+            if _IMAGE_ID.fullmatch(reference) and self.client.api.inspect_image(reference).get("RepoTags"):
+                logger.debug("image {} not removed: it has a tag CI did not remove", reference)
+                return False
             self.client.api.remove_image(reference)
         except ignored as exc:
             logger.debug("image {} not removed: {}", reference, exc)
             return False
         return True
 
+    def remove_container(self, container_id: str) -> bool:
+        """Remove a stopped container with its anonymous volumes; ``False`` when it cannot be (never raises)."""
+        ignored: tuple[type[BaseException], ...] = (StepFailed, *_sdk_errors())
+        try:
+            self.client.api.remove_container(container_id, v=True)
+        except ignored as exc:
+            logger.debug("container {} not removed: {}", container_id, exc)
+            return False
+        return True
+
+    def disk_state(self) -> EngineDiskState:
+        """What CI_DISK_BUDGET weighs (``ci_agent/disk_budget.py``): the images and containers labelled
+        ``pi-cicd.ci.image`` with their history's layers, and the ids of every other image."""
+        images: list[EngineImage] = []
+        others: set[str] = set()
+        with self._errors("build", "reading the engine's images for CI_DISK_BUDGET"):
+            for summary in self.client.api.images():
+                if OWNER_LABEL not in (summary.get("Labels") or {}):
+                    others.add(str(summary["Id"]))
+                    continue
+                image = self._owned_image(str(summary["Id"]))
+                if image is not None:
+                    images.append(image)
+            containers = [
+                EngineContainer(
+                    id=str(item["Id"]), name=str((item.get("Names") or ["?"])[0]).lstrip("/"),
+                    owner=str((item.get("Labels") or {}).get(OWNER_LABEL, "")),
+                    running=item.get("State") in ("running", "restarting", "paused"), size=int(item.get("SizeRw") or 0),
+                )
+                # A container inherits its image's labels: CD's app containers of CI's images carry OWNER_LABEL too.
+                for item in self.client.api.containers(
+                    all=True, size=True, filters={"label": "=".join(TEST_CONTAINER_ROLE), "name": TEST_CONTAINER_PREFIX}
+                )
+                if str((item.get("Names") or [""])[0]).lstrip("/").startswith(TEST_CONTAINER_PREFIX)
+            ]
+        return EngineDiskState(tuple(images), tuple(containers), frozenset(others))
+
+    def _owned_image(self, image_id: str) -> EngineImage | None:
+        try:
+            data = self.client.api.inspect_image(image_id)
+            history = self.client.api.history(image_id)
+        except _docker().errors.NotFound:
+            return None  # removed since the listing (another run's cleanup)
+        config = data.get("Config") or {}
+        last_tagged = (data.get("Metadata") or {}).get("LastTagTime") or ""
+        return EngineImage(
+            id=image_id, tags=tuple(data.get("RepoTags") or ()), labels=dict(config.get("Labels") or {}),
+            last_used=max(_epoch(str(data.get("Created") or "")), _epoch(str(last_tagged))),
+            layers=tuple(
+                (str(entry["Id"]), int(entry.get("Size") or 0)) for entry in history
+                if entry.get("Id") and entry["Id"] != "<missing>"
+            ),
+        )
+
     def _errors(self, step: Step, what: str) -> _DockerErrors:
         return _DockerErrors(step, what, self._build_host)
 
+
+
+def _epoch(text: str) -> float:
+    """Docker's ``2026-12-07T20:33:21.745440547Z`` as seconds since the epoch (0 for none or the zero time)."""
+    from datetime import datetime
+
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?", text.strip())
+    if match is None:
+        return 0.0
+    fraction = (match[2] or ".0")[:7]
+    zone = "+00:00" if match[3] in (None, "Z") else match[3]
+    try:
+        return max(0.0, datetime.fromisoformat(f"{match[1]}{fraction}{zone}").timestamp())
+    except ValueError:
+        return 0.0
 
 
 class _DockerErrors:

@@ -8,6 +8,7 @@ interface              real one                                       in-memory 
 ``ImageBuilder``       ``ci_agent.builder.DockerGateway`` (dockerd)   ``tests/support/fake_ci.FakeBuilder``
 ``ReleaseRegistry``    ``shared.registry.RegistryClient`` (v2 API)    ``tests/support/fake_ci.FakeRegistry``
 ``HostRunner``         ``ci_agent.builder.run_host_command``          a function
+``EngineDisk``         ``ci_agent.builder.DockerGateway`` (dockerd)   ``tests/unit/test_disk_budget.FakeEngine``
 =====================  =============================================  ================================
 
 Errors keep the project's types at this boundary: a failed effect raises ``StepFailed`` (git,
@@ -20,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from ci_agent.disk_budget import EngineDiskState
 from ci_agent.multiplatform import IndexRegistry, PlatformEngine
 from shared.versions import Commit
 
@@ -46,7 +48,12 @@ class Source(Protocol):
 
 class ImageBuilder(PlatformEngine, Protocol):
     """Builds, tests in a container, tags and pushes images (the Docker Engine); what
-    ``ci_agent/multiplatform.py`` needs of it (``PlatformEngine``: platforms, builds, tests), plus:"""
+    ``ci_agent/multiplatform.py`` needs of it (``PlatformEngine``: platforms, builds, tests), what
+    ``CI_DISK_BUDGET`` reads and removes (``EngineDisk``, below), plus:"""
+
+    def disk_state(self) -> EngineDiskState: ...
+
+    def remove_container(self, container_id: str) -> bool: ...
 
     def prepare(self) -> None: ...
 
@@ -73,3 +80,20 @@ class HostRunner(Protocol):
         self, argv: Sequence[str], *, cwd: Path, timeout: float, on_output: OutputSink = ...,
         env: Mapping[str, str] | None = None,
     ) -> int: ...
+
+
+class EngineDisk(Protocol):
+    """What ``CI_DISK_BUDGET`` reads and removes on the engine (``ci_agent/disk_budget.py`` decides what)."""
+
+    def disk_state(self) -> EngineDiskState:
+        """The images and containers labelled ``pi-cicd.ci.image``, and the ids of every other image;
+        ``StepFailed`` when the engine cannot be asked."""
+        ...
+
+    def remove_image(self, reference: str) -> bool:
+        """Untag/remove one image reference; False when it is in use or gone (never raises)."""
+        ...
+
+    def remove_container(self, container_id: str) -> bool:
+        """Remove a stopped container and its volumes; False when it cannot be (never raises)."""
+        ...

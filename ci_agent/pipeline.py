@@ -22,6 +22,8 @@ finish, email, log pruning) is ``shared.run_lifecycle``.
   registry's tags again just before the push, so an existing tag is never overwritten.
 * Local images: the test image stays tagged ``NAME:ci-test`` and the release ``NAME:latest``, so the
   next build finds its layer cache; the ``NAME:X.Y.Z`` tag and replaced images are removed.
+* After each run, whatever its outcome, ``CI_DISK_BUDGET`` prunes what CI built on the engine down to the
+  budget (``ci_agent/disk_budget.py``), saying so in the run's log; it never changes the run's outcome.
 * ``CI_PLATFORMS`` / ``CI_TEST_PLATFORMS`` (a repos file's ``platforms`` / ``test_platforms``, taken from
   the run's ``RepoTarget``): the test, build and push of those platforms are ``ci_agent/multiplatform.py``'s;
   the steps, their order and what a failure stops stay these.
@@ -43,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ci_agent.builder import has_stage, run_host_command
+from ci_agent.disk_budget import TEST_CONTAINER_PREFIX, DiskBudget
 from ci_agent.effects import HostRunner, ImageBuilder, ReleaseRegistry, Source
 from ci_agent.errors import Step, StepFailed, TestsFailed
 from ci_agent.failed_tests import DETAIL as FAILED_TESTS_DETAIL
@@ -94,11 +97,14 @@ class Pipeline:
         keep_logs: int = DEFAULT_KEEP_LOGS,
         hidden: Callable[[], Iterable[str]] | None = None,
         disk: DiskFloor | None = None,
+        budget: DiskBudget | None = None,
     ) -> None:
         self.report = report  # a finished run's commit status (ci_agent/commit_status.py); never raises
         self.target = target
         # DISK_MIN_FREE: a run does not start (nothing checked out, built or tagged) on a nearly full disk
         self.disk = disk
+        # CI_DISK_BUDGET: one for the whole agent, shared by its repositories' pipelines
+        self.budget = budget
         self.store = store
         self.notifier = notifier
         self.git = git
@@ -141,6 +147,12 @@ class Pipeline:
 
     def execute(self, run: Run, event: PushEvent) -> Run:
         """Run every step for ``event`` and record the outcome in the store; returns the finished run."""
+        if self.budget is None:
+            return self._execute(run, event)
+        with self.budget.running(self.image.name):
+            return self._execute(run, event)
+
+    def _execute(self, run: Run, event: PushEvent) -> Run:
         failure: StepFailed | None = None
         skipped: RunSkipped | None = None
         version: str | None = None
@@ -160,6 +172,8 @@ class Pipeline:
                 log.warning("run {} releases nothing: {}", run.number, exc.verdict.reason)
             else:
                 log.info("run {} succeeded: pushed {}", run.number, self.image.with_tag(version))
+            if self.budget is not None:
+                self.budget.enforce(self.docker, log, finished=self.image.name)
         if skipped is not None:
             run = self.lifecycle.finish(run, self.scope, status="superseded", details=self._skipped(run, skipped))
         elif failure is not None:
@@ -280,7 +294,7 @@ class Pipeline:
             if self.platforms is not None:
                 self.platforms.test(
                     checkout, command, target=target, timeout=timeout, buildargs=dict(self.target.build_args),
-                    name=f"pi-cicd-ci-test-{self._instance}-run-{run.number}", log=log,
+                    name=f"{TEST_CONTAINER_PREFIX}{self._instance}-run-{run.number}", log=log,
                 )
                 return
             test_image = self.image.with_tag(TEST_TAG)
@@ -296,7 +310,7 @@ class Pipeline:
                      test_image, timeout)
             code = self.docker.run_tests(
                 test_image, command, timeout=timeout, on_output=output,
-                name=f"pi-cicd-ci-test-{self._instance}-run-{run.number}",
+                name=f"{TEST_CONTAINER_PREFIX}{self._instance}-run-{run.number}",
             )
         if code != 0:
             raise TestsFailed(f"the test command `{command}` exited with code {code}")

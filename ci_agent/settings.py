@@ -16,11 +16,12 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from ci_agent.disk_budget import DEFAULT_BUDGET
 from ci_agent.payload import SEMVER_CORE, check_ref_name
 from ci_agent.versioning import TagStyle
 from shared.platforms import Platform, parse_platforms
 from shared.registry import parse_image_ref
-from shared.settings import SharedSettings, is_loopback_host, shown
+from shared.settings import SharedSettings, is_loopback_host, shown, size_setting
 
 TestRunner = Literal["docker", "host"]
 
@@ -202,6 +203,16 @@ class CiSettings(SharedSettings):
         description="`true`: a run that cannot reach `CI_BUILD_DOCKER_HOST` builds on the local engine instead "
         "of failing",
     )
+    # CI_DISK_BUDGET (ci_agent/disk_budget.py): agent-wide, as the engine and its build cache are shared by
+    # every repository (not a repos-file key).
+    ci_disk_budget: int = Field(
+        default=DEFAULT_BUDGET,
+        description="after every run, what CI built on the engine (test images, untagged old releases, their layer "
+        "cache, stopped test containers) is pruned oldest first down to this size (`0` keeps only the last "
+        "releases); the last release of each repository (`NAME:latest`) is always kept, images CI did not make are "
+        "never touched; agent-wide (see \"Run on a Pi: SD cards\")",
+        json_schema_extra=shown("`4GB`", value="size: bytes, or `4GB`, `500MB`, `1.5GiB`"),
+    )
 
     log_dir: Path = Path("logs/ci")
     state_dir: Path = Path("state/ci")
@@ -232,6 +243,11 @@ class CiSettings(SharedSettings):
     def test_platforms(self) -> tuple[Platform, ...]:
         """``CI_TEST_PLATFORMS`` parsed; validated at start-up, so this cannot fail."""
         return parse_platforms(self.ci_test_platforms)
+
+    @field_validator("ci_disk_budget", mode="before")
+    @classmethod
+    def _disk_budget(cls, value: object) -> object:
+        return size_setting(value)
 
     @field_validator("ci_platforms")
     @classmethod

@@ -77,6 +77,15 @@ def plain(text: str) -> str:
     return text.replace("`", "")
 
 
+def size_setting(value: object) -> object:
+    """A size setting's text (``2GB``, ``500MB``, ``1.5GiB``) as bytes; its ValueError says what a size looks like."""
+    if isinstance(value, str):
+        from shared.disk import parse_size
+
+        return parse_size(value)
+    return value
+
+
 class SharedSettings(BaseModel):
     """Settings both agents read. Agents subclass this and override the directory defaults."""
 
@@ -140,11 +149,7 @@ class SharedSettings(BaseModel):
     @field_validator("disk_min_free", mode="before")
     @classmethod
     def _size(cls, value: object) -> object:
-        if isinstance(value, str):
-            from shared.disk import parse_size
-
-            return parse_size(value)
-        return value
+        return size_setting(value)
 
     @field_validator("smtp_port")
     @classmethod

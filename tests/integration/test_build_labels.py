@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ci_agent.builder import DockerGateway
+from ci_agent.disk_budget import OWNER_LABEL
 from tests.support.docker_env import DockerJanitor, busybox_dockerfile, unique, write_busybox_context
 
 pytestmark = pytest.mark.docker
@@ -43,6 +44,7 @@ def test_four_labels_are_one_label_step_on_the_final_stage(
 
     assert len(label_steps) == 1, label_steps
     assert {key: gateway.image_labels(tag).get(key) for key in LABELS} == LABELS
+    assert gateway.image_labels(tag)[OWNER_LABEL] == tag.rpartition(":")[0]  # what CI_DISK_BUDGET prunes
     assert "LABEL" not in (context / "Dockerfile").read_text()  # the checkout is left as it was
 
 
@@ -54,7 +56,8 @@ def test_a_value_the_dockerfile_would_rewrite_goes_through_the_api_unchanged(
     gateway, tag, label_steps, _ = _build(docker_client, docker_janitor, tmp_path, labels)
 
     assert gateway.image_labels(tag)["org.opencontainers.image.source"] == 'https://example.test/$HOME/"x"'
-    assert len(label_steps) == len(labels)  # the API's parameter: one step per label
+    # the API's parameter: one step per label, CI's own (pi-cicd.ci.image, ci_agent/disk_budget.py) included
+    assert len(label_steps) == len(labels) + 1
 
 
 def test_a_target_stage_gets_the_labels_too(

@@ -35,13 +35,20 @@ def test_split_tag() -> None:
         split_tag("127.0.0.1:5000/o/app")
 
 
+def _unshared(dockerfile: str) -> str:
+    """``dockerfile`` with a unique first layer: every build labels its image with its own name
+    (``pi-cicd.ci.image``), a step the legacy builder commits onto its cache parent, and fails when a cache
+    parent shared with other builds is removed under it (another test's cleanup)."""
+    return dockerfile.replace("FROM scratch\n", f"FROM scratch\nENV PICICD_NONCE={unique('nonce')}\n", 1)
+
+
 @pytest.fixture
 def gateway(docker_client) -> DockerGateway:
     return DockerGateway(docker_client)
 
 
 def test_build_streams_output_tags_and_labels(gateway: DockerGateway, docker_janitor: DockerJanitor, tmp_path: Path):
-    context = write_busybox_context(tmp_path / "ctx", busybox_dockerfile(), {"www/index.html": "hi"})
+    context = write_busybox_context(tmp_path / "ctx", _unshared(busybox_dockerfile()), {"www/index.html": "hi"})
     name = unique("builder")
     tags = [f"{name}:1.0.0", f"{name}:latest"]
     docker_janitor.images.update(tags)
@@ -71,7 +78,7 @@ def test_a_failing_build_is_a_build_step_failure(gateway: DockerGateway, docker_
 
 
 def _built(gateway: DockerGateway, janitor: DockerJanitor, tmp_path: Path) -> str:
-    context = write_busybox_context(tmp_path / "ctx", busybox_dockerfile())
+    context = write_busybox_context(tmp_path / "ctx", _unshared(busybox_dockerfile()))
     tag = f"{unique('builder')}:t"
     janitor.images.add(tag)
     gateway.build(context, [tag])
@@ -114,7 +121,7 @@ def test_push_to_the_registry(
     gateway: DockerGateway, docker_janitor: DockerJanitor, registry: RegistryServer, tmp_path
 ):
     repository = f"{registry.host}/{unique('builder')}/app"
-    context = write_busybox_context(tmp_path / "ctx", busybox_dockerfile())
+    context = write_busybox_context(tmp_path / "ctx", _unshared(busybox_dockerfile()))
     docker_janitor.images.add(f"{repository}:0.1.0")
     gateway.build(context, [f"{repository}:0.1.0"])
     lines: list[str] = []
@@ -132,7 +139,7 @@ def test_a_push_that_cannot_reach_the_registry_fails_at_push(
     from tests.support.ports import free_port
 
     repository = f"127.0.0.1:{free_port()}/{unique('builder')}/app"
-    context = write_busybox_context(tmp_path / "ctx", busybox_dockerfile())
+    context = write_busybox_context(tmp_path / "ctx", _unshared(busybox_dockerfile()))
     docker_janitor.images.add(f"{repository}:0.1.0")
     gateway.build(context, [f"{repository}:0.1.0"])
 

@@ -14,6 +14,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ci_agent.disk_budget import EngineDiskState
 from ci_agent.effects import OutputSink
 from ci_agent.errors import Step, StepFailed
 from shared.errors import RegistryNotFound
@@ -216,6 +217,12 @@ class FakeBuilder:
 
     def image_id(self, reference: str) -> str | None:
         return self.images.get(reference)
+
+    def disk_state(self) -> EngineDiskState:
+        return EngineDiskState()  # CI_DISK_BUDGET's policy has its own fake (tests/unit/test_disk_budget.py)
+
+    def remove_container(self, container_id: str) -> bool:
+        return False
 
     def remove_image(self, reference: str) -> bool:
         for name, image_id in list(self.images.items()):
