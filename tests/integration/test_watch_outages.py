@@ -15,7 +15,7 @@ import pytest
 from tests.integration.test_watch import current_version
 from tests.support.cd_apps import AppReleases, CdWorld, WatchProcess
 from tests.support.docker_env import DockerJanitor
-from tests.support.polling import wait_for
+from tests.support.polling import SHUTDOWN_POLL, wait_for
 from tests.support.registry_server import RegistryServer, start_registry
 
 pytestmark = pytest.mark.docker
@@ -48,7 +48,7 @@ class RateLimitingProxy:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs=SHUTDOWN_POLL, daemon=True)
         self.thread.start()
 
     @property

@@ -28,7 +28,7 @@ from shared.testing import capture_logs
 from tests.support.cd_apps import CdWorld, WatchProcess, cd_agent, state_json, version_of
 from tests.support.docker_env import unique
 from tests.support.oci_index import AMD64, ARM64, ARM_V7, S390X, Entry, Publisher, engine_of
-from tests.support.polling import wait_for
+from tests.support.polling import SHUTDOWN_POLL, wait_for
 from tests.support.smtp_server import SmtpServer
 
 USER = "deployer"
@@ -80,7 +80,7 @@ class Host:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs=SHUTDOWN_POLL, daemon=True)
         self._thread.start()
 
     @property
