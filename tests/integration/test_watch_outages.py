@@ -110,7 +110,7 @@ def test_the_watcher_survives_a_registry_outage_and_deploys_once_it_is_back(
 ):
     world = outage_world
     world.releases.push("1.0.0")
-    watch = WatchProcess(world.environ(CD_POLL_INTERVAL="1", LOG_LEVEL="DEBUG"), world.root)
+    watch = WatchProcess(world.environ(CD_POLL_INTERVAL="0.5", LOG_LEVEL="DEBUG"), world.root)
     watches.append(watch)
     wait_for(lambda: current_version(world) == "1.0.0", timeout=90, what="1.0.0 deployed")
 
