@@ -256,7 +256,7 @@ def test_a_release_without_this_platform_is_refused_once_and_a_newer_one_is_depl
     world.releases.push("1.0.0")
     world.janitor.images.add(f"{world.releases.repository}:1.1.0")
 
-    watch = WatchProcess(world.environ(CD_POLL_INTERVAL="1"), world.root)
+    watch = WatchProcess(world.environ(CD_POLL_INTERVAL="0.5"), world.root)
     watches.append(watch)
     wait_for(lambda: world.served() == "1.0.0", timeout=90, what="1.0.0 served")
     smtp_server.wait_for_messages(1)
