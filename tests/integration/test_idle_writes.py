@@ -1,6 +1,6 @@
 """An idle ``cd-agent watch`` writes nothing to storage; a deploy is still recorded at once (issue 23).
 
-The watcher runs as a real process (1 s polls, the default ``CD_STATE_FLUSH_INTERVAL`` of 15 min) with
+The watcher runs as a real process (0.5 s polls, the default ``CD_STATE_FLUSH_INTERVAL`` of 15 min) with
 its console in a pipe this test reads, so its own log lines cost it no writes. ``write_bytes`` of
 ``/proc/PID/io`` counts what it (its threads, and the deploy processes it reaped) sent to storage,
 pages of memory-mapped files (SQLite's ``-shm``) included; the state files' sizes and times are
@@ -76,7 +76,7 @@ def test_idle_polls_write_nothing_and_a_deploy_is_recorded_at_once(
 ) -> None:
     world = cd_world
     world.releases.push("1.0.0")
-    environ = world.environ(CD_POLL_INTERVAL="1", LOG_LEVEL="DEBUG")
+    environ = world.environ(CD_POLL_INTERVAL="0.5", LOG_LEVEL="DEBUG")
     del environ["CD_STATE_FLUSH_INTERVAL"]  # the default: 15 min
     watch = PipedWatch(environ, world.root)
     piped_watches.append(watch)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests.support.polling import SHUTDOWN_POLL
 from tests.support.switch_probe import SwitchProbe
 
 
@@ -55,7 +56,7 @@ def served() -> Iterator[tuple[str, Behaviour]]:
     behaviour = Behaviour()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_for(behaviour))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs=SHUTDOWN_POLL, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/", behaviour
     behaviour.release.set()

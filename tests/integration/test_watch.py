@@ -83,15 +83,16 @@ def test_the_version_constraint_keeps_1_0_0_out(cd_world: CdWorld, start_watch):
     for version in ("0.9.0", "0.9.1", "1.0.0"):
         world.releases.push(version)
 
-    watch = start_watch(world.environ(CD_POLL_INTERVAL="1", CD_VERSION_CONSTRAINT="<1.0.0"), world.root)
+    watch = start_watch(world.environ(CD_POLL_INTERVAL="0.5", CD_VERSION_CONSTRAINT="<1.0.0"), world.root)
 
     wait_for(lambda: world.served() == "0.9.1", timeout=90, what="0.9.1 served")
     wait_for(lambda: current_version(world) == "0.9.1", timeout=30, what="0.9.1 recorded")
-    # a few more polls: 1.0.0 stays out
-    polls = {status_json(world)["last_poll_at"]}
+    # a few more polls: 1.0.0 stays out (the state read in-process: a `cd-agent status` per look would be
+    # slower than the polls it counts)
+    polls = {state_json(world)["last_poll_at"]}
 
     def three_more_polls() -> bool:
-        polls.add(status_json(world)["last_poll_at"])
+        polls.add(state_json(world)["last_poll_at"])
         return len(polls) > 3
 
     wait_for(three_more_polls, timeout=30, what="3 more polls")

@@ -15,7 +15,7 @@ import pytest
 from tests.integration.test_watch import current_version
 from tests.support.cd_apps import AppReleases, CdWorld, WatchProcess
 from tests.support.docker_env import DockerJanitor
-from tests.support.polling import wait_for
+from tests.support.polling import SHUTDOWN_POLL, wait_for
 from tests.support.registry_server import RegistryServer, start_registry
 
 pytestmark = pytest.mark.docker
@@ -48,7 +48,7 @@ class RateLimitingProxy:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs=SHUTDOWN_POLL, daemon=True)
         self.thread.start()
 
     @property
@@ -110,7 +110,7 @@ def test_the_watcher_survives_a_registry_outage_and_deploys_once_it_is_back(
 ):
     world = outage_world
     world.releases.push("1.0.0")
-    watch = WatchProcess(world.environ(CD_POLL_INTERVAL="1", LOG_LEVEL="DEBUG"), world.root)
+    watch = WatchProcess(world.environ(CD_POLL_INTERVAL="0.5", LOG_LEVEL="DEBUG"), world.root)
     watches.append(watch)
     wait_for(lambda: current_version(world) == "1.0.0", timeout=90, what="1.0.0 deployed")
 

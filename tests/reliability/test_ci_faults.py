@@ -28,7 +28,7 @@ from tests.support.ci_agent_server import (
 )
 from tests.support.fault_proxy import DockerSocketRelay
 from tests.support.git_repos import SAMPLE_DOCKERFILE, GitProject
-from tests.support.polling import wait_for
+from tests.support.polling import SHUTDOWN_POLL, wait_for
 from tests.support.ports import free_port
 from tests.support.registry_server import RegistryServer
 from tests.support.smtp_server import SmtpServer, StartSmtpServer
@@ -95,7 +95,7 @@ class FaultServer:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs=SHUTDOWN_POLL, daemon=True)
         self.thread.start()
 
     @property

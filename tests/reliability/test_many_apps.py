@@ -44,7 +44,7 @@ def test_a_broken_app_is_quarantined_alone_and_the_other_keeps_deploying(
     broken, fine = cd_world, new_world()
     for world in (broken, fine):
         world.releases.push("1.0.0")
-        apps_file.add(world, CD_POLL_INTERVAL="1", CD_HEALTH_TIMEOUT="5")
+        apps_file.add(world, CD_POLL_INTERVAL="0.5", CD_HEALTH_TIMEOUT="5")
     apps_file.write()
     watch = WatchProcess(apps_file.environ(), apps_file.root)
     watches.append(watch)
@@ -78,7 +78,7 @@ def test_a_kill_mid_deploy_with_two_apps_is_reconciled_per_app_at_the_next_start
     deploying, idle = cd_world, new_world()
     for world in (deploying, idle):
         world.releases.push("1.0.0")
-        apps_file.add(world, CD_POLL_INTERVAL="1", CD_HEALTH_TIMEOUT="20" if world is deploying else "8")
+        apps_file.add(world, CD_POLL_INTERVAL="0.5", CD_HEALTH_TIMEOUT="20" if world is deploying else "8")
     apps_file.write()
     first = WatchProcess(apps_file.environ(), apps_file.root)
     watches.append(first)
@@ -147,7 +147,7 @@ def test_a_reload_keeps_the_running_apps_on_a_bad_file_and_takes_a_good_one(
     first, added = cd_world, new_world()
     first.releases.push("1.0.0")
     added.releases.push("1.0.0")
-    apps_file.add(first, CD_POLL_INTERVAL="1")
+    apps_file.add(first, CD_POLL_INTERVAL="0.5")
     apps_file.write()
     watch = WatchProcess(apps_file.environ(), apps_file.root)
     watches.append(watch)
@@ -161,7 +161,7 @@ def test_a_reload_keeps_the_running_apps_on_a_bad_file_and_takes_a_good_one(
     first.releases.push("1.1.0")
     wait_for(lambda: first.served() == "1.1.0", timeout=60, what="the first app still watched after a bad reload")
 
-    apps_file.add(added, CD_POLL_INTERVAL="1")
+    apps_file.add(added, CD_POLL_INTERVAL="0.5")
     apps_file.overrides[first.name] = {"CD_POLL_INTERVAL": "2"}
     apps_file.write()
     watch.process.send_signal(signal.SIGHUP)
@@ -208,9 +208,9 @@ def test_a_stalled_registry_of_one_app_never_delays_another_apps_deploy(
     for world in (stalled, other):
         world.releases.push("1.0.0")
     # The stalled app reaches the registry (and dockerd pulls its image) only through the proxy.
-    apps_file.add(stalled, CD_POLL_INTERVAL="1",
+    apps_file.add(stalled, CD_POLL_INTERVAL="0.5",
                   CD_IMAGE=stalled.releases.repository.replace(registry.host, fault_proxy.host, 1))
-    apps_file.add(other, CD_POLL_INTERVAL="1")
+    apps_file.add(other, CD_POLL_INTERVAL="0.5")
     apps_file.write()
     watch = WatchProcess(apps_file.environ(LOG_LEVEL="DEBUG"), apps_file.root)
     watches.append(watch)
@@ -259,8 +259,8 @@ def test_with_two_deploy_slots_a_stuck_deploy_never_delays_another_apps_deploy(
     for world in (stuck, other):
         world.releases.push("1.0.0")
     # A health URL: without one a running container is healthy, and the silent release would pass.
-    apps_file.add(stuck, CD_POLL_INTERVAL="1", CD_HEALTH_TIMEOUT="30", CD_HEALTH_URL=stuck.url)
-    apps_file.add(other, CD_POLL_INTERVAL="1")
+    apps_file.add(stuck, CD_POLL_INTERVAL="0.5", CD_HEALTH_TIMEOUT="30", CD_HEALTH_URL=stuck.url)
+    apps_file.add(other, CD_POLL_INTERVAL="0.5")
     apps_file.write()
     watch = WatchProcess(apps_file.environ(CD_MAX_PARALLEL_DEPLOYS="2"), apps_file.root)
     watches.append(watch)

@@ -28,7 +28,7 @@ from shared.testing import capture_logs
 from tests.support.cd_apps import CdWorld, WatchProcess, cd_agent, state_json, version_of
 from tests.support.docker_env import unique
 from tests.support.oci_index import AMD64, ARM64, ARM_V7, S390X, Entry, Publisher, engine_of
-from tests.support.polling import wait_for
+from tests.support.polling import SHUTDOWN_POLL, wait_for
 from tests.support.smtp_server import SmtpServer
 
 USER = "deployer"
@@ -80,7 +80,7 @@ class Host:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs=SHUTDOWN_POLL, daemon=True)
         self._thread.start()
 
     @property
@@ -256,7 +256,7 @@ def test_a_release_without_this_platform_is_refused_once_and_a_newer_one_is_depl
     world.releases.push("1.0.0")
     world.janitor.images.add(f"{world.releases.repository}:1.1.0")
 
-    watch = WatchProcess(world.environ(CD_POLL_INTERVAL="1"), world.root)
+    watch = WatchProcess(world.environ(CD_POLL_INTERVAL="0.5"), world.root)
     watches.append(watch)
     wait_for(lambda: world.served() == "1.0.0", timeout=90, what="1.0.0 served")
     smtp_server.wait_for_messages(1)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
 
 from cd_agent.compose_project import LABEL_PROJECT, LABEL_SERVICE, SubprocessCompose
@@ -98,15 +99,25 @@ def build_db_image(docker_client: Any, tag: str) -> None:
     )
 
 
+@pytest.fixture(scope="session")
+def compose_db_image(docker_client: Any) -> Iterator[str]:
+    """One ``db`` image for every stack of the session: each test's stack runs its own container of it (a
+    build per test cost seconds; nothing a deploy does touches the db's image)."""
+    tag = f"{unique('picicd-db')}:1"
+    build_db_image(docker_client, tag)
+    yield tag
+    try:
+        docker_client.images.remove(tag, force=True)
+    except docker.errors.APIError:
+        pass
+
+
 @pytest.fixture
-def compose_stack(cd_world: CdWorld) -> Iterator[Stack]:
+def compose_stack(cd_world: CdWorld, compose_db_image: str) -> Iterator[Stack]:
     """(Not ``stack``: that is the ``docker run`` stack of ``tests/support/stacks.py``.)"""
     folder = cd_world.root / "stack"
     folder.mkdir()
-    made = Stack(cd_world, folder)
-    made.db_image = f"{unique('picicd-db')}:1"
-    cd_world.janitor.images.add(made.db_image)
-    build_db_image(cd_world.docker_client, made.db_image)
+    made = Stack(cd_world, folder, db_image=compose_db_image)
     cd_world.overrides.update(made.settings())
     yield made
     if made.file.exists():

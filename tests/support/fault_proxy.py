@@ -32,6 +32,8 @@ from typing import Any, Literal
 import httpx
 import pytest
 
+from tests.support.polling import SHUTDOWN_POLL
+
 FaultKind = Literal["status", "hang", "truncate", "reset"]
 # Hop-by-hop and length headers are the proxy's own business.
 _SKIP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
@@ -129,7 +131,9 @@ class FaultProxy:
                 super().shutdown_request(request)
 
         self._server = Server(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs=SHUTDOWN_POLL, name="fault-proxy", daemon=True
+        )
         self._thread.start()
 
     @property

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.support.polling import SHUTDOWN_POLL
 from tests.support.ports import free_port
 
 TOKEN_USER = "x-access-token"
@@ -91,7 +92,7 @@ class GitHttpServer:
                 self.wfile.write(payload)
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs=SHUTDOWN_POLL, daemon=True)
 
     def url(self, name: str, *, user: str | None = None, password: str | None = None) -> str:
         auth = f"{user}:{password}@" if user is not None and password is not None else ""

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from tests.support.polling import SHUTDOWN_POLL
 from tests.support.ports import free_port
 
 DOCS = "https://docs.github.com/rest/commits/statuses#create-a-commit-status"
@@ -106,7 +107,9 @@ class GitHubApi:
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="github-api", daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, kwargs=SHUTDOWN_POLL, name="github-api", daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:

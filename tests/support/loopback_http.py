@@ -13,6 +13,8 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from tests.support.polling import SHUTDOWN_POLL
+
 
 @dataclass
 class LoopbackHttp:
@@ -41,7 +43,7 @@ class LoopbackHttp:
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs=SHUTDOWN_POLL, daemon=True)
 
     @property
     def url(self) -> str:

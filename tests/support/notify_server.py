@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from tests.support.polling import wait_for
+from tests.support.polling import SHUTDOWN_POLL, wait_for
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,9 @@ class NotifyServer:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, name="notify-server", daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, kwargs=SHUTDOWN_POLL, name="notify-server", daemon=True
+        ).start()
 
     def stop(self) -> None:
         if self._server is not None:

@@ -27,3 +27,8 @@ def wait_for(condition: Callable[[], T], *, timeout: float = 30.0, interval: flo
             detail = f" (last error: {last_error!r})" if last_error else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}{detail}")
         time.sleep(interval)
+
+
+# ``serve_forever(poll_interval=...)`` for the tests' own servers: ``shutdown()`` waits until the loop looks
+# again, up to half a second with the default, and most tests stop a server or two at teardown.
+SHUTDOWN_POLL = {"poll_interval": 0.05}

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from tests.support.docker_env import DockerJanitor, build_context_tar, busybox_dockerfile
+from tests.support.polling import SHUTDOWN_POLL
 from tests.support.registry_server import RegistryServer, start_registry
 
 SERVICE = "picicd-test-registry"
@@ -180,7 +181,9 @@ class TokenEndpoint:
         self.username = username
         self.log = log
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.thread = threading.Thread(target=self.server.serve_forever, name="token-endpoint", daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs=SHUTDOWN_POLL, name="token-endpoint", daemon=True
+        )
 
     @property
     def realm(self) -> str:

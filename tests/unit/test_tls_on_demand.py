@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from cd_agent.tls_on_demand import TlsOnDemand
+from tests.support.polling import SHUTDOWN_POLL
 
 
 class Hello(BaseHTTPRequestHandler):
@@ -28,7 +29,7 @@ class Hello(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[str]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs=SHUTDOWN_POLL, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
