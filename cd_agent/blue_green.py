@@ -2,11 +2,14 @@
 the proxy (``cd_agent/proxy.py``), and users reach it only once it is proven healthy::
 
     ensure the proxy (created on the first deploy) -> pull -> spec (nothing touched yet)
-      -> create NAME-<colour> on the private network, no published ports, alias NAME-<colour>
+      -> create NAME-<colour> on the private network, no published ports, alias NAME-<colour>; on the
+         app's other networks (the stack's) alias NAME-<colour> only (``cd_agent.stack_aliases``)
          (a rollback reuses the stopped NAME-previous instead: a warm start, not a cold one)
       -> start -> health-check it directly (its HEALTHCHECK, or CD_HEALTH_URL's path at its address)
-      -> healthy:   switch the proxy to it -> CD_PROXY_GRACE (in-flight requests finish on the old one)
-                    -> stop the old one, keep it as NAME-previous (replacing the one kept before)
+      -> healthy:   it takes the app's aliases on the stack's networks -> switch the proxy to it
+                    -> CD_PROXY_GRACE (in-flight requests finish on the old one)
+                    -> stop the old one, its aliases back to NAME-<colour> only, keep it as NAME-previous
+                       (replacing the one kept before)
                     -> rename the new one NAME                                                  -> "deployed"
       -> unhealthy: remove the new container; the old one never stopped, the proxy never
                     switched; quarantine the version                                           -> "rolled_back"
@@ -46,6 +49,7 @@ from cd_agent.images import fetch_image, prune_images
 from cd_agent.proxy import network_name
 from cd_agent.proxy_ports import proxied_ports
 from cd_agent.report import DeployReport, Outcome
+from cd_agent.stack_aliases import demote, hold_back, live_aliases, promote
 from cd_agent.state import BLUE_GREEN_PHASES, Journal, Release
 from cd_agent.strategy import Attempt, DeployContext, StepFailure, StrategyBase, log_failure, release_version
 
@@ -123,7 +127,10 @@ class BlueGreen(StrategyBase):
                 name=colour_name(self._name, colour), network=network_name(self._name),
                 alias=colour_name(self._name, colour),
             )
-            spec = replace(spec, labels={**spec.labels, LABEL_COLOUR: colour})
+            spec = hold_back(
+                replace(spec, labels={**spec.labels, LABEL_COLOUR: colour}), proxy_network=network_name(self._name),
+                alias=colour_name(self._name, colour), colours=tuple(colour_name(self._name, c) for c in COLOURS),
+            )
             check_spec(self._engine, spec)
         except CdError as exc:
             log.error("could not prepare the new container: {}", exc)
@@ -223,6 +230,10 @@ class BlueGreen(StrategyBase):
             raise DeployError(f"the new container {new_id[:12]} is gone or has no colour; nothing to switch to")
         if not new.running:
             self._engine.start(new_id)
+        # Proven: it takes the app's aliases on the stack's networks before users reach it.
+        promoted = promote(self._engine, new, alias)
+        if promoted:
+            log.info("{} answers to the app's aliases on {}", version, ", ".join(promoted))
         self._proxy.switch(alias)
         self._journal(phase="bg_switched")
         log.info("the proxy sends new requests to {} ({})", version, alias)
@@ -233,6 +244,10 @@ class BlueGreen(StrategyBase):
                     self._sleep(self._target.proxy_grace)
                     self._engine.stop(old.id, timeout=self._target.stop_timeout)
                     log.info("stopped {} after a {:g}s grace period", old_version, self._target.proxy_grace)
+                old_alias = alias_of(self._name, old_now)
+                if old_alias is not None:
+                    # Kept for a rollback: restarted, it is unproven until its own switch.
+                    demote(self._engine, old_now, old_alias, live_aliases(new))
                 if old_now.name != kept_name(self._name):
                     # The release kept until now stays until this one is proven: a failed deploy keeps
                     # the rollback target. Only one is kept.
@@ -329,6 +344,8 @@ class BlueGreen(StrategyBase):
             return "the proxy is up; no blue-green container to send traffic to yet"
         if serving is not None and not serving.running:
             self._engine.start(serving.id)
+        if serving is not None:
+            promote(self._engine, serving, alias)
         if self._proxy.upstream() != alias:
             self._proxy.switch(alias)
             return f"the proxy now sends traffic to {self._name} ({alias})"

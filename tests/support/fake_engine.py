@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from cd_agent.container_spec import ContainerSpec
-from cd_agent.engine import ContainerInfo, ImageInfo, MountInfo, NetworkInfo
+from cd_agent.engine import ContainerInfo, ImageInfo, MountInfo, NetworkAttachment, NetworkInfo
 from cd_agent.errors import DeployError, EngineError, ProxyError
 
 Behaviour = Literal["good", "exits", "never_healthy", "unhealthy", "refuses_start"]
@@ -140,6 +140,11 @@ class FakeEngine:
         box = self._box("rename", container)
         self._free(new_name)
         box.info = replace(box.info, name=new_name)
+
+    def reattach(self, container: str, attachment: NetworkAttachment) -> None:
+        box = self._box("reattach", container)
+        others = tuple(old for old in box.info.networks if old.network != attachment.network)
+        box.info = replace(box.info, networks=(*others, attachment))
 
     def start(self, container: str) -> None:
         box = self._box("start", container)

@@ -422,17 +422,84 @@ def test_a_release_that_exits_while_its_address_is_asked_is_judged_unhealthy_not
 # stacks
 
 
-def test_each_colour_joins_the_apps_networks_with_the_same_aliases(bg: BlueGreenWorld) -> None:
+def stack_aliases(bg: BlueGreenWorld, name: str) -> tuple[str, ...]:
+    """What ``name`` answers to on the stack's network (``shop_default``)."""
+    box = bg.engine._find(name)
+    assert box is not None
+    return next(a.aliases for a in box.info.networks if a.network == "shop_default")
+
+
+def test_each_colour_joins_the_apps_networks_and_takes_their_aliases_once_proven(bg: BlueGreenWorld) -> None:
     bg.engine.networks.add("shop_default")
-    stack = NetworkAttachment("shop_default", ("web",))
 
     deployed(bg, "1.0.0", CD_NETWORKS="shop_default:web")
     deployed(bg, "1.0.1")  # CD_NETWORKS gone from the settings: the running colour's networks are kept
 
     blue, green = bg.engine.created[-2:]
-    assert blue.networks == (NetworkAttachment(network_name(NAME), (f"{NAME}-blue",)), stack)
-    assert green.networks == (NetworkAttachment(network_name(NAME), (f"{NAME}-green",)), stack)
+    # Created answering only to its colour on the stack's network: it reaches the database, but the
+    # stack's services asking for `web` do not reach it before it is proven.
+    assert blue.networks == (
+        NetworkAttachment(network_name(NAME), (f"{NAME}-blue",)), NetworkAttachment("shop_default", (f"{NAME}-blue",))
+    )
+    assert green.networks == (
+        NetworkAttachment(network_name(NAME), (f"{NAME}-green",)),
+        NetworkAttachment("shop_default", (f"{NAME}-green",)),
+    )
     assert bg.users_see() == "1.0.1"
+    assert set(stack_aliases(bg, NAME)) == {f"{NAME}-green", "web"}
+    assert stack_aliases(bg, kept_name(NAME)) == (f"{NAME}-blue",)  # stopped, and unproven if restarted
+
+
+def test_the_app_alias_moves_to_the_new_colour_just_before_the_switch_and_never_to_an_unproven_one(
+    bg: BlueGreenWorld,
+) -> None:
+    bg.engine.networks.add("shop_default")
+    deployer = deployed(bg, "1.0.0", CD_NETWORKS="shop_default:web")
+    holders: list[tuple[str, ...]] = []
+    operations: list[str] = []
+
+    def before(operation: str, target: str) -> None:
+        operations.append(operation)
+        holders.append(tuple(sorted(
+            f"{box.info.name}:{box.info.labels[LABEL_VERSION]}" for box in bg.engine.boxes.values()
+            if box.info.running and any("web" in a.aliases for a in box.info.networks if a.network == "shop_default")
+        )))
+
+    bg.engine.before = before
+    bg.push("1.1.0", "exits")
+    assert deployer.deploy("1.1.0").outcome == "rolled_back"
+    assert holders and all(seen == (f"{NAME}:1.0.0",) for seen in holders)
+
+    holders.clear()
+    operations.clear()
+    bg.push("1.0.1")
+    assert deployer.deploy("1.0.1").outcome == "deployed"
+    # 1.0.1 gets `web` when proven (the reattach, just before the switch); until then only 1.0.0 has it,
+    # and 1.0.0 keeps it through the grace period (both are proven), until it stops.
+    promoted = operations.index("reattach") + 1
+    assert all(seen == (f"{NAME}:1.0.0",) for seen in holders[:promoted])
+    assert holders[promoted] == tuple(sorted((f"{NAME}:1.0.0", f"{NAME}-green:1.0.1")))
+    assert holders[-1] == (f"{NAME}:1.0.1",)
+    assert set(stack_aliases(bg, NAME)) == {f"{NAME}-green", "web"}
+
+
+def test_a_rollback_restarts_the_kept_colour_unproven_and_gives_it_the_alias_at_the_switch(
+    bg: BlueGreenWorld,
+) -> None:
+    bg.engine.networks.add("shop_default")
+    deployed(bg, "1.0.0", "1.1.0", CD_NETWORKS="shop_default:web")
+    checked: list[tuple[str, ...]] = []
+    probe = bg.probe
+
+    def probing(url: str, timeout: float) -> tuple[bool, str]:
+        checked.append(stack_aliases(bg, f"{NAME}-blue"))
+        return probe(url, timeout)
+
+    deployer = bg.deployer(None, probing, CD_NETWORKS="shop_default:web", CD_HEALTH_URL="http://127.0.0.1:8080/")
+    assert deployer.rollback().outcome == "deployed"
+    assert checked and all(seen == (f"{NAME}-blue",) for seen in checked)
+    assert set(stack_aliases(bg, NAME)) == {f"{NAME}-blue", "web"}
+    assert stack_aliases(bg, kept_name(NAME)) == (f"{NAME}-green",)
 
 
 def test_a_static_address_is_refused_before_the_running_colour_is_touched(bg: BlueGreenWorld) -> None:
