@@ -54,6 +54,60 @@ class Stack:
             + web_extra
         )
 
+    def write_beside(self) -> None:
+        """A stack whose ``web`` the agent runs (blue-green, ``CD_NETWORKS``): ``db`` and a ``worker`` that
+        asks ``http://web:8080/`` every 50 ms and prints each answer (``-``: none), as a stack's other
+        services reach the app by its alias."""
+        self.file.write_text(
+            'version: "3.8"\n'
+            "services:\n"
+            "  db:\n"
+            f"    image: {self.db_image}\n"
+            "    stop_grace_period: 1s\n"
+            + self.worker_service()
+        )
+
+    def worker_service(self) -> str:
+        """The ``worker`` service's YAML (to add to a file with ``write``'s ``web_extra``)."""
+        return (
+            "  worker:\n"
+            f"    image: {self.db_image}\n"
+            "    stop_grace_period: 1s\n"
+            "    depends_on: [db]\n"
+            '    command: ["sh", "-c", "while true; do wget -q -O - http://web:8080/ 2>/dev/null || printf -; echo;'
+            ' sleep 0.05; done"]\n'
+        )
+
+    def blue_green_beside(self, proxy_image: str) -> None:
+        """``write_beside`` and ``up``; the world's settings: blue-green into the project's network."""
+        for key in self.settings():
+            self.world.overrides.pop(key, None)
+        self.world.overrides.update(
+            CD_STRATEGY="blue-green", CD_PROXY_IMAGE=proxy_image, CD_PROXY_GRACE="1", CD_HEALTH_TIMEOUT="30",
+            CD_NETWORKS=f"{self.network}:web", CD_VOLUMES="",
+        )
+        self.world.janitor.networks.add(self.network)
+        self.write_beside()
+        self.up()
+
+    def identities(self, *services: str) -> dict[str, tuple[str, str]]:
+        """Each service's containers' id and start time: a deploy of another service changes neither."""
+        return {
+            container["Id"]: (service, container["State"]["StartedAt"])
+            for service in services for container in self.containers(service)
+        }
+
+    @property
+    def network(self) -> str:
+        """The project's default network (compose 1.29 and v2 alike)."""
+        return f"{self.project}_default"
+
+    def worker_saw(self) -> list[str]:
+        """Every answer the worker got from ``web``, in order (``-``: none)."""
+        (worker,) = self.containers("worker")
+        text: str = self.world.docker_client.api.logs(worker["Id"], stderr=False).decode(errors="replace")
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
     def settings(self) -> dict[str, str]:
         """The CD settings of the compose strategy for this stack's ``web``."""
         return {
