@@ -516,3 +516,23 @@ def test_a_static_address_is_refused_before_the_running_colour_is_touched(bg: Bl
     assert (report.outcome, report.failed_step) == ("failed", "prepare")
     assert "shop_default (10.1.0.5)" in (report.error or "") and bg.users_see() == "1.0.0"
     assert bg.engine.names() == [NAME]
+
+
+@pytest.mark.parametrize("phase", ["bg_started", *PROVEN])
+def test_killed_mid_deploy_in_a_stack_the_alias_ends_on_the_serving_colour_only(
+    bg: BlueGreenWorld, phase: Phase
+) -> None:
+    bg.engine.networks.add("shop_default")
+    deployed(bg, "1.0.0", CD_NETWORKS="shop_default:web")
+    bg.push("1.1.0")
+    with pytest.raises(Killed):
+        bg.deployer(on_phase=kill_at(phase), CD_NETWORKS="shop_default:web").deploy("1.1.0")
+
+    bg.deployer(CD_NETWORKS="shop_default:web").reconcile()
+
+    serving = bg.engine.container(NAME)
+    assert serving is not None and serving.running
+    expected = "1.0.0" if phase == "bg_started" else "1.1.0"
+    assert serving.labels[LABEL_VERSION] == expected and "web" in stack_aliases(bg, NAME)
+    holders = [box.info.name for box in bg.engine.boxes.values() if box.info.running and "web" in box.aliases]
+    assert holders == [NAME]
