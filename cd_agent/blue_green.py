@@ -8,7 +8,7 @@ the proxy (``cd_agent/proxy.py``), and users reach it only once it is proven hea
       -> start -> health-check it directly (its HEALTHCHECK, or CD_HEALTH_URL's path at its address)
       -> healthy:   it takes the app's aliases on the stack's networks -> switch the proxy to it
                     -> CD_PROXY_GRACE (in-flight requests finish on the old one)
-                    -> stop the old one, its aliases back to NAME-<colour> only, keep it as NAME-previous
+                    -> the old one's aliases back to NAME-<colour> only, stop it, keep it as NAME-previous
                        (replacing the one kept before)
                     -> rename the new one NAME                                                  -> "deployed"
       -> unhealthy: remove the new container; the old one never stopped, the proxy never
@@ -240,12 +240,16 @@ class BlueGreen(StrategyBase):
         if old is not None:
             old_now = self._engine.container(old.id)
             if old_now is not None:
+                old_alias = alias_of(self._name, old_now)
                 if old_now.running:
                     self._sleep(self._target.proxy_grace)
+                    if old_alias is not None:
+                        # Before it stops: the stack's services asking for the app's alias are sent to the
+                        # new colour alone, not to one whose process is exiting.
+                        demote(self._engine, old_now, old_alias, live_aliases(new))
                     self._engine.stop(old.id, timeout=self._target.stop_timeout)
                     log.info("stopped {} after a {:g}s grace period", old_version, self._target.proxy_grace)
-                old_alias = alias_of(self._name, old_now)
-                if old_alias is not None:
+                elif old_alias is not None:
                     # Kept for a rollback: restarted, it is unproven until its own switch.
                     demote(self._engine, old_now, old_alias, live_aliases(new))
                 if old_now.name != kept_name(self._name):

@@ -6,8 +6,9 @@ A new colour joins the app's networks (the database's, ``CD_NETWORKS``) under it
 ask for ``web``, never reach a release that is not proven. The aliases it will take are kept in a label
 of its own (``io.pi-cicd.aliases``), so the switch, and a recovery after a kill, know them without the
 old container. At the switch it takes them (``promote``: before the proxy sends it users); the old
-colour keeps them through the grace period (both releases are proven) and drops them once stopped
-(``demote``), so a kept release restarted by a rollback is unproven again until its own switch.
+colour keeps them through the grace period (both releases are proven) and drops them just before it is
+stopped (``demote``: the stack's services are not sent to a process that is exiting), so a kept release
+restarted by a rollback is unproven again until its own switch.
 
 Docker cannot change the aliases of an endpoint: the container is disconnected from the network and
 connected again, so connections it opened there during its health check are cut, before users reach it.
