@@ -40,12 +40,8 @@ class Stack:
     def write(self, web_version: str, *, web_extra: str = "") -> None:
         """The user's compose file: ``web`` at ``web_version`` (by tag, as a user writes it) beside ``db``."""
         self.file.write_text(
-            'version: "3.8"\n'
-            "services:\n"
-            "  db:\n"
-            f"    image: {self.db_image}\n"
-            "    stop_grace_period: 1s\n"
-            "  web:\n"
+            self._with_db()
+            + "  web:\n"
             f"    image: {self.world.releases.repository}:{web_version}\n"
             "    restart: unless-stopped\n"
             "    stop_grace_period: 2s\n"
@@ -58,14 +54,10 @@ class Stack:
         """A stack whose ``web`` the agent runs (blue-green, ``CD_NETWORKS``): ``db`` and a ``worker`` that
         asks ``http://web:8080/`` every 50 ms and prints each answer (``-``: none), as a stack's other
         services reach the app by its alias."""
-        self.file.write_text(
-            'version: "3.8"\n'
-            "services:\n"
-            "  db:\n"
-            f"    image: {self.db_image}\n"
-            "    stop_grace_period: 1s\n"
-            + self.worker_service()
-        )
+        self.file.write_text(self._with_db() + self.worker_service())
+
+    def _with_db(self) -> str:
+        return f'version: "3.8"\nservices:\n  db:\n    image: {self.db_image}\n    stop_grace_period: 1s\n'
 
     def worker_service(self) -> str:
         """The ``worker`` service's YAML (to add to a file with ``write``'s ``web_extra``)."""
