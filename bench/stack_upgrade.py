@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     client = docker.from_env(version="auto")
     janitor = DockerJanitor(client)
-    db_image = f"{unique('picicd-db')}:1"
-    janitor.images.add(db_image)
+    db_image = f"{unique('picicd-db')}:1"  # removed at the end, not by each strategy's cleanup
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="stack-upgrade-") as scratch:
         root = Path(scratch)
@@ -110,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 ]
         finally:
             registry.stop()
+            janitor.images.add(db_image)
             janitor.cleanup()
             client.close()
     print(f"upgrade of web 1.0.0 -> 1.1.0 in a db + worker + web stack; {args.rounds} round(s); two probes every"
