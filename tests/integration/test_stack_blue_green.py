@@ -2,7 +2,8 @@
 ``worker`` made by real compose, ``web`` run by the agent with blue-green on the project's network
 (``CD_NETWORKS=PROJECT_default:web``), a client requesting the page every 20 ms on new connections (and
 one keep-alive client). An upgrade and a bad release drop no request; the worker, which asks
-``http://web:8080/`` every 50 ms, never reaches a colour that is not proven; db and worker are untouched."""
+``http://web:8080/`` every 50 ms, never reaches a colour that is not proven (``web`` is the proxy's alias
+there: the stack's services go through the switch as users do); db and worker are untouched."""
 
 from __future__ import annotations
 
@@ -52,3 +53,4 @@ def test_upgrading_web_in_a_stack_drops_no_request_and_the_worker_never_reaches_
     assert set(since) <= {"1.0.0", "1.1.0"}, [(answer, since.count(answer)) for answer in sorted(set(since))]
     assert compose_stack.identities("db", "worker") == before
     assert deployer.state.quarantined_versions == {"1.2.0"}
+    assert compose_stack.answering_to("web") == [f"{world.name}-proxy"]

@@ -94,6 +94,16 @@ class Stack:
         """The project's default network (compose 1.29 and v2 alike)."""
         return f"{self.project}_default"
 
+    def answering_to(self, alias: str) -> list[str]:
+        """The containers that answer to ``alias`` on the project's network (Docker's DNS names them)."""
+        client = self.world.docker_client
+        names = []
+        for listed in client.api.inspect_network(self.network)["Containers"]:
+            endpoint = client.api.inspect_container(listed)["NetworkSettings"]["Networks"].get(self.network) or {}
+            if alias in (endpoint.get("Aliases") or ()):
+                names.append(client.api.inspect_container(listed)["Name"].lstrip("/"))
+        return names
+
     def worker_saw(self) -> list[str]:
         """Every answer the worker got from ``web``, in order (``-``: none)."""
         (worker,) = self.containers("worker")

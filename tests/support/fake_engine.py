@@ -17,7 +17,7 @@ upstream.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -218,6 +218,8 @@ class FakeProxy:
         self.exists = False
         self.upstream_alias: str | None = None
         self.switches: list[str | None] = []
+        self.stack_aliases: dict[str, tuple[str, ...]] = {}
+        """The app's aliases the proxy answers to on the stack's networks."""
 
     def ensure(self) -> None:
         self.engine.before("proxy_ensure", "proxy")
@@ -232,6 +234,14 @@ class FakeProxy:
         self.engine.before("proxy_switch", upstream or "")
         self.upstream_alias = upstream
         self.switches.append(upstream)
+
+    def serve_on(self, networks: Mapping[str, Sequence[str]]) -> list[str]:
+        self.engine.before("proxy_serve_on", ",".join(networks))
+        changed = [
+            net for net, aliases in networks.items() if aliases and self.stack_aliases.get(net) != tuple(aliases)
+        ]
+        self.stack_aliases.update({net: tuple(networks[net]) for net in changed})
+        return changed
 
     def address(self, container: str) -> str:
         box = self.engine._find(container)

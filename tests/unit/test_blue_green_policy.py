@@ -24,6 +24,7 @@ from cd_agent.engine import NetworkAttachment
 from cd_agent.errors import DeployError, ProxyError
 from cd_agent.proxy import network_name
 from cd_agent.settings import CdSettings
+from cd_agent.stack_aliases import LABEL_ALIASES
 from cd_agent.state import BLUE_GREEN_PHASES, DeployState, Phase
 from shared.notify import Notifier
 from shared.runstore import RunStore
@@ -429,15 +430,25 @@ def stack_aliases(bg: BlueGreenWorld, name: str) -> tuple[str, ...]:
     return next(a.aliases for a in box.info.networks if a.network == "shop_default")
 
 
-def test_each_colour_joins_the_apps_networks_and_takes_their_aliases_once_proven(bg: BlueGreenWorld) -> None:
+def holders_of_web(bg: BlueGreenWorld) -> list[str]:
+    """The app containers answering to ``web`` themselves on the stack's network."""
+    return [
+        box.info.name for box in bg.engine.boxes.values()
+        if any("web" in a.aliases for a in box.info.networks if a.network == "shop_default")
+    ]
+
+
+def test_each_colour_joins_the_apps_networks_under_its_colour_and_the_proxy_answers_to_web(
+    bg: BlueGreenWorld,
+) -> None:
     bg.engine.networks.add("shop_default")
 
     deployed(bg, "1.0.0", CD_NETWORKS="shop_default:web")
     deployed(bg, "1.0.1")  # CD_NETWORKS gone from the settings: the running colour's networks are kept
 
     blue, green = bg.engine.created[-2:]
-    # Created answering only to its colour on the stack's network: it reaches the database, but the
-    # stack's services asking for `web` do not reach it before it is proven.
+    # Each colour answers only to its colour on the stack's network: it reaches the database, but the
+    # stack's services asking for `web` reach the proxy, which sends them to the proven release only.
     assert blue.networks == (
         NetworkAttachment(network_name(NAME), (f"{NAME}-blue",)), NetworkAttachment("shop_default", (f"{NAME}-blue",))
     )
@@ -446,60 +457,61 @@ def test_each_colour_joins_the_apps_networks_and_takes_their_aliases_once_proven
         NetworkAttachment("shop_default", (f"{NAME}-green",)),
     )
     assert bg.users_see() == "1.0.1"
-    assert set(stack_aliases(bg, NAME)) == {f"{NAME}-green", "web"}
-    assert stack_aliases(bg, kept_name(NAME)) == (f"{NAME}-blue",)  # stopped, and unproven if restarted
+    assert bg.proxy.stack_aliases == {"shop_default": ("web",)}
+    assert holders_of_web(bg) == []
+    # The app's aliases outlive the settings in the colour's label: a third deploy still serves `web`.
+    bg.proxy.stack_aliases.clear()
+    deployed(bg, "1.0.2")
+    assert bg.proxy.stack_aliases == {"shop_default": ("web",)} and holders_of_web(bg) == []
 
 
-def test_the_app_alias_moves_to_the_new_colour_just_before_the_switch_and_never_to_an_unproven_one(
+def test_the_proxy_takes_web_at_the_first_switch_and_no_colour_ever_answers_to_it(bg: BlueGreenWorld) -> None:
+    bg.engine.networks.add("shop_default")
+    operations: list[str] = []
+    holders: list[list[str]] = []
+
+    def before(operation: str, target: str) -> None:
+        operations.append(operation)
+        holders.append(holders_of_web(bg))
+
+    bg.engine.before = before
+    deployer = deployed(bg, "1.0.0", CD_NETWORKS="shop_default:web")
+    assert operations.index("proxy_serve_on", operations.index("proxy_switch")) > operations.index("proxy_switch")
+    bg.push("1.1.0", "exits")
+    assert deployer.deploy("1.1.0").outcome == "rolled_back"
+    bg.push("1.0.1")
+    assert deployer.deploy("1.0.1").outcome == "deployed"
+    assert deployer.rollback().outcome == "deployed"  # the kept colour restarts unproven: still not `web`
+    assert bg.users_see() == "1.0.0"
+    assert holders and all(seen == [] for seen in holders)
+    assert bg.proxy.stack_aliases == {"shop_default": ("web",)}
+
+
+def test_a_colour_that_answered_to_web_itself_drops_it_once_the_proxy_has_it_before_it_stops(
     bg: BlueGreenWorld,
 ) -> None:
     bg.engine.networks.add("shop_default")
     deployer = deployed(bg, "1.0.0", CD_NETWORKS="shop_default:web")
-    holders: list[tuple[str, ...]] = []
-    operations: list[str] = []
+    # As a colour made before the proxy answered for the app (no label, `web` on the colour itself).
+    box = bg.engine._find(NAME)
+    assert box is not None
+    networks = tuple(
+        replace(a, aliases=(f"{NAME}-blue", "web")) if a.network == "shop_default" else a for a in box.info.networks
+    )
+    labels = {k: v for k, v in box.info.labels.items() if k != LABEL_ALIASES}
+    box.info = replace(box.info, networks=networks, labels=labels)
+    bg.proxy.stack_aliases.clear()
+    seen: list[tuple[str, list[str]]] = []
+    bg.engine.before = lambda operation, target: seen.append((operation, holders_of_web(bg)))
 
-    def before(operation: str, target: str) -> None:
-        operations.append(operation)
-        holders.append(tuple(sorted(
-            f"{box.info.name}:{box.info.labels[LABEL_VERSION]}" for box in bg.engine.boxes.values()
-            if box.info.running and any("web" in a.aliases for a in box.info.networks if a.network == "shop_default")
-        )))
-
-    bg.engine.before = before
-    bg.push("1.1.0", "exits")
-    assert deployer.deploy("1.1.0").outcome == "rolled_back"
-    assert holders and all(seen == (f"{NAME}:1.0.0",) for seen in holders)
-
-    holders.clear()
-    operations.clear()
     bg.push("1.0.1")
     assert deployer.deploy("1.0.1").outcome == "deployed"
-    # 1.0.1 gets `web` when proven (the reattach, just before the switch); until then only 1.0.0 has it,
-    # and 1.0.0 keeps it through the grace period (both are proven), until it stops.
-    promoted = operations.index("reattach") + 1
-    assert all(seen == (f"{NAME}:1.0.0",) for seen in holders[:promoted])
-    assert holders[promoted] == tuple(sorted((f"{NAME}:1.0.0", f"{NAME}-green:1.0.1")))
-    assert holders[-1] == (f"{NAME}:1.0.1",)
-    assert set(stack_aliases(bg, NAME)) == {f"{NAME}-green", "web"}
 
-
-def test_a_rollback_restarts_the_kept_colour_unproven_and_gives_it_the_alias_at_the_switch(
-    bg: BlueGreenWorld,
-) -> None:
-    bg.engine.networks.add("shop_default")
-    deployed(bg, "1.0.0", "1.1.0", CD_NETWORKS="shop_default:web")
-    checked: list[tuple[str, ...]] = []
-    probe = bg.probe
-
-    def probing(url: str, timeout: float) -> tuple[bool, str]:
-        checked.append(stack_aliases(bg, f"{NAME}-blue"))
-        return probe(url, timeout)
-
-    deployer = bg.deployer(None, probing, CD_NETWORKS="shop_default:web", CD_HEALTH_URL="http://127.0.0.1:8080/")
-    assert deployer.rollback().outcome == "deployed"
-    assert checked and all(seen == (f"{NAME}-blue",) for seen in checked)
-    assert set(stack_aliases(bg, NAME)) == {f"{NAME}-blue", "web"}
-    assert stack_aliases(bg, kept_name(NAME)) == (f"{NAME}-green",)
+    assert bg.proxy.stack_aliases == {"shop_default": ("web",)}
+    assert holders_of_web(bg) == []
+    stop = [operation for operation, _ in seen].index("stop")
+    assert seen[stop][1] == []  # dropped before it stops: the worker is not sent to an exiting process
+    assert "proxy_serve_on" in [operation for operation, _ in seen[:stop]]
 
 
 def test_a_static_address_is_refused_before_the_running_colour_is_touched(bg: BlueGreenWorld) -> None:
@@ -519,20 +531,19 @@ def test_a_static_address_is_refused_before_the_running_colour_is_touched(bg: Bl
 
 
 @pytest.mark.parametrize("phase", ["bg_started", *PROVEN])
-def test_killed_mid_deploy_in_a_stack_the_alias_ends_on_the_serving_colour_only(
-    bg: BlueGreenWorld, phase: Phase
-) -> None:
+def test_killed_mid_deploy_in_a_stack_web_ends_on_the_proxy_only(bg: BlueGreenWorld, phase: Phase) -> None:
     bg.engine.networks.add("shop_default")
     deployed(bg, "1.0.0", CD_NETWORKS="shop_default:web")
     bg.push("1.1.0")
     with pytest.raises(Killed):
         bg.deployer(on_phase=kill_at(phase), CD_NETWORKS="shop_default:web").deploy("1.1.0")
+    bg.proxy.stack_aliases.clear()  # as a proxy re-created since
 
     bg.deployer(CD_NETWORKS="shop_default:web").reconcile()
 
     serving = bg.engine.container(NAME)
     assert serving is not None and serving.running
     expected = "1.0.0" if phase == "bg_started" else "1.1.0"
-    assert serving.labels[LABEL_VERSION] == expected and "web" in stack_aliases(bg, NAME)
-    holders = [box.info.name for box in bg.engine.boxes.values() if box.info.running and "web" in box.aliases]
-    assert holders == [NAME]
+    assert serving.labels[LABEL_VERSION] == expected and bg.users_see() == expected
+    assert bg.proxy.stack_aliases == {"shop_default": ("web",)}
+    assert holders_of_web(bg) == []
