@@ -7,7 +7,8 @@ Needs dockerd, Debian's docker-registry (a throwaway one on a loopback port), co
 (``scripts/proxy-image``). The same stack for every strategy (``tests/support/compose_stack.py``): ``db``
 and a ``worker`` made by compose, the worker asking ``http://web:8080/`` every 50 ms by the app's alias;
 ``web`` is the compose file's own service for ``compose``, and the agent's container on the project's
-network (``CD_NETWORKS=PROJECT_default:web``) for ``swap`` and ``blue-green``. Releases 1.0.0 and 1.1.0
+network (``CD_NETWORKS=PROJECT_default:web``) for ``swap`` and ``blue-green`` (where ``web`` is the
+proxy's alias on that network, so the worker goes through the switch). Releases 1.0.0 and 1.1.0
 whose HEALTHCHECK asks the database. Two clients hit web's published port every 20 ms
 (``tests/support/switch_probe.py``: a new connection per request; keep-alive) during the upgrade to
 1.1.0. Prints, per strategy, the failed requests and the longest gap between two good answers of each

@@ -8,7 +8,7 @@ message naming the variable and the bad part instead of failing at the first dep
     CD_VOLUMES="data:/data,/srv/cfg:/cfg:ro"
 
 ``CD_NETWORKS`` (``NetworkJoin``) names existing networks a container the agent creates joins, each with
-the aliases it answers to there::
+the aliases it answers to there (with blue-green the proxy answers to them, ``cd_agent.stack_aliases``)::
 
     CD_NETWORKS="shop_default:web:shop-web,monitoring"
 """

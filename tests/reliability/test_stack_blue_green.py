@@ -1,6 +1,6 @@
-"""A bad release of a stack's web service under blue-green (issue 20, part 3): ``db`` and ``worker`` made
-by real compose, ``web`` run by the agent on the project's network, a client requesting the page every
-20 ms on new connections (and a keep-alive one) throughout."""
+"""A bad release of a stack's web service under blue-green, and the agent killed mid-deploy (issue 20,
+part 3): ``db`` and ``worker`` made by real compose, ``web`` run by the agent on the project's network, a
+client requesting the page every 20 ms on new connections (and a keep-alive one) throughout."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.support.cd_apps import state_json, version_of
+from tests.support.cd_apps import WatchProcess, kill_deploy_at, state_json, version_of
 from tests.support.compose_stack import Stack
 from tests.support.polling import wait_for
 from tests.support.smtp_server import SmtpServer
@@ -69,4 +69,54 @@ def test_a_bad_web_release_inside_a_stack_under_blue_green(
         f"{samples} requests during the {took:.1f}s deploy, 0 failed, longest gap "
         f"{probe.max_gap('fresh') * 1000:.0f} ms; email {message['Subject']!r}; worker saw only 1.0.0 "
         f"({len(since)} answers); db and worker same containers and start times"
+    )
+
+
+@pytest.mark.reliability(
+    "The agent SIGKILLed in a blue-green deploy of 1.1.0 to a stack's web serving 1.0.0 (db + worker by compose;"
+    " the new colour started, not yet proven; or switched to, the old one not yet retired), then `cd-agent watch`"
+    " started, a client requesting the page every 20 ms on new connections throughout",
+    "0 failed requests for users and for the worker (which asks web by its alias); the start-up reconcile"
+    " removes the unproven colour (or finishes the proven one's switch), the watcher deploys 1.1.0; web stays"
+    " the proxy's alias on the project's network, no colour answers to it; db and worker untouched",
+)
+@pytest.mark.parametrize("phase", ["bg_started", "bg_switched"])
+def test_a_blue_green_deploy_in_a_stack_killed_half_way_drops_no_request(
+    compose_stack: Stack, caddy_image: str, phase: str, watches: list[WatchProcess], observed: Observed
+) -> None:
+    world = compose_stack.world
+    world.releases.push("1.0.0", "stack")
+    world.releases.push("1.1.0", "stack")
+    compose_stack.blue_green_beside(caddy_image)
+    assert world.deployer().deploy("1.0.0").outcome == "deployed"
+    wait_for(lambda: "1.0.0" in compose_stack.worker_saw(), timeout=30, what="the worker reaching web")
+    before = compose_stack.identities("db", "worker")
+
+    with SwitchProbe(world.url, expected={"1.0.0", "1.1.0"}) as probe:
+        kill_deploy_at(world, phase, "1.1.0")
+        assert state_json(world)["deploy_in_progress"] is not None
+        watch = WatchProcess(world.environ(CD_POLL_INTERVAL="1"), world.root)
+        watches.append(watch)
+
+        def settled() -> bool:
+            assert watch.process.poll() is None, watch.log()[-3000:]
+            status = state_json(world)
+            return version_of(status["current"]) == "1.1.0" and status["deploy_in_progress"] is None
+
+        wait_for(settled, timeout=180, what="1.1.0 serving and recorded after the restart")
+        probe.wait_for_body("1.1.0")
+        probe.wait_for_more(5)
+        said = wait_for(lambda: watch.lines("reconcile:"), timeout=30, what="the reconcile line")[0]
+        assert watch.stop() == 0
+
+    assert probe.failures == [], probe.explain()
+    wait_for(lambda: compose_stack.worker_saw()[-1] == "1.1.0", timeout=10, what="the worker reaching 1.1.0")
+    saw = compose_stack.worker_saw()
+    since = saw[saw.index("1.0.0"):]
+    assert set(since) <= {"1.0.0", "1.1.0"}, [(answer, since.count(answer)) for answer in sorted(set(since))]
+    assert compose_stack.answering_to("web") == [f"{world.name}-proxy"]
+    assert compose_stack.identities("db", "worker") == before
+    observed(
+        f"killed at {phase}; {len(probe.samples)} requests, 0 failed; the worker's {len(since)} answers all"
+        f" 1.0.0/1.1.0; on restart: {said.split('reconcile: ', 1)[1][:160]}"
     )
