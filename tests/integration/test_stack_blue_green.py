@@ -44,7 +44,7 @@ def test_upgrading_web_in_a_stack_drops_no_request_and_the_worker_never_reaches_
         probe.wait_for_more(5)
         marks.append(("end", time.monotonic()))
 
-    assert probe.failures == [], probe.explain(marks)
+    assert probe.failures == [], probe.explain(marks) + "\n" + compose_stack.proxy_said()
     assert probe.bodies("fresh") == ["1.0.0", "1.1.0"]
     wait_for(lambda: compose_stack.worker_saw()[-1] == "1.1.0", timeout=10, what="the worker reaching 1.1.0")
     saw = compose_stack.worker_saw()

@@ -48,7 +48,7 @@ def test_a_bad_web_release_inside_a_stack_under_blue_green(
         probe.wait_for_more(5)
 
     assert (report.outcome, report.quarantined, report.failed_step) == ("rolled_back", True, "health"), report
-    assert probe.failures == [], probe.explain()
+    assert probe.failures == [], probe.explain() + "\n" + compose_stack.proxy_said()
     message = smtp_server.wait_for_messages(2, timeout=30)[-1]
     assert message["Subject"].endswith("deploy of 1.1.0 failed: rolled back to 1.0.0"), message["Subject"]
     status = state_json(world)
@@ -109,7 +109,7 @@ def test_a_blue_green_deploy_in_a_stack_killed_half_way_drops_no_request(
         said = wait_for(lambda: watch.lines("reconcile:"), timeout=30, what="the reconcile line")[0]
         assert watch.stop() == 0
 
-    assert probe.failures == [], probe.explain()
+    assert probe.failures == [], probe.explain() + "\n" + compose_stack.proxy_said()
     wait_for(lambda: compose_stack.worker_saw()[-1] == "1.1.0", timeout=10, what="the worker reaching 1.1.0")
     saw = compose_stack.worker_saw()
     since = saw[saw.index("1.0.0"):]

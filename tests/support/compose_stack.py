@@ -104,6 +104,16 @@ class Stack:
                 names.append(client.api.inspect_container(listed)["Name"].lstrip("/"))
         return names
 
+    def proxy_said(self, tail: int = 40) -> str:
+        """The last lines of the blue-green proxy's log (Caddy's errors name what it could not dial, and why):
+        for a failed assertion's message."""
+        client = self.world.docker_client
+        try:
+            text: str = client.api.logs(f"{self.world.name}-proxy", tail=tail, timestamps=True).decode(errors="replace")
+        except Exception as exc:  # only a message for a failure already found
+            return f"(no proxy log: {exc})"
+        return "proxy log:\n" + text
+
     def worker_saw(self) -> list[str]:
         """Every answer the worker got from ``web``, in order (``-``: none)."""
         (worker,) = self.containers("worker")
