@@ -369,7 +369,8 @@ class CdSettings(CdAgentSettings):
         default="",
         description="existing networks a container the agent creates joins, comma-separated "
         "`name[:alias[:alias...]]`, e.g. `shop:web,monitoring`; added to the networks the old container was on "
-        "(see \"An app and its database\"); not with `swarm`",
+        "(see \"An app and its database\"); with `blue-green` the aliases are the proxy's, each colour answers "
+        "to its own name there; not with `swarm` or `compose` (their networks are the service's own)",
         json_schema_extra=shown("none", value="comma-separated list"),
     )
     cd_restart_policy: RestartPolicy = Field(
