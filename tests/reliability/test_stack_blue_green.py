@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.support.cd_apps import WatchProcess, kill_deploy_at, state_json, version_of
+from tests.support.cd_apps import WatchProcess, killed_then_watched, state_json, version_of
 from tests.support.compose_stack import Stack
 from tests.support.polling import wait_for
 from tests.support.smtp_server import SmtpServer
@@ -93,21 +93,9 @@ def test_a_blue_green_deploy_in_a_stack_killed_half_way_drops_no_request(
     before = compose_stack.identities("db", "worker")
 
     with SwitchProbe(world.url, expected={"1.0.0", "1.1.0"}) as probe:
-        kill_deploy_at(world, phase, "1.1.0")
-        assert state_json(world)["deploy_in_progress"] is not None
-        watch = WatchProcess(world.environ(CD_POLL_INTERVAL="1"), world.root)
-        watches.append(watch)
-
-        def settled() -> bool:
-            assert watch.process.poll() is None, watch.log()[-3000:]
-            status = state_json(world)
-            return version_of(status["current"]) == "1.1.0" and status["deploy_in_progress"] is None
-
-        wait_for(settled, timeout=180, what="1.1.0 serving and recorded after the restart")
+        said = killed_then_watched(world, phase, "1.1.0", watches)
         probe.wait_for_body("1.1.0")
         probe.wait_for_more(5)
-        said = wait_for(lambda: watch.lines("reconcile:"), timeout=30, what="the reconcile line")[0]
-        assert watch.stop() == 0
 
     assert probe.failures == [], probe.explain() + "\n" + compose_stack.proxy_said()
     wait_for(lambda: compose_stack.worker_saw()[-1] == "1.1.0", timeout=10, what="the worker reaching 1.1.0")
