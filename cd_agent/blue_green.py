@@ -2,10 +2,13 @@
 the proxy (``cd_agent/proxy.py``), and users reach it only once it is proven healthy::
 
     ensure the proxy (created on the first deploy) -> pull -> spec (nothing touched yet)
-      -> create NAME-<colour> on the private network, no published ports, alias NAME-<colour>
+      -> create NAME-<colour> on the private network, no published ports, alias NAME-<colour>; on the
+         app's other networks (the stack's) alias NAME-<colour> only (``cd_agent.stack_aliases``)
          (a rollback reuses the stopped NAME-previous instead: a warm start, not a cold one)
       -> start -> health-check it directly (its HEALTHCHECK, or CD_HEALTH_URL's path at its address)
-      -> healthy:   switch the proxy to it -> CD_PROXY_GRACE (in-flight requests finish on the old one)
+      -> healthy:   switch the proxy to it -> the proxy answers to the app's aliases on the stack's
+                    networks (``web``: joined once, on the first deploy)
+                    -> CD_PROXY_GRACE (in-flight requests finish on the old one)
                     -> stop the old one, keep it as NAME-previous (replacing the one kept before)
                     -> rename the new one NAME                                                  -> "deployed"
       -> unhealthy: remove the new container; the old one never stopped, the proxy never
@@ -20,7 +23,7 @@ one killed before it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -46,6 +49,7 @@ from cd_agent.images import fetch_image, prune_images
 from cd_agent.proxy import network_name
 from cd_agent.proxy_ports import proxied_ports
 from cd_agent.report import DeployReport, Outcome
+from cd_agent.stack_aliases import demote, hold_back, live_aliases
 from cd_agent.state import BLUE_GREEN_PHASES, Journal, Release
 from cd_agent.strategy import Attempt, DeployContext, StepFailure, StrategyBase, log_failure, release_version
 
@@ -66,6 +70,8 @@ class Proxy(Protocol):
     def switch(self, upstream: str | None) -> None: ...
 
     def address(self, container: str) -> str: ...
+
+    def serve_on(self, networks: Mapping[str, Sequence[str]]) -> list[str]: ...
 
 
 def colour_name(app: str, colour: str) -> str:
@@ -100,6 +106,7 @@ class BlueGreen(StrategyBase):
         current = release_version(self._state.current)
         try:
             self._proxy.ensure()
+            self._serve_stack(self._engine.container(self._name))  # a proxy re-created by ensure() too
         except CdError as exc:
             log.error("could not set up the proxy: {}", exc)
             return DeployReport("failed", version, current, str(exc), failed_step="proxy")
@@ -123,7 +130,12 @@ class BlueGreen(StrategyBase):
                 name=colour_name(self._name, colour), network=network_name(self._name),
                 alias=colour_name(self._name, colour),
             )
-            spec = replace(spec, labels={**spec.labels, LABEL_COLOUR: colour})
+            spec = hold_back(
+                replace(spec, labels={**spec.labels, LABEL_COLOUR: colour}), proxy_network=network_name(self._name),
+                alias=colour_name(self._name, colour), colours=tuple(colour_name(self._name, c) for c in COLOURS),
+                inherited=live_aliases(old) if old is not None else {},
+                named=frozenset(join.name for join in self._target.networks),
+            )
             check_spec(self._engine, spec)
         except CdError as exc:
             log.error("could not prepare the new container: {}", exc)
@@ -190,6 +202,11 @@ class BlueGreen(StrategyBase):
         log.info("{} is healthy: {}", attempt.version, verdict.reason)
         return None
 
+    def _serve_stack(self, serving: ContainerInfo | None) -> None:
+        """The proxy answers to the app's aliases on the stack's networks, as ``serving``'s label says."""
+        if serving is not None:
+            self._proxy.serve_on(live_aliases(serving))
+
     def _direct_url(self, container: str) -> str | None:
         """CD_HEALTH_URL's path at the container's own address (it publishes no port): users are not asked."""
         url = self._target.health_url
@@ -226,13 +243,23 @@ class BlueGreen(StrategyBase):
         self._proxy.switch(alias)
         self._journal(phase="bg_switched")
         log.info("the proxy sends new requests to {} ({})", version, alias)
+        # The stack's services asking for the app's alias (``web``) reach the proxy, hence the proven release.
+        self._serve_stack(new)
         if old is not None:
             old_now = self._engine.container(old.id)
             if old_now is not None:
+                old_alias = alias_of(self._name, old_now)
                 if old_now.running:
                     self._sleep(self._target.proxy_grace)
+                    if old_alias is not None:
+                        # A colour made before the proxy answered to the app's aliases has them itself: it
+                        # drops them before it stops, so the stack's services are not sent to an exiting process.
+                        demote(self._engine, old_now, old_alias, live_aliases(new))
                     self._engine.stop(old.id, timeout=self._target.stop_timeout)
                     log.info("stopped {} after a {:g}s grace period", old_version, self._target.proxy_grace)
+                elif old_alias is not None:
+                    # Kept for a rollback: restarted, it is unproven until its own switch.
+                    demote(self._engine, old_now, old_alias, live_aliases(new))
                 if old_now.name != kept_name(self._name):
                     # The release kept until now stays until this one is proven: a failed deploy keeps
                     # the rollback target. Only one is kept.
@@ -308,6 +335,7 @@ class BlueGreen(StrategyBase):
             if not old.running:
                 engine.start(old.id)
             self._proxy.switch(alias_of(self._name, old))
+            self._serve_stack(old)
             message = (
                 f"undid the interrupted blue-green deploy of {journal.version} (reached {journal.phase!r},"
                 f" not proven healthy): removed the new container; {journal.old_version} kept serving"
@@ -329,6 +357,7 @@ class BlueGreen(StrategyBase):
             return "the proxy is up; no blue-green container to send traffic to yet"
         if serving is not None and not serving.running:
             self._engine.start(serving.id)
+        self._serve_stack(serving)
         if self._proxy.upstream() != alias:
             self._proxy.switch(alias)
             return f"the proxy now sends traffic to {self._name} ({alias})"

@@ -238,6 +238,19 @@ class DockerGateway:
             raise
         return container
 
+    def reattach(self, container: str, attachment: NetworkAttachment) -> None:
+        info = self.container(container)
+        if info is not None and any(mine.network == attachment.network for mine in info.networks):
+            # Not connected (a kill between the two calls): connecting is all that is left to do.
+            with docker_errors(f"disconnect container {container[:12]} from network {attachment.network}"):
+                self._api.disconnect_container_from_network(container, attachment.network)
+        with docker_errors(f"connect container {container[:12]} to network {attachment.network}"):
+            self._api.connect_container_to_network(
+                container, attachment.network, aliases=list(attachment.aliases) or None,
+                links=list(attachment.links) or None, ipv4_address=attachment.ipv4_address,
+                ipv6_address=attachment.ipv6_address, driver_opt=dict(attachment.driver_opts) or None,
+            )
+
     def _endpoint(self, attachment: NetworkAttachment) -> Any:
         return self._api.create_endpoint_config(
             aliases=list(attachment.aliases) or None, links=list(attachment.links) or None,

@@ -151,6 +151,10 @@ class Engine(Protocol):
 
     def rename(self, container: str, new_name: str) -> None: ...
 
+    def reattach(self, container: str, attachment: NetworkAttachment) -> None:
+        """Give ``container`` the aliases of ``attachment`` on its network: disconnect and connect again
+        (Docker cannot change the aliases of an endpoint); its address there may change."""
+
     def start(self, container: str) -> None: ...
 
     def stop(self, container: str, *, timeout: float) -> None:

@@ -209,6 +209,8 @@ class ProxyContainer:
     labels: Mapping[str, str] = field(default_factory=dict)
     networks: Mapping[str, str] = field(default_factory=dict)
     """Network name → this container's IP address on it ("" while stopped)."""
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Network name → the aliases it answers to there (the engine's own short id left out)."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,7 @@ class ProxyEngine(Protocol):
     def start(self, name: str) -> None: ...
     def remove(self, name: str) -> None: ...
     def connect(self, container: str, network: str, aliases: Sequence[str]) -> None: ...
+    def disconnect(self, container: str, network: str) -> None: ...
     def put_file(self, container: str, path: str, data: bytes) -> None: ...
     def exec(self, container: str, argv: Sequence[str]) -> tuple[int, str]: ...
 
@@ -255,6 +258,10 @@ class DockerProxyEngine:
             running=bool((data.get("State") or {}).get("Running")),
             labels=dict((data.get("Config") or {}).get("Labels") or {}),
             networks={net: str((info or {}).get("IPAddress") or "") for net, info in networks.items()},
+            aliases={
+                net: tuple(alias for alias in (info or {}).get("Aliases") or () if alias != data["Id"][:12])
+                for net, info in networks.items()
+            },
         )
 
     def ensure_network(self, name: str, labels: Mapping[str, str]) -> None:
@@ -318,6 +325,10 @@ class DockerProxyEngine:
     def connect(self, container: str, network: str, aliases: Sequence[str]) -> None:
         with docker_errors(f"connect {container} to network {network}"):
             self._api.connect_container_to_network(container, network, aliases=list(aliases))
+
+    def disconnect(self, container: str, network: str) -> None:
+        with docker_errors(f"disconnect {container} from network {network}"):
+            self._api.disconnect_container_from_network(container, network)
 
     def put_file(self, container: str, path: str, data: bytes) -> None:
         directory, _, filename = path.rpartition("/")
@@ -450,6 +461,28 @@ class ProxyController:
             raise ProxyError(f"cannot attach {container} to {self.network}: no such container")
         if self.network not in info.networks:
             self.engine.connect(container, self.network, [alias])
+
+    def serve_on(self, networks: Mapping[str, Sequence[str]]) -> list[str]:
+        """Answer to the app's aliases on its other networks (``web`` on a compose project's network), so
+        the stack's services reach the app through the switch as users do; returns the networks changed.
+
+        Joined once and left alone afterwards; a network where it answers to other aliases (the settings
+        changed) is left and joined again, which its clients there see as a short break."""
+        info = self.engine.container(self.container_name)
+        if info is None:
+            raise ProxyError(f"cannot join {', '.join(networks)}: the proxy {self.container_name} is gone")
+        changed = []
+        for network, aliases in networks.items():
+            if network == self.network or not aliases:
+                continue
+            if network in info.networks:
+                if set(info.aliases.get(network, ())) == set(aliases):
+                    continue
+                self.engine.disconnect(self.container_name, network)
+            self.engine.connect(self.container_name, network, list(aliases))
+            logger.info("proxy {} answers to {} on network {}", self.container_name, "/".join(aliases), network)
+            changed.append(network)
+        return changed
 
     def address(self, container: str) -> str:
         """``container``'s IP on the private network (running containers only)."""

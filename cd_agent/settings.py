@@ -8,7 +8,7 @@ message naming the variable and the bad part instead of failing at the first dep
     CD_VOLUMES="data:/data,/srv/cfg:/cfg:ro"
 
 ``CD_NETWORKS`` (``NetworkJoin``) names existing networks a container the agent creates joins, each with
-the aliases it answers to there::
+the aliases it answers to there (with blue-green the proxy answers to them, ``cd_agent.stack_aliases``)::
 
     CD_NETWORKS="shop_default:web:shop-web,monitoring"
 """
@@ -369,7 +369,8 @@ class CdSettings(CdAgentSettings):
         default="",
         description="existing networks a container the agent creates joins, comma-separated "
         "`name[:alias[:alias...]]`, e.g. `shop:web,monitoring`; added to the networks the old container was on "
-        "(see \"An app and its database\"); not with `swarm`",
+        "(see \"An app and its database\"); with `blue-green` the aliases are the proxy's, each colour answers "
+        "to its own name there; not with `swarm` or `compose` (their networks are the service's own)",
         json_schema_extra=shown("none", value="comma-separated list"),
     )
     cd_restart_policy: RestartPolicy = Field(

@@ -80,7 +80,7 @@ def test_cd_networks_puts_an_app_defined_by_settings_alone_beside_its_database(
     assert cd_world.served() == "1.1.0" and stack.db_identity() == db_before
 
 
-def test_blue_green_colours_join_the_stack_with_the_same_aliases_and_a_rollback_restores_them(
+def test_blue_green_colours_join_the_stack_under_their_colour_and_web_is_the_proxys_through_a_rollback(
     cd_world: CdWorld, stack: Stack, stack_releases: AppReleases, caddy_image: str
 ) -> None:
     cd_world.overrides.update(CD_STRATEGY="blue-green", CD_PROXY_IMAGE=caddy_image, CD_PROXY_GRACE="1")
@@ -98,8 +98,10 @@ def test_blue_green_colours_join_the_stack_with_the_same_aliases_and_a_rollback_
     app = cd_world.docker_client.api.inspect_container(cd_world.name)
     assert app["State"]["Health"]["Status"] == "healthy"
     assert list(app["NetworkSettings"]["Networks"]) == sorted([network_name(cd_world.name), stack.network])
-    assert "web" in endpoint(app, stack.network)["Aliases"] and app["HostConfig"]["CpuQuota"] == 50000
-    # The old colour is stopped after the switch: only the new one answers to the alias.
+    assert "web" not in endpoint(app, stack.network)["Aliases"] and app["HostConfig"]["CpuQuota"] == 50000
+    # `web` is the proxy's on the stack's network: the database's side reaches the live colour through it.
+    proxy = cd_world.docker_client.api.inspect_container(f"{cd_world.name}-proxy")
+    assert "web" in endpoint(proxy, stack.network)["Aliases"]
     wait_for(lambda: stack.fetch_in(stack.db, "http://web:8080/") == "1.1.0", timeout=10, what="web is 1.1.0")
     wait_for(lambda: cd_world.served() == "1.1.0", timeout=10, what="1.1.0 behind the proxy")
 
@@ -108,7 +110,7 @@ def test_blue_green_colours_join_the_stack_with_the_same_aliases_and_a_rollback_
     wait_for(lambda: stack.fetch_in(stack.db, "http://web:8080/") == "1.0.0", timeout=10, what="web is 1.0.0")
     assert cd_world.served() == "1.0.0"
     back = cd_world.docker_client.api.inspect_container(cd_world.name)
-    assert "web" in endpoint(back, stack.network)["Aliases"]
+    assert "web" not in endpoint(back, stack.network)["Aliases"]
     assert stack.db_identity() == db_before
 
 

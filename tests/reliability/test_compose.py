@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared.runstore import RunStore
-from tests.support.cd_apps import WatchProcess, cd_agent, kill_deploy_at, state_json, version_of
+from tests.support.cd_apps import WatchProcess, cd_agent, killed_then_watched, state_json, version_of
 from tests.support.compose_stack import DB_HEALTH_URL, Stack
 from tests.support.polling import wait_for
 from tests.support.smtp_server import SmtpServer
@@ -81,20 +81,7 @@ def test_a_compose_deploy_killed_half_way_is_reconciled_at_the_next_start(
     wait_for(lambda: world.served() == "1.0.0", timeout=60, what="the stack's web serving 1.0.0")
     db_before = compose_stack.db_identity()
 
-    kill_deploy_at(world, phase, "1.1.0")
-    assert state_json(world)["deploy_in_progress"] is not None
-    watch = WatchProcess(world.environ(CD_POLL_INTERVAL="1"), world.root)
-    watches.append(watch)
-
-    def settled() -> bool:
-        assert watch.process.poll() is None, watch.log()[-3000:]
-        status = state_json(world)
-        return world.served() == "1.1.0" and version_of(status["current"]) == "1.1.0" \
-            and status["deploy_in_progress"] is None
-
-    wait_for(settled, timeout=180, what="1.1.0 serving and recorded after the restart")
-    said = wait_for(lambda: watch.lines("reconcile:"), timeout=30, what="the reconcile line")[0]
-    assert watch.stop() == 0
+    said = killed_then_watched(world, phase, "1.1.0", watches)
 
     assert ("proven healthy, so it stays" in said) == (phase == "verdict"), said
     assert compose_stack.db_identity() == db_before

@@ -515,6 +515,14 @@ class WatchProcess:
         assert match, line
         return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
 
+    def settled_on(self, world: CdWorld, version: str) -> bool:
+        """``version`` serves and is recorded as current, no deploy in progress (a ``wait_for`` predicate);
+        the watcher must still run."""
+        assert self.process.poll() is None, self.log()[-3000:]
+        status = state_json(world)
+        return world.served() == version and version_of(status["current"]) == version \
+            and status["deploy_in_progress"] is None
+
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -524,6 +532,19 @@ class WatchProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+def killed_then_watched(world: CdWorld, phase: str, version: str, watches: list[WatchProcess]) -> str:
+    """``kill_deploy_at`` then ``cd-agent watch`` (polling every second) until ``version`` serves and is
+    recorded; returns the start-up reconcile line. The watcher is stopped, and must exit 0."""
+    kill_deploy_at(world, phase, version)
+    assert state_json(world)["deploy_in_progress"] is not None
+    watch = WatchProcess(world.environ(CD_POLL_INTERVAL="1"), world.root)
+    watches.append(watch)
+    wait_for(lambda: watch.settled_on(world, version), timeout=180, what=f"{version} serving and recorded")
+    said: str = wait_for(lambda: watch.lines("reconcile:"), timeout=30, what="the reconcile line")[0]
+    assert watch.stop() == 0, watch.log()[-3000:]
+    return said
 
 
 @pytest.fixture

@@ -40,12 +40,8 @@ class Stack:
     def write(self, web_version: str, *, web_extra: str = "") -> None:
         """The user's compose file: ``web`` at ``web_version`` (by tag, as a user writes it) beside ``db``."""
         self.file.write_text(
-            'version: "3.8"\n'
-            "services:\n"
-            "  db:\n"
-            f"    image: {self.db_image}\n"
-            "    stop_grace_period: 1s\n"
-            "  web:\n"
+            self._with_db()
+            + "  web:\n"
             f"    image: {self.world.releases.repository}:{web_version}\n"
             "    restart: unless-stopped\n"
             "    stop_grace_period: 2s\n"
@@ -53,6 +49,76 @@ class Stack:
             "    depends_on: [db]\n"
             + web_extra
         )
+
+    def write_beside(self) -> None:
+        """A stack whose ``web`` the agent runs (blue-green, ``CD_NETWORKS``): ``db`` and a ``worker`` that
+        asks ``http://web:8080/`` every 50 ms and prints each answer (``-``: none), as a stack's other
+        services reach the app by its alias."""
+        self.file.write_text(self._with_db() + self.worker_service())
+
+    def _with_db(self) -> str:
+        return f'version: "3.8"\nservices:\n  db:\n    image: {self.db_image}\n    stop_grace_period: 1s\n'
+
+    def worker_service(self) -> str:
+        """The ``worker`` service's YAML (to add to a file with ``write``'s ``web_extra``)."""
+        return (
+            "  worker:\n"
+            f"    image: {self.db_image}\n"
+            "    stop_grace_period: 1s\n"
+            "    depends_on: [db]\n"
+            '    command: ["sh", "-c", "while true; do wget -q -O - http://web:8080/ 2>/dev/null || printf -; echo;'
+            ' sleep 0.05; done"]\n'
+        )
+
+    def blue_green_beside(self, proxy_image: str) -> None:
+        """``write_beside`` and ``up``; the world's settings: blue-green into the project's network."""
+        for key in self.settings():
+            self.world.overrides.pop(key, None)
+        self.world.overrides.update(
+            CD_STRATEGY="blue-green", CD_PROXY_IMAGE=proxy_image, CD_PROXY_GRACE="1", CD_HEALTH_TIMEOUT="30",
+            CD_NETWORKS=f"{self.network}:web", CD_VOLUMES="",
+        )
+        self.world.janitor.networks.add(self.network)
+        self.write_beside()
+        self.up()
+
+    def identities(self, *services: str) -> dict[str, tuple[str, str]]:
+        """Each service's containers' id and start time: a deploy of another service changes neither."""
+        return {
+            container["Id"]: (service, container["State"]["StartedAt"])
+            for service in services for container in self.containers(service)
+        }
+
+    @property
+    def network(self) -> str:
+        """The project's default network (compose 1.29 and v2 alike)."""
+        return f"{self.project}_default"
+
+    def answering_to(self, alias: str) -> list[str]:
+        """The containers that answer to ``alias`` on the project's network (Docker's DNS names them)."""
+        client = self.world.docker_client
+        names = []
+        for listed in client.api.inspect_network(self.network)["Containers"]:
+            endpoint = client.api.inspect_container(listed)["NetworkSettings"]["Networks"].get(self.network) or {}
+            if alias in (endpoint.get("Aliases") or ()):
+                names.append(client.api.inspect_container(listed)["Name"].lstrip("/"))
+        return names
+
+    def proxy_said(self, tail: int = 40) -> str:
+        """The last lines of the blue-green proxy's log (Caddy's errors name what it could not dial, and why):
+        for a failed assertion's message."""
+        client = self.world.docker_client
+        try:
+            text: str = client.api.logs(f"{self.world.name}-proxy", tail=tail, timestamps=True).decode(errors="replace")
+        except Exception as exc:  # only a message for a failure already found
+            return f"(no proxy log: {exc})"
+        return "proxy log:\n" + text
+
+    def worker_saw(self) -> list[str]:
+        """Every answer the worker got from ``web``, in order (``-``: none)."""
+        (worker,) = self.containers("worker")
+        text: str = self.world.docker_client.api.logs(worker["Id"], stderr=False).decode(errors="replace")
+        return [line.strip() for line in text.splitlines() if line.strip()]
 
     def settings(self) -> dict[str, str]:
         """The CD settings of the compose strategy for this stack's ``web``."""

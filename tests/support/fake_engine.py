@@ -17,12 +17,12 @@ upstream.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from cd_agent.container_spec import ContainerSpec
-from cd_agent.engine import ContainerInfo, ImageInfo, MountInfo, NetworkInfo
+from cd_agent.engine import ContainerInfo, ImageInfo, MountInfo, NetworkAttachment, NetworkInfo
 from cd_agent.errors import DeployError, EngineError, ProxyError
 
 Behaviour = Literal["good", "exits", "never_healthy", "unhealthy", "refuses_start"]
@@ -141,6 +141,11 @@ class FakeEngine:
         self._free(new_name)
         box.info = replace(box.info, name=new_name)
 
+    def reattach(self, container: str, attachment: NetworkAttachment) -> None:
+        box = self._box("reattach", container)
+        others = tuple(old for old in box.info.networks if old.network != attachment.network)
+        box.info = replace(box.info, networks=(*others, attachment))
+
     def start(self, container: str) -> None:
         box = self._box("start", container)
         if box.behaviour == "refuses_start":
@@ -213,6 +218,8 @@ class FakeProxy:
         self.exists = False
         self.upstream_alias: str | None = None
         self.switches: list[str | None] = []
+        self.stack_aliases: dict[str, tuple[str, ...]] = {}
+        """The app's aliases the proxy answers to on the stack's networks."""
 
     def ensure(self) -> None:
         self.engine.before("proxy_ensure", "proxy")
@@ -227,6 +234,14 @@ class FakeProxy:
         self.engine.before("proxy_switch", upstream or "")
         self.upstream_alias = upstream
         self.switches.append(upstream)
+
+    def serve_on(self, networks: Mapping[str, Sequence[str]]) -> list[str]:
+        self.engine.before("proxy_serve_on", ",".join(networks))
+        changed = [
+            net for net, aliases in networks.items() if aliases and self.stack_aliases.get(net) != tuple(aliases)
+        ]
+        self.stack_aliases.update({net: tuple(networks[net]) for net in changed})
+        return changed
 
     def address(self, container: str) -> str:
         box = self.engine._find(container)

@@ -24,6 +24,7 @@ from cd_agent.engine import NetworkAttachment
 from cd_agent.errors import DeployError, ProxyError
 from cd_agent.proxy import network_name
 from cd_agent.settings import CdSettings
+from cd_agent.stack_aliases import LABEL_ALIASES
 from cd_agent.state import BLUE_GREEN_PHASES, DeployState, Phase
 from shared.notify import Notifier
 from shared.runstore import RunStore
@@ -422,17 +423,95 @@ def test_a_release_that_exits_while_its_address_is_asked_is_judged_unhealthy_not
 # stacks
 
 
-def test_each_colour_joins_the_apps_networks_with_the_same_aliases(bg: BlueGreenWorld) -> None:
+def stack_aliases(bg: BlueGreenWorld, name: str) -> tuple[str, ...]:
+    """What ``name`` answers to on the stack's network (``shop_default``)."""
+    box = bg.engine._find(name)
+    assert box is not None
+    return next(a.aliases for a in box.info.networks if a.network == "shop_default")
+
+
+def holders_of_web(bg: BlueGreenWorld) -> list[str]:
+    """The app containers answering to ``web`` themselves on the stack's network."""
+    return [
+        box.info.name for box in bg.engine.boxes.values()
+        if any("web" in a.aliases for a in box.info.networks if a.network == "shop_default")
+    ]
+
+
+def test_each_colour_joins_the_apps_networks_under_its_colour_and_the_proxy_answers_to_web(
+    bg: BlueGreenWorld,
+) -> None:
     bg.engine.networks.add("shop_default")
-    stack = NetworkAttachment("shop_default", ("web",))
 
     deployed(bg, "1.0.0", CD_NETWORKS="shop_default:web")
     deployed(bg, "1.0.1")  # CD_NETWORKS gone from the settings: the running colour's networks are kept
 
     blue, green = bg.engine.created[-2:]
-    assert blue.networks == (NetworkAttachment(network_name(NAME), (f"{NAME}-blue",)), stack)
-    assert green.networks == (NetworkAttachment(network_name(NAME), (f"{NAME}-green",)), stack)
+    # Each colour answers only to its colour on the stack's network: it reaches the database, but the
+    # stack's services asking for `web` reach the proxy, which sends them to the proven release only.
+    assert blue.networks == (
+        NetworkAttachment(network_name(NAME), (f"{NAME}-blue",)), NetworkAttachment("shop_default", (f"{NAME}-blue",))
+    )
+    assert green.networks == (
+        NetworkAttachment(network_name(NAME), (f"{NAME}-green",)),
+        NetworkAttachment("shop_default", (f"{NAME}-green",)),
+    )
     assert bg.users_see() == "1.0.1"
+    assert bg.proxy.stack_aliases == {"shop_default": ("web",)}
+    assert holders_of_web(bg) == []
+    # The app's aliases outlive the settings in the colour's label: a third deploy still serves `web`.
+    bg.proxy.stack_aliases.clear()
+    deployed(bg, "1.0.2")
+    assert bg.proxy.stack_aliases == {"shop_default": ("web",)} and holders_of_web(bg) == []
+
+
+def test_the_proxy_takes_web_at_the_first_switch_and_no_colour_ever_answers_to_it(bg: BlueGreenWorld) -> None:
+    bg.engine.networks.add("shop_default")
+    operations: list[str] = []
+    holders: list[list[str]] = []
+
+    def before(operation: str, target: str) -> None:
+        operations.append(operation)
+        holders.append(holders_of_web(bg))
+
+    bg.engine.before = before
+    deployer = deployed(bg, "1.0.0", CD_NETWORKS="shop_default:web")
+    assert operations.index("proxy_serve_on", operations.index("proxy_switch")) > operations.index("proxy_switch")
+    bg.push("1.1.0", "exits")
+    assert deployer.deploy("1.1.0").outcome == "rolled_back"
+    bg.push("1.0.1")
+    assert deployer.deploy("1.0.1").outcome == "deployed"
+    assert deployer.rollback().outcome == "deployed"  # the kept colour restarts unproven: still not `web`
+    assert bg.users_see() == "1.0.0"
+    assert holders and all(seen == [] for seen in holders)
+    assert bg.proxy.stack_aliases == {"shop_default": ("web",)}
+
+
+def test_a_colour_that_answered_to_web_itself_drops_it_once_the_proxy_has_it_before_it_stops(
+    bg: BlueGreenWorld,
+) -> None:
+    bg.engine.networks.add("shop_default")
+    deployer = deployed(bg, "1.0.0", CD_NETWORKS="shop_default:web")
+    # As a colour made before the proxy answered for the app (no label, `web` on the colour itself).
+    box = bg.engine._find(NAME)
+    assert box is not None
+    networks = tuple(
+        replace(a, aliases=(f"{NAME}-blue", "web")) if a.network == "shop_default" else a for a in box.info.networks
+    )
+    labels = {k: v for k, v in box.info.labels.items() if k != LABEL_ALIASES}
+    box.info = replace(box.info, networks=networks, labels=labels)
+    bg.proxy.stack_aliases.clear()
+    seen: list[tuple[str, list[str]]] = []
+    bg.engine.before = lambda operation, target: seen.append((operation, holders_of_web(bg)))
+
+    bg.push("1.0.1")
+    assert deployer.deploy("1.0.1").outcome == "deployed"
+
+    assert bg.proxy.stack_aliases == {"shop_default": ("web",)}
+    assert holders_of_web(bg) == []
+    stop = [operation for operation, _ in seen].index("stop")
+    assert seen[stop][1] == []  # dropped before it stops: the worker is not sent to an exiting process
+    assert "proxy_serve_on" in [operation for operation, _ in seen[:stop]]
 
 
 def test_a_static_address_is_refused_before_the_running_colour_is_touched(bg: BlueGreenWorld) -> None:
@@ -449,3 +528,22 @@ def test_a_static_address_is_refused_before_the_running_colour_is_touched(bg: Bl
     assert (report.outcome, report.failed_step) == ("failed", "prepare")
     assert "shop_default (10.1.0.5)" in (report.error or "") and bg.users_see() == "1.0.0"
     assert bg.engine.names() == [NAME]
+
+
+@pytest.mark.parametrize("phase", ["bg_started", *PROVEN])
+def test_killed_mid_deploy_in_a_stack_web_ends_on_the_proxy_only(bg: BlueGreenWorld, phase: Phase) -> None:
+    bg.engine.networks.add("shop_default")
+    deployed(bg, "1.0.0", CD_NETWORKS="shop_default:web")
+    bg.push("1.1.0")
+    with pytest.raises(Killed):
+        bg.deployer(on_phase=kill_at(phase), CD_NETWORKS="shop_default:web").deploy("1.1.0")
+    bg.proxy.stack_aliases.clear()  # as a proxy re-created since
+
+    bg.deployer(CD_NETWORKS="shop_default:web").reconcile()
+
+    serving = bg.engine.container(NAME)
+    assert serving is not None and serving.running
+    expected = "1.0.0" if phase == "bg_started" else "1.1.0"
+    assert serving.labels[LABEL_VERSION] == expected and bg.users_see() == expected
+    assert bg.proxy.stack_aliases == {"shop_default": ("web",)}
+    assert holders_of_web(bg) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +152,7 @@ class MemoryEngine:
         if self.start_error:
             raise EngineError(self.start_error, status=500)
         old = self.containers[name]
-        self.containers[name] = ProxyContainer(old.id, old.name, True, old.labels, old.networks)
+        self.containers[name] = replace(old, running=True)
 
     def remove(self, name: str) -> None:
         self.events.append(f"remove {name}")
@@ -160,6 +160,20 @@ class MemoryEngine:
 
     def connect(self, container: str, network: str, aliases: Sequence[str]) -> None:
         self.events.append(f"connect {container} {network} {list(aliases)}")
+        old = self.containers.get(container)
+        if old is None:
+            return
+        self.containers[container] = replace(
+            old, networks={**old.networks, network: ""}, aliases={**old.aliases, network: tuple(aliases)}
+        )
+
+    def disconnect(self, container: str, network: str) -> None:
+        self.events.append(f"disconnect {container} {network}")
+        old = self.containers[container]
+        self.containers[container] = replace(
+            old, networks={k: v for k, v in old.networks.items() if k != network},
+            aliases={k: v for k, v in old.aliases.items() if k != network},
+        )
 
     def put_file(self, container: str, path: str, data: bytes) -> None:
         self.events.append(f"put {path}")
@@ -257,3 +271,24 @@ def test_a_proxy_that_cannot_start_is_not_left_behind(tmp_path: Path) -> None:
                        "port is already allocated"):
         controller(engine, tmp_path).ensure()
     assert engine.containers == {}
+
+
+def test_the_proxy_answers_to_the_apps_aliases_on_the_stacks_network_joined_once(tmp_path: Path) -> None:
+    engine = MemoryEngine()
+    proxy = controller(engine, tmp_path)
+    proxy.ensure()
+
+    assert proxy.serve_on({"shop_default": ("web",), "metrics": ()}) == ["shop_default"]
+    assert proxy.serve_on({"shop_default": ("web",)}) == []  # no reconnect: its clients there keep their connections
+    assert engine.containers["shop-proxy"].aliases["shop_default"] == ("web",)
+    assert "metrics" not in engine.containers["shop-proxy"].networks  # no alias of the app there: nothing to answer
+
+    assert proxy.serve_on({"shop_default": ("web", "shop")}) == ["shop_default"]  # the settings changed
+    assert engine.events[-2:] == [
+        "disconnect shop-proxy shop_default", "connect shop-proxy shop_default ['web', 'shop']"
+    ]
+
+
+def test_serving_on_a_stacks_network_without_the_proxy_names_it(tmp_path: Path) -> None:
+    with pytest.raises(ProxyError, match="shop-proxy is gone"):
+        controller(MemoryEngine(), tmp_path).serve_on({"shop_default": ("web",)})
