@@ -138,3 +138,52 @@ def test_wake_ends_a_wait_for_a_stop_request() -> None:
     thread.join(5)
     assert not thread.is_alive()
     assert gate.counts().early_polls == 0
+
+
+def test_an_early_poll_is_followed_by_one_poll_a_settle_later() -> None:
+    """The registry notifies before it writes the tag: the early poll may miss it, its follow-up does not."""
+    clock = Clock()
+    gate = EarlyPolls(5.0, clock=clock, settle=1.0)
+    gate.hint()
+    gate.wait(60)  # the early poll, at 1000
+    done = threading.Event()
+
+    def sleeper() -> None:
+        gate.wait(60)
+        done.set()
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    assert not done.wait(0.2), "the follow-up came before its settle time"
+    clock.now += 1.0
+    assert done.wait(5), "no follow-up poll"
+    thread.join()
+    assert gate.counts().early_polls == 1  # a follow-up is not an early poll
+    # Only one: the wait after the follow-up lasts its seconds.
+    clock.now += 0.5
+    began = threading.Event()
+    waiter = threading.Thread(target=lambda: (began.set(), gate.wait(60)))
+    waiter.start()
+    assert began.wait(5)
+    waiter.join(0.3)
+    assert waiter.is_alive(), "a second follow-up"
+    gate.wake()
+    waiter.join(5)
+
+
+def test_a_follow_up_answers_the_hints_that_came_during_the_early_poll() -> None:
+    clock = Clock()
+    gate = EarlyPolls(5.0, clock=clock, settle=1.0)
+    gate.hint()
+    gate.wait(60)  # early poll at 1000
+    gate.hint()  # during it: the gate is closed until 1005, the follow-up is due at 1001
+    clock.now += 1.0
+    gate.wait(60)  # the follow-up
+    clock.now += 10.0
+    thread = threading.Thread(target=gate.wait, args=(60,))
+    thread.start()
+    thread.join(0.3)
+    assert thread.is_alive(), "the hint answered by the follow-up made another early poll"
+    gate.wake()
+    thread.join(5)
+    assert gate.counts().early_polls == 1
