@@ -82,6 +82,19 @@ class Clock:
         return self.now
 
 
+def waiting(gate: EarlyPolls) -> tuple[threading.Thread, threading.Event]:
+    """A thread in ``gate.wait(60)``, and the event it sets when that wait ends."""
+    done = threading.Event()
+
+    def sleeper() -> None:
+        gate.wait(60)
+        done.set()
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    return thread, done
+
+
 def test_a_hint_ends_the_wait_at_once_and_counts() -> None:
     gate = EarlyPolls(5.0)
     gate.hint()
@@ -102,14 +115,7 @@ def test_hints_within_the_interval_coalesce_into_one_poll_when_it_ends() -> None
     gate.wait(60)
     for _ in range(10_000):  # during the poll that followed, or right after it
         gate.hint()
-    done = threading.Event()
-
-    def sleeper() -> None:
-        gate.wait(60)
-        done.set()
-
-    thread = threading.Thread(target=sleeper)
-    thread.start()
+    thread, done = waiting(gate)
     assert not done.wait(0.2), "a second early poll inside CD_HOOK_MIN_INTERVAL"
     clock.now += 5.0
     gate.hint()  # any notify makes the waiter look at the clock again
@@ -146,14 +152,7 @@ def test_an_early_poll_is_followed_by_one_poll_a_settle_later() -> None:
     gate = EarlyPolls(5.0, clock=clock, settle=1.0)
     gate.hint()
     gate.wait(60)  # the early poll, at 1000
-    done = threading.Event()
-
-    def sleeper() -> None:
-        gate.wait(60)
-        done.set()
-
-    thread = threading.Thread(target=sleeper)
-    thread.start()
+    thread, done = waiting(gate)
     assert not done.wait(0.2), "the follow-up came before its settle time"
     clock.now += 1.0
     assert done.wait(5), "no follow-up poll"
