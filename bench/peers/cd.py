@@ -215,9 +215,9 @@ def _serving(url: str, bodies: set[str]) -> bool:
     return response.status_code == 200 and response.text in bodies
 
 
-def _serves(url: str, body: str) -> bool:
+def _serves(url: str, body: str, timeout: float = 1.0) -> bool:
     try:
-        response = httpx.get(url, timeout=1)
+        response = httpx.get(url, timeout=timeout)
     except httpx.HTTPError:
         return False
     return response.status_code == 200 and response.text == body
