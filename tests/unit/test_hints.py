@@ -160,10 +160,8 @@ def test_an_early_poll_is_followed_by_one_poll_a_settle_later() -> None:
     assert gate.counts().early_polls == 1  # a follow-up is not an early poll
     # Only one: the wait after the follow-up lasts its seconds.
     clock.now += 0.5
-    waiter = threading.Thread(target=gate.wait, args=(60,))
-    waiter.start()
-    waiter.join(0.3)
-    assert waiter.is_alive(), "a second follow-up"
+    waiter, ended = waiting(gate)
+    assert not ended.wait(0.3), "a second follow-up"
     gate.wake()
     waiter.join(5)
 
@@ -177,10 +175,8 @@ def test_a_follow_up_answers_the_hints_that_came_during_the_early_poll() -> None
     clock.now += 1.0
     gate.wait(60)  # the follow-up
     clock.now += 10.0
-    thread = threading.Thread(target=gate.wait, args=(60,))
-    thread.start()
-    thread.join(0.3)
-    assert thread.is_alive(), "the hint answered by the follow-up made another early poll"
+    thread, done = waiting(gate)
+    assert not done.wait(0.3), "the hint answered by the follow-up made another early poll"
     gate.wake()
     thread.join(5)
     assert gate.counts().early_polls == 1
