@@ -30,6 +30,7 @@ from tests.support.registry_hints import HOOK_TOKEN, notifications_yaml
 from tests.support.registry_server import start_registry
 
 POLL = 30.0
+PROBE_TIMEOUT = 0.2
 
 
 def measure(label: str, root: Path, releases: int, *, hint: bool) -> list[float]:
@@ -50,7 +51,9 @@ def measure(label: str, root: Path, releases: int, *, hint: bool) -> list[float]
             version = f"1.0.{number}"
             pushed = side.releases.push(version, move_latest=False)
             deadline = time.monotonic() + 3 * POLL + 60
-            while not _serves(side.url, version):
+            # A short timeout: a request caught by the swap (sent to the old container as it stops) hangs
+            # until it, and with 1 s the first answer of the new version was seen up to ~0.9 s late.
+            while not _serves(side.url, version, timeout=PROBE_TIMEOUT):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{label}: {version} not served in time")
                 time.sleep(0.02)

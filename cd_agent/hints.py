@@ -13,6 +13,11 @@ list, quarantine, constraint, HEAD, digest pin), as if its poll interval had jus
 
 :class:`EarlyPolls` is one app's gate: at most one early poll per ``CD_HOOK_MIN_INTERVAL``; hints while
 the app polls or deploys, or while the gate is closed, coalesce into one poll, as soon as it may run.
+Each early poll is followed by one more poll ``SETTLE`` seconds later: the distribution registry sends its
+notification from the manifest's upload, before it writes the tag, so the early poll can miss the tag
+(not listed yet, or listed without its manifest); without the follow-up that push waited for the next
+regular poll (30 s at ``CD_POLL_INTERVAL=30``, seen under load). A follow-up is one tags list when nothing
+is new; it answers the hints pending until then and is not counted as an early poll.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 # The two formats, by what their JSON holds (the registry sends its content type; Docker Hub sends JSON).
 DISTRIBUTION_EVENTS = "application/vnd.docker.distribution.events.v1+json"
 DOCKER_HUB_DEFAULT_NAMESPACE = "library"
+SETTLE = 1.0  # seconds from an early poll to its follow-up (see the module docstring)
 
 
 class NotAHint(ValueError):
@@ -99,14 +105,19 @@ class EarlyPolls:
 
     The watcher sleeps in :meth:`wait`; :meth:`hint` (the listener's threads) ends that sleep early, at
     most once per ``min_interval``: a hint within the interval, or while a poll or deploy runs, leaves
-    one poll pending, run as soon as the interval allows. :meth:`wake` ends a wait for a stop request.
+    one poll pending, run as soon as the interval allows. The wait after an early poll ends ``settle``
+    seconds after it began, once (the follow-up). :meth:`wake` ends a wait for a stop request.
     """
 
-    def __init__(self, min_interval: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, min_interval: float, *, clock: Callable[[], float] = time.monotonic, settle: float = SETTLE
+    ) -> None:
         self._min_interval = min_interval
         self._clock = clock
+        self._settle = settle
         self._changed = threading.Condition()
         self._pending = False
+        self._follow_up: float | None = None  # when the last early poll's follow-up is due
         self._woken = False
         self._last_early: float | None = None
         self._received = 0
@@ -143,9 +154,14 @@ class EarlyPolls:
                     self._pending = False
                     self._last_early = now
                     self._early_polls += 1
+                    self._follow_up = now + self._settle
                     return
-                self._changed.wait(min(deadline, due) - now if due is not None else deadline - now)
+                if self._follow_up is not None and self._follow_up <= now:
+                    break  # the early poll's follow-up
+                wake_at = min(t for t in (deadline, due, self._follow_up) if t is not None)
+                self._changed.wait(wake_at - now)
             self._pending = False
+            self._follow_up = None
 
     def _due(self) -> float:
         return float("-inf") if self._last_early is None else self._last_early + self._min_interval

@@ -38,6 +38,10 @@ _USERINFO = re.compile(r"(?<=://)[^/@\s'\"]+@")
 _STDERR_TAIL = 1500
 # Given before every git subcommand: nothing in the persistent work folder's .git may run code.
 SAFE_OPTIONS = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
+# The commit fetched last, kept as a ref: a fetch offers the server only what refs reach ("have" lines;
+# a detached HEAD is not offered), so without one every fetch of a sha received the whole history again,
+# unpacked and hashed here (a 6 MB repository: 2.2 s and 0.26 s of CPU per run instead of 0.1 s and 0.02 s).
+FETCHED_REF = "refs/pi-cicd/fetched"
 
 
 def is_sha(text: str) -> bool:
@@ -199,7 +203,7 @@ class GitRunner:
         if commit is not None:
             return commit
         try:
-            self.fetch(repo_url, workdir, [sha])
+            self.fetch(repo_url, workdir, [f"+{sha}:{FETCHED_REF}"])
         except StepFailed as exc:
             # Servers that refuse a want of a bare sha: fetch the branches and tags and look there.
             logger.debug("fetching {} by sha failed ({}); fetching all branches", sha, exc.message)

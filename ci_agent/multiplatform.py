@@ -10,8 +10,9 @@ A release of ``linux/amd64,linux/arm64`` is then::
            tagged locally NAME:ci-staging-linux-arm64; that tag and NAME:ci-test-linux-arm64 are the only
            cache of that platform's builds (cache_from: the classic builder's own cache ignores platforms)
     push   the build engine pushes each image under that staging tag, straight to the registry (the Engine
-           API pushes only by tag; the distribution registry cannot delete a tag), and reports its digest;
-           then the OCI image index naming those digests is PUT under X.Y.Z (and latest)
+           API pushes only by tag), and reports its digest; then the OCI image index naming those digests
+           is PUT under X.Y.Z (and latest), and the staging tags are removed from the registry where it
+           allows deletion (``RegistryClient.delete_tags``: the manifests stay, the index names them)
 
 Nothing is tagged ``X.Y.Z`` before every named platform built and passed its tests: a failure anywhere
 stops the run before the index exists; the staging tags are not versions, neither agent ever takes one
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ci_agent.errors import Step, StepFailed, TestsFailed
+from shared.errors import RegistryError
 from shared.platforms import Platform, can_run
 from shared.registry import ImageRef, IndexEntry
 
@@ -92,6 +94,8 @@ class IndexRegistry(Protocol):
     def entry(self, digest: str, platform: Platform) -> IndexEntry: ...
 
     def put_index(self, tag: str, entries: Sequence[IndexEntry]) -> str: ...
+
+    def delete_tags(self, tags: Sequence[str], *, note: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -228,7 +232,20 @@ class MultiPlatform:
             index = self.registry.put_index(tag, entries)
             log.info("tagged {} as the image index {} of {}", self.image.with_tag(tag), index,
                      ", ".join(str(platform) for platform in self.platforms))
+        self._drop_staging_tags(version, log)
         return index
+
+    def _drop_staging_tags(self, version: str, log: loguru.Logger) -> None:
+        # The release is out whatever happens here: a registry that refuses deletion keeps the staging tags
+        # (they point at the platform manifests the index names, and the next release moves them).
+        staging = [staging_tag(platform) for platform in self.platforms]
+        try:
+            self.registry.delete_tags(staging, note=f"{self.image.name} {version}: {', '.join(staging)}")
+        except RegistryError as exc:
+            log.warning("the staging tags {} stay in the registry: {}", ", ".join(staging), exc)
+            return
+        log.info("removed the staging tags {} from the registry (the index keeps their manifests)",
+                 ", ".join(staging))
 
 
 class _naming:

@@ -195,7 +195,7 @@ class CiSettings(SharedSettings):
         default=None,
         description="the Docker engine the test, build and push steps run on: `unix:///...`, `tcp://host:2376` "
         "(TLS from `DOCKER_TLS_VERIFY`/`DOCKER_CERT_PATH`, as for the docker CLI), `ssh://user@host` (needs "
-        "`pip install 'pi-cicd[ssh]'`); see \"Building on another machine\"",
+        "`pip install 'pi-cicd[ssh]'`; the agents' image has it); see \"Building on another machine\"",
         json_schema_extra=shown("unset (the local engine)"),
     )
     ci_build_fallback_local: bool = Field(

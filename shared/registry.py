@@ -25,6 +25,7 @@ images are pushed by the build engine, the index naming them by digest is ``PUT`
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import hashlib
 import ipaddress
@@ -494,6 +495,34 @@ class RegistryClient:
             return False
         return True
 
+    def delete_tags(self, tags: Sequence[str], *, note: str) -> None:
+        """Remove ``tags`` from the repository and nothing else: the manifests they pointed at stay.
+
+        The distribution API deletes manifests by digest only (``DELETE`` of a tag answers 400), and deleting
+        a manifest drops every tag on it. So each tag is first moved onto a throwaway empty image index made
+        for this call (``note`` goes into its annotation and makes it unique), which is then deleted. A
+        registry that refuses deletion (``storage.delete.enabled`` off: 405 UNSUPPORTED; or credentials
+        without delete rights) is found out before any tag moves, by deleting that index before it exists
+        (a 404 means deletion works): it raises ``RegistryError`` with the tags untouched.
+        """
+        if not tags:
+            return
+        body = json.dumps(
+            {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [],
+             "annotations": {"org.opencontainers.image.description": f"pi-cicd: removes tags ({note})"}},
+            separators=(",", ":"),
+        ).encode()
+        throwaway = "sha256:" + hashlib.sha256(body).hexdigest()
+        url = f"/v2/{self.ref.repository}/manifests/{throwaway}"
+        with contextlib.suppress(RegistryNotFound):  # 404: deletion is allowed (202: left by an interrupted call)
+            self._request("DELETE", url, what=f"delete the throwaway index {throwaway} (a probe)", delete=True)
+        for tag in tags:
+            self._request(
+                "PUT", f"/v2/{self.ref.repository}/manifests/{tag}", what=f"move {self.ref.with_tag(tag)} for removal",
+                headers={"Content-Type": OCI_INDEX}, content=body, push=True,
+            )
+        self._request("DELETE", url, what=f"delete the index {throwaway} holding {', '.join(tags)}", delete=True)
+
     def close(self) -> None:
         self._http.close()
 
@@ -529,15 +558,16 @@ class RegistryClient:
 
     # -- requests, auth and error mapping ---------------------------------------------------------
 
-    def _scope(self, push: bool = False) -> str:
-        return f"repository:{self.ref.repository}:{'pull,push' if push else 'pull'}"
+    def _scope(self, push: bool = False, delete: bool = False) -> str:
+        actions = "pull,push,delete" if delete else "pull,push" if push else "pull"
+        return f"repository:{self.ref.repository}:{actions}"
 
     def _request(
         self, method: str, url: str, *, what: str, headers: Mapping[str, str] | None = None,
-        content: bytes | None = None, push: bool = False,
+        content: bytes | None = None, push: bool = False, delete: bool = False,
     ) -> httpx.Response:
         """Send one request, answering at most one auth challenge, and map the outcome to our errors."""
-        scope = self._scope(push)
+        scope = self._scope(push, delete)
         response = self._send(method, url, headers, self._auth_header(scope), content)
         # Only the registry's own challenge is answered: a 401 from a host a redirect led to could name
         # any realm, and answering it would hand that host the credentials.

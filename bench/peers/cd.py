@@ -63,7 +63,8 @@ class Releases:
         return f"{self.registry.host}/{self.name}"
 
     def push(self, version: str, *, move_latest: bool = True) -> float:
-        """Build and push ``version``, then point ``latest`` at it; returns when ``latest`` moved (epoch)."""
+        """Build and push ``version``, then point ``latest`` at it; returns when ``latest`` moved (epoch), or
+        without ``move_latest`` when the push of ``version`` returned."""
         if self.app == "trap":
             dockerfile = busybox_dockerfile(cmd=["/app/start.sh"])
             files = {"www/index.html": version, "app/start.sh": TRAP_START}
@@ -76,8 +77,9 @@ class Releases:
         for line in self.client.images.push(self.repository, tag=version, stream=True, decode=True):
             if "error" in line:
                 raise RuntimeError(f"push {reference}: {line['error']}")
+        pushed = time.time()  # before the removal below, which took seconds under load while the hint ran
         self.client.images.remove(reference)
-        return self.move_latest(version) if move_latest else time.time()
+        return self.move_latest(version) if move_latest else pushed
 
     def move_latest(self, version: str) -> float:
         # `latest` moved in the registry only: a local `latest` moved by a build would untag the image
@@ -213,9 +215,9 @@ def _serving(url: str, bodies: set[str]) -> bool:
     return response.status_code == 200 and response.text in bodies
 
 
-def _serves(url: str, body: str) -> bool:
+def _serves(url: str, body: str, timeout: float = 1.0) -> bool:
     try:
-        response = httpx.get(url, timeout=1)
+        response = httpx.get(url, timeout=timeout)
     except httpx.HTTPError:
         return False
     return response.status_code == 200 and response.text == body

@@ -257,6 +257,11 @@ def test_cd_agent_compose_polls_as_unprivileged_user_and_becomes_healthy(start_s
 def test_agent_image_runs_either_agent_and_has_git(compose: Compose, docker_client: Any) -> None:
     version = docker_client.containers.run(AGENT_IMAGE, ["git", "--version"], remove=True)
     assert version.decode().startswith("git version")
+    # The ssh extra: CI_BUILD_DOCKER_HOST=ssh://... works from the image (the setting's check finds paramiko).
+    paramiko = docker_client.containers.run(
+        AGENT_IMAGE, ["python3", "-c", "import paramiko; print(paramiko.__version__)"], remove=True
+    )
+    assert paramiko.decode().strip()[:1].isdigit()
     for agent in ("ci", "cd"):
         usage = docker_client.containers.run(AGENT_IMAGE, [agent, "--help"], remove=True).decode()
         assert f"usage: {agent}-agent" in usage

@@ -254,3 +254,25 @@ def test_a_checkout_under_a_strict_umask_still_builds_an_image_a_non_root_user_c
     docker_client.images.build(path=str(context), tag=tag, rm=True)
     output = docker_client.containers.run(tag, remove=True)
     assert output.decode() == "hello from the app\n"
+
+
+def test_a_checkout_fetches_only_what_the_work_folder_lacks(git_project: GitProject, tmp_path: Path):
+    """The work folder keeps the fetched commit as a ref, so the next fetch offers it ("have") and the server
+    sends only the new objects: without it each run received the repository's whole history again."""
+    first = git_project.commit({"big.bin": os.urandom(1 << 20)}, "first")
+    git_project.push()
+    workdir = tmp_path / "work"
+    runner = GitRunner()
+    runner.checkout(git_project.url, first, workdir)
+    assert git("rev-parse", "refs/pi-cicd/fetched", cwd=workdir).strip() == first
+    second = git_project.commit({"app.txt": "two\n"}, "second")
+    git_project.push()
+    # The server loses the first commit's big blob: only a fetch of everything would need it.
+    blob = git("rev-parse", f"{first}:big.bin", cwd=git_project.clone).strip()
+    loose = git_project.bare / "objects" / blob[:2] / blob[2:]
+    assert loose.is_file(), "the push left the blob loose in the bare repository"
+    loose.unlink()
+
+    assert runner.checkout(git_project.url, second, workdir) == second
+    assert (workdir / "app.txt").read_text() == "two\n" and (workdir / "big.bin").stat().st_size == 1 << 20
+    assert git("rev-parse", "refs/pi-cicd/fetched", cwd=workdir).strip() == second

@@ -80,8 +80,9 @@ def test_a_release_is_one_oci_index_with_an_image_per_platform(two_platform_rele
         assert config["config"]["Labels"]["org.opencontainers.image.version"] == "0.1.0"
     # The release guard and the next version read the labels of an index as of a single image.
     assert client.image_labels("0.1.0")["org.opencontainers.image.revision"] == release.commit
-    # Only the release tags and the staging tags (never versions) are in the registry.
-    assert sorted(client.list_tags()) == ["0.1.0", "ci-staging-linux-amd64", "ci-staging-linux-arm64", "latest"]
+    # Only the release tags: the staging tags the engine pushed were removed once the index was tagged.
+    assert sorted(client.list_tags()) == ["0.1.0", "latest"]
+    assert "removed the staging tags ci-staging-linux-amd64, ci-staging-linux-arm64 from the registry" in release.log
 
 
 def test_the_log_says_each_platforms_time_and_the_emulation_factor(two_platform_release: Release):

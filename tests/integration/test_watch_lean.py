@@ -130,3 +130,22 @@ def test_docker_out_of_reach_at_start_still_stops_the_watcher_with_exit_3(tmp_pa
         f"cd-agent: cannot reach the Docker Engine: no socket at {tmp_path / 'no-dockerd.sock'} (is dockerd running?)"
     )
     assert "Traceback" not in result.stderr
+
+
+def _imports_of_a_deploy_process(**environ: str) -> set[str]:
+    """The modules ``python -m cd_agent.deploy_child`` imports before it reads its request (none here)."""
+    completed = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "cd_agent.deploy_child"], input=b"", capture_output=True,
+        env={"PATH": "/usr/bin:/bin", **environ}, timeout=120, check=False,
+    )
+    lines = completed.stderr.decode(errors="replace").splitlines()
+    return {match["module"] for line in lines if (match := _IMPORT_LINE.match(line))}
+
+
+def test_a_deploy_process_does_not_import_paramiko_unless_docker_is_reached_over_ssh() -> None:
+    """paramiko (for CI_BUILD_DOCKER_HOST=ssh://) is installed here as in the agents' image; the Docker SDK
+    would import it, and its cryptography, into every deploy process, before the release is served."""
+    local = _imports_of_a_deploy_process()
+    # (an import of a None entry still prints a line for "paramiko" itself, and fails)
+    assert "docker" in local and "paramiko.transport" not in local and "cryptography" not in local
+    assert "paramiko.transport" in _imports_of_a_deploy_process(DOCKER_HOST="ssh://ci@127.0.0.1")

@@ -136,6 +136,9 @@ class FakeRegistry:
     def put_index(self, tag: str, entries: Sequence[IndexEntry]) -> str:
         raise NotImplementedError("the fake registry holds single-platform releases only")
 
+    def delete_tags(self, tags: Sequence[str], *, note: str) -> None:
+        raise NotImplementedError("the fake registry holds single-platform releases only")
+
     def list_tags(self) -> list[str]:
         return list(self.tags)
 

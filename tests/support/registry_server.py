@@ -27,6 +27,7 @@ class RegistryServer:
     root: Path
     port: int
     auth_yaml: str = ""
+    delete: bool = True  # storage.delete.enabled (Debian's default config leaves it off)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,7 +48,8 @@ class RegistryServer:
         self.config_path().write_text(
             "version: 0.1\n"
             "log:\n  level: warn\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {storage}\n"
+            f"  delete:\n    enabled: {str(self.delete).lower()}\n"
             f"http:\n  addr: 127.0.0.1:{self.port}\n"
             f"{self.auth_yaml}"
         )
@@ -68,8 +70,8 @@ class RegistryServer:
         self.process = None
 
 
-def start_registry(root: Path, auth_yaml: str = "") -> RegistryServer:
-    server = RegistryServer(root=root, port=free_port(), auth_yaml=auth_yaml)
+def start_registry(root: Path, auth_yaml: str = "", *, delete: bool = True) -> RegistryServer:
+    server = RegistryServer(root=root, port=free_port(), auth_yaml=auth_yaml, delete=delete)
     server.start()
     return server
 

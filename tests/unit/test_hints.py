@@ -82,6 +82,19 @@ class Clock:
         return self.now
 
 
+def waiting(gate: EarlyPolls) -> tuple[threading.Thread, threading.Event]:
+    """A thread in ``gate.wait(60)``, and the event it sets when that wait ends."""
+    done = threading.Event()
+
+    def sleeper() -> None:
+        gate.wait(60)
+        done.set()
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    return thread, done
+
+
 def test_a_hint_ends_the_wait_at_once_and_counts() -> None:
     gate = EarlyPolls(5.0)
     gate.hint()
@@ -102,14 +115,7 @@ def test_hints_within_the_interval_coalesce_into_one_poll_when_it_ends() -> None
     gate.wait(60)
     for _ in range(10_000):  # during the poll that followed, or right after it
         gate.hint()
-    done = threading.Event()
-
-    def sleeper() -> None:
-        gate.wait(60)
-        done.set()
-
-    thread = threading.Thread(target=sleeper)
-    thread.start()
+    thread, done = waiting(gate)
     assert not done.wait(0.2), "a second early poll inside CD_HOOK_MIN_INTERVAL"
     clock.now += 5.0
     gate.hint()  # any notify makes the waiter look at the clock again
@@ -138,3 +144,39 @@ def test_wake_ends_a_wait_for_a_stop_request() -> None:
     thread.join(5)
     assert not thread.is_alive()
     assert gate.counts().early_polls == 0
+
+
+def test_an_early_poll_is_followed_by_one_poll_a_settle_later() -> None:
+    """The registry notifies before it writes the tag: the early poll may miss it, its follow-up does not."""
+    clock = Clock()
+    gate = EarlyPolls(5.0, clock=clock, settle=1.0)
+    gate.hint()
+    gate.wait(60)  # the early poll, at 1000
+    thread, done = waiting(gate)
+    assert not done.wait(0.2), "the follow-up came before its settle time"
+    clock.now += 1.0
+    assert done.wait(5), "no follow-up poll"
+    thread.join()
+    assert gate.counts().early_polls == 1  # a follow-up is not an early poll
+    # Only one: the wait after the follow-up lasts its seconds.
+    clock.now += 0.5
+    waiter, ended = waiting(gate)
+    assert not ended.wait(0.3), "a second follow-up"
+    gate.wake()
+    waiter.join(5)
+
+
+def test_a_follow_up_answers_the_hints_that_came_during_the_early_poll() -> None:
+    clock = Clock()
+    gate = EarlyPolls(5.0, clock=clock, settle=1.0)
+    gate.hint()
+    gate.wait(60)  # early poll at 1000
+    gate.hint()  # during it: the gate is closed until 1005, the follow-up is due at 1001
+    clock.now += 1.0
+    gate.wait(60)  # the follow-up
+    clock.now += 10.0
+    thread, done = waiting(gate)
+    assert not done.wait(0.3), "the hint answered by the follow-up made another early poll"
+    gate.wake()
+    thread.join(5)
+    assert gate.counts().early_polls == 1
