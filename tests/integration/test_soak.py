@@ -1,0 +1,44 @@
+"""A short soak (issue 23): two dozen CI runs and deploys leave the agents' memory and file descriptors
+flat, and an idle watcher writes nothing.
+
+The same code as ``python -m bench.soak`` (bench/soak.py): a real ``ci-agent serve`` over a repos file
+and a real ``cd-agent watch`` over an apps file of the same busybox apps, a throw-away registry, this
+machine's dockerd; failing test suites and a release that exits at once (rolled back) mixed in. "Flat"
+is the least-squares slope after the warm-up (within each agent's life) times the runs measured: the
+change a trend would make over the soak, within ``bench.soak.TOLERANCES``. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.soak import TOLERANCES, soak, trend
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+APPS = 4
+RUNS = 24  # six rounds: a commit to each app per round
+WARM_UP = 8  # the first two rounds: imports, connection pools and caches filling
+IDLE_SECONDS = 8
+
+
+def test_two_dozen_runs_and_deploys_leave_memory_and_descriptors_flat_and_an_idle_poll_writes_nothing() -> None:
+    with soak(APPS) as running:
+        while running.commits < RUNS:
+            running.round()
+        idle = running.idle(IDLE_SECONDS)
+        rows = running.rows
+
+    assert rows[-1]["failed_runs"] >= 3, rows[-1]  # every 7th commit fails its tests
+    assert rows[-1]["rollbacks"] >= 2, rows[-1]  # every 11th release exits at once
+    table = "\n".join(" ".join(f"{key}={value:g}" for key, value in row.items()) for row in rows)
+    for metric in ("ci_rss_mib", "cd_rss_mib", "ci_fds", "cd_fds"):
+        found = trend(rows, metric, WARM_UP)
+        assert found is not None, table
+        assert found.flat(TOLERANCES[metric]), (
+            f"{metric} grows {found.slope:.3f} per run ({found.change:.1f} over {found.span} runs, "
+            f"tolerance {TOLERANCES[metric]}):\n{table}"
+        )
+    assert all(row["cd_procs"] == 1 for row in rows), table  # no deploy process outlives its deploy
+    assert idle.polls >= APPS * IDLE_SECONDS // 2, idle
+    assert idle.cd_bytes == 0, idle
