@@ -281,11 +281,11 @@ class Soak:
     def _wait_run(self, number: int) -> dict[str, Any]:
         """The run once it has ended, asked twice a second: a look costs the agent CPU, and the soak makes
         hundreds of runs on a machine it shares."""
-        def finished() -> dict[str, Any] | None:
+        def finished() -> dict[str, Any]:
             if not self.ci.process.running():
                 raise AssertionError(f"ci-agent exited:\n{self.ci.process.output[-3000:]}")
             run: dict[str, Any] = httpx.get(f"{self.ci_agent.dashboard_url}/runs/{number}", timeout=10).json()
-            return run if run["status"] in FINISHED else None
+            return run if run["status"] in FINISHED else {}
 
         return wait_for(finished, timeout=600, interval=0.5, what=f"run {number} to end")
 
