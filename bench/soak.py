@@ -33,6 +33,7 @@ import contextlib
 import csv
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -121,7 +122,8 @@ def folder_mib(path: Path) -> float:
 def engine_disk(client: Any, registry_host: str) -> dict[str, float]:
     """What ``docker system df`` shows: this soak's images (tagged or pulled from its registry), every
     image layer of the engine, and the build cache."""
-    df = client.df()
+    # One disk usage operation at a time per engine: another one (a test, `docker system df`) makes it fail.
+    df = wait_for(client.df, timeout=300, interval=1, what="docker system df")
     ours = [
         image for image in df.get("Images") or []
         if any(name.startswith(registry_host) for name in _names(image))
@@ -491,6 +493,8 @@ def main() -> int:
     if shutil.which("docker-registry") is None and not Path("/usr/bin/docker-registry").exists():
         parser.error("needs docker-registry (apt-get install docker-registry)")
     warm_up = args.runs // 5 if args.warm_up is None else args.warm_up
+    # SIGTERM (and SIGINT, which a background job ignores) end the soak through its clean-up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.out.mkdir(parents=True, exist_ok=True)
     with soak(args.apps, args.kill_every) as running:
         while running.commits < args.runs:
