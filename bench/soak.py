@@ -13,7 +13,8 @@ the health check fails, it rolls back). Every ``--kill-every`` rounds one agent 
 is SIGKILLed between rounds with its children and started again.
 
 After each round one row of ``soak.csv``: per agent the RSS and open file descriptors of its process
-tree, the size of its ``STATE_DIR`` and ``LOG_DIR``, and ``write_bytes`` of ``/proc/PID/io`` (the agent,
+tree, the size of its state databases (with their ``-wal`` files), of its ``LOG_DIR`` and of the CI
+agent's git checkouts, and ``write_bytes`` of ``/proc/PID/io`` (the agent,
 its threads and reaped children: git, deploy processes; summed over restarts); for the engine (via
 the SDK's ``df()``) the images of this soak (count, bytes), every image layer, and the build cache. The
 agents' consoles go to a tmpfs (``/dev/shm``): a Pi's journald would take them, and tmpfs writes do
@@ -72,12 +73,12 @@ MIB = 1024 * 1024
 TOLERANCES = {
     "ci_rss_mib": 3.0, "cd_rss_mib": 3.0, "ci_fds": 2.0, "cd_fds": 2.0,
     "soak_images": 3.0 * 4, "soak_images_mib": 10.0, "build_cache_mib": 10.0,
-    "ci_state_mib": 1.0, "cd_state_mib": 1.0, "ci_logs_mib": 1.0, "cd_logs_mib": 1.0,
+    "ci_state_mib": 1.0, "cd_state_mib": 1.0, "ci_work_mib": 10.0, "ci_logs_mib": 1.0, "cd_logs_mib": 1.0,
 }
 COLUMNS = (
     "runs", "round", "ci_rss_mib", "cd_rss_mib", "ci_fds", "cd_fds", "ci_procs", "cd_procs", "soak_images",
-    "soak_images_mib", "engine_layers_mib", "build_cache_mib", "ci_state_mib", "cd_state_mib", "ci_logs_mib",
-    "cd_logs_mib",
+    "soak_images_mib", "engine_layers_mib", "build_cache_mib", "ci_state_mib", "cd_state_mib", "ci_work_mib",
+    "ci_logs_mib", "cd_logs_mib",
     "ci_written_mib", "cd_written_mib", "ci_life", "cd_life", "failed_runs", "rollbacks", "seconds",
 )
 
@@ -115,8 +116,9 @@ def tree_fds(pid: int) -> int:
     return total
 
 
-def folder_mib(path: Path) -> float:
-    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file()) / MIB if path.exists() else 0.0
+def folder_mib(path: Path, pattern: str = "*") -> float:
+    """Bytes of the files under ``path`` whose names match ``pattern``, in MiB."""
+    return sum(item.stat().st_size for item in path.rglob(pattern) if item.is_file()) / MIB if path.exists() else 0.0
 
 
 def engine_disk(client: Any, registry_host: str) -> dict[str, float]:
@@ -320,7 +322,9 @@ class Soak:
             "ci_fds": tree_fds(self.ci.pid), "cd_fds": tree_fds(self.cd.pid),
             "ci_procs": len(process_tree(self.ci.pid)), "cd_procs": len(process_tree(self.cd.pid)),
             **engine_disk(self.client, self.registry.host),
-            "ci_state_mib": folder_mib(self.ci.state), "cd_state_mib": folder_mib(self.cd.state),
+            # the databases (with their -wal and -shm files) apart from the CI agent's git checkouts
+            "ci_state_mib": folder_mib(self.ci.state, "*.sqlite3*"), "cd_state_mib": folder_mib(self.cd.state),
+            "ci_work_mib": folder_mib(self.ci.state) - folder_mib(self.ci.state, "*.sqlite3*"),
             "ci_logs_mib": folder_mib(self.ci.logs), "cd_logs_mib": folder_mib(self.cd.logs),
             "ci_written_mib": self.ci.written() / MIB, "cd_written_mib": self.cd.written() / MIB,
             "ci_life": self.ci.life, "cd_life": self.cd.life,
@@ -403,8 +407,7 @@ def trend(rows: Sequence[dict[str, float]], metric: str, warm_up: int, rewarm: i
     numerator = denominator = 0.0
     measured: list[float] = []
     for number, points in enumerate(lives.values()):
-        start = rows[0]["runs"] if number == 0 else points[0][0]
-        kept = [(x, y) for x, y in points if x - start >= (warm_up if number == 0 else rewarm)]
+        kept = [(x, y) for x, y in points if (x > warm_up if number == 0 else x - points[0][0] >= rewarm)]
         if len(kept) < 2:
             continue
         mean_x = sum(x for x, _ in kept) / len(kept)
@@ -414,11 +417,11 @@ def trend(rows: Sequence[dict[str, float]], metric: str, warm_up: int, rewarm: i
         measured.extend(y for _, y in kept)
     if not denominator:
         return None
-    span = int(rows[-1]["runs"] - rows[0]["runs"] - warm_up)
+    span = int(rows[-1]["runs"] - warm_up)
     return Trend(metric, numerator / denominator, span, sum(measured) / len(measured))
 
 
-def summary(rows: Sequence[dict[str, float]], warm_up: int, idle: Idle, apps: int) -> list[str]:
+def summary(rows: Sequence[dict[str, float]], warm_up: int, idle: Idle | None, apps: int) -> list[str]:
     lines = [f"{int(rows[-1]['runs'])} runs over {apps} apps in {len(rows)} rounds; "
              f"{int(rows[-1]['failed_runs'])} failed runs, {int(rows[-1]['rollbacks'])} rollbacks, "
              f"{int(rows[-1]['ci_life']) - 1 + int(rows[-1]['cd_life']) - 1} kills; warm-up {warm_up} runs",
@@ -435,6 +438,8 @@ def summary(rows: Sequence[dict[str, float]], warm_up: int, idle: Idle, apps: in
         found = trend(rows, metric, warm_up, rewarm)
         if found is not None:
             lines.append(f"{metric:18} {found.slope * 1024:9.1f} KiB written per run after warm-up")
+    if idle is None:
+        return lines
     hourly = idle.per_poll * 3600 / CD_DEFAULT_INTERVAL * apps
     lines.append(f"idle {idle.seconds:g} s: cd-agent {idle.cd_bytes} B in {idle.polls} polls = {idle.per_poll:.0f} B "
                  f"per idle poll, {hourly:.0f} B per idle hour ({apps} apps, 60 s polls); ci-agent {idle.ci_bytes} B")
@@ -448,7 +453,22 @@ def write_csv(rows: Sequence[dict[str, float]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def plot(rows: Sequence[dict[str, float]], kills: Sequence[tuple[int, str]], warm_up: int, path: Path) -> None:
+def read_csv(path: Path) -> list[dict[str, float]]:
+    with path.open(newline="") as source:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(source)]
+
+
+def kills_of(rows: Sequence[dict[str, float]]) -> list[tuple[float, str]]:
+    """(runs, agent) of each kill: a new life starts in the row after the kill."""
+    return [
+        (before["runs"], agent)
+        for before, after in zip(rows, rows[1:], strict=False)
+        for agent in ("ci", "cd")
+        if after[f"{agent}_life"] > before[f"{agent}_life"]
+    ]
+
+
+def plot(rows: Sequence[dict[str, float]], warm_up: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -458,7 +478,8 @@ def plot(rows: Sequence[dict[str, float]], kills: Sequence[tuple[int, str]], war
         ("RSS of the process tree (MiB)", ("ci_rss_mib", "cd_rss_mib")),
         ("open file descriptors", ("ci_fds", "cd_fds")),
         ("engine disk (MiB): the soak's images, build cache", ("soak_images_mib", "build_cache_mib")),
-        ("STATE_DIR and LOG_DIR (MiB)", ("ci_state_mib", "cd_state_mib", "ci_logs_mib", "cd_logs_mib")),
+        ("state databases, checkouts, LOG_DIR (MiB)",
+         ("ci_state_mib", "cd_state_mib", "ci_work_mib", "ci_logs_mib", "cd_logs_mib")),
         ("written to storage (MiB, cumulative)", ("ci_written_mib", "cd_written_mib")),
         ("images of the soak on the engine", ("soak_images",)),
     )
@@ -467,7 +488,7 @@ def plot(rows: Sequence[dict[str, float]], kills: Sequence[tuple[int, str]], war
     for axis, (title, metrics) in zip(axes.flat, panels, strict=True):
         for metric in metrics:
             axis.plot(runs, [row[metric] for row in rows], label=metric, linewidth=1)
-        for at, which in kills:
+        for at, which in kills_of(rows):
             axis.axvline(at, color="red" if which == "ci" else "purple", alpha=0.25, linewidth=1)
         axis.axvspan(0, warm_up, color="grey", alpha=0.1)
         axis.set_title(title, fontsize=10)
@@ -489,7 +510,16 @@ def main() -> int:
     parser.add_argument("--warm-up", type=int, default=None, help="runs left out of the fit (default runs / 5)")
     parser.add_argument("--kill-every", type=int, default=25, help="rounds between kills (0: none)")
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of idleness measured at the end")
+    parser.add_argument("--replot", type=Path, metavar="CSV",
+                        help="no soak: the summary and plot of an earlier soak.csv (without the idle line)")
     args = parser.parse_args()
+    if args.replot is not None:
+        rows = read_csv(args.replot)
+        warm_up = int(rows[-1]["runs"]) // 5 if args.warm_up is None else args.warm_up
+        apps = int(rows[0]["runs"])
+        print("\n".join(summary(rows, warm_up, None, apps)))
+        plot(rows, warm_up, args.replot.with_suffix(".png"))
+        return 0
     if shutil.which("docker-registry") is None and not Path("/usr/bin/docker-registry").exists():
         parser.error("needs docker-registry (apt-get install docker-registry)")
     warm_up = args.runs // 5 if args.warm_up is None else args.warm_up
@@ -502,11 +532,11 @@ def main() -> int:
             print(" ".join(f"{key}={row[key]:.1f}" for key in COLUMNS), flush=True)
             write_csv(running.rows, args.out / "soak.csv")
         idle = running.idle(args.idle)
-        rows, kills = running.rows, running.kills
+        rows = running.rows
     lines = summary(rows, warm_up, idle, args.apps)
     (args.out / "summary.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    plot(rows, kills, warm_up, args.out / "soak.png")
+    plot(rows, warm_up, args.out / "soak.png")
     print(f"wrote {args.out / 'soak.csv'}, {args.out / 'soak.png'}, {args.out / 'summary.txt'}")
     return 0
 
