@@ -180,6 +180,9 @@ class Idle:
     polls: int
     cd_bytes: int
     ci_bytes: int
+    # what one request to the watcher's listener makes it write (bytes, the mean of a few)
+    metrics_bytes: float = 0.0
+    page_bytes: float = 0.0
 
     @property
     def per_poll(self) -> float:
@@ -348,8 +351,19 @@ class Soak:
         self.cd.process.wait_until(lambda: cd_polls(self.cd_port) >= settle_to, timeout=60, what="polls")
         polls, cd_bytes, ci_bytes = cd_polls(self.cd_port), self.cd.written(), self.ci.written()
         time.sleep(seconds)  # idle means idle: the measurement is what happens while nothing is asked
-        return Idle(seconds, cd_polls(self.cd_port) - polls, self.cd.written() - cd_bytes,
-                    self.ci.written() - ci_bytes)
+        # written first: a request to the listener is not idleness (see requested below)
+        cd_bytes, ci_bytes = self.cd.written() - cd_bytes, self.ci.written() - ci_bytes
+        idle = Idle(seconds, cd_polls(self.cd_port) - polls, cd_bytes, ci_bytes)
+        idle.metrics_bytes = self.requested("/metrics")
+        idle.page_bytes = self.requested("/")
+        return idle
+
+    def requested(self, path: str, times: int = 5) -> float:
+        """Bytes the watcher writes per GET of ``path`` on its listener (a scrape, a look at the status page)."""
+        before = self.cd.written()
+        for _ in range(times):
+            httpx.get(f"http://127.0.0.1:{self.cd_port}{path}", timeout=10).raise_for_status()
+        return (self.cd.written() - before) / times
 
     def close(self) -> None:
         for agent in (self.ci, self.cd):
@@ -443,6 +457,8 @@ def summary(rows: Sequence[dict[str, float]], warm_up: int, idle: Idle | None, a
     hourly = idle.per_poll * 3600 / CD_DEFAULT_INTERVAL * apps
     lines.append(f"idle {idle.seconds:g} s: cd-agent {idle.cd_bytes} B in {idle.polls} polls = {idle.per_poll:.0f} B "
                  f"per idle poll, {hourly:.0f} B per idle hour ({apps} apps, 60 s polls); ci-agent {idle.ci_bytes} B")
+    lines.append(f"cd-agent listener: {idle.metrics_bytes:.0f} B written per GET /metrics, {idle.page_bytes:.0f} B per "
+                 "GET / (the status page)")
     return lines
 
 
