@@ -369,8 +369,9 @@ class Soak:
         for agent in (self.ci, self.cd):
             agent.process.stop()
         self.registry.stop()
-        for image in self.client.images.list():
-            self.janitor.images.update(tag for tag in image.tags if tag.startswith(self.registry.host))
+        # listed sparse (no inspect per image): an image someone else removes meanwhile cannot fail it
+        for image in self.client.api.images():
+            self.janitor.images.update(tag for tag in image.get("RepoTags") or [] if tag.startswith(self.registry.host))
         self.janitor.cleanup()
         self.client.close()
 
