@@ -202,6 +202,7 @@ class Soak:
     kills: list[tuple[int, str]] = field(default_factory=list)
     commits: int = 0
     failed_runs: int = 0
+    surprises: list[str] = field(default_factory=list)  # runs that did not end as their commit meant
     rollbacks: int = 0
 
     def __post_init__(self) -> None:
@@ -270,12 +271,15 @@ class Soak:
         for repo in self.repos:
             self.commits += 1
             failing, broken = self.commits % FAIL_EVERY == 0, self.commits % BROKEN_EVERY == 0
-            numbers.append(self.ci_agent.push(
+            numbers.append((self.ci_agent.push(
                 repo, f"soak commit {self.commits}", test_script=FAILING if failing else PASSING,
                 dockerfile=BROKEN if broken else DOCKERFILE,
-            ))
-        for index, number in enumerate(numbers):
+            ), failing))
+        for index, (number, failing) in enumerate(numbers):
             run = self._wait_run(number)
+            outcome = (run["status"], run["failed_step"])
+            if outcome != (("failed", "test") if failing else ("succeeded", None)):
+                self.surprises.append(f"run {number}: {run['status']} at {run['failed_step']}: {run['error']}")
             if run["status"] != "succeeded":
                 self.failed_runs += 1
                 continue
@@ -543,10 +547,13 @@ def main() -> int:
     # SIGTERM (and SIGINT, which a background job ignores) end the soak through its clean-up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.out.mkdir(parents=True, exist_ok=True)
+    reported = 0
     with soak(args.apps, args.kill_every) as running:
         while running.commits < args.runs:
             row = running.round()
             print(" ".join(f"{key}={row[key]:.1f}" for key in COLUMNS), flush=True)
+            print("\n".join(running.surprises[reported:]), end="\n" if running.surprises[reported:] else "")
+            reported = len(running.surprises)
             write_csv(running.rows, args.out / "soak.csv")
         idle = running.idle(args.idle)
         rows = running.rows

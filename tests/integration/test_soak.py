@@ -31,7 +31,9 @@ def test_twenty_runs_and_deploys_leave_memory_and_descriptors_flat_and_an_idle_p
         while running.commits < RUNS:
             running.round()
         idle = running.idle(IDLE_SECONDS)
-        rows = running.rows
+        rows, surprises = running.rows, running.surprises
+
+    assert surprises == []  # each run ended as its commit meant: failed at its tests or succeeded
 
     assert rows[-1]["failed_runs"] == RUNS // FAIL_EVERY, rows[-1]  # every 7th commit fails its tests
     assert rows[-1]["rollbacks"] == 1, rows[-1]  # the 11th commit's release exits at once: rolled back
