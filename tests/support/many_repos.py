@@ -107,13 +107,13 @@ class ManyReposAgent(CiAgentProcess):
         return response
 
     def push(
-        self, repo: Repo, message: str = "change", *, test_script: str = PASSING, dockerfile: str = DOCKERFILE
+        self, repo: Repo, message: str = "change", *, test_script: str = PASSING, dockerfile: str | None = None
     ) -> int:
-        """Commit to ``repo``'s project, push, deliver the signed push; the queued run's number."""
-        files = {
-            "tests/run.sh": test_script, "www/index.html": f"<p>hello {uuid.uuid4().hex[:6]}</p>\n",
-            "Dockerfile": dockerfile,
-        }
+        """Commit to ``repo``'s project (``dockerfile``: its Dockerfile too), push, deliver the signed push; the
+        queued run's number."""
+        files = {"tests/run.sh": test_script, "www/index.html": f"<p>hello {uuid.uuid4().hex[:6]}</p>\n"}
+        if dockerfile is not None:
+            files["Dockerfile"] = dockerfile
         sha = repo.project.commit(files, message, executable=("tests/run.sh",))
         repo.project.push()
         answer = self.deliver_for(repo, repo.payload(sha, message))
