@@ -78,6 +78,18 @@ def write_repos_file(path: Path, repos: list[Repo], extra: str = "") -> Path:
     return path
 
 
+def new_repo(root: Path, registry: RegistryServer, name: str, github_repo: str, secret: str, **extra: Any) -> Repo:
+    """A git project under ``root/git-NAME`` with the busybox app (a Dockerfile without RUN steps), pushed,
+    and an image of its own in ``registry``."""
+    folder = root / f"git-{name}"
+    folder.mkdir()
+    project = make_git_project(folder)
+    project.commit_sample(f"initial {name}", test_script=PASSING)
+    project.commit({"Dockerfile": DOCKERFILE}, "build without RUN steps")
+    project.push()
+    return Repo(name, github_repo, secret, project, f"{registry.host}/{unique(name)}/app", extra)
+
+
 class ManyReposAgent(CiAgentProcess):
     """A running ``ci-agent serve`` with a repos file: ``CiAgentProcess`` signing with each repository's secret."""
 
@@ -94,9 +106,14 @@ class ManyReposAgent(CiAgentProcess):
         self.answers.append(response.text)
         return response
 
-    def push(self, repo: Repo, message: str = "change", *, test_script: str = PASSING) -> int:
-        """Commit to ``repo``'s project, push, deliver the signed push; the queued run's number."""
+    def push(
+        self, repo: Repo, message: str = "change", *, test_script: str = PASSING, dockerfile: str | None = None
+    ) -> int:
+        """Commit to ``repo``'s project (``dockerfile``: its Dockerfile too), push, deliver the signed push; the
+        queued run's number."""
         files = {"tests/run.sh": test_script, "www/index.html": f"<p>hello {uuid.uuid4().hex[:6]}</p>\n"}
+        if dockerfile is not None:
+            files["Dockerfile"] = dockerfile
         sha = repo.project.commit(files, message, executable=("tests/run.sh",))
         repo.project.push()
         answer = self.deliver_for(repo, repo.payload(sha, message))
@@ -118,6 +135,27 @@ class ManyReposAgent(CiAgentProcess):
         os.kill(self.process.process.pid, signal.SIGHUP)
 
 
+def launch_many(
+    root: Path, repos: list[Repo], port: int, dashboard_port: int, env: dict[str, str], console: Path | None = None
+) -> ManyReposAgent:
+    """``ci-agent serve`` over ``repos`` (repos file, logs and state under ``root``), ready to answer; its
+    console in ``console`` (default ``root``)."""
+    repos_file = write_repos_file(root / "repos.toml", repos)
+    environ = {
+        "CI_REPOS_FILE": str(repos_file),
+        "CI_HOST": "127.0.0.1",
+        "CI_PORT": str(port),
+        "CI_DASHBOARD_PORT": str(dashboard_port),
+        "LOG_DIR": str(root / "logs"),
+        "STATE_DIR": str(root / "state"),
+        **env,
+    }
+    process = AgentProcess("ci_agent", ["serve"], environ, console or root).start()
+    agent = ManyReposAgent(process, port, dashboard_port, root / "logs", repos_file)
+    process.wait_until(lambda: httpx.get(f"{agent.url}/healthz").status_code == 200, what="ci-agent ready")
+    return agent
+
+
 class StartMany(Protocol):
     def __call__(self, repos: list[Repo], **env: str) -> ManyReposAgent: ...
 
@@ -127,16 +165,10 @@ def make_repo(
     tmp_path: Path, registry: RegistryServer, docker_janitor: DockerJanitor, secret: Callable[[str], str]
 ) -> Callable[..., Repo]:
     def make(name: str, github_repo: str, webhook_secret: str, **extra: Any) -> Repo:
-        root = tmp_path / f"git-{name}"
-        root.mkdir()
-        project = make_git_project(root)
-        project.commit_sample(f"initial {name}", test_script=PASSING)
-        project.commit({"Dockerfile": DOCKERFILE}, "build without RUN steps")
-        project.push()
-        image = f"{registry.host}/{unique(name)}/app"
+        repo = new_repo(tmp_path, registry, name, github_repo, secret(webhook_secret), **extra)
         for tag in ("latest", "ci-test", "0.1.0", "0.1.1", "0.1.2", "0.2.0"):
-            docker_janitor.images.add(f"{image}:{tag}")
-        return Repo(name, github_repo, secret(webhook_secret), project, image, extra)
+            docker_janitor.images.add(f"{repo.image}:{tag}")
+        return repo
 
     return make
 
@@ -156,19 +188,7 @@ def start_many(tmp_path: Path, produced: Callable[[str, str | bytes], None]) -> 
     port, dashboard_port = free_port(), free_port()
 
     def start(repos: list[Repo], **env: str) -> ManyReposAgent:
-        repos_file = write_repos_file(tmp_path / "repos.toml", repos)
-        environ = {
-            "CI_REPOS_FILE": str(repos_file),
-            "CI_HOST": "127.0.0.1",
-            "CI_PORT": str(port),
-            "CI_DASHBOARD_PORT": str(dashboard_port),
-            "LOG_DIR": str(tmp_path / "logs"),
-            "STATE_DIR": str(tmp_path / "state"),
-            **env,
-        }
-        process = AgentProcess("ci_agent", ["serve"], environ, tmp_path).start()
-        agent = ManyReposAgent(process, port, dashboard_port, tmp_path / "logs", repos_file)
-        process.wait_until(lambda: httpx.get(f"{agent.url}/healthz").status_code == 200, what="ci-agent ready")
+        agent = launch_many(tmp_path, repos, port, dashboard_port, env)
         agents.append(agent)
         return agent
 
