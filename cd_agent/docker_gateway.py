@@ -176,9 +176,13 @@ class DockerGateway:
         ]
 
     def remove_image(self, reference: str) -> None:
-        """Untag ``reference`` (and delete the image when that was its last tag); never forced."""
+        """Untag ``reference`` (and delete the image when that was its last tag); never forced.
+
+        ``noprune``: the engine would also delete the image's untagged parents, which on a Pi running both
+        agents are the CI builder's cache, in use by a build at that moment ("unknown parent image ID",
+        seen in bench/soak.py). A pulled release has no parents; CI's disk budget prunes its own cache."""
         with docker_errors(f"remove image {reference}"):
-            self._api.remove_image(reference)
+            self._api.remove_image(reference, noprune=True)
 
     # containers
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from types import SimpleNamespace
 
+import docker
 import docker.errors
 import pytest
 import requests
@@ -12,7 +13,7 @@ import urllib3
 
 from cd_agent.docker_gateway import DockerGateway
 from cd_agent.errors import DeployError, DockerUnavailable, EngineError
-from tests.support.docker_env import unique
+from tests.support.docker_env import busybox_dockerfile, unique, write_busybox_context
 from tests.support.registry_server import RegistryServer
 
 pytestmark = pytest.mark.docker
@@ -88,3 +89,29 @@ def test_only_an_unreachable_engine_is_docker_unavailable() -> None:
     gateway = DockerGateway(SimpleNamespace(api=Refusing(gone)))
     with pytest.raises(DockerUnavailable, match="start container app: cannot reach the Docker Engine"):
         gateway.start("app")
+
+
+def test_removing_a_release_keeps_the_untagged_parents_a_build_on_the_same_engine_may_use(tmp_path) -> None:
+    """The classic builder's cache are untagged parent images; the engine deletes them with their last child
+    unless told not to, under a CI build that is using them."""
+    client = docker.from_env()
+    gateway = DockerGateway.from_env()
+    repository = unique("picicd-parents")
+    dockerfile = busybox_dockerfile(extra="LABEL parents=test")
+    context = write_busybox_context(tmp_path / "context", dockerfile, {"www/index.html": repository})
+    image, _ = client.images.build(path=str(context), tag=f"{repository}:1.0.0", rm=True)
+    parents = [layer["Id"] for layer in client.api.history(image.id)[1:] if layer["Id"] != "<missing>"]
+    try:
+        assert parents, "the classic builder left no local parent images to keep"
+        gateway.remove_image(f"{repository}:1.0.0")
+        assert client.images.list(name=repository) == []
+        for parent in parents:
+            client.images.get(parent)  # still there: docker.errors.ImageNotFound otherwise
+    finally:
+        for parent in parents:  # the nearest first: a parent with a child left cannot go
+            try:
+                client.api.remove_image(parent, noprune=True)
+            except docker.errors.APIError:
+                pass  # a child of it is gone already or another image still needs it
+        gateway.close()
+        client.close()
