@@ -1,8 +1,8 @@
-"""deploy/systemd/*.service under a real systemd, installed the way the README says.
+"""deploy/systemd/*.service under a real systemd, installed the way the docs say (docs/pi/index.md).
 
 ``systemd-analyze verify`` checks both units on this machine. Then, for each agent, a container whose
 PID 1 is systemd (``scripts/systemd-test-image``: the local Debian base plus systemd and a venv holding
-the dependencies, cached under one tag) runs the README's install block from a copy of this checkout,
+the dependencies, cached under one tag) runs the docs' install block from a copy of this checkout,
 with the host's Docker socket mounted and host networking (so the test registry and the agent's port
 are on the same loopback as on a Pi). The agent must come up as ``picicd`` with the socket's group,
 answer, do real work through dockerd (a CI run that tests, builds and pushes; a CD deploy), write its
@@ -44,7 +44,7 @@ from tests.support.ports import free_port
 REPO = Path(__file__).resolve().parents[2]
 UNITS = {"ci-agent": REPO / "deploy/systemd/ci-agent.service", "cd-agent": REPO / "deploy/systemd/cd-agent.service"}
 SOCKET = Path("/var/run/docker.sock")
-# What the README's install block needs from a clone: the package sources and the units.
+# What the docs' install block needs from a clone: the package sources, the units and the README it installs.
 CHECKOUT_PARTS = (
     "pyproject.toml",
     "README.md",
@@ -53,7 +53,9 @@ CHECKOUT_PARTS = (
 )
 # A Debian host's PATH: the base image puts its own Python venv first, a host has no such thing.
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-README_SECTION = "## Running the agents on the host with systemd"
+# The page of the documentation site that holds the install block and the alias (it was the README's section).
+INSTALL_PAGE = REPO / "docs" / "pi" / "index.md"
+INSTALL_SECTION = "## Running the agents on the host with systemd"
 
 
 def systemd_unit_dir() -> Path:
@@ -191,16 +193,16 @@ def systemd_host(docker_client: Any, systemd_image: str) -> Iterator[SystemdHost
         container.remove(force=True, v=True)
 
 
-def readme_section() -> str:
-    readme = (REPO / "README.md").read_text()
-    assert README_SECTION in readme
-    return readme.split(README_SECTION, 1)[1].split("\n## ", 1)[0]
+def install_section() -> str:
+    page = INSTALL_PAGE.read_text()
+    assert INSTALL_SECTION in page, f"{INSTALL_PAGE.relative_to(REPO)} lost its section {INSTALL_SECTION!r}"
+    return page.split(INSTALL_SECTION, 1)[1].split("\n## ", 1)[0]
 
 
-def readme_install_script(agent: str, env_file: str) -> str:
-    """The README's install block, for a machine running only ``agent``, with the env file filled in."""
-    found = re.search(r"```sh\n(.*?)```", readme_section(), re.S)
-    assert found, "the README's systemd section has no ```sh block"
+def install_script(agent: str, env_file: str) -> str:
+    """The docs' install block, for a machine running only ``agent``, with the env file filled in."""
+    found = re.search(r"```sh\n(.*?)```", install_section(), re.S)
+    assert found, "the systemd section of docs/pi/index.md has no ```sh block"
     lines: list[str] = []
     seen = {"apt-get": False, "venv": False, "editor": False, "enable": False}
     for line in found.group(1).splitlines():
@@ -224,7 +226,7 @@ def readme_install_script(agent: str, env_file: str) -> str:
         if command.startswith("journalctl") and command.endswith("-f"):
             continue  # follows forever
         lines.append(line)
-    assert all(seen.values()), f"the README's install block changed shape: {seen}"
+    assert all(seen.values()), f"the install block of docs/pi/index.md changed shape: {seen}"
     return "\n".join(lines) + "\n"
 
 
@@ -233,7 +235,7 @@ def install_agent(host: SystemdHost, agent: str, env_file: str, settings: dict[s
     host.sh(f"groupadd --system --gid {SOCKET.stat().st_gid} docker")
     host.put_tree("/root/pi-cicd", checkout_tar())
     host.put("/root/staged", {env_file: "".join(f"{k}={v}\n" for k, v in settings.items()).encode()}, 0o600)
-    script = readme_install_script(agent, env_file)
+    script = install_script(agent, env_file)
     # Offline: the image's venv already holds the dependencies and setuptools.
     host.sh(
         f"cd /root/pi-cicd && set -eux\n{script}",
@@ -339,7 +341,7 @@ def test_ci_agent_unit_under_systemd(
     assert_verified_in_place(host, "ci-agent")
     pid = wait_active(host, "ci-agent")
     assert_runs_as_picicd_with_docker_group(host, pid)
-    assert_memory_capped(host, pid, 512 * 1024 * 1024)  # the README's MemoryMax for ci-agent
+    assert_memory_capped(host, pid, 512 * 1024 * 1024)  # the docs' MemoryMax for ci-agent
     url = f"http://127.0.0.1:{port}"
     # The run API is on the private dashboard listener (loopback), never on the webhook port.
     dashboard = f"http://127.0.0.1:{dashboard_port}"
@@ -394,15 +396,15 @@ def test_cd_agent_unit_under_systemd(cd_world: CdWorld, systemd_host: SystemdHos
     assert_verified_in_place(host, "cd-agent")
     pid = wait_active(host, "cd-agent")
     assert_runs_as_picicd_with_docker_group(host, pid)
-    assert_memory_capped(host, pid, 256 * 1024 * 1024)  # the README's MemoryMax for cd-agent
+    assert_memory_capped(host, pid, 256 * 1024 * 1024)  # the docs' MemoryMax for cd-agent
 
     wait_with_journal(host, "cd-agent", lambda: cd_world.served() == "1.0.0", "1.0.0 deployed by the unit")
     logs = wait_for(lambda: run_log_files(host, "/var/log/pi-cicd/cd"), timeout=30, what="a cd run log")
     assert "1.0.0" in host.sh(f"cat {logs[-1]}")
     assert host.sh("ls /var/lib/pi-cicd/cd").split(), "no state in StateDirectory"
-    # The README's way to run `cd-agent status` next to the service (as picicd, with its settings).
-    alias = re.search(r"^alias cd-agent=.*$", readme_section(), re.M)
-    assert alias, "the README's systemd section lost its cd-agent alias"
+    # The docs' way to run `cd-agent status` next to the service (as picicd, with its settings).
+    alias = re.search(r"^alias cd-agent=.*$", install_section(), re.M)
+    assert alias, "the systemd section of docs/pi/index.md lost its cd-agent alias"
     status_command = f"{alias.group(0)}\ncd-agent status --json"
 
     # Served comes before kept: the release is recorded as current once its health check passed.
