@@ -8,7 +8,7 @@ long the engine's stop and start calls took, when (after the stop began) the pro
 from the old one was sent, when the first request the new one answered was sent and when it was
 answered, and how many requests failed, with the 1-minute load average. A first answer that comes
 ~1 s after its request was sent is a request Docker's proxy accepted before the new container's
-network was plugged in (see the README's "Deploy strategies"). Nothing of pi-cicd runs here: this is
+network was plugged in (see docs/cd/strategies.md). Nothing of pi-cicd runs here: this is
 what the swap strategy cannot go below.
 """
 

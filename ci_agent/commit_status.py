@@ -16,7 +16,7 @@ off the run's critical path, like ``shared.notify.Notifier`` sends email:
 * A failure is logged once per streak (when it starts, and once more when GitHub takes statuses
   again), never per attempt, and never changes the run: GitHub is a display, not a step.
 
-States (the README's "Commit statuses on GitHub" says the same to users): queued and running are
+States (docs/ci/commit-statuses.md says the same to users): queued and running are
 ``pending``; ``succeeded`` is ``success`` naming the version; a failed step is ``failure`` naming
 the step; an unexpected error or an interrupted run is ``error``; a superseded run is ``success``
 with a description saying why nothing was built (superseded by run N, already released as X): it

@@ -49,7 +49,7 @@ OWNER_LABEL = "pi-cicd.ci.image"
 # the CD agent's app containers of CI's images included) and in their name (ci_agent/pipeline.py).
 TEST_CONTAINER_ROLE = ("pi-cicd.role", "ci-test")
 TEST_CONTAINER_PREFIX = "pi-cicd-ci-test-"
-DEFAULT_BUDGET = 4 * 10**9  # CI_DISK_BUDGET's default: see the README's "Run on a Pi: SD cards"
+DEFAULT_BUDGET = 4 * 10**9  # CI_DISK_BUDGET's default: see docs/pi/sd-cards.md
 _KEPT_TAGS = ("latest",)
 _KEPT_PREFIXES = ("ci-staging-",)
 _CI_TAGS = ("ci-test", "latest")
