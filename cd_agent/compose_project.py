@@ -162,7 +162,7 @@ class ComposeProject:
             self.pin.unlink(missing_ok=True)
             return
         make_private_dirs(self.pin.parent)
-        lines = ["# Written by pi-cicd's cd-agent: the release it deployed. Do not edit; see pi-cicd's docs/cd/database.md."]
+        lines = ["# Written by pi-cicd's cd-agent: the release it deployed. Do not edit: pi-cicd docs/cd/database.md"]
         if version is not None:
             lines.append(f"version: {_quoted(version)}")
         lines += ["services:", f"  {_quoted(self.service)}:", f"    image: {_quoted(image)}", ""]
