@@ -497,8 +497,9 @@ class CdSettings(CdAgentSettings):
 
         value = value.strip().lower()
         if value not in STRATEGIES:
+            others = [name for name in STRATEGIES if name != "swap"]
             raise ValueError(
-                f"{value!r} is not a deploy strategy: use swap (the default), blue-green, swarm or compose"
+                f"{value!r} is not a deploy strategy: use swap (the default), {', '.join(others[:-1])} or {others[-1]}"
             )
         STRATEGIES[value].check(info.data)
         return value

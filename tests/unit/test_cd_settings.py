@@ -211,6 +211,14 @@ def test_a_strategy_that_is_not_there_is_refused_at_start_up(value, message):
         load(CD_STRATEGY=value)
 
 
+def test_the_refusal_names_every_strategy_of_the_table():
+    from cd_agent.strategies import STRATEGIES
+
+    with pytest.raises(SettingsError) as refused:
+        load(CD_STRATEGY="rolling")
+    assert all(name in str(refused.value) for name in STRATEGIES)
+
+
 def test_blue_green_has_its_proxy_settings_with_defaults():
     settings = load(CD_STRATEGY="blue-green", CD_PORTS="127.0.0.1:8080:8080")
     assert (settings.cd_strategy, settings.cd_proxy_image, settings.cd_proxy_grace) == ("blue-green", "caddy:2", 30.0)
