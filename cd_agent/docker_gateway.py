@@ -176,13 +176,11 @@ class DockerGateway:
         ]
 
     def remove_image(self, reference: str) -> None:
-        """Untag ``reference`` (and delete the image when that was its last tag); never forced.
-
-        ``noprune``: the engine would also delete the image's untagged parents, which on a Pi running both
-        agents are the CI builder's cache, in use by a build at that moment ("unknown parent image ID",
-        seen in bench/soak.py). A pulled release has no parents; CI's disk budget prunes its own cache."""
+        """Untag ``reference`` (and delete the image, with the untagged parents only it had, when that was its
+        last tag); never forced. On a Pi running both agents those parents are CI's build cache of that release:
+        a build that was using one at that moment builds once more (``ci_agent.builder``)."""
         with docker_errors(f"remove image {reference}"):
-            self._api.remove_image(reference, noprune=True)
+            self._api.remove_image(reference)
 
     # containers
 

@@ -146,6 +146,11 @@ class _StageTracker:
         return list(self.stage_results)
 
 
+# What the classic builder says when an image it took from its cache is gone by the next step (removed by
+# another process); a base image that cannot be found is named, never an image id.
+_LOST_CACHE = re.compile(r"unknown parent image ID|unable to find image sha256:|No such image: sha256:")
+
+
 def _stream_error(chunk: Mapping[str, Any]) -> str | None:
     if "errorDetail" in chunk:
         detail = chunk["errorDetail"]
@@ -295,6 +300,28 @@ class DockerGateway:
         """
         if not tags:
             raise ValueError("build needs at least one tag")
+        try:
+            return self._build_once(context_dir, tags, labels, target, buildargs, on_output, step, platform, cache_from)
+        except StepFailed as exc:
+            if not _LOST_CACHE.search(exc.message):
+                raise
+            # The cached image a step starts from was deleted under the build: the CD agent on the same engine
+            # removing an old release takes that release's untagged parents with it. Once more finds no cache.
+            on_output(f"the engine lost a cached image during the build ({exc.message}); building once more")
+            return self._build_once(context_dir, tags, labels, target, buildargs, on_output, step, platform, cache_from)
+
+    def _build_once(
+        self,
+        context_dir: Path,
+        tags: Sequence[str],
+        labels: Mapping[str, str] | None,
+        target: str | None,
+        buildargs: Mapping[str, str] | None,
+        on_output: OutputSink,
+        step: Step,
+        platform: str | None,
+        cache_from: Sequence[str],
+    ) -> str:
         image_id: str | None = None
         # Every image CI builds says so, and for which repository: CI_DISK_BUDGET prunes only those.
         labels = {**(labels or {}), OWNER_LABEL: split_tag(tags[0])[0]}

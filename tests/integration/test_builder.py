@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -75,6 +78,53 @@ def test_a_failing_build_is_a_build_step_failure(gateway: DockerGateway, docker_
     assert caught.value.step == "build"
     assert "returned a non-zero code: 3" in caught.value.message
     assert gateway.image_id(f"{name}:x") is None
+
+
+class _LosesACachedImageOnce:
+    """The engine's API, whose first build ends as the classic builder's does when a cached image it stood on
+    was removed by another process between two steps (the CD agent pruning an old release on the same engine)."""
+
+    def __init__(self, api: Any, message: str) -> None:
+        self._api, self._message, self.builds = api, message, 0
+
+    def build(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        self.builds += 1
+        if self.builds == 1:
+            return iter([{"stream": "Step 1/5 : FROM scratch\n"}, {"errorDetail": {"message": self._message}}])
+        return cast(Iterator[dict[str, Any]], self._api.build(**kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._api, name)
+
+
+@pytest.mark.parametrize("message", ["unknown parent image ID sha256:1e3f", "unable to find image sha256:9c2b"])
+def test_a_cached_image_lost_during_a_build_builds_once_more(
+    docker_client, docker_janitor: DockerJanitor, tmp_path: Path, message: str
+):
+    engine = _LosesACachedImageOnce(docker_client.api, message)
+    gateway = DockerGateway(SimpleNamespace(api=engine))
+    context = write_busybox_context(tmp_path / "ctx", _unshared(busybox_dockerfile()))
+    tag = f"{unique('builder')}:1.0.0"
+    docker_janitor.images.add(tag)
+    lines: list[str] = []
+
+    image_id = gateway.build(context, [tag], on_output=lines.append)
+
+    assert engine.builds == 2
+    assert gateway.image_id(tag) == image_id
+    assert any("lost a cached image" in line and message in line for line in lines)
+
+
+def test_any_other_build_error_is_not_built_again(docker_client, docker_janitor: DockerJanitor, tmp_path: Path):
+    engine = _LosesACachedImageOnce(docker_client.api, "pull access denied for nosuch/base")
+    gateway = DockerGateway(SimpleNamespace(api=engine))
+    context = write_busybox_context(tmp_path / "ctx", _unshared(busybox_dockerfile()))
+    tag = f"{unique('builder')}:1.0.0"
+    docker_janitor.images.add(tag)
+
+    with pytest.raises(StepFailed, match="pull access denied"):
+        gateway.build(context, [tag])
+    assert engine.builds == 1
 
 
 def _built(gateway: DockerGateway, janitor: DockerJanitor, tmp_path: Path) -> str:
