@@ -144,7 +144,7 @@ def watch(targets: Targets, args: argparse.Namespace) -> int:
             settings.cd_dashboard_host, settings.cd_dashboard_port, settings.cd_dashboard_token, settings.cd_hook_token
         ),
         watch,
-        first_page(watch.metrics.page, StatusPages(lambda: watch.targets)),
+        first_page(watch.metrics.page, StatusPages(lambda: watch.targets, watch.metrics.readers)),
     )
     listener.start()
     try:
@@ -152,6 +152,7 @@ def watch(targets: Targets, args: argparse.Namespace) -> int:
             watch.run(stop, wake, reload_requested)
     finally:
         listener.stop()
+        watch.metrics.readers.close()
     return 0
 
 
