@@ -15,6 +15,7 @@ its own ``notify_to``). Nothing is deployed, pulled, mailed or written.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from contextlib import closing
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -72,12 +73,11 @@ def diagnose(environ: Mapping[str, str]) -> Report:
         labelled = targets.apps_file is not None
         for app in targets.apps:
             report.add(pull_finding(app, labelled=labelled))
-            if STRATEGIES[app.strategy].proxy:
+            row = STRATEGIES[app.strategy]
+            if row.proxy:
                 report.add(proxy_image_finding(app, gateway, labelled=labelled))
-            if app.strategy == "swarm":
-                report.add(swarm_finding(app, gateway, labelled=labelled))
-            if app.strategy == "compose":
-                report.add(compose_finding(app, labelled=labelled))
+            if row.doctor is not None:
+                report.add(row.doctor(app, gateway, labelled))
             registries.setdefault(app.image.registry, app)
         for registry, app in registries.items():
             with open_client(app.image, None, None) as client:
@@ -186,11 +186,8 @@ def swarm_finding(app: AppTarget, gateway: DockerGateway | None, *, labelled: bo
                         f"service {app.service}, which only a manager can",
                         "`docker swarm init` makes this machine a one-node swarm; or point DOCKER_HOST at a "
                         "manager node (see docs/cd/strategies.md)")
-        services = DockerSwarm.from_env(timeout=15)
-        try:
+        with closing(DockerSwarm.from_env(timeout=15)) as services:
             service = services.service(app.service)
-        finally:
-            services.close()
         if service is None:
             return ok(check, f"this engine is a swarm manager; no service {app.service} yet: the first deploy "
                       f"creates it ({app.replicas} replica(s))")
