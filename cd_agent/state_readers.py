@@ -45,7 +45,7 @@ class _Kept(Generic[_Reader]):
     def get(self, path: Path) -> _Reader | None:
         try:
             found = os.stat(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             self.drop(path)
             return None
         identity = (found.st_dev, found.st_ino)

@@ -62,10 +62,12 @@ def targets(tmp_path: Path) -> Targets:
 
 @pytest.fixture
 def served(targets: Targets) -> Iterator[str]:
-    listener = Listener(ListenerConfig("127.0.0.1", 0), NoHints(), StatusPages(lambda: targets, StateReaders()))
+    readers = StateReaders()
+    listener = Listener(ListenerConfig("127.0.0.1", 0), NoHints(), StatusPages(lambda: targets, readers))
     listener.start()
     yield f"http://127.0.0.1:{listener.port}"
     listener.stop()
+    readers.close()
 
 
 def test_every_app_as_json_for_api_clients(served: str) -> None:
