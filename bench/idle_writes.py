@@ -14,6 +14,11 @@ window are counted from the agents' DEBUG lines, so the printed bytes per poll a
 *poll actually made*, scaled to the agents' default intervals (CD 60 s, CI the ``--ci-poll`` given).
 Linux only; the watcher's start-up reconcile connects to dockerd (it finds nothing to do). Keep the
 scratch folder on the real disk (``TMPDIR``): tmpfs writes are not counted.
+
+After the window, the pages each agent serves are looked at twice (the CD listener's status page as
+HTML and JSON, an app's page, its badge and ``/metrics``; the CI dashboard's run list,
+run API, a run, the badge and ``/metrics``) and the bytes each look wrote are printed: the first look
+opens the state files the agent did not hold open yet, the second is what every later one costs.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+import httpx
 
 from bench.idle_cpu import _environ as idle_environ
 from bench.poll_cost import populate
@@ -50,11 +58,34 @@ def _environ(**settings: str) -> dict[str, str]:
 
 
 def seed_cd_state(state_dir: Path, version: str) -> None:
-    """The app already runs ``version``: an idle watcher finds nothing newer."""
+    """The app already runs ``version``, deployed by run 1: an idle watcher finds nothing newer."""
     from cd_agent.state import DeployState, Release
+    from shared.runstore import RunStore
 
     with DeployState(state_dir / "cd.sqlite3") as state:
         state.set_current(Release(version, None, None))
+    with RunStore(state_dir / "runs.sqlite3") as runs:
+        run = runs.create(kind="deploy", status="running")
+        runs.update(run.number, status="succeeded", version=version)
+
+
+def page_writes(pid: int, base_url: str, pages: Sequence[tuple[str, str]]) -> dict[str, int]:
+    """The bytes process ``pid`` wrote to storage while answering each of ``pages`` (path, Accept)."""
+    written = {}
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        for path, accept in pages:
+            before = write_bytes(pid)
+            answer = client.get(path, headers={"Accept": accept})
+            answer.raise_for_status()
+            written[f"{path} ({accept})"] = write_bytes(pid) - before
+    return written
+
+
+HTML = "text/html"
+CD_APP = "picicd-bench-idle-writes"
+CD_PAGES = (("/", HTML), ("/", "application/json"), (f"/apps/{CD_APP}", HTML), (f"/badge/{CD_APP}.svg", "*/*"),
+            ("/metrics", "*/*"))
+CI_PAGES = (("/", HTML), ("/runs", "application/json"), ("/badge.svg", "*/*"), ("/metrics", "*/*"))
 
 
 def main() -> int:
@@ -70,6 +101,7 @@ def main() -> int:
         registry = start_registry(root / "registry")
         populate(registry, "bench/idle", 3)
         seed_cd_state(root / "cd-state", "1.0.2")
+        cd_port, ci_dashboard_port = free_port(), free_port()
         (root / "git").mkdir()
         project = make_git_project(root / "git")
         head = project.commit_sample()
@@ -78,13 +110,14 @@ def main() -> int:
         (root / "ci-state" / "poll-refs.json").write_text(json.dumps({"refs": {"refs/heads/main": head}}))
         agents = {
             "cd-agent watch": (["cd_agent", "watch"], _environ(
-                CD_IMAGE=f"{registry.host}/bench/idle", CD_CONTAINER_NAME="picicd-bench-idle-writes",
+                CD_IMAGE=f"{registry.host}/bench/idle", CD_CONTAINER_NAME=CD_APP,
                 CD_POLL_INTERVAL=args.cd_poll, STATE_DIR=str(root / "cd-state"), LOG_DIR=str(root / "cd-logs"),
+                CD_DASHBOARD_PORT=str(cd_port),
             )),
             "ci-agent serve (polling)": (["ci_agent", "serve"], _environ(
                 CI_REPO_URL=project.url, CI_IMAGE=f"{registry.host}/bench/ci", CI_WEBHOOK_SECRET="x" * 32,
                 CI_TEST_COMMAND="true", CI_POLL_INTERVAL=args.ci_poll, CI_HOST="127.0.0.1",
-                CI_PORT=str(free_port()), CI_DASHBOARD_PORT=str(free_port()),
+                CI_PORT=str(free_port()), CI_DASHBOARD_PORT=str(ci_dashboard_port),
                 STATE_DIR=str(root / "ci-state"), LOG_DIR=str(root / "ci-logs"),
             )),
         }
@@ -113,6 +146,10 @@ def main() -> int:
             written = {name: write_bytes(process.pid) - start[name] for name, process in processes.items()}
             polls = {name: _polls(logs[name]) - polls_before[name] for name in processes}
             info_lines = {name: _info_lines(logs[name][len(before[name]):]) for name in processes}
+            urls = {"cd-agent watch": (f"http://127.0.0.1:{cd_port}", CD_PAGES),
+                    "ci-agent serve (polling)": (f"http://127.0.0.1:{ci_dashboard_port}", CI_PAGES)}
+            looks = {name: [page_writes(processes[name].pid, url, pages) for _ in range(2)]
+                     for name, (url, pages) in urls.items()}
         finally:
             for process in processes.values():
                 process.terminate()
@@ -133,6 +170,9 @@ def main() -> int:
               f"INFO+ log lines {info_lines[name]}")
         if not made:
             print(f"    no poll seen in the window; its log ends:\n{''.join(logs[name][-15:])}")
+        first, then = looks[name]
+        for page in first:
+            print(f"    GET {page:42} wrote {first[page]:>7} B at the first look, {then[page]:>7} B at the next")
     return 0
 
 

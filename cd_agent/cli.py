@@ -6,7 +6,7 @@
     cd-agent deploy [--app NAME] [VERSION] [--force] deploy VERSION (the newest release when omitted) now
     cd-agent rollback [--app NAME]                   go back to the previous version
     cd-agent status [--app NAME] [--json]            deployed, previous, quarantined, last poll and deploy
-    cd-agent doctor [--json]                         check settings, Docker, registry pull, disk, clock, email
+    cd-agent doctor [--json]                         check settings, Docker, registry pull, disk, strategy, clock, email
 
 Settings (and ``CD_APPS_FILE``'s apps) are read once (environment over ``.env``); ``--app`` may be left out
 when there is one app. Errors are turned into a message on stderr and an exit code in exactly one place,
@@ -96,9 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         "doctor", help="check that this machine is ready: one line per check, with what to do about each problem",
         description="Check the settings (and every app of CD_APPS_FILE), the Docker Engine and its free space "
         "(DISK_MIN_FREE), that the registry login may pull each app's image (its tags and newest release's "
-        "manifest are read: nothing is pulled), for blue-green apps the proxy image, the clock against the "
-        "registry's and the SMTP login (nothing is sent). Exits 0 when ready (warnings allowed), 1 when a check "
-        "failed, 2 when the settings are invalid. No secret is printed.",
+        "manifest are read: nothing is pulled), for blue-green apps the proxy image, for swarm apps that the "
+        "engine is a swarm manager and whether the service exists, for compose apps which compose is installed "
+        "and that the files give the service an image: (compose config), the clock against the registry's and "
+        "the SMTP login of each distinct mail configuration of the apps (nothing is sent). Exits 0 when ready "
+        "(warnings allowed), 1 when a check failed, 2 when the settings are invalid. No secret is printed.",
     )
     doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
     return parser
@@ -144,7 +146,7 @@ def watch(targets: Targets, args: argparse.Namespace) -> int:
             settings.cd_dashboard_host, settings.cd_dashboard_port, settings.cd_dashboard_token, settings.cd_hook_token
         ),
         watch,
-        first_page(watch.metrics.page, StatusPages(lambda: watch.targets)),
+        first_page(watch.metrics.page, StatusPages(lambda: watch.targets, watch.metrics.readers)),
     )
     listener.start()
     try:
@@ -152,6 +154,7 @@ def watch(targets: Targets, args: argparse.Namespace) -> int:
             watch.run(stop, wake, reload_requested)
     finally:
         listener.stop()
+        watch.metrics.readers.close()
     return 0
 
 

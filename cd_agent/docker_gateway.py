@@ -116,6 +116,16 @@ class DockerGateway:
             root = self._api.info().get("DockerRootDir")
         return str(root) if root else None
 
+    def swarm_role(self) -> str:
+        """This engine's place in a swarm (``docker info``'s ``Swarm``), for ``doctor``: ``manager``,
+        ``worker``, or the node's state outside one (``inactive``, ``pending``, ``error``, ``locked``)."""
+        with docker_errors("info"):
+            swarm = self._api.info().get("Swarm") or {}
+        state = str(swarm.get("LocalNodeState") or "inactive")
+        if state != "active":
+            return state
+        return "manager" if swarm.get("ControlAvailable") else "worker"
+
     def platform(self) -> Platform:
         """The platform this engine pulls images for (``linux/amd64``, ``linux/arm64``, ``linux/arm/v7``):
         ``Os``/``Arch`` from ``docker version``, the arm variant from ``docker info``'s ``Architecture``;

@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from cd_agent.listener import Answer, Request
-from cd_agent.state import DeployState
+from cd_agent.state_readers import StateReaders
 
 if TYPE_CHECKING:
     from cd_agent.apps import Targets
@@ -43,11 +43,13 @@ DEPLOY_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, fl
 
 
 class CdMetrics:
-    """The CD agent's metrics; ``targets`` and ``hint_counts`` are read at each scrape."""
+    """The CD agent's metrics; ``targets`` and ``hint_counts`` are read at each scrape, the states through
+    ``readers`` (kept open: a scrape writes nothing; the status pages share them)."""
 
     def __init__(
         self, targets: Callable[[], Targets], hint_counts: Callable[[], dict[str, HintCounts]]
     ) -> None:
+        self.readers = StateReaders()
         self.registry = CollectorRegistry(auto_describe=True)
         self.polls = Counter("picicd_cd_polls", "Registry polls (tags lists asked for).", ["app"],
                              registry=self.registry)
@@ -57,7 +59,7 @@ class CdMetrics:
             "picicd_cd_deploy_duration_seconds", "How long deploys took, whatever their outcome.", ["app"],
             buckets=DEPLOY_BUCKETS, registry=self.registry,
         )
-        self.registry.register(_StateCollector(targets, hint_counts))
+        self.registry.register(_StateCollector(targets, hint_counts, self.readers))
 
     def page(self, request: Request) -> Answer | None:
         if request.path != "/metrics" or request.method not in ("GET", "HEAD"):
@@ -72,9 +74,12 @@ class CdMetrics:
 class _StateCollector(Collector):
     """What each app's state file says now, and the hints' counters (kept by ``cd_agent.hints.EarlyPolls``)."""
 
-    def __init__(self, targets: Callable[[], Targets], hint_counts: Callable[[], dict[str, HintCounts]]) -> None:
+    def __init__(
+        self, targets: Callable[[], Targets], hint_counts: Callable[[], dict[str, HintCounts]], readers: StateReaders
+    ) -> None:
         self._targets = targets
         self._hint_counts = hint_counts
+        self._readers = readers
 
     def collect(self) -> Iterator[Metric]:
         last_poll = GaugeMetricFamily(
@@ -82,10 +87,12 @@ class _StateCollector(Collector):
             labels=["app"],
         )
         deployed = InfoMetricFamily("picicd_cd_deployed", "The version each app runs.", labels=["app"])
-        for target in self._targets().apps:
-            if not target.paths.state.exists():
-                continue
-            with DeployState(target.paths.state) as state:
+        targets = self._targets()
+        self._readers.retain(path for target in targets.apps for path in (target.paths.state, target.paths.runs))
+        for target in targets.apps:
+            with self._readers.deploy_state(target.paths.state) as state:
+                if state is None:
+                    continue
                 current, polled, error = state.current, state.last_poll_at, state.last_error
             if polled is not None and error is None:
                 last_poll.add_metric([target.name], polled.timestamp())

@@ -12,7 +12,8 @@ pages show state and run fields only (versions, digests, times, reasons, errors)
 beyond the image and container names; run logs are redacted by their sinks already.
 
 Everything is read from the apps' state files at each request (the watcher and its deploy processes
-write them); an app that has never polled shows an empty state, and nothing is created by reading.
+write them), through connections kept open (``cd_agent.state_readers``: a view writes nothing); an app
+that has never polled shows an empty state, and nothing is created by reading.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from urllib.parse import quote
 
 from cd_agent.apps import AppTarget, Targets
 from cd_agent.listener import Answer, Request
-from cd_agent.state import DeployState
+from cd_agent.state_readers import StateReaders
 from shared.badges import svg_badge
 from shared.media_types import ANSI_ESCAPE, PAGE_HEADERS, prefers_html
-from shared.runstore import Run, RunStore
+from shared.runstore import Run
 
 DEPLOYS_SHOWN = 20
 LOG_TAIL_BYTES = 256 * 1024
@@ -70,17 +71,22 @@ $body
 
 
 class StatusPages:
-    """The pages of the apps ``targets()`` returns (the watcher's current ones: a reload changes them)."""
+    """The pages of the apps ``targets()`` returns (the watcher's current ones: a reload changes them),
+    read through ``readers`` (the listener's, shared with /metrics)."""
 
-    def __init__(self, targets: Callable[[], Targets]) -> None:
+    def __init__(self, targets: Callable[[], Targets], readers: StateReaders) -> None:
         self._targets = targets
+        self._readers = readers
 
     def __call__(self, request: Request) -> Answer | None:
         if request.method not in ("GET", "HEAD"):
             return None
         html_wanted = prefers_html(request.headers.get("accept"))
+        readers = self._readers
+        targets = self._targets()
+        readers.retain(path for app in targets.apps for path in (app.paths.state, app.paths.runs))
         if request.path == "/":
-            apps = [app_status(app) for app in self._targets().apps]
+            apps = [app_status(app, readers) for app in targets.apps]
             if html_wanted:
                 return _html("apps", "\n".join(_app_section(item, link=True) for item in apps))
             return _json({"apps": apps})
@@ -88,34 +94,34 @@ class StatusPages:
             target = self._app(match.group(1))
             if target is None:
                 return _not_found(match.group(1))
-            item = app_status(target, deploys=DEPLOYS_SHOWN)
+            item = app_status(target, readers, deploys=DEPLOYS_SHOWN)
             if html_wanted:
                 return _html(target.name, _app_section(item, link=False) + _deploys_table(target.name, item["deploys"]))
             return _json(item)
         if (match := _LOG.match(request.path)) is not None:
             target = self._app(match.group(1))
-            return _not_found(match.group(1)) if target is None else _log(target, int(match.group(2)))
+            return _not_found(match.group(1)) if target is None else _log(target, readers, int(match.group(2)))
         if (match := _BADGE.match(request.path)) is not None:
             target = self._app(match.group(1))
-            return _not_found(match.group(1)) if target is None else _badge(target)
+            return _not_found(match.group(1)) if target is None else _badge(target, readers)
         return None
 
     def _app(self, name: str) -> AppTarget | None:
         return next((app for app in self._targets().apps if app.name == name), None)
 
 
-def app_status(target: AppTarget, *, deploys: int = 1) -> dict[str, Any]:
+def app_status(target: AppTarget, readers: StateReaders, *, deploys: int = 1) -> dict[str, Any]:
     """One app as the pages show it: ``cd-agent status --json``'s fields, its name, its last ``deploys``."""
     state: dict[str, Any] = {
         "current": None, "previous": None, "quarantined": [], "last_poll_at": None, "next_poll_at": None,
         "last_error": None, "deploy_in_progress": None,
     }
-    if target.paths.state.exists():
-        with DeployState(target.paths.state) as deploy_state:
+    with readers.deploy_state(target.paths.state) as deploy_state:
+        if deploy_state is not None:
             state = deploy_state.to_json()
     runs: list[Run] = []
-    if target.paths.runs.exists():
-        with RunStore(target.paths.runs) as store:
+    with readers.runs(target.paths.runs) as store:
+        if store is not None:
             runs = store.list(limit=deploys, kind="deploy")
     last_poll = None
     if state["last_poll_at"] is not None:
@@ -198,11 +204,9 @@ def _deploys_table(app: str, deploys: list[dict[str, Any]]) -> str:
     return f"<section><h2>deploys</h2><table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table></section>"
 
 
-def _log(target: AppTarget, number: int) -> Answer:
-    run = None
-    if target.paths.runs.exists():
-        with RunStore(target.paths.runs) as store:
-            run = store.get(number)
+def _log(target: AppTarget, readers: StateReaders, number: int) -> Answer:
+    with readers.runs(target.paths.runs) as store:
+        run = store.get(number) if store is not None else None
     if run is None or run.kind != "deploy" or not run.log_path:
         return Answer.text(404, f"not found: {target.name} has no deploy #{number} with a log")
     path = Path(run.log_path)
@@ -220,11 +224,9 @@ def _log(target: AppTarget, number: int) -> Answer:
     return Answer(200, ANSI_ESCAPE.sub("", data.decode("utf-8", "replace")).encode(), headers=_HEADERS)
 
 
-def _badge(target: AppTarget) -> Answer:
-    current = None
-    if target.paths.state.exists():
-        with DeployState(target.paths.state) as state:
-            current = state.current
+def _badge(target: AppTarget, readers: StateReaders) -> Answer:
+    with readers.deploy_state(target.paths.state) as state:
+        current = state.current if state is not None else None
     segments = [("deployed", "#555"), (current.version if current else "nothing", "#007ec6" if current else "#9f9f9f")]
     return Answer(200, svg_badge(segments).encode(), "image/svg+xml", headers=_HEADERS)
 

@@ -12,7 +12,9 @@ blue-green proxy and the Swarm modules need it), which only a deploy process doe
 - ``adapters``: the strategy's real adapters (the blue-green proxy controller, the Swarm services), made
   from the app and the engine when the deployer was handed none (tests hand it fakes);
 - ``runs_as``: what a deploy replaces, as the deploy log names it (a container, a service);
-- ``proxy``: whether the strategy runs the proxy image (``CD_PROXY_IMAGE``), which ``doctor`` looks for.
+- ``proxy``: whether the strategy runs the proxy image (``CD_PROXY_IMAGE``), which ``doctor`` looks for;
+- ``doctor``: the strategy's own ``cd-agent doctor`` check (the engine a swarm manager; compose and its
+  files), given the app, the engine (None when unreachable) and whether lines name the app; or None.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ if TYPE_CHECKING:
     from cd_agent.apps import AppTarget
     from cd_agent.blue_green import Proxy
     from cd_agent.compose_project import ComposeRunner
+    from cd_agent.docker_gateway import DockerGateway
     from cd_agent.engine import Engine
     from cd_agent.health import HealthChecker
     from cd_agent.report import DeployReport
     from cd_agent.strategy import DeployContext
     from cd_agent.swarm_services import SwarmServices
+    from shared.doctor import Finding
     from shared.runstore import RunStore
 
 
@@ -88,6 +92,7 @@ class StrategyRow:
     adapters: Callable[[AppTarget, Engine], Adapters] = _no_adapters
     runs_as: Callable[[AppTarget], str] = _a_container
     proxy: bool = False
+    doctor: Callable[[AppTarget, DockerGateway | None, bool], Finding] | None = None
 
 
 def _build_swap(context: DeployContext, parts: Parts) -> Strategy:
@@ -232,6 +237,18 @@ def _compose_status(target: AppTarget) -> dict[str, Any]:
         return {"name": target.compose_service, "error": str(exc)}
 
 
+def _doctor_swarm(target: AppTarget, gateway: DockerGateway | None, labelled: bool) -> Finding:
+    from cd_agent.doctor import swarm_finding
+
+    return swarm_finding(target, gateway, labelled=labelled)
+
+
+def _doctor_compose(target: AppTarget, gateway: DockerGateway | None, labelled: bool) -> Finding:
+    from cd_agent.doctor import compose_finding
+
+    return compose_finding(target, labelled=labelled)
+
+
 def _no_check(fields: Mapping[str, Any]) -> None:
     return None
 
@@ -244,11 +261,12 @@ STRATEGIES: dict[str, StrategyRow] = {
     ),
     "swarm": StrategyRow(
         build=_build_swarm, recovery=_recover_swarm, check=_check_swarm, status=_swarm_status,
-        adapters=_swarm_adapters, runs_as=lambda target: f"swarm service {target.service}",
+        adapters=_swarm_adapters, runs_as=lambda target: f"swarm service {target.service}", doctor=_doctor_swarm,
     ),
     # The compose files themselves are checked by CdSettings (CD_COMPOSE_FILE runs `compose config`).
     "compose": StrategyRow(
         build=_build_compose, recovery=_recover_compose, check=_check_compose, status=_compose_status,
         runs_as=lambda target: f"compose service {target.compose_service} of project {target.compose_project}",
+        doctor=_doctor_compose,
     ),
 }

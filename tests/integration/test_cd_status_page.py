@@ -15,6 +15,7 @@ from cd_agent.apps import AppPaths, Targets, app_target
 from cd_agent.listener import Listener, ListenerConfig
 from cd_agent.settings import CdAgentSettings, CdSettings
 from cd_agent.state import DeployState, Release
+from cd_agent.state_readers import StateReaders
 from cd_agent.status_pages import StatusPages
 from shared.runstore import RunStore
 from shared.settings import load_settings
@@ -61,10 +62,12 @@ def targets(tmp_path: Path) -> Targets:
 
 @pytest.fixture
 def served(targets: Targets) -> Iterator[str]:
-    listener = Listener(ListenerConfig("127.0.0.1", 0), NoHints(), StatusPages(lambda: targets))
+    readers = StateReaders()
+    listener = Listener(ListenerConfig("127.0.0.1", 0), NoHints(), StatusPages(lambda: targets, readers))
     listener.start()
     yield f"http://127.0.0.1:{listener.port}"
     listener.stop()
+    readers.close()
 
 
 def test_every_app_as_json_for_api_clients(served: str) -> None:

@@ -358,6 +358,101 @@ def test_cd_doctor_checks_each_app_of_the_apps_file(
     assert found["registry [api]"].startswith(f"FAIL {missing} has no tags"), found
 
 
+def test_cd_doctor_swarm_needs_a_manager(tmp_path: Path, release: str, docker_client: Any) -> None:
+    swarm = docker_client.info().get("Swarm") or {}
+    if swarm.get("ControlAvailable"):
+        pytest.skip("the shared engine is a swarm manager now (another session's swarm tests)")
+    environ = cd_environ(tmp_path, release, CD_STRATEGY="swarm", CD_PORTS="")
+    result = cd_agent("doctor", environ=environ, cwd=tmp_path)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    found = lines(result)["swarm"]
+    state = swarm.get("LocalNodeState") or "inactive"
+    assert found.startswith(f"FAIL this engine is not a swarm manager ({state}): CD_STRATEGY=swarm creates and "
+                            f"updates service {environ['CD_CONTAINER_NAME']}"), found
+    assert "-> `docker swarm init`" in found
+
+
+def test_cd_doctor_swarm_service_on_a_manager(
+    swarm_mode: None, tmp_path: Path, release: str, docker_client: Any
+) -> None:
+    environ = cd_environ(tmp_path, release, CD_STRATEGY="swarm", CD_PORTS="", CD_REPLICAS="2")
+    service = environ["CD_CONTAINER_NAME"]
+    result = cd_agent("doctor", environ=environ, cwd=tmp_path)
+    assert lines(result)["swarm"] == (
+        f"ok this engine is a swarm manager; no service {service} yet: the first deploy creates it (2 replica(s))"
+    ), result.stdout
+
+    docker_client.services.create(f"{release}:1.0.0", name=service, mode={"Replicated": {"Replicas": 1}})
+    try:
+        result = cd_agent("doctor", environ=environ, cwd=tmp_path)
+    finally:
+        docker_client.api.remove_service(service)
+    found = lines(result)["swarm"]
+    assert found.startswith(f"ok this engine is a swarm manager; service {service} runs {release}:1.0.0"), found
+    assert found.endswith("(1 replica(s))"), found
+
+
+def compose_file(folder: Path, service: str, image: str) -> Path:
+    path = folder / "compose.yml"
+    path.write_text(f'version: "3.8"\nservices:\n  {service}:\n    image: {image}\n  db:\n    image: busybox\n')
+    return path
+
+
+def test_cd_doctor_compose_says_which_compose_and_checks_the_service(tmp_path: Path, release: str) -> None:
+    from dataclasses import replace
+
+    from cd_agent.apps import load_targets
+    from cd_agent.compose_project import default_project
+    from cd_agent.doctor import compose_finding
+
+    file = compose_file(tmp_path, "web", f"{release}:1.0.0")
+    environ = cd_environ(tmp_path, release, CD_STRATEGY="compose", CD_COMPOSE_FILE=str(file),
+                         CD_COMPOSE_SERVICE="web", CD_PORTS="")
+    result = cd_agent("doctor", environ=environ, cwd=tmp_path)
+    found = lines(result)["compose"]
+    assert found.startswith(("ok docker compose 2.", "ok docker-compose 1.")), found
+    assert f"; {file}: project {default_project(file)}, " in found, found
+    assert found.endswith(f"service web runs an image of {release}"), found
+
+    # What the settings of today's agent already refuse at start-up, the finding names too (compose config).
+    target = load_targets(clean_environ(environ)).apps[0]
+    missing = compose_finding(replace(target, compose_service="api"))
+    assert missing.level == "FAIL", missing
+    assert "the compose project has no service 'api' (its services: db, web)" in missing.detail
+    assert "-f FILE config` shows the project" in missing.fix
+    built = compose_finding(replace(target, compose_service="db"))
+    assert built.level == "FAIL" and "runs image busybox, not CD_IMAGE" in built.detail, built
+
+
+def test_cd_doctor_checks_each_mail_configuration_of_the_apps_once(
+    tmp_path: Path, release: str, start_smtp_server: Callable[..., Any], secret: Callable[[str], str],
+) -> None:
+    server = start_smtp_server(auth=(SMTP_USER, secret(SMTP_PASSWORD)))
+    apps = tmp_path / "apps.toml"
+    apps.write_text(
+        f'[apps.web]\nimage = "{release}"\nnotify_to = ["web-team@example.org"]\n\n'
+        f'[apps.api]\nimage = "{release}"\n\n'
+        f'[apps.worker]\nimage = "{release}"\nnotify_to = ["web-team@example.org"]\n'
+    )
+    environ = {"CD_APPS_FILE": str(apps), "LOG_DIR": str(tmp_path / "logs"), "STATE_DIR": str(tmp_path / "state"),
+               "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(server.port), "SMTP_SECURITY": "none",
+               "SMTP_USERNAME": SMTP_USER, "SMTP_PASSWORD": SMTP_PASSWORD, "NOTIFY_FROM": "pi@example.org"}
+    result = cd_agent("doctor", environ=environ, cwd=tmp_path)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    found = lines(result)
+    assert found["email [web, worker]"] == (
+        f"ok 127.0.0.1:{server.port} (none) takes the login of 'pi-alerts'; failures are mailed to "
+        "web-team@example.org"
+    ), found
+    # api has no notify_to and there is no NOTIFY_TO: its failures would be mailed to nobody
+    assert found["email [api]"].startswith("FAIL invalid settings: NOTIFY_TO is required when SMTP_HOST is set"), found
+    assert [check for check in found if check.startswith("email")] == ["email [web, worker]", "email [api]"]
+    assert server.messages == []
+    assert_no_secret(result, SMTP_PASSWORD)
+
+
 def test_cd_doctor_bad_settings_exit_2(tmp_path: Path) -> None:
     environ = {"CD_IMAGE": "127.0.0.1:5000/o/app", "CD_CONTAINER_NAME": "app", "CD_PORTS": "8080:80:90",
                "REGISTRY_PASSWORD": WRONG_PASSWORD}

@@ -492,7 +492,9 @@ _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \|")
 
 
 class WatchProcess:
-    """``python -m cd_agent watch`` with its console log in a file."""
+    """``python -m cd_agent watch`` with its console log in a file (no pipe: every line is flushed to it as
+    it is logged, by the watcher and its deploy processes alike). A line logged *after* the state a test
+    waits for (``reconcile: ...``, ``[app] deployed X``) must still be waited for, not read once."""
 
     def __init__(self, environ: dict[str, str], cwd: Path) -> None:
         self.log_path = cwd / f"watch-{datetime.now(UTC):%H%M%S%f}.log"
