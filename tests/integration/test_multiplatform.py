@@ -93,6 +93,7 @@ def test_the_log_says_each_platforms_time_and_the_emulation_factor(two_platform_
     assert re.search(r"test for linux/arm64 took \d+\.\ds \(emulated: \d+\.\dx the linux/amd64 test\)", log)
     assert re.search(r"build for linux/arm64 took \d+\.\ds \(emulated: \d+\.\dx the linux/amd64 build\)", log)
     assert "tagged" in log and "as the image index sha256:" in log
+    assert log.count("builder: the classic builder (Docker SDK; CI_BUILDER=classic)") == 2  # the test and build steps
 
 
 def test_each_platforms_image_runs_as_that_platform(two_platform_release: Release, docker_client: Any):
