@@ -18,6 +18,7 @@ Every failure becomes ``StepFailed(step, ...)`` here, naming BuildKit's ``ERROR:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -31,6 +32,8 @@ from ci_agent.builder import run_host_command, split_tag
 from ci_agent.disk_budget import OWNER_LABEL
 from ci_agent.errors import Step, StepFailed
 from ci_agent.settings import BuilderSetting
+from shared.platforms import Platform, parse_platform
+from shared.platforms import platform as image_platform
 
 _VERSION = re.compile(r"^github\.com/docker/buildx\s+(?P<version>\S+)", re.MULTILINE)
 PROBE_TIMEOUT = 30.0
@@ -100,10 +103,13 @@ class BuildxCli:
             argv += ["--build-arg", f"{key}={value}"]
         argv.append(str(context_dir))
         errors: list[str] = []
+        bases: dict[str, str] = {}  # "ref@sha256:..." -> the stage BuildKit built on it
 
         def output(line: str) -> None:
             if line.startswith(("ERROR:", "ERROR ")):
-                errors.append(line.removeprefix("ERROR:").strip())
+                errors.append(_WRAPPERS.sub("", line.removeprefix("ERROR:")).strip())
+            elif match := _FROM_LINE.match(line):
+                bases.setdefault(match["ref"], match["stage"] or "")
             on_output(line)
 
         try:
@@ -121,7 +127,80 @@ class BuildxCli:
                 os.unlink(iidfile)
         if not image_id:
             raise StepFailed(step, "docker buildx build said nothing about the image it built (an empty --iidfile)")
+        if platform:
+            self._check_bases(context_dir, bases, parse_platform(platform), step, on_output)
         return image_id
+
+    def _check_bases(
+        self, context_dir: Path, bases: Mapping[str, str], wanted: Platform, step: Step,
+        on_output: Callable[[str], None],
+    ) -> None:
+        """Refuse a build on a single-platform base image of another platform.
+
+        The engine's BuildKit (v0.8 in Docker 20.10) picks the platform out of an index, and refuses an index
+        without it, but builds on a plain image manifest of another platform without a word, and labels the
+        result with the platform asked for: an "arm64" image with amd64 programs. So each base it resolved
+        (``FROM ref@sha256:...`` in its output) that is a plain image is looked at with ``docker buildx
+        imagetools inspect`` (the CLI's credentials, as the build's). Stages with their own ``FROM
+        --platform=...`` (a cross-compiling stage on ``$BUILDPLATFORM``) are meant to differ and are skipped."""
+        pinned = _pinned_stages(context_dir / "Dockerfile")
+        for reference, stage in bases.items():
+            if stage.lower() in pinned:
+                continue
+            found = self._base_platform(reference, context_dir)
+            if isinstance(found, str):
+                on_output(f"could not check the platform of the base image {reference}: {found}")
+            elif found is not None and found != wanted:
+                raise StepFailed(step, (
+                    f"the base image {reference} is a single-platform {found} image, not {wanted}: BuildKit built on "
+                    f"it all the same (use a base image that has a {wanted} image, or an index that names one)"
+                ))
+
+    def _base_platform(self, reference: str, cwd: Path) -> Platform | str | None:
+        """The platform of a plain image; None for an index (BuildKit chose from it); a str: why it is unknown."""
+        try:
+            done = subprocess.run(
+                [self.docker, "buildx", "imagetools", "inspect", "--format", "{{json .Image}}", reference],
+                capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False, cwd=cwd, stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return str(exc)
+        if done.returncode != 0:
+            return (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        try:
+            image = json.loads(done.stdout)
+        except ValueError:
+            return "docker buildx imagetools inspect answered no JSON"
+        if not isinstance(image, dict) or "architecture" not in image:
+            return None  # an index: {"linux/amd64": {...}, ...}
+        return image_platform(str(image.get("os") or ""), str(image["architecture"]), str(image.get("variant") or ""))
+
+
+# gRPC's and the frontend's wrappers around BuildKit's reason, in its ERROR line.
+_WRAPPERS = re.compile(
+    r"rpc error: code = \w+ desc = |failed to solve with frontend dockerfile\.v0: |failed to create LLB definition: "
+)
+# BuildKit's plain progress for a resolved base image: "#4 [base 1/2] FROM host/busybox:1.0@sha256:..." (no stage
+# name when the Dockerfile has one stage).
+_FROM_LINE = re.compile(r"^#\d+ \[(?:(?P<stage>\S+) )?\d+/\d+\] FROM (?P<ref>\S+@sha256:[0-9a-f]{64})\s*$")
+_DOCKERFILE_FROM = re.compile(
+    r"^\s*FROM\s+(?P<flags>(?:--\S+\s+)*)\S+(?:\s+AS\s+(?P<name>\S+))?\s*$", re.IGNORECASE | re.MULTILINE
+)
+
+
+def _pinned_stages(dockerfile: Path) -> set[str]:
+    """The stages with a ``--platform`` of their own, as BuildKit names them in its output (the ``AS`` name, else
+    ``stage-N``; "" for the only stage of a one-stage Dockerfile)."""
+    try:
+        text = dockerfile.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    stages = list(_DOCKERFILE_FROM.finditer(text))
+    pinned = set()
+    for index, match in enumerate(stages):
+        if "--platform" in match["flags"].lower():
+            pinned.add("" if len(stages) == 1 else (match["name"] or f"stage-{index}").lower())
+    return pinned
 
 
 @dataclass(frozen=True)
@@ -133,23 +212,23 @@ class Choice:
 
 
 def choose_builder(
-    setting: BuilderSetting, build_host: str | None, *, timeout: float = 1800.0,
+    setting: BuilderSetting, build_host: str | None, *, step: Step = "build", timeout: float = 1800.0,
     probe: Callable[[], str | None] = buildx_version,
 ) -> Choice:
     """``CI_BUILDER``: ``auto`` takes buildx when the local CLI has it and the engine is the local one, ``buildx``
-    insists (``StepFailed`` when it cannot be had), ``classic`` never asks."""
+    insists (``StepFailed(step, ...)`` when it cannot be had: the step about to build), ``classic`` never asks."""
     classic = "the classic builder (Docker SDK"
     if setting == "classic":
         return Choice(None, f"builder: {classic}; CI_BUILDER=classic)")
     if build_host is not None:
         if setting == "buildx":  # refused at start-up for CI_BUILD_DOCKER_HOST; a repos file's table is checked here
-            raise StepFailed("build", "CI_BUILDER=buildx builds on the local engine only, but this repository builds "
+            raise StepFailed(step, "CI_BUILDER=buildx builds on the local engine only, but this repository builds "
                              f"on {build_host} (build_docker_host): unset one of them")
         return Choice(None, f"builder: {classic}; buildx builds on the local engine only, this one is {build_host})")
     version = probe()
     if version is None:
         if setting == "buildx":
-            raise StepFailed("build", "CI_BUILDER=buildx, but `docker buildx version` does not answer: install the "
+            raise StepFailed(step, "CI_BUILDER=buildx, but `docker buildx version` does not answer: install the "
                              "docker-buildx plugin (Debian 13's docker-buildx package; scripts/buildx) or set "
                              "CI_BUILDER=auto")
         return Choice(None, f"builder: {classic}; no `docker buildx` on this machine)")

@@ -142,7 +142,7 @@ class MultiPlatform:
         platforms: Sequence[Platform],
         test_platforms: Sequence[Platform] = (),
         clock: Callable[[], float] = time.monotonic,
-        choose: Callable[[], Choice] | None = None,
+        choose: Callable[[Step], Choice] | None = None,
     ) -> None:
         self.docker = docker
         # CI_BUILDER (ci_agent/buildx.py): asked at each step, so a buildx installed later is taken up, and a
@@ -160,7 +160,7 @@ class MultiPlatform:
     ) -> None:
         """CI_TEST_COMMAND in a container of each test platform, one after the other; the first failure stops."""
         engine = self.docker.platform()
-        builder = self._builder(log)
+        builder = self._builder(log, "test")
         timings = []
         # The engine's own platform by default, built with the TARGET* arguments like every platform here.
         for platform in self.test_platforms or (engine,):
@@ -195,7 +195,7 @@ class MultiPlatform:
     ) -> None:
         """One image per platform of CI_PLATFORMS, tagged locally ``NAME:ci-staging-<platform>``."""
         engine = self.docker.platform()
-        builder = self._builder(log)
+        builder = self._builder(log, "build")
         timings = []
         for platform in self.platforms:
             emulated = not can_run(engine, platform)
@@ -217,10 +217,10 @@ class MultiPlatform:
         for line in timing_lines("build", timings, engine):
             log.info("{}", line)
 
-    def _builder(self, log: loguru.Logger) -> PlatformBuilder:
+    def _builder(self, log: loguru.Logger, step: Step) -> PlatformBuilder:
         if self.choose is None:
             return self.docker
-        choice = self.choose()
+        choice = self.choose(step)
         log.info("{}", choice.says)
         return choice.buildx if choice.buildx is not None else self.docker
 

@@ -126,7 +126,8 @@ class Pipeline:
         platforms, test_platforms = target.platforms, target.test_platforms
         self.platforms = MultiPlatform(
             docker, registry, self.image, platforms, test_platforms,
-            choose=lambda: choose_builder(target.builder, target.build_host, timeout=target.build_timeout),
+            choose=lambda step: choose_builder(
+                target.builder, target.build_host, step=step, timeout=target.build_timeout),
         ) if (platforms or test_platforms) else None
         self.guard = ReleaseGuard(
             repo_url=target.repo_url, git=git, registry=registry, store=store, workdir=self.checkout_dir,

@@ -18,7 +18,7 @@ from ci_agent.buildx import buildx_version
 from shared.platforms import parse_platform
 from shared.registry import OCI_INDEX
 from shared.runstore import Run
-from tests.support.docker_env import DockerJanitor, unique
+from tests.support.docker_env import DockerJanitor, build_context_tar, busybox_dockerfile, unique
 from tests.support.git_repos import make_git_project
 from tests.support.platform_apps import (
     FAILS_ON_ARM64,
@@ -35,7 +35,8 @@ BOTH = "linux/amd64,linux/arm64"
 
 # The release stage fails to build on arm64 only (its tests pass everywhere: no test stage is built here).
 BUILD_FAILS_ON_ARM64 = MULTI_DOCKERFILE.replace(
-    'CMD ["httpd"', 'RUN ["/bin/sh", "-c", "[ $(uname -m) != aarch64 ] || { echo no arm64 build; exit 3; }"]\nCMD ["httpd"'
+    'CMD ["httpd"',
+    'RUN ["/bin/sh", "-c", "[ $(uname -m) != aarch64 ] || { echo no arm64 build; exit 3; }"]\nCMD ["httpd"',
 )
 
 
@@ -170,5 +171,34 @@ def test_one_platform_failing_its_buildx_build_tags_nothing_and_names_buildkits_
         assert agent.registry.list_tags() == []
         [email] = agent.emails()
         assert "linux/arm64" in email.body
+    finally:
+        agent.close()
+
+
+def test_a_cross_compiling_stage_on_the_build_platform_may_use_a_single_platform_base(
+    buildx: str, tmp_path: Path, registry: RegistryServer, docker_client: Any, docker_janitor: DockerJanitor
+):
+    """``FROM --platform=$BUILDPLATFORM`` is meant to run on the build machine: the agent's check of the base
+    images BuildKit built on (a plain amd64 image under an arm64 build) leaves that stage alone."""
+    base = f"{registry.host}/{unique('base')}/busybox:1.0"
+    docker_client.images.build(fileobj=build_context_tar(busybox_dockerfile()), custom_context=True, tag=base, rm=True)
+    docker_janitor.images.add(base)
+    docker_client.images.push(base.rsplit(":", 1)[0], tag="1.0")
+    # Only in the registry: with a local copy of the build platform's, BuildKit takes that and names no digest.
+    docker_client.images.remove(base)
+    dockerfile = (
+        f"FROM --platform=$BUILDPLATFORM {base} AS tools\n"
+        'RUN ["/bin/sh", "-c", "uname -m > /machine"]\n\n'
+        + MULTI_DOCKERFILE.replace('CMD ["httpd"', 'COPY --from=tools /machine /www/built-on\nCMD ["httpd"')
+    )
+    project = make_git_project(tmp_path)
+    commit = commit_multi_sample(project, dockerfile=dockerfile)
+    agent = _agent(tmp_path, registry, docker_client, docker_janitor, project.url)
+    try:
+        run = agent.run(commit)
+        assert (run.status, run.version) == ("succeeded", "0.1.0"), agent.log(run)
+        log = agent.log(run)
+        assert f"[tools 1/2] FROM {base}@sha256:" in log  # BuildKit built the stage on the plain amd64 image
+        assert "could not check" not in log
     finally:
         agent.close()

@@ -52,10 +52,10 @@ def test_classic_never_asks():
         ("tcp://buildbox:2376", present, "builds on the local engine only"),
     ],
 )
-def test_buildx_insisted_on_fails_the_build_step_with_the_reason(host, probe, expected):
+def test_buildx_insisted_on_fails_the_step_about_to_build_with_the_reason(host, probe, expected):
     with pytest.raises(StepFailed) as info:
-        choose_builder("buildx", host, probe=probe)
-    assert info.value.step == "build" and expected in info.value.message
+        choose_builder("buildx", host, step="test", probe=probe)
+    assert info.value.step == "test" and expected in info.value.message
 
 
 def test_no_docker_program_means_no_buildx():
