@@ -3,6 +3,7 @@
 Checked, in order: the settings as ``ci-agent serve`` reads them (environment over ``.env``, and every
 table of ``CI_REPOS_FILE``); each Docker engine a repository builds on (``DOCKER_HOST`` or its
 ``CI_BUILD_DOCKER_HOST``) and its version, and the free space where it keeps its data (``DISK_MIN_FREE``);
+what builds the platforms' images (``CI_BUILDER``: is ``docker buildx`` there) when a repository names some;
 then for each repository: that its registry login may push to the image's repository (an upload session
 is started and cancelled: no tag, manifest or blob is ever pushed), that its GitHub token may report
 commit statuses (when one is set), and how the webhook is guarded; then this machine's clock against
@@ -12,7 +13,7 @@ writes state, sends mail or contacts GitHub beyond one read.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -91,6 +92,9 @@ def diagnose(environ: Mapping[str, str]) -> Report:
             label = f"disk [{host}]" if host else "disk"
             report.add(disk_finding(settings.disk_min_free, engine_free_space(gateway.data_root, host or None), label))
         gateway.close()
+    builder = builder_finding(targets)
+    if builder is not None:
+        report.add(builder)
     registries: dict[str, RepoTarget] = {}
     for target in targets:
         report.add(push_finding(target))
@@ -129,6 +133,24 @@ def _engine(host: str | None, setting: str | None) -> tuple[Finding, DockerGatew
 
     finding = docker_finding(check, version, setting or "DOCKER_HOST")
     return finding, gateway
+
+
+def builder_finding(targets: Iterable[RepoTarget], probe: Callable[[], str | None] | None = None) -> Finding | None:
+    """What builds the platforms' images (``CI_BUILDER``) where a repository names platforms and builds on the
+    local engine: ``docker buildx`` when its CLI plugin answers; None when no repository has platforms there."""
+    from ci_agent.buildx import buildx_version
+
+    local = [t for t in targets if (t.platforms or t.test_platforms) and t.build_host is None]
+    if not local or all(t.builder == "classic" for t in local):
+        return None
+    version = (probe or buildx_version)()
+    if version is not None:
+        return ok("builder", f"docker buildx {version}: the platforms' images are built with it (CI_BUILDER)")
+    if any(t.builder == "buildx" for t in local):
+        return fail("builder", "CI_BUILDER=buildx, but `docker buildx version` does not answer",
+                    "install the docker buildx plugin (Debian 13's docker-buildx package; scripts/buildx), or set "
+                    "CI_BUILDER=auto")
+    return ok("builder", "the classic builder (no `docker buildx` on this machine; CI_BUILDER=auto)")
 
 
 def push_finding(target: RepoTarget) -> Finding:

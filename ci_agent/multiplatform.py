@@ -14,6 +14,10 @@ A release of ``linux/amd64,linux/arm64`` is then::
            is PUT under X.Y.Z (and latest), and the staging tags are removed from the registry where it
            allows deletion (``RegistryClient.delete_tags``: the manifests stay, the index names them)
 
+With ``docker buildx`` (``CI_BUILDER``, ``ci_agent/buildx.py``) each platform's test and release images are
+built by ``docker buildx build --platform P --load`` instead, under the same local tags; the push and the index
+are the same. Each step's log says which builder built.
+
 Nothing is tagged ``X.Y.Z`` before every named platform built and passed its tests: a failure anywhere
 stops the run before the index exists; the staging tags are not versions, neither agent ever takes one
 for a release. Each built image's own platform is checked against the one asked for: Docker 20.10's
@@ -37,6 +41,8 @@ from shared.registry import ImageRef, IndexEntry
 
 if TYPE_CHECKING:
     import loguru
+
+    from ci_agent.buildx import Choice
 
 STAGING_PREFIX = "ci-staging-"
 TEST_PREFIX = "ci-test-"
@@ -62,10 +68,9 @@ def platform_build_args(target: Platform, build: Platform) -> dict[str, str]:
     }
 
 
-class PlatformEngine(Protocol):
-    """What this module needs of ``ci_agent.builder.DockerGateway``."""
-
-    def platform(self) -> Platform: ...
+class PlatformBuilder(Protocol):
+    """Builds one platform's image and returns its id: ``DockerGateway`` (the classic builder, through the SDK)
+    or ``ci_agent.buildx.BuildxCli`` (``docker buildx build --load``), as ``CI_BUILDER`` chose for the run."""
 
     def build(
         self, context_dir: Path, tags: Sequence[str], *, labels: Mapping[str, str] | None = None,
@@ -73,6 +78,12 @@ class PlatformEngine(Protocol):
         on_output: Callable[[str], None] = ..., step: Step = "build", platform: str | None = None,
         cache_from: Sequence[str] = (),
     ) -> str: ...
+
+
+class PlatformEngine(PlatformBuilder, Protocol):
+    """What this module needs of ``ci_agent.builder.DockerGateway``."""
+
+    def platform(self) -> Platform: ...
 
     def run_tests(
         self, image: str, command: str, *, timeout: float, on_output: Callable[[str], None] = ...,
@@ -131,8 +142,12 @@ class MultiPlatform:
         platforms: Sequence[Platform],
         test_platforms: Sequence[Platform] = (),
         clock: Callable[[], float] = time.monotonic,
+        choose: Callable[[Step], Choice] | None = None,
     ) -> None:
         self.docker = docker
+        # CI_BUILDER (ci_agent/buildx.py): asked at each step, so a buildx installed later is taken up, and a
+        # CI_BUILDER=buildx without one fails that step with the reason. None: the classic builder always.
+        self.choose = choose
         self.registry = registry
         self.image = image
         self.platforms = tuple(platforms)  # empty: the engine's own, one image, as without CI_PLATFORMS
@@ -145,6 +160,7 @@ class MultiPlatform:
     ) -> None:
         """CI_TEST_COMMAND in a container of each test platform, one after the other; the first failure stops."""
         engine = self.docker.platform()
+        builder = self._builder(log, "test")
         timings = []
         # The engine's own platform by default, built with the TARGET* arguments like every platform here.
         for platform in self.test_platforms or (engine,):
@@ -155,7 +171,7 @@ class MultiPlatform:
             log.info("building the test image for {}{}", platform, " under emulation" if emulated else "")
             began = self.clock()
             with _naming(platform, "test"):
-                image_id = self.docker.build(
+                image_id = builder.build(
                     checkout, [reference], target=target, on_output=output, step="test", platform=str(platform),
                     buildargs={**buildargs, **platform_build_args(platform, engine)}, cache_from=self._cache(platform),
                 )
@@ -179,6 +195,7 @@ class MultiPlatform:
     ) -> None:
         """One image per platform of CI_PLATFORMS, tagged locally ``NAME:ci-staging-<platform>``."""
         engine = self.docker.platform()
+        builder = self._builder(log, "build")
         timings = []
         for platform in self.platforms:
             emulated = not can_run(engine, platform)
@@ -187,7 +204,7 @@ class MultiPlatform:
             log.info("building for {}{}", platform, " under emulation" if emulated else "")
             began = self.clock()
             with _naming(platform, "build"):
-                image_id = self.docker.build(
+                image_id = builder.build(
                     checkout, [reference], labels=labels, on_output=_printer(log, f"build {platform}"),
                     platform=str(platform), buildargs={**buildargs, **platform_build_args(platform, engine)},
                     cache_from=self._cache(platform),
@@ -199,6 +216,13 @@ class MultiPlatform:
                 self.docker.remove_image(previous)
         for line in timing_lines("build", timings, engine):
             log.info("{}", line)
+
+    def _builder(self, log: loguru.Logger, step: Step) -> PlatformBuilder:
+        if self.choose is None:
+            return self.docker
+        choice = self.choose(step)
+        log.info("{}", choice.says)
+        return choice.buildx if choice.buildx is not None else self.docker
 
     def _cache(self, platform: Platform) -> list[str]:
         # The classic builder's cache ignores the platform: a FROM scratch stage built for amd64 would be

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ci_agent.builder import has_stage, run_host_command
+from ci_agent.buildx import choose_builder
 from ci_agent.disk_budget import TEST_CONTAINER_PREFIX, DiskBudget
 from ci_agent.effects import HostRunner, ImageBuilder, ReleaseRegistry, Source
 from ci_agent.errors import Step, StepFailed, TestsFailed
@@ -123,8 +124,11 @@ class Pipeline:
         # Distinguishes this agent's test containers from another agent's on the same dockerd.
         self._instance = uuid.uuid4().hex[:8]
         platforms, test_platforms = target.platforms, target.test_platforms
-        self.platforms = MultiPlatform(docker, registry, self.image, platforms, test_platforms) if (
-            platforms or test_platforms) else None
+        self.platforms = MultiPlatform(
+            docker, registry, self.image, platforms, test_platforms,
+            choose=lambda step: choose_builder(
+                target.builder, target.build_host, step=step, timeout=target.build_timeout),
+        ) if (platforms or test_platforms) else None
         self.guard = ReleaseGuard(
             repo_url=target.repo_url, git=git, registry=registry, store=store, workdir=self.checkout_dir,
             revisions=RevisionCache(target.paths.revisions_file), on_superseded=report, scope=target.name,

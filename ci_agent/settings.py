@@ -24,6 +24,7 @@ from shared.registry import parse_image_ref
 from shared.settings import SharedSettings, is_loopback_host, shown, size_setting
 
 TestRunner = Literal["docker", "host"]
+BuilderSetting = Literal["auto", "buildx", "classic"]  # CI_BUILDER: ci_agent/buildx.py
 
 _GITHUB_REPO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}")
 
@@ -203,6 +204,14 @@ class CiSettings(SharedSettings):
         description="`true`: a run that cannot reach `CI_BUILD_DOCKER_HOST` builds on the local engine instead "
         "of failing",
     )
+    # CI_BUILDER (ci_agent/buildx.py): agent-wide, as the docker CLI and its plugins are the machine's.
+    ci_builder: BuilderSetting = Field(
+        default="auto",
+        description="what builds each platform's image when `CI_PLATFORMS` or `CI_TEST_PLATFORMS` is set: `auto` "
+        "(`docker buildx` where the local docker CLI has it and the build engine is the local one, else the classic "
+        "builder), `buildx` (insist: a run without it fails at its build), `classic` (the engine's classic builder "
+        "through the Docker SDK); builds without platforms always use the classic builder",
+    )
     # CI_DISK_BUDGET (ci_agent/disk_budget.py): agent-wide, as the engine and its build cache are shared by
     # every repository (not a repos-file key).
     ci_disk_budget: int = Field(
@@ -282,6 +291,17 @@ class CiSettings(SharedSettings):
             raise ValueError("must be a Docker address: unix:///path, tcp://host:2376 or ssh://user@host")
         if value.startswith("ssh://") and importlib.util.find_spec("paramiko") is None:
             raise ValueError("ssh:// needs the paramiko package: pip install 'pi-cicd[ssh]'")
+        return value
+
+    @field_validator("ci_builder")
+    @classmethod
+    def _builder(cls, value: str, info: ValidationInfo) -> str:
+        host = info.data.get("ci_build_docker_host")
+        if value == "buildx" and host:
+            raise ValueError(
+                f"buildx builds on the local engine only (the docker CLI's), but CI_BUILD_DOCKER_HOST={host}: "
+                "use CI_BUILDER=auto or classic there (the remote engine builds with its classic builder)"
+            )
         return value
 
     @field_validator("ci_build_args")

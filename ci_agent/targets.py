@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from ci_agent.settings import CiSettings, TestRunner, url_password
+from ci_agent.settings import BuilderSetting, CiSettings, TestRunner, url_password
 from ci_agent.versioning import TagStyle
 from shared.errors import SettingsError
 from shared.platforms import Platform
@@ -117,6 +117,8 @@ class RepoTarget:
     test_platforms: tuple[Platform, ...] = ()
     build_host: str | None = None
     fallback_local: bool = False
+    # CI_BUILDER (agent-wide): what builds the platforms' images (ci_agent/buildx.py).
+    builder: BuilderSetting = "auto"
 
     def names_repository(self, full_name: str) -> bool:
         """Whether a delivery naming ``full_name`` (GitHub's ``owner/name``) is for this repository."""
@@ -237,6 +239,7 @@ def target_from_settings(settings: CiSettings, name: str, paths: RepoPaths, *, f
         test_platforms=settings.test_platforms,
         build_host=settings.ci_build_docker_host,
         fallback_local=settings.ci_build_fallback_local,
+        builder=settings.ci_builder,
     )
 
 

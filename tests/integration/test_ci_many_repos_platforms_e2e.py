@@ -81,6 +81,8 @@ def test_only_the_repository_with_platforms_releases_an_index_of_both(
         client.close()
     pi_log = agent.log_of(runs["pi"]["number"])
     assert "testing on aarch64" in pi_log, pi_log[-3000:]
+    # CI_BUILDER's default (auto) takes the docker buildx plugin .ci/run installs (scripts/buildx)
+    assert "builder: docker buildx " in pi_log, pi_log[-3000:]
 
     # web: a single image of the engine's own platform, tested on the host, no index.
     single = _manifest(registry, web.image, "0.1.0")

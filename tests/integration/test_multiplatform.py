@@ -1,5 +1,6 @@
-"""Multi-platform releases (``CI_PLATFORMS``) built with the classic builder under QEMU user emulation,
-assembled into an OCI image index in the real registry; one two-platform release shared by the module."""
+"""Multi-platform releases (``CI_PLATFORMS``) built under QEMU user emulation by the classic builder and by
+``docker buildx`` (``CI_BUILDER``; the plugin ``scripts/buildx`` installs), assembled into an OCI image index in
+the real registry; one two-platform release per builder shared by the module."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from ci_agent.builder import DockerGateway
+from ci_agent.buildx import buildx_version
 from shared.platforms import parse_platform
 from shared.registry import OCI_INDEX
 from shared.runstore import Run
@@ -25,32 +27,48 @@ from tests.support.registry_server import RegistryServer
 pytestmark = pytest.mark.docker
 
 
+BUILDERS = ["classic", "buildx"]
+
+
 @dataclass
 class Release:
     agent: PlatformAgent
     run: Run
     log: str
     commit: str
+    builder_line: str  # what the log says of the builder, at the test and at the build step
 
 
-@pytest.fixture(scope="module")
+def builder_line(builder: str) -> str:
+    if builder == "classic":
+        return "builder: the classic builder (Docker SDK; CI_BUILDER=classic)"
+    version = buildx_version()
+    if version is None:
+        pytest.fail("no `docker buildx` on this machine: run scripts/buildx (as root; .ci/run does) first")
+    return f"builder: docker buildx {version} (the engine's BuildKit, one platform per build, docker driver)"
+
+
+@pytest.fixture(scope="module", params=BUILDERS)
 def two_platform_release(
-    tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer, docker_client: Any
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer,
+    docker_client: Any,
 ) -> Iterator[Release]:
-    """One release of the sample app for linux/amd64 and linux/arm64, tested on both."""
+    """One release of the sample app for linux/amd64 and linux/arm64, tested on both, by each builder."""
+    line = builder_line(request.param)
     root = tmp_path_factory.mktemp("multiplatform")
     project = make_git_project(root)
     commit = commit_multi_sample(project)
     agent = make_platform_agent(
         root, f"{registry.host}/{unique('multi')}/app", project.url, DockerGateway(docker_client),
         ci_platforms="linux/amd64,linux/arm64", ci_test_platforms="linux/amd64,linux/arm64",
+        ci_builder=request.param,
     )
     janitor = DockerJanitor(docker_client)
     janitor.images.update(agent.local_references())
     janitor.name_prefixes.add(f"pi-cicd-ci-test-{agent.pipeline._instance}")
     try:
         run = agent.run(commit)
-        yield Release(agent, run, agent.log(run), commit)
+        yield Release(agent, run, agent.log(run), commit, line)
     finally:
         janitor.cleanup()
         agent.close()
@@ -78,6 +96,7 @@ def test_a_release_is_one_oci_index_with_an_image_per_platform(two_platform_rele
         assert config["architecture"] == entry["platform"]["architecture"]
         assert config["config"]["Labels"]["org.opencontainers.image.revision"] == release.commit
         assert config["config"]["Labels"]["org.opencontainers.image.version"] == "0.1.0"
+        assert config["config"]["Labels"]["pi-cicd.ci.image"] == release.agent.pipeline.image.name  # CI_DISK_BUDGET
     # The release guard and the next version read the labels of an index as of a single image.
     assert client.image_labels("0.1.0")["org.opencontainers.image.revision"] == release.commit
     # Only the release tags: the staging tags the engine pushed were removed once the index was tagged.
@@ -93,6 +112,7 @@ def test_the_log_says_each_platforms_time_and_the_emulation_factor(two_platform_
     assert re.search(r"test for linux/arm64 took \d+\.\ds \(emulated: \d+\.\dx the linux/amd64 test\)", log)
     assert re.search(r"build for linux/arm64 took \d+\.\ds \(emulated: \d+\.\dx the linux/amd64 build\)", log)
     assert "tagged" in log and "as the image index sha256:" in log
+    assert log.count(two_platform_release.builder_line) == 2, log  # the test and build steps each say it
 
 
 def test_each_platforms_image_runs_as_that_platform(two_platform_release: Release, docker_client: Any):
@@ -109,14 +129,16 @@ def test_each_platforms_image_runs_as_that_platform(two_platform_release: Releas
         docker_client.images.remove(reference, force=True)
 
 
+@pytest.mark.parametrize("builder", BUILDERS)
 def test_one_platform_failing_its_tests_tags_nothing(
-    tmp_path: Path, registry: RegistryServer, docker_client: Any, docker_janitor: DockerJanitor
+    builder: str, tmp_path: Path, registry: RegistryServer, docker_client: Any, docker_janitor: DockerJanitor
 ):
+    line = builder_line(builder)
     project = make_git_project(tmp_path)
     commit = commit_multi_sample(project, test_script=FAILS_ON_ARM64)
     agent = make_platform_agent(
         tmp_path, f"{registry.host}/{unique('multi')}/app", project.url, DockerGateway(docker_client),
-        ci_platforms="linux/amd64,linux/arm64", ci_test_platforms="linux/amd64,linux/arm64",
+        ci_platforms="linux/amd64,linux/arm64", ci_test_platforms="linux/amd64,linux/arm64", ci_builder=builder,
     )
     docker_janitor.images.update(agent.local_references())
     docker_janitor.name_prefixes.add(f"pi-cicd-ci-test-{agent.pipeline._instance}")
@@ -124,6 +146,7 @@ def test_one_platform_failing_its_tests_tags_nothing(
         run = agent.run(commit)
         assert (run.status, run.failed_step, run.version) == ("failed", "test", None)
         assert "exited with code 1 on linux/arm64" in (run.error or "")
+        assert line in agent.log(run)
         assert agent.registry.list_tags() == []
         [email] = agent.emails()
         assert "linux/arm64" in email.body and "wrong on arm64" in email.body

@@ -6,6 +6,7 @@ images are the test's own, pushed to the test registry as a single-platform imag
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -58,27 +59,32 @@ def _base_image(registry: RegistryServer, docker_client: Any, janitor: DockerJan
     "index with amd64 only (tests on linux/arm64: its build pulls first), or a single-platform amd64 image the "
     "build machine has already (Docker 20.10's classic builder then builds on it without a word)",
     "the run fails at the step that built for linux/arm64 (test, build) naming the platform and what is wrong "
-    "with the base image, one email, nothing in the registry (no release, no staging tag)",
+    "with the base image, one email, nothing in the registry (no release, no staging tag); with CI_BUILDER=buildx "
+    "the same (BuildKit's refusal of the index; the agent's check of the single-platform base BuildKit builds on)",
 )
 @pytest.mark.parametrize(
-    ("as_index", "test_platforms", "step", "expected"),
+    ("builder", "as_index", "test_platforms", "step", "expected"),
     [
-        (True, "linux/arm64", "test", "no matching manifest for linux/arm64 in the manifest list entries"),
-        (False, "", "build", "the build made a linux/amd64 image, not linux/arm64: the base image has no "
-                             "linux/arm64 image"),
+        ("classic", True, "linux/arm64", "test", "no matching manifest for linux/arm64 in the manifest list entries"),
+        ("classic", False, "", "build", "the build made a linux/amd64 image, not linux/arm64: the base image has no "
+                                        "linux/arm64 image"),
+        # BuildKit refuses an index without the platform itself; a plain image of another platform it builds on,
+        # labelling the result arm64: the agent looks at each base image BuildKit resolved (ci_agent/buildx.py).
+        ("buildx", True, "linux/arm64", "test", "docker buildx build failed: failed to solve: no match for platform"),
+        ("buildx", False, "", "build", "is a single-platform linux/amd64 image, not linux/arm64: BuildKit built on"),
     ],
-    ids=["index-without-arm64", "single-platform-base"],
+    ids=["index-without-arm64", "single-platform-base", "buildx-index-without-arm64", "buildx-single-platform-base"],
 )
 def test_base_image_without_the_platform(
-    as_index: bool, test_platforms: str, step: str, expected: str, tmp_path: Path, registry: RegistryServer,
-    docker_client: Any, docker_janitor: DockerJanitor,
+    builder: str, as_index: bool, test_platforms: str, step: str, expected: str, tmp_path: Path,
+    registry: RegistryServer, docker_client: Any, docker_janitor: DockerJanitor,
 ):
     base = _base_image(registry, docker_client, docker_janitor, as_index=as_index)
     project = make_git_project(tmp_path)
     commit = commit_multi_sample(project, dockerfile=ON_BASE.format(base=base))
     agent = make_platform_agent(
         tmp_path, f"{registry.host}/{unique('multi')}/app", project.url, DockerGateway(docker_client),
-        ci_platforms="linux/amd64,linux/arm64", ci_test_platforms=test_platforms,
+        ci_platforms="linux/amd64,linux/arm64", ci_test_platforms=test_platforms, ci_builder=builder,
     )
     docker_janitor.images.update(agent.local_references())
     docker_janitor.name_prefixes.add(f"pi-cicd-ci-test-{agent.pipeline._instance}")
@@ -86,9 +92,44 @@ def test_base_image_without_the_platform(
         run = agent.run(commit)
         assert (run.status, run.failed_step, run.version) == ("failed", step, None), agent.log(run)
         assert (run.error or "").startswith("linux/arm64: ")
-        assert expected in (run.error or "")
+        assert expected in (run.error or ""), run.error
         assert agent.registry.list_tags() == []
         [email] = agent.emails()
         assert f"failed at {step}" in email.subject and "linux/arm64" in email.body
+    finally:
+        agent.close()
+
+
+@pytest.mark.reliability(
+    "CI_BUILDER=buildx on a machine where `docker buildx version` does not answer (no plugin, no docker CLI)",
+    "the run fails at its first platform step (test) saying buildx is missing and how to get it, one email, "
+    "nothing built or tagged",
+)
+def test_buildx_insisted_on_without_buildx(
+    tmp_path: Path, registry: RegistryServer, docker_client: Any, docker_janitor: DockerJanitor,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    project = make_git_project(tmp_path)
+    commit = commit_multi_sample(project)
+    agent = make_platform_agent(
+        tmp_path, f"{registry.host}/{unique('multi')}/app", project.url, DockerGateway(docker_client),
+        ci_platforms="linux/amd64,linux/arm64", ci_test_platforms="linux/arm64", ci_builder="buildx",
+    )
+    docker_janitor.images.update(agent.local_references())
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    git = shutil.which("git")
+    assert git is not None
+    (empty / "git").symlink_to(git)  # git for the checkout; no docker program on this PATH
+    monkeypatch.setenv("PATH", str(empty))
+    try:
+        run = agent.run(commit)
+        assert (run.status, run.failed_step, run.version) == ("failed", "test", None), agent.log(run)
+        assert "CI_BUILDER=buildx, but `docker buildx version` does not answer" in (run.error or "")
+        assert "scripts/buildx" in (run.error or "")
+        assert agent.registry.list_tags() == []
+        assert docker_client.api.images(name=agent.pipeline.image.name) == []
+        [email] = agent.emails()
+        assert "failed at test" in email.subject
     finally:
         agent.close()

@@ -133,6 +133,8 @@ def make_platform_agent(
         "ci_repo_url": repo_url, "ci_image": image, "ci_allow_unsigned": True,
         "ci_test_command": "sh /tests/run.sh", "ci_test_timeout": 120, "ci_push_attempts": 1,
         "log_dir": root / "logs", "state_dir": root / "state",
+        # The classic builder unless a test asks for buildx: CI_BUILDER=auto would take the plugin .ci/run installs.
+        "ci_builder": "classic",
     }
     values.update(overrides)
     settings = CiSettings(**values)

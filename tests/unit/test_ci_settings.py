@@ -185,10 +185,19 @@ def test_platforms_are_parsed_once_in_order():
         ({"CI_PLATFORMS": "linux/arm64", "CI_TEST_PLATFORMS": "linux/arm/v7"}, "linux/arm/v7, which CI_PLATFORMS"),
         ({"CI_TEST_PLATFORMS": "linux/arm64", "CI_TEST_RUNNER": "host"}, "CI_TEST_RUNNER=docker"),
         ({"CI_BUILD_DOCKER_HOST": "buildbox:2375"}, "CI_BUILD_DOCKER_HOST"),
+        ({"CI_BUILDER": "kaniko"}, "CI_BUILDER"),
+        ({"CI_BUILDER": "buildx", "CI_BUILD_DOCKER_HOST": "tcp://10.0.0.5:2376"}, "buildx builds on the local engine"),
     ],
 )
 def test_bad_platform_and_build_host_settings_are_named(overrides: dict[str, str], expected: str):
     assert expected in rejected(**overrides)
+
+
+def test_ci_builder_defaults_to_auto_and_reaches_the_target():
+    assert load().ci_builder == "auto" and env_target(load()).builder == "auto"
+    assert env_target(load(CI_BUILDER="classic")).builder == "classic"
+    # auto with a remote engine is allowed: that engine builds with its classic builder
+    assert load(CI_BUILDER="auto", CI_BUILD_DOCKER_HOST="tcp://10.0.0.5:2376").ci_builder == "auto"
 
 
 def test_build_docker_host_takes_docker_addresses():
