@@ -15,6 +15,7 @@ measures a whole round trip); the peers' ``webhook`` + ouroboros row is not meas
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import tempfile
@@ -33,13 +34,15 @@ POLL = 30.0
 PROBE_TIMEOUT = 0.2
 
 
-def measure(label: str, root: Path, releases: int, *, hint: bool) -> list[float]:
+def measure(label: str, root: Path, releases: int, *, hint: bool, code: Path | None = None) -> list[float]:
     client = docker.from_env(version="auto")
     janitor = DockerJanitor(client)
     port = free_port()
     notify = notifications_yaml(f"http://127.0.0.1:{port}/hooks/registry/{HOOK_TOKEN}") if hint else ""
     registry = start_registry(root / "registry", notify)
     extra = {"CD_DASHBOARD_PORT": str(port)}
+    if code is not None:
+        extra["PYTHONPATH"] = str(code.resolve())  # the agents run that checkout's cd_agent
     if hint:
         extra["CD_HOOK_TOKEN"] = HOOK_TOKEN
     side = None
@@ -58,7 +61,8 @@ def measure(label: str, root: Path, releases: int, *, hint: bool) -> list[float]
                     raise RuntimeError(f"{label}: {version} not served in time")
                 time.sleep(0.02)
             times.append(time.time() - pushed)
-            print(f"  {label:10} {version}: served {times[-1]:5.2f} s after the push", flush=True)
+            print(f"  {label:10} {version}: served {times[-1]:5.2f} s after the push (load {os.getloadavg()[0]:.1f})",
+                  flush=True)
     finally:
         if side is not None:
             side.stop()
@@ -70,14 +74,21 @@ def measure(label: str, root: Path, releases: int, *, hint: bool) -> list[float]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--releases", type=int, default=3)
+    parser.add_argument("--only", choices=("hint", "poll"), help="measure one side only (while tuning the hint)")
+    parser.add_argument("--code", type=Path, help="run the agents from this checkout (`git archive` of another "
+                        "branch) instead of the installed one, to compare two versions on the same machine")
     args = parser.parse_args()
     results = {}
+    sides = [(label, hint) for label, hint in (("hint", True), ("poll 30 s", False))
+             if args.only is None or (args.only == "hint") == hint]
     with tempfile.TemporaryDirectory(prefix="hint-latency-") as scratch:
-        for label, hint in (("hint", True), ("poll 30 s", False)):
-            results[label] = measure(label, Path(scratch) / label.replace(" ", "-"), args.releases, hint=hint)
-    print("push → served (s)   median   max")
+        for label, hint in sides:
+            results[label] = measure(label, Path(scratch) / label.replace(" ", "-"), args.releases, hint=hint,
+                                     code=args.code)
+    print("push → served (s)   median    min    max")
     for label, times in results.items():
-        print(f"  {label:16} {statistics.median(times):7.2f} {max(times):6.2f}   ({len(times)} releases)")
+        print(f"  {label:16} {statistics.median(times):7.2f} {min(times):6.2f} {max(times):6.2f}   "
+              f"({len(times)} releases)")
     return 0
 
 
