@@ -27,6 +27,7 @@ from loguru import logger
 
 from cd_agent.apps import AppTarget, Targets
 from cd_agent.child_deploys import ChildDeploys, ChildError
+from cd_agent.early_pull import EarlyPull, engine_socket
 from cd_agent.hints import EarlyPolls, HintCounts
 from cd_agent.metrics import CdMetrics
 from cd_agent.state import DeployState
@@ -144,7 +145,8 @@ class _AppThread:
         self._after = after  # the thread this one replaces (a changed app): it finishes first
         self._flush_interval = targets.settings.cd_state_flush_interval
         children = ChildDeploys(
-            targets.settings_of(target), target, siblings=targets.siblings(target), python=watch.python
+            targets.settings_of(target), target, siblings=targets.siblings(target), python=watch.python,
+            early_pull=watch.early_pull,
         )
         self._deploys = _SlottedDeploys(children, watch.slots)
         # Its waits between polls: a registry's push notification ends one early (cd_agent/hints.py), and
@@ -217,6 +219,8 @@ class AppsWatch:
     def __init__(self, targets: Targets, *, load: Callable[[], Targets], python: str) -> None:
         self.targets = targets
         self.python = python
+        socket = engine_socket()
+        self.early_pull = EarlyPull(socket) if socket is not None else None
         self.slots = threading.BoundedSemaphore(targets.settings.cd_max_parallel_deploys)
         self._load = load
         self._apps: dict[str, _AppThread] = {}

@@ -39,6 +39,7 @@ from shared.errors import PiCicdError, RateLimited, RegistryUnavailable
 
 if TYPE_CHECKING:
     from cd_agent.apps import AppPaths, AppTarget
+    from cd_agent.early_pull import EarlyPull
 
 CHILD_MODULE = "cd_agent.deploy_child"
 NO_JOB = 75  # cd_agent.deploy_child.NO_JOB: the child got no request and did nothing (not imported here:
@@ -74,9 +75,10 @@ class ChildDeploys:
 
     def __init__(
         self, settings: CdAgentSettings, target: AppTarget, *, siblings: Sequence[AppPaths] = (),
-        python: str = sys.executable,
+        python: str = sys.executable, early_pull: EarlyPull | None = None,
     ) -> None:
         self._settings = settings
+        self._early_pull = early_pull
         self.target = target
         self._siblings = tuple(siblings)
         self._python = python
@@ -120,6 +122,8 @@ class ChildDeploys:
     def roll_out(self, version: str, digest: str, deployed: str | None) -> RolloutOutcome:
         """``cd_agent.watcher.Rollout.roll_out`` in a child. Registry outages are raised as
         ``RegistryUnavailable`` (the poll is retried), other errors as ``ChildError``."""
+        if self._early_pull is not None:
+            self._early_pull.start(self.target, version)  # while the child starts (cd_agent/early_pull.py)
         try:
             result = self._run({"job": "roll_out", "version": version, "digest": digest, "deployed": deployed})
         except _ChildDied as died:

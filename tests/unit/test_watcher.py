@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cd_agent.apps import AppTarget, single_target
 from cd_agent import deploy_child
+from cd_agent.apps import AppTarget, single_target
 from cd_agent.child_deploys import NO_JOB, ChildDeploy, ChildDeploys, ChildError
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState, Release
