@@ -83,6 +83,16 @@ def page(index: int, way: str) -> str:
     return f"<p>release {index} via {way}</p>\n"
 
 
+def first_release(project: GitProject, slug: str) -> dict[str, Any]:
+    """A commit of its own for each way's first release: built from one shared commit, the legacy builder's
+    cache gives the three ways the same image ID, and one way's removal of its image (by ID) takes the
+    others' tags with it."""
+    message = f"fix: the first release via {slug}"
+    sha = project.commit({"www/index.html": page(0, slug)}, message)
+    project.push()
+    return push_payload(project, sha, message)
+
+
 @dataclass
 class Way:
     """One way from a delivery to a served release: who receives the delivery, who deploys, where it serves."""
@@ -155,7 +165,7 @@ def start_pi_cicd(label: str, slug: str, root: Path, project: GitProject, regist
         way = Way(label, slug, (1, 3) if hook_port else (0, POLL), f"http://127.0.0.1:{port}/",
                   _post(f"{agent.url}/webhook", 202), stop)
         # The first release (not counted): built by the CI agent, deployed by the watcher as it starts.
-        raw, headers = ci.signed(push_payload(project, project.head(), "feat: the app"))
+        raw, headers = ci.signed(first_release(project, slug))
         answer = httpx.post(f"{agent.url}/webhook", content=raw, headers=headers, timeout=30)
         if answer.status_code != 202:
             raise RuntimeError(f"{label}: ci-agent answered {answer.status_code}: {answer.text[:300]}")
@@ -164,7 +174,7 @@ def start_pi_cicd(label: str, slug: str, root: Path, project: GitProject, regist
             raise RuntimeError(f"{label}: the first run ended {run['status']}: {agent.log_of(run['number'])[-2000:]}")
         watch = AgentProcess("cd_agent", ["watch"], _cd_environ(image, container, port, cd_root, **extra),
                              cd_root).start()
-        watch.wait_until(lambda: _serves(way.url, page(0, "start")), timeout=120, what=f"{label} serving")
+        watch.wait_until(lambda: _serves(way.url, page(0, slug)), timeout=120, what=f"{label} serving")
         return way
     except BaseException:
         stop()
@@ -188,7 +198,7 @@ def start_peer(root: Path, project: GitProject, registry: RegistryServer, janito
     try:
         # The first release (not counted), the way ``run_theirs`` waits for the script's end.
         delivery = str(uuid.uuid4())
-        raw, headers = ci.signed(push_payload(project, project.head(), "feat: the app"), delivery)
+        raw, headers = ci.signed(first_release(project, "shell"), delivery)
         _post(hook.url, 200)(raw, headers)
         done = directory / f"done-{delivery}"
         hook.daemon.wait_for(lambda: done.exists() and done.read_text().strip(), timeout=ROUND_TIMEOUT,
@@ -207,7 +217,7 @@ def start_peer(root: Path, project: GitProject, registry: RegistryServer, janito
             cwd=root / "ouroboros",
         )
         url = f"http://127.0.0.1:{port}/"
-        daemon.wait_for(lambda: _serves(url, page(0, "start")) and "Version" in daemon.output(), timeout=60,
+        daemon.wait_for(lambda: _serves(url, page(0, "shell")) and "Version" in daemon.output(), timeout=60,
                         what="ouroboros started over a serving app")
         return Way("webhook + shell + ouroboros", "shell", (0, POLL), url, _post(hook.url, 200), stop)
     except BaseException:
