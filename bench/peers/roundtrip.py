@@ -50,6 +50,7 @@ ROUND_TIMEOUT = 240.0
 
 DOCKERFILE = """\
 FROM scratch AS base
+LABEL bench.peers.run={run}
 COPY busybox /bin/busybox
 RUN ["/bin/busybox", "--install", "-s", "/bin"]
 COPY app/ /app/
@@ -70,9 +71,12 @@ grep -q release /www/index.html
 def make_project(root: Path) -> GitProject:
     """The app every way releases: a trap-stopping ``httpd`` with a ``test`` stage, its first commit pushed."""
     project = make_git_project(root)
+    # The label makes this run's build cache its own: the first steps are those of every test's busybox
+    # app, and a test's cleanup elsewhere on a shared engine removed a cached step mid-build ("unable to
+    # find image sha256:...").
     project.commit(
-        {"Dockerfile": DOCKERFILE, "busybox": BUSYBOX.read_bytes(), "app/start.sh": TRAP_START,
-         "www/index.html": page(0, "start"), "tests/run.sh": TEST_SCRIPT},
+        {"Dockerfile": DOCKERFILE.format(run=unique("run")), "busybox": BUSYBOX.read_bytes(),
+         "app/start.sh": TRAP_START, "www/index.html": page(0, "start"), "tests/run.sh": TEST_SCRIPT},
         "feat: the app", executable=("busybox", "app/start.sh", "tests/run.sh"),
     )
     project.push()
