@@ -106,11 +106,14 @@ class Way:
     pause: tuple[float, float]
     url: str
     send: Any
-    """``send(raw, headers)``: delivers a signed push, raising when it is not accepted."""
+    """``send(raw, headers)``: delivers a signed push, raising when it is not accepted; returns its run's key."""
+    ci_finished: Any
+    """``ci_finished(key)``: when that delivery's pipeline ended (epoch seconds)."""
     stop: Any
 
-    def round(self, project: GitProject, index: int) -> float:
-        """Commit and push a change, deliver it, return the seconds until its page is served."""
+    def round(self, project: GitProject, index: int) -> tuple[float, float]:
+        """Commit and push a change, deliver it; the seconds until its page is served, and of them those
+        after its pipeline ended (the CD side's share)."""
         time.sleep(random.uniform(*self.pause))
         body = page(index, self.slug)
         message = f"fix: release {index} via {self.slug}"
@@ -118,20 +121,24 @@ class Way:
         project.push()
         raw, headers = ci.signed(push_payload(project, sha, message))
         began = time.time()
-        self.send(raw, headers)
+        key = self.send(raw, headers)
         deadline = time.monotonic() + ROUND_TIMEOUT
         while not _serves(self.url, body, timeout=PROBE_TIMEOUT):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.label}: release {index} not served {ROUND_TIMEOUT:g} s after the delivery")
             time.sleep(PROBE_INTERVAL)
-        return time.time() - began
+        served = time.time()
+        return served - began, served - self.ci_finished(key)
 
 
 def _post(url: str, accepted: int) -> Any:
-    def send(raw: bytes, headers: dict[str, str]) -> None:
+    """Posts a delivery; returns the run number ci-agent answers, or the delivery id (the shell's key)."""
+
+    def send(raw: bytes, headers: dict[str, str]) -> object:
         response = httpx.post(url, content=raw, headers=headers, timeout=30)
         if response.status_code != accepted:
             raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:300]}")
+        return response.json()["run"] if accepted == 202 else headers["X-GitHub-Delivery"]
 
     return send
 
@@ -166,8 +173,12 @@ def start_pi_cicd(label: str, slug: str, root: Path, project: GitProject, regist
         agent.process.stop()
 
     try:
+        def finished(run: int) -> float:
+            done = agent.wait_finished(run, timeout=ROUND_TIMEOUT)
+            return ci.iso_seconds(str(done["finished_at"]))
+
         way = Way(label, slug, (1, 3) if hook_port else (0, POLL), f"http://127.0.0.1:{port}/",
-                  _post(f"{agent.url}/webhook", 202), stop)
+                  _post(f"{agent.url}/webhook", 202), finished, stop)
         # The first release (not counted): built by the CI agent, deployed by the watcher as it starts.
         raw, headers = ci.signed(first_release(project, slug))
         answer = httpx.post(f"{agent.url}/webhook", content=raw, headers=headers, timeout=30)
@@ -223,7 +234,13 @@ def start_peer(root: Path, project: GitProject, registry: RegistryServer, janito
         url = f"http://127.0.0.1:{port}/"
         daemon.wait_for(lambda: _serves(url, page(0, "shell")) and "Version" in daemon.output(), timeout=60,
                         what="ouroboros started over a serving app")
-        return Way("webhook + shell + ouroboros", "shell", (0, POLL), url, _post(hook.url, 200), stop)
+        def finished(delivery: str) -> float:
+            done = directory / f"done-{delivery}"
+            hook.daemon.wait_for(lambda: done.exists() and done.read_text().strip(), timeout=ROUND_TIMEOUT,
+                                 what="the shell pipeline to finish")
+            return float(done.read_text())
+
+        return Way("webhook + shell + ouroboros", "shell", (0, POLL), url, _post(hook.url, 200), finished, stop)
     except BaseException:
         stop()
         raise
@@ -239,7 +256,11 @@ def measure(client: Any, janitor: DockerJanitor, root: Path, webhook: str, ourob
     ways: list[Way] = []
     hint = Row("push → served: a signed delivery to the first answer of the new version (CI run + deploy), "
                "pi-cicd with the registry's notification", "s", "webhook + shell + ouroboros 30 s")
+    hint_cd = Row("of which after the pipeline's end (served − CI run finished), with the notification", "s",
+                  "ouroboros 30 s")
     poll = Row("the same, pi-cicd polling every 30 s (no hook)", "s", "webhook + shell + ouroboros 30 s")
+    poll_cd = Row("of which after the pipeline's end, polling every 30 s", "s", "ouroboros 30 s")
+    rows = [hint, hint_cd, poll, poll_cd]
     try:
         say("round trip: starting pi-cicd (hint), pi-cicd (poll 30 s), webhook + shell + ouroboros")
         ways.append(start_pi_cicd("pi-cicd hint", "hint", root / "hint", project, registry, janitor,
@@ -249,26 +270,30 @@ def measure(client: Any, janitor: DockerJanitor, root: Path, webhook: str, ourob
         ways.append(start_peer(root / "peer", project, registry, janitor, client, webhook, ouroboros))
         for index in range(1, rounds + 1):
             for way in ways if index % 2 else ways[::-1]:
-                hint.mark_load()
-                poll.mark_load()
-                seconds = way.round(project, index)
-                say(f"round trip {index}: {way.label} served {seconds:.2f} s after the delivery")
+                for row in rows:
+                    row.mark_load()
+                seconds, after_ci = way.round(project, index)
+                say(f"round trip {index}: {way.label} served {seconds:.2f} s after the delivery, "
+                    f"{after_ci:.2f} s after its pipeline ended")
                 if way.slug == "hint":
                     hint.ours.append(seconds)
+                    hint_cd.ours.append(after_ci)
                 elif way.slug == "poll":
                     poll.ours.append(seconds)
+                    poll_cd.ours.append(after_ci)
                 else:
-                    hint.theirs.append(seconds)
-                    poll.theirs.append(seconds)
-        hint.mark_load()
-        poll.mark_load()
+                    for total, tail in ((hint, hint_cd), (poll, poll_cd)):
+                        total.theirs.append(seconds)
+                        tail.theirs.append(after_ci)
+        for row in rows:
+            row.mark_load()
     finally:
         for way in ways:
             way.stop()
         janitor.cleanup()
         remove_registry_images(client, registry.host)
         registry.stop()
-    return [hint, poll]
+    return rows
 
 
 def _mkdir(path: Path) -> Path:
