@@ -68,6 +68,15 @@ grep -q release /www/index.html
 """
 
 
+OLD_PUSH = 'docker push -q "$image:latest" > /dev/null\n'
+assert OLD_PUSH in ci.PIPELINE_SCRIPT
+# ouroboros recreates a container from its new image's first tag (``0.1.N`` when the build tagged both),
+# and from then on follows that tag, never ``latest``: the script keeps only ``latest`` on the engine.
+PIPELINE_SCRIPT = ci.PIPELINE_SCRIPT.replace(
+    OLD_PUSH, OLD_PUSH + 'docker rmi "$image:0.1.$count" > /dev/null\n'
+)
+
+
 def make_project(root: Path) -> GitProject:
     """The app every way releases: a trap-stopping ``httpd`` with a ``test`` stage, its first commit pushed."""
     project = make_git_project(root)
@@ -224,7 +233,10 @@ def start_peer(root: Path, project: GitProject, registry: RegistryServer, janito
     of ``latest``), and ouroboros watching that container every 30 s."""
     image = f"{registry.host}/{unique('roundtrip-sh')}/app"
     directory = root / "webhook"
-    hook = ci.pipeline_webhook(webhook, directory, project, image)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "image").write_text(image)
+    (directory / "repo").write_text(project.url)
+    hook = ci.Webhook.start(webhook, directory, "pipeline", PIPELINE_SCRIPT)
     daemon: Daemon | None = None
 
     def stop() -> None:
