@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -507,3 +509,10 @@ def test_a_prepared_deploy_process_that_gave_up_waiting_is_replaced(tmp_path):
 
 def test_the_watcher_and_the_deploy_process_agree_on_the_no_job_exit_code():
     assert NO_JOB == deploy_child.NO_JOB
+
+
+def test_a_deploy_process_whose_request_never_comes_exits_having_done_nothing(tmp_path):
+    """A spare the watcher let go (its stdin closed) ends with NO_JOB, without a word on stdout."""
+    done = subprocess.run([sys.executable, "-m", "cd_agent.deploy_child"], input=b"", capture_output=True,
+                          cwd=tmp_path, timeout=120, check=False)
+    assert (done.returncode, done.stdout) == (NO_JOB, b""), done.stderr[-2000:]
