@@ -30,6 +30,7 @@ from typing import Any
 import docker
 
 from bench.peers.cd import Side, _serves, start_ours
+from bench.peers.procs import remove_registry_images
 from tests.support.docker_env import DockerJanitor
 from tests.support.ports import free_port
 from tests.support.registry_hints import HOOK_TOKEN, notifications_yaml
@@ -111,6 +112,8 @@ def main() -> int:
                 measured.side.stop()
                 measured.registry.stop()
             janitor.cleanup()
+            for measured in sides:  # the releases the agents deployed (their containers are gone)
+                remove_registry_images(client, measured.registry.host)
     print("push → served (s)   median    min    max")
     for measured in sides:
         times = measured.times
