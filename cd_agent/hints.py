@@ -144,7 +144,7 @@ class EarlyPolls:
         self._changed = threading.Condition()
         self._pending = False
         self._follow_up: float | None = None  # when the next follow-up is due (None: no follow-up)
-        self._left: list[float] = []  # the gaps of the follow-ups still to come after the next one
+        self._left: list[float] = []  # the gaps of the follow-ups not yet planned
         self._named: set[str] = set()  # tags named by the hints since the last early poll's series began
         self._awaited: set[str] = set()  # of those, the ones the polls have not seen ready yet
         self._woken = False
