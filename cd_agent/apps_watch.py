@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 
 import httpx
@@ -27,6 +27,7 @@ from loguru import logger
 
 from cd_agent.apps import AppTarget, Targets
 from cd_agent.child_deploys import ChildDeploys, ChildError
+from cd_agent.early_pull import EarlyPull, engine_socket
 from cd_agent.hints import EarlyPolls, HintCounts
 from cd_agent.metrics import CdMetrics
 from cd_agent.state import DeployState
@@ -53,10 +54,12 @@ class _SharedTransport(httpx.BaseTransport):
 
 
 class _CountedTags:
-    """An app's registry client whose tags lists (one a poll) and failures are counted for /metrics."""
+    """An app's registry client whose tags lists (one a poll) and failures are counted for /metrics, and
+    whose answers tell the app's gate (``early``) whether the tags a hint named are there yet."""
 
-    def __init__(self, registry: RegistryClient, app: str, metrics: CdMetrics) -> None:
+    def __init__(self, registry: RegistryClient, app: str, metrics: CdMetrics, early: EarlyPolls) -> None:
         self._registry = registry
+        self._early = early
         self._polls = metrics.polls.labels(app)
         self._errors = metrics.poll_errors.labels(app)
 
@@ -67,11 +70,16 @@ class _CountedTags:
     def list_tags(self) -> list[str]:
         self._polls.inc()
         with self._errors.count_exceptions():
-            return self._registry.list_tags()
+            tags = self._registry.list_tags()
+        self._early.listed(tags)
+        return tags
 
     def manifest_digest(self, tag: str) -> str | None:
         with self._errors.count_exceptions():
-            return self._registry.manifest_digest(tag)
+            digest = self._registry.manifest_digest(tag)
+        if digest is None:
+            self._early.no_manifest(tag)
+        return digest
 
 
 class _CountedDeploys:
@@ -133,15 +141,17 @@ class _AppThread:
         self.target = target
         self._reconcile_first = reconcile_first
         self.stop = threading.Event()
-        # Its waits between polls: a registry's push notification ends one early (cd_agent/hints.py).
-        self.early = EarlyPolls(targets.settings.cd_hook_min_interval)
         self._watch = watch
         self._after = after  # the thread this one replaces (a changed app): it finishes first
         self._flush_interval = targets.settings.cd_state_flush_interval
-        self._deploys = _SlottedDeploys(
-            ChildDeploys(targets.settings_of(target), target, siblings=targets.siblings(target), python=watch.python),
-            watch.slots,
+        children = ChildDeploys(
+            targets.settings_of(target), target, siblings=targets.siblings(target), python=watch.python,
+            early_pull=watch.early_pull,
         )
+        self._deploys = _SlottedDeploys(children, watch.slots)
+        # Its waits between polls: a registry's push notification ends one early (cd_agent/hints.py), and
+        # the deploy process a release found then would need is started as that poll begins.
+        self.early = EarlyPolls(targets.settings.cd_hook_min_interval, on_early=children.prepare)
         self._thread = threading.Thread(target=self._run, name=f"watch-{target.name}", daemon=True)
 
     def start(self) -> None:
@@ -194,7 +204,7 @@ class _AppThread:
                 ))
                 metrics = self._watch.metrics
                 Watcher(
-                    self.target, _CountedTags(registry, self.target.name, metrics), None, state,
+                    self.target, _CountedTags(registry, self.target.name, metrics, self.early), None, state,
                     rollout=_CountedDeploys(self._deploys, self.target.name, metrics), sleep=self.early.wait,
                 ).run_forever(self.stop)
         except PiCicdError as exc:
@@ -209,6 +219,8 @@ class AppsWatch:
     def __init__(self, targets: Targets, *, load: Callable[[], Targets], python: str) -> None:
         self.targets = targets
         self.python = python
+        socket = engine_socket()
+        self.early_pull = EarlyPull(socket) if socket is not None else None
         self.slots = threading.BoundedSemaphore(targets.settings.cd_max_parallel_deploys)
         self._load = load
         self._apps: dict[str, _AppThread] = {}
@@ -225,13 +237,13 @@ class AppsWatch:
                 self._transports[key] = TlsOnDemand()
             return _SharedTransport(self._transports[key])
 
-    def hint(self, repositories: Iterable[str]) -> list[str]:
-        """A registry says ``repositories`` were pushed to: each app watching one polls early. Its names."""
-        wanted = set(repositories)
+    def hint(self, pushes: Mapping[str, frozenset[str]]) -> list[str]:
+        """A registry says ``pushes`` (repository: tags) happened: each app watching one of those repositories
+        polls early. Their names."""
         with self._lock:
-            apps = [app for app in self._apps.values() if app.target.image.repository in wanted]
+            apps = [app for app in self._apps.values() if app.target.image.repository in pushes]
         for app in apps:
-            app.early.hint()
+            app.early.hint(pushes[app.target.image.repository])
         return sorted(app.target.name for app in apps)
 
     def hint_counts(self) -> dict[str, HintCounts]:

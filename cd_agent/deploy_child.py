@@ -7,6 +7,10 @@ agent-wide settings (validated by the watcher; nothing is read again here), its 
 line on stdout: ``{"done": ...}``, ``{"deploy": {"outcome", "error"} | null, "unrunnable": ...}`` or
 ``{"error": {"type", "message", "exit_code", "stage", "retry_after"}}``. Everything else the child says
 goes to stderr, the watcher's console log.
+
+A child may be started before its request is known (``ChildDeploys.prepare``, on a push notification):
+it does its imports, the bulk of its start, then waits for the request. One that gets none within
+``SPARE_WAIT`` seconds, or an empty stdin, exits with ``NO_JOB`` having done nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import ctypes
 import json
 import os
 import pickle
+import select
 import signal
 import sys
 from collections.abc import Callable
@@ -39,6 +44,9 @@ from shared.errors import PiCicdError, RegistryUnavailable
 from shared.logs import configure_logging
 
 _PR_SET_PDEATHSIG = 1
+# A spare child (started on a hint, see the module docstring) waits this long for its request.
+SPARE_WAIT = 15.0
+NO_JOB = 75  # the exit code of a child that got no request and did nothing (EX_TEMPFAIL)
 
 
 def _reconcile(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
@@ -65,8 +73,15 @@ def main() -> int:
     _finish_on_signals()
     answer_stream = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    request = pickle.load(sys.stdin.buffer)  # noqa: S301 - written by our parent, the watcher
-    if not _dies_with(int(request["parent"])):
+    _die_with_parent()
+    ready, _, _ = select.select([sys.stdin], [], [], SPARE_WAIT)
+    if not ready:
+        return NO_JOB
+    try:
+        request = pickle.load(sys.stdin.buffer)  # noqa: S301 - written by our parent, the watcher
+    except EOFError:
+        return NO_JOB  # a spare the watcher let go (or an empty stdin)
+    if os.getppid() != int(request["parent"]):
         return 1
     settings: CdAgentSettings = request["settings"]
     target: AppTarget = request["target"]
@@ -107,14 +122,13 @@ def _answer(stream: TextIO, answer: dict[str, Any]) -> None:
     stream.flush()
 
 
-def _dies_with(parent: int) -> bool:
-    """SIGKILL this process when the watcher dies, as the deploy died with the agent when it ran inside it;
-    False when the watcher is already gone."""
+def _die_with_parent() -> None:
+    """SIGKILL this process when the watcher dies, as the deploy died with the agent when it ran inside it
+    (the caller then checks that the watcher is still its parent: it may have died before this call)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass  # not Linux: the deploy outlives a killed watcher and holds the lock until it ends
-    return os.getppid() == parent
 
 
 def _finish_on_signals() -> None:

@@ -29,7 +29,7 @@ import hmac
 import json
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
@@ -38,7 +38,7 @@ from loguru import logger
 from pydantic import SecretStr
 
 from cd_agent.errors import CdError
-from cd_agent.hints import NotAHint, repositories_named
+from cd_agent.hints import NotAHint, pushes_named
 from shared.access_tokens import token_matches
 from shared.host_check import allows_host, own_names
 from shared.settings import is_loopback_host
@@ -55,9 +55,10 @@ class ListenerError(CdError):
 
 
 class Hints(Protocol):
-    """Who polls early: ``cd_agent.apps_watch.AppsWatch``. Returns the names of the apps hinted."""
+    """Who polls early: ``cd_agent.apps_watch.AppsWatch``. ``pushes``: each repository named, with the
+    tags named for it. Returns the names of the apps hinted."""
 
-    def hint(self, repositories: Iterable[str]) -> list[str]: ...
+    def hint(self, pushes: Mapping[str, frozenset[str]]) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -194,12 +195,12 @@ class Listener:
                 413, f"413 Payload Too Large: a hook body is at most {MAX_HOOK_BODY} bytes, with a Content-Length"
             )
         try:
-            repositories = repositories_named(data)
+            pushes = pushes_named(data)
         except NotAHint as exc:
             return Answer.json(400, {"error": str(exc)})
-        polled = self._hints.hint(repositories)
+        polled = self._hints.hint(pushes)
         if not polled:
-            named = ", ".join(sorted(repositories)) or "no pushed tag"
+            named = ", ".join(sorted(pushes)) or "no pushed tag"
             return Answer.json(202, {"ignored": f"no app watches {named}"})
         return Answer.json(202, {"polling": polled})
 

@@ -2,7 +2,7 @@
 
     python -m bench.peers                 # everything, ~10 minutes on a busy 2-core machine
     python -m bench.peers --rounds 5      # more upgrades and pipeline runs per row
-    python -m bench.peers --only ci       # idle, ci or cd (repeatable)
+    python -m bench.peers --only ci       # idle, ci, cd or roundtrip (repeatable)
 
 The peers are installed where users get them: ouroboros-cli 1.4.2 from PyPI into
 ``.bench-peers/ouroboros-venv`` (with the one pin it needs to start, see ``install.py``), and
@@ -31,7 +31,7 @@ from typing import Any
 
 import docker
 
-from bench.peers import ci, install
+from bench.peers import ci, install, roundtrip
 from bench.peers.cd import Side, cleanup, measure_upgrades, start_ouroboros, start_ours
 from bench.peers.idle import Idle, idle_rows, measure_idle
 from bench.peers.procs import remove_registry_images, remove_repository_images
@@ -42,7 +42,7 @@ from tests.support.proxy_world import proxy_image
 from tests.support.registry_server import RegistryServer, start_registry
 
 REPO = Path(__file__).resolve().parents[2]
-PARTS = ("idle", "ci", "cd")
+PARTS = ("idle", "ci", "cd", "roundtrip")
 OUROBOROS_POLL = 30
 """ouroboros raises any shorter ``--interval`` to 30 s."""
 
@@ -197,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                 "idle": lambda: idle_part(client, janitor, registry, root / "idle", ouroboros, webhook, args),
                 "ci": lambda: ci_part(client, registry, root / "ci", webhook, args),
                 "cd": lambda: cd_part(client, janitor, registry, root / "cd", ouroboros, args),
+                # its own registry: one that notifies the CD agent of every push (bench/peers/roundtrip.py)
+                "roundtrip": lambda: roundtrip.measure(client, janitor, root / "roundtrip", webhook, ouroboros,
+                                                       args.rounds, say),
             }
             for part in parts:
                 try:

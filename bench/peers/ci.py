@@ -152,7 +152,7 @@ def pipeline_webhook(binary: str, directory: Path, project: GitProject, image: s
     return Webhook.start(binary, directory, "pipeline", PIPELINE_SCRIPT)
 
 
-def _iso_seconds(value: str) -> float:
+def iso_seconds(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
 
 
@@ -188,7 +188,7 @@ def run_ours(agent: CiAgentProcess, project: GitProject, index: int) -> Pipeline
     run = agent.wait_finished(response.json()["run"], timeout=180)
     if run["status"] != "succeeded":
         raise RuntimeError(f"the pi-cicd run ended {run['status']}: {agent.log_of(run['number'])[-2000:]}")
-    return PipelineRun(_iso_seconds(run["finished_at"]) - began, agent_steps(agent.log_of(run["number"])))
+    return PipelineRun(iso_seconds(run["finished_at"]) - began, agent_steps(agent.log_of(run["number"])))
 
 
 def run_theirs(hook: Webhook, directory: Path, project: GitProject, index: int) -> PipelineRun:

@@ -76,9 +76,12 @@ def remove_repository_images(client: Any, *repositories: str) -> None:
 
 
 def remove_registry_images(client: Any, host: str) -> None:
-    """Every local image tagged for the registry at ``host`` (``127.0.0.1:PORT``, a port this run chose)."""
-    for image in client.images.list():
-        for tag in image.tags:
+    """Every local image tagged for the registry at ``host`` (``127.0.0.1:PORT``, a port this run chose).
+
+    From the engine's list itself (``client.api.images``): the SDK's ``images.list`` inspects each image
+    in turn and fails when one is removed meanwhile, as happens on an engine shared with test runs."""
+    for image in client.api.images():
+        for tag in image.get("RepoTags") or ():
             if tag.startswith(f"{host}/"):
                 try:
                     client.images.remove(tag, force=True)

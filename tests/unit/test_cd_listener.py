@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -28,12 +28,11 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "registry-hooks" / 
 class RecordedHints:
     def __init__(self, watched: dict[str, str]) -> None:
         self.watched = watched  # repository -> app
-        self.hinted: list[set[str]] = []
+        self.hinted: list[dict[str, set[str]]] = []  # each hint: repository -> the tags named
 
-    def hint(self, repositories: Iterable[str]) -> list[str]:
-        names = set(repositories)
-        self.hinted.append(names)
-        return sorted(app for repo, app in self.watched.items() if repo in names)
+    def hint(self, pushes: Mapping[str, frozenset[str]]) -> list[str]:
+        self.hinted.append({repository: set(tags) for repository, tags in pushes.items()})
+        return sorted(app for repo, app in self.watched.items() if repo in pushes)
 
 
 def page(request: Request) -> Answer | None:
@@ -92,7 +91,7 @@ def test_the_hook_route_exists_only_with_its_token() -> None:
     assert hints.hinted == []
     answer = ask(target, f"/hooks/registry/{HOOK}", method="POST", body=body.encode(), host="hooks.example.org")
     assert (answer.status, json.loads(answer.body)) == (202, {"polling": ["app"]})
-    assert hints.hinted == [{"owner/app"}]
+    assert hints.hinted == [{"owner/app": {"1.0.0"}}]  # the tag only tells the app's gate whether to look again
 
 
 def test_the_hook_takes_docker_hubs_payload_and_ignores_unknown_repositories() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cd_agent.hints import EarlyPolls, NotAHint, repositories_named
+from cd_agent.hints import FOLLOW_UPS, EarlyPolls, NotAHint, pushes_named
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "registry-hooks"
 
@@ -26,12 +26,12 @@ def push(repository: str, tag: str | None = "1.2.3", action: str = "push") -> di
 
 
 def test_docker_hubs_documented_payload_names_its_repository() -> None:
-    assert repositories_named((FIXTURES / "docker-hub-push.json").read_bytes()) == {"svendowideit/testhook"}
+    assert pushes_named((FIXTURES / "docker-hub-push.json").read_bytes()) == {"svendowideit/testhook": {"latest"}}
 
 
 def test_a_docker_hub_single_name_is_a_library_repository() -> None:
     body = json.dumps({"push_data": {"tag": "1"}, "repository": {"repo_name": "nginx"}}).encode()
-    assert repositories_named(body) == {"library/nginx"}
+    assert pushes_named(body) == {"library/nginx": {"1"}}
 
 
 @pytest.mark.parametrize(
@@ -52,7 +52,16 @@ def test_a_docker_hub_single_name_is_a_library_repository() -> None:
     ],
 )
 def test_envelopes_name_the_repositories_a_tag_was_pushed_to(body: bytes, expected: set[str]) -> None:
-    assert repositories_named(body) == expected
+    assert set(pushes_named(body)) == expected
+
+
+def test_the_tags_named_are_kept_per_repository_and_only_when_they_are_tag_names() -> None:
+    body = envelope(push("owner/app", tag="1.2.3"), push("owner/app", tag="latest"), push("other/x", tag="-x"),
+                    push("other/y", tag="a" * 129), push("other/z", tag="1.0+build"))
+    assert pushes_named(body) == {"owner/app": {"1.2.3", "latest"}, "other/x": set(), "other/y": set(),
+                                  "other/z": set()}
+    hub = json.dumps({"push_data": {"tag": 5}, "repository": {"repo_name": "owner/app"}}).encode()
+    assert pushes_named(hub) == {"owner/app": set()}
 
 
 @pytest.mark.parametrize(
@@ -69,7 +78,7 @@ def test_envelopes_name_the_repositories_a_tag_was_pushed_to(body: bytes, expect
 )
 def test_other_bodies_are_refused_with_the_reason(body: bytes, message: str) -> None:
     with pytest.raises(NotAHint, match=message):
-        repositories_named(body)
+        pushes_named(body)
 
 
 class Clock:
@@ -180,3 +189,106 @@ def test_a_follow_up_answers_the_hints_that_came_during_the_early_poll() -> None
     gate.wake()
     thread.join(5)
     assert gate.counts().early_polls == 1
+
+
+def test_quick_follow_ups_come_while_the_named_tag_is_not_listed() -> None:
+    """The registry notifies before the tag is readable: look again 0.1 s later, then 0.2 s, ... until it is."""
+    clock = Clock()
+    gate = EarlyPolls(5.0, clock=clock)
+    gate.hint(["1.2.3"])
+    gate.wait(60)  # the early poll
+    gate.listed(["1.2.2"])  # it missed the tag
+    thread, done = waiting(gate)
+    assert not done.wait(0.05), "the follow-up came before its time"
+    clock.now += FOLLOW_UPS[0]
+    assert done.wait(5), "no quick follow-up"
+    thread.join()
+    gate.listed(["1.2.2", "1.2.3"])  # the follow-up saw it: no more
+    clock.now += FOLLOW_UPS[1]
+    waiter, ended = waiting(gate)
+    assert not ended.wait(0.3), "a follow-up after the tag was seen"
+    gate.wake()
+    waiter.join(5)
+    assert gate.counts().early_polls == 1
+
+
+def test_follow_ups_for_a_tag_that_never_comes_end_after_the_last_gap() -> None:
+    clock = Clock()
+    gaps = (0.01, 0.02, 0.04)
+    gate = EarlyPolls(60.0, clock=clock, follow_ups=gaps)
+    gate.hint(["9.9.9"])  # named, never pushed (the body is not believed)
+    gate.wait(3600)
+    follow_ups = 0
+    while True:
+        gate.listed([])
+        thread, done = waiting(gate)
+        clock.now += 1.0  # more than any gap
+        if not done.wait(0.5):
+            gate.wake()
+            thread.join(5)
+            break
+        thread.join()
+        follow_ups += 1
+    assert follow_ups == len(gaps)
+    assert gate.counts().early_polls == 1
+
+
+def test_a_tag_listed_without_its_manifest_is_looked_for_again() -> None:
+    clock = Clock()
+    gate = EarlyPolls(5.0, clock=clock)
+    gate.hint(["1.2.3"])
+    gate.wait(60)
+    gate.listed(["1.2.3"])
+    gate.no_manifest("1.2.3")  # listed, but its manifest is not readable yet
+    thread, done = waiting(gate)
+    clock.now += FOLLOW_UPS[0]
+    assert done.wait(5), "no follow-up for a tag without its manifest"
+    thread.join()
+
+
+def test_a_tag_seen_by_the_early_poll_needs_no_follow_up() -> None:
+    clock = Clock()
+    gate = EarlyPolls(5.0, clock=clock, settle=1.0)
+    gate.hint(["1.2.3"])
+    gate.wait(60)
+    gate.listed(["1.2.3"])
+    clock.now += 1.0
+    thread, done = waiting(gate)
+    assert not done.wait(0.3), "a follow-up although the tag was there"
+    gate.wake()
+    thread.join(5)
+
+
+def test_tags_named_while_the_gate_is_closed_go_to_the_poll_it_opens_for() -> None:
+    clock = Clock()
+    gate = EarlyPolls(5.0, clock=clock)
+    gate.hint(["1.0.0"])
+    gate.wait(60)
+    gate.listed(["1.0.0"])
+    gate.hint(["1.1.0"])  # during the deploy of 1.0.0: pending until 1005
+    thread, done = waiting(gate)
+    clock.now += 5.0
+    gate.hint()
+    assert done.wait(5)
+    thread.join()  # the second early poll
+    gate.listed(["1.0.0"])  # 1.1.0 not there yet
+    waiter, ended = waiting(gate)
+    clock.now += FOLLOW_UPS[0]
+    assert ended.wait(5), "the tag named while the gate was closed got no follow-up"
+    waiter.join()
+    assert gate.counts().early_polls == 2
+
+
+def test_an_early_poll_calls_on_early_in_the_waiting_thread_and_a_follow_up_does_not() -> None:
+    clock = Clock()
+    called: list[str] = []
+    gate = EarlyPolls(5.0, clock=clock, on_early=lambda: called.append(threading.current_thread().name))
+    gate.hint(["1.2.3"])
+    gate.wait(60)  # the early poll
+    assert called == [threading.current_thread().name]
+    gate.listed([])
+    thread, done = waiting(gate)
+    clock.now += FOLLOW_UPS[0]
+    assert done.wait(5)
+    thread.join()
+    assert len(called) == 1

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from cd_agent import deploy_child
 from cd_agent.apps import AppTarget, single_target
-from cd_agent.child_deploys import ChildDeploy, ChildDeploys, ChildError
+from cd_agent.child_deploys import NO_JOB, ChildDeploy, ChildDeploys, ChildError
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState, Release
 from cd_agent.watcher import JITTER, MAX_WAIT, RolloutOutcome, Watcher, poll_delay
@@ -464,3 +467,52 @@ def test_a_deploy_process_that_says_nothing_is_a_failed_deploy(tmp_path):
 
     assert outcome.deploy is not None and outcome.deploy.outcome == "failed"
     assert outcome.deploy.error == "the deploy process exited with code 4 without an outcome"
+
+
+def test_a_prepared_deploy_process_takes_the_next_request(tmp_path):
+    """``prepare`` (on a hint) starts the child before a release is found; the deploy then goes to it."""
+    starts = tmp_path / "starts"
+    answer = '{"deploy": {"outcome": "deployed", "error": null}, "unrunnable": null}'
+    script = tmp_path / "child.sh"
+    script.write_text(f"#!/bin/sh\necho $$ >> {starts}\ncat > {tmp_path / 'request'}\necho '{answer}'\n")
+    script.chmod(0o700)
+    deploys = ChildDeploys(*app(), python=str(script))
+
+    deploys.prepare()
+    deploys.prepare()  # one is waiting already: no second
+    wait_for(lambda: starts.exists() and starts.read_text(), timeout=10, what="the prepared child's start")
+    outcome = deploys.roll_out("1.1.0", digest_of("1.1.0"), "1.0.0")
+
+    assert outcome == RolloutOutcome(ChildDeploy("deployed", None), None)
+    assert len(starts.read_text().split()) == 1  # the prepared child did it
+    assert pickle.loads((tmp_path / "request").read_bytes())["version"] == "1.1.0"  # noqa: S301
+
+
+def test_a_prepared_deploy_process_that_gave_up_waiting_is_replaced(tmp_path):
+    """A spare exits with NO_JOB when no request comes; the request then goes to a new child."""
+    starts = tmp_path / "starts"
+    answer = '{"done": "nothing to reconcile"}'
+    script = tmp_path / "child.sh"
+    script.write_text(
+        f"#!/bin/sh\necho $$ >> {starts}\n"
+        f"if [ $(wc -l < {starts}) -eq 1 ]; then exit {NO_JOB}; fi\n"  # the spare: gives up at once
+        f"cat > /dev/null\necho '{answer}'\n"
+    )
+    script.chmod(0o700)
+    deploys = ChildDeploys(*app(), python=str(script))
+
+    deploys.prepare()
+    wait_for(lambda: starts.exists() and starts.read_text(), timeout=10, what="the prepared child's start")
+    assert deploys.reconcile() == "nothing to reconcile"
+    assert len(starts.read_text().split()) == 2
+
+
+def test_the_watcher_and_the_deploy_process_agree_on_the_no_job_exit_code():
+    assert NO_JOB == deploy_child.NO_JOB
+
+
+def test_a_deploy_process_whose_request_never_comes_exits_having_done_nothing(tmp_path):
+    """A spare the watcher let go (its stdin closed) ends with NO_JOB, without a word on stdout."""
+    done = subprocess.run([sys.executable, "-m", "cd_agent.deploy_child"], input=b"", capture_output=True,
+                          cwd=tmp_path, timeout=120, check=False)
+    assert (done.returncode, done.stdout) == (NO_JOB, b""), done.stderr[-2000:]
