@@ -52,7 +52,9 @@ class EarlyPull:
 
     def start(self, target: AppTarget, version: str) -> threading.Thread | None:
         """Pull ``target``'s image at ``version`` in the background; None when it does not apply (Swarm)."""
-        if target.strategy == "swarm":
+        from cd_agent.strategies import STRATEGIES
+
+        if not STRATEGIES[target.strategy].pulls_locally:
             return None
         thread = threading.Thread(
             target=self._pull, args=(target, version), name=f"early-pull-{target.name}", daemon=True

@@ -92,6 +92,9 @@ class StrategyRow:
     adapters: Callable[[AppTarget, Engine], Adapters] = _no_adapters
     runs_as: Callable[[AppTarget], str] = _a_container
     proxy: bool = False
+    # The watcher pulls a found release on the local engine while the deploy process starts (cd_agent.early_pull):
+    # no use where the release runs on the swarm's nodes, which pull it themselves.
+    pulls_locally: bool = True
     doctor: Callable[[AppTarget, DockerGateway | None, bool], Finding] | None = None
 
 
@@ -262,6 +265,7 @@ STRATEGIES: dict[str, StrategyRow] = {
     "swarm": StrategyRow(
         build=_build_swarm, recovery=_recover_swarm, check=_check_swarm, status=_swarm_status,
         adapters=_swarm_adapters, runs_as=lambda target: f"swarm service {target.service}", doctor=_doctor_swarm,
+        pulls_locally=False,
     ),
     # The compose files themselves are checked by CdSettings (CD_COMPOSE_FILE runs `compose config`).
     "compose": StrategyRow(
