@@ -7,10 +7,11 @@ import stat
 import pytest
 
 from tests.support.cd_apps import cd_agent, status_json, version_of
+from tests.support.compose_cli import both_compose_versions
 from tests.support.compose_stack import DB_HEALTH_URL, Stack
 from tests.support.polling import wait_for
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, both_compose_versions]
 
 
 def test_a_release_is_pinned_and_deployed_and_a_broken_one_rolled_back_with_the_db_untouched(
