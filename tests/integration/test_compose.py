@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -11,9 +13,10 @@ from tests.support.compose_cli import both_compose_versions
 from tests.support.compose_stack import DB_HEALTH_URL, Stack
 from tests.support.polling import wait_for
 
-pytestmark = [pytest.mark.docker, both_compose_versions]
+pytestmark = pytest.mark.docker
 
 
+@both_compose_versions
 def test_a_release_is_pinned_and_deployed_and_a_broken_one_rolled_back_with_the_db_untouched(
     compose_stack: Stack,
 ) -> None:
@@ -63,3 +66,31 @@ def test_a_release_is_pinned_and_deployed_and_a_broken_one_rolled_back_with_the_
     assert "fatal: cannot open /etc/app.conf" in broken.stderr or any(
         "fatal: cannot open /etc/app.conf" in path.read_text() for path in (world.root / "logs").glob("*.log")
     )
+
+
+def _spies(folder: Path) -> tuple[dict[str, str], Path]:
+    """``docker`` and ``docker-compose`` first on PATH, each noting its arguments in ``calls`` and failing."""
+    folder.mkdir()
+    calls = folder / "calls"
+    for name in ("docker", "docker-compose"):
+        spy = folder / name
+        spy.write_text(f'#!/bin/sh\necho "{name} $*" >>{calls}\nexit 1\n')
+        spy.chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}, calls
+
+
+def test_status_never_runs_compose_and_a_deploy_checks_the_project_first(compose_stack: Stack) -> None:
+    # `compose config` costs a second or more on a Pi: `status` (and the dashboard) must not pay it.
+    world = compose_stack.world
+    compose_stack.write("1.0.0")
+    path, calls = _spies(world.root / "spies")
+
+    status = cd_agent("status", "--json", environ=world.environ(**path), cwd=world.root)
+
+    assert status.returncode == 0, status.stderr
+    assert not calls.exists(), calls.read_text()
+    # A command that deploys does check the project (the spies show they are on PATH): compose is refused here.
+    deploy = cd_agent("deploy", "1.0.0", environ=world.environ(**path), cwd=world.root)
+    assert deploy.returncode == 2, (deploy.stdout, deploy.stderr)
+    assert "CD_COMPOSE_FILE" in deploy.stderr and "compose" in calls.read_text(), deploy.stderr
+    assert compose_stack.containers("web") == [] and compose_stack.containers("db") == []
