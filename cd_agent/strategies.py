@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from cd_agent.errors import CdError, DeployError
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from cd_agent.engine import Engine
     from cd_agent.health import HealthChecker
     from cd_agent.report import DeployReport
+    from cd_agent.state import Release
     from cd_agent.strategy import DeployContext
     from cd_agent.swarm_services import SwarmServices
     from shared.doctor import Finding
@@ -49,6 +50,14 @@ class Strategy(Protocol):
     """How a release replaces the running one; returns what happened."""
 
     def deploy(self, log: loguru.Logger, version: str, digest: str | None, run: int) -> DeployReport: ...
+
+
+@runtime_checkable
+class KnowsWhatRuns(Protocol):
+    """A strategy that can tell that a release already runs where the deployer's own look (the container
+    ``CD_CONTAINER_NAME`` with the release's label) cannot: compose's containers are compose's."""
+
+    def already_runs(self, release: Release) -> bool: ...
 
 
 class Reconciles(Protocol):

@@ -47,6 +47,18 @@ def test_a_release_is_pinned_and_deployed_and_a_broken_one_rolled_back_with_the_
     again = compose_stack.compose("up", "-d", files=(pin,))
     assert again.returncode == 0, again.stderr
     assert [c["Id"] for c in compose_stack.containers("web")] == [web["Id"]]
+    # The same release again is a no-op: the pin names it and the service runs it (nothing recreated)...
+    same = cd_agent("deploy", "1.1.0", environ=world.environ(), cwd=world.root)
+    assert same.returncode == 0 and "1.1.0 is already deployed and running" in same.stdout, same
+    assert [(c["Id"], c["State"]["StartedAt"]) for c in compose_stack.containers("web")] == [
+        (web["Id"], web["State"]["StartedAt"])]
+    # ...but not once the user's own `up` without the pin put the file's 1.0.0 back: then it is deployed again.
+    assert compose_stack.compose("up", "-d", "web").returncode == 0
+    wait_for(lambda: world.served() == "1.0.0", timeout=60, what="the user's up serving the file's 1.0.0")
+    redeployed = cd_agent("deploy", "1.1.0", environ=world.environ(), cwd=world.root)
+    assert redeployed.returncode == 0 and "already" not in redeployed.stdout, redeployed
+    assert world.served() == "1.1.0"
+    (web,) = compose_stack.containers("web")
 
     broken = cd_agent("deploy", "1.2.0", environ=world.environ(), cwd=world.root)
     assert broken.returncode == 1, broken.stdout
