@@ -18,7 +18,7 @@ pytestmark = pytest.mark.docker
 
 @both_compose_versions
 def test_a_release_is_pinned_and_deployed_and_a_broken_one_rolled_back_with_the_db_untouched(
-    compose_stack: Stack,
+    compose_stack: Stack, compose_cli: str,
 ) -> None:
     world = compose_stack.world
     for version in ("1.0.0", "1.1.0"):
@@ -35,6 +35,8 @@ def test_a_release_is_pinned_and_deployed_and_a_broken_one_rolled_back_with_the_
     assert world.served() == "1.1.0"
     (web,) = compose_stack.containers("web")
     assert web["State"]["Health"]["Status"] == "healthy"  # its HEALTHCHECK reached http://db:8080/
+    separator = "-" if compose_cli == "v2" else "_"  # which compose made it: v2 names it p-web-1, 1.29 p_web_1
+    assert web["Name"] == f"/{compose_stack.project}{separator}web{separator}1", web["Name"]
     assert compose_stack.db_identity() == db_before
     listed = compose_stack.compose("ps", "-q", "web")  # compose still counts it as its own
     assert listed.returncode == 0 and listed.stdout.split() == [web["Id"]], listed

@@ -11,9 +11,9 @@ import pytest
 
 from cd_agent.apps import AppTarget, single_target
 from cd_agent.container_spec import (
-    LABEL_NETWORKS,
     LABEL_DIGEST,
     LABEL_MANAGED,
+    LABEL_NETWORKS,
     LABEL_RUN,
     LABEL_VERSION,
     ContainerSpec,
