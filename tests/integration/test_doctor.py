@@ -557,21 +557,3 @@ def test_doctor_logs_in_to_the_mail_server_without_sending(
 
     result = run("doctor", environ=base, cwd=tmp_path)
     assert lines(result)["email"] == "ok email is off (SMTP_HOST is not set)"
-
-
-def test_cd_doctor_checks_a_compose_project_as_watch_does(tmp_path: Path, release: str) -> None:
-    # The settings only check that the files exist; `compose config` runs in doctor (and watch/deploy), not in status.
-    compose_file = tmp_path / "compose.yml"
-    compose_file.write_text(f'version: "3.8"\nservices:\n  web:\n    image: {release}:1.0.0\n  worker:\n    build: .\n')
-    environ = cd_environ(tmp_path, release, CD_STRATEGY="compose", CD_COMPOSE_FILE=str(compose_file),
-                         CD_COMPOSE_SERVICE="web", CD_COMPOSE_PROJECT=unique("doctor"))
-    result = cd_agent("doctor", environ=environ, cwd=tmp_path)
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert lines(result)["compose"].startswith("ok CD_COMPOSE_FILE: compose accepts the files; service web"), result
-
-    result = cd_agent("doctor", environ={**environ, "CD_COMPOSE_SERVICE": "worker"}, cwd=tmp_path)
-    assert result.returncode == 1, result.stdout + result.stderr
-    found = lines(result)
-    assert found["compose"].startswith("FAIL CD_COMPOSE_FILE: service 'worker' has no image:"), found
-    assert found["settings"].startswith("ok "), found
