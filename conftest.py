@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.support.stacks",
     "tests.support.build_hosts",
     "tests.support.many_apps",
+    "tests.support.compose_cli",
     "tests.support.compose_stack",
     "tests.support.registry_hints",
 ]

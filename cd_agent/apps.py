@@ -259,6 +259,29 @@ def load_targets(environ: Mapping[str, str]) -> Targets:
     return Targets(agent, read_apps(agent, path, environ), path)
 
 
+def check_at_start(targets: Targets) -> Targets:
+    """Each app's strategy's ``start_check`` (``compose config``), for a command about to deploy: one
+    ``SettingsError`` (exit 2) naming the app's setting, as a bad setting is; ``targets`` when all pass."""
+    from cd_agent.strategies import STRATEGIES
+
+    for app in targets.apps:
+        start_check = STRATEGIES[app.strategy].start_check
+        if start_check is None:
+            continue
+        try:
+            start_check.run(app)
+        except ValueError as exc:
+            raise SettingsError(f"invalid settings: {setting_name(targets, app, start_check.field)}: {exc}") from None
+    return targets
+
+
+def setting_name(targets: Targets, app: AppTarget, field: str) -> str:
+    """How the user wrote ``field`` of ``app``: ``CD_COMPOSE_FILE``, or ``[apps.web] compose_file``."""
+    if targets.apps_file is None:
+        return field.upper()
+    return field_namer(SECTION, app.name, "cd_", APP_KEYS)(field)
+
+
 def read_apps(agent: CdAgentSettings, path: Path, environ: Mapping[str, str]) -> tuple[AppTarget, ...]:
     """The apps of ``path`` validated over the agent-wide settings in ``environ``."""
     tables = read_targets_file(path, setting=APPS_FILE, section=SECTION, keys=APP_KEYS, secret_keys=SECRET_KEYS)

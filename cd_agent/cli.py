@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from cd_agent.apps import FIELD_KEYS, AppTarget, Targets, load_targets
+from cd_agent.apps import FIELD_KEYS, AppTarget, Targets, check_at_start, load_targets
 from cd_agent.errors import DeployError
 from cd_agent.settings import CdSettings
 from cd_agent.state import DeployState
@@ -113,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor(args.env_file, as_json=args.json)
     try:
         targets = load_targets(read_environment(args.env_file))
+        if args.command in DEPLOYING:
+            check_at_start(targets)  # compose config: only where compose will run, never for `status`
         configure_logging("cd", targets.secret_values(), level=targets.settings.log_level)
         return COMMANDS[args.command](targets, args)
     except PiCicdError as exc:
@@ -139,7 +141,9 @@ def watch(targets: Targets, args: argparse.Namespace) -> int:
     from cd_agent.status_pages import StatusPages
 
     stop, wake, reload_requested = threading.Event(), threading.Event(), threading.Event()
-    watch = AppsWatch(targets, load=lambda: load_targets(read_environment(args.env_file)), python=sys.executable)
+    watch = AppsWatch(
+        targets, load=lambda: check_at_start(load_targets(read_environment(args.env_file))), python=sys.executable
+    )
     settings = targets.settings  # the listener's settings are the agent's: a reload does not move it
     listener = Listener(
         ListenerConfig(
@@ -233,6 +237,8 @@ def format_last_deploy(last: dict[str, Any] | None, now: datetime, *, width: int
 COMMANDS: dict[str, Callable[[Targets, argparse.Namespace], int]] = {
     "watch": watch, "deploy": deploy, "rollback": rollback, "status": status,
 }
+# The commands that may run a strategy's tools (compose), so check them at start-up (StrategyRow.start_check).
+DEPLOYING = frozenset({"watch", "deploy", "rollback"})
 
 
 def _finish(report: DeployReport, action: str, as_json: bool) -> int:

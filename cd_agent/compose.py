@@ -103,6 +103,20 @@ class ComposeDeploy(StrategyBase):
         self._project = project_of(context.target)
         self._name = self._project.service
 
+    def already_runs(self, release: Release) -> bool:
+        """The pin names ``release`` (its digest too, when known) and every container of the service runs it:
+        deploying it again would only recreate them (``KnowsWhatRuns``)."""
+        pin = self._project.pinned_image()
+        if pin is None or version_of(pin) != release.version:
+            return False
+        if release.digest is not None and digest_of(pin) != release.digest:
+            return False
+        try:
+            containers = service_containers(self._engine, self._project)
+        except CdError:
+            return False  # the deploy itself says what is wrong with the engine
+        return bool(containers) and all(c.running and c.image == pin for c in containers)
+
     def deploy(self, log: loguru.Logger, version: str, digest: str | None, run: int) -> DeployReport:
         repository = self._target.image.name
         current = release_version(self._state.current)

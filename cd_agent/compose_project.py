@@ -231,18 +231,17 @@ def check_service(project: ComposeProject, repository: str, runner: ComposeRunne
         )
 
 
-def check_settings(
-    files_text: str, service: str, project: str | None, image: str, runner: ComposeRunner | None = None
+def check_target(
+    files: tuple[Path, ...], service: str, project: str, image: str, runner: ComposeRunner | None = None
 ) -> None:
-    """``CD_COMPOSE_FILE`` with the service, project and ``CD_IMAGE`` it goes with, checked at start-up (ValueError)."""
-    files = split_files(files_text)
+    """An app's compose files with the service, project and ``CD_IMAGE`` they go with, checked before a command
+    runs compose (ValueError); compose itself missing is one of the errors."""
     if runner is None:
         try:
             runner = SubprocessCompose.detect()
         except ComposeError as exc:
             raise ValueError(str(exc)) from None
-    unpinned = ComposeProject(files, service, project or default_project(files[0]), Path("/nonexistent"))
-    check_service(unpinned, image, runner)
+    check_service(ComposeProject(files, service, project, Path("/nonexistent")), image, runner)
 
 
 def _repository(image: str) -> str:

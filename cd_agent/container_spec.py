@@ -8,7 +8,10 @@ user set up there and our settings cannot express (``carried``)::
 
     networks ........... every network it was on (NetworkMode's first), its aliases and static
                          addresses there; CD_NETWORKS adds networks, and its aliases win for the
-                         networks it names; host/none/container:ID network modes
+                         networks it names; host/none/container:ID network modes. A network it
+                         was on only because CD_NETWORKS named it (its io.pi-cicd.networks label)
+                         and that CD_NETWORKS no longer names is left behind; one attached by hand
+                         is carried
     labels ............. its labels less ours (io.pi-cicd.*) and less its image's (compose's
                          com.docker.compose.* stay, so `docker compose ps` still lists the app)
     cmd, entrypoint,
@@ -47,6 +50,9 @@ LABEL_MANAGED = "io.pi-cicd.managed"
 LABEL_VERSION = "io.pi-cicd.version"
 LABEL_DIGEST = "io.pi-cicd.digest"
 LABEL_RUN = "io.pi-cicd.run"
+LABEL_NETWORKS = "io.pi-cicd.networks"
+"""The networks the container is on only because ``CD_NETWORKS`` named them (comma-separated): the next
+release leaves those CD_NETWORKS no longer names, and carries the ones the user attached by hand."""
 OUR_LABELS = "io.pi-cicd."
 """The prefix of every label the agent sets; an old container's labels under it are never carried."""
 
@@ -123,7 +129,9 @@ def build_spec(
     if run is not None:
         labels[LABEL_RUN] = str(run)
     ports = target.ports
-    networks = _join(carried.networks, target.networks)
+    networks, joined = _join(carried.networks, target.networks, _joined_by_setting(old))
+    if joined:
+        labels[LABEL_NETWORKS] = ",".join(joined)
     if carried.network_mode is not None:
         mode = _mode_text(carried.network_mode)
         if ports:
@@ -199,16 +207,33 @@ def _carried(old: ContainerInfo, image: ImageInfo | None) -> _Carried:
     return _Carried(labels, tuple(networks), None, process, old.host_options)
 
 
-def _join(carried: tuple[NetworkAttachment, ...], configured: tuple[NetworkJoin, ...]) -> tuple[NetworkAttachment, ...]:
+def _joined_by_setting(old: ContainerInfo | None) -> frozenset[str]:
+    """The networks the old container joined because CD_NETWORKS named them (its ``LABEL_NETWORKS``)."""
+    text = old.labels.get(LABEL_NETWORKS, "") if old is not None else ""
+    return frozenset(name for name in text.split(",") if name)
+
+
+def _join(
+    carried: tuple[NetworkAttachment, ...], configured: tuple[NetworkJoin, ...], by_setting: frozenset[str]
+) -> tuple[tuple[NetworkAttachment, ...], tuple[str, ...]]:
     """The old container's networks plus CD_NETWORKS'; for a network in both, CD_NETWORKS' aliases win
-    (the static address stays: CD_NETWORKS cannot give one)."""
-    networks = {attachment.network: attachment for attachment in carried}
+    (the static address stays: CD_NETWORKS cannot give one). A network the old container was on only
+    because CD_NETWORKS named it (``by_setting``) goes when CD_NETWORKS no longer names it: otherwise a
+    network dropped from the setting would stay attached forever, like one the user attached by hand.
+    Also returns the networks the new container is on only because of CD_NETWORKS (its label)."""
+    wanted = {join.name for join in configured}
+    by_hand = {attachment.network for attachment in carried if attachment.network not in by_setting}
+    networks = {
+        attachment.network: attachment for attachment in carried
+        if attachment.network in by_hand or attachment.network in wanted
+    }
     for join in configured:
         known = networks.get(join.name)
         networks[join.name] = (
             replace(known, aliases=join.aliases) if known else NetworkAttachment(join.name, join.aliases)
         )
-    return tuple(networks.values())
+    joined = tuple(join.name for join in configured if join.name not in by_hand)
+    return tuple(networks.values()), joined
 
 
 def beside(spec: ContainerSpec, *, name: str, network: str, alias: str) -> ContainerSpec:

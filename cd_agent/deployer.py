@@ -27,8 +27,8 @@ from cd_agent.engine import Engine
 from cd_agent.errors import CdError, DeployError, NothingToDeploy
 from cd_agent.health import HealthChecker, probe_url
 from cd_agent.report import Action, DeployReport, render_email
-from cd_agent.state import DeployState, Phase
-from cd_agent.strategies import STRATEGIES, Parts, Strategy
+from cd_agent.state import DeployState, Phase, Release
+from cd_agent.strategies import STRATEGIES, KnowsWhatRuns, Parts, Strategy
 from cd_agent.strategy import DeployContext, release_version
 from cd_agent.swarm_services import SwarmServices
 from shared.disk import DiskFloor
@@ -110,14 +110,18 @@ class Deployer:
                     "deploy it with --force to try again"
                 )
             current = self.state.current
-            if not force and current is not None and current.version == version:
-                running = self.docker.container(self.target.container_name)
-                if running is not None and running.running and running.labels.get(LABEL_VERSION) == version:
-                    logger.info("{} is already deployed and running; nothing to do", version)
-                    return DeployReport("noop", version, release_version(self.state.previous))
+            if not force and current is not None and current.version == version and self._already_runs(current):
+                logger.info("{} is already deployed and running; nothing to do", version)
+                return DeployReport("noop", version, release_version(self.state.previous))
             if force and quarantine is not None:
                 self.state.release_quarantine(version)
             return self._run(version, digest, action="deploy")
+
+    def _already_runs(self, current: Release) -> bool:
+        if isinstance(self._strategy, KnowsWhatRuns):
+            return self._strategy.already_runs(current)
+        running = self.docker.container(self.target.container_name)
+        return running is not None and running.running and running.labels.get(LABEL_VERSION) == current.version
 
     def rollback(self) -> DeployReport:
         """Deploy ``state.previous`` again; the version rolled back from is quarantined (so the watcher

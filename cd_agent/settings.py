@@ -452,8 +452,8 @@ class CdSettings(CdAgentSettings):
         description="`swarm`: what Swarm does when an updated task fails in a created service: `rollback`, "
         "`pause` or `continue`",
     )
-    # CD_STRATEGY=compose (cd_agent/compose.py): the service of the user's project. The files come last:
-    # their check (compose config) reads the service and the project validated before them.
+    # CD_STRATEGY=compose (cd_agent/compose.py): the service of the user's project. The files are checked
+    # here to exist; `compose config` runs only where compose is run (StrategyRow.start_check).
     cd_compose_service: str | None = Field(
         default=None,
         description="`compose`: the service that is the app (it needs an `image:` of `CD_IMAGE`)",
@@ -469,7 +469,8 @@ class CdSettings(CdAgentSettings):
         default=None,
         validate_default=True,
         description="`compose`: the project's compose file(s), comma-separated, merged in that order as "
-        "`-f a.yml -f b.yml`; checked with `compose config` at start-up",
+        "`-f a.yml -f b.yml`; checked with `compose config` when `watch`, `deploy`, `rollback` or `doctor` "
+        "starts (not by `status`)",
         json_schema_extra=shown("required with `compose`", value="comma-separated list of paths"),
     )
 
@@ -527,12 +528,9 @@ class CdSettings(CdAgentSettings):
             return value
         if value is None:
             raise PydanticCustomError("missing", "required with CD_STRATEGY=compose")
-        from cd_agent.compose_project import check_settings  # runs `compose config`: the compose strategy only
+        from cd_agent.compose_project import split_files
 
-        if "cd_image" in info.data and "cd_container_name" in info.data and "cd_compose_service" in info.data \
-                and "cd_compose_project" in info.data:
-            check_settings(value, info.data["cd_compose_service"] or info.data["cd_container_name"],
-                           info.data["cd_compose_project"], info.data["cd_image"])
+        split_files(value)
         return value
 
     @field_validator("cd_replicas", "cd_update_parallelism")

@@ -8,6 +8,10 @@ blue-green proxy and the Swarm modules need it), which only a deploy process doe
 - ``recovery``: what reconciles an interrupted deploy of that strategy (given the built strategy);
 - ``check``: settings the strategy cannot work with, refused at start-up (``ValueError``, no Docker); it
   gets the app's fields validated so far (``cd_ports``, ``cd_networks``: text as the user wrote it);
+- ``start_check``: what a command that deploys (``watch``, ``deploy``, ``rollback``) checks before
+  anything else, outside the settings because it runs something (``compose config``): the setting it is
+  about and the check (``ValueError`` saying what is wrong), or None. ``status`` never runs it (``doctor``
+  has its own, fuller check: ``doctor``);
 - ``status``: what ``cd-agent status`` adds for the strategy (the Swarm service), or None;
 - ``adapters``: the strategy's real adapters (the blue-green proxy controller, the Swarm services), made
   from the app and the engine when the deployer was handed none (tests hand it fakes);
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from cd_agent.errors import CdError, DeployError
 
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
     from cd_agent.engine import Engine
     from cd_agent.health import HealthChecker
     from cd_agent.report import DeployReport
+    from cd_agent.state import Release
     from cd_agent.strategy import DeployContext
     from cd_agent.swarm_services import SwarmServices
     from shared.doctor import Finding
@@ -45,6 +50,14 @@ class Strategy(Protocol):
     """How a release replaces the running one; returns what happened."""
 
     def deploy(self, log: loguru.Logger, version: str, digest: str | None, run: int) -> DeployReport: ...
+
+
+@runtime_checkable
+class KnowsWhatRuns(Protocol):
+    """A strategy that can tell that a release already runs where the deployer's own look (the container
+    ``CD_CONTAINER_NAME`` with the release's label) cannot: compose's containers are compose's."""
+
+    def already_runs(self, release: Release) -> bool: ...
 
 
 class Reconciles(Protocol):
@@ -84,6 +97,15 @@ def _a_container(target: AppTarget) -> str:
 
 
 @dataclass(frozen=True)
+class StartCheck:
+    """A strategy's check at the start of a command that deploys: ``run`` raises ValueError naming what is
+    wrong with the setting ``field`` (``cd_compose_file``)."""
+
+    field: str
+    run: Callable[[AppTarget], None]
+
+
+@dataclass(frozen=True)
 class StrategyRow:
     build: Callable[[DeployContext, Parts], Strategy]
     recovery: Callable[[DeployContext, Parts, Strategy], Reconciles]
@@ -96,6 +118,7 @@ class StrategyRow:
     # no use where the release runs on the swarm's nodes, which pull it themselves.
     pulls_locally: bool = True
     doctor: Callable[[AppTarget, DockerGateway | None, bool], Finding] | None = None
+    start_check: StartCheck | None = None
 
 
 def _build_swap(context: DeployContext, parts: Parts) -> Strategy:
@@ -226,6 +249,12 @@ def _compose(parts: Parts) -> ComposeRunner:
     return parts.compose if parts.compose is not None else SubprocessCompose.detect()
 
 
+def _check_compose_project(target: AppTarget) -> None:
+    from cd_agent.compose_project import check_target
+
+    check_target(target.compose_files, target.compose_service, target.compose_project, target.image.name)
+
+
 def _compose_status(target: AppTarget) -> dict[str, Any]:
     from cd_agent.compose import project_of, service_status
     from cd_agent.docker_gateway import DockerGateway
@@ -267,9 +296,11 @@ STRATEGIES: dict[str, StrategyRow] = {
         adapters=_swarm_adapters, runs_as=lambda target: f"swarm service {target.service}", doctor=_doctor_swarm,
         pulls_locally=False,
     ),
-    # The compose files themselves are checked by CdSettings (CD_COMPOSE_FILE runs `compose config`).
+    # CdSettings checks that the compose files exist; `compose config` (start_check) only runs for a command
+    # that runs compose, never for `status` (a Pi's status page must not wait for compose).
     "compose": StrategyRow(
         build=_build_compose, recovery=_recover_compose, check=_check_compose, status=_compose_status,
+        start_check=StartCheck("cd_compose_file", _check_compose_project),
         runs_as=lambda target: f"compose service {target.compose_service} of project {target.compose_project}",
         doctor=_doctor_compose,
     ),

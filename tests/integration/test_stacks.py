@@ -21,6 +21,7 @@ from cd_agent.engine import NetworkAttachment
 from cd_agent.errors import DeployError
 from cd_agent.proxy import network_name
 from tests.support.cd_apps import AppReleases, CdWorld
+from tests.support.docker_env import unique
 from tests.support.polling import wait_for
 from tests.support.stacks import COMMAND, DB_ANSWER, OPTIONS, Stack
 
@@ -80,6 +81,30 @@ def test_cd_networks_puts_an_app_defined_by_settings_alone_beside_its_database(
     assert cd_world.served() == "1.1.0" and stack.db_identity() == db_before
 
 
+def test_a_network_dropped_from_cd_networks_is_left_and_one_attached_by_hand_is_carried(
+    cd_world: CdWorld, stack: Stack, stack_releases: AppReleases
+) -> None:
+    client = cd_world.docker_client
+    dropped, by_hand = unique("picicd-dropped"), unique("picicd-by-hand")
+    for name in (dropped, by_hand):
+        client.networks.create(name)
+        cd_world.janitor.networks.add(name)
+    first = cd_world.deployer(CD_NETWORKS=f"{stack.network}:web,{dropped}").deploy("1.0.0")
+    assert first.outcome == "deployed", first
+    client.api.connect_container_to_network(cd_world.name, by_hand, aliases=["backup-target"])
+    wait_for(lambda: stack.fetch_in(cd_world.name, "http://db:8080/") == DB_ANSWER, timeout=30,
+             what="the app reaching its database after the connect by hand")
+
+    report = cd_world.deployer(CD_NETWORKS=f"{stack.network}:web").deploy("1.1.0")
+
+    assert report.outcome == "deployed", report
+    app = client.api.inspect_container(cd_world.name)
+    assert sorted(app["NetworkSettings"]["Networks"]) == sorted([stack.network, by_hand])
+    assert "backup-target" in endpoint(app, by_hand)["Aliases"]
+    assert app["Config"]["Labels"]["io.pi-cicd.networks"] == stack.network
+    assert stack.fetch_in(stack.db, "http://web:8080/") == "1.1.0"
+
+
 def test_blue_green_colours_join_the_stack_under_their_colour_and_web_is_the_proxys_through_a_rollback(
     cd_world: CdWorld, stack: Stack, stack_releases: AppReleases, caddy_image: str
 ) -> None:
@@ -90,8 +115,8 @@ def test_blue_green_colours_join_the_stack_under_their_colour_and_web_is_the_pro
     # Limits given to the running colour by hand are kept too.
     cd_world.docker_client.api.update_container(cd_world.name, cpu_quota=50000, cpu_period=100000)
 
-    # CD_NETWORKS no longer set: the running colour's networks are carried.
-    deployer = cd_world.deployer()
+    # The same CD_NETWORKS (a network it drops is left: test_a_network_dropped_from_cd_networks_...).
+    deployer = cd_world.deployer(CD_NETWORKS=f"{stack.network}:web")
     report = deployer.deploy("1.1.0")
 
     assert report.outcome == "deployed", report

@@ -9,11 +9,12 @@ import pytest
 
 from shared.runstore import RunStore
 from tests.support.cd_apps import WatchProcess, cd_agent, killed_then_watched, state_json, version_of
+from tests.support.compose_cli import both_compose_versions
 from tests.support.compose_stack import DB_HEALTH_URL, Stack
 from tests.support.polling import wait_for
 from tests.support.smtp_server import SmtpServer
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, both_compose_versions]
 
 Observed = Callable[[str], None]
 

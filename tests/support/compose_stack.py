@@ -179,8 +179,9 @@ def compose_db_image(docker_client: Any) -> Iterator[str]:
 
 
 @pytest.fixture
-def compose_stack(cd_world: CdWorld, compose_db_image: str) -> Iterator[Stack]:
-    """(Not ``stack``: that is the ``docker run`` stack of ``tests/support/stacks.py``.)"""
+def compose_stack(cd_world: CdWorld, compose_db_image: str, compose_cli: str) -> Iterator[Stack]:
+    """(Not ``stack``: that is the ``docker run`` stack of ``tests/support/stacks.py``.) Made and taken down by
+    ``compose_cli``'s compose (``both_compose_versions``: each test once with compose 1.29, once with v2)."""
     folder = cd_world.root / "stack"
     folder.mkdir()
     made = Stack(cd_world, folder, db_image=compose_db_image)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cd_agent.apps import APP_KEYS, AppPaths, load_targets
+from cd_agent.apps import APP_KEYS, AppPaths, check_at_start, load_targets
+from cd_agent.compose_project import SubprocessCompose
 from cd_agent.report import DeployReport, render_email
 from cd_agent.settings import PortMapping, VolumeMount
 from cd_agent.state import DeployState
@@ -172,3 +173,32 @@ def test_the_deploy_log_names_what_each_strategy_replaces(tmp_path):
 
     assert (web.runs_as, bot.runs_as) == ("container web", "container bot")
     assert fleet.runs_as == "swarm service fleet-svc"
+
+
+class _ComposeConfig:
+    """A compose whose every command prints ``text`` (``compose config``'s answer)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def run(self, args, *, cwd, timeout):
+        return self.text
+
+
+def test_loading_a_compose_app_runs_no_compose_and_the_start_check_names_the_apps_setting(tmp_path, monkeypatch):
+    compose_file = tmp_path / "compose.yml"
+    compose_file.write_text("services: {}\n")
+    detected: list[str] = []
+
+    def detect(cls):
+        detected.append("compose")
+        return _ComposeConfig("services:\n  db: {image: 'db:1'}\n")
+
+    monkeypatch.setattr(SubprocessCompose, "detect", classmethod(detect))
+    text = f'[apps.web]\nimage = "127.0.0.1:5000/me/web"\nstrategy = "compose"\ncompose_file = "{compose_file}"\n'
+    targets = load_targets(environ(tmp_path, CD_APPS_FILE=str(write(tmp_path, text))))
+
+    assert detected == []  # status, the dashboard: no compose
+    with pytest.raises(SettingsError, match=r"\[apps.web\] compose_file: the compose project has no service 'web'"):
+        check_at_start(targets)
+    assert detected == ["compose"]

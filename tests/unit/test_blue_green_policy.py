@@ -444,7 +444,7 @@ def test_each_colour_joins_the_apps_networks_under_its_colour_and_the_proxy_answ
     bg.engine.networks.add("shop_default")
 
     deployed(bg, "1.0.0", CD_NETWORKS="shop_default:web")
-    deployed(bg, "1.0.1")  # CD_NETWORKS gone from the settings: the running colour's networks are kept
+    deployed(bg, "1.0.1", CD_NETWORKS="shop_default:web")
 
     blue, green = bg.engine.created[-2:]
     # Each colour answers only to its colour on the stack's network: it reaches the database, but the

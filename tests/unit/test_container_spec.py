@@ -13,6 +13,7 @@ from cd_agent.apps import AppTarget, single_target
 from cd_agent.container_spec import (
     LABEL_DIGEST,
     LABEL_MANAGED,
+    LABEL_NETWORKS,
     LABEL_RUN,
     LABEL_VERSION,
     ContainerSpec,
@@ -189,6 +190,34 @@ def test_cd_networks_joins_networks_and_its_aliases_win_for_a_network_it_names()
     )
     first = build_spec(settings(CD_NETWORKS="shop_default:web"), image="r:1", version="1", digest=None, env={})
     assert first.networks == (NetworkAttachment("shop_default", ("web",)),)
+
+
+def test_a_network_dropped_from_cd_networks_is_left_and_one_attached_by_hand_is_carried() -> None:
+    first = build_spec(settings(CD_NETWORKS="shop:web,monitoring"), image="r:1", version="1", digest=None, env={})
+    assert first.labels[LABEL_NETWORKS] == "shop,monitoring"
+    # The user attaches `backup` by hand; CD_NETWORKS drops `monitoring`.
+    running = old_container(
+        labels={**first.labels, LABEL_VERSION: "1.0.0"}, network_mode="shop",
+        networks=(NetworkAttachment("shop", ("web",)), NetworkAttachment("monitoring"), NetworkAttachment("backup")),
+    )
+
+    second = spec_from(running, CD_NETWORKS="shop:web")
+
+    assert second.networks == (NetworkAttachment("shop", ("web",)), NetworkAttachment("backup"))
+    assert second.labels[LABEL_NETWORKS] == "shop"
+    # CD_NETWORKS emptied: the networks it added go, the one attached by hand stays (and is no setting's).
+    third = spec_from(replace(running, labels=second.labels, networks=second.networks), CD_NETWORKS="")
+    assert third.networks == (NetworkAttachment("backup"),) and LABEL_NETWORKS not in third.labels
+
+
+def test_a_network_the_user_had_attached_stays_when_cd_networks_names_it_and_then_no_longer() -> None:
+    by_hand = old_container(network_mode="shop", networks=(NetworkAttachment("shop", ("web",)),))
+
+    named = spec_from(by_hand, CD_NETWORKS="shop:web:shop-web")
+
+    assert LABEL_NETWORKS not in named.labels  # it was the user's before the setting named it
+    unnamed = spec_from(replace(by_hand, labels=named.labels, networks=named.networks))
+    assert unnamed.networks == (NetworkAttachment("shop", ("web", "shop-web")),)
 
 
 @pytest.mark.parametrize("mode", ["host", "none", "container:" + "c" * 64])
