@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from cd_agent.errors import ProxyError
-from cd_agent.proxy import LABEL_PROXY, network_name, proxy_sysctls
+from cd_agent.proxy import LABEL_PROXY, ProxyController, network_name, proxy_sysctls
 from tests.support.docker_env import DockerJanitor
 from tests.support.polling import wait_for
 from tests.support.ports import free_port, port_open
@@ -135,12 +135,16 @@ def test_a_stopped_proxy_is_started_again_on_adoption(proxy_world: ProxyWorld, d
     proxy_world.wait_serving("A")
 
 
+def proxy_and_two_apps(proxy_world: ProxyWorld) -> tuple[ProxyController, str, str]:
+    controller = proxy_world.controller()
+    controller.ensure()
+    return controller, proxy_world.start_app(controller, "A"), proxy_world.start_app(controller, "B")
+
+
 def test_a_proxy_stopped_under_a_switch_is_started_and_takes_the_new_upstream(
     proxy_world: ProxyWorld, docker_client: Any
 ) -> None:
-    controller = proxy_world.controller()
-    controller.ensure()
-    a, b = proxy_world.start_app(controller, "A"), proxy_world.start_app(controller, "B")
+    controller, a, b = proxy_and_two_apps(proxy_world)
     controller.switch(a)
     docker_client.api.stop(proxy_world.proxy_container, timeout=5)  # the engine refuses an exec now (409)
 
@@ -151,9 +155,7 @@ def test_a_proxy_stopped_under_a_switch_is_started_and_takes_the_new_upstream(
 def test_a_caddy_that_exits_during_switches_is_waited_for_under_its_restart_policy(
     proxy_world: ProxyWorld, docker_client: Any
 ) -> None:
-    controller = proxy_world.controller()
-    controller.ensure()
-    a, b = proxy_world.start_app(controller, "A"), proxy_world.start_app(controller, "B")
+    controller, a, b = proxy_and_two_apps(proxy_world)
     for target in (a, b, a, b):
         # Caddy's process exits (code 0) and Docker starts it again after its backoff: the reload lands in a
         # container that is exiting, restarting, or starting, which the switch waits through.
