@@ -493,6 +493,22 @@ def test_the_proxy_takes_web_at_the_first_deploy_before_its_switch_and_no_colour
     assert bg.proxy.stack_aliases == {"shop_default": ("web",)}
 
 
+def test_a_proxy_re_created_beside_a_serving_colour_joins_the_stack_before_it_starts(bg: BlueGreenWorld) -> None:
+    bg.engine.networks.add("shop_default")
+    deployer = deployed(bg, "1.0.0", CD_NETWORKS="shop_default:web")
+    bg.proxy.exists = False  # removed by hand, or re-created for a new CD_PROXY_IMAGE
+    bg.proxy.stack_aliases.clear()
+    seen: list[tuple[str, dict[str, tuple[str, ...]]]] = []
+    bg.engine.before = lambda operation, target: seen.append((operation, dict(bg.proxy.stack_aliases)))
+
+    bg.push("1.0.1")
+    assert deployer.deploy("1.0.1").outcome == "deployed"
+
+    # Its ensure() was given the serving colour's aliases: joined before the proxy's start, not live after it.
+    first_join = next(aliases for operation, aliases in seen if operation == "proxy_serve_on")
+    assert first_join == {"shop_default": ("web",)}
+
+
 def test_a_colour_that_answered_to_web_itself_drops_it_once_the_proxy_has_it_before_it_stops(
     bg: BlueGreenWorld,
 ) -> None:
