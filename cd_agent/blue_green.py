@@ -6,8 +6,8 @@ the proxy (``cd_agent/proxy.py``), and users reach it only once it is proven hea
          app's other networks (the stack's) alias NAME-<colour> only (``cd_agent.stack_aliases``)
          (a rollback reuses the stopped NAME-previous instead: a warm start, not a cold one)
       -> start -> health-check it directly (its HEALTHCHECK, or CD_HEALTH_URL's path at its address)
-      -> healthy:   switch the proxy to it -> the proxy answers to the app's aliases on the stack's
-                    networks (``web``: joined once, on the first deploy)
+      -> healthy:   the proxy answers to the app's aliases on the stack's networks (``web``: joined
+                    once, on the first deploy, before the switch) -> switch the proxy to it
                     -> CD_PROXY_GRACE (in-flight requests finish on the old one)
                     -> stop the old one, keep it as NAME-previous (replacing the one kept before)
                     -> rename the new one NAME                                                  -> "deployed"
@@ -63,7 +63,7 @@ COLOURS = ("blue", "green")
 class Proxy(Protocol):
     """What the strategy needs of the proxy (``cd_agent.proxy.ProxyController``)."""
 
-    def ensure(self) -> None: ...
+    def ensure(self, serve: Mapping[str, Sequence[str]] | None = None) -> None: ...
 
     def upstream(self) -> str | None: ...
 
@@ -105,8 +105,9 @@ class BlueGreen(StrategyBase):
     def deploy(self, log: loguru.Logger, version: str, digest: str | None, run: int) -> DeployReport:
         current = release_version(self._state.current)
         try:
-            self._proxy.ensure()
-            self._serve_stack(self._engine.container(self._name))  # a proxy re-created by ensure() too
+            serving = self._engine.container(self._name)
+            self._proxy.ensure(_stack_of(serving))  # a proxy it (re-)creates joins the stack before it starts
+            self._serve_stack(serving)
         except CdError as exc:
             log.error("could not set up the proxy: {}", exc)
             return DeployReport("failed", version, current, str(exc), failed_step="proxy")
@@ -240,11 +241,14 @@ class BlueGreen(StrategyBase):
             raise DeployError(f"the new container {new_id[:12]} is gone or has no colour; nothing to switch to")
         if not new.running:
             self._engine.start(new_id)
+        # The stack's services asking for the app's alias (``web``) reach the proxy, hence only a proven
+        # release. Joined before the switch: on the first deploy the proxy still answers 503 then, so the
+        # move of its published ports that Docker may make on a join (``ProxyController.ensure``) cuts no
+        # user of a release.
+        self._serve_stack(new)
         self._proxy.switch(alias)
         self._journal(phase="bg_switched")
         log.info("the proxy sends new requests to {} ({})", version, alias)
-        # The stack's services asking for the app's alias (``web``) reach the proxy, hence the proven release.
-        self._serve_stack(new)
         if old is not None:
             old_now = self._engine.container(old.id)
             if old_now is not None:
@@ -311,8 +315,8 @@ class BlueGreen(StrategyBase):
 
     def recover(self, journal: Journal) -> str:
         """Finish a deploy killed after its verdict, undo one killed before; the proxy ends on NAME."""
-        self._proxy.ensure()
         engine = self._engine
+        self._proxy.ensure(_stack_of(engine.container(self._name)))
         new = engine.container(journal.new_container_id) if journal.new_container_id else None
         if new is None:
             # Killed between `create` and writing its id: recognise it by our run label.
@@ -350,8 +354,8 @@ class BlueGreen(StrategyBase):
 
     def agree(self) -> str:
         """Without a journal: the proxy exists and sends traffic to the container called NAME."""
-        self._proxy.ensure()
         serving = self._engine.container(self._name)
+        self._proxy.ensure(_stack_of(serving))
         alias = alias_of(self._name, serving) if serving is not None else None
         if alias is None:
             return "the proxy is up; no blue-green container to send traffic to yet"
@@ -362,6 +366,11 @@ class BlueGreen(StrategyBase):
             self._proxy.switch(alias)
             return f"the proxy now sends traffic to {self._name} ({alias})"
         return f"the proxy sends traffic to {self._name} ({alias})"
+
+
+def _stack_of(serving: ContainerInfo | None) -> dict[str, tuple[str, ...]]:
+    """The app's aliases on the stack's networks while ``serving`` serves (none before the first deploy)."""
+    return live_aliases(serving) if serving is not None else {}
 
 
 def _same_release(container: ContainerInfo, version: str, digest: str | None) -> bool:

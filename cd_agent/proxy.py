@@ -43,6 +43,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 import time
 from collections.abc import Mapping, Sequence
@@ -211,6 +212,10 @@ class ProxyContainer:
     """Network name → this container's IP address on it ("" while stopped)."""
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Network name → the aliases it answers to there (the engine's own short id left out)."""
+    restarting: bool = False
+    """Its process exited and the restart policy will start it again (Docker's backoff)."""
+    state: str = ""
+    """How it is, in words, when not running: its exit code, an OOM kill, the engine's error, its restarts."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,7 @@ class ProxyEngine(Protocol):
     def disconnect(self, container: str, network: str) -> None: ...
     def put_file(self, container: str, path: str, data: bytes) -> None: ...
     def exec(self, container: str, argv: Sequence[str]) -> tuple[int, str]: ...
+    def logs(self, container: str, tail: int) -> str: ...
 
 
 class DockerProxyEngine:
@@ -252,10 +258,13 @@ class DockerProxyEngine:
         if data is None:
             return None
         networks = (data.get("NetworkSettings") or {}).get("Networks") or {}
+        state = data.get("State") or {}
         return ProxyContainer(
             id=data["Id"],
             name=str(data.get("Name", "")).lstrip("/"),
-            running=bool((data.get("State") or {}).get("Running")),
+            running=bool(state.get("Running")),
+            restarting=bool(state.get("Restarting")),
+            state=_state_text(state, data.get("RestartCount")),
             labels=dict((data.get("Config") or {}).get("Labels") or {}),
             networks={net: str((info or {}).get("IPAddress") or "") for net, info in networks.items()},
             aliases={
@@ -350,6 +359,27 @@ class DockerProxyEngine:
         text = output.decode("utf-8", errors="replace") if isinstance(output, bytes) else str(output)
         return int(code if code is not None else -1), text
 
+    def logs(self, container: str, tail: int) -> str:
+        with docker_errors(f"read the log of container {container}"):
+            output = self._api.logs(container, stdout=True, stderr=True, tail=tail)
+        return output.decode("utf-8", errors="replace") if isinstance(output, bytes) else str(output)
+
+
+def _state_text(state: Mapping[str, Any], restarts: object) -> str:
+    """``State`` of ``docker inspect`` in words, for a message about a proxy that is not running."""
+    words = [str(state.get("Status") or "unknown")]
+    if state.get("ExitCode") is not None:
+        words.append(f"exit code {state.get('ExitCode')}")
+    if state.get("OOMKilled"):
+        words.append("killed for lack of memory")
+    if state.get("Error"):
+        words.append(f"engine error {state.get('Error')!r}")
+    if state.get("FinishedAt") and not str(state.get("FinishedAt")).startswith("0001-"):
+        words.append(f"finished at {state.get('FinishedAt')}")
+    if restarts:
+        words.append(f"restarted {restarts} times")
+    return ", ".join(words)
+
 
 # The controller
 
@@ -388,9 +418,16 @@ class ProxyController:
         self.container_name = proxy_container_name(app)
         self.network = network_name(app)
 
-    def ensure(self) -> None:
+    def ensure(self, serve: Mapping[str, Sequence[str]] | None = None) -> None:
         """Network, container (created, adopted, or re-created when its image or ports changed),
-        running, serving the state's upstream. Idempotent."""
+        running, serving the state's upstream. Idempotent.
+
+        ``serve``: the app's aliases on the stack's networks (as ``serve_on``); a proxy created here joins
+        them before it starts. Docker gives a container's default route, and with it the published ports
+        (their DNAT and docker-proxy), to its first network in name order that has a gateway, internal
+        ones last: a running proxy joining a stack network that sorts before ``NAME-net`` (``shop_default``
+        before ``web-net``) has its ports moved there, which resets the connections being made at that
+        instant. Joined before the start, the ports are set up once."""
         self.engine.ensure_network(self.network, {LABEL_PROXY: self.app})
         wanted = config_label(self.image, self.ports)
         existing = self.engine.container(self.container_name)
@@ -422,6 +459,7 @@ class ProxyController:
             # Copied before the first start, so Caddy starts with it and never serves anything else.
             try:
                 self.engine.put_file(self.container_name, CONFIG_PATH, config)
+                self.serve_on(serve or {})
                 self.engine.start(self.container_name)
             except EngineError as exc:
                 # A host port already taken fails here: no half-made proxy is left for the next try.
@@ -433,6 +471,7 @@ class ProxyController:
             if self.network not in existing.networks:
                 self.engine.connect(self.container_name, self.network, [])
             if not existing.running:
+                self.serve_on(serve or {})  # stopped: joined before it starts again, as when created
                 self.engine.put_file(self.container_name, CONFIG_PATH, config)
                 self.engine.start(self.container_name)
             logger.info("adopted proxy {}", self.container_name)
@@ -502,18 +541,58 @@ class ProxyController:
         return json.dumps(config, indent=2).encode() + b"\n"
 
     def _load(self, config: bytes) -> None:
-        """Copy ``config`` into the container and have Caddy load it (retried while Caddy starts)."""
+        """Copy ``config`` into the container and have Caddy load it (retried while Caddy starts, and while
+        the container comes back from an exit: see ``_between_lives``)."""
         self.engine.put_file(self.container_name, CONFIG_PATH, config)
         # No --force: Caddy skips a configuration identical to the running one, so adopting a proxy
         # or repeating a switch does not replace its servers.
         argv = ["caddy", "reload", "--config", CONFIG_PATH, "--address", ADMIN_LISTEN]
         deadline = time.monotonic() + self.ready_timeout_s
         while True:
-            code, output = self.engine.exec(self.container_name, argv)
+            try:
+                code, output = self.engine.exec(self.container_name, argv)
+            except EngineError as exc:  # 409: the container is not running, or restarting
+                if not _EXEC_FAILED.search(str(exc)):
+                    raise ProxyError(f"cannot configure the proxy {self.container_name}: {exc}") from exc
+                code, output = -1, str(exc)
             if code == 0:
                 return
-            # "connection refused" while Caddy is still starting; anything else is final.
+            # "connection refused" while Caddy is still starting; anything else from Caddy is final.
             starting = "connection refused" in output or "connect: " in output
-            if not starting or time.monotonic() > deadline:
+            if not starting and not _EXEC_FAILED.search(output):
                 raise ProxyError(f"caddy in {self.container_name} refused the configuration: {output.strip()}")
+            if not starting:
+                self._between_lives()
+            if time.monotonic() > deadline:
+                raise ProxyError(self._not_serving(output))
             time.sleep(0.1)
+
+    def _between_lives(self) -> None:
+        """The engine could not run ``caddy reload`` in the container: Caddy's process had exited. Under its
+        restart policy Docker starts it again (after a backoff, seen as ``restarting``), and it then reads
+        the configuration file already copied; a container stopped for good (by hand, or the policy gave
+        up) is started here, as ``ensure`` does on adoption. Either way the reload is tried again."""
+        info = self.engine.container(self.container_name)
+        if info is None:
+            raise ProxyError(f"the proxy {self.container_name} is gone (removed while the agent configured it)")
+        if not info.running and not info.restarting:
+            logger.warning("proxy {} is not running ({}): starting it", self.container_name, info.state)
+            self.engine.start(self.container_name)
+
+    def _not_serving(self, output: str) -> str:
+        info = self.engine.container(self.container_name)
+        state = info.state if info is not None else "gone"
+        try:
+            said = self.engine.logs(self.container_name, 8).strip()
+        except EngineError as exc:
+            said = f"(no log: {exc})"
+        return (
+            f"caddy in {self.container_name} did not take the configuration within {self.ready_timeout_s:g}s"
+            f" ({output.strip()}); the container: {state}; its last log lines:\n{said}"
+        )
+
+
+# The engine could not run a process in the container: it is not running (any more), or restarting. The
+# 409 of the API names it; runc's own words come back as the exec's output when the process had exited
+# after the engine last saw it running ("OCI runtime exec failed: ... cannot exec in a stopped container").
+_EXEC_FAILED = re.compile(r"is not running|is restarting|OCI runtime exec failed|cannot exec in a stopped")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from cd_agent.errors import ProxyError
-from cd_agent.proxy import LABEL_PROXY, network_name, proxy_sysctls
+from cd_agent.proxy import LABEL_PROXY, ProxyController, network_name, proxy_sysctls
 from tests.support.docker_env import DockerJanitor
 from tests.support.polling import wait_for
 from tests.support.ports import free_port, port_open
@@ -133,6 +133,63 @@ def test_a_stopped_proxy_is_started_again_on_adoption(proxy_world: ProxyWorld, d
 
     proxy_world.controller().ensure()
     proxy_world.wait_serving("A")
+
+
+def proxy_and_two_apps(proxy_world: ProxyWorld) -> tuple[ProxyController, str, str]:
+    controller = proxy_world.controller()
+    controller.ensure()
+    return controller, proxy_world.start_app(controller, "A"), proxy_world.start_app(controller, "B")
+
+
+def test_a_proxy_stopped_under_a_switch_is_started_and_takes_the_new_upstream(
+    proxy_world: ProxyWorld, docker_client: Any
+) -> None:
+    controller, a, b = proxy_and_two_apps(proxy_world)
+    controller.switch(a)
+    docker_client.api.stop(proxy_world.proxy_container, timeout=5)  # the engine refuses an exec now (409)
+
+    controller.switch(b)
+    proxy_world.wait_serving("B")
+
+
+def test_a_caddy_that_exits_during_switches_is_waited_for_under_its_restart_policy(
+    proxy_world: ProxyWorld, docker_client: Any
+) -> None:
+    controller, a, b = proxy_and_two_apps(proxy_world)
+    for target in (a, b, a, b):
+        # Caddy's process exits (code 0) and Docker starts it again after its backoff: the reload lands in a
+        # container that is exiting, restarting, or starting, which the switch waits through.
+        exec_ok(docker_client, proxy_world.proxy_container, ["caddy", "stop", "--address", "localhost:2019"])
+        controller.switch(target)
+    proxy_world.wait_serving("B")
+    assert docker_client.api.inspect_container(proxy_world.proxy_container)["RestartCount"] >= 1
+
+
+def test_a_proxy_created_for_a_stack_joins_its_network_before_it_starts(
+    proxy_world: ProxyWorld, docker_client: Any, docker_janitor: DockerJanitor
+) -> None:
+    # Sorts before the proxy's own network: Docker gives the default route, and the published ports, to the
+    # first network by name; joined while running, the ports would move there under the users.
+    stack = f"a{proxy_world.name}_default"
+    assert stack < network_name(proxy_world.name)
+    docker_client.api.create_network(stack, driver="bridge")
+    docker_janitor.networks.add(stack)
+    since = int(time.time()) - 1
+
+    proxy_world.controller().ensure({stack: ("web",)})
+
+    proxy = docker_client.api.inspect_container(proxy_world.proxy_container)
+    assert proxy["NetworkSettings"]["Networks"][stack]["Aliases"][:1] == ["web"]
+    wait_for(lambda: proxy_world.get().status_code == 503, timeout=20, what="the proxy to answer on its port")
+    events = docker_client.api.events(since=since, until=int(time.time()) + 1, decode=True)
+    seen = [
+        (event.get("Type"), event.get("Action"))
+        for event in events
+        if proxy["Id"] in (event.get("id"), (event.get("Actor") or {}).get("Attributes", {}).get("container"))
+    ]
+    assert seen.index(("network", "connect"), seen.index(("container", "create"))) < seen.index(
+        ("container", "start")
+    ), seen
 
 
 def test_changed_ports_recreate_the_proxy(proxy_world: ProxyWorld) -> None:

@@ -221,8 +221,10 @@ class FakeProxy:
         self.stack_aliases: dict[str, tuple[str, ...]] = {}
         """The app's aliases the proxy answers to on the stack's networks."""
 
-    def ensure(self) -> None:
+    def ensure(self, serve: Mapping[str, Sequence[str]] | None = None) -> None:
         self.engine.before("proxy_ensure", "proxy")
+        if not self.exists:  # created: it joins the stack's networks before it starts
+            self.stack_aliases.update({net: tuple(aliases) for net, aliases in (serve or {}).items() if aliases})
         self.exists = True
         if self.network is not None:
             self.engine.networks.add(self.network)

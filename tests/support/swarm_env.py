@@ -1,8 +1,11 @@
 """A real single-node Docker Swarm for the swarm strategy's tests.
 
 ``swarm_mode`` (session) runs ``docker swarm init --advertise-addr 127.0.0.1`` when the shared engine is
-not in a swarm, and ``docker swarm leave --force`` at the end only when it made the swarm: swarm mode
-changes nothing for plain containers, so other tests on the same dockerd keep working meanwhile.
+not in a swarm, and ``docker swarm leave --force`` at the end only when it made the swarm. Joining changes
+nothing for plain containers, but leaving does (Docker 20.10): every container is disconnected from every
+attachable network (docker-compose 1.29 makes its networks attachable) and the embedded DNS forgets the
+names on every network. In one serial session the leave comes after every other test; another session's
+leave on a shared dockerd breaks the stacks of this one's running tests (see docs/cd/database.md).
 ``SwarmWorld`` wraps ``cd_world`` with CD_STRATEGY=swarm and removes its services and stacks afterwards.
 """
 

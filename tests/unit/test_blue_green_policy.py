@@ -465,18 +465,24 @@ def test_each_colour_joins_the_apps_networks_under_its_colour_and_the_proxy_answ
     assert bg.proxy.stack_aliases == {"shop_default": ("web",)} and holders_of_web(bg) == []
 
 
-def test_the_proxy_takes_web_at_the_first_switch_and_no_colour_ever_answers_to_it(bg: BlueGreenWorld) -> None:
+def test_the_proxy_takes_web_at_the_first_deploy_before_its_switch_and_no_colour_ever_answers_to_it(
+    bg: BlueGreenWorld,
+) -> None:
     bg.engine.networks.add("shop_default")
     operations: list[str] = []
     holders: list[list[str]] = []
+    upstreams: list[str | None] = []
 
     def before(operation: str, target: str) -> None:
         operations.append(operation)
         holders.append(holders_of_web(bg))
+        upstreams.append(bg.proxy.upstream_alias)
 
     bg.engine.before = before
     deployer = deployed(bg, "1.0.0", CD_NETWORKS="shop_default:web")
-    assert operations.index("proxy_serve_on", operations.index("proxy_switch")) > operations.index("proxy_switch")
+    # Joined while the proxy still answers 503: Docker may move its published ports to the network it joins.
+    joined = operations.index("proxy_serve_on", operations.index("proxy_ensure") + 1)
+    assert joined < operations.index("proxy_switch") and upstreams[joined] is None
     bg.push("1.1.0", "exits")
     assert deployer.deploy("1.1.0").outcome == "rolled_back"
     bg.push("1.0.1")
@@ -485,6 +491,22 @@ def test_the_proxy_takes_web_at_the_first_switch_and_no_colour_ever_answers_to_i
     assert bg.users_see() == "1.0.0"
     assert holders and all(seen == [] for seen in holders)
     assert bg.proxy.stack_aliases == {"shop_default": ("web",)}
+
+
+def test_a_proxy_re_created_beside_a_serving_colour_joins_the_stack_before_it_starts(bg: BlueGreenWorld) -> None:
+    bg.engine.networks.add("shop_default")
+    deployer = deployed(bg, "1.0.0", CD_NETWORKS="shop_default:web")
+    bg.proxy.exists = False  # removed by hand, or re-created for a new CD_PROXY_IMAGE
+    bg.proxy.stack_aliases.clear()
+    seen: list[tuple[str, dict[str, tuple[str, ...]]]] = []
+    bg.engine.before = lambda operation, target: seen.append((operation, dict(bg.proxy.stack_aliases)))
+
+    bg.push("1.0.1")
+    assert deployer.deploy("1.0.1").outcome == "deployed"
+
+    # Its ensure() was given the serving colour's aliases: joined before the proxy's start, not live after it.
+    first_join = next(aliases for operation, aliases in seen if operation == "proxy_serve_on")
+    assert first_join == {"shop_default": ("web",)}
 
 
 def test_a_colour_that_answered_to_web_itself_drops_it_once_the_proxy_has_it_before_it_stops(

@@ -186,6 +186,9 @@ class MemoryEngine:
             self.loaded.append(self.files[(container, CONFIG_PATH)])
         return code, output
 
+    def logs(self, container: str, tail: int) -> str:
+        return "caddy's last words"
+
 
 def controller(engine: MemoryEngine, tmp_path: Path, *, ports: str = "127.0.0.1:8080:8080") -> ProxyController:
     return ProxyController(
@@ -263,6 +266,93 @@ def test_loading_waits_while_caddy_is_starting(tmp_path: Path) -> None:
     controller(engine, tmp_path).ensure()
     assert engine.attempts == 3
     assert len(engine.loaded) == 1
+
+
+STOPPED = "OCI runtime exec failed: exec failed: cannot exec in a stopped container: unknown"
+
+
+def test_a_caddy_that_exited_under_the_agent_is_waited_for_and_loaded_once_it_runs_again(tmp_path: Path) -> None:
+    engine = MemoryEngine()
+    proxy = controller(engine, tmp_path)
+    proxy.ensure()
+    engine.events.clear()
+    # Its process exited just after the engine last saw it running; the restart policy brings it back.
+    box = engine.containers["shop-proxy"]
+    engine.containers["shop-proxy"] = replace(box, restarting=True)
+    engine.attempts = 0
+
+    def caddy(attempt: int) -> tuple[int, str]:
+        if attempt <= 2:
+            if attempt == 2:  # Docker started it again meanwhile
+                engine.containers["shop-proxy"] = replace(box, restarting=False)
+            return 126, STOPPED
+        return 0, ""
+
+    engine.caddy = caddy
+    proxy.switch("shop-green")
+    assert upstream_of(engine.loaded[-1]) == "shop-green:8080"
+    assert not [event for event in engine.events if event.startswith("start")]  # Docker restarts it, not us
+
+
+def test_a_proxy_stopped_for_good_is_started_again_with_the_new_configuration(tmp_path: Path) -> None:
+    engine = MemoryEngine()
+    proxy = controller(engine, tmp_path)
+    proxy.ensure()
+    engine.containers["shop-proxy"] = replace(engine.containers["shop-proxy"], running=False, state="exited")
+
+    def caddy(attempt: int) -> tuple[int, str]:
+        if not engine.containers["shop-proxy"].running:
+            raise EngineError("docker exec caddy in container shop-proxy: Container 5d1f is not running (HTTP 409)")
+        return 0, ""
+
+    engine.caddy = caddy
+    proxy.switch("shop-green")
+    assert "start shop-proxy" in engine.events
+    assert engine.files[("shop-proxy", CONFIG_PATH)] == engine.loaded[-1]  # what Caddy reads when it starts
+
+
+def test_a_proxy_that_does_not_come_back_is_an_error_saying_how_it_ended_and_what_caddy_said(tmp_path: Path) -> None:
+    engine = MemoryEngine()
+    proxy = controller(engine, tmp_path)
+    proxy.ensure()
+    engine.containers["shop-proxy"] = replace(
+        engine.containers["shop-proxy"], restarting=True, state="restarting, exit code 1, restarted 5 times"
+    )
+    engine.caddy = lambda attempt: (126, STOPPED)
+
+    with pytest.raises(ProxyError) as raised:
+        proxy.switch("shop-green")
+    message = str(raised.value)
+    assert "did not take the configuration within 1s" in message and "cannot exec in a stopped container" in message
+    assert "exit code 1, restarted 5 times" in message and "caddy's last words" in message
+
+
+def test_an_engine_refusal_other_than_a_stopped_container_is_not_waited_for(tmp_path: Path) -> None:
+    engine = MemoryEngine()
+    proxy = controller(engine, tmp_path)
+    proxy.ensure()
+
+    def gone(attempt: int) -> tuple[int, str]:
+        raise EngineError("docker exec caddy in container shop-proxy: No such container: shop-proxy (HTTP 404)")
+
+    engine.caddy = gone
+    engine.attempts = 0
+    with pytest.raises(ProxyError, match="cannot configure the proxy shop-proxy: .*No such container"):
+        proxy.switch("shop-green")
+    assert engine.attempts == 1
+
+
+def test_a_proxy_it_creates_joins_the_stacks_networks_before_it_starts(tmp_path: Path) -> None:
+    engine = MemoryEngine()
+    controller(engine, tmp_path).ensure({"shop_default": ("web",), "shop-net": ("x",), "metrics": ()})
+
+    # Docker gives the published ports to the first network in name order: set up once, at the start.
+    assert engine.events[:4] == [
+        "create shop-proxy caddy:2", f"put {CONFIG_PATH}", "connect shop-proxy shop_default ['web']", "start shop-proxy"
+    ]
+    engine.events.clear()
+    controller(engine, tmp_path).ensure({"shop_default": ("web",)})  # adopted, running: left to serve_on
+    assert not [event for event in engine.events if event.startswith(("connect", "disconnect"))]
 
 
 def test_a_proxy_that_cannot_start_is_not_left_behind(tmp_path: Path) -> None:
