@@ -147,8 +147,9 @@ class _StageTracker:
 
 
 # What the classic builder says when an image it took from its cache is gone by the next step (removed by
-# another process); a base image that cannot be found is named, never an image id.
-_LOST_CACHE = re.compile(r"unknown parent image ID|unable to find image sha256:|No such image: sha256:")
+# another process); a base image that cannot be found is named, never an image id. The daemon quotes the id when
+# the build call itself fails (`unable to find image "sha256:…"`), the stream does not.
+_LOST_CACHE = re.compile(r"unknown parent image ID|unable to find image \"?sha256:|No such image: sha256:")
 
 
 def _stream_error(chunk: Mapping[str, Any]) -> str | None:

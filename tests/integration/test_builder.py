@@ -97,7 +97,10 @@ class _LosesACachedImageOnce:
         return getattr(self._api, name)
 
 
-@pytest.mark.parametrize("message", ["unknown parent image ID sha256:1e3f", "unable to find image sha256:9c2b"])
+@pytest.mark.parametrize(
+    "message",
+    ["unknown parent image ID sha256:1e3f", "unable to find image sha256:9c2b", 'unable to find image "sha256:24d7"'],
+)
 def test_a_cached_image_lost_during_a_build_builds_once_more(
     docker_client, docker_janitor: DockerJanitor, tmp_path: Path, message: str
 ):
