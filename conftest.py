@@ -1,5 +1,8 @@
 # Fixture modules live in tests/support/, one per real component, so each stays small.
+# tests/support/parallel.py: the suite runs on xdist workers (scripts/test: -n 2), and tests marked
+# @pytest.mark.exclusive("why") run after all others, alone, on one worker.
 pytest_plugins = [
+    "tests.support.parallel",
     "tests.support.docker_env",
     "tests.support.registry_server",
     "tests.support.cd_apps",

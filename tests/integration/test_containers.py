@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.support.docker_env import unique
+from tests.support.parallel import run_lock
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
 
@@ -77,10 +78,11 @@ def local_ca_certs() -> str:
 
 
 @pytest.fixture(scope="session")
-def base_image() -> str:
-    completed = subprocess.run(
-        [str(REPO / "scripts" / "base-image")], capture_output=True, text=True, timeout=1500, check=False
-    )
+def base_image(pytestconfig: pytest.Config) -> str:
+    with run_lock(pytestconfig, "base-image"):  # built once, found in the cache by the other workers
+        completed = subprocess.run(
+            [str(REPO / "scripts" / "base-image")], capture_output=True, text=True, timeout=1500, check=False
+        )
     assert completed.returncode == 0, f"scripts/base-image failed:\n{completed.stderr[-3000:]}"
     reference = completed.stdout.strip().splitlines()[-1]
     assert reference, "scripts/base-image printed no image reference"
@@ -88,7 +90,7 @@ def base_image() -> str:
 
 
 @pytest.fixture(scope="session")
-def compose(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Compose:
+def compose(base_image: str, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Compose:
     """Compose with the agents' image built (``compose build``, so the files' build section is used)."""
     env_file = tmp_path_factory.mktemp("compose-build") / "build.env"
     env_file.write_text("")
@@ -102,7 +104,10 @@ def compose(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Compos
             "PICICD_HEALTH_INTERVAL": "2s",
         },
     )
-    built.run("compose.ci.yml", unique("picicd-build"), "build", timeout=1500)
+    # Every xdist worker running a test of this file builds the same tag: one at a time, so all but the first
+    # build from the engine's cache (seconds, not a minute of both cores).
+    with run_lock(pytestconfig, "agent-image"):
+        built.run("compose.ci.yml", unique("picicd-build"), "build", timeout=1500)
     return built
 
 

@@ -26,7 +26,8 @@ from tests.support.ci_agent_server import StartAgent
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
 
-pytestmark = pytest.mark.docker
+# Alone (tests/support/parallel.py): a count of bytes written while idle is a measurement.
+pytestmark = [pytest.mark.docker, pytest.mark.exclusive("measures what an idle watcher writes")]
 
 IDLE_POLLS = 8
 

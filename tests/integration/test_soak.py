@@ -14,7 +14,10 @@ import pytest
 
 from bench.soak import FAIL_EVERY, TOLERANCES, soak, trend
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# Alone (tests/support/parallel.py): its memory and descriptor slopes and idle-write count are measurements.
+pytestmark = [
+    pytest.mark.docker, pytest.mark.slow, pytest.mark.exclusive("measures memory, descriptors and idle writes")
+]
 
 APPS = 2
 RUNS = 20  # ten rounds: a commit to each app per round

@@ -312,6 +312,7 @@ def run_log_files(host: SystemdHost, directory: str) -> list[str]:
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+@pytest.mark.exclusive("systemd as PID 1 with the host's cgroup tree read-write and the host's network")
 def test_ci_agent_unit_under_systemd(
     git_project: GitProject, ci_image_name: str, systemd_host: SystemdHost
 ) -> None:
@@ -385,6 +386,7 @@ def test_ci_agent_unit_under_systemd(
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+@pytest.mark.exclusive("systemd as PID 1 with the host's cgroup tree read-write and the host's network")
 def test_cd_agent_unit_under_systemd(cd_world: CdWorld, systemd_host: SystemdHost) -> None:
     # systemd_host last: torn down first, so the agent cannot redeploy the app the janitor removes.
     host = systemd_host

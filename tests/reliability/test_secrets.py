@@ -1,7 +1,9 @@
 """Secrets: nothing the test session produced carries a configured secret.
 
 The plugin (tests/support/reliability.py) moves this file to the very end of the session, so the scan
-covers every test that ran before it: when the whole suite runs (``scripts/test``), the whole suite.
+covers every test that ran before it: when the whole suite runs (``scripts/test``), the whole suite. On
+xdist workers it runs in the exclusive phase, after every other worker has finished, and reads what they
+registered and wrote (every worker's basetemp).
 Scanned: every log file and captured agent output under pytest's basetemp, plus the emails and HTTP
 answers tests handed to ``produced``. Secrets: those tests registered with ``secret``, plus the fixed
 secrets other test modules configure their agents and servers with.
@@ -14,7 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.reliability import find_secrets, output_files, produced_texts, registered_secrets
+from tests.support.reliability import (
+    find_secrets,
+    other_workers_registered,
+    output_files,
+    produced_texts,
+    registered_secrets,
+    session_output_root,
+)
+
+# After every other test, alone (on xdist, after every other worker has finished): see tests/support/parallel.py.
+pytestmark = pytest.mark.exclusive("scans what every other test of the session produced")
 
 # Secrets configured by test modules outside tests/reliability (agents, SMTP and registry servers).
 SUITE_SECRETS = (
@@ -33,9 +45,10 @@ SUITE_SECRETS = (
 def test_no_secret_in_anything_the_session_produced(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, observed: Callable[[str], None]
 ) -> None:
-    secrets = registered_secrets(request.config) | set(SUITE_SECRETS)
-    files = list(output_files(tmp_path_factory.getbasetemp()))
-    texts = produced_texts(request.config)
+    others_secrets, others_texts = other_workers_registered(request.config)
+    secrets = registered_secrets(request.config) | others_secrets | set(SUITE_SECRETS)
+    files = list(output_files(session_output_root(request.config, tmp_path_factory.getbasetemp())))
+    texts = produced_texts(request.config) + others_texts
     hits = find_secrets(secrets, files, texts)
     scanned = f"{len(files)} output files, {len(texts)} emails/answers"
     observed(f"{len(secrets)} secrets; {scanned} scanned; {len(hits)} hits")

@@ -13,6 +13,7 @@ The client side (paramiko, through the Docker SDK) reads ``$HOME/.ssh``: ``ssh_h
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import uuid
@@ -68,14 +69,18 @@ def _answers(host: str) -> bool:
 
 # The second engine's default network: outside dockerd's default pools (172.17-31.x, 192.168.x), so it can
 # never overlap a network the shared engine makes. Nothing is ever sent to it from outside the bridge.
-ENGINE_BRIDGE_ADDRESS = "10.199.254.1/24"
+# One /24 per xdist worker (gw0: 10.199.254.0/24, gw1: .253, ...): each worker starts its own second
+# engine, and two bridges claiming one subnet would send one engine's replies to the other's bridge.
+def _engine_bridge_address() -> str:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return f"10.199.{254 - int(worker.removeprefix('gw'))}.1/24"
 
 
 def _add_bridge() -> str:
     name = f"pcb{uuid.uuid4().hex[:8]}"  # IFNAMSIZ: at most 15 characters
     for argv in (
         ["ip", "link", "add", name, "type", "bridge"],
-        ["ip", "addr", "add", ENGINE_BRIDGE_ADDRESS, "dev", name],
+        ["ip", "addr", "add", _engine_bridge_address(), "dev", name],
         ["ip", "link", "set", name, "up"],
     ):
         subprocess.run(argv, check=True, capture_output=True, timeout=30)

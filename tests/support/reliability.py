@@ -9,17 +9,28 @@ Secrets: tests register every configured secret with the ``secret`` fixture and 
 HTTP answer they receive to ``produced``. tests/reliability/test_secrets.py is moved to the end of the
 session and scans what the session produced so far (log files and agent output under pytest's basetemp,
 plus the registered texts) with :func:`find_secrets`.
+
+On xdist workers (``scripts/test`` runs ``-n 2``) each worker collects every row but runs only some: it
+hands its rows to the controller in ``workeroutput``, and the controller writes the table. The secrets scan
+runs in the exclusive phase (tests/support/parallel.py), after every other worker has finished: each
+worker leaves what it registered in the run directory the workers share, and the scan reads it there and
+scans every worker's basetemp.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import os
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.support.parallel import run_dir, worker_id
 
 ROOT = Path(__file__).resolve().parents[2]
 RELIABILITY_DIR = ROOT / "tests" / "reliability"
@@ -268,9 +279,65 @@ def render_table(rows: Iterable[Row], today: dt.date) -> str:
     return "\n".join(lines) + "\n"
 
 
+WORKEROUTPUT_KEY = "picicd_reliability"
+
+
+def _registered_path(directory: Path, worker: str) -> Path:
+    # in the run directory, outside every basetemp: a list of secrets is not output the scan should flag
+    return directory / f"registered-{worker}.json"
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    registry = _registry(session.config)
+    config = session.config
+    registry = _registry(config)
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller writes the table
+        workeroutput[WORKEROUTPUT_KEY] = {
+            "rows": {nodeid: dataclasses.asdict(row) for nodeid, row in registry.rows.items()},
+            "incomplete": list(registry.incomplete),
+        }
+        directory = run_dir(config)
+        if directory is not None:
+            _registered_path(directory, worker_id(config)).write_text(
+                json.dumps({"secrets": sorted(registry.secrets), "texts": registry.texts})
+            )
+        return
     if not registry.rows or not _complete(session, registry):
         return
     TABLE_PATH.parent.mkdir(parents=True, exist_ok=True)
     TABLE_PATH.write_text(render_table(registry.rows.values(), dt.datetime.now(dt.UTC).date()))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """On the xdist controller: a worker's rows; a row some worker ran wins over the copies of the others."""
+    output = getattr(node, "workeroutput", None) or {}
+    shipped = output.get(WORKEROUTPUT_KEY)
+    if shipped is None:
+        return
+    registry = _registry(node.config)
+    registry.incomplete.extend(shipped["incomplete"])
+    for nodeid, fields in shipped["rows"].items():
+        known = registry.rows.get(nodeid)
+        if known is None or (known.result is None and fields["result"] is not None):
+            registry.rows[nodeid] = Row(**fields)
+
+
+def other_workers_registered(config: pytest.Config) -> tuple[set[str], list[tuple[str, str]]]:
+    """What the workers that finished before this one registered (nothing without xdist)."""
+    directory = run_dir(config)
+    secrets: set[str] = set()
+    texts: list[tuple[str, str]] = []
+    if directory is None:
+        return secrets, texts
+    for path in sorted(directory.glob("registered-*.json")):
+        if path != _registered_path(directory, worker_id(config)):
+            data = json.loads(path.read_text())
+            secrets.update(data["secrets"])
+            texts.extend((source, text) for source, text in data["texts"])
+    return secrets, texts
+
+
+def session_output_root(config: pytest.Config, basetemp: Path) -> Path:
+    """Where every test of this session wrote: basetemp, or with xdist the directory of all workers' basetemps."""
+    return basetemp.parent if getattr(config, "workerinput", None) is not None else basetemp
