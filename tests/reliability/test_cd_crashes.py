@@ -56,8 +56,11 @@ def _kill_watch_while_pulling(world: CdWorld, proxy: FaultProxy, watches: list[W
     proxy.script(r"/blobs/", forever=Fault.hang(120))
     process = WatchProcess(world.environ(CD_POLL_INTERVAL="0.5"), world.root)
     watches.append(process)
-    wait_for(lambda: "hang" in proxy.outcomes("/blobs/"), timeout=60, what="the pull of 1.1.0 hanging on a blob")
-    assert process.lines("pulling") and not process.lines("renamed")
+    # The watcher's early pull (cd_agent/early_pull.py) may reach the hanging blob before the deploy process has
+    # started its own pull of the same image: wait for both.
+    wait_for(lambda: "hang" in proxy.outcomes("/blobs/") and bool(process.lines("pulling")), timeout=60,
+             what="the deploy's pull of 1.1.0 hanging on a blob")
+    assert not process.lines("renamed")
     process.kill()
     proxy.clear()
 
