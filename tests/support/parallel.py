@@ -1,6 +1,6 @@
 """Tests that must run alone: ``@pytest.mark.exclusive("why")``, run after every other test, one at a time.
 
-``scripts/test`` runs the suite on pytest-xdist workers (``-n 2``): most tests share this machine and its
+``scripts/test -n 2`` runs the suite on pytest-xdist workers: most tests share this machine and its
 dockerd with one other test at a time. A test marked ``exclusive`` cannot: it changes the engine for
 everyone (``docker swarm init``/``leave``), counts what the whole engine holds (images, containers),
 measures the machine (memory, storage writes, idle wake-ups) or must see every other test's output (the

@@ -10,7 +10,7 @@ HTTP answer they receive to ``produced``. tests/reliability/test_secrets.py is m
 session and scans what the session produced so far (log files and agent output under pytest's basetemp,
 plus the registered texts) with :func:`find_secrets`.
 
-On xdist workers (``scripts/test`` runs ``-n 2``) each worker collects every row but runs only some: it
+On xdist workers (``scripts/test -n 2``) each worker collects every row but runs only some: it
 hands its rows to the controller in ``workeroutput``, and the controller writes the table. The secrets scan
 runs in the exclusive phase (tests/support/parallel.py), after every other worker has finished: each
 worker leaves what it registered in the run directory the workers share, and the scan reads it there and
